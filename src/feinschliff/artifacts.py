@@ -1,0 +1,122 @@
+"""Small references that stages pass to each other: a path plus a content hash.
+
+Stages never hand datasets or models around. A ``*Ref`` names a directory and the sha256 of its
+content, so an orchestrator can build cache keys from it and a rerun can skip finished work.
+A stage output directory is *complete* only when its ``.complete`` marker exists; the marker is
+written last and records the content hash, so a half-written directory is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+COMPLETE = ".complete"
+
+
+class Ref(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    sha256: str
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.path)
+
+
+class DatasetRef(Ref):
+    """Output of ingest: sft.jsonl, preference.jsonl, manifest.json, ..."""
+
+
+class AdapterRef(Ref):
+    """Output of train: adapter/ (PEFT) and metrics.json."""
+
+
+class ReportRef(Ref):
+    """Output of evaluate: report.json."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_tree(root: Path, exclude: Iterable[str] = (COMPLETE, ".inputs", "checkpoints")) -> str:
+    """sha256 over the relative paths and contents of every file below ``root``."""
+    skip = set(exclude)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in skip or any(part in skip for part in path.relative_to(root).parts):
+            continue
+        h.update(rel.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    return h.hexdigest()
+
+
+def mark_complete(root: Path, **info: Any) -> str:
+    """Hash ``root`` and write its completeness marker last; returns the hash."""
+    digest = hash_tree(root)
+    payload = {"sha256": digest, **info}
+    (root / COMPLETE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return digest
+
+
+def completed_hash(root: Path) -> str | None:
+    """The recorded hash when ``root`` is complete and unchanged since, else None."""
+    marker = root / COMPLETE
+    if not marker.exists():
+        return None
+    try:
+        recorded = json.loads(marker.read_text())["sha256"]
+    except (ValueError, KeyError):
+        return None
+    return recorded if hash_tree(root) == recorded else None
+
+
+def reusable(root: Path, key: str) -> str | None:
+    """Hash of a finished output made from the same inputs (``key``), so a rerun can skip it."""
+    digest = completed_hash(root)
+    if digest is None:
+        return None
+    recorded = json.loads((root / COMPLETE).read_text()).get("key")
+    return digest if recorded == key else None
+
+
+def prepare_out(root: Path, key: str) -> None:
+    """Make ``root`` ready for a stage run with inputs ``key``.
+
+    Leftovers of the *same* inputs are kept (a killed training resumes from its checkpoints);
+    leftovers of other inputs are removed, so nothing from an older configuration leaks in.
+    """
+    stamp = root / ".inputs"
+    if root.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
+
+
+def input_key(*parts: Any) -> str:
+    """A stable hash over stage inputs (recipe section hashes, input refs, code version)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=False).encode()
+    return sha256_bytes(blob)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
+    tmp.replace(path)

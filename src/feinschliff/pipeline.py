@@ -1,0 +1,82 @@
+"""Glue shared by the CLI and the Prefect flow: stage directories, lineage, the run summary.
+
+This is not an orchestrator (that is Prefect's job, in ``flows/``); it holds the small pieces
+both entry points need so that ``feinschliff <stage>`` and the flow produce identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef
+from feinschliff.gate import Decision
+from feinschliff.models import feinschliff_home
+from feinschliff.recipe import Recipe
+from feinschliff.recipe_loader import dump_resolved, recipe_hash
+from feinschliff.registry import default_root
+
+EXIT_PROMOTED = 0
+EXIT_REJECTED = 3
+
+
+def default_workdir(recipe: Recipe) -> Path:
+    return feinschliff_home() / "runs" / recipe.use_case
+
+
+def registry_root(recipe: Recipe) -> Path:
+    return Path(recipe.register.registry) if recipe.register.registry else default_root()
+
+
+def read_report(report: ReportRef | Path) -> dict[str, Any]:
+    path = report.dir / "report.json" if isinstance(report, ReportRef) else Path(report)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def lineage(
+    recipe: Recipe, data: DatasetRef, adapter: AdapterRef, report: ReportRef, decision: Decision
+) -> dict[str, Any]:
+    """What the registry records about where a version came from and why it was accepted."""
+    metrics = json.loads((adapter.dir / "metrics.json").read_text())
+    ingest = json.loads((data.dir / "manifest.json").read_text())
+    return {
+        "recipe_sha256": recipe_hash(recipe),
+        "recipe_resolved": dump_resolved(recipe),
+        "base_model": {"name": recipe.base_model.name, "revision": recipe.base_model.revision,
+                       "path": metrics.get("base_model_path")},
+        "dataset": {"sha256": data.sha256, "counts": ingest["counts"], "outputs": ingest["sha256"],
+                    "sources": [{k: s[k] for k in ("kind", "path", "inputs")} for s in ingest["sources"]]},
+        "train": {k: metrics.get(k) for k in ("method", "backend", "global_step", "trained_tokens",
+                                               "wall_seconds", "peak_rss_mb", "trainable_parameters")}
+        | {"final_loss": metrics["loss_curve"][-1]["loss"] if metrics["loss_curve"] else None},
+        "evaluation": {"report_sha256": report.sha256, "metrics": read_report(report)["metrics"]},
+        "gate": decision.model_dump(),
+    }
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, base, candidate, delta) per metric, formatted."""
+    rows = []
+    metrics = report["metrics"]
+    for name in sorted(metrics.get("candidate", {})):
+        cand = metrics["candidate"][name]["value"]
+        base = metrics.get("base", {}).get(name, {}).get("value")
+        rows.append((
+            name,
+            "n/a" if base is None else f"{base:.4f}",
+            f"{cand:.4f}",
+            "n/a" if base is None else f"{cand - base:+.4f}",
+        ))
+    return rows
+
+
+def summary_text(report: dict[str, Any], decision: Decision, version: str | None) -> str:
+    lines = [f"{'metric':<32} {'base':>8} {'adapter':>8} {'delta':>8}"]
+    lines += [f"{m:<32} {b:>8} {c:>8} {d:>8}" for m, b, c, d in summary_rows(report)]
+    lines.append("")
+    for r in decision.results:
+        lines.append(f"gate {r.rule:<14} {r.metric:<28} {'PASS' if r.passed else 'FAIL'}  {r.detail}")
+    verdict = "PROMOTED" if decision.promote else "REJECTED"
+    lines.append(f"decision: {verdict}" + (f"  registry version: {version}" if version else ""))
+    return "\n".join(lines)

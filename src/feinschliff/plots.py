@@ -1,0 +1,43 @@
+"""Plots people would rather look at than read: loss curves and metric comparisons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and workers have no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_loss(curve: list[dict[str, Any]], out: Path, *, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if curve:
+        ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_comparison(values: dict[str, dict[str, float]], out: Path, *, title: str) -> None:
+    """Grouped bars: one group per metric, one bar per model role (base, production, candidate)."""
+    metrics = sorted({m for per_role in values.values() for m in per_role})
+    roles = list(values)
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(metrics) + 2), 3.5), dpi=100)
+    width = 0.8 / max(1, len(roles))
+    for i, role in enumerate(roles):
+        xs = [j + i * width for j in range(len(metrics))]
+        ax.bar(xs, [values[role].get(m, 0.0) for m in metrics], width=width, label=role)
+    ax.set_xticks([j + width * (len(roles) - 1) / 2 for j in range(len(metrics))])
+    ax.set_xticklabels(metrics, rotation=15, ha="right")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)

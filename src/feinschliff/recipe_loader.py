@@ -1,0 +1,189 @@
+"""Load recipes from YAML, apply ``--set`` overrides, and report errors by YAML path.
+
+Errors are collected, never raised one at a time: ``RecipeError.lines`` holds one
+``<file>: <dotted.path>: <message>`` line per problem, which is what ``feinschliff validate``
+prints. Overrides are merged into the raw YAML mapping *before* validation, so an override is
+validated exactly like the file it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from feinschliff.recipe import Recipe
+
+SCHEMA_HEADER = "# yaml-language-server: $schema=./recipe.schema.json"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; ``lines`` are ready to print."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file.
+
+    Raises:
+        RecipeError: with one line per problem, each naming the file and the dotted path.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+        lines_by_path = _line_numbers(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError([f"{path}: (yaml): {_one_line(str(exc))}"]) from exc
+    if not isinstance(data, dict):
+        raise RecipeError([f"{path}: (root): a recipe must be a YAML mapping"])
+    errors = []
+    for item in overrides:
+        try:
+            apply_override(data, item)
+        except ValueError as exc:
+            errors.append(f"{path}: --set {item}: {exc}")
+    if errors:
+        raise RecipeError(errors)
+    try:
+        return Recipe.model_validate(data, context={"base_dir": path.parent.resolve()})
+    except ValidationError as exc:
+        raise RecipeError(list(format_errors(path, exc, data, lines_by_path))) from None
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``dotted.path=value`` override in place; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ValueError("expected dotted.path=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"bad path {key!r}")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = _child(node, part)
+        if nxt is None:
+            nxt = {}
+            _set_child(node, part, nxt, ".".join(parts[: i + 1]))
+        node = nxt
+    _set_child(node, parts[-1], value, key)
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, list):
+        idx = int(part) if part.isdigit() else None
+        return node[idx] if idx is not None and idx < len(node) else None
+    if isinstance(node, dict):
+        return node.get(part)
+    return None
+
+
+def _set_child(node: Any, part: str, value: Any, where: str) -> None:
+    if isinstance(node, dict):
+        node[part] = value
+    elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        node[int(part)] = value
+    else:
+        raise ValueError(f"cannot set {where!r}: its parent is not a mapping or list")
+
+
+def format_errors(
+    path: Path, exc: ValidationError, data: Any, lines: dict[str, int]
+) -> Iterable[str]:
+    for err in exc.errors(include_url=False):
+        dotted = yaml_path(err["loc"], data)
+        msg = err["msg"]
+        if err["type"] == "union_tag_invalid":  # name the discriminator key itself
+            dotted = ".".join(p for p in (dotted, str(err["ctx"]["discriminator"]).strip("'")) if p)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo? see `feinschliff schema`)"
+        elif err["type"] == "union_tag_invalid":
+            msg = _one_line(msg)
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        line = lines.get(dotted)
+        where = f" (line {line})" if line else ""
+        yield f"{path}: {dotted or '(recipe)'}: {_one_line(msg)}{where}"
+
+
+def yaml_path(loc: Sequence[int | str], data: Any) -> str:
+    """Map a pydantic error location onto the user's YAML path.
+
+    Discriminated unions insert the tag (``train.sft.learning_rate``) and validators may insert
+    function labels; neither is a key the user wrote, so intermediate location parts that do not
+    exist in the data are dropped. The last part is kept: it names a missing or unknown key.
+    """
+    parts: list[str] = []
+    node = data
+    for i, item in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, list) and isinstance(item, int) and item < len(node):
+            parts.append(str(item))
+            node = node[item]
+        elif isinstance(node, dict) and item in node:
+            parts.append(str(item))
+            node = node[item]
+        elif last:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def _line_numbers(text: str) -> dict[str, int]:
+    """Dotted path -> 1-based line number, from the YAML node tree."""
+    out: dict[str, int] = {}
+    root = yaml.compose(text)
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, val in node.value:
+                name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                out[name] = key.start_mark.line + 1
+                walk(val, name)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, val in enumerate(node.value):
+                name = f"{prefix}.{i}" if prefix else str(i)
+                out[name] = val.start_mark.line + 1
+                walk(val, name)
+
+    if root is not None:
+        walk(root, "")
+    return out
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def dump_resolved(recipe: Recipe) -> str:
+    """The fully resolved recipe (defaults filled in) as YAML, as the flow stores it."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def section_hash(recipe: Recipe, *sections: str) -> str:
+    """Content hash of some recipe sections: the cache key part a stage depends on."""
+    payload = {s: recipe.model_dump(mode="json").get(s) for s in sections}
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return section_hash(recipe, *Recipe.model_fields)
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    schema = Recipe.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "feinschliff recipe"
+    return schema
