@@ -17,14 +17,19 @@ from feinschliff.recipe_loader import dump_resolved, load_recipe
 from flows.tasks import evaluate_task, gate_task, ingest_task, register_task, train_task
 
 
-@flow(name="retrain", log_prints=True)
-def retrain(recipe_path: str, overrides: list[str] | None = None, workdir: str | None = None) -> dict:
+@flow(name="retrain")
+def retrain(
+    recipe_path: str, overrides: list[str] | None = None, workdir: str | None = None
+) -> dict:
     """Retrain one use case's adapter from its recipe and promote it if the gate passes."""
     logger = get_run_logger()
     recipe = load_recipe(recipe_path, overrides or [])
     work = Path(workdir) if workdir else default_workdir(recipe)
-    create_markdown_artifact(f"```yaml\n{dump_resolved(recipe)}```", key="resolved-recipe",
-                             description="The recipe with every default filled in")
+    create_markdown_artifact(
+        f"```yaml\n{dump_resolved(recipe)}```",
+        key="resolved-recipe",
+        description="The recipe with every default filled in",
+    )
 
     data = ingest_task(recipe, work / "ingest")
     adapter = train_task(recipe, data, work / "train")

@@ -51,6 +51,8 @@ def register_task(
     recipe: Recipe, data: DatasetRef, adapter: AdapterRef, report: ReportRef, decision: Decision
 ) -> str:
     root = registry_root(recipe)
-    version = register_adapter(root, recipe.use_case, adapter, lineage(recipe, data, adapter, report, decision))
+    version = register_adapter(
+        root, recipe.use_case, adapter, lineage(recipe, data, adapter, report, decision)
+    )
     promote(root, recipe.use_case, version, why="gate passed", decision=decision.model_dump())
     return version

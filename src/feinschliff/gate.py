@@ -44,36 +44,72 @@ def _lookup(report: dict[str, Any], role: str, metric: str) -> dict[str, Any] | 
 def check_rule(rule: Any, report: dict[str, Any]) -> RuleResult:
     cand = _lookup(report, "candidate", rule.metric)
     if cand is None:
-        return RuleResult(rule=rule.rule, metric=rule.metric, value=None, threshold=None,
-                          passed=False, detail="metric missing from the candidate's report")
+        return RuleResult(
+            rule=rule.rule,
+            metric=rule.metric,
+            value=None,
+            threshold=None,
+            passed=False,
+            detail="metric missing from the candidate's report",
+        )
     value = float(cand["value"])
     if isinstance(rule, MinRule):
         ok = value >= rule.threshold
-        return RuleResult(rule="min", metric=rule.metric, value=value, threshold=rule.threshold,
-                          passed=ok, detail=f"{value:.4f} {'>=' if ok else '<'} {rule.threshold}")
+        return RuleResult(
+            rule="min",
+            metric=rule.metric,
+            value=value,
+            threshold=rule.threshold,
+            passed=ok,
+            detail=f"{value:.4f} {'>=' if ok else '<'} {rule.threshold}",
+        )
     if isinstance(rule, MaxRule):
         ok = value <= rule.threshold
-        return RuleResult(rule="max", metric=rule.metric, value=value, threshold=rule.threshold,
-                          passed=ok, detail=f"{value:.4f} {'<=' if ok else '>'} {rule.threshold}")
+        return RuleResult(
+            rule="max",
+            metric=rule.metric,
+            value=value,
+            threshold=rule.threshold,
+            passed=ok,
+            detail=f"{value:.4f} {'<=' if ok else '>'} {rule.threshold}",
+        )
     if isinstance(rule, MinSamplesRule):
         n = cand.get("samples")
         ok = isinstance(n, int) and n >= rule.threshold
-        return RuleResult(rule="min_samples", metric=rule.metric, value=n, threshold=rule.threshold,
-                          passed=ok, detail=f"{n} samples, need {rule.threshold}")
+        return RuleResult(
+            rule="min_samples",
+            metric=rule.metric,
+            value=n,
+            threshold=rule.threshold,
+            passed=ok,
+            detail=f"{n} samples, need {rule.threshold}",
+        )
     if isinstance(rule, NoRegressionRule):
         role = rule.baseline
         base = _lookup(report, role, rule.metric)
         if base is None and role == "production":
             role, base = "base", _lookup(report, "base", rule.metric)
         if base is None:
-            return RuleResult(rule="no_regression", metric=rule.metric, value=value, threshold=None,
-                              passed=False, detail=f"no {rule.baseline} value to compare against")
+            return RuleResult(
+                rule="no_regression",
+                metric=rule.metric,
+                value=value,
+                threshold=None,
+                passed=False,
+                detail=f"no {rule.baseline} value to compare against",
+            )
         ref = float(base["value"])
         limit = ref - rule.tolerance if rule.higher_is_better else ref + rule.tolerance
         ok = value >= limit if rule.higher_is_better else value <= limit
         delta = value - ref
-        return RuleResult(rule="no_regression", metric=rule.metric, value=value, threshold=limit,
-                          passed=ok, detail=f"{delta:+.4f} vs {role} ({ref:.4f}), tolerance {rule.tolerance}")
+        return RuleResult(
+            rule="no_regression",
+            metric=rule.metric,
+            value=value,
+            threshold=limit,
+            passed=ok,
+            detail=f"{delta:+.4f} vs {role} ({ref:.4f}), tolerance {rule.tolerance}",
+        )
     raise TypeError(f"unknown gate rule {rule!r}")  # pragma: no cover - union is exhaustive
 
 

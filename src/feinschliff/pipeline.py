@@ -43,12 +43,29 @@ def lineage(
     return {
         "recipe_sha256": recipe_hash(recipe),
         "recipe_resolved": dump_resolved(recipe),
-        "base_model": {"name": recipe.base_model.name, "revision": recipe.base_model.revision,
-                       "path": metrics.get("base_model_path")},
-        "dataset": {"sha256": data.sha256, "counts": ingest["counts"], "outputs": ingest["sha256"],
-                    "sources": [{k: s[k] for k in ("kind", "path", "inputs")} for s in ingest["sources"]]},
-        "train": {k: metrics.get(k) for k in ("method", "backend", "global_step", "trained_tokens",
-                                               "wall_seconds", "peak_rss_mb", "trainable_parameters")}
+        "base_model": {
+            "name": recipe.base_model.name,
+            "revision": recipe.base_model.revision,
+            "path": metrics.get("base_model_path"),
+        },
+        "dataset": {
+            "sha256": data.sha256,
+            "counts": ingest["counts"],
+            "outputs": ingest["sha256"],
+            "sources": [{k: s[k] for k in ("kind", "path", "inputs")} for s in ingest["sources"]],
+        },
+        "train": {
+            k: metrics.get(k)
+            for k in (
+                "method",
+                "backend",
+                "global_step",
+                "trained_tokens",
+                "wall_seconds",
+                "peak_rss_mb",
+                "trainable_parameters",
+            )
+        }
         | {"final_loss": metrics["loss_curve"][-1]["loss"] if metrics["loss_curve"] else None},
         "evaluation": {"report_sha256": report.sha256, "metrics": read_report(report)["metrics"]},
         "gate": decision.model_dump(),
@@ -62,12 +79,14 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     for name in sorted(metrics.get("candidate", {})):
         cand = metrics["candidate"][name]["value"]
         base = metrics.get("base", {}).get(name, {}).get("value")
-        rows.append((
-            name,
-            "n/a" if base is None else f"{base:.4f}",
-            f"{cand:.4f}",
-            "n/a" if base is None else f"{cand - base:+.4f}",
-        ))
+        rows.append(
+            (
+                name,
+                "n/a" if base is None else f"{base:.4f}",
+                f"{cand:.4f}",
+                "n/a" if base is None else f"{cand - base:+.4f}",
+            )
+        )
     return rows
 
 
@@ -76,7 +95,9 @@ def summary_text(report: dict[str, Any], decision: Decision, version: str | None
     lines += [f"{m:<32} {b:>8} {c:>8} {d:>8}" for m, b, c, d in summary_rows(report)]
     lines.append("")
     for r in decision.results:
-        lines.append(f"gate {r.rule:<14} {r.metric:<28} {'PASS' if r.passed else 'FAIL'}  {r.detail}")
+        lines.append(
+            f"gate {r.rule:<14} {r.metric:<28} {'PASS' if r.passed else 'FAIL'}  {r.detail}"
+        )
     verdict = "PROMOTED" if decision.promote else "REJECTED"
     lines.append(f"decision: {verdict}" + (f"  registry version: {version}" if version else ""))
     return "\n".join(lines)

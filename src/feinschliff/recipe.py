@@ -8,10 +8,9 @@ and error formatting live in ``recipe_loader``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
-
-import warnings
 
 from pydantic import (
     AfterValidator,
@@ -74,10 +73,14 @@ class FeedbackSource(Strict):
 
 class DerivationRules(Strict):
     min_rating: int = Field(
-        4, ge=1, le=10, description="An answer rated at least this (Argilla rating) counts as accepted SFT data."
+        4,
+        ge=1,
+        le=10,
+        description="An answer rated at least this (Argilla rating) counts as accepted SFT data.",
     )
     corrections_as_sft: bool = Field(
-        True, description="Use human corrections (Argilla text answer, Langfuse CORRECTION) as SFT targets."
+        True,
+        description="Use human corrections (Argilla text answer, Langfuse CORRECTION) as SFT targets.",
     )
     corrections_as_preference: bool = Field(
         True, description="Pair a correction (chosen) with the original answer (rejected)."
@@ -127,7 +130,9 @@ class LoraSpec(Strict):
     @classmethod
     def _rank_is_servable(cls, r: int) -> int:
         if r not in VLLM_LORA_RANKS:
-            raise ValueError(f"rank {r} cannot be served: vLLM accepts ranks {list(VLLM_LORA_RANKS)}")
+            raise ValueError(
+                f"rank {r} cannot be served: vLLM accepts ranks {list(VLLM_LORA_RANKS)}"
+            )
         return r
 
 
@@ -136,9 +141,13 @@ class Hyperparameters(Strict):
     max_steps: int = Field(
         -1, description="Stop after this many optimizer steps; -1 trains `epochs` epochs."
     )
-    epochs: float = Field(1.0, gt=0, description="Epochs over the training data (if max_steps is -1).")
+    epochs: float = Field(
+        1.0, gt=0, description="Epochs over the training data (if max_steps is -1)."
+    )
     batch_size: int = Field(4, ge=1, description="Micro-batch size per device.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step."
+    )
     max_length: int = Field(512, ge=16, description="Maximum tokens per training example.")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Share of steps for LR warm-up.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
@@ -167,12 +176,16 @@ class SFTTrain(_TrainBase):
 
 
 class DPOTrain(_TrainBase):
-    method: Literal["dpo"] = Field(description="Direct preference optimisation on `preference.jsonl`.")
+    method: Literal["dpo"] = Field(
+        description="Direct preference optimisation on `preference.jsonl`."
+    )
     beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may drift.")
 
 
 class ORPOTrain(_TrainBase):
-    method: Literal["orpo"] = Field(description="Odds-ratio preference optimisation (no reference model).")
+    method: Literal["orpo"] = Field(
+        description="Odds-ratio preference optimisation (no reference model)."
+    )
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (ORPO lambda).")
 
 
@@ -230,7 +243,9 @@ class MinSamplesRule(_Rule):
     threshold: int = Field(ge=1, description="Minimum number of evaluated samples.")
 
 
-GateRule = Annotated[MinRule | MaxRule | NoRegressionRule | MinSamplesRule, Field(discriminator="rule")]
+GateRule = Annotated[
+    MinRule | MaxRule | NoRegressionRule | MinSamplesRule, Field(discriminator="rule")
+]
 
 
 class GateSpec(Strict):

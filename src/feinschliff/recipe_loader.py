@@ -111,7 +111,11 @@ def format_errors(
             msg = "unknown key (typo? see `feinschliff schema`)"
         elif err["type"] == "union_tag_invalid":
             msg = _one_line(msg)
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        elif (
+            "input" in err
+            and err["type"] not in ("missing",)
+            and not isinstance(err["input"], dict)
+        ):
             msg = f"{msg} (got {err['input']!r})"
         line = lines.get(dotted)
         where = f" (line {line})" if line else ""
@@ -129,10 +133,13 @@ def yaml_path(loc: Sequence[int | str], data: Any) -> str:
     node = data
     for i, item in enumerate(loc):
         last = i == len(loc) - 1
-        if isinstance(node, list) and isinstance(item, int) and item < len(node):
-            parts.append(str(item))
-            node = node[item]
-        elif isinstance(node, dict) and item in node:
+        if (
+            isinstance(node, list)
+            and isinstance(item, int)
+            and item < len(node)
+            or isinstance(node, dict)
+            and item in node
+        ):
             parts.append(str(item))
             node = node[item]
         elif last:

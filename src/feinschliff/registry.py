@@ -85,7 +85,9 @@ def manifest(root: Path, use_case: str, version: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def register_adapter(root: Path, use_case: str, adapter: AdapterRef, lineage: dict[str, Any]) -> str:
+def register_adapter(
+    root: Path, use_case: str, adapter: AdapterRef, lineage: dict[str, Any]
+) -> str:
     """Copy an adapter into a new immutable version; idempotent for the same adapter content."""
     uc = _use_case_dir(root, use_case)
     src = adapter.dir / "adapter"
@@ -101,15 +103,18 @@ def register_adapter(root: Path, use_case: str, adapter: AdapterRef, lineage: di
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=uc))
         try:
             shutil.copytree(src, tmp / "adapter", symlinks=False)
-            write_json(tmp / "manifest.json", {
-                "use_case": use_case,
-                "version": version,
-                "adapter_sha256": adapter_sha,
-                "source_adapter_ref": adapter.model_dump(),
-                "created_at": _now(),
-                "created_by": _who(),
-                **lineage,
-            })
+            write_json(
+                tmp / "manifest.json",
+                {
+                    "use_case": use_case,
+                    "version": version,
+                    "adapter_sha256": adapter_sha,
+                    "source_adapter_ref": adapter.model_dump(),
+                    "created_at": _now(),
+                    "created_by": _who(),
+                    **lineage,
+                },
+            )
             mark_complete(tmp, stage="registry")
             os.rename(tmp, uc / version)
         except BaseException:
@@ -120,7 +125,13 @@ def register_adapter(root: Path, use_case: str, adapter: AdapterRef, lineage: di
 
 
 def set_alias(
-    root: Path, use_case: str, alias: str, version: str | None, *, expected: Any = UNSET, why: str = ""
+    root: Path,
+    use_case: str,
+    alias: str,
+    version: str | None,
+    *,
+    expected: Any = UNSET,
+    why: str = "",
 ) -> dict[str, str]:
     """Move an alias (compare-and-swap on ``expected`` when given). Returns the new aliases."""
     if alias not in ALIASES:
@@ -142,7 +153,9 @@ def set_alias(
     return aliases
 
 
-def promote(root: Path, use_case: str, version: str, *, why: str, decision: Any = None) -> dict[str, str]:
+def promote(
+    root: Path, use_case: str, version: str, *, why: str, decision: Any = None
+) -> dict[str, str]:
     """production := version, previous := old production (CAS on the production alias)."""
     current = read_aliases(root, use_case).get("production")
     if current == version:
@@ -151,8 +164,15 @@ def promote(root: Path, use_case: str, version: str, *, why: str, decision: Any 
     if current is not None:
         set_alias(root, use_case, "previous", current, why=f"superseded by {version}")
     if decision is not None:
-        _audit(_use_case_dir(root, use_case), "gate", alias="production", old=current, new=version,
-               why=why, decision=decision)
+        _audit(
+            _use_case_dir(root, use_case),
+            "gate",
+            alias="production",
+            old=current,
+            new=version,
+            why=why,
+            decision=decision,
+        )
     return read_aliases(root, use_case)
 
 
@@ -172,15 +192,17 @@ def list_registry(root: Path) -> list[dict[str, Any]]:
         aliases = read_aliases(root, uc.name)
         for v in versions(root, uc.name):
             m = manifest(root, uc.name, v)
-            rows.append({
-                "use_case": uc.name,
-                "version": v,
-                "aliases": [a for a, target in aliases.items() if target == v],
-                "created_at": m.get("created_at"),
-                "method": m.get("train", {}).get("method"),
-                "gate": m.get("gate", {}).get("promote"),
-                "adapter_sha256": m["adapter_sha256"][:12],
-            })
+            rows.append(
+                {
+                    "use_case": uc.name,
+                    "version": v,
+                    "aliases": [a for a, target in aliases.items() if target == v],
+                    "created_at": m.get("created_at"),
+                    "method": m.get("train", {}).get("method"),
+                    "gate": m.get("gate", {}).get("promote"),
+                    "adapter_sha256": m["adapter_sha256"][:12],
+                }
+            )
     return rows
 
 

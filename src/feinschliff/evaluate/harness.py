@@ -67,8 +67,13 @@ def run_tasks(
             missing = [t for t in upstream if t not in manager.all_tasks]
             if missing:
                 raise EvalError(f"unknown lm-eval tasks {missing}; bundled: {bundled}")
-        lm = HFLM(pretrained=model_path, peft=adapter, dtype=dtype, device="cpu" if not _cuda() else "cuda",
-                  batch_size=batch_size)
+        lm = HFLM(
+            pretrained=model_path,
+            peft=adapter,
+            dtype=dtype,
+            device="cpu" if not _cuda() else "cuda",
+            batch_size=batch_size,
+        )
         try:
             out = simple_evaluate(
                 model=lm,
@@ -96,7 +101,9 @@ def run_tasks(
     return flatten_results(out["results"], out.get("n-samples", {}))
 
 
-def flatten_results(results: dict[str, Any], n_samples: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def flatten_results(
+    results: dict[str, Any], n_samples: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     flat: dict[str, dict[str, Any]] = {}
     for task, metrics in results.items():
         n = (n_samples.get(task) or {}).get("effective")
@@ -108,7 +115,9 @@ def flatten_results(results: dict[str, Any], n_samples: dict[str, Any]) -> dict[
             stderr = metrics.get(f"{metric}_stderr,{filt}")
             flat[name] = {
                 "value": float(value),
-                "stderr": float(stderr) if isinstance(stderr, int | float) and not math.isnan(stderr) else None,
+                "stderr": float(stderr)
+                if isinstance(stderr, int | float) and not math.isnan(stderr)
+                else None,
                 "samples": n,
             }
     return flat

@@ -69,7 +69,8 @@ def run_evaluate(
         "tasks": spec.tasks,
         "limit": spec.limit,
         "models": {
-            role: {"base_model": recipe.base_model.name, "adapter": path} for role, path in roles.items()
+            role: {"base_model": recipe.base_model.name, "adapter": path}
+            for role, path in roles.items()
         },
         "metrics": metrics,
     }

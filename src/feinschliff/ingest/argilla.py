@@ -36,15 +36,15 @@ def read_argilla_disk(path: Path) -> ReadResult:
     settings_file = path / ".argilla" / "settings.json"
     records_file = path / "records.json"
     settings = json.loads(settings_file.read_text(encoding="utf-8"))
-    result = ReadResult(
-        inputs={str(f): sha256_file(f) for f in (settings_file, records_file)}
-    )
+    result = ReadResult(inputs={str(f): sha256_file(f) for f in (settings_file, records_file)})
     layout = _layout(settings)
     try:
         raw_records = json.loads(records_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         result.quarantined.append(
-            Quarantined(source="argilla", location=str(records_file), reason=f"not JSON: {exc}", raw=None)
+            Quarantined(
+                source="argilla", location=str(records_file), reason=f"not JSON: {exc}", raw=None
+            )
         )
         return result
     if not isinstance(raw_records, list):
@@ -62,12 +62,16 @@ def read_argilla_disk(path: Path) -> ReadResult:
 
 
 def _layout(settings: dict[str, Any]) -> dict[str, Any]:
-    fields = [(f["name"], f.get("settings", {}).get("type", f.get("type"))) for f in settings["fields"]]
+    fields = [
+        (f["name"], f.get("settings", {}).get("type", f.get("type"))) for f in settings["fields"]
+    ]
     chat = [name for name, kind in fields if kind == "chat"]
     texts = [name for name, kind in fields if kind == "text"]
     prompt = chat[0] if chat else next((n for n in PROMPT_NAMES if n in texts), texts[0])
     answers = [n for n in texts if n != prompt and n not in PROMPT_NAMES]
-    questions = {q["name"]: q.get("settings", {}).get("type", q.get("type")) for q in settings["questions"]}
+    questions = {
+        q["name"]: q.get("settings", {}).get("type", q.get("type")) for q in settings["questions"]
+    }
     return {"prompt": prompt, "answers": answers, "questions": questions}
 
 
@@ -78,7 +82,11 @@ def _to_record(raw: Any, layout: dict[str, Any]) -> FeedbackRecord:
     if not isinstance(fields, dict):
         raise ValueError("record has no 'fields' object")
     prompt = _prompt(fields.get(layout["prompt"]))
-    answers = {k: fields[k] for k in layout["answers"] if isinstance(fields.get(k), str) and fields[k].strip()}
+    answers = {
+        k: fields[k]
+        for k in layout["answers"]
+        if isinstance(fields.get(k), str) and fields[k].strip()
+    }
     if not answers:
         raise ValueError(f"record has no answer text in fields {layout['answers']}")
     first = next(iter(answers))

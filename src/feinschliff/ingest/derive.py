@@ -98,7 +98,9 @@ def derive_rows(
             produced = True
         pair = preferred_pair(rec)
         if pair is not None and rec.answers[pair[0]] != rec.answers[pair[1]]:
-            pref.append(_pref(rec, rec.answers[pair[0]], rec.answers[pair[1]], "annotated_preference"))
+            pref.append(
+                _pref(rec, rec.answers[pair[0]], rec.answers[pair[1]], "annotated_preference")
+            )
             produced = True
         verdict = thumbs_verdict(rec, first)
         if verdict is not None:

@@ -65,7 +65,9 @@ def read_langfuse_pages(path: Path) -> ReadResult:
             continue
         kind = page_kind(page)
         if kind is None:
-            result.quarantined.append(_q(str(f), "not a Langfuse observations or scores page", None))
+            result.quarantined.append(
+                _q(str(f), "not a Langfuse observations or scores page", None)
+            )
             continue
         target = observations if kind == "observations" else scores
         target.extend((f"{f}#data[{i}]", row) for i, row in enumerate(page["data"]))
@@ -152,9 +154,13 @@ def _to_record(row: dict[str, Any], scores: list[dict[str, Any]]) -> FeedbackRec
     votes = []
     for s in scores:
         kind, value = s.get("dataType"), s.get("value")
-        who = s.get("authorUserId") or (row.get("trace") or {}).get("userId")
+        who = s.get("authorUserId") or row.get("userId")  # v2 rows carry userId top-level
         if kind == "BOOLEAN":
-            up = value if isinstance(value, bool) else str(s.get("stringValue", value)).lower() in ("true", "1", "1.0")
+            up = (
+                value
+                if isinstance(value, bool)
+                else str(s.get("stringValue", value)).lower() in ("true", "1", "1.0")
+            )
             votes.append(Vote(kind="thumbs", annotator=who, answer="output", value=bool(up)))
         elif kind == "CORRECTION":
             text = value if isinstance(value, str) else s.get("stringValue")

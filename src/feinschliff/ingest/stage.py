@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,9 @@ def read_source(source: FeedbackSource) -> ReadResult:
             raise IngestError(f"{path}: not an Argilla to_disk export ({_describe(path)})")
         return read_argilla_disk(path)
     if not is_langfuse_pages(path):
-        raise IngestError(f"{path}: no Langfuse observations/scores pages found ({_describe(path)})")
+        raise IngestError(
+            f"{path}: no Langfuse observations/scores pages found ({_describe(path)})"
+        )
     return read_langfuse_pages(path)
 
 
@@ -98,7 +99,9 @@ def run_ingest(spec: FeedbackSpec, out: Path) -> DatasetRef:
         "counts": {name: len(rows) for name, rows in files.items()},
         "drops": dict(sorted(drops.items())),
         "quarantined_share": round(len(quarantined) / total, 4) if total else 0.0,
-        "notes": ["Argilla to_disk exports carry no response status: all responses counted as submitted."]
+        "notes": [
+            "Argilla to_disk exports carry no response status: all responses counted as submitted."
+        ]
         if any(s.kind == "argilla" for s in spec.sources)
         else [],
         "sha256": {name: sha256_file(out / name) for name in files},

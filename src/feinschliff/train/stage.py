@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from feinschliff import __version__
-from feinschliff.artifacts import AdapterRef, DatasetRef, input_key, mark_complete, prepare_out, reusable, write_json
+from feinschliff.artifacts import (
+    AdapterRef,
+    DatasetRef,
+    input_key,
+    mark_complete,
+    prepare_out,
+    reusable,
+    write_json,
+)
 from feinschliff.models import resolve_model
 from feinschliff.plots import plot_loss
 from feinschliff.recipe import Recipe
@@ -47,7 +55,9 @@ def run_train(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
     metrics["base_model_path"] = model_path
     metrics["dataset_sha256"] = data.sha256
     write_json(out / "metrics.json", metrics)
-    plot_loss(metrics["loss_curve"], out / "loss.png", title=f"{recipe.use_case}: {recipe.train.method}")
+    plot_loss(
+        metrics["loss_curve"], out / "loss.png", title=f"{recipe.use_case}: {recipe.train.method}"
+    )
     write_model_card(recipe, data, metrics, out / "adapter" / "README.md")
     digest = mark_complete(out, stage="train", key=key)
     return AdapterRef(path=str(out), sha256=digest)

@@ -155,5 +155,7 @@ def train_trl(recipe: Recipe, model_path: str, data_dir: Path, out: Path) -> dic
         "trained_tokens": tokens,
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(tokens / wall, 2) if wall > 0 and tokens else None,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "trainable_parameters": sum(
+            p.numel() for p in trainer.model.parameters() if p.requires_grad
+        ),
     }

@@ -1,0 +1,35 @@
+"""Shared fixtures. Tests run offline (HF_HUB_OFFLINE=1) with one BLAS thread; the Makefile sets
+both, and this file sets them again for a bare `pytest` call."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """A private FEINSCHLIFF_HOME (registry, runs) that still sees the shared model cache."""
+    from feinschliff.models import feinschliff_home
+
+    models = feinschliff_home() / "models"
+    h = tmp_path / "home"
+    h.mkdir()
+    (h / "models").symlink_to(models, target_is_directory=True) if models.exists() else None
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(h))
+    return h

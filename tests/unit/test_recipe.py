@@ -1,0 +1,175 @@
+"""Recipe validation: shipped recipes, precise error paths, overrides, schema freshness."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from feinschliff.recipe import Recipe
+from feinschliff.recipe_loader import RecipeError, apply_override, load_recipe, recipe_json_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+@pytest.fixture()
+def demo() -> dict:
+    return yaml.safe_load((ROOT / "recipes" / "demo-de.yaml").read_text())
+
+
+def test_there_are_the_two_shipped_recipes():
+    assert {p.name for p in RECIPES} >= {"demo-de.yaml", "support-de-8b.yaml"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate_and_point_at_the_schema(path: Path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    assert (
+        path.read_text().splitlines()[0] == "# yaml-language-server: $schema=./recipe.schema.json"
+    )
+    for src in recipe.feedback.sources:
+        assert Path(src.path).is_absolute() and Path(src.path).exists(), src.path
+
+
+def test_committed_schema_is_fresh():
+    committed = json.loads((ROOT / "recipes" / "recipe.schema.json").read_text())
+    assert committed == recipe_json_schema(), "run `make schema`"
+
+
+def test_every_field_has_a_description():
+    schema = recipe_json_schema()
+    missing = []
+    for name, model in schema["$defs"].items():
+        for field, spec in model.get("properties", {}).items():
+            if not spec.get("description"):
+                missing.append(f"{name}.{field}")
+    for field, spec in schema["properties"].items():
+        if not spec.get("description"):
+            missing.append(f"Recipe.{field}")
+    assert not missing
+
+
+def test_unknown_key_is_named_by_dotted_path(tmp_path, demo):
+    demo["train"]["hyperparameters"]["learnig_rate"] = 1e-4
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert len(err.value.lines) == 1
+    line = err.value.lines[0]
+    assert line.startswith(
+        f"{tmp_path / 'r.yaml'}: train.hyperparameters.learnig_rate: unknown key"
+    )
+
+
+def test_wrong_type_is_named_by_dotted_path_with_line(tmp_path, demo):
+    demo["train"]["lora"]["alpha"] = "viel"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    (line,) = err.value.lines
+    assert ": train.lora.alpha: " in line and "'viel'" in line and "(line " in line
+
+
+def test_all_errors_are_reported_at_once(tmp_path, demo):
+    demo["use_case"] = "Bad Name"
+    demo["gate"]["rules"][0]["tolerance"] = -1
+    demo["feedback"]["heldout_fraction"] = 2
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    paths = {line.split(": ")[1] for line in err.value.lines}
+    assert paths == {"use_case", "gate.rules.0.tolerance", "feedback.heldout_fraction"}
+
+
+def test_method_discriminator_forbids_foreign_fields(tmp_path, demo):
+    demo["train"]["beta"] = 0.1  # a DPO/ORPO field in an SFT recipe
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert ": train.beta: unknown key" in err.value.lines[0]
+    demo["train"]["method"] = "dpo"
+    assert load_recipe(_write(tmp_path, demo)).train.beta == 0.1
+
+
+def test_unknown_method_names_the_discriminator(tmp_path, demo):
+    demo["train"]["method"] = "ppo"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert ": train.method: " in err.value.lines[0] and "'sft'" in err.value.lines[0]
+
+
+@pytest.mark.parametrize("rank", [12, 0, 1000])
+def test_unservable_lora_rank_is_refused(tmp_path, demo, rank):
+    demo["train"]["lora"]["r"] = rank
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert ": train.lora.r: " in err.value.lines[0]
+
+
+def test_rank_above_serving_max_is_refused(tmp_path, demo):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo), ["train.lora.r=64"])
+    assert "exceeds register.max_lora_rank=16" in err.value.lines[0]
+    assert load_recipe(_write(tmp_path, demo), ["train.lora.r=64", "register.max_lora_rank=64"])
+
+
+def test_overrides_are_validated_like_the_file(tmp_path, demo):
+    path = _write(tmp_path, demo)
+    recipe = load_recipe(path, ["train.hyperparameters.max_steps=3", "evaluate.tasks=[a, b]"])
+    assert recipe.train.hyperparameters.max_steps == 3
+    assert recipe.evaluate.tasks == ["a", "b"]
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["train.hyperparameters.max_steps=drei"])
+    assert ": train.hyperparameters.max_steps: " in err.value.lines[0]
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["train.nonsense=1"])
+    assert ": train.nonsense: unknown key" in err.value.lines[0]
+
+
+def test_override_syntax_errors_are_reported():
+    with pytest.raises(ValueError):
+        apply_override({}, "no-equals-sign")
+    data: dict = {"gate": {"rules": [{"rule": "min"}]}}
+    apply_override(data, "gate.rules.0.threshold=0.5")
+    assert data["gate"]["rules"][0]["threshold"] == 0.5
+    with pytest.raises(ValueError):
+        apply_override({"a": 1}, "a.b=2")
+
+
+def test_defaults_live_in_the_model(tmp_path, demo):
+    del demo["train"]["hyperparameters"]
+    recipe = load_recipe(_write(tmp_path, demo))
+    assert recipe.train.hyperparameters.learning_rate == 2e-4
+    assert recipe.feedback.max_quarantine_fraction == 0.05
+
+
+def test_bad_cron_and_yaml_errors(tmp_path, demo):
+    demo["schedule"]["cron"] = "every night"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert ": schedule: " in err.value.lines[0] and "5 fields" in err.value.lines[0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("use_case: [unclosed\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(bad)
+    assert err.value.lines[0].startswith(f"{bad}: (yaml): ")
+
+
+def test_validate_cli_exit_codes(tmp_path, demo):
+    good = ROOT / "recipes" / "demo-de.yaml"
+    demo["train"]["lora"]["rank"] = 8
+    bad = _write(tmp_path, demo)
+    cli = [sys.executable, "-m", "feinschliff.cli", "validate"]
+    ok = subprocess.run([*cli, str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    fail = subprocess.run([*cli, str(good), str(bad)], capture_output=True, text=True)
+    assert fail.returncode == 2
+    assert f"{bad}: train.lora.rank: unknown key" in fail.stderr
