@@ -1,0 +1,33 @@
+"""The ``feinschliff`` command line: every stage on its own, plus the whole loop.
+
+Exit codes: 0 success (``gate``/``run``: promoted), 2 invalid recipe or arguments,
+3 gate rejected, 1 any other failure. Commands live in one module per area; importing them
+registers them on the shared Typer app.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
+    evaluate_cmd,
+    ingest_cmd,
+    models_cmd,
+    registry_cmd,
+    stages,
+    train_cmd,
+)
+from feinschliff.cli.app import Failure, _setup_logging, app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    _setup_logging()
+    try:
+        app()
+    except Failure as exc:
+        typer.echo(f"error: {exc}" if exc.code != 2 else str(exc), err=True)
+        sys.exit(exc.code)

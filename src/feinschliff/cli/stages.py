@@ -1,0 +1,128 @@
+"""Stage commands: validate, schema, train, evaluate, gate, register, run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _complete_dir, _load, app
+from feinschliff.recipe_loader import RecipeError, dump_resolved, load_recipe, recipe_json_schema
+
+
+@app.command()
+def validate(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.", show_default=False)],
+    set_: SetOpt = None,
+    show: Annotated[
+        bool, typer.Option("--print", help="Print the resolved recipe (defaults filled in).")
+    ] = False,
+) -> None:
+    """Check recipes against the schema. Prints one `<file>: <dotted.path>: <message>` line per
+    problem and exits 2, or exits 0 when every recipe is valid."""
+    failed = False
+    for path in recipes:
+        try:
+            recipe = load_recipe(path, set_ or [])
+        except RecipeError as exc:
+            failed = True
+            for line in exc.lines:
+                typer.echo(line, err=True)
+            continue
+        typer.echo(f"{path}: ok ({recipe.use_case}, {recipe.train.method}/{recipe.train.backend})")
+        if show:
+            typer.echo(dump_resolved(recipe))
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the recipe JSON Schema (for editors: `# yaml-language-server: $schema=...`)."""
+    text = json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out:
+        out.write_text(text, encoding="utf-8")
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+def register(
+    recipe: RecipeArg,
+    adapter: Annotated[Path, typer.Option(help="A train output directory (holding adapter/).")],
+    report: Annotated[
+        Path | None, typer.Option(help="report.json; its gate decision is recorded.")
+    ] = None,
+    promote_: Annotated[
+        bool, typer.Option("--promote", help="Also move the production alias.")
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Copy an adapter into the registry as a new immutable version with a lineage manifest and
+    point the `candidate` alias at it (`--promote`: also `production`). Prints the version."""
+    from feinschliff.artifacts import AdapterRef
+    from feinschliff.gate import decide_promotion
+    from feinschliff.pipeline import read_report, registry_root
+    from feinschliff.registry import RegistryError, promote, register_adapter, set_alias
+
+    cfg = _load(recipe, set_)
+    ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
+    lineage = {"train": json.loads((adapter / "metrics.json").read_text())}
+    decision = None
+    if report is not None:
+        decision = decide_promotion(read_report(report), cfg.gate)
+        lineage["gate"] = decision.model_dump()
+        if promote_ and not decision.promote:
+            raise Failure("the gate rejects this adapter; refusing --promote", code=3)
+    root = registry_root(cfg)
+    try:
+        version = register_adapter(root, cfg.use_case, ref, lineage)
+        set_alias(root, cfg.use_case, "candidate", version, why="registered via CLI")
+        if promote_:
+            promote(
+                root,
+                cfg.use_case,
+                version,
+                why="promoted via CLI",
+                decision=decision.model_dump() if decision else None,
+            )
+    except RegistryError as exc:
+        raise Failure(str(exc)) from exc
+    typer.echo(f"{cfg.use_case}/{version}")
+
+
+@app.command()
+def run(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Run directory (default $FEINSCHLIFF_HOME/runs/USE_CASE).")
+    ] = None,
+) -> None:
+    """Run the whole loop as the Prefect flow `retrain`: ingest, train, evaluate, gate and, if
+    the gate passes, register + promote. Finished stages with unchanged inputs are reused.
+    Exit 0 promoted, 3 rejected."""
+    _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
+    from feinschliff.paths import project_root
+
+    sys.path.insert(0, str(project_root()))
+    from flows.retrain import retrain
+
+    result = retrain(
+        recipe_path=str(recipe.resolve()),
+        overrides=set_ or [],
+        workdir=str(workdir) if workdir else None,
+    )
+    from feinschliff.gate import Decision
+    from feinschliff.pipeline import read_report, summary_text
+
+    decision = Decision.model_validate(result["decision"])
+    typer.echo(
+        "\n" + summary_text(read_report(Path(result["report"])), decision, result["version"])
+    )
+    raise typer.Exit(0 if result["promoted"] else 3)

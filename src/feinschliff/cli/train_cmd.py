@@ -1,0 +1,33 @@
+"""`feinschliff train`: a recipe + an ingest output -> a LoRA adapter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _complete_dir, _load, app
+
+
+@app.command()
+def train(
+    recipe: RecipeArg,
+    data: Annotated[Path, typer.Option(help="An ingest output directory.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    set_: SetOpt = None,
+) -> None:
+    """Train a LoRA adapter (TRL SFT/DPO/ORPO) and write OUT/adapter/ (PEFT), OUT/metrics.json
+    and OUT/loss.png. A killed run resumes from its last complete checkpoint when rerun."""
+    from feinschliff.artifacts import DatasetRef
+    from feinschliff.train import run_train
+    from feinschliff.train.stage import TrainError
+
+    cfg = _load(recipe, set_)
+    ref = DatasetRef(path=str(data.resolve()), sha256=_complete_dir(data, "ingest"))
+    try:
+        adapter = run_train(cfg, ref, out)
+    except TrainError as exc:
+        raise Failure(str(exc)) from exc
+    typer.echo(json.dumps(adapter.model_dump(), indent=2))

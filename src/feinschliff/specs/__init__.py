@@ -1,0 +1,1 @@
+"""Recipe sections, one module per area (the Recipe itself is in feinschliff.recipe)."""
