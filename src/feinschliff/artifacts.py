@@ -55,8 +55,14 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def hash_tree(root: Path, exclude: Iterable[str] = (COMPLETE, ".inputs", "checkpoints")) -> str:
-    """sha256 over the relative paths and contents of every file below ``root``."""
+def hash_tree(
+    root: Path, exclude: Iterable[str] = (COMPLETE, ".inputs", "checkpoints", "decision.json")
+) -> str:
+    """sha256 over the relative paths and contents of every file below ``root``.
+
+    Excluded: markers, checkpoints (resumable state) and the gate's ``decision.json``, which is
+    written next to a finished report without making the report stale.
+    """
     skip = set(exclude)
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):

@@ -11,6 +11,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from feinschliff.recipe import GateSpec, MaxRule, MinRule, MinSamplesRule, NoRegressionRule
+from feinschliff.specs.evaluate import ContaminationRule, RequireApprovalRule, WinRateRule
+
+
+class Approval(BaseModel):
+    """A human's answer to a `require_approval` rule (from the Prefect UI or the CLI)."""
+
+    approved: bool
+    by: str = "unknown"
+    comment: str = ""
 
 
 class RuleResult(BaseModel):
@@ -25,6 +34,8 @@ class RuleResult(BaseModel):
 class Decision(BaseModel):
     promote: bool
     results: list[RuleResult]
+    needs_approval: bool = False
+    approval: Approval | None = None
 
     @property
     def failed(self) -> list[RuleResult]:
@@ -41,7 +52,28 @@ def _lookup(report: dict[str, Any], role: str, metric: str) -> dict[str, Any] | 
     return entry
 
 
-def check_rule(rule: Any, report: dict[str, Any]) -> RuleResult:
+def check_rule(rule: Any, report: dict[str, Any], approval: Approval | None = None) -> RuleResult:
+    if isinstance(rule, RequireApprovalRule):
+        if approval is None:
+            return RuleResult(
+                rule="require_approval",
+                metric="-",
+                value=None,
+                threshold=None,
+                passed=False,
+                detail="awaiting human approval",
+            )
+        verdict = "approved" if approval.approved else "rejected"
+        return RuleResult(
+            rule="require_approval",
+            metric="-",
+            value=None,
+            threshold=None,
+            passed=approval.approved,
+            detail=f"{verdict} by {approval.by}: {approval.comment}",
+        )
+    if isinstance(rule, WinRateRule):
+        return _check_win_rate(rule, report)
     cand = _lookup(report, "candidate", rule.metric)
     if cand is None:
         return RuleResult(
@@ -72,6 +104,16 @@ def check_rule(rule: Any, report: dict[str, Any]) -> RuleResult:
             threshold=rule.threshold,
             passed=ok,
             detail=f"{value:.4f} {'<=' if ok else '>'} {rule.threshold}",
+        )
+    if isinstance(rule, ContaminationRule):
+        ok = value == 0
+        return RuleResult(
+            rule="contamination",
+            metric=rule.metric,
+            value=value,
+            threshold=0.0,
+            passed=ok,
+            detail=f"{int(value)} training rows share a 13-gram with eval data",
         )
     if isinstance(rule, MinSamplesRule):
         n = cand.get("samples")
@@ -113,6 +155,51 @@ def check_rule(rule: Any, report: dict[str, Any]) -> RuleResult:
     raise TypeError(f"unknown gate rule {rule!r}")  # pragma: no cover - union is exhaustive
 
 
-def decide_promotion(report: dict[str, Any], gate: GateSpec) -> Decision:
-    results = [check_rule(rule, report) for rule in gate.rules]
-    return Decision(promote=all(r.passed for r in results), results=results)
+def _check_win_rate(rule: WinRateRule, report: dict[str, Any]) -> RuleResult:
+    entry = report.get("metrics", {}).get("candidate", {}).get(rule.metric)
+    if not isinstance(entry, dict):
+        return RuleResult(
+            rule="win_rate",
+            metric=rule.metric,
+            value=None,
+            threshold=rule.threshold,
+            passed=False,
+            detail="no judge results in the report",
+        )
+    valid, failures = entry.get("samples") or 0, entry.get("parse_failures") or 0
+    if valid < rule.min_valid:
+        return RuleResult(
+            rule="win_rate",
+            metric=rule.metric,
+            value=entry.get("value"),
+            threshold=rule.threshold,
+            passed=False,
+            detail=f"insufficient valid judgements: {valid} < {rule.min_valid} "
+            f"({failures} unparseable)",
+        )
+    low = entry.get("ci_low")
+    ok = isinstance(low, int | float) and low >= rule.threshold
+    return RuleResult(
+        rule="win_rate",
+        metric=rule.metric,
+        value=entry.get("value"),
+        threshold=rule.threshold,
+        passed=ok,
+        detail=f"CI low {low:.3f} {'>=' if ok else '<'} {rule.threshold} "
+        f"vs {entry.get('opponent')} ({valid} valid, {failures} unparseable)",
+    )
+
+
+def decide_promotion(
+    report: dict[str, Any], gate: GateSpec, approval: Approval | None = None
+) -> Decision:
+    """Evaluate every rule. ``needs_approval``: all automatic rules pass and a human must decide."""
+    results = [check_rule(rule, report, approval) for rule in gate.rules]
+    automatic = [r for r in results if r.rule != "require_approval"]
+    asks = any(isinstance(r, RequireApprovalRule) for r in gate.rules)
+    return Decision(
+        promote=all(r.passed for r in results),
+        results=results,
+        needs_approval=asks and approval is None and all(r.passed for r in automatic),
+        approval=approval,
+    )

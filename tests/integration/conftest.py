@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from feinschliff.models import fetch_model
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_TRAIN = [
+    "train.hyperparameters.max_steps=2",
+    "train.hyperparameters.save_steps=1",
+    "train.hyperparameters.max_length=128",
+]
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +41,23 @@ def prefect_harness(tmp_path_factory):
         prefect_test_harness(server_startup_timeout=120),
     ):
         yield
+
+
+@pytest.fixture(scope="session")
+def demo_ingest(tmp_path_factory):
+    """The demo recipe's ingest output (real sample exports), shared by the session."""
+    from feinschliff.ingest import run_ingest
+    from feinschliff.recipe_loader import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "demo-de.yaml")
+    return run_ingest(recipe.feedback, tmp_path_factory.mktemp("ingest"))
+
+
+@pytest.fixture(scope="session")
+def demo_adapter(demo_model, demo_ingest, tmp_path_factory):
+    """A real 2-step SFT LoRA adapter on the demo model, shared by the session."""
+    from feinschliff.recipe_loader import load_recipe
+    from feinschliff.train import run_train
+
+    recipe = load_recipe(ROOT / "recipes" / "demo-de.yaml", FAST_TRAIN)
+    return run_train(recipe, demo_ingest, tmp_path_factory.mktemp("adapter"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,23 +16,39 @@ def evaluate(
     recipe: RecipeArg,
     adapter: Annotated[Path, typer.Option(help="A train output directory (holding adapter/).")],
     out: Annotated[Path, typer.Option(help="Output directory.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="The ingest output the adapter was trained on: enables held-out "
+            "feedback metrics, held-out judge questions and the contamination count."
+        ),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run the recipe's lm-eval tasks on the base model, the production adapter (if any) and
-    the candidate; write OUT/report.json, OUT/report.md and OUT/comparison.png."""
-    from feinschliff.artifacts import AdapterRef
+    """Run the recipe's lm-eval tasks (plus held-out feedback metrics and the LLM judge when
+    configured) on the base model, the production adapter (if any) and the candidate; write
+    OUT/report.json, OUT/report.md, OUT/comparison.png and per-sample outputs in OUT/samples/."""
+    from feinschliff.artifacts import AdapterRef, DatasetRef
     from feinschliff.evaluate import run_evaluate
     from feinschliff.evaluate.harness import EvalError
+    from feinschliff.evaluate.judge import JudgeError
     from feinschliff.pipeline import registry_root
     from feinschliff.registry import production_adapter
 
     cfg = _load(recipe, set_)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
+    dref = None
+    if data is not None:
+        dref = DatasetRef(path=str(data.resolve()), sha256=_complete_dir(data, "ingest"))
     try:
         report = run_evaluate(
-            cfg, ref, out, production=production_adapter(registry_root(cfg), cfg.use_case)
+            cfg,
+            ref,
+            out,
+            production=production_adapter(registry_root(cfg), cfg.use_case),
+            data=dref,
         )
-    except EvalError as exc:
+    except (EvalError, JudgeError) as exc:
         raise Failure(str(exc)) from exc
     typer.echo((report.dir / "report.md").read_text())
 
@@ -40,21 +57,33 @@ def evaluate(
 def gate(
     recipe: RecipeArg,
     report: Annotated[Path, typer.Option(help="report.json written by `evaluate`.")],
+    approve: Annotated[
+        bool | None,
+        typer.Option("--approve/--reject", help="Answer a `require_approval` rule as a human."),
+    ] = None,
+    by: Annotated[str, typer.Option(help="Who approves or rejects (for the audit log).")] = "cli",
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
     set_: SetOpt = None,
 ) -> None:
-    """Apply the recipe's gate rules to a report; prints value, threshold and pass/fail per rule.
-    Exit 0: promote. Exit 3: rejected."""
-    from feinschliff.gate import decide_promotion
+    """Apply the recipe's gate rules to a report; prints value, threshold and pass/fail per rule
+    and writes the decision to decision.json next to the report. Exit 0: promote. Exit 3:
+    rejected (or awaiting a human approval)."""
+    from feinschliff.gate import Approval, decide_promotion
     from feinschliff.pipeline import read_report
 
     cfg = _load(recipe, set_)
-    decision = decide_promotion(read_report(report), cfg.gate)
+    approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
+    decision = decide_promotion(read_report(report), cfg.gate, approval)
     for r in decision.results:
         thr = "-" if r.threshold is None else f"{r.threshold:g}"
         val = "-" if r.value is None else f"{r.value:.4f}"
         typer.echo(
-            f"{'PASS' if r.passed else 'FAIL'}  {r.rule:<14} {r.metric:<30} value={val:<8} "
+            f"{'PASS' if r.passed else 'FAIL'}  {r.rule:<16} {r.metric:<30} value={val:<8} "
             f"threshold={thr:<8} {r.detail}"
         )
-    typer.echo("decision: " + ("PROMOTE" if decision.promote else "REJECT"))
+    (report.parent / "decision.json").write_text(json.dumps(decision.model_dump(), indent=2) + "\n")
+    verdict = "PROMOTE" if decision.promote else "REJECT"
+    if decision.needs_approval:
+        verdict = "REJECT (awaiting approval: rerun with --approve or --reject)"
+    typer.echo("decision: " + verdict)
     raise typer.Exit(0 if decision.promote else 3)

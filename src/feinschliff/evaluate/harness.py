@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ def render_tasks(src: Path, dest: Path) -> list[str]:
     return names
 
 
+def bundled_task_files() -> dict[str, Path]:
+    """Bundled task name -> its data file (for contamination checks)."""
+    out = {}
+    for yml in sorted(bundled_tasks_dir().glob("*.yaml")):
+        cfg = yaml.safe_load(yml.read_text(encoding="utf-8"))
+        files = (cfg.get("dataset_kwargs") or {}).get("data_files") or {}
+        for f in files.values() if isinstance(files, dict) else []:
+            out[cfg["task"]] = (yml.parent / f).resolve()
+    return out
+
+
 def run_tasks(
     model_path: str,
     tasks: list[str],
@@ -67,6 +79,7 @@ def run_tasks(
             missing = [t for t in upstream if t not in manager.all_tasks]
             if missing:
                 raise EvalError(f"unknown lm-eval tasks {missing}; bundled: {bundled}")
+            check_offline_datasets(manager, upstream)
         lm = HFLM(
             pretrained=model_path,
             peft=adapter,
@@ -99,6 +112,45 @@ def run_tasks(
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     return flatten_results(out["results"], out.get("n-samples", {}))
+
+
+def _datasets_of(
+    manager: Any, name: str, seen: set[str] | None = None
+) -> set[tuple[str, str | None]]:
+    seen = seen if seen is not None else set()
+    if name in seen or name not in manager.task_index:
+        return set()
+    seen.add(name)
+    cfg = manager.task_index[name].cfg or {}
+    if cfg.get("dataset_path"):
+        return {(cfg["dataset_path"], cfg.get("dataset_name"))}
+    subtasks = cfg.get("task") or []
+    found: set[tuple[str, str | None]] = set()
+    for sub in subtasks if isinstance(subtasks, list) else [subtasks]:
+        if isinstance(sub, str):
+            found |= _datasets_of(manager, sub, seen)
+    return found
+
+
+def check_offline_datasets(manager: Any, tasks: list[str]) -> None:
+    """Fail before any model loads when an upstream task's Hub dataset is not cached locally."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
+        return  # online: lm-eval downloads what it needs
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    missing = []
+    for task in tasks:
+        for path, name in sorted(_datasets_of(manager, task), key=str):
+            if not (Path(HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}").exists():
+                missing.append(f"{task}: {path}" + (f" ({name})" if name else ""))
+    if missing:
+        raise EvalError(
+            "offline (HF_HUB_OFFLINE=1) and these Hub datasets are not in the local HF cache: "
+            + "; ".join(missing)
+            + ". Pre-fetch them on a connected machine, e.g. "
+            "`python -c \"import datasets; datasets.load_dataset('<path>', '<name>')\"`, "
+            "and copy the HF cache (HF_HOME) over."
+        )
 
 
 def flatten_results(

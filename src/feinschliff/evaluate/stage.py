@@ -1,12 +1,16 @@
 """The evaluate stage: base model, production adapter (if any) and candidate, side by side.
 
-Writes ``report.json`` (``metrics[role]["task/metric"] = {value, stderr, samples}``),
-``report.md`` (a table with deltas against the base) and ``comparison.png``; per-sample
-outputs go to ``samples/<role>/``. The gate reads ``report.json`` only.
+Per role: the recipe's lm-eval tasks, held-out feedback metrics (preference accuracy, chrF against
+corrections) and, when configured, LLM-as-judge grades; for the candidate also the judge win rate
+against production (or base). Plus ``contamination/overlaps``: training rows that share a 13-gram
+with the evaluated task data. Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
+samples, ...}``), ``report.md`` (table with deltas) and ``comparison.png``; per-sample outputs go
+to ``samples/``. The gate reads ``report.json`` only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 from feinschliff import __version__
 from feinschliff.artifacts import (
     AdapterRef,
+    DatasetRef,
     ReportRef,
     input_key,
     mark_complete,
@@ -21,8 +26,10 @@ from feinschliff.artifacts import (
     reusable,
     write_json,
 )
-from feinschliff.evaluate.harness import run_tasks
+from feinschliff.evaluate.harness import bundled_task_files, run_tasks
 from feinschliff.models import resolve_model
+from feinschliff.ngrams import contaminated, index_jsonl
+from feinschliff.paths import project_root
 from feinschliff.plots import plot_comparison
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
@@ -31,12 +38,18 @@ log = logging.getLogger(__name__)
 
 
 def run_evaluate(
-    recipe: Recipe, adapter: AdapterRef, out: Path, *, production: AdapterRef | None = None
+    recipe: Recipe,
+    adapter: AdapterRef,
+    out: Path,
+    *,
+    production: AdapterRef | None = None,
+    data: DatasetRef | None = None,
 ) -> ReportRef:
     key = input_key(
         section_hash(recipe, "base_model", "evaluate"),
         adapter.sha256,
         production.sha256 if production else None,
+        data.sha256 if data else None,
         __version__,
     )
     if digest := reusable(out, key):
@@ -63,6 +76,15 @@ def run_evaluate(
             num_fewshot=spec.num_fewshot,
             samples_out=out / "samples" / role,
         )
+    if data is not None and (spec.heldout or spec.judge):
+        from feinschliff.evaluate.extra import judge_and_heldout
+
+        extra = judge_and_heldout(recipe, model_path, roles, data.dir, out)
+        for role, entries in extra.items():
+            metrics.setdefault(role, {}).update(entries)
+    if data is not None:
+        metrics["candidate"]["contamination/overlaps"] = contamination(data.dir, spec.tasks)
+
     report = {
         "stage": "evaluate",
         "use_case": recipe.use_case,
@@ -77,12 +99,40 @@ def run_evaluate(
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     plot_comparison(
-        {role: {m: v["value"] for m, v in per.items()} for role, per in metrics.items()},
+        {
+            role: {m: v["value"] for m, v in per.items() if _plottable(m, v)}
+            for role, per in metrics.items()
+        },
         out / "comparison.png",
-        title=f"{recipe.use_case}: base vs candidate",
+        title=f"{recipe.use_case}: " + " vs ".join(roles),
     )
     digest = mark_complete(out, stage="evaluate", key=key)
     return ReportRef(path=str(out), sha256=digest)
+
+
+def _plottable(name: str, v: dict[str, Any]) -> bool:
+    value = v.get("value")
+    return isinstance(value, float | int) and 0.0 <= value <= 1.0 and not name.startswith("contam")
+
+
+def contamination(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
+    """Training rows sharing a 13-gram with the data of the evaluated bundled tasks."""
+    files = [f for t, f in bundled_task_files().items() if t in tasks]
+    index = index_jsonl(files)
+    rows = []
+    for name in ("sft.jsonl", "preference.jsonl"):
+        path = data_dir / name
+        if path.exists():
+            rows += [
+                json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line
+            ]
+    hits = contaminated(rows, index)
+    return {
+        "value": float(len(hits)),
+        "stderr": None,
+        "samples": len(rows),
+        "eval_files": [str(f.relative_to(project_root())) for f in files],
+    }
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -95,10 +145,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = []
         for role in roles:
             v = metrics[role].get(name)
-            cells.append("n/a" if v is None else _fmt(v))
+            cells.append("n/a" if v is None or v.get("value") is None else _fmt(v))
         base, cand = metrics.get("base", {}).get(name), metrics.get("candidate", {}).get(name)
-        delta = f"{cand['value'] - base['value']:+.4f}" if base and cand else "n/a"
+        ok = base and cand and base.get("value") is not None and cand.get("value") is not None
+        delta = f"{cand['value'] - base['value']:+.4f}" if ok else "n/a"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+    win = metrics.get("candidate", {}).get("judge/win_rate")
+    if win and win.get("value") is not None:
+        lines += [
+            "",
+            f"Judge win rate vs {win['opponent']}: {win['value']:.3f} "
+            f"(95 % CI {win['ci_low']:.3f}-{win['ci_high']:.3f}, {win['samples']} valid, "
+            f"{win['parse_failures']} unparseable, {win['inconsistent']} order-inconsistent)",
+        ]
     return "\n".join(lines) + "\n"
 
 

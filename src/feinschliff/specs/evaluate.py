@@ -11,6 +11,40 @@ from feinschliff.specs.common import Strict
 # --------------------------------------------------------------------------- evaluate
 
 
+class JudgeSpec(Strict):
+    base_url: str = Field(
+        description="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1."
+    )
+    model: str = Field(description="Model name the judge endpoint serves.")
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the judge's API key "
+        "(never the key itself; keys do not belong in recipes).",
+    )
+    questions: Literal["bundled", "heldout", "both"] = Field(
+        "both",
+        description="Bundled German MT-Bench-style questions (evals/judge), the recipe's "
+        "held-out feedback prompts, or both.",
+    )
+    max_questions: int | None = Field(
+        None, ge=1, description="Judge at most this many questions (first N, bundled first)."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Answer length for our own inference.")
+    judge_max_tokens: int = Field(512, ge=8, description="Token limit for the judge's verdict.")
+    concurrency: int = Field(4, ge=1, description="Judge requests in flight at once.")
+    retries: int = Field(3, ge=0, description="Retries per judge request (backoff 1, 2, 4 s).")
+    timeout_s: float = Field(120.0, gt=0, description="Timeout of one judge request.")
+    constrain_output: bool = Field(
+        False,
+        description="Ask a vLLM judge for structured output (regex) so weak judges answer "
+        "in the verdict format. Only for vLLM endpoints.",
+    )
+    bootstrap_iters: int = Field(
+        2000, ge=100, description="Bootstrap resamples for the win-rate CI."
+    )
+    seed: int = Field(0, description="Seed for the bootstrap.")
+
+
 class EvaluateSpec(Strict):
     tasks: list[str] = Field(
         default_factory=lambda: ["de_wissen_mc"],
@@ -20,6 +54,15 @@ class EvaluateSpec(Strict):
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N items per task.")
     batch_size: int = Field(8, ge=1, description="Evaluation batch size.")
     num_fewshot: int = Field(0, ge=0, description="Few-shot examples per prompt.")
+    heldout: bool = Field(
+        True,
+        description="Score held-out feedback: preference accuracy (log-prob of chosen > "
+        "rejected) and chrF against human corrections.",
+    )
+    heldout_max_new_tokens: int = Field(
+        96, ge=1, description="Answer length when comparing against held-out corrections."
+    )
+    judge: JudgeSpec | None = Field(None, description="Optional LLM-as-judge (MT-Bench-DE style).")
 
 
 # --------------------------------------------------------------------------- gate
@@ -59,8 +102,41 @@ class MinSamplesRule(_Rule):
     threshold: int = Field(ge=1, description="Minimum number of evaluated samples.")
 
 
+class WinRateRule(Strict):
+    rule: Literal["win_rate"] = Field(
+        description="Judge win rate of the candidate vs production (or base): the lower bound "
+        "of its bootstrap 95 % CI must reach `threshold`."
+    )
+    metric: str = Field("judge/win_rate", description="Win-rate metric in report.json.")
+    threshold: float = Field(0.5, ge=0, le=1, description="Minimum lower CI bound.")
+    min_valid: int = Field(
+        10, ge=1, description="Minimum valid (parseable) judgements; fewer fails the rule."
+    )
+
+
+class ContaminationRule(Strict):
+    rule: Literal["contamination"] = Field(
+        description="Training data must share no 13-gram with the eval sets (value must be 0)."
+    )
+    metric: str = Field("contamination/overlaps", description="Overlap count in report.json.")
+
+
+class RequireApprovalRule(Strict):
+    rule: Literal["require_approval"] = Field(
+        description="A human approves or rejects in the Prefect UI; a timeout rejects."
+    )
+    timeout_s: int = Field(3600, ge=1, description="Seconds to wait for the decision.")
+
+
 GateRule = Annotated[
-    MinRule | MaxRule | NoRegressionRule | MinSamplesRule, Field(discriminator="rule")
+    MinRule
+    | MaxRule
+    | NoRegressionRule
+    | MinSamplesRule
+    | WinRateRule
+    | ContaminationRule
+    | RequireApprovalRule,
+    Field(discriminator="rule"),
 ]
 
 

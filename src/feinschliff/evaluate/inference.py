@@ -1,0 +1,69 @@
+"""Our own inference for evaluation: greedy answers and answer log-probabilities.
+
+Used for held-out feedback metrics and for the answers the judge grades. Runs the base model
+with or without a PEFT adapter through transformers; small batches, left padding, greedy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+Messages = list[dict[str, str]]
+
+
+def load_model(model_path: str, dtype: str, adapter: str | None = None) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model, tok
+
+
+def _prompt_text(tok: Any, messages: Messages) -> str:
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: Any, tok: Any, prompts: Sequence[Messages], *, max_new_tokens: int, batch_size: int = 4
+) -> list[str]:
+    answers: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        texts = [_prompt_text(tok, p) for p in prompts[i : i + batch_size]]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        for row in out[:, enc["input_ids"].shape[1] :]:
+            answers.append(tok.decode(row, skip_special_tokens=True).strip())
+    return answers
+
+
+@torch.inference_mode()
+def answer_logprob(model: Any, tok: Any, prompt: Messages, answer: str) -> float:
+    """Sum of log-probabilities of ``answer``'s tokens after the chat-templated ``prompt``."""
+    full = tok.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    head = _prompt_text(tok, prompt)
+    ids = tok(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    n_head = len(tok(head, add_special_tokens=False)["input_ids"])
+    logits = model(input_ids=ids).logits[0, :-1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    targets = ids[0, 1:]
+    picked = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+    return float(picked[n_head - 1 :].sum())

@@ -1,0 +1,212 @@
+"""LLM-as-judge, MT-Bench-DE style: single grading (1-10) and pairwise with position swap.
+
+The judge is any OpenAI-compatible ``/chat/completions`` endpoint. Verdicts are parsed, never
+guessed: a reply without ``Bewertung: [[n]]`` (single) or ``[[A]]``/``[[B]]``/``[[C]]``
+(pairwise) counts as a parse failure and is left out of every score. Each pair is judged twice
+with the answers swapped; the candidate wins a question only if both orders agree, a
+disagreement counts as a tie (order bias cancels out). The win rate (win 1, tie 0.5, loss 0)
+comes with a bootstrap 95 % confidence interval over questions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from feinschliff.specs.evaluate import JudgeSpec
+
+log = logging.getLogger(__name__)
+
+RATING_RE = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+RATING_FALLBACK_RE = re.compile(r"Bewertung:\s*\[(\d+(?:\.\d+)?)\]")
+VERDICT_RE = re.compile(r"\[\[([ABC])\]\]")
+# Structured-output patterns for weak judges served by vLLM (FACTS: a 135M judge is 0 % parseable).
+SINGLE_REGEX = r"Bewertung: \[\[([1-9]|10)\]\]"
+PAIR_REGEX = r"\[\[(A|B|C)\]\]"
+
+
+class JudgeError(RuntimeError):
+    """The judge endpoint failed after all retries."""
+
+
+@dataclass
+class PairOutcome:
+    question_id: str
+    first: str | None  # verdict with the candidate as A
+    second: str | None  # verdict with the candidate as B
+    outcome: float | None = None  # 1 win, 0.5 tie, 0 loss, None unparseable
+    consistent: bool = False
+
+
+@dataclass
+class JudgeResult:
+    scores: dict[str, list[float]] = field(default_factory=dict)  # role -> valid single grades
+    single_failures: dict[str, int] = field(default_factory=dict)
+    pairs: list[PairOutcome] = field(default_factory=list)
+
+
+def parse_rating(text: str) -> float | None:
+    match = RATING_RE.search(text) or RATING_FALLBACK_RE.search(text)
+    if not match:
+        return None
+    value = float(match.group(1))
+    return value if 1 <= value <= 10 else None
+
+
+def parse_verdict(text: str) -> str | None:
+    found = set(VERDICT_RE.findall(text))
+    return found.pop() if len(found) == 1 else None  # two different verdicts: unparseable
+
+
+def load_prompts(path: Path) -> dict[str, dict[str, Any]]:
+    return {
+        p["name"]: p for p in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if p
+    }
+
+
+def combine(first: str | None, second: str | None) -> tuple[float | None, bool]:
+    """Candidate outcome from (cand as A) and (cand as B) verdicts."""
+    if first is None or second is None:
+        return None, False
+    a = {"A": 1.0, "B": 0.0, "C": 0.5}[first]
+    b = {"A": 0.0, "B": 1.0, "C": 0.5}[second]
+    return (a, True) if a == b else (0.5, False)
+
+
+def bootstrap_ci(values: list[float], iters: int, seed: int) -> tuple[float, float]:
+    if not values:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(iters))
+    return means[int(0.025 * (iters - 1))], means[int(0.975 * (iters - 1))]
+
+
+class JudgeClient:
+    def __init__(self, spec: JudgeSpec):
+        self.spec = spec
+        key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+        headers = {"Authorization": f"Bearer {key or 'EMPTY'}"}
+        self._client = httpx.AsyncClient(
+            base_url=spec.base_url.rstrip("/"), headers=headers, timeout=spec.timeout_s
+        )
+        self._sem = asyncio.Semaphore(spec.concurrency)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def complete(self, system: str, user: str, regex: str | None) -> str:
+        body: dict[str, Any] = {
+            "model": self.spec.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            "temperature": 0.0,
+            "max_tokens": self.spec.judge_max_tokens,
+        }
+        if regex and self.spec.constrain_output:
+            body["structured_outputs"] = {"regex": regex}
+        async with self._sem:
+            for attempt in range(self.spec.retries + 1):
+                try:
+                    resp = await self._client.post("/chat/completions", json=body)
+                    if resp.status_code < 500:
+                        resp.raise_for_status()
+                        return resp.json()["choices"][0]["message"]["content"] or ""
+                    err: Exception = JudgeError(f"judge HTTP {resp.status_code}: {resp.text[:200]}")
+                except (httpx.TransportError, httpx.TimeoutException) as exc:
+                    err = exc
+                if attempt < self.spec.retries:
+                    await asyncio.sleep(2**attempt)
+            raise JudgeError(f"judge at {self.spec.base_url} failed after retries: {err}")
+
+
+async def _judge(
+    spec: JudgeSpec,
+    prompts: dict[str, dict[str, Any]],
+    questions: list[dict[str, Any]],
+    answers: dict[str, list[str]],
+    opponent: str,
+) -> JudgeResult:
+    client = JudgeClient(spec)
+    single, pair = prompts["single-v1"], prompts["pair-v2"]
+    result = JudgeResult()
+    try:
+
+        async def grade(role: str, q: dict[str, Any], answer: str) -> tuple[str, float | None]:
+            user = single["prompt_template"].format(question=q["turns"][0], answer=answer)
+            return role, parse_rating(
+                await client.complete(single["system_prompt"], user, SINGLE_REGEX)
+            )
+
+        async def compare(q: dict[str, Any], a: str, b: str) -> str | None:
+            user = pair["prompt_template"].format(question=q["turns"][0], answer_a=a, answer_b=b)
+            return parse_verdict(await client.complete(pair["system_prompt"], user, PAIR_REGEX))
+
+        graded = await asyncio.gather(
+            *(grade(role, q, answers[role][i]) for role in answers for i, q in enumerate(questions))
+        )
+        for role, score in graded:
+            result.scores.setdefault(role, [])
+            result.single_failures.setdefault(role, 0)
+            if score is None:
+                result.single_failures[role] += 1
+            else:
+                result.scores[role].append(score)
+        cand, opp = answers["candidate"], answers[opponent]
+        firsts = await asyncio.gather(
+            *(compare(q, cand[i], opp[i]) for i, q in enumerate(questions))
+        )
+        seconds = await asyncio.gather(
+            *(compare(q, opp[i], cand[i]) for i, q in enumerate(questions))
+        )
+        for q, v1, v2 in zip(questions, firsts, seconds, strict=True):
+            outcome, consistent = combine(v1, v2)
+            result.pairs.append(PairOutcome(q["question_id"], v1, v2, outcome, consistent))
+    finally:
+        await client.close()
+    return result
+
+
+def run_judge(
+    spec: JudgeSpec,
+    prompts_path: Path,
+    questions: list[dict[str, Any]],
+    answers: dict[str, list[str]],
+    opponent: str,
+) -> JudgeResult:
+    """Grade every role's answers and compare candidate against ``opponent`` (both orders)."""
+    return asyncio.run(_judge(spec, load_prompts(prompts_path), questions, answers, opponent))
+
+
+def judge_metrics(result: JudgeResult, spec: JudgeSpec, opponent: str) -> dict[str, dict[str, Any]]:
+    """Flatten into report.json entries per role: judge/score and, for the candidate, judge/win_rate."""
+    out: dict[str, dict[str, Any]] = {}
+    for role, scores in result.scores.items():
+        n = len(scores)
+        out.setdefault(role, {})["judge/score"] = {
+            "value": sum(scores) / n if n else None,
+            "stderr": None,
+            "samples": n,
+            "parse_failures": result.single_failures.get(role, 0),
+        }
+    valid = [p.outcome for p in result.pairs if p.outcome is not None]
+    low, high = bootstrap_ci(valid, spec.bootstrap_iters, spec.seed)
+    out.setdefault("candidate", {})["judge/win_rate"] = {
+        "value": sum(valid) / len(valid) if valid else None,
+        "stderr": None,
+        "ci_low": None if not valid else low,
+        "ci_high": None if not valid else high,
+        "samples": len(valid),
+        "parse_failures": sum(1 for p in result.pairs if p.outcome is None),
+        "inconsistent": sum(1 for p in result.pairs if p.outcome is not None and not p.consistent),
+        "opponent": opponent,
+    }
+    return out
