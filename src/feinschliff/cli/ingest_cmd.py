@@ -1,32 +1,108 @@
-"""`feinschliff ingest`: feedback exports -> training data."""
+"""`feinschliff ingest`: feedback exports -> training data (with a recipe, or ad hoc)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _load, app
+from feinschliff.cli.app import Failure, SetOpt, _load, app
+
+SourceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--source",
+        help="Ad-hoc source KIND:PATH, KIND = argilla or langfuse, PATH a file or directory "
+        "(format detected). Repeatable; replaces the recipe.",
+        show_default=False,
+    ),
+]
+PiiOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pii",
+        help="off | redact | pseudonymize (key from env FEINSCHLIFF_PII_KEY). Default: the "
+        "recipe's feedback.pii.mode, ad hoc: redact.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
 def ingest(
-    recipe: RecipeArg,
     out: Annotated[Path, typer.Option(help="Output directory.")],
+    recipe: Annotated[
+        Path | None,
+        typer.Argument(help="Recipe YAML file (omit with --source).", show_default=False),
+    ] = None,
+    source: SourceOpt = None,
+    pii: PiiOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Read the recipe's feedback exports and write sft.jsonl, preference.jsonl, heldout/,
-    quarantine.jsonl (malformed records with reasons) and manifest.json (counts, sha256) to OUT."""
-    from feinschliff.ingest import run_ingest
-    from feinschliff.ingest.stage import IngestError
+    """Turn feedback exports (Argilla, Langfuse; files, folders or live pulls) into training data.
 
+    Writes to OUT: sft.jsonl, preference.jsonl, kto.jsonl (training), heldout/ (the same for
+    held-out prompts), quarantine.jsonl (malformed records with source, location, reason, raw
+    value), manifest.json (counts per source/output/drop reason, PII findings, input sha256,
+    watermarks, output sha256) and README.md (dataset card). PII is scrubbed before writing.
+
+    With a RECIPE its `feedback` section is used (and its evaluate.tasks for decontamination).
+    Ad hoc: `--source argilla:PATH --source langfuse:PATH [--pii MODE]`, decontaminated against
+    every bundled eval set; `--set feedback.rules.min_rating=3` overrides work in both modes.
+    Exit 2: invalid arguments or an export that matches no known format; 1: other failures
+    (e.g. more quarantined than feedback.max_quarantine_fraction).
+    """
+    from feinschliff.ingest.stage import IngestError, InvalidSource, run_ingest
+
+    if (recipe is None) == (not source):
+        raise Failure("give either a RECIPE or one or more --source KIND:PATH", code=2)
+    if recipe is not None:
+        loaded = _load(recipe, [*(set_ or []), *([f"feedback.pii.mode={pii}"] if pii else [])])
+        spec, tasks = loaded.feedback, list(loaded.evaluate.tasks)
+    else:
+        spec, tasks = _adhoc_spec(source or [], pii, set_ or []), _bundled_tasks()
     try:
-        ref = run_ingest(_load(recipe, set_).feedback, out)
+        ref = run_ingest(spec, out, eval_tasks=tasks)
+    except InvalidSource as exc:
+        raise Failure(str(exc), code=2) from exc
     except IngestError as exc:
         raise Failure(str(exc)) from exc
     manifest = json.loads((ref.dir / "manifest.json").read_text())
     typer.echo(
         json.dumps({"path": ref.path, "sha256": ref.sha256, "counts": manifest["counts"]}, indent=2)
     )
+
+
+def _adhoc_spec(sources: list[str], pii: str | None, overrides: list[str]) -> Any:
+    from pydantic import ValidationError
+
+    from feinschliff.recipe import FeedbackSpec
+    from feinschliff.recipe_loader import apply_override
+
+    parsed = []
+    for item in sources:
+        kind, sep, path = item.partition(":")
+        if not sep or kind not in ("argilla", "langfuse") or not path:
+            raise Failure(f"--source {item!r}: expected argilla:PATH or langfuse:PATH", code=2)
+        parsed.append({"kind": kind, "path": str(Path(path).expanduser().resolve())})
+    data: dict[str, Any] = {"feedback": {"sources": parsed, "pii": {"mode": pii or "redact"}}}
+    for item in overrides:
+        if not item.startswith("feedback."):
+            raise Failure(f"--set {item}: ad-hoc mode only takes feedback.* overrides", code=2)
+        try:
+            apply_override(data, item)
+        except ValueError as exc:
+            raise Failure(f"--set {item}: {exc}", code=2) from exc
+    try:
+        return FeedbackSpec.model_validate(data["feedback"])
+    except ValidationError as exc:
+        lines = [f"feedback.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise Failure("\n".join(lines), code=2) from None
+
+
+def _bundled_tasks() -> list[str]:
+    from feinschliff.paths import bundled_tasks_dir
+
+    return sorted(p.stem for p in bundled_tasks_dir().glob("*.jsonl"))

@@ -1,5 +1,19 @@
-"""Feedback ingestion: Argilla and Langfuse exports -> SFT and preference JSONL."""
+"""Feedback ingestion: Argilla and Langfuse exports -> SFT, preference and KTO JSONL."""
 
-from feinschliff.ingest.stage import run_ingest
+from __future__ import annotations
 
-__all__ = ["run_ingest"]
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from feinschliff.ingest.stage import IngestError, run_ingest
+
+__all__ = ["IngestError", "run_ingest"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that light submodules (credentials, jsonio) import without the whole stage.
+    if name in __all__:
+        from feinschliff.ingest import stage
+
+        return getattr(stage, name)
+    raise AttributeError(name)

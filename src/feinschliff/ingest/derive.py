@@ -1,134 +1,201 @@
-"""Derivation rules: canonical feedback records -> SFT rows and preference pairs.
+"""Derivation rules: one canonical feedback record -> SFT rows, preference pairs, KTO rows.
 
-SFT (TRL conversational ``messages``):
-  - a human correction of an answer is the target (when ``rules.corrections_as_sft``);
-  - else an accepted answer: mean rating >= ``rules.min_rating``, or a majority of thumbs up.
-  At most one SFT row per record: a correction supersedes the answer it corrects.
+SFT (TRL conversational ``messages``), at most one row per record:
+  - a human correction of the first answer is the target (``rules.corrections_as_sft``);
+  - else a curated reference (Langfuse dataset item, ``rules.dataset_items_as_sft``);
+  - else the first answer when it is accepted: its ratings pass ``rules.min_rating`` under
+    ``rules.aggregation`` (mean / majority / unanimous), or, without ratings, its thumbs are up
+    under the same aggregation.
 Preference (TRL explicit-prompt ``prompt``/``chosen``/``rejected``):
-  - a preference label or a ranking over two answers (majority over annotators; ties none);
   - a correction (chosen) against the answer it corrects (rejected);
-  - across records: a thumbs-up answer against a thumbs-down answer to the same prompt.
-Records that yield nothing are counted under a reason, never dropped silently.
+  - preference labels and rankings over two answers: each submitted label and each ranking's
+    first place is one vote; ``majority``/``mean`` need a strict majority, ``unanimous`` all
+    votes; a draw gives no pair; ``tie`` labels do not vote;
+  - across records (``pair_thumbs``): a thumbs-up answer against a thumbs-down answer to the
+    same prompt (identical message list), paired in reading order.
+KTO (TRL unpaired ``prompt``/``completion``/``label``): each answer with a thumbs verdict.
+
+When annotators disagree (ratings on both sides of ``min_rating``, labels for different answers,
+mixed thumbs, different corrections) the record is counted under ``disagreements``. A record that
+yields nothing is counted under a drop reason; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections import Counter
+from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
 from feinschliff.ingest.records import FeedbackRecord, Vote
-from feinschliff.recipe import DerivationRules
+from feinschliff.specs.feedback import DerivationRules
+
+Row = dict[str, Any]
 
 
-def prompt_key(record: FeedbackRecord) -> str:
-    return json.dumps([m.model_dump() for m in record.prompt], ensure_ascii=False, sort_keys=True)
+@dataclass
+class Derived:
+    sft: list[Row] = field(default_factory=list)
+    preference: list[Row] = field(default_factory=list)
+    kto: list[Row] = field(default_factory=list)
+    thumbs: list[tuple[bool, Row]] = field(default_factory=list)  # (up, KTO-shaped row) to pair
+    drops: Counter[str] = field(default_factory=Counter)
+    disagreements: Counter[str] = field(default_factory=Counter)
 
 
-def _msgs(record: FeedbackRecord) -> list[dict[str, str]]:
-    return [m.model_dump() for m in record.prompt]
+def derive_record(rec: FeedbackRecord, rules: DerivationRules) -> Derived:
+    out = Derived()
+    prov = rec.provenance()
+    first = next(iter(rec.answers))
+    original = rec.answers[first]
+    fix = _correction(rec, out)
+    reference = next((v for v in rec.votes if v.kind == "reference"), None)
+    verdict = thumbs_verdict(rec, first, rules, out)
 
+    if fix is not None and rules.corrections_as_sft:
+        out.sft.append(_sft(rec, prov, fix, "correction"))
+    elif reference is not None and rules.dataset_items_as_sft:
+        out.sft.append(_sft(rec, prov, str(reference.value), "dataset_item"))
+    elif accepted(rec, first, rules, out, verdict):
+        out.sft.append(_sft(rec, prov, original, "accepted"))
 
-def _assistant(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
+    if fix is not None and rules.corrections_as_preference and fix != original:
+        out.preference.append(_pref(rec, prov, fix, original, "correction_vs_original"))
+    pair = preferred_pair(rec, rules, out)
+    if pair is not None and rec.answers[pair[0]] != rec.answers[pair[1]]:
+        out.preference.append(
+            _pref(rec, prov, rec.answers[pair[0]], rec.answers[pair[1]], "annotated_preference")
+        )
+    if verdict is not None:
+        if rules.kto:
+            out.kto.append(_kto(rec, prov, original, verdict))
+        if rules.thumbs_pairs:
+            out.thumbs.append((verdict, _kto(rec, prov, original, verdict)))
+    if not (out.sft or out.preference or out.kto or out.thumbs):
+        out.drops["no_training_signal"] += 1
+    return out
 
 
 def _votes(record: FeedbackRecord, kind: str, answer: str | None = None) -> list[Vote]:
     return [v for v in record.votes if v.kind == kind and (answer is None or v.answer == answer)]
 
 
-def thumbs_verdict(record: FeedbackRecord, answer: str) -> bool | None:
-    votes = [bool(v.value) for v in _votes(record, "thumbs", answer)]
-    up, down = votes.count(True), votes.count(False)
-    return None if up == down else up > down
+def _agree(flags: list[bool], rules: DerivationRules) -> bool | None:
+    """Aggregate yes/no votes: True, False, or None for a draw (or no unanimity)."""
+    if not flags:
+        return None
+    yes, no = flags.count(True), flags.count(False)
+    if rules.aggregation == "unanimous":
+        return True if no == 0 else False if yes == 0 else None
+    return None if yes == no else yes > no
 
 
-def accepted(record: FeedbackRecord, answer: str, rules: DerivationRules) -> bool:
-    ratings = [float(v.value) for v in _votes(record, "rating", answer)]
-    if ratings:
+def thumbs_verdict(
+    rec: FeedbackRecord, answer: str, rules: DerivationRules, out: Derived
+) -> bool | None:
+    flags = [bool(v.value) for v in _votes(rec, "thumbs", answer)]
+    if len(set(flags)) > 1:
+        out.disagreements["thumbs"] += 1
+    verdict = _agree(flags, rules)
+    if flags and verdict is None:
+        out.drops["thumbs_undecided"] += 1
+    return verdict
+
+
+def accepted(
+    rec: FeedbackRecord, answer: str, rules: DerivationRules, out: Derived, thumbs: bool | None
+) -> bool:
+    ratings = [float(v.value) for v in _votes(rec, "rating", answer)]
+    if not ratings:
+        return thumbs is True
+    passing = [r >= rules.min_rating for r in ratings]
+    if len(set(passing)) > 1:
+        out.disagreements["rating"] += 1
+    if rules.aggregation == "mean":
         return mean(ratings) >= rules.min_rating
-    return thumbs_verdict(record, answer) is True
+    return _agree(passing, rules) is True
 
 
-def correction(record: FeedbackRecord) -> Vote | None:
-    found = _votes(record, "correction")
-    return found[0] if found else None
+def _correction(rec: FeedbackRecord, out: Derived) -> str | None:
+    texts = [str(v.value) for v in _votes(rec, "correction")]
+    if len(set(texts)) > 1:
+        out.disagreements["correction"] += 1  # the first submitted correction is used
+    return texts[0] if texts else None
 
 
-def preferred_pair(record: FeedbackRecord) -> tuple[str, str] | None:
-    """Majority (chosen, rejected) over preference labels and rankings; None on a tie."""
+def preferred_pair(
+    rec: FeedbackRecord, rules: DerivationRules, out: Derived
+) -> tuple[str, str] | None:
+    """(chosen, rejected) from preference labels and ranking first places; None on a draw."""
     tally: Counter[str] = Counter()
-    for v in record.votes:
+    for v in rec.votes:
         if v.kind == "preference" and v.value:
             tally[v.value] += 1
         elif v.kind == "ranking":
             tally[v.value[0]] += 1
     if not tally:
         return None
+    if len(tally) > 1:
+        out.disagreements["preference"] += 1
     ranked = tally.most_common()
+    if rules.aggregation == "unanimous" and len(ranked) > 1:
+        out.drops["preference_not_unanimous"] += 1
+        return None
     if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        out.drops["preference_draw"] += 1
         return None
     chosen = ranked[0][0]
-    others = [k for k in record.answers if k != chosen]
+    others = [k for k in rec.answers if k != chosen]
     return (chosen, others[0]) if others else None
 
 
-def derive_rows(
-    records: Iterable[FeedbackRecord], rules: DerivationRules
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter[str]]:
-    sft: list[dict[str, Any]] = []
-    pref: list[dict[str, Any]] = []
-    drops: Counter[str] = Counter()
-    by_prompt: dict[str, list[tuple[FeedbackRecord, str, bool]]] = defaultdict(list)
-
-    for rec in records:
-        produced = False
-        first = next(iter(rec.answers))
-        fix = correction(rec)
-        if fix is not None and rules.corrections_as_sft:
-            sft.append(_sft(rec, fix.value, "correction"))
-            produced = True
-        elif accepted(rec, first, rules):
-            sft.append(_sft(rec, rec.answers[first], "accepted"))
-            produced = True
-        if fix is not None and rules.corrections_as_preference and fix.value != rec.answers[first]:
-            pref.append(_pref(rec, fix.value, rec.answers[first], "correction_vs_original"))
-            produced = True
-        pair = preferred_pair(rec)
-        if pair is not None and rec.answers[pair[0]] != rec.answers[pair[1]]:
-            pref.append(
-                _pref(rec, rec.answers[pair[0]], rec.answers[pair[1]], "annotated_preference")
+def pair_thumbs(ups: list[Row], downs: list[Row]) -> list[Row]:
+    """Thumbs-up vs thumbs-down answers to one prompt (KTO-shaped rows in reading order)."""
+    pairs = []
+    for good, bad in zip(ups, downs, strict=False):
+        chosen, rejected = good["completion"], bad["completion"]
+        if chosen[0]["content"] != rejected[0]["content"]:
+            prov = {**good["provenance"], "rule": "thumbs_up_vs_down"}
+            prov["rejected_source_id"] = bad["provenance"]["source_id"]
+            prov["annotators"] = sorted(
+                set(good["provenance"]["annotators"]) | set(bad["provenance"]["annotators"])
             )
-            produced = True
-        verdict = thumbs_verdict(rec, first)
-        if verdict is not None:
-            by_prompt[prompt_key(rec)].append((rec, rec.answers[first], verdict))
-            produced = True
-        if not produced:
-            drops["no_training_signal"] += 1
-
-    for group in by_prompt.values():
-        ups = [(r, a) for r, a, v in group if v]
-        downs = [(r, a) for r, a, v in group if not v]
-        for (rec, good), (_, bad) in zip(ups, downs, strict=False):
-            if good != bad:
-                pref.append(_pref(rec, good, bad, "thumbs_up_vs_down"))
-    return sft, pref, drops
+            pairs.append(
+                {
+                    "prompt": good["prompt"],
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "provenance": prov,
+                }
+            )
+    return pairs
 
 
-def _sft(rec: FeedbackRecord, answer: str, rule: str) -> dict[str, Any]:
-    return {
-        "messages": _msgs(rec) + _assistant(answer),
-        "provenance": {**rec.provenance(), "rule": rule},
-    }
+def _msgs(rec: FeedbackRecord) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in rec.prompt]
 
 
-def _pref(rec: FeedbackRecord, chosen: str, rejected: str, rule: str) -> dict[str, Any]:
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _sft(rec: FeedbackRecord, prov: dict[str, Any], answer: str, rule: str) -> Row:
+    return {"messages": _msgs(rec) + _assistant(answer), "provenance": {**prov, "rule": rule}}
+
+
+def _pref(rec: FeedbackRecord, prov: dict[str, Any], chosen: str, rejected: str, rule: str) -> Row:
     return {
         "prompt": _msgs(rec),
         "chosen": _assistant(chosen),
         "rejected": _assistant(rejected),
-        "provenance": {**rec.provenance(), "rule": rule},
+        "provenance": {**prov, "rule": rule},
+    }
+
+
+def _kto(rec: FeedbackRecord, prov: dict[str, Any], answer: str, label: bool) -> Row:
+    return {
+        "prompt": _msgs(rec),
+        "completion": _assistant(answer),
+        "label": label,
+        "provenance": {**prov, "rule": "thumbs_up" if label else "thumbs_down"},
     }

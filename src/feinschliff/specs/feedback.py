@@ -1,22 +1,78 @@
-"""Recipe section `feedback`: sources and derivation rules (owned by ingest)."""
+"""Recipe section `feedback`: sources, derivation rules, PII, dedup, decontamination (ingest)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from feinschliff.specs.common import RecipePath, Strict
 
-# --------------------------------------------------------------------------- feedback
+# --------------------------------------------------------------------------- sources
+
+
+class ArgillaPull(Strict):
+    """Read an Argilla 2.x dataset from a live server (API key: env ARGILLA_API_KEY)."""
+
+    dataset: str = Field(description="Dataset name on the server.")
+    workspace: str | None = Field(None, description="Workspace of the dataset (None: default).")
+    api_url: str | None = Field(
+        None, description="Server URL; None reads the environment variable ARGILLA_API_URL."
+    )
+    batch_size: int = Field(256, ge=1, le=1000, description="Records per request.")
+
+
+class LangfusePull(Strict):
+    """Read observations and scores from a live Langfuse server via its public REST API.
+
+    Keys: env LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY (or Prefect Secret blocks of those names).
+    """
+
+    base_url: str | None = Field(
+        None,
+        description="Server URL; None reads LANGFUSE_BASE_URL (or the deprecated LANGFUSE_HOST).",
+    )
+    observation_type: str = Field(
+        "GENERATION", description="Observation type to fetch (the prompt/answer pairs)."
+    )
+    name: str | None = Field(None, description="Only observations with this name.")
+    environment: str | None = Field(None, description="Only this Langfuse environment.")
+    page_limit: int = Field(
+        1000, ge=1, le=1000, description="Rows per observations page (scores: at most 100)."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request.")
 
 
 class FeedbackSource(Strict):
-    kind: Literal["argilla", "langfuse"] = Field(description="Which tool produced the export.")
-    path: RecipePath = Field(
-        description="Export file or directory (relative to the recipe): an Argilla `to_disk` "
-        "folder, or a folder of Langfuse v2-observation and v3-score pages."
+    kind: Literal["argilla", "langfuse"] = Field(description="Which tool produced the feedback.")
+    path: RecipePath | None = Field(
+        None,
+        description="Export file or directory (relative to the recipe). Argilla: a `to_disk` "
+        "folder, a flat `to_list(flatten=True)` JSON/JSONL file, a `to_datasets`/Hub parquet "
+        "folder or file, a 1.x Hub folder (argilla.yaml + parquet). Langfuse: API pages "
+        "(v2 observations + v3 scores, v1), GET /traces/{id} JSON, UI exports (CSV, JSON, "
+        "JSONL), dataset items. The format is detected.",
     )
+    pull: ArgillaPull | LangfusePull | None = Field(
+        None,
+        description="Pull from a live server instead of reading `path` (incremental: only "
+        "feedback newer than the stored watermark is fetched; everything pulled so far is "
+        "kept in a local mirror under the cache dir and ingested).",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> FeedbackSource:
+        if (self.path is None) == (self.pull is None):
+            raise ValueError("set exactly one of `path` (an export) and `pull` (a live server)")
+        expected = ArgillaPull if self.kind == "argilla" else LangfusePull
+        if self.pull is not None and not isinstance(self.pull, expected):
+            raise ValueError(f"`pull` settings do not match kind {self.kind!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- rules
+
+Aggregation = Literal["majority", "mean", "unanimous"]
 
 
 class DerivationRules(Strict):
@@ -26,6 +82,13 @@ class DerivationRules(Strict):
         le=10,
         description="An answer rated at least this (Argilla rating) counts as accepted SFT data.",
     )
+    aggregation: Aggregation = Field(
+        "mean",
+        description="How several annotators' judgements of one record combine. Ratings: "
+        "`mean` (mean >= min_rating), `majority` (more than half rate >= min_rating), "
+        "`unanimous` (all do). Labels, rankings, thumbs: `majority`/`mean` need a strict "
+        "majority, `unanimous` needs all votes to agree. Disagreements are counted.",
+    )
     corrections_as_sft: bool = Field(
         True,
         description="Use human corrections (Argilla text answer, Langfuse CORRECTION) as SFT targets.",
@@ -33,12 +96,76 @@ class DerivationRules(Strict):
     corrections_as_preference: bool = Field(
         True, description="Pair a correction (chosen) with the original answer (rejected)."
     )
+    thumbs_pairs: bool = Field(
+        True,
+        description="Pair a thumbs-up answer (chosen) with a thumbs-down answer (rejected) to "
+        "the same prompt.",
+    )
+    kto: bool = Field(True, description="Write thumbs up/down as unpaired KTO rows (kto.jsonl).")
+    dataset_items_as_sft: bool = Field(
+        True, description="Use active Langfuse dataset items' expected output as SFT targets."
+    )
+    thumbs_scores: list[str] = Field(
+        default_factory=lambda: ["user-feedback"],
+        description="Score names that are thumbs up/down in Langfuse UI exports (those lose the "
+        "score data type; API pages use dataType BOOLEAN instead).",
+    )
+    max_rows_per_annotator: int | None = Field(
+        None,
+        ge=1,
+        description="Contribution cap: a row is dropped once every annotator behind it has "
+        "already contributed this many rows (None: no cap). Counts end users' thumbs too.",
+    )
+
+
+class PiiSpec(Strict):
+    mode: Literal["off", "redact", "pseudonymize"] = Field(
+        "redact",
+        description="PII in every written text: `redact` replaces findings with <ENTITY>, "
+        "`pseudonymize` encrypts them reversibly (key from a secret), `off` keeps them.",
+    )
+    key_secret: str = Field(
+        "FEINSCHLIFF_PII_KEY",
+        pattern=r"^[A-Z][A-Z0-9_]*$",
+        description="Name of the environment variable (or Prefect Secret block, kebab case) "
+        "holding the pseudonymization key; the key itself never goes into a recipe.",
+    )
+
+
+class DedupSpec(Strict):
+    exact: bool = Field(True, description="Drop rows whose normalised content was seen before.")
+    near: bool = Field(True, description="Drop near-duplicate rows (MinHash LSH, datasketch).")
+    threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity that counts as near-dup."
+    )
+    num_perm: int = Field(64, ge=16, le=256, description="MinHash permutations.")
+    shingle_words: int = Field(5, ge=1, le=13, description="Words per shingle.")
+
+
+class DecontaminationSpec(Strict):
+    enabled: bool = Field(True, description="Drop rows that overlap an evaluation set.")
+    ngram: int = Field(
+        13,
+        ge=4,
+        le=50,
+        description="Words per n-gram; eval texts shorter than this match as a whole.",
+    )
+    eval_sets: list[str] = Field(
+        default_factory=list,
+        description="Extra evaluation sets: bundled task names or JSONL paths. The tasks in "
+        "the recipe's `evaluate` section are always included.",
+    )
 
 
 class FeedbackSpec(Strict):
     sources: list[FeedbackSource] = Field(min_length=1, description="Feedback exports to ingest.")
     rules: DerivationRules = Field(
         default_factory=DerivationRules, description="How feedback turns into training rows."
+    )
+    pii: PiiSpec = Field(default_factory=PiiSpec, description="PII scrubbing before writing.")
+    dedup: DedupSpec = Field(default_factory=DedupSpec, description="Duplicate removal.")
+    decontamination: DecontaminationSpec = Field(
+        default_factory=DecontaminationSpec, description="Evaluation-set overlap removal."
     )
     heldout_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of prompts kept out of training for evaluation."
@@ -50,3 +177,10 @@ class FeedbackSpec(Strict):
         description="Fail ingest when more than this share of records is malformed and quarantined.",
     )
     seed: int = Field(0, description="Seed for the held-out split.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes that derive, hash and PII-scrub rows (0: one per CPU core, at "
+        "most 8; 1: all in one process). The output does not depend on it.",
+    )

@@ -1,0 +1,172 @@
+"""Argilla export layouts on disk -> streamed records (conversion rules in ``argilla``).
+
+- 2.x ``Dataset.to_disk`` folder: ``.argilla/settings.json`` + ``records.json`` (one nested
+  array, no response status) or, for a live-pull mirror, ``records-*.jsonl`` (nested, status kept);
+- 2.x flat form: ``records.to_list(flatten=True)`` as JSONL or one JSON array; the settings come
+  from a ``.argilla/settings.json`` next to the file, else the layout is inferred from columns;
+- 2.x ``to_datasets()`` / ``to_hub`` layout: ``.argilla/settings.json`` + parquet files (flat
+  columns, statuses kept), or a single parquet file;
+- 1.x ``FeedbackDataset`` Hub export: ``argilla.yaml`` (or ``argilla.cfg``) + parquet files,
+  responses as ``[{user_id, value, status}]`` per question column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from feinschliff.ingest.argilla import (
+    ArgillaLayout,
+    infer_layout,
+    layout_from_settings,
+    nested_from_flat,
+    nested_from_v1,
+    to_record,
+)
+from feinschliff.ingest.jsonio import (
+    Broken,
+    first_char,
+    iter_json_array,
+    iter_jsonl,
+    iter_parquet,
+    read_json,
+)
+from feinschliff.ingest.records import FeedbackRecord, Quarantined, ReadLog, reason_of
+
+Item = FeedbackRecord | Quarantined
+ERRORS = (ValueError, TypeError, KeyError, ValidationError)
+
+
+def quarantine(where: str, reason: str, raw: Any) -> Quarantined:
+    return Quarantined(source="argilla", location=where, reason=reason, raw=raw)
+
+
+def settings_file(path: Path) -> Path | None:
+    folder = path if path.is_dir() else path.parent
+    candidate = folder / ".argilla" / "settings.json"
+    return candidate if candidate.is_file() else None
+
+
+def v1_config_file(folder: Path) -> Path | None:
+    for name in ("argilla.yaml", "argilla.cfg"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def parquet_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.parquet") if ".argilla" not in p.parts)
+
+
+def nested_files(folder: Path) -> list[Path]:
+    if (folder / "records.json").is_file():
+        return [folder / "records.json"]
+    return sorted(folder.glob("records*.jsonl"))
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_nested(folder: Path, log: ReadLog) -> Iterator[Item]:
+    """``to_disk`` folder (records.json) or a pull mirror (records-*.jsonl, statuses kept)."""
+    settings = settings_file(folder)
+    assert settings is not None
+    layout = layout_from_settings(read_json(settings, log.inputs))
+    files = nested_files(folder)
+    if files and files[0].suffix == ".json":  # to_disk: one array
+        yield from _convert(iter_json_array(files[0], log.inputs), files[0], layout, log, _same)
+        return
+    # A pull mirror: one file per pull, newest first; a record pulled again supersedes itself.
+    seen: set[str] = set()
+    for f in reversed(files):
+        for item in _convert(iter_jsonl(f, log.inputs), f, layout, log, _same):
+            if isinstance(item, FeedbackRecord):
+                if item.source_id in seen:
+                    log.stats["argilla_record_superseded_by_newer_pull"] += 1
+                    continue
+                seen.add(item.source_id)
+            yield item
+
+
+def _same(raw: Any, _layout: ArgillaLayout) -> Any:
+    return raw
+
+
+def read_flat(path: Path, log: ReadLog) -> Iterator[Item]:
+    """``to_list(flatten=True)`` rows (JSON/JSONL) or ``to_datasets()`` parquet rows."""
+    settings = settings_file(path)
+    layout = layout_from_settings(read_json(settings, log.inputs)) if settings else None
+    if layout is None:
+        log.note(
+            f"{path.name}: no .argilla/settings.json next to it; fields and question types "
+            "were inferred from the columns (prompt: prompt/instruction/question/input/chat)"
+        )
+    files = [path] if path.is_file() else parquet_files(path)
+    for f in files:
+        yield from _convert(_rows(f, log), f, layout, log, nested_from_flat)
+
+
+def read_v1(folder: Path, log: ReadLog) -> Iterator[Item]:
+    config = v1_config_file(folder)
+    assert config is not None
+    log.inputs[str(config)] = _sha(config)
+    layout = layout_from_settings(yaml.safe_load(config.read_text(encoding="utf-8")))
+    for f in parquet_files(folder):
+        yield from _convert(iter_parquet(f, log.inputs), f, layout, log, nested_from_v1)
+
+
+def _rows(f: Path, log: ReadLog) -> Iterator[tuple[int, Any]]:
+    if f.suffix == ".parquet":
+        return iter_parquet(f, log.inputs)
+    if f.suffix in (".jsonl", ".ndjson") or first_char(f) != "[":
+        return iter_jsonl(f, log.inputs)
+    return iter_json_array(f, log.inputs)
+
+
+def _convert(
+    rows: Iterator[tuple[int, Any]],
+    f: Path,
+    layout: ArgillaLayout | None,
+    log: ReadLog,
+    to_nested: Any,
+) -> Iterator[Item]:
+    inferred = layout
+    for i, raw in rows:
+        where = f"{f}#{i}" if f.suffix != ".jsonl" else f"{f}:{i}"
+        if isinstance(raw, Broken):
+            yield quarantine(where, raw.reason, raw.raw)
+            continue
+        try:
+            if layout is None:
+                if not isinstance(raw, dict):
+                    raise TypeError(f"row is a {type(raw).__name__}, not an object")
+                inferred = infer_layout(raw, inferred)
+            assert inferred is not None
+            nested = to_nested(raw, inferred)
+            stamp = raw.get("updated_at") if isinstance(raw, dict) else None
+            yield to_record(nested, inferred, log, where, timestamp=stamp)
+        except ERRORS as exc:
+            yield quarantine(where, reason_of(exc), raw)
+
+
+def _sha(path: Path) -> str:
+    from feinschliff.artifacts import sha256_file
+
+    return sha256_file(path)
+
+
+def peek_rows(path: Path, n: int = 50) -> list[Any]:
+    """The first ``n`` rows of a JSON/JSONL/parquet file (for format detection)."""
+    rows: list[Any] = []
+    try:
+        for _, row in _rows(path, ReadLog()):
+            rows.append(row)
+            if len(rows) >= n:
+                break
+    except (OSError, ValueError, ImportError):
+        pass
+    return rows

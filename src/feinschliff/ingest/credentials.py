@@ -1,0 +1,53 @@
+"""Secrets for live pulls and pseudonymization: environment variables or Prefect Secret blocks.
+
+Credentials never come from a recipe or a flow parameter (Prefect shows parameters in plain text).
+Lookup order for a name such as ``LANGFUSE_SECRET_KEY``:
+
+1. the environment variable of that name;
+2. a Prefect Secret block named in kebab case (``langfuse-secret-key``), only when Prefect is
+   installed and a Prefect API is configured; the library never needs Prefect for anything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+
+def lookup_secret(name: str) -> str | None:
+    """The secret's value, or None when neither the environment nor Prefect holds it."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    return _prefect_secret(name.lower().replace("_", "-"))
+
+
+def require_secret(name: str, purpose: str) -> str:
+    value = lookup_secret(name)
+    if value is None:
+        raise MissingCredentials(
+            f"{purpose} needs {name}: set the environment variable or create a Prefect Secret "
+            f"block '{name.lower().replace('_', '-')}' (never put credentials into a recipe)"
+        )
+    return value
+
+
+class MissingCredentials(RuntimeError):
+    """A live pull was configured but its credentials are not available."""
+
+
+def _prefect_secret(block: str) -> str | None:
+    # Without a configured API, Prefect would start a temporary server just to answer "no".
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
+    try:
+        from prefect.blocks.system import Secret
+    except ImportError:
+        return None
+    try:
+        return str(Secret.load(block).get())
+    except Exception as exc:  # a missing block raises ValueError; a down API raises httpx errors
+        log.debug("no Prefect Secret block %r: %s", block, exc)
+        return None

@@ -1,0 +1,142 @@
+"""Recognise what an export path holds and open the matching reader.
+
+``open_export(kind, path, ...)`` returns a ``SourceRead`` (format name + a record iterator) or
+raises ``UnknownExport`` naming what was found: the files, the first row's keys, and whether it
+looks like the *other* tool's export. Detection looks at structure (marker files, the keys of
+the first row or page), never at file names alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from feinschliff.ingest.argilla_formats import (
+    nested_files,
+    parquet_files,
+    peek_rows,
+    read_flat,
+    read_nested,
+    read_v1,
+    settings_file,
+    v1_config_file,
+)
+from feinschliff.ingest.jsonio import Broken, parquet_columns
+from feinschliff.ingest.langfuse import read_observations
+from feinschliff.ingest.langfuse_exports import read_exports
+from feinschliff.ingest.langfuse_rows import SUFFIXES, Item, file_kind
+from feinschliff.ingest.records import ReadLog
+from feinschliff.ingest.scratch import Scratch
+from feinschliff.specs.feedback import DerivationRules
+
+JOINED = {"observation", "score"}
+SELF_CONTAINED = {"trace_full", "trace_export", "dataset_item", "trace_ids"}
+
+
+class UnknownExport(ValueError):
+    """The path holds nothing this reader recognises; the message says what it found."""
+
+
+@dataclass
+class SourceRead:
+    format: str
+    items: Iterator[Item]
+
+
+def open_export(
+    kind: str, path: Path, log: ReadLog, rules: DerivationRules, scratch: Scratch
+) -> SourceRead:
+    if not path.exists():
+        raise UnknownExport(f"{path} does not exist")
+    if kind == "argilla":
+        found = _argilla(path, log)
+        if found is None:
+            hint = "; it looks like a Langfuse export" if any(_langfuse_files(path)[:2]) else ""
+            raise UnknownExport(
+                f"{path}: not an Argilla export (a to_disk folder, a flat to_list JSON/JSONL, "
+                f"to_datasets/Hub parquet, or a 1.x argilla.yaml + parquet folder); "
+                f"found {_describe(path)}{hint}"
+            )
+        return found
+    joined, exports, seen, score_files = _langfuse_files(path)
+    if not joined and not exports:
+        hint = "; it looks like an Argilla export" if _argilla(path, ReadLog()) else ""
+        raise UnknownExport(
+            f"{path}: no Langfuse observations, scores, traces, UI exports or dataset items "
+            f"found ({_describe(path)}{'; ' + '; '.join(seen) if seen else ''}){hint}"
+        )
+
+    def items() -> Iterator[Item]:
+        if joined:
+            yield from read_observations(joined, log, rules, scratch, score_files)
+        if exports:
+            yield from read_exports(exports, log, rules)
+
+    names = "+".join(
+        k
+        for k, on in (("langfuse-observations+scores", joined), ("langfuse-exports", exports))
+        if on
+    )
+    return SourceRead(names, items())
+
+
+def _argilla(path: Path, log: ReadLog) -> SourceRead | None:
+    if path.is_dir():
+        if settings_file(path) and nested_files(path):
+            fmt = "argilla-2-to-disk" if (path / "records.json").is_file() else "argilla-2-mirror"
+            return SourceRead(fmt, read_nested(path, log))
+        if settings_file(path) and parquet_files(path):
+            return SourceRead("argilla-2-hub-parquet", read_flat(path, log))
+        if v1_config_file(path) and parquet_files(path):
+            return SourceRead("argilla-1-hub", read_v1(path, log))
+        return None
+    if path.suffix == ".parquet":
+        columns = parquet_columns(path)
+        if any(c.endswith(".responses") for c in columns):
+            return SourceRead("argilla-2-flat-parquet", read_flat(path, log))
+        return None
+    if path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
+        for row in peek_rows(path):
+            if not isinstance(row, dict):
+                continue
+            if "fields" in row and "responses" in row:
+                return None  # a nested array needs its settings: point at the to_disk folder
+            if any(k.endswith(".responses") for k in row):
+                return SourceRead("argilla-2-flat", read_flat(path, log))
+    return None
+
+
+def _langfuse_files(path: Path) -> tuple[list[Path], list[Path], list[str], set[Path]]:
+    """Files with observation/score rows, self-contained exports, descriptions of the rest,
+    and which of the first are score files (read before the observations)."""
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    )
+    joined, exports, seen, scores = [], [], [], set()
+    for f in files:
+        kind, what = file_kind(f, ReadLog())
+        if kind in JOINED:
+            joined.append(f)
+            if kind == "score":
+                scores.add(f)
+        elif kind in SELF_CONTAINED:
+            exports.append(f)
+        else:
+            seen.append(what)
+    return joined, exports, seen[:5], scores
+
+
+def _describe(path: Path) -> str:
+    if path.is_file():
+        rows = peek_rows(path, 1) if path.suffix.lower() != ".csv" else []
+        row = rows[0] if rows else None
+        if isinstance(row, dict):
+            return f"a {path.suffix} file whose first row has keys {sorted(row)[:10]}"
+        if isinstance(row, Broken):
+            return f"a {path.suffix} file that does not parse ({row.reason})"
+        return f"a file of {path.stat().st_size} bytes"
+    names = sorted(p.name for p in path.iterdir())[:8]
+    return f"{names}" if names else "an empty directory"

@@ -1,0 +1,265 @@
+"""Streaming readers for the file formats exports come in: JSON, JSON arrays, JSONL, CSV, parquet.
+
+Every reader yields ``(position, value)`` one element at a time, so memory stays flat however
+large the export is, and computes the file's sha256 from the bytes it reads (one pass, no second
+read for the manifest). A broken element becomes a ``Broken`` value with the parser's message, so
+callers can quarantine it and go on with the next one.
+
+- ``iter_json_array``: the elements of a top-level JSON array, decoded incrementally (Argilla's
+  ``records.json`` and Langfuse UI JSON exports are one array of the whole export);
+- ``iter_jsonl``: one value per line;
+- ``iter_csv``: one dict per row (Langfuse UI CSV exports quote every field, cells hold JSON);
+- ``iter_parquet``: one dict per row, in record batches (Argilla ``to_datasets``/Hub parquet).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+try:  # orjson is several times faster than json for whole pages; json is the fallback
+    import orjson
+
+    def loads(data: bytes | str) -> Any:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:  # NaN/Infinity, which Python's json (and JS) accept
+            return json.loads(data)
+
+    def dumps(value: Any) -> bytes:
+        # default=str: raw values of quarantined rows may hold bytes or other non-JSON types
+        return orjson.dumps(value, default=str)
+except ImportError:  # pragma: no cover - orjson ships with the lock
+
+    def loads(data: bytes | str) -> Any:
+        return json.loads(data)
+
+    def dumps(value: Any) -> bytes:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+CHUNK = 1 << 20
+MAX_ELEMENT = 256 << 20  # a single array element larger than this is treated as broken
+_WS = " \t\r\n"
+
+
+@dataclass(frozen=True)
+class Broken:
+    """A value that could not be decoded, with the reason and a prefix of the raw text."""
+
+    reason: str
+    raw: str
+
+
+class HashingReader(io.RawIOBase):
+    """Wraps a binary file and hashes every byte read through it."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._f.readinto(buffer)
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+        return n or 0
+
+    def drain(self) -> str:
+        """Hash whatever was not read yet; returns the hex digest of the whole file."""
+        while chunk := self._f.read(CHUNK):
+            self.sha256.update(chunk)
+        return self.sha256.hexdigest()
+
+
+def read_json(path: Path, inputs: dict[str, str]) -> Any:
+    """A whole (small) JSON file, e.g. one API page of at most 1000 rows."""
+    data = path.read_bytes()
+    inputs[str(path)] = hashlib.sha256(data).hexdigest()
+    return loads(data)
+
+
+def first_char(path: Path) -> str:
+    with path.open("rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace").lstrip(_WS + "\ufeff")
+    return head[:1]
+
+
+def head_of_page(path: Path, size: int = 1 << 16) -> Iterator[Any] | None:
+    """The rows that fit in the first ``size`` bytes of an API page ``{"data": [...], ...}``,
+    decoded lazily, or None when the head does not look like one (then parse the whole file)."""
+    with path.open("rb") as f:
+        head = f.read(size).decode("utf-8", errors="ignore")
+    start = head.find('"data"')
+    bracket = head.find("[", start) if start >= 0 else -1
+    if bracket < 0 or head[start + 6 : bracket].strip() != ":":
+        return None
+    decoder = json.JSONDecoder()
+    try:
+        first, pos = decoder.raw_decode(head, _skip(head, bracket + 1))
+    except json.JSONDecodeError:
+        return None  # the first row is larger than the head, or the page is empty
+
+    def rows() -> Iterator[Any]:
+        nonlocal pos
+        yield first
+        while head[_skip(head, pos) : _skip(head, pos) + 1] not in ("]", ""):
+            try:
+                value, pos = decoder.raw_decode(head, _skip(head, pos))
+            except json.JSONDecodeError:
+                return
+            yield value
+
+    return rows()
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _WS + ",":
+        pos += 1
+    return pos
+
+
+def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, Any]]:
+    """Elements of a top-level JSON array, decoded one at a time with ``raw_decode``."""
+    decoder = json.JSONDecoder()
+    with path.open("rb") as raw:
+        hashing = HashingReader(raw)
+        text = io.TextIOWrapper(io.BufferedReader(hashing, CHUNK), encoding="utf-8-sig")
+        buf, pos, index, eof, peeked = "", 0, 0, False, False
+
+        def fill() -> bool:
+            nonlocal buf, pos
+            chunk = text.read(CHUNK)
+            buf = buf[pos:] + chunk
+            pos = 0
+            return bool(chunk)
+
+        def skip(chars: str) -> None:
+            nonlocal pos, eof
+            while True:
+                while pos < len(buf) and buf[pos] in chars:
+                    pos += 1
+                if pos < len(buf) or eof:
+                    return
+                eof = not fill()
+
+        try:
+            skip(_WS)
+            if buf[pos : pos + 1] != "[":
+                yield 0, Broken("not a JSON array", buf[pos : pos + 200])
+                return
+            pos += 1
+            while True:
+                skip(_WS)
+                if buf[pos : pos + 1] == "]" or (eof and pos >= len(buf)):
+                    return
+                while True:
+                    try:
+                        value, end = decoder.raw_decode(buf, pos)
+                        if end < len(buf) or eof:
+                            break
+                        eof = not fill()  # a number may continue in the next chunk
+                    except json.JSONDecodeError as exc:
+                        if eof or len(buf) - pos > MAX_ELEMENT:
+                            yield index, Broken(f"invalid JSON: {exc.msg}", buf[pos : pos + 200])
+                            return  # the array cannot be resynchronised after a syntax error
+                        eof = not fill()
+                yield index, value
+                index += 1
+                pos = end
+                skip(_WS)
+                if buf[pos : pos + 1] == ",":
+                    pos += 1
+                elif buf[pos : pos + 1] != "]":
+                    yield (
+                        index,
+                        Broken("expected ',' or ']' between elements", buf[pos : pos + 200]),
+                    )
+                    return
+        except UnicodeDecodeError as exc:
+            yield index, Broken(f"not UTF-8: {exc}", "")
+        except GeneratorExit:  # a caller that only peeked: no fingerprint, no full read
+            peeked = True
+            raise
+        finally:
+            if not peeked:
+                inputs[str(path)] = hashing.drain()
+
+
+def iter_jsonl(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, Any]]:
+    """One JSON value per line (blank lines skipped); line numbers start at 1."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        try:
+            for lineno, line in enumerate(f, start=1):
+                h.update(line)
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, loads(line)
+                except ValueError as exc:
+                    text = line.decode("utf-8", errors="replace")[:200]
+                    yield lineno, Broken(f"invalid JSON: {exc}", text)
+        except GeneratorExit:
+            return
+    inputs[str(path)] = h.hexdigest()
+
+
+def iter_csv(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Rows of a CSV file with a header line, as dicts; row numbers start at 2 (after the header)."""
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # cells hold whole JSON conversations
+    with path.open("rb") as raw:
+        hashing = HashingReader(raw)
+        text = io.TextIOWrapper(io.BufferedReader(hashing, CHUNK), encoding="utf-8-sig", newline="")
+        reader = csv.DictReader(text)
+        try:
+            for row in reader:
+                yield reader.line_num, row
+        except (csv.Error, UnicodeDecodeError) as exc:
+            yield reader.line_num, Broken(f"unreadable CSV: {exc}", "")  # type: ignore[misc]
+        except GeneratorExit:
+            return
+        inputs[str(path)] = hashing.drain()
+
+
+def csv_header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig", newline="", errors="replace") as f:
+        try:
+            return next(csv.reader(f))
+        except (StopIteration, csv.Error):
+            return []
+
+
+def iter_parquet(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a parquet file, read in record batches of 1024 rows."""
+    import pyarrow.parquet as pq
+
+    inputs[str(path)] = _sha256(path)
+    index = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield index, row
+            index += 1
+
+
+def parquet_columns(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,157 @@
+"""Self-contained Langfuse exports: legacy full traces, UI trace exports, dataset items.
+
+Each row carries everything it needs, so these are read in one streaming pass:
+
+- ``GET /api/public/traces/{id}`` (``TraceWithFullDetails``, FACTS 10.2.2), one trace per file,
+  as a JSON array or as JSONL: one record per GENERATION observation; a score with an
+  ``observationId`` belongs to that observation, a trace-level score to the trace's last
+  generation; a trace without generations is one record of its own input/output.
+- UI "traces" batch export rows (CSV, JSON or JSONL; FACTS 10.2.4): the trace's input/output,
+  scores flattened into one column per score name (thumbs: ``rules.thumbs_scores``). The
+  export has no CORRECTION scores (the server leaves them out), so it yields thumbs only.
+- Dataset items (``GET /api/public/dataset-items`` pages, FACTS 10.2.3): an ACTIVE item's
+  ``expectedOutput`` is a curated reference answer (SFT); ARCHIVED items are counted, not used.
+
+The traces *list* (``GET /api/public/traces``) holds only observation and score ids: its rows
+are quarantined with a hint to export full traces instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from feinschliff.ingest.jsonio import Broken
+from feinschliff.ingest.langfuse import ERRORS, observation_record, score_vote
+from feinschliff.ingest.langfuse_rows import (
+    Item,
+    answer_text,
+    column_votes,
+    iter_rows,
+    messages,
+    quarantine,
+    row_kind,
+)
+from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote, reason_of
+from feinschliff.specs.feedback import DerivationRules
+
+
+def read_exports(files: list[Path], log: ReadLog, rules: DerivationRules) -> Iterator[Item]:
+    for f in files:
+        for where, row in iter_rows(f, log):
+            if isinstance(row, Broken):
+                yield quarantine(where, row.reason, row.raw)
+                continue
+            kind = row_kind(row)
+            try:
+                if kind == "trace_full":
+                    yield from _trace(row, where, log)
+                elif kind == "trace_export":
+                    yield from _trace_export(row, where, log, rules)
+                elif kind == "dataset_item":
+                    yield from _dataset_item(row, where, log)
+                elif kind == "trace_ids":
+                    yield quarantine(
+                        where,
+                        "a traces-list row holds only observation/score ids; export full traces "
+                        "(GET /api/public/traces/{id}) or observation and score pages",
+                        row,
+                    )
+                else:
+                    yield quarantine(where, "not a Langfuse trace, export or dataset-item row", row)
+            except ERRORS as exc:
+                yield quarantine(where, reason_of(exc), row)
+
+
+def _trace(trace: dict[str, Any], where: str, log: ReadLog) -> Iterator[Item]:
+    generations = [
+        o for o in trace["observations"] if isinstance(o, dict) and o.get("type") == "GENERATION"
+    ]
+    last = max(generations, key=lambda o: str(o.get("startTime")), default=None)
+    attached: dict[str, list[Vote]] = {str(o.get("id")): [] for o in generations}
+    for score in trace.get("scores") or []:
+        if not isinstance(score, dict):
+            raise ValueError(f"score is a {type(score).__name__}, not an object")
+        vote = score_vote(score, trace.get("userId"))
+        if vote is None:
+            log.stats[f"langfuse_score_{score.get('dataType')}_not_used"] += 1
+            continue
+        target = score.get("observationId") or (last.get("id") if last else trace.get("id"))
+        attached.setdefault(str(target), []).append(vote)
+
+    if not generations:  # the trace's own input/output is the pair
+        votes = attached.get(str(trace.get("id")), [])
+        if votes:
+            yield _record(trace, votes, where, trace_id=trace.get("id"))
+        else:
+            log.stats["langfuse_trace_without_feedback"] += 1
+        return
+    for i, obs in enumerate(generations):
+        votes = attached.get(str(obs.get("id")), [])
+        if not votes:
+            log.stats["langfuse_generation_without_feedback"] += 1
+            continue
+        here = f"{where}/observations[{i}]"
+        try:
+            yield observation_record({"traceId": trace.get("id"), **obs}, votes, here)
+        except ERRORS as exc:
+            yield quarantine(here, reason_of(exc), obs)
+
+
+def _trace_export(
+    row: dict[str, Any], where: str, log: ReadLog, rules: DerivationRules
+) -> Iterator[Item]:
+    votes = column_votes(row, rules)
+    if not votes:
+        log.stats["langfuse_trace_without_feedback"] += 1
+        return
+    log.note(
+        "Langfuse UI exports carry no CORRECTION scores and only averaged score values per "
+        f"name; thumbs were read from the columns {rules.thumbs_scores}."
+    )
+    yield _record(row, votes, where, trace_id=row.get("id"))
+
+
+def _dataset_item(item: dict[str, Any], where: str, log: ReadLog) -> Iterator[Item]:
+    if item.get("status", "ACTIVE") != "ACTIVE":
+        log.stats[f"langfuse_dataset_item_{str(item.get('status')).lower()}"] += 1
+        return
+    expected = item.get("expectedOutput")
+    if expected in (None, "", {}):
+        log.stats["langfuse_dataset_item_without_expected_output"] += 1
+        return
+    text = answer_text(expected)
+    if not text.strip():
+        raise ValueError("dataset item expectedOutput is empty")
+    yield FeedbackRecord(
+        source="langfuse",
+        source_id=str(item["id"]),
+        location=where,
+        trace_id=_str(item.get("sourceTraceId")),
+        observation_id=_str(item.get("sourceObservationId")),
+        timestamp=_str(item.get("createdAt")),
+        prompt=messages(item.get("input")),
+        answers={"expected_output": text},
+        votes=[Vote(kind="reference", answer="expected_output", value=text)],
+    )
+
+
+def _record(row: dict[str, Any], votes: list[Vote], where: str, trace_id: Any) -> FeedbackRecord:
+    answer = answer_text(row.get("output"))
+    if not answer.strip():
+        raise ValueError("trace output is empty")
+    return FeedbackRecord(
+        source="langfuse",
+        source_id=str(row["id"]),
+        location=where,
+        trace_id=_str(trace_id),
+        timestamp=_str(row.get("timestamp")),
+        prompt=messages(row.get("input")),
+        answers={"output": answer},
+        votes=votes,
+    )
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None

@@ -1,0 +1,207 @@
+"""Langfuse rows: iterate any file layout, tell row kinds apart, decode prompts and answers.
+
+Shared by the observation/score join (``langfuse``) and the self-contained exports
+(``langfuse_exports``). Row kinds, by their keys (FACTS 10.2):
+
+- ``observation``: ``traceId`` + ``type`` (API v1/v2 observations, UI observation export);
+- ``score``: ``dataType`` + ``name`` (API v1/v2/v3 scores);
+- ``trace_full``: ``observations`` holding objects (``GET /api/public/traces/{id}``);
+- ``trace_ids``: ``observations`` holding id strings (the traces *list*: not enough to train on);
+- ``dataset_item``: ``datasetId`` + ``input`` (+ ``expectedOutput``);
+- ``trace_export``: a UI trace export row: ``id``, ``timestamp``, ``input``, ``output``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from feinschliff.ingest.jsonio import (
+    Broken,
+    first_char,
+    head_of_page,
+    iter_csv,
+    iter_json_array,
+    iter_jsonl,
+    loads,
+    read_json,
+)
+from feinschliff.ingest.records import FeedbackRecord, Message, Quarantined, ReadLog, Vote
+from feinschliff.specs.feedback import DerivationRules
+
+Item = FeedbackRecord | Quarantined
+SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+ROLES = {"developer": "system", "human": "user", "ai": "assistant", "function": "tool"}
+
+
+def quarantine(where: str, reason: str, raw: Any) -> Quarantined:
+    return Quarantined(source="langfuse", location=where, reason=reason, raw=raw)
+
+
+def iter_rows(path: Path, log: ReadLog) -> Iterator[tuple[str, Any]]:
+    """(location, row) for every row of a page, array, JSONL, CSV or single-object file."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        for n, row in iter_csv(path, log.inputs):
+            yield f"{path}:{n}", row
+    elif suffix in (".jsonl", ".ndjson"):
+        for n, row in iter_jsonl(path, log.inputs):
+            yield f"{path}:{n}", row
+    elif first_char(path) == "[":
+        for i, row in iter_json_array(path, log.inputs):
+            yield f"{path}#{i}", row
+    else:
+        try:
+            page = read_json(path, log.inputs)
+        except (ValueError, UnicodeDecodeError) as exc:
+            yield str(path), Broken(f"not JSON: {exc}", "")
+            return
+        if isinstance(page, dict) and isinstance(page.get("data"), list):
+            for i, row in enumerate(page["data"]):
+                yield f"{path}#data[{i}]", row
+        else:
+            yield str(path), page
+
+
+def row_kind(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return None
+    if "dataType" in row and "name" in row:
+        return "score"
+    if "traceId" in row and "type" in row:
+        return "observation"
+    if isinstance(row.get("observations"), list):
+        obs = row["observations"]
+        return "trace_ids" if obs and all(isinstance(o, str) for o in obs) else "trace_full"
+    if "datasetId" in row and "input" in row:
+        return "dataset_item"
+    if "id" in row and "input" in row and "output" in row and "timestamp" in row:
+        return "trace_export"
+    return None
+
+
+def file_kind(path: Path, log: ReadLog, peek: int = 50) -> tuple[str | None, str]:
+    """The kind of the first recognisable row among a file's first ``peek`` rows, and a
+    description of what was found (for the error when nothing matches)."""
+    first = None
+    for n, (_, row) in enumerate(_peek(path)):
+        if n >= peek:
+            break
+        kind = row_kind(row) if not isinstance(row, Broken) else None
+        if kind is not None:
+            return kind, f"{path.name}: {kind}"
+        if first is None:
+            keys = sorted(row)[:8] if isinstance(row, dict) else type(row).__name__
+            first = (
+                f"{path.name}: {row.reason}"
+                if isinstance(row, Broken)
+                else (f"{path.name}: unknown row (keys {keys})")
+            )
+    return None, first or f"{path.name}: no rows"
+
+
+def _peek(path: Path) -> Iterator[tuple[str, Any]]:
+    """Rows from the head of an API page without parsing the whole page (detection only)."""
+    if path.suffix.lower() == ".json" and first_char(path) == "{":
+        rows = head_of_page(path)
+        if rows is not None:
+            yield from ((str(path), r) for r in rows)
+            return
+    yield from iter_rows(path, ReadLog())
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode(value: Any) -> Any:
+    """v2 observations and CSV cells hold JSON as strings; plain text stays text."""
+    if isinstance(value, str) and value[:1] in ("{", "[", '"'):
+        try:
+            return loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _content(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # OpenAI content parts
+        parts = [
+            p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text"
+        ]
+        if parts:
+            return "".join(parts)
+    raise ValueError(f"message content is a {type(value).__name__}, not text")
+
+
+def _message(m: Any) -> Message:
+    if not isinstance(m, dict):
+        raise ValueError(f"message is a {type(m).__name__}, not an object")
+    role = str(m.get("role", ""))
+    return Message(role=ROLES.get(role, role), content=_content(m.get("content")))  # type: ignore[arg-type]
+
+
+def messages(value: Any) -> list[Message]:
+    value = decode(value)
+    if isinstance(value, dict):
+        for key in ("messages", "input", "prompt", "question", "query"):
+            if key in value:
+                value = decode(value[key])
+                break
+    if isinstance(value, str) and value.strip():
+        return [Message(role="user", content=value)]
+    if isinstance(value, list) and value:
+        return [_message(m) for m in value]
+    raise ValueError("observation input holds no prompt")
+
+
+def answer_text(value: Any) -> str:
+    value = decode(value)
+    if isinstance(value, dict):
+        if "content" in value:
+            return _content(value["content"])
+        choices = value.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            return _content((choices[0].get("message") or {}).get("content", ""))
+        for key in ("completion", "output", "text", "answer"):
+            if isinstance(value.get(key), str):
+                return value[key]
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        return _content(value[-1].get("content"))  # a message list: its last turn
+    if isinstance(value, str):
+        return value
+    raise ValueError("observation output holds no assistant text")
+
+
+def column_votes(row: dict[str, Any], rules: DerivationRules) -> list[Vote]:
+    """Thumbs from UI-export score columns (``[1]``, ``[0]``, averaged per trace)."""
+    votes = []
+    who = row.get("userId")
+    for name in rules.thumbs_scores:
+        cell = decode(row.get(name))
+        if cell in (None, ""):
+            continue
+        for value in cell if isinstance(cell, list) else [cell]:
+            up = _thumb(value)
+            if up is not None:
+                votes.append(
+                    Vote(
+                        kind="thumbs",
+                        annotator=str(who) if who else None,
+                        answer="output",
+                        value=up,
+                    )
+                )
+    return votes
+
+
+def _thumb(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return None if value == 0.5 else value > 0.5
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"thumbs score value {value!r} is neither boolean nor 0/1")

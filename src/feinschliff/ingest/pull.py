@@ -1,0 +1,240 @@
+"""Live pulls: Langfuse over its public REST API (cursor paging), Argilla through its SDK.
+
+A pull is incremental. Each source has a watermark in the cache dir
+(``$FEINSCHLIFF_HOME/ingest/watermarks/<source>.json``): a scheduled run fetches only what is
+newer, and appends it to the source's local mirror (``$FEINSCHLIFF_HOME/ingest/mirror/<source>/``),
+which the ingest then reads in full, so the dataset always covers all feedback pulled so far.
+The watermark is saved only after a pull completed; overlapping re-fetches are harmless (rows
+are deduplicated by id when read).
+
+- Langfuse: ``GET /api/public/v2/observations`` (``fromStartTime`` = watermark minus a safety
+  lookback for late-arriving traces) and ``GET /api/public/v3/scores`` (``fromTimestamp``), each
+  followed through ``meta.cursor``; pages are stored as returned. Score *updates* that keep their
+  timestamp are not re-fetched.
+- Argilla: records with at least one submitted response, ``updated_at >=`` watermark, with
+  responses (status kept per response); stored as nested JSONL beside the dataset settings.
+
+Credentials: environment variables or Prefect Secret blocks only (``credentials``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from feinschliff.ingest.credentials import MissingCredentials, require_secret
+from feinschliff.specs.feedback import ArgillaPull, FeedbackSource, LangfusePull
+
+log = logging.getLogger(__name__)
+OBS_FIELDS = "core,basic,time,io,metadata,model,usage,prompt,metrics,trace_context"
+SCORE_FIELDS = "details,annotation,subject"
+LOOKBACK = timedelta(hours=1)
+RETRIES = 4
+
+
+@dataclass
+class PullResult:
+    mirror: Path
+    watermark_before: dict[str, str]
+    watermark_after: dict[str, str]
+    fetched: dict[str, int] = field(default_factory=dict)
+
+
+def state_dir() -> Path:
+    from feinschliff.models import feinschliff_home
+
+    return feinschliff_home() / "ingest"
+
+
+def source_key(source: FeedbackSource, url: str) -> str:
+    assert source.pull is not None
+    ident = json.dumps([source.kind, url, source.pull.model_dump()], sort_keys=True)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def pull_source(source: FeedbackSource) -> PullResult:
+    if isinstance(source.pull, LangfusePull):
+        return _pull_langfuse(source, source.pull)
+    assert isinstance(source.pull, ArgillaPull)
+    return _pull_argilla(source, source.pull)
+
+
+def _paths(source: FeedbackSource, url: str) -> tuple[Path, Path]:
+    key = source_key(source, url)
+    return state_dir() / "mirror" / key, state_dir() / "watermarks" / f"{key}.json"
+
+
+def _load_watermark(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+# --------------------------------------------------------------------------- langfuse
+
+
+def langfuse_url(pull: LangfusePull) -> str:
+    url = pull.base_url or os.environ.get("LANGFUSE_BASE_URL") or os.environ.get("LANGFUSE_HOST")
+    if not url:
+        raise MissingCredentials(
+            "Langfuse pull needs a server URL: feedback.sources[].pull.base_url or LANGFUSE_BASE_URL"
+        )
+    return url.rstrip("/")
+
+
+def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
+    import httpx
+
+    url = langfuse_url(pull)
+    auth = (
+        require_secret("LANGFUSE_PUBLIC_KEY", "Langfuse pull"),
+        require_secret("LANGFUSE_SECRET_KEY", "Langfuse pull"),
+    )
+    mirror, mark_file = _paths(source, url)
+    before = _load_watermark(mark_file)
+    batch = mirror / _stamp()
+    after = dict(before)
+    fetched = {"observations": 0, "scores": 0}
+    obs_params: dict[str, Any] = {"fields": OBS_FIELDS, "limit": pull.page_limit}
+    obs_params["type"] = pull.observation_type
+    score_params: dict[str, Any] = {"fields": SCORE_FIELDS, "limit": min(pull.page_limit, 100)}
+    for params in (obs_params, score_params):
+        if pull.environment:
+            params["environment"] = pull.environment
+    if pull.name:
+        obs_params["name"] = pull.name
+    if "observations" in before:
+        since = datetime.fromisoformat(before["observations"].replace("Z", "+00:00")) - LOOKBACK
+        obs_params["fromStartTime"] = since.isoformat().replace("+00:00", "Z")
+    if "scores" in before:
+        score_params["fromTimestamp"] = before["scores"]
+
+    with httpx.Client(base_url=url, auth=auth, timeout=pull.timeout_s) as client:
+        for kind, path, params, stamp_key in (
+            ("observations", "/api/public/v2/observations", obs_params, "startTime"),
+            ("scores", "/api/public/v3/scores", score_params, "timestamp"),
+        ):
+            for n, page in enumerate(_cursor_pages(client, path, params), start=1):
+                rows = page.get("data") or []
+                fetched[kind] += len(rows)
+                stamps = [
+                    str(r[stamp_key]) for r in rows if isinstance(r, dict) and r.get(stamp_key)
+                ]
+                if stamps:
+                    after[kind] = max([after.get(kind, ""), *stamps])
+                _save_json(batch / f"{kind}-page-{n}.json", page)
+    _save_json(mark_file, after)
+    log.info("langfuse pull %s: %s (watermark %s -> %s)", url, fetched, before, after)
+    return PullResult(mirror, before, after, fetched)
+
+
+def _cursor_pages(client: Any, path: str, params: dict[str, Any]) -> Any:
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        page = _get(client, path, query)
+        yield page
+        cursor = (page.get("meta") or {}).get("cursor")
+        if not cursor or not page.get("data"):
+            return
+
+
+def _get(client: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
+    import httpx
+
+    for attempt in range(RETRIES):
+        try:
+            response = client.get(path, params=params)
+        except httpx.TransportError:
+            if attempt == RETRIES - 1:
+                raise
+        else:
+            if response.status_code in (401, 403):
+                raise MissingCredentials(
+                    f"Langfuse refused the credentials ({response.status_code}) for {path}"
+                )
+            if response.status_code not in (429, 500, 502, 503, 504):
+                response.raise_for_status()
+                return response.json()
+            if attempt == RETRIES - 1:
+                response.raise_for_status()
+        time.sleep(min(2**attempt, 10))
+    raise RuntimeError("unreachable")
+
+
+# --------------------------------------------------------------------------- argilla
+
+
+def _pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
+    import argilla as rg
+
+    url = pull.api_url or os.environ.get("ARGILLA_API_URL")
+    if not url:
+        raise MissingCredentials("Argilla pull needs api_url or the ARGILLA_API_URL variable")
+    client = rg.Argilla(api_url=url, api_key=require_secret("ARGILLA_API_KEY", "Argilla pull"))
+    dataset = client.datasets(name=pull.dataset, workspace=pull.workspace)
+    if dataset is None:
+        raise ValueError(f"Argilla dataset {pull.dataset!r} not found on {url}")
+    mirror, mark_file = _paths(source, url)
+    before = _load_watermark(mark_file)
+    conditions: list[tuple[str, str, Any]] = [("response.status", "==", "submitted")]
+    if "records" in before:
+        conditions.append(("updated_at", ">=", before["records"]))
+    query = rg.Query(filter=rg.Filter(conditions))
+    _save_json(mirror / ".argilla" / "settings.json", dataset.settings.serialize())
+    after, count = dict(before), 0
+    target = mirror / f"records-{_stamp()}.jsonl"
+    tmp = target.with_name(target.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for record in dataset.records(
+            query=query,
+            with_responses=True,
+            with_suggestions=False,
+            with_vectors=False,
+            batch_size=pull.batch_size,
+        ):
+            row = argilla_row(record)
+            if row["updated_at"]:
+                after["records"] = max(after.get("records", ""), row["updated_at"])
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    tmp.replace(target)
+    _save_json(mark_file, after)
+    log.info("argilla pull %s/%s: %d records", url, pull.dataset, count)
+    return PullResult(mirror, before, after, {"records": count})
+
+
+def argilla_row(record: Any) -> dict[str, Any]:
+    """An SDK record in the nested form of ``to_disk``, with each response's status kept."""
+    model = record._model  # the record's server timestamps; the SDK keeps none per response
+    updated = model.updated_at.isoformat() if model.updated_at else None
+    responses: dict[str, list[dict[str, Any]]] = {}
+    for r in record.responses:
+        status = getattr(r.status, "value", r.status)
+        responses.setdefault(r.question_name, []).append(
+            {"value": r.value, "user_id": str(r.user_id), "status": status, "updated_at": updated}
+        )
+    return {
+        "id": record.id,
+        "_server_id": str(record._server_id) if record._server_id else None,
+        "status": record.status,
+        "fields": record.fields.to_dict(),
+        "responses": responses,
+        "updated_at": updated,
+    }

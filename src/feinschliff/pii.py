@@ -1,0 +1,254 @@
+"""PII scrubbing with Presidio: pattern recognizers only, German identifiers, offline.
+
+Modes:
+  - ``off``: text passes unchanged;
+  - ``redact``: every finding becomes ``<ENTITY_TYPE>`` (deterministic, irreversible);
+  - ``pseudonymize``: every finding becomes ``<ENTITY_TYPE:ciphertext>`` where the ciphertext is
+    Presidio's ``encrypt`` operator (AES-CBC, random IV); ``restore_text`` decrypts it back exactly.
+
+The key for ``pseudonymize`` comes from a secret (``FEINSCHLIFF_PII_KEY`` in the environment, or a
+Prefect Secret block of the same name in kebab case when Prefect is installed) and is never written
+anywhere by this module; a short fingerprint (``key_fingerprint``) may be recorded instead. The
+encryption is not deterministic: deduplicate *before* scrubbing.
+
+How it runs offline (FACTS 9): a blank spaCy ``de`` pipeline is saved once into the cache dir and
+handed to Presidio (``AnalyzerEngine()`` alone would download an English model); the e-mail
+recognizer uses tldextract's bundled suffix list instead of fetching one. Gaps it closes: the
+Steuer-ID written in groups (``86 095 742 719``) gets an extra checksum-validated pattern, and the
+score threshold is 0.4 because phone numbers score exactly 0.4 without an NER model.
+
+Not detected: names, addresses and anything else that needs a language model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+import threading
+from collections import Counter
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+PiiMode = Literal["off", "redact", "pseudonymize"]
+KEY_ENV = "FEINSCHLIFF_PII_KEY"
+SCORE_THRESHOLD = 0.4  # PhoneRecognizer scores German numbers at 0.4 with a blank pipeline
+ENTITIES = (
+    "EMAIL_ADDRESS",
+    "IBAN_CODE",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IP_ADDRESS",
+    "DE_TAX_ID",
+    "DE_VAT_ID",
+)
+# Every recognizer above needs a digit or an '@': text without either is skipped unanalysed.
+_MAY_HOLD_PII = re.compile(r"[0-9@]").search
+_PSEUDONYM = re.compile(r"<([A-Z][A-Z_]*):([A-Za-z0-9_=+/-]{24,})>")
+_LOCK = threading.Lock()
+
+
+class PiiError(RuntimeError):
+    """Missing or invalid key, or Presidio could not be set up."""
+
+
+def scrub_text(text: str, mode: PiiMode, key: str | None = None) -> tuple[str, Counter[str]]:
+    """Scrub one text; returns the new text and the number of findings per entity type."""
+    if mode == "off" or not text or not _MAY_HOLD_PII(text):
+        return text, Counter()
+    if mode == "pseudonymize":
+        check_key(key)
+    return _scrub(text, mode, key)
+
+
+def restore_text(text: str, key: str) -> str:
+    """Decrypt every ``<ENTITY:ciphertext>`` that ``pseudonymize`` wrote back into the original."""
+    check_key(key)
+    from presidio_anonymizer import DeanonymizeEngine
+    from presidio_anonymizer.entities import OperatorConfig, OperatorResult
+
+    engine = DeanonymizeEngine()
+    decrypt = {"DEFAULT": OperatorConfig("decrypt", {"key": key})}
+
+    def plain(match: re.Match[str]) -> str:
+        cipher = match.group(2)
+        entity = OperatorResult(start=0, end=len(cipher), entity_type=match.group(1))
+        return engine.deanonymize(text=cipher, entities=[entity], operators=decrypt).text
+
+    return _PSEUDONYM.sub(plain, text)
+
+
+def scrub_value(value: Any, mode: PiiMode, key: str | None, counts: Counter[str]) -> Any:
+    """Scrub every string inside a JSON-like value (dicts, lists); counts are added to ``counts``."""
+    if mode == "off":
+        return value
+    if isinstance(value, str):
+        text, found = scrub_text(value, mode, key)
+        counts.update(found)
+        return text
+    if isinstance(value, dict):
+        return {k: scrub_value(v, mode, key, counts) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_value(v, mode, key, counts) for v in value]
+    return value
+
+
+def load_key(name: str = KEY_ENV) -> str:
+    """The pseudonymization key from the environment or a Prefect Secret block; never a file."""
+    from feinschliff.ingest.credentials import lookup_secret
+
+    key = lookup_secret(name)
+    if key is None:
+        raise PiiError(
+            f"pii mode 'pseudonymize' needs a key: set the environment variable {name} "
+            f"(16, 24 or 32 characters) or a Prefect Secret block '{_block_name(name)}'"
+        )
+    check_key(key)
+    return key
+
+
+def check_key(key: str | None) -> None:
+    if not key or len(key.encode("utf-8")) not in (16, 24, 32):
+        raise PiiError("the pseudonymization key must be 16, 24 or 32 bytes long (AES-128/192/256)")
+
+
+def key_fingerprint(key: str) -> str:
+    """A short, non-reversible id of the key, so a manifest can say which key was used."""
+    return hashlib.sha256(b"feinschliff-pii-key:" + key.encode("utf-8")).hexdigest()[:12]
+
+
+def _block_name(env_name: str) -> str:
+    return env_name.lower().replace("_", "-")
+
+
+# --------------------------------------------------------------------------- presidio
+
+
+def _scrub(text: str, mode: PiiMode, key: str | None) -> tuple[str, Counter[str]]:
+    from presidio_anonymizer.entities import OperatorConfig
+
+    analyzer, anonymizer = _engines()
+    findings = analyzer.analyze(
+        text=text, language="de", entities=list(ENTITIES), score_threshold=SCORE_THRESHOLD
+    )
+    if not findings:
+        return text, Counter()
+    if mode == "redact":
+        result = anonymizer.anonymize(text=text, analyzer_results=findings)
+        return result.text, Counter(item.entity_type for item in result.items)
+    result = anonymizer.anonymize(
+        text=text,
+        analyzer_results=findings,
+        operators={"DEFAULT": OperatorConfig("encrypt", {"key": key})},
+    )
+    # Wrap each ciphertext with its entity type, so restore_text can find and decrypt it.
+    out = result.text
+    for item in sorted(result.items, key=lambda i: i.start, reverse=True):
+        out = (
+            f"{out[: item.start]}<{item.entity_type}:{out[item.start : item.end]}>{out[item.end :]}"
+        )
+    return out, Counter(item.entity_type for item in result.items)
+
+
+@cache
+def _engines() -> tuple[Any, Any]:
+    with _LOCK:
+        return _build_engines()
+
+
+def _build_engines() -> tuple[Any, Any]:
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        DeTaxIdRecognizer,
+        DeVatIdRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+    )
+    from presidio_anonymizer import AnonymizerEngine
+
+    nlp = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "de", "model_name": str(blank_spacy_dir())}],
+        }
+    ).create_engine()
+    registry = RecognizerRegistry(supported_languages=["de"])
+    for recognizer in (
+        IbanRecognizer(supported_language="de"),
+        _email_recognizer(),
+        PhoneRecognizer(supported_regions=("DE",), supported_language="de"),
+        CreditCardRecognizer(supported_language="de"),
+        IpRecognizer(supported_language="de"),
+        DeTaxIdRecognizer(supported_language="de"),
+        _grouped_tax_id_recognizer(DeTaxIdRecognizer),
+        DeVatIdRecognizer(supported_language="de"),
+    ):
+        registry.add_recognizer(recognizer)
+    analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["de"])
+    return analyzer, AnonymizerEngine()
+
+
+def blank_spacy_dir() -> Path:
+    """A blank spaCy ``de`` pipeline on disk (created once in the cache; no model download)."""
+    import spacy
+
+    from feinschliff.models import feinschliff_home
+
+    target = feinschliff_home() / "cache" / f"spacy-blank-de-{spacy.__version__}"
+    if (target / "config.cfg").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".spacy-"))
+    spacy.blank("de").to_disk(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; its copy is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _grouped_tax_id_recognizer(base: type) -> Any:
+    """Steuer-ID written in groups (``86 095 742 719``, ``86/095/742/719``), checksum-validated."""
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    class GroupedTaxId(PatternRecognizer):
+        def validate_result(self, pattern_text: str) -> bool | None:
+            digits = re.sub(r"\D", "", pattern_text)
+            return base().validate_result(digits)
+
+    return GroupedTaxId(
+        supported_entity="DE_TAX_ID",
+        supported_language="de",
+        name="DeTaxIdGroupedRecognizer",
+        patterns=[Pattern("Steuer-ID grouped", r"\b[1-9]\d(?:[ ./-]\d{3}){3}\b", 0.5)],
+        context=list(base.CONTEXT),
+    )
+
+
+def _email_recognizer() -> Any:
+    """Presidio's e-mail recognizer, validating domains against tldextract's bundled list."""
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return _tld_extract()(pattern_text).fqdn != ""
+
+    return OfflineEmailRecognizer(supported_language="de")
+
+
+@cache
+def _tld_extract() -> Any:
+    import tldextract
+
+    # No suffix_list_urls: never fetch the public-suffix list, use the snapshot in the wheel.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+def warm_up() -> None:
+    """Build the engines now (a few seconds), e.g. before timing a run."""
+    _engines()
