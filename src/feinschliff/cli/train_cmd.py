@@ -18,8 +18,11 @@ def train(
     out: Annotated[Path, typer.Option(help="Output directory.")],
     set_: SetOpt = None,
 ) -> None:
-    """Train a LoRA adapter (TRL SFT/DPO/ORPO) and write OUT/adapter/ (PEFT), OUT/metrics.json
-    and OUT/loss.png. A killed run resumes from its last complete checkpoint when rerun."""
+    """Train a LoRA adapter (SFT, DPO, ORPO or KTO; backend TRL or Axolotl; optionally on several
+    processes with accelerate) and write OUT/adapter/ (PEFT + README.md model card),
+    OUT/metrics.json (loss curve, eval loss, tokens/s, peak memory, wall time) and OUT/loss.png.
+    A killed run resumes from its last complete checkpoint when rerun; a recipe with train.gpu
+    is refused up front if its memory estimate does not fit that GPU (see `estimate`)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.train import run_train
     from feinschliff.train.stage import TrainError

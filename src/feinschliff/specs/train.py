@@ -1,10 +1,15 @@
-"""Recipe section `train`: method, backend, LoRA, hyperparameters."""
+"""Recipe section `train`: method, backend, LoRA, hyperparameters, launcher, warm start.
+
+Everything a recipe can ask for here must produce an adapter the serving vLLM accepts
+(FACTS 10.3.4): a rank from vLLM's set, no DoRA, ``bias: none``, no ``modules_to_save``. Those
+three are fields only so that a recipe asking for them gets an error that says why.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from feinschliff.specs.common import VLLM_LORA_RANKS, Strict
 
@@ -19,6 +24,17 @@ class LoraSpec(Strict):
         "all-linear",
         description="Modules to adapt: 'all-linear' or a list such as [q_proj, v_proj].",
     )
+    use_dora: bool = Field(
+        False, description="Must stay false: vLLM cannot serve DoRA adapters (FACTS 10.3.4)."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="Must stay 'none': vLLM refuses adapters that train biases."
+    )
+    modules_to_save: list[str] | None = Field(
+        None,
+        description="Must stay empty: vLLM refuses adapters with fully trained extra modules "
+        "(e.g. embed_tokens, lm_head).",
+    )
 
     @field_validator("r")
     @classmethod
@@ -28,6 +44,33 @@ class LoraSpec(Strict):
                 f"rank {r} cannot be served: vLLM accepts ranks {list(VLLM_LORA_RANKS)}"
             )
         return r
+
+    @field_validator("use_dora")
+    @classmethod
+    def _no_dora(cls, use_dora: bool) -> bool:
+        if use_dora:
+            raise ValueError("DoRA adapters cannot be served: vLLM does not support DoRA")
+        return use_dora
+
+    @field_validator("bias")
+    @classmethod
+    def _no_bias(cls, bias: str) -> str:
+        if bias != "none":
+            raise ValueError(
+                f"bias {bias!r} cannot be served: vLLM refuses adapters with trained biases "
+                "('Adapter bias is not supported'); use 'none'"
+            )
+        return bias
+
+    @field_validator("modules_to_save")
+    @classmethod
+    def _no_modules_to_save(cls, modules: list[str] | None) -> list[str] | None:
+        if modules:
+            raise ValueError(
+                f"modules_to_save {modules} cannot be served: vLLM loads only LoRA matrices, "
+                "not fully trained copies of modules; leave it empty"
+            )
+        return None
 
 
 class Hyperparameters(Strict):
@@ -53,6 +96,15 @@ class Hyperparameters(Strict):
     seed: int = Field(42, description="Training seed.")
     logging_steps: int = Field(1, ge=1, description="Record the loss every N steps.")
     save_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
+    eval_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Share of the training rows held out to report an eval loss (0 = no eval split).",
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Compute the eval loss every N steps; default: at the end only."
+    )
 
 
 class _TrainBase(Strict):
@@ -63,10 +115,71 @@ class _TrainBase(Strict):
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters, description="Optimisation settings."
     )
+    qlora: bool = Field(
+        False,
+        description="Load the base model in 4-bit NF4 (bitsandbytes) under the LoRA: much less "
+        "weight memory. Needs a CUDA GPU.",
+    )
+    chat_template: Literal["model", "chatml"] = Field(
+        "model",
+        description="Chat template: the model's own ('model') or standard ChatML ('chatml', for "
+        "base models without one).",
+    )
+    init_from: Literal["base", "production"] = Field(
+        "base",
+        description="'base': a fresh LoRA. 'production': continue training the adapter the "
+        "registry currently aliases `production` (falls back to a fresh LoRA if there is none).",
+    )
+    replay_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.9,
+        description="With init_from: production, the share of training rows replayed from the "
+        "data the production adapter was trained on (against forgetting).",
+    )
+    launcher: Literal["python", "accelerate"] = Field(
+        "python",
+        description="'python': train in this process. 'accelerate': `accelerate launch` with "
+        "`accelerate_config` over `num_processes` processes (multi-GPU).",
+    )
+    accelerate_config: Literal["ddp", "fsdp", "deepspeed-zero3"] = Field(
+        "ddp", description="Launcher config from configs/accelerate/ (launcher: accelerate)."
+    )
+    num_processes: int = Field(
+        1, ge=1, description="Training processes (one per GPU) with launcher: accelerate."
+    )
+    gpu: str | None = Field(
+        None,
+        description="Target GPU from configs/hardware.yaml (e.g. rtx-4090): `run` refuses a "
+        "training whose memory estimate does not fit it.",
+    )
+
+    @model_validator(mode="after")
+    def _replay_needs_warm_start(self) -> _TrainBase:
+        if self.replay_fraction > 0 and self.init_from != "production":
+            raise ValueError("replay_fraction needs init_from: production (replay of what?)")
+        if self.backend == "axolotl" and self.launcher != "python":
+            raise ValueError("launcher: accelerate is for backend trl; Axolotl launches itself")
+        return self
 
 
 class SFTTrain(_TrainBase):
     method: Literal["sft"] = Field(description="Supervised fine-tuning on `sft.jsonl`.")
+    packing: bool = Field(
+        False,
+        description="Pack several conversations into each max_length row (best-fit, "
+        "padding-free): fewer padding tokens, more memory per step.",
+    )
+    padding_free: bool = Field(
+        False,
+        description="Concatenate the batch into one row without padding (needs FlashAttention "
+        "on GPU to keep examples apart).",
+    )
+    assistant_only_loss: bool = Field(
+        False,
+        description="Compute the loss only on assistant turns (needs a chat template with "
+        "{% generation %} markers; feinschliff ships one for ChatML models).",
+    )
 
 
 class DPOTrain(_TrainBase):
@@ -83,4 +196,24 @@ class ORPOTrain(_TrainBase):
     beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (ORPO lambda).")
 
 
-TrainSpec = Annotated[SFTTrain | DPOTrain | ORPOTrain, Field(discriminator="method")]
+class KTOTrain(_TrainBase):
+    method: Literal["kto"] = Field(
+        description="Kahneman-Tversky optimisation on unpaired good/bad answers (`kto.jsonl`, "
+        "or derived from `preference.jsonl`)."
+    )
+    beta: float = Field(0.1, gt=0, description="KTO temperature: how far the policy may drift.")
+    desirable_weight: float = Field(
+        1.0, gt=0, description="Loss weight of good answers (raise it when they are rarer)."
+    )
+    undesirable_weight: float = Field(1.0, gt=0, description="Loss weight of bad answers.")
+
+    @model_validator(mode="after")
+    def _kto_runs_on_trl(self) -> KTOTrain:
+        if self.backend != "trl":
+            raise ValueError("method kto is trained by backend trl only (not axolotl)")
+        if self.hyperparameters.batch_size < 2:
+            raise ValueError("KTO needs batch_size >= 2 (it estimates its KL term within a batch)")
+        return self
+
+
+TrainSpec = Annotated[SFTTrain | DPOTrain | ORPOTrain | KTOTrain, Field(discriminator="method")]

@@ -1,8 +1,11 @@
-"""The train stage: pick the backend, train, and write the adapter output contract.
+"""The train stage: check the plan, prepare rows, run a backend, write the output contract.
 
 ``out/adapter/`` (PEFT: adapter_config.json + adapter_model.safetensors + README.md model
 card), ``out/metrics.json`` (loss curve, tokens/s, peak memory, wall time, trained tokens) and
-``out/loss.png``. A finished output made from the same inputs is reused, not retrained.
+``out/loss.png``. A finished output made from the same inputs is reused, not retrained; a killed
+one resumes from its last complete checkpoint. Before anything is loaded, a recipe with a
+target ``train.gpu`` is refused if its memory estimate does not fit that GPU, and QLoRA is
+refused where no CUDA GPU exists.
 """
 
 from __future__ import annotations
@@ -27,50 +30,138 @@ from feinschliff.models import resolve_model
 from feinschliff.plots import plot_loss
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
+from feinschliff.train import data as train_data
+from feinschliff.train.warm_start import WarmStart, WarmStartError, find_warm_start
 
 log = logging.getLogger(__name__)
 
 
 class TrainError(RuntimeError):
-    """Training cannot start (unsupported backend, empty data) or failed."""
+    """Training cannot start (no GPU for QLoRA, too little memory, empty data) or failed."""
+
+
+def warm_start_sha256(recipe: Recipe) -> str | None:
+    """The adapter a warm start would continue (None: fresh LoRA): part of any cache key for
+    training, since promoting a new production adapter changes the result."""
+    try:
+        warm = find_warm_start(recipe)
+    except WarmStartError as exc:
+        raise TrainError(str(exc)) from exc
+    return warm.adapter_sha256 if warm else None
 
 
 def run_train(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
-    key = input_key(section_hash(recipe, "base_model", "train"), data.sha256, __version__)
+    try:
+        warm = find_warm_start(recipe)
+    except WarmStartError as exc:
+        raise TrainError(str(exc)) from exc
+    key = input_key(
+        section_hash(recipe, "base_model", "train"),
+        data.sha256,
+        warm.adapter_sha256 if warm else None,
+        __version__,
+    )
     if digest := reusable(out, key):
         log.info("train: reusing finished adapter in %s", out)
         return AdapterRef(path=str(out), sha256=digest)
-    if recipe.train.backend != "trl":
-        raise TrainError(
-            "train.backend 'axolotl' is accepted by the recipe schema but not implemented yet "
-            "(tracked in the training issue); use backend: trl"
-        )
+    preflight(recipe)
     prepare_out(out, key)
     model_path = resolve_model(recipe.base_model.name)
-    from feinschliff.train.trl_backend import train_trl
-
-    metrics: dict[str, Any] = train_trl(recipe, model_path, data.dir, out)
-    metrics["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    metrics["base_model"] = recipe.base_model.name
-    metrics["base_model_path"] = model_path
-    metrics["dataset_sha256"] = data.sha256
-    write_json(out / "metrics.json", metrics)
-    plot_loss(
-        metrics["loss_curve"], out / "loss.png", title=f"{recipe.use_case}: {recipe.train.method}"
+    spec = recipe.train
+    try:
+        replay = train_data.replay_rows(spec.method, warm.dataset_sha256) if warm else []
+        prepared = train_data.prepare_rows(
+            spec.method,
+            data.dir,
+            eval_fraction=spec.hyperparameters.eval_fraction,
+            seed=spec.hyperparameters.seed,
+            replay=replay,
+            replay_fraction=spec.replay_fraction,
+        )
+    except train_data.DataError as exc:
+        raise TrainError(str(exc)) from exc
+    files = train_data.write_rows(prepared, out / "data")
+    metrics = _run_backend(recipe, model_path, files, out, warm)
+    # Kept for a later warm start's replay; the new rows only, not what was replayed into them.
+    train_data.snapshot_rows(
+        spec.method, train_data.method_rows(spec.method, data.dir), data.sha256
     )
+    metrics["peak_rss_mb"] = round(_peak_rss_mb(metrics.get("backend_process")), 1)
+    metrics.pop("backend_process", None)
+    metrics |= {
+        "base_model": recipe.base_model.name,
+        "base_model_path": model_path,
+        "dataset_sha256": data.sha256,
+        "new_rows": prepared["new_rows"],
+        "replayed_rows": prepared["replayed_rows"],
+        "init_from": f"{recipe.use_case}/{warm.version}" if warm else "base",
+    }
+    write_json(out / "metrics.json", metrics)
+    plot_loss(metrics["loss_curve"], out / "loss.png", title=f"{recipe.use_case}: {spec.method}")
     write_model_card(recipe, data, metrics, out / "adapter" / "README.md")
     digest = mark_complete(out, stage="train", key=key)
     return AdapterRef(path=str(out), sha256=digest)
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def preflight(recipe: Recipe) -> None:
+    """Refuse, before loading anything, a training that cannot run as configured."""
+    from feinschliff.estimate import EstimateError, check_training_fits
+
+    if recipe.train.qlora:
+        from feinschliff.train.trl_backend import QLoRAUnavailable, check_qlora_available
+
+        try:
+            check_qlora_available()
+        except QLoRAUnavailable as exc:
+            raise TrainError(str(exc)) from exc
+    try:
+        check_training_fits(recipe)
+    except EstimateError as exc:
+        raise TrainError(str(exc)) from exc
+
+
+def _run_backend(
+    recipe: Recipe, model_path: str, files: dict[str, Path], out: Path, warm: WarmStart | None
+) -> dict[str, Any]:
+    spec = recipe.train
+    init = warm.adapter_dir if warm else None
+    if spec.backend == "axolotl":
+        from feinschliff.train.axolotl_backend import AxolotlError, train_axolotl
+
+        try:
+            return train_axolotl(recipe, model_path, files, out, init_adapter=init)
+        except AxolotlError as exc:
+            raise TrainError(str(exc)) from exc
+    if spec.launcher == "accelerate" and spec.num_processes > 1:
+        from feinschliff.train.launch import LaunchError, launch_accelerate
+
+        try:
+            return launch_accelerate(recipe, model_path, files, out, init_adapter=init)
+        except LaunchError as exc:
+            raise TrainError(str(exc)) from exc
+    from feinschliff.train.templates import TemplateError
+    from feinschliff.train.trl_backend import train_trl
+
+    try:
+        metrics = train_trl(recipe, model_path, files, out, init_adapter=init)
+    except TemplateError as exc:
+        raise TrainError(str(exc)) from exc
+    metrics.pop("is_main_process", None)
+    metrics["backend_process"] = "self"
+    return metrics
+
+
+def _peak_rss_mb(process: str | None) -> float:
+    """Peak RSS of the process that trained: this one, or the largest finished child."""
+    who = resource.RUSAGE_SELF if process == "self" else resource.RUSAGE_CHILDREN
+    peak = resource.getrusage(who).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def write_model_card(recipe: Recipe, data: DatasetRef, metrics: dict[str, Any], path: Path) -> None:
     hp = recipe.train.hyperparameters
     lora = recipe.train.lora
+    final = metrics["loss_curve"][-1]["loss"] if metrics["loss_curve"] else "n/a"
     card = f"""---
 base_model: {recipe.base_model.name}
 library_name: peft
@@ -86,13 +177,15 @@ Trained by feinschliff {__version__} from production feedback.
 |---|---|
 | Base model | `{recipe.base_model.name}` |
 | Method / backend | {recipe.train.method} / {recipe.train.backend} |
-| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets={lora.target_modules} |
+| Initialised from | {metrics.get("init_from", "base")} |
+| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets={lora.target_modules}{", QLoRA 4-bit" if recipe.train.qlora else ""} |
 | Learning rate | {hp.learning_rate} ({hp.lr_scheduler}) |
 | Steps | {metrics["global_step"]} (batch {hp.batch_size} x accumulation {hp.gradient_accumulation_steps}) |
 | Max length | {hp.max_length} |
-| Training rows | {metrics["train_rows"]} |
+| Training rows | {metrics["train_rows"]} ({metrics.get("replayed_rows", 0)} replayed) |
 | Dataset sha256 | `{data.sha256}` |
-| Final loss | {metrics["loss_curve"][-1]["loss"] if metrics["loss_curve"] else "n/a"} |
+| Final loss | {final} |
+| Eval loss | {metrics.get("eval_loss") if metrics.get("eval_loss") is not None else "n/a"} |
 
 ## Evaluation
 

@@ -1,13 +1,16 @@
-"""TRL backend: SFT, DPO and ORPO with a LoRA adapter, resumable from checkpoints.
+"""TRL backend: SFT, DPO, ORPO and KTO with a (Q)LoRA adapter, resumable from checkpoints.
 
 Turns the typed ``train`` spec into TRL config objects in explicit code (no kwargs passthrough),
-trains, and saves the adapter in PEFT format. Checkpoints land in ``<out>/checkpoints``; a
-checkpoint counts only once its ``.complete`` marker exists (written after HF's save returns),
-so a run killed mid-save resumes from the previous one.
+trains on the JSONL rows the stage prepared, and saves the adapter in PEFT format. Checkpoints
+land in ``<out>/checkpoints``; a checkpoint counts only once its ``.complete`` marker exists
+(written after HF's save returns), so a run killed mid-save resumes from the previous one.
+Runs the same in one process and in each process of ``accelerate launch`` (the main process
+saves). It does not pick data files, check memory, or write metrics.json: the stage does.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -16,10 +19,15 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
-from feinschliff.recipe import DPOTrain, ORPOTrain, Recipe, SFTTrain
+from feinschliff.recipe import DPOTrain, KTOTrain, ORPOTrain, Recipe, SFTTrain
+from feinschliff.train.templates import apply_chat_template_choice
 
 log = logging.getLogger(__name__)
 CKPT_MARKER = ".complete"
+
+
+class QLoRAUnavailable(RuntimeError):
+    """qlora: true where 4-bit bitsandbytes cannot run (no CUDA GPU, or no bitsandbytes)."""
 
 
 class _MarkCheckpoints(TrainerCallback):
@@ -27,14 +35,23 @@ class _MarkCheckpoints(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):  # noqa: D102
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if ckpt.is_dir():
+        if state.is_world_process_zero and ckpt.is_dir():
             (ckpt / CKPT_MARKER).write_text(str(state.global_step))
 
 
 class _Progress(TrainerCallback):
+    tokens_at_start = 0  # a resumed run restores the tokens seen before it; tokens/s excludes them
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: D102
+        self.tokens_at_start = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
-        if logs and "loss" in logs:
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
             log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
+        if "eval_loss" in logs:
+            log.info("step %d eval loss %.4f", state.global_step, logs["eval_loss"])
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
@@ -42,7 +59,20 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
-def _common_args(recipe: Recipe, ckpt_dir: Path) -> dict[str, Any]:
+def check_qlora_available() -> None:
+    """Fail fast, before any model is loaded, when QLoRA cannot run here."""
+    if not torch.cuda.is_available():
+        raise QLoRAUnavailable(
+            "train.qlora needs a CUDA GPU: bitsandbytes 4-bit (NF4) weights only run on GPU. "
+            "Set qlora: false to train in the recipe's base_model.dtype on this machine."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise QLoRAUnavailable(
+            "train.qlora needs the bitsandbytes package (pip install bitsandbytes)"
+        )
+
+
+def _common_args(recipe: Recipe, ckpt_dir: Path, has_eval: bool) -> dict[str, Any]:
     hp = recipe.train.hyperparameters
     on_cpu = not torch.cuda.is_available()
     return {
@@ -51,25 +81,33 @@ def _common_args(recipe: Recipe, ckpt_dir: Path) -> dict[str, Any]:
         "max_steps": hp.max_steps,
         "num_train_epochs": hp.epochs,
         "per_device_train_batch_size": hp.batch_size,
+        "per_device_eval_batch_size": hp.batch_size,
         "gradient_accumulation_steps": hp.gradient_accumulation_steps,
         "warmup_steps": hp.warmup_ratio,  # transformers 5: a float < 1 is a ratio
         "lr_scheduler_type": hp.lr_scheduler,
-        "gradient_checkpointing": hp.gradient_checkpointing,
+        "activation_checkpointing": hp.gradient_checkpointing,
+        # Non-reentrant checkpointing needs no input grads: works for fresh and warm-started LoRA.
+        "activation_checkpointing_kwargs": {"use_reentrant": False},
         "seed": hp.seed,
         "logging_steps": hp.logging_steps,
         "save_strategy": "steps",
         "save_steps": hp.save_steps,
         "save_total_limit": 2,
+        "eval_strategy": "steps" if has_eval and hp.eval_steps else "no",
+        "eval_steps": hp.eval_steps,
         "report_to": "none",
         "use_cpu": on_cpu,
         "bf16": recipe.base_model.dtype == "bfloat16" and not on_cpu,
         "fp16": recipe.base_model.dtype == "float16" and not on_cpu,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": "non_padding",
+        "ddp_find_unused_parameters": False,
     }
 
 
-def _lora_config(recipe: Recipe):
+def lora_config(recipe: Recipe):
+    """The PEFT config; the spec validators already refused what vLLM cannot serve."""
     from peft import LoraConfig
 
     lora = recipe.train.lora
@@ -78,61 +116,111 @@ def _lora_config(recipe: Recipe):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
-        bias="none",  # vLLM refuses adapters with bias (FACTS 10.3.4)
+        bias=lora.bias,
+        use_dora=lora.use_dora,
+        modules_to_save=lora.modules_to_save,
         task_type="CAUSAL_LM",
     )
 
 
-def _load_json(path: Path, columns: list[str]):
-    from datasets import load_dataset
-
-    ds = load_dataset("json", data_files=str(path), split="train")
-    return ds.select_columns(columns)
-
-
-def train_trl(recipe: Recipe, model_path: str, data_dir: Path, out: Path) -> dict[str, Any]:
-    """Train and save ``out/adapter``; returns raw metrics for ``metrics.json``."""
+def _trainer_setup(recipe: Recipe, args: dict[str, Any]):
+    """(config, trainer class) for the recipe's method."""
     spec = recipe.train
-    dtype = getattr(torch, recipe.base_model.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=recipe.base_model.revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=dtype, revision=recipe.base_model.revision
-    )
-    ckpt_dir = out / "checkpoints"
-    args = _common_args(recipe, ckpt_dir)
     hp = spec.hyperparameters
     if isinstance(spec, SFTTrain):
         from trl import SFTConfig, SFTTrainer
 
-        config = SFTConfig(**args, max_length=hp.max_length, include_num_input_tokens_seen="all")
-        dataset = _load_json(data_dir / "sft.jsonl", ["messages"])
-        trainer_cls = SFTTrainer
-    elif isinstance(spec, DPOTrain):
+        config = SFTConfig(
+            **args,
+            max_length=hp.max_length,
+            packing=spec.packing,
+            padding_free=spec.padding_free,
+            assistant_only_loss=spec.assistant_only_loss,
+        )
+        return config, SFTTrainer
+    if isinstance(spec, DPOTrain):
         from trl import DPOConfig, DPOTrainer
 
-        config = DPOConfig(**args, beta=spec.beta, max_length=hp.max_length)
-        dataset = _load_json(data_dir / "preference.jsonl", ["prompt", "chosen", "rejected"])
-        trainer_cls = DPOTrainer
-    elif isinstance(spec, ORPOTrain):
+        return DPOConfig(**args, beta=spec.beta, max_length=hp.max_length), DPOTrainer
+    if isinstance(spec, ORPOTrain):
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        config = ORPOConfig(**args, beta=spec.beta, max_length=hp.max_length)
-        dataset = _load_json(data_dir / "preference.jsonl", ["prompt", "chosen", "rejected"])
-        trainer_cls = ORPOTrainer
-    else:  # pragma: no cover - the recipe union is exhaustive
-        raise TypeError(f"unsupported method {spec.method}")
-    if len(dataset) == 0:
-        raise ValueError(f"no training rows for method {spec.method} in {data_dir}")
+        return ORPOConfig(**args, beta=spec.beta, max_length=hp.max_length), ORPOTrainer
+    if isinstance(spec, KTOTrain):
+        from trl import KTOConfig, KTOTrainer
 
+        config = KTOConfig(
+            **args,
+            beta=spec.beta,
+            desirable_weight=spec.desirable_weight,
+            undesirable_weight=spec.undesirable_weight,
+            max_length=hp.max_length,
+        )
+        return config, KTOTrainer
+    raise TypeError(f"unsupported method {spec.method}")  # pragma: no cover
+
+
+def load_model(recipe: Recipe, model_path: str):
+    dtype = getattr(torch, recipe.base_model.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": recipe.base_model.revision}
+    if recipe.train.qlora:
+        check_qlora_available()
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+
+def train_trl(
+    recipe: Recipe,
+    model_path: str,
+    files: dict[str, Path],
+    out: Path,
+    *,
+    init_adapter: Path | None = None,
+) -> dict[str, Any]:
+    """Train and save ``out/adapter``; returns raw metrics for ``metrics.json``.
+
+    Args:
+        files: ``train`` (and optionally ``eval``) JSONL rows in the method's shape.
+        init_adapter: a PEFT adapter folder to continue training (warm start) instead of a
+            fresh LoRA.
+    """
+    from datasets import load_dataset
+
+    spec = recipe.train
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=recipe.base_model.revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    template = apply_chat_template_choice(
+        tokenizer,
+        spec.chat_template,
+        assistant_only_loss=isinstance(spec, SFTTrain) and spec.assistant_only_loss,
+    )
+    model = load_model(recipe, model_path)
+    peft_config = lora_config(recipe)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+        peft_config = None  # the production adapter's LoRA is trained further
+    data_files = {k: str(v) for k, v in files.items()}
+    raw = load_dataset("json", data_files=data_files)
+    ckpt_dir = out / "checkpoints"
+    config, trainer_cls = _trainer_setup(recipe, _common_args(recipe, ckpt_dir, "eval" in raw))
     trainer = trainer_cls(
         model=model,
         args=config,
-        train_dataset=dataset,
+        train_dataset=raw["train"],
+        eval_dataset=raw.get("eval"),
         processing_class=tokenizer,
-        peft_config=_lora_config(recipe),
-        callbacks=[_MarkCheckpoints(), _Progress()],
+        peft_config=peft_config,
+        callbacks=[_MarkCheckpoints(), progress := _Progress()],
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; _Progress logs instead
     resume = last_complete_checkpoint(ckpt_dir)
@@ -141,21 +229,36 @@ def train_trl(recipe: Recipe, model_path: str, data_dir: Path, out: Path) -> dic
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall = time.perf_counter() - start
-    trainer.model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    eval_loss = trainer.evaluate()["eval_loss"] if "eval" in raw else None
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(out / "adapter"), safe_serialization=True)
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    run_tokens = tokens - progress.tokens_at_start
+    history = trainer.state.log_history
     return {
         "method": spec.method,
         "backend": "trl",
         "global_step": trainer.state.global_step,
         "resumed_from": resume.name if resume else None,
-        "loss_curve": [
-            {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
+        "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
+        "eval_curve": [
+            {"step": e["step"], "loss": e["eval_loss"]} for e in history if "eval_loss" in e
         ],
-        "train_rows": len(dataset),
+        "eval_loss": eval_loss,
+        "train_rows": len(raw["train"]),
+        "eval_rows": len(raw["eval"]) if "eval" in raw else 0,
         "trained_tokens": tokens,
         "wall_seconds": round(wall, 2),
-        "tokens_per_second": round(tokens / wall, 2) if wall > 0 and tokens else None,
+        "tokens_per_second": round(run_tokens / wall, 2) if wall > 0 and run_tokens else None,
         "trainable_parameters": sum(
             p.numel() for p in trainer.model.parameters() if p.requires_grad
+        ),
+        "chat_template": template or "model",
+        "world_size": trainer.args.world_size,
+        "is_main_process": trainer.is_world_process_zero(),
+        "peak_gpu_memory_mb": (
+            round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            if torch.cuda.is_available()
+            else None
         ),
     }

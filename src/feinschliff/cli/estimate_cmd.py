@@ -1,0 +1,106 @@
+"""`feinschliff estimate`: memory and cost of a recipe's training, before it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feinschliff.cli.app import Failure, SetOpt, _load, app
+
+
+@app.command()
+def estimate(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)
+    ] = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option(help="Only this GPU from configs/hardware.yaml (default: all of them)."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="An ingest output: count its tokens for GPU-hours and EUR."),
+    ] = None,
+    cpu: Annotated[
+        bool, typer.Option("--cpu", help="Estimate for this CPU instead of a GPU.")
+    ] = False,
+    mfu: Annotated[
+        float, typer.Option(help="Model FLOPs utilisation assumed for the cost.", min=0.01, max=1)
+    ] = 0.35,
+    reference: Annotated[
+        bool,
+        typer.Option(
+            "--reference", help="Print the talk's 8B table under its own assumptions instead."
+        ),
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Estimate the memory of RECIPE's training (weights by dtype/4-bit, LoRA parameters,
+    gradients, optimizer states, activations, runtime) and of serving its adapter (KV cache),
+    compare with the GPUs in configs/hardware.yaml (fits or not, the largest micro-batch that
+    fits, GPU-hours and EUR for the --data dataset, rent-vs-buy break-even) and print the
+    assumptions. Writes nothing."""
+    from feinschliff import estimate as est
+
+    if reference:
+        _print_reference(est)
+        return
+    if recipe is None:
+        raise Failure("give a RECIPE (or --reference)", code=2)
+    cfg = _load(recipe, set_)
+    try:
+        result = est.estimate_recipe(cfg, on_gpu=not cpu)
+        gpus = [est.find_gpu(gpu)] if gpu else est.load_gpus()
+        tokens, how = est.dataset_tokens(cfg, data) if data else (None, "")
+    except (est.EstimateError, ValueError) as exc:
+        raise Failure(str(exc), code=2) from exc
+
+    typer.echo(f"{cfg.use_case}: {cfg.train.method} on {cfg.base_model.name}")
+    typer.echo(f"  {'parameters':<20} {result.n_params / 1e9:9.3f} B")
+    typer.echo(f"  {'trainable (LoRA)':<20} {result.trainable:>11,}")
+    typer.echo("memory")
+    for name, value in result.rows.items():
+        typer.echo(f"  {name:<20} {est.fmt_gib(value):>12}")
+    typer.echo(f"  {'= training':<20} {est.fmt_gib(result.training):>12}")
+    typer.echo(
+        f"  {'= inference':<20} {est.fmt_gib(result.inference):>12}  (weights + adapter + KV)"
+    )
+    if tokens is not None:
+        typer.echo(f"dataset: {tokens:,} trained tokens ({how})")
+    if not cpu:
+        typer.echo(
+            f"\n{'gpu':<11} {'GiB/dev':>7} {'fits':>5} {'max batch':>9} {'GPU-h':>8} "
+            f"{'rent EUR':>9} {'buy EUR':>8} {'break-even h':>12}"
+        )
+        for g in gpus:
+            fits = result.training / est.GIB <= g.device_gib
+            best = est.largest_fitting_batch(cfg, g)
+            cost = est.training_cost(cfg, g, tokens or 0, mfu=mfu)
+            hours = f"{cost['gpu_hours']:.3g}" if tokens is not None else "n/a"
+            rent = f"{cost['rent_eur']:.3g}" if tokens is not None else "n/a"
+            typer.echo(
+                f"{g.name:<11} {g.device_gib:>7.0f} {'yes' if fits else 'NO':>5} {best:>9} "
+                f"{hours:>8} {rent:>9} {g.price_eur:>8.0f} {cost['break_even_hours']:>12.0f}"
+            )
+    typer.echo("\nassumptions:")
+    for line in result.assumptions:
+        typer.echo(f"  - {line}")
+    if not cpu:
+        typer.echo(
+            f"  - cost: tokens x FLOPs/token ({'6' if cfg.train.hyperparameters.gradient_checkpointing else '4'}N"
+            f"{' + 2N reference' if cfg.train.method in ('dpo', 'kto') else ''}) / (bf16 peak x MFU "
+            f"{mfu:.0%}); break-even = purchase price / hourly rent"
+        )
+    if tokens is None and not cpu:
+        typer.echo("  - pass --data INGEST_DIR for GPU-hours and EUR")
+
+
+def _print_reference(est) -> None:
+    typer.echo("The talk's table (shared/reference, 'Speicherbedarf'), recomputed, GiB:")
+    fp32, int4 = est.reference_table(), est.reference_table(dtype="int4")
+    for name in fp32:
+        typer.echo(f"  {name:<12} fp32 {fp32[name]:7.2f}   int4 {int4[name]:7.2f}")
+    doc = (est.reference_table.__doc__ or "").split("\n\n")[1]
+    typer.echo("assumptions: " + " ".join(doc.split()))

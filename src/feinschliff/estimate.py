@@ -1,0 +1,481 @@
+"""Memory and cost estimate for a recipe's training and for serving its adapter.
+
+Plans a training before it runs: weights (by dtype / 4-bit), LoRA parameters, optimizer states,
+gradients, activations (sequence length, micro-batch, checkpointing), the KV cache for serving;
+compares them with the GPUs in ``configs/hardware.yaml`` (fits or not, the largest micro-batch
+that fits, GPU-hours and EUR for the dataset, rent-vs-buy break-even). ``run_train`` calls
+``check_training_fits`` so a recipe with ``train.gpu`` that cannot fit is refused with numbers.
+
+Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
+
+- Weights: every parameter in ``base_model.dtype``; QLoRA: linear layers in NF4 with double
+  quantization (4.127 bits), embeddings and head in 16 bit.
+- LoRA (PEFT keeps adapter weights in fp32): 4 bytes weights + 4 bytes gradients + 8 bytes
+  AdamW moments (m and v, fp32) per trainable parameter. Frozen weights get no gradient.
+- Activations of a Llama-style decoder, per token and layer, in the weight dtype: the tensors the
+  backward pass keeps (norm inputs/outputs, q/k/v after RoPE, attention output, residual,
+  SwiGLU gate/up/activation/product = 7h + 3·kv + 4·I values), plus one dropout copy of each
+  adapted linear's input when LoRA dropout > 0. Attention runs as SDPA (no s² score matrix).
+  With gradient checkpointing only each layer's input (h values) stays, plus one layer's set.
+  Logits: three fp32 copies of batch x length x vocab (logits, log-softmax, gradient).
+  Preference methods (DPO, ORPO) run chosen and rejected together: twice the sequences.
+  Sequences are counted at ``max_length`` (the worst case; real batches are often shorter).
+- Runtime overhead: 1.0 GiB on GPU (CUDA context and kernels). On CPU 0.75 GiB (Python, torch,
+  transformers, TRL, datasets and the model-loading transient: a 1-step, 16-token run of the
+  demo model peaked at 1.30 GiB, 0.57 of it weights and LoRA states), and the activations count
+  1.35x: glibc keeps freed intermediates in its heap, so peak RSS exceeds the live tensors (the
+  factor is calibrated on the demo model: 1.2-1.6x across SFT/DPO/ORPO/KTO runs).
+- KV cache for serving (vLLM): 2 (K and V) x layers x kv_heads x head_dim x bytes per token.
+- Cost: FLOPs per trained token = 2N forward + 2N backward to the inputs (+ 2N weight gradients
+  in full fine-tuning, + 2N recomputation with checkpointing, + 2N reference forward for DPO and
+  KTO); GPU throughput = dense bf16 peak x MFU (default 35 %).
+
+``reference_table`` reproduces the 8B table of the talk in ``shared/reference`` under *its*
+assumptions (those of the LLM System Requirements calculator it links), which differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from feinschliff.specs.common import Strict
+
+GIB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
+NF4_BYTES = 4.127 / 8
+CPU_OVERHEAD_GIB = 0.75
+CPU_ALLOCATOR_FACTOR = 1.35
+GPU_OVERHEAD_GIB = 1.0
+LOGIT_COPIES = 3
+DEFAULT_MFU = 0.35
+ADAM_BYTES = 8
+LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class EstimateError(ValueError):
+    """The estimate cannot be made (unknown model shape, GPU), or the training does not fit."""
+
+
+# --------------------------------------------------------------------------- model shape
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs from a decoder's ``config.json``."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    vocab: int
+    tied_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_width(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each adaptable linear layer in one decoder block."""
+        h, kv, i = self.hidden, self.kv_width, self.intermediate
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def n_params(self) -> int:
+        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
+        return self.layers * per_layer + self.embedding_params + self.hidden
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
+        heads = cfg["num_attention_heads"]
+        return cls(
+            hidden=cfg["hidden_size"],
+            layers=cfg["num_hidden_layers"],
+            heads=heads,
+            kv_heads=cfg.get("num_key_value_heads") or heads,
+            intermediate=cfg["intermediate_size"],
+            vocab=cfg["vocab_size"],
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        )
+
+
+# Shapes of common base models, so an estimate works offline without their config.json.
+_LLAMA3_8B = ModelShape(4096, 32, 32, 8, 14336, 128256)
+KNOWN_SHAPES = {
+    "meta-llama/Llama-3.1-8B-Instruct": _LLAMA3_8B,
+    "meta-llama/Llama-3.1-8B": _LLAMA3_8B,
+    "meta-llama/Meta-Llama-3-8B-Instruct": _LLAMA3_8B,
+    "meta-llama/Meta-Llama-3-8B": _LLAMA3_8B,
+    "mistralai/Mistral-7B-Instruct-v0.3": ModelShape(4096, 32, 32, 8, 14336, 32768),
+}
+
+
+def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
+    """Shape from a local/alias model's config.json, the HF cache, or the built-in table."""
+    from feinschliff.models import ModelFetchError, resolve_model
+
+    try:
+        path = Path(resolve_model(name, base_dir=base_dir, fetch=False))
+    except ModelFetchError:
+        path = None
+    if path is not None and (path / "config.json").exists():
+        return ModelShape.from_config(json.loads((path / "config.json").read_text()))
+    if name in KNOWN_SHAPES:
+        return KNOWN_SHAPES[name]
+    candidates = []
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        if isinstance(cached, str):
+            candidates.append(Path(cached))
+    except Exception:  # not an HF id
+        pass
+    for c in candidates:
+        if c.exists():
+            return ModelShape.from_config(json.loads(c.read_text()))
+    raise EstimateError(
+        f"cannot estimate {name!r}: no config.json found locally or in the HF cache, and it is "
+        f"not one of the built-in shapes ({', '.join(KNOWN_SHAPES)})"
+    )
+
+
+# --------------------------------------------------------------------------- components
+
+
+def lora_params(shape: ModelShape, r: int, targets: str | list[str]) -> int:
+    names = LINEAR_MODULES if targets == "all-linear" else targets
+    linears = shape.linear_shapes()
+    return shape.layers * sum(r * (linears[n][0] + linears[n][1]) for n in names if n in linears)
+
+
+def weight_bytes(shape: ModelShape, dtype: str, qlora: bool = False) -> float:
+    if not qlora:
+        return shape.n_params * DTYPE_BYTES[dtype]
+    dense = shape.embedding_params + shape.hidden * (2 * shape.layers + 1)
+    return (shape.n_params - dense) * NF4_BYTES + dense * 2
+
+
+def kv_cache_bytes(layers: int, kv_width: int, tokens: int, bytes_per_value: float) -> float:
+    """K and V for ``tokens`` tokens (batch x sequence) in every layer."""
+    return 2 * layers * kv_width * tokens * bytes_per_value
+
+
+def layer_activation_values(shape: ModelShape, lora_dropout: bool) -> int:
+    """Values per token one decoder layer keeps for the backward pass (see module docstring)."""
+    h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
+    values = 7 * h + 3 * kv + 4 * i
+    if lora_dropout:
+        values += 6 * h + i  # a dropout copy of q/k/v/o/gate/up inputs (h) and down's (I)
+    return values
+
+
+def activation_bytes(
+    shape: ModelShape,
+    tokens: int,
+    bytes_per_value: float,
+    *,
+    checkpointing: bool,
+    lora_dropout: bool,
+) -> float:
+    per_layer = layer_activation_values(shape, lora_dropout) * tokens * bytes_per_value
+    if checkpointing:
+        kept = shape.layers * shape.hidden * tokens * bytes_per_value + per_layer
+    else:
+        kept = shape.layers * per_layer
+    return kept + LOGIT_COPIES * tokens * shape.vocab * 4
+
+
+def korthikanti_layer_bytes(batch: int, seq: int, hidden: int, heads: int, bpv: float) -> float:
+    """One layer's activations after Korthikanti et al. (2022): s·b·h·(34 + 5·a·s/h) values."""
+    return batch * seq * hidden * (34 + 5 * heads * seq / hidden) * bpv
+
+
+def flops_per_token(n_params: int, *, full: bool, checkpointing: bool, reference: bool) -> float:
+    passes = 2 + (1 if full else 0) + (1 if checkpointing else 0) + (1 if reference else 0)
+    return 2 * n_params * passes
+
+
+# --------------------------------------------------------------------------- hardware
+
+
+class GPU(Strict):
+    name: str = Field(description="Short name used by `--gpu` and `train.gpu`.")
+    memory_gb: float = Field(gt=0, description="Memory of the card (all devices on it), GiB.")
+    devices: int = Field(1, ge=1, description="GPUs on the card (A16: 4 x 16 GB).")
+    price_eur: float = Field(gt=0, description="Purchase price per card, EUR.")
+    rent_eur_per_hour: float = Field(gt=0, description="On-demand rent per card-hour, EUR.")
+    bf16_tflops: float = Field(gt=0, description="Dense bf16 peak per card, TFLOPS.")
+
+    @property
+    def device_gib(self) -> float:
+        return self.memory_gb / self.devices
+
+
+def hardware_file() -> Path:
+    from feinschliff.paths import project_root
+
+    env = os.environ.get("FEINSCHLIFF_HARDWARE")
+    return Path(env) if env else project_root() / "configs" / "hardware.yaml"
+
+
+def load_gpus(path: Path | None = None) -> list[GPU]:
+    data = yaml.safe_load((path or hardware_file()).read_text(encoding="utf-8"))
+    return [GPU.model_validate(g) for g in data["gpus"]]
+
+
+def find_gpu(name: str, gpus: list[GPU] | None = None) -> GPU:
+    gpus = gpus if gpus is not None else load_gpus()
+    for g in gpus:
+        if g.name == name:
+            return g
+    raise EstimateError(
+        f"unknown GPU {name!r}; configs/hardware.yaml lists {[g.name for g in gpus]}"
+    )
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+@dataclass
+class Estimate:
+    """Sizes in bytes; ``rows`` keep the order they are printed in."""
+
+    rows: dict[str, float] = field(default_factory=dict)
+    training: float = 0.0
+    inference: float = 0.0
+    trainable: int = 0
+    n_params: int = 0
+    assumptions: list[str] = field(default_factory=list)
+
+
+def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = None) -> Estimate:
+    """Training and serving memory for ``recipe`` (a ``Recipe``) on one device."""
+    spec = recipe.train
+    hp = spec.hyperparameters
+    shape = model_shape(recipe.base_model.name)
+    dtype = recipe.base_model.dtype
+    bpv = DTYPE_BYTES[dtype]
+    batch = batch_size or hp.batch_size
+    seqs = batch * (2 if spec.method in ("dpo", "orpo") else 1)
+    tokens = seqs * hp.max_length
+    trainable = lora_params(shape, spec.lora.r, spec.lora.target_modules)
+    rows = {
+        "weights": weight_bytes(shape, dtype, spec.qlora),
+        "lora_parameters": trainable * 4.0,
+        "gradients": trainable * 4.0,
+        "optimizer_states": trainable * float(ADAM_BYTES),
+        "activations": activation_bytes(
+            shape,
+            tokens,
+            bpv,
+            checkpointing=hp.gradient_checkpointing,
+            lora_dropout=spec.lora.dropout > 0,
+        )
+        * (1.0 if on_gpu else CPU_ALLOCATOR_FACTOR),
+        "runtime_overhead": (GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB) * GIB,
+    }
+    serve_tokens = hp.max_length  # one request of max_length in vLLM's KV cache
+    rows["kv_cache_serving"] = kv_cache_bytes(shape.layers, shape.kv_width, serve_tokens, bpv)
+    training = sum(v for k, v in rows.items() if k != "kv_cache_serving")
+    inference = rows["weights"] + rows["lora_parameters"] / 2 + rows["kv_cache_serving"]
+    inference += rows["runtime_overhead"]
+    return Estimate(
+        rows=rows,
+        training=training,
+        inference=inference,
+        trainable=trainable,
+        n_params=shape.n_params,
+        assumptions=[
+            f"{shape.n_params / 1e9:.3f}B parameters in {dtype}"
+            + (" (QLoRA: NF4 linears)" if spec.qlora else ""),
+            f"LoRA r={spec.lora.r} on {spec.lora.target_modules}: {trainable:,} trainable "
+            "(fp32 weights + grads + AdamW m, v)",
+            f"micro-batch {batch} x {hp.max_length} tokens"
+            + (" x 2 (chosen + rejected)" if seqs > batch else "")
+            + (", gradient checkpointing" if hp.gradient_checkpointing else ""),
+            f"on {'GPU' if on_gpu else 'CPU'}: runtime overhead "
+            f"{GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB} GiB"
+            + ("" if on_gpu else f", activations x{CPU_ALLOCATOR_FACTOR} (allocator)"),
+            f"KV cache for serving: one {serve_tokens}-token request",
+        ],
+    )
+
+
+def largest_fitting_batch(recipe, gpu: GPU, limit: int = 256) -> int:
+    """The largest micro-batch whose training estimate fits one device of ``gpu`` (0: none)."""
+    best = 0
+    for b in range(1, limit + 1):
+        if estimate_recipe(recipe, batch_size=b).training / GIB > gpu.device_gib:
+            break
+        best = b
+    return best
+
+
+def training_cost(recipe, gpu: GPU, tokens: int, mfu: float = DEFAULT_MFU) -> dict[str, float]:
+    """GPU-hours and EUR to train ``tokens`` tokens (all epochs) on one ``gpu``."""
+    spec = recipe.train
+    n = model_shape(recipe.base_model.name).n_params
+    fpt = flops_per_token(
+        n,
+        full=False,
+        checkpointing=spec.hyperparameters.gradient_checkpointing,
+        reference=spec.method in ("dpo", "kto"),
+    )
+    hours = tokens * fpt / (gpu.bf16_tflops * 1e12 * mfu) / 3600
+    return {
+        "flops_per_token": fpt,
+        "gpu_hours": hours,
+        "rent_eur": hours * gpu.rent_eur_per_hour,
+        "break_even_hours": gpu.price_eur / gpu.rent_eur_per_hour,
+        "mfu": mfu,
+    }
+
+
+def check_training_fits(recipe) -> Estimate | None:
+    """Raise EstimateError with the numbers when the recipe's ``train.gpu`` is too small."""
+    if recipe.train.gpu is None:
+        return None
+    gpu = find_gpu(recipe.train.gpu)
+    est = estimate_recipe(recipe)
+    if est.training / GIB > gpu.device_gib:
+        fit = largest_fitting_batch(recipe, gpu)
+        lines = [
+            f"training does not fit train.gpu={gpu.name}: estimated {est.training / GIB:.1f} GiB "
+            f"> {gpu.device_gib:.0f} GiB per device",
+            *(f"  {k:<18} {v / GIB:8.2f} GiB" for k, v in est.rows.items()),
+            f"  assumptions: {'; '.join(est.assumptions)}",
+            (
+                f"  a micro-batch of {fit} fits (train.hyperparameters.batch_size)"
+                if fit
+                else "  no micro-batch fits: enable gradient_checkpointing, qlora, or pick a larger GPU"
+            ),
+        ]
+        raise EstimateError("\n".join(lines))
+    return est
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def reference_table(
+    n_params: float = 8e9,
+    hidden: int = 4096,
+    layers: int = 32,
+    heads: int = 32,
+    seq: int = 2048,
+    batch: int = 1,
+    dtype: str = "float32",
+) -> dict[str, float]:
+    """The talk's table in GiB, under its calculator's assumptions (not feinschliff's).
+
+    Its "7B" row is an 8B-parameter model (Llama-3-8B shape) counted as 8.0e9 parameters;
+    full fine-tuning with AdamW (8 bytes per parameter) and fp32 gradients; KV cache in the
+    weight dtype with one KV head per attention head (no GQA), batch 1 x 2048 tokens; the
+    activations of ONE layer (Korthikanti's per-layer count, 4 bytes per value); the KV cache
+    is also added to the training total.
+    """
+    b = DTYPE_BYTES[dtype]
+    weights = n_params * b
+    kv = kv_cache_bytes(layers, hidden, batch * seq, b)
+    act = korthikanti_layer_bytes(batch, seq, hidden, heads, 4)
+    optim = n_params * ADAM_BYTES
+    grads = n_params * 4
+    out = {
+        "parameters": weights,
+        "kv_cache": kv,
+        "activations": act,
+        "inference": weights + kv + act,
+        "optimizer": optim,
+        "gradients": grads,
+        "training": weights + kv + act + optim + grads,
+    }
+    return {k: v / GIB for k, v in out.items()}
+
+
+def fmt_gib(value: float) -> str:
+    return f"{value / GIB:.2f} GiB" if value >= GIB / 100 else f"{value / 2**20:.1f} MiB"
+
+
+# --------------------------------------------------------------------------- dataset tokens
+
+
+def dataset_tokens(recipe, data_dir: Path) -> tuple[int, str]:
+    """Tokens one training run processes over an ingest output; returns (tokens, how counted).
+
+    Counted with the base model's tokenizer and chat template when the model is local, else
+    estimated at 4 characters per token. Epochs or ``max_steps`` x batch x accumulation apply.
+    """
+    from feinschliff.train.data import method_rows
+
+    spec = recipe.train
+    hp = spec.hyperparameters
+    rows = method_rows(spec.method, data_dir)
+    texts = [_row_conversations(spec.method, r) for r in rows]
+    tokenizer, how = _local_tokenizer(recipe), "tokenizer"
+    per_row = []
+    for convs in texts:
+        n = 0
+        for conv in convs:
+            if tokenizer is not None:
+                n += min(
+                    len(tokenizer.apply_chat_template(conv, tokenize=True)["input_ids"]),
+                    hp.max_length,
+                )
+            else:
+                n += min(sum(len(m["content"]) for m in conv) // 4, hp.max_length)
+        per_row.append(n)
+    if tokenizer is None:
+        how = "4 characters per token"
+    epoch = sum(per_row)
+    if hp.max_steps > 0:
+        rows_seen = hp.max_steps * hp.batch_size * hp.gradient_accumulation_steps
+        total = round(rows_seen * epoch / len(per_row))
+    else:
+        total = round(epoch * hp.epochs)
+    return total, how
+
+
+def _row_conversations(method: str, row: dict[str, Any]) -> list[list[dict[str, str]]]:
+    if method == "sft":
+        return [row["messages"]]
+    if method == "kto":
+        return [row["prompt"] + row["completion"]]
+    return [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+
+
+def _local_tokenizer(recipe):
+    from feinschliff.models import ModelFetchError, resolve_model
+
+    try:
+        path = Path(resolve_model(recipe.base_model.name, fetch=False))
+    except ModelFetchError:
+        return None
+    if not (path / "tokenizer_config.json").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,270 @@
+"""Axolotl backend: the same recipe as the TRL backend, trained by Axolotl 0.19.0 in its own venv.
+
+Axolotl cannot share feinschliff's venv (its pins conflict, FACTS 6), so it runs as a subprocess
+from the venv ``scripts/install_axolotl.sh`` builds (installed on first use). This module:
+
+1. generates the Axolotl YAML from the typed recipe (``axolotl_config``: explicit code, the six
+   CPU overrides without CUDA, our own refusal of keys Axolotl would silently drop);
+2. validates it in the Axolotl venv: every key must be a field of Axolotl's pydantic schema, then
+   ``validate_config``;
+3. runs ``axolotl train cfg.yaml --launcher python`` with telemetry off, streaming its log lines,
+   marking each checkpoint complete once a later one exists (or training finished), and resuming
+   from the last complete checkpoint;
+4. copies the PEFT adapter into ``out/adapter`` (the TRL backend's output contract).
+
+Supported here: sft, dpo, orpo (kto is TRL-only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from feinschliff.paths import project_root
+from feinschliff.recipe import Recipe
+from feinschliff.train.axolotl_config import AxolotlError, axolotl_rows, build_config
+
+log = logging.getLogger(__name__)
+CKPT_MARKER = ".complete"
+AXOLOTL_ENV = {
+    "AXOLOTL_DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+# --------------------------------------------------------------------------- venv
+
+
+def axolotl_venv(install: bool = True) -> Path:
+    """The Axolotl venv keyed by its pins; built by scripts/install_axolotl.sh if missing."""
+    script = project_root() / "scripts" / "install_axolotl.sh"
+    path = Path(_run_script(script, "--print"))
+    if (path / ".complete").exists():
+        return path
+    if not install:
+        raise AxolotlError(f"no Axolotl venv at {path}: run {script} (~5 min, ~4.3 GB)")
+    log.info("installing Axolotl into %s (first use: ~5 min, ~4.3 GB)", path)
+    return Path(_run_script(script))
+
+
+def _run_script(script: Path, *args: str) -> str:
+    proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AxolotlError(f"{script.name} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+_VALIDATE = r"""
+import json, sys
+from axolotl.utils.config import validate_config
+from axolotl.utils.dict import DictDefault
+from axolotl.utils.schemas.config import AxolotlInputConfig
+from axolotl.utils.schemas.datasets import DPODataset, SFTDataset
+
+def names(model):
+    out = set(model.model_fields)
+    out |= {f.alias for f in model.model_fields.values() if f.alias}
+    return out
+
+cfg = json.load(open(sys.argv[1]))
+unknown = sorted(set(cfg) - names(AxolotlInputConfig))
+ds_model = DPODataset if cfg.get("rl") else SFTDataset
+for section in ("datasets", "test_datasets"):
+    for entry in cfg.get(section) or []:
+        unknown += [section + "[]." + k for k in sorted(set(entry) - names(ds_model))]
+if unknown:
+    print(json.dumps({"unknown": unknown})); sys.exit(3)
+validate_config(DictDefault(cfg))
+print(json.dumps({"ok": True}))
+"""
+
+
+def validate_in_venv(venv: Path, cfg: dict[str, Any], work: Path) -> None:
+    """Check ``cfg`` against the installed Axolotl schema; raise with its message otherwise."""
+    path = work / "config.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", _VALIDATE, str(path)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode == 3:
+        raise AxolotlError(f"Axolotl would ignore these keys: {json.loads(last)['unknown']}")
+    if proc.returncode != 0:
+        raise AxolotlError(f"Axolotl rejected the config:\n{proc.stderr[-3000:]}")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return env | AXOLOTL_ENV
+
+
+# --------------------------------------------------------------------------- run
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / CKPT_MARKER).exists()]
+    return max(done, key=_step, default=None)
+
+
+def _step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def mark_finished_checkpoints(ckpt_dir: Path, *, all_done: bool) -> None:
+    """HF saves checkpoints one after another: once a later one exists (or the run finished),
+    the earlier ones are complete. The newest stays unmarked while it may still be written."""
+    ckpts = sorted(ckpt_dir.glob("checkpoint-[0-9]*"), key=_step)
+    for p in ckpts if all_done else ckpts[:-1]:
+        if p.is_dir() and not (p / CKPT_MARKER).exists():
+            (p / CKPT_MARKER).write_text(p.name.split("-")[1])
+
+
+_LOSS = re.compile(r"['\"]loss['\"]:\s*['\"]?([0-9.eE+-]+)")
+
+
+def train_axolotl(
+    recipe: Recipe,
+    model_path: str,
+    files: dict[str, Path],
+    out: Path,
+    *,
+    init_adapter: Path | None = None,
+) -> dict[str, Any]:
+    """Train with Axolotl and copy its adapter to ``out/adapter``; returns raw metrics."""
+    import torch
+
+    work = out / "axolotl"
+    work.mkdir(parents=True, exist_ok=True)
+    ax_files = {k: axolotl_rows(recipe, v, work / f"{k}.jsonl") for k, v in files.items()}
+    ckpt_dir = out / "checkpoints"
+    resume = last_complete_checkpoint(ckpt_dir)
+    on_cpu = not torch.cuda.is_available()
+    cfg = build_config(
+        recipe, model_path, ax_files, out, on_cpu=on_cpu, resume=resume, init_adapter=init_adapter
+    )
+    venv = axolotl_venv()
+    validate_in_venv(venv, cfg, work)
+    cfg_path = work / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    cmd = [str(venv / "bin" / "axolotl"), "train", str(cfg_path), "--launcher", "python"]
+    start = time.perf_counter()
+    tail = _stream(cmd, work / "train.log", ckpt_dir)
+    wall = time.perf_counter() - start
+    mark_finished_checkpoints(ckpt_dir, all_done=True)
+    adapter = collect_adapter(ckpt_dir, out / "adapter")
+    # Axolotl's RL trainers also write the full merged model next to the adapter: not needed.
+    (ckpt_dir / "model.safetensors").unlink(missing_ok=True)
+    state = _trainer_state(ckpt_dir)
+    history = state.get("log_history", [])
+    # Axolotl logs cumulative non-padding tokens as "tokens/total" with each loss.
+    tokens = int(next((e["tokens/total"] for e in reversed(history) if "tokens/total" in e), 0))
+    if not history:
+        log.warning("no trainer_state.json found; loss curve from the log lines only")
+        history = [{"step": i + 1, "loss": v} for i, v in enumerate(tail["losses"])]
+    return {
+        "method": recipe.train.method,
+        "backend": "axolotl",
+        "global_step": state.get("global_step", len(history)),
+        "resumed_from": resume.name if resume else None,
+        "loss_curve": [{"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e],
+        "eval_curve": [
+            {"step": e["step"], "loss": e["eval_loss"]} for e in history if "eval_loss" in e
+        ],
+        "eval_loss": next((e["eval_loss"] for e in reversed(history) if "eval_loss" in e), None),
+        "train_rows": sum(1 for _ in ax_files["train"].open()),
+        "eval_rows": sum(1 for _ in ax_files["eval"].open()) if "eval" in ax_files else 0,
+        "trained_tokens": tokens or None,  # Axolotl logs no token counts for DPO/ORPO
+        "wall_seconds": round(wall, 2),
+        "tokens_per_second": round(tokens / wall, 2) if tokens and wall > 0 else None,
+        "trainable_parameters": _adapter_parameters(adapter),
+        "chat_template": cfg["chat_template"],
+        "world_size": 1,
+        "peak_gpu_memory_mb": None,
+        "axolotl_config": str(cfg_path),
+        "backend_process": "child",
+    }
+
+
+def _stream(cmd: list[str], log_path: Path, ckpt_dir: Path) -> dict[str, Any]:
+    """Run Axolotl, forward its progress to our log, mark checkpoints as they are superseded."""
+    losses: list[float] = []
+    lines: list[str] = []
+    with log_path.open("w", encoding="utf-8") as logf:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            logf.write(line)
+            lines = (lines + [line])[-40:]
+            if m := _LOSS.search(line):
+                losses.append(float(m.group(1)))
+                log.info("axolotl: step %d loss %s", len(losses), m.group(1))
+            if ckpt_dir.exists():
+                mark_finished_checkpoints(ckpt_dir, all_done=False)
+        code = proc.wait()
+    if code != 0:
+        raise AxolotlError(
+            f"axolotl train exited with {code} (log: {log_path}):\n{''.join(lines)[-3000:]}"
+        )
+    return {"losses": losses}
+
+
+def collect_adapter(ckpt_dir: Path, dest: Path) -> Path:
+    """Copy only the PEFT files (DPO also writes a full model.safetensors we do not want)."""
+    src = ckpt_dir
+    if not (src / "adapter_config.json").exists():
+        last = max(ckpt_dir.glob("checkpoint-[0-9]*"), key=_step, default=None)
+        if last is None or not (last / "adapter_config.json").exists():
+            raise AxolotlError(f"Axolotl wrote no PEFT adapter into {ckpt_dir}")
+        src = last
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(src / name, dest / name)
+    cfg = json.loads((dest / "adapter_config.json").read_text())
+    if cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
+        raise AxolotlError(f"Axolotl produced an adapter vLLM cannot serve: {dest}")
+    return dest
+
+
+def _trainer_state(ckpt_dir: Path) -> dict[str, Any]:
+    candidates = [ckpt_dir / "trainer_state.json"]
+    candidates += sorted(
+        ckpt_dir.glob("checkpoint-[0-9]*/trainer_state.json"), key=lambda p: -_step(p.parent)
+    )
+    for c in candidates:
+        if c.exists():
+            return json.loads(c.read_text())
+    return {}
+
+
+def _adapter_parameters(adapter: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        return sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

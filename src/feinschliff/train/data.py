@@ -1,0 +1,170 @@
+"""Training rows for each method, read from an ingest output; eval split; replay of older data.
+
+Method -> file and row shape (TRL conversational shapes, FACTS 10.6):
+
+- sft: ``sft.jsonl`` ``{"messages": [...]}``
+- dpo, orpo: ``preference.jsonl`` ``{"prompt": [...], "chosen": [...], "rejected": [...]}``
+- kto: ``kto.jsonl`` ``{"prompt", "completion", "label"}`` when ingest wrote it, else derived
+  from ``preference.jsonl`` (each chosen answer -> label true, each rejected -> label false).
+
+Replay: every training run snapshots the rows it trained on under
+``$FEINSCHLIFF_HOME/datasets/<dataset sha256>/``, so a warm start can mix in a share of the data
+the production adapter was trained on. This module does not tokenize; the backends do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from feinschliff.models import feinschliff_home
+
+log = logging.getLogger(__name__)
+
+COLUMNS = {
+    "sft": ["messages"],
+    "dpo": ["prompt", "chosen", "rejected"],
+    "orpo": ["prompt", "chosen", "rejected"],
+    "kto": ["prompt", "completion", "label"],
+}
+
+
+class DataError(ValueError):
+    """The ingest output has no usable rows for the recipe's method."""
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def kto_from_preferences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Unpair preference rows: the chosen answer is desirable, the rejected one is not."""
+    out = []
+    for row in rows:
+        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
+        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+    return out
+
+
+def method_rows(method: str, data_dir: Path) -> list[dict[str, Any]]:
+    """The training rows of ``method`` from an ingest output, reduced to the method's columns."""
+    if method == "sft":
+        rows = _read_if(data_dir / "sft.jsonl")
+    elif method in ("dpo", "orpo"):
+        rows = _read_if(data_dir / "preference.jsonl")
+    elif method == "kto":
+        kto = data_dir / "kto.jsonl"
+        rows = (
+            _read_if(kto)
+            if kto.exists()
+            else kto_from_preferences(_read_if(data_dir / "preference.jsonl"))
+        )
+    else:  # pragma: no cover - the recipe union is exhaustive
+        raise DataError(f"unsupported method {method}")
+    cols = COLUMNS[method]
+    rows = [{c: r[c] for c in cols} for r in rows if all(c in r for c in cols)]
+    if not rows:
+        raise DataError(f"no training rows for method {method} in {data_dir}")
+    if method == "kto" and len({r["label"] for r in rows}) < 2:
+        raise DataError("KTO needs both desirable and undesirable rows; the data has only one kind")
+    return rows
+
+
+def _read_if(path: Path) -> list[dict[str, Any]]:
+    return read_jsonl(path) if path.exists() else []
+
+
+def split_eval(
+    rows: list[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, eval): a seeded shuffle; at least one eval row when fraction > 0, never all rows."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, []
+    shuffled = rows[:]
+    random.Random(seed).shuffle(shuffled)
+    n_eval = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
+    return shuffled[n_eval:], shuffled[:n_eval]
+
+
+def mix_replay(
+    new: list[dict[str, Any]], old: list[dict[str, Any]], fraction: float, seed: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Add old rows so that about ``fraction`` of the result is replayed; returns (rows, n_old).
+
+    Rows identical to a new row are not replayed twice; fewer old rows than wanted are all used.
+    """
+    if fraction <= 0 or not old:
+        return new, 0
+    seen = {json.dumps(r, sort_keys=True) for r in new}
+    candidates = [r for r in old if json.dumps(r, sort_keys=True) not in seen]
+    wanted = round(fraction / (1 - fraction) * len(new))
+    rng = random.Random(seed)
+    picked = rng.sample(candidates, min(wanted, len(candidates)))
+    mixed = new + picked
+    rng.shuffle(mixed)
+    return mixed, len(picked)
+
+
+def snapshot_dir(dataset_sha256: str) -> Path:
+    return feinschliff_home() / "datasets" / dataset_sha256
+
+
+def snapshot_rows(method: str, rows: list[dict[str, Any]], dataset_sha256: str) -> Path:
+    """Keep the rows a training used, keyed by its dataset hash, for later replay."""
+    target = snapshot_dir(dataset_sha256) / f"{method}.jsonl"
+    if not target.exists():
+        tmp = target.with_suffix(".tmp")
+        write_jsonl(tmp, rows)
+        tmp.replace(target)
+    return target
+
+
+def replay_rows(method: str, dataset_sha256: str | None) -> list[dict[str, Any]]:
+    """Rows snapshotted by the training of ``dataset_sha256`` (empty when none are kept)."""
+    if not dataset_sha256:
+        return []
+    path = snapshot_dir(dataset_sha256) / f"{method}.jsonl"
+    if not path.exists():
+        log.warning("no replay data for dataset %s (%s missing)", dataset_sha256[:12], path)
+        return []
+    return read_jsonl(path)
+
+
+def prepare_rows(
+    method: str,
+    data_dir: Path,
+    *,
+    eval_fraction: float,
+    seed: int,
+    replay: list[dict[str, Any]] | None = None,
+    replay_fraction: float = 0.0,
+) -> dict[str, Any]:
+    """Everything a backend needs: train/eval rows and counts for metrics.json."""
+    rows = method_rows(method, data_dir)
+    train, evals = split_eval(rows, eval_fraction, seed)
+    train, n_replayed = mix_replay(train, replay or [], replay_fraction, seed)
+    return {"train": train, "eval": evals, "new_rows": len(rows), "replayed_rows": n_replayed}
+
+
+def write_rows(prepared: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Materialise train/eval rows as JSONL files (inputs for TRL's loader and Axolotl)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "train.jsonl"}
+    write_jsonl(paths["train"], prepared["train"])
+    if prepared["eval"]:
+        paths["eval"] = out / "eval.jsonl"
+        write_jsonl(paths["eval"], prepared["eval"])
+    elif (out / "eval.jsonl").exists():
+        (out / "eval.jsonl").unlink()
+    return paths

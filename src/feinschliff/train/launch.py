@@ -1,0 +1,113 @@
+"""Multi-process training: ``train.launcher: accelerate`` runs the TRL backend under
+``accelerate launch`` with a config from ``configs/accelerate/`` (ddp, fsdp, deepspeed-zero3).
+
+The parent (the train stage) writes a job file and starts ``accelerate launch ... -m
+feinschliff.train.launch --job JOB`` as a subprocess, so the stage process stays light and a
+failure in one rank cannot take the flow down. Every rank runs ``train_trl`` on the same rows;
+the main process saves the adapter and writes ``backend-metrics.json`` for the stage. Without
+CUDA the ranks talk over gloo on CPU (how the DDP path is tested here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from feinschliff.paths import project_root
+from feinschliff.recipe import Recipe
+
+log = logging.getLogger(__name__)
+CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed-zero3": "deepspeed_zero3.yaml"}
+
+
+class LaunchError(RuntimeError):
+    """accelerate launch failed, or a rank produced no metrics."""
+
+
+def accelerate_config(name: str) -> Path:
+    return project_root() / "configs" / "accelerate" / CONFIGS[name]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(recipe: Recipe, job: Path, *, cuda: bool) -> list[str]:
+    spec = recipe.train
+    precision = {"bfloat16": "bf16", "float16": "fp16"}.get(recipe.base_model.dtype, "no")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd += ["--config_file", str(accelerate_config(spec.accelerate_config))]
+    cmd += ["--num_processes", str(spec.num_processes), "--num_machines", "1"]
+    cmd += ["--main_process_port", str(_free_port())]
+    cmd += ["--mixed_precision", precision if cuda else "no"]
+    return [*cmd, "-m", "feinschliff.train.launch", "--job", str(job)]
+
+
+def launch_accelerate(
+    recipe: Recipe,
+    model_path: str,
+    files: dict[str, Path],
+    out: Path,
+    *,
+    init_adapter: Path | None = None,
+) -> dict[str, Any]:
+    """Train with ``num_processes`` ranks; returns the main rank's metrics."""
+    import torch
+
+    job = out / "launch-job.json"
+    job.write_text(
+        json.dumps(
+            {
+                "recipe": recipe.model_dump(mode="json"),
+                "model_path": model_path,
+                "files": {k: str(v) for k, v in files.items()},
+                "out": str(out),
+                "init_adapter": str(init_adapter) if init_adapter else None,
+            }
+        )
+    )
+    result = out / "backend-metrics.json"
+    result.unlink(missing_ok=True)
+    cmd = launch_command(recipe, job, cuda=torch.cuda.is_available())
+    log.info("launching %d processes: %s", recipe.train.num_processes, " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not result.exists():
+        raise LaunchError(f"accelerate launch failed with exit code {proc.returncode}")
+    metrics = json.loads(result.read_text())
+    metrics["backend_process"] = "child"
+    metrics["launcher"] = f"accelerate/{recipe.train.accelerate_config}"
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One rank: rebuild the typed recipe from the job file and train."""
+    parser = argparse.ArgumentParser(description="feinschliff training rank (accelerate launch)")
+    parser.add_argument("--job", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    job = json.loads(args.job.read_text())
+    from feinschliff.train.trl_backend import train_trl
+
+    recipe = Recipe.model_validate(job["recipe"])
+    out = Path(job["out"])
+    metrics = train_trl(
+        recipe,
+        job["model_path"],
+        {k: Path(v) for k, v in job["files"].items()},
+        out,
+        init_adapter=Path(job["init_adapter"]) if job["init_adapter"] else None,
+    )
+    if metrics.pop("is_main_process", True):
+        (out / "backend-metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

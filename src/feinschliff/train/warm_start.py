@@ -1,0 +1,77 @@
+"""Warm start: continue training the adapter the registry aliases ``production``.
+
+``train.init_from: production`` loads that version's PEFT adapter as the trainable starting
+point, and ``train.replay_fraction`` mixes in rows of the data it was trained on (kept by
+``train.data.snapshot_rows`` under the dataset hash its registry manifest records). Without a
+production version yet (the first run of a use case) training starts from a fresh LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from feinschliff.pipeline import registry_root
+from feinschliff.recipe import Recipe
+from feinschliff.registry import production_adapter
+
+log = logging.getLogger(__name__)
+
+
+class WarmStartError(ValueError):
+    """The production adapter cannot be continued with this recipe's LoRA settings."""
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    version: str
+    adapter_dir: Path
+    adapter_sha256: str
+    dataset_sha256: str | None
+
+
+def find_warm_start(recipe: Recipe) -> WarmStart | None:
+    """The production adapter to continue from, or None (init_from: base, or none yet)."""
+    if recipe.train.init_from != "production":
+        return None
+    ref = production_adapter(registry_root(recipe), recipe.use_case)
+    if ref is None:
+        log.warning(
+            "init_from: production, but %s has no production adapter yet: training a fresh LoRA",
+            recipe.use_case,
+        )
+        return None
+    manifest = json.loads((ref.dir / "manifest.json").read_text(encoding="utf-8"))
+    adapter_dir = ref.dir / "adapter"
+    check_compatible(recipe, json.loads((adapter_dir / "adapter_config.json").read_text()))
+    start = WarmStart(
+        version=manifest.get("version", ref.dir.name),
+        adapter_dir=adapter_dir,
+        adapter_sha256=manifest.get("adapter_sha256", ref.sha256),
+        dataset_sha256=(manifest.get("dataset") or {}).get("sha256"),
+    )
+    log.info("warm start from %s:production = %s", recipe.use_case, start.version)
+    return start
+
+
+def check_compatible(recipe: Recipe, adapter_config: dict) -> None:
+    """The recipe's LoRA must describe the adapter being continued (rank, alpha, modules)."""
+    lora = recipe.train.lora
+    problems = []
+    if adapter_config.get("r") != lora.r:
+        problems.append(f"rank {adapter_config.get('r')} vs train.lora.r={lora.r}")
+    if adapter_config.get("lora_alpha") != lora.alpha:
+        problems.append(
+            f"alpha {adapter_config.get('lora_alpha')} vs train.lora.alpha={lora.alpha}"
+        )
+    if isinstance(lora.target_modules, list):
+        have = set(adapter_config.get("target_modules") or [])
+        if have != set(lora.target_modules):
+            problems.append(f"target modules {sorted(have)} vs {sorted(lora.target_modules)}")
+    if problems:
+        raise WarmStartError(
+            "init_from: production continues the production adapter, which differs from the "
+            f"recipe's LoRA ({'; '.join(problems)}). Match the recipe to it, or use init_from: base."
+        )

@@ -1,0 +1,103 @@
+"""Axolotl YAML generation from a recipe, row conversion, checkpoint markers (no Axolotl venv)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from feinschliff.recipe_loader import RecipeError, load_recipe
+from feinschliff.train import axolotl_backend
+from feinschliff.train import axolotl_config as ax
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "recipes" / "demo-de.yaml"
+
+
+def _cfg(tmp_path: Path, *sets: str, on_cpu: bool = True, **kw) -> dict:
+    recipe = load_recipe(DEMO, ["train.backend=axolotl", *sets])
+    files = {"train": tmp_path / "train.jsonl"}
+    return ax.build_config(recipe, "/models/smol", files, tmp_path / "out", on_cpu=on_cpu, **kw)
+
+
+def test_sft_config_maps_the_recipe_and_adds_the_cpu_overrides(tmp_path):
+    cfg = _cfg(tmp_path, "train.hyperparameters.max_steps=3", "train.assistant_only_loss=true")
+    assert cfg["base_model"] == "/models/smol" and cfg["adapter"] == "lora"
+    assert (cfg["lora_r"], cfg["lora_alpha"], cfg["lora_target_linear"]) == (16, 32, True)
+    assert (cfg["sequence_len"], cfg["micro_batch_size"], cfg["max_steps"]) == (256, 4, 3)
+    assert cfg["datasets"][0]["type"] == "chat_template"
+    assert cfg["datasets"][0]["roles_to_train"] == ["assistant"]
+    assert all(cfg[k] is False for k in ax.CPU_OVERRIDES)
+    assert "rl" not in cfg and "lora_model_dir" not in cfg
+    gpu = _cfg(tmp_path, "base_model.dtype=bfloat16", on_cpu=False)
+    assert gpu["bf16"] is True and "lora_mlp_kernel" not in gpu
+
+
+def test_every_generated_key_is_one_we_know_axolotl_reads(tmp_path):
+    for sets in (
+        ["train.method=dpo", "train.lora.target_modules=[q_proj, v_proj]"],
+        ["train.method=orpo", "train.qlora=true", "train.hyperparameters.eval_steps=1"],
+        ["train.packing=true", "train.hyperparameters.gradient_checkpointing=true"],
+    ):
+        files = {"train": tmp_path / "t.jsonl", "eval": tmp_path / "e.jsonl"}
+        recipe = load_recipe(DEMO, ["train.backend=axolotl", *sets])
+        cfg = ax.build_config(recipe, "m", files, tmp_path, on_cpu=True, resume=tmp_path / "c")
+        assert set(cfg) <= ax.TOP_KEYS
+        assert all(set(d) <= ax.DATASET_KEYS for d in cfg["datasets"] + cfg["test_datasets"])
+
+
+def test_unknown_keys_are_refused_not_dropped():
+    with pytest.raises(ax.AxolotlError, match=r"lora_use_dora"):
+        ax.check_keys({"base_model": "m", "lora_use_dora": True})
+    with pytest.raises(ax.AxolotlError, match=r"datasets\[\]\.field_prompt"):
+        ax.check_keys({"datasets": [{"path": "x", "field_prompt": "p"}]})
+
+
+def test_preference_methods_map_to_their_axolotl_strategies(tmp_path):
+    dpo = _cfg(tmp_path, "train.method=dpo", "train.beta=0.2")
+    assert (dpo["rl"], dpo["rl_beta"]) == ("dpo", 0.2)
+    assert dpo["datasets"][0]["type"] == "chat_template.default"
+    assert dpo["datasets"][0]["field_messages"] == "prompt"
+    orpo = _cfg(tmp_path, "train.method=orpo", "train.beta=0.3")
+    assert (orpo["rl"], orpo["orpo_alpha"], orpo["remove_unused_columns"]) == ("orpo", 0.3, False)
+    assert orpo["datasets"][0]["type"] == "chat_template.argilla"
+    lora = _cfg(tmp_path, "train.lora.target_modules=[q_proj, v_proj]")
+    assert lora["lora_target_modules"] == ["q_proj", "v_proj"] and "lora_target_linear" not in lora
+    warm = _cfg(tmp_path, init_adapter=tmp_path / "prod" / "adapter")
+    assert warm["lora_model_dir"] == str(tmp_path / "prod" / "adapter")
+
+
+def test_orpo_rows_become_argilla_conversations(tmp_path):
+    row = {
+        "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}],
+        "chosen": [{"role": "assistant", "content": "gut"}],
+        "rejected": [{"role": "assistant", "content": "schlecht"}],
+    }
+    src = tmp_path / "src.jsonl"
+    src.write_text(json.dumps(row) + "\n")
+    recipe = load_recipe(DEMO, ["train.backend=axolotl", "train.method=orpo"])
+    out = json.loads(ax.axolotl_rows(recipe, src, tmp_path / "dst.jsonl").read_text())
+    assert out["system"] == "S"
+    assert [m["content"] for m in out["chosen"]] == ["Q", "gut"]
+    assert [m["content"] for m in out["rejected"]] == ["Q", "schlecht"]
+    row["prompt"] += [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q2"}]
+    src.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ax.AxolotlError, match="single-turn"):
+        ax.axolotl_rows(recipe, src, tmp_path / "dst.jsonl")
+
+
+def test_checkpoints_are_marked_once_superseded(tmp_path):
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    axolotl_backend.mark_finished_checkpoints(tmp_path, all_done=False)
+    assert (tmp_path / "checkpoint-2" / ".complete").exists()
+    assert not (tmp_path / "checkpoint-4" / ".complete").exists()  # may still be written
+    assert axolotl_backend.last_complete_checkpoint(tmp_path).name == "checkpoint-2"
+    axolotl_backend.mark_finished_checkpoints(tmp_path, all_done=True)
+    assert axolotl_backend.last_complete_checkpoint(tmp_path).name == "checkpoint-4"
+
+
+def test_kto_is_refused_for_axolotl_at_validation(tmp_path):
+    with pytest.raises(RecipeError, match="kto is trained by backend trl only"):
+        load_recipe(DEMO, ["train.method=kto", "train.backend=axolotl"])
