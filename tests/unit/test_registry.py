@@ -1,4 +1,5 @@
-"""Local registry: immutable versions, idempotent registration, CAS aliases, audit log."""
+"""Local registry: preflight before any write, immutable versions, idempotent registration,
+CAS aliases (promote / rollback / retire), audit log, crash leftovers invisible."""
 
 from __future__ import annotations
 
@@ -7,111 +8,284 @@ import threading
 
 import pytest
 
-from feinschliff.artifacts import AdapterRef, mark_complete
+from feinschliff.artifacts import AdapterRef
 from feinschliff.registry import (
     AliasConflict,
+    InvalidName,
     RegistryError,
+    adapter_path,
+    audit_log,
     list_registry,
     manifest,
+    open_root,
     production_adapter,
+    production_history,
     promote,
     read_aliases,
+    record_event,
     register_adapter,
+    retire,
+    rollback,
     set_alias,
     versions,
 )
+from feinschliff.serving.preflight import PreflightError
+from tests.unit.adapter_factory import make_base, make_train_output, target_for
 
 
-def make_adapter(tmp_path, name: str, payload: bytes) -> AdapterRef:
-    out = tmp_path / name
-    (out / "adapter").mkdir(parents=True)
-    (out / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 16, "peft_type": "LORA"}))
-    (out / "adapter" / "adapter_model.safetensors").write_bytes(payload)
-    return AdapterRef(path=str(out), sha256=mark_complete(out))
+@pytest.fixture()
+def base(tmp_path):
+    return make_base(tmp_path / "base")
 
 
-def test_register_copies_and_is_idempotent(tmp_path):
+@pytest.fixture()
+def reg(tmp_path, base):
+    """register(name, seed) -> version, into a fresh registry at tmp_path/reg."""
     root = tmp_path / "reg"
-    a = make_adapter(tmp_path, "a", b"one")
-    v1 = register_adapter(root, "support", a, {"train": {"method": "sft"}})
+
+    def register(seed: float, use_case: str = "s", **kw) -> str:
+        ref = make_train_output(tmp_path / f"out-{use_case}-{seed}", str(base), seed=seed, **kw)
+        return register_adapter(
+            root, use_case, ref, {"train": {"method": "sft"}}, target=target_for(base)
+        )
+
+    register.root = root
+    return register
+
+
+def snapshot(root):
+    """Every path under root with its bytes (dirs as None): 'byte-identical' made checkable."""
+    if not root.exists():
+        return None
+    return {
+        p.relative_to(root).as_posix(): (None if p.is_dir() else p.read_bytes())
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_register_copies_and_is_idempotent(tmp_path, base, reg):
+    v1 = reg(1.0)
     assert v1 == "v0001"
-    assert (root / "support" / v1 / "adapter" / "adapter_model.safetensors").read_bytes() == b"one"
-    assert register_adapter(root, "support", a, {}) == v1  # same content: no new version
-    b = make_adapter(tmp_path, "b", b"two")
-    assert register_adapter(root, "support", b, {}) == "v0002"
-    assert versions(root, "support") == ["v0001", "v0002"]
-    assert manifest(root, "support", v1)["train"]["method"] == "sft"
-    assert [r["version"] for r in list_registry(root)] == ["v0001", "v0002"]
+    src = tmp_path / "out-s-1.0" / "adapter" / "adapter_model.safetensors"
+    assert (
+        adapter_path(reg.root, "s", v1) / "adapter_model.safetensors"
+    ).read_bytes() == src.read_bytes()
+    assert reg(1.0) == v1  # same content: no new version
+    assert reg(2.0) == "v0002"
+    assert versions(reg.root, "s") == ["v0001", "v0002"]
+    m = manifest(reg.root, "s", v1)
+    assert m["train"]["method"] == "sft"
+    assert m["adapter"]["rank"] == 8 and m["adapter"]["target_modules"] == ["q_proj", "v_proj"]
+    assert [r["version"] for r in list_registry(reg.root)] == ["v0001", "v0002"]
 
 
-def test_incomplete_version_is_invisible(tmp_path):
-    root = tmp_path / "reg"
-    register_adapter(root, "support", make_adapter(tmp_path, "a", b"x"), {})
-    (root / "support" / "v0002" / "adapter").mkdir(parents=True)  # a crashed writer's leftovers
-    assert versions(root, "support") == ["v0001"]
-    with pytest.raises(RegistryError):
-        set_alias(root, "support", "production", "v0002")
-    assert register_adapter(root, "support", make_adapter(tmp_path, "b", b"y"), {}) == "v0003"
-
-
-def test_not_an_adapter_and_bad_names_are_refused(tmp_path):
-    root = tmp_path / "reg"
-    out = tmp_path / "empty"
-    (out / "adapter").mkdir(parents=True)
-    with pytest.raises(RegistryError, match="not a PEFT adapter"):
-        register_adapter(root, "support", AdapterRef(path=str(out), sha256="0"), {})
-    a = make_adapter(tmp_path, "a", b"x")
-    for bad in ("../escape", "Upper", "", "a/b"):
-        with pytest.raises(RegistryError):
-            register_adapter(root, bad, a, {})
+def test_rejected_adapter_leaves_registry_byte_identical(tmp_path, base, reg):
+    reg(1.0)
+    promote(reg.root, "s", "v0001", why="first")
+    before = snapshot(reg.root)
+    bad = [
+        make_train_output(tmp_path / "r64", str(base), rank=64),
+        make_train_output(tmp_path / "other", str(tmp_path / "other-base"), hidden_scale=2),
+    ]
+    missing = make_train_output(tmp_path / "nocfg", str(base))
+    (missing.dir / "adapter" / "adapter_config.json").unlink()
+    bad.append(missing)
+    for ref in bad:
+        with pytest.raises(PreflightError):
+            register_adapter(reg.root, "s", ref, {}, target=target_for(base))
+    with pytest.raises(InvalidName):
+        register_adapter(reg.root, "../escape", bad[0], {}, target=target_for(base))
+    assert snapshot(reg.root) == before
     assert not (tmp_path / "escape").exists()
+    # ... and a use case that does not exist yet is not even created
+    with pytest.raises(PreflightError):
+        register_adapter(reg.root, "fresh", bad[0], {}, target=target_for(base))
+    assert not (reg.root / "fresh").exists()
 
 
-def test_promote_moves_previous_and_audits(tmp_path):
-    root = tmp_path / "reg"
-    v1 = register_adapter(root, "s", make_adapter(tmp_path, "a", b"1"), {})
-    v2 = register_adapter(root, "s", make_adapter(tmp_path, "b", b"2"), {})
-    promote(root, "s", v1, why="first")
-    assert production_adapter(root, "s").path.endswith(v1)
-    promote(root, "s", v2, why="better", decision={"promote": True})
-    assert read_aliases(root, "s") == {"production": v2, "previous": v1}
-    audit = [json.loads(line) for line in (root / "s" / "audit.jsonl").read_text().splitlines()]
+def test_killed_writer_leftovers_are_invisible_and_cleaned(reg):
+    reg(1.0)
+    promote(reg.root, "s", "v0001", why="first")
+    leftover = reg.root / "s" / ".v0002-abc123"
+    (leftover / "adapter").mkdir(parents=True)  # a writer killed before its rename
+    (reg.root / "s" / "v0003").mkdir()  # no .complete: never a version
+    assert versions(reg.root, "s") == ["v0001"]
+    with pytest.raises(RegistryError, match="not a registered version"):
+        set_alias(reg.root, "s", "production", "v0003")
+    assert read_aliases(reg.root, "s") == {"production": "v0001"}
+    assert reg(2.0) == "v0004"
+    assert not leftover.exists()
+
+
+def test_promote_moves_previous_in_one_step_and_audits(reg):
+    v1, v2 = reg(1.0), reg(2.0)
+    promote(reg.root, "s", v1, why="first")
+    assert production_adapter(reg.root, "s").path.endswith(v1)
+    promote(reg.root, "s", v2, why="better", decision={"promote": True})
+    assert read_aliases(reg.root, "s") == {"production": v2, "previous": v1}
+    audit = audit_log(reg.root, "s")
     moves = [(e["alias"], e["old"], e["new"]) for e in audit if e["event"] == "alias"]
     assert moves == [("production", None, v1), ("production", v1, v2), ("previous", None, v1)]
     assert audit[-1]["event"] == "gate" and audit[-1]["decision"] == {"promote": True}
+    assert {e["by"] for e in audit} and all(e["at"].endswith("Z") for e in audit)
 
 
-def test_stale_compare_and_swap_is_rejected(tmp_path):
-    root = tmp_path / "reg"
-    v1 = register_adapter(root, "s", make_adapter(tmp_path, "a", b"1"), {})
-    v2 = register_adapter(root, "s", make_adapter(tmp_path, "b", b"2"), {})
-    set_alias(root, "s", "production", v1, expected=None)
+def test_rollback_swaps_and_history_orders_versions(reg):
+    v1, v2, v3 = reg(1.0), reg(2.0), reg(3.0)
+    with pytest.raises(RegistryError, match="no previous"):
+        rollback(reg.root, "s", why="nothing yet")
+    promote(reg.root, "s", v1, why="a")
+    promote(reg.root, "s", v2, why="b")
+    promote(reg.root, "s", v3, why="c")
+    assert production_history(reg.root, "s") == [v3, v2, v1]
+    rollback(reg.root, "s", why="v3 broke")
+    assert read_aliases(reg.root, "s") == {"production": v2, "previous": v3}
+    assert production_history(reg.root, "s") == [v2, v3, v1]
     with pytest.raises(AliasConflict):
-        set_alias(root, "s", "production", v2, expected=None)
-    assert read_aliases(root, "s")["production"] == v1
+        rollback(reg.root, "s", why="stale", expected=v3)
 
 
-def test_concurrent_promotions_exactly_one_wins(tmp_path):
-    root = tmp_path / "reg"
-    vs = [
-        register_adapter(root, "s", make_adapter(tmp_path, f"a{i}", bytes([i])), {})
-        for i in range(8)
-    ]
+def test_retire(reg):
+    v1, v2 = reg(1.0), reg(2.0)
+    promote(reg.root, "s", v1, why="a")
+    promote(reg.root, "s", v2, why="b")
+    with pytest.raises(RegistryError, match="is production"):
+        retire(reg.root, "s", v2, why="no")
+    assert retire(reg.root, "s", v1, why="data leak") == {"production": v2}
+    assert production_history(reg.root, "s") == [v2]
+    with pytest.raises(RegistryError, match="retired"):
+        promote(reg.root, "s", v1, why="again")
+    assert "retired" in next(r for r in list_registry(reg.root) if r["version"] == v1)["aliases"]
+
+
+def test_stale_compare_and_swap_is_rejected(reg):
+    v1, v2 = reg(1.0), reg(2.0)
+    set_alias(reg.root, "s", "production", v1, expected=None)
+    with pytest.raises(AliasConflict):
+        set_alias(reg.root, "s", "production", v2, expected=None)
+    with pytest.raises(AliasConflict):
+        promote(reg.root, "s", v2, why="stale", expected=None)
+    assert read_aliases(reg.root, "s")["production"] == v1
+
+
+def test_concurrent_promotions_exactly_one_wins(reg):
+    vs = [reg(float(i)) for i in range(1, 9)]
+    promote(reg.root, "s", vs[0], why="base")
     wins, conflicts = [], []
-    barrier = threading.Barrier(len(vs))
+    barrier = threading.Barrier(len(vs) - 1)
 
     def attempt(v):
         barrier.wait()
         try:
-            set_alias(root, "s", "production", v, expected=None)
+            promote(reg.root, "s", v, why="race", expected=vs[0])
             wins.append(v)
         except AliasConflict:
             conflicts.append(v)
 
-    threads = [threading.Thread(target=attempt, args=(v,)) for v in vs]
+    threads = [threading.Thread(target=attempt, args=(v,)) for v in vs[1:]]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(wins) == 1 and len(conflicts) == len(vs) - 1
-    assert read_aliases(root, "s")["production"] == wins[0]
+    assert len(wins) == 1 and len(conflicts) == len(vs) - 2
+    assert read_aliases(reg.root, "s") == {"production": wins[0], "previous": vs[0]}
+
+
+def test_bad_names_and_versions(reg):
+    reg(1.0)
+    for bad in ("../x", "v1", "v0001/../../x", ""):
+        with pytest.raises(InvalidName):
+            manifest(reg.root, "s", bad)
+    with pytest.raises(InvalidName):
+        read_aliases(reg.root, "../s")
+    with pytest.raises(RegistryError, match="unknown alias"):
+        set_alias(reg.root, "s", "staging", "v0001")
+
+
+def test_record_event_appends_to_audit(reg):
+    reg(1.0)
+    record_event(reg.root, "s", "approval", why="looks good", approved=True, reviewer="ana")
+    last = audit_log(reg.root, "s")[-1]
+    assert (last["event"], last["approved"], last["reviewer"]) == ("approval", True, "ana")
+
+
+def test_open_root_locations(tmp_path):
+    assert open_root(str(tmp_path)) == tmp_path
+    assert open_root(f"file://{tmp_path}") == tmp_path
+    with pytest.raises(RegistryError, match="only local directories"):
+        open_root("s3://bucket/registry")
+
+
+def test_not_an_adapter_is_refused(tmp_path, base):
+    out = tmp_path / "empty"
+    (out / "adapter").mkdir(parents=True)
+    with pytest.raises(PreflightError, match="not a PEFT adapter"):
+        register_adapter(
+            tmp_path / "reg",
+            "s",
+            AdapterRef(path=str(out), sha256="0"),
+            {},
+            target=target_for(base),
+        )
+    assert not (tmp_path / "reg").exists()
+
+
+HELP = {
+    ("registry", "list"): ["aliases", "retired"],
+    ("registry", "show"): ["manifest", "lineage"],
+    ("registry", "audit"): ["append-only", "gate decision"],
+    ("registry", "promote"): ["production", "--expect", "verify", "conflict"],
+    ("registry", "rollback"): ["previous", "verified"],
+    ("registry", "retire"): ["never", "--why"],
+    ("registry", "reconcile"): ["registry", "Idempotent", "unload"],
+    ("serve-config",): ["--lora-modules", "LoraAdapter", "LORA_ADAPTERS", "Modelfile"],
+    ("serve-demo",): ["German prompt", "install_vllm.sh", "vllm.log"],
+}
+
+
+@pytest.mark.parametrize("cmd", list(HELP), ids=" ".join)
+def test_help_says_what_it_does_and_writes(cmd):
+    from typer.testing import CliRunner
+
+    from feinschliff.cli import app
+
+    result = CliRunner().invoke(app, [*cmd, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for needle in HELP[cmd]:
+        assert needle in text, f"{needle!r} missing from `feinschliff {' '.join(cmd)} --help`"
+
+
+def test_registry_cli_without_servers(reg):
+    """promote / rollback / retire / show / audit / list on the registry alone (no recipe)."""
+    from typer.testing import CliRunner
+
+    from feinschliff.cli import app
+    from feinschliff.cli.app import Failure
+
+    v1, v2 = reg(1.0), reg(2.0)
+    root = ["--root", str(reg.root)]
+
+    def cli(*args):
+        res = CliRunner().invoke(app, [*args, *root])
+        if isinstance(res.exception, Failure):
+            return res.exception.code, str(res.exception)
+        return res.exit_code, res.output
+
+    assert cli("registry", "promote", "s", v1, "--expect", "none") == (0, "s: production = v0001\n")
+    code, out = cli("registry", "promote", "s", v2, "--expect", "none")
+    assert code == 1 and out.startswith("conflict:")
+    assert cli("registry", "promote", "s", v2, "--why", "better")[0] == 0
+    assert cli("registry", "rollback", "s") == (0, "s: production = v0001\n")
+    assert cli("registry", "retire", "s", v2, "--why", "regressed")[0] == 0
+    code, out = cli("registry", "show", "s")
+    assert json.loads(out) == {
+        "aliases": {"production": v1},
+        "versions": [v1, v2],
+        "retired": {v2: json.loads(out)["retired"][v2]},
+    }
+    assert json.loads(cli("registry", "show", "s", v1)[1])["version"] == v1
+    code, out = cli("registry", "audit", "s")
+    assert "v0002 -> v0001" in out and "regressed" in out
+    assert "retired" in cli("registry", "list")[1]
+    assert cli("registry", "show", "s", "../../etc")[0] == 2

@@ -1,26 +1,44 @@
-"""`feinschliff registry ...`: inspect and change the adapter registry."""
+"""`feinschliff registry ...`: inspect the adapter registry, move aliases, sync vLLM servers.
+
+Alias changes are compare-and-swap: `--expect` names the production version you saw (default:
+the one read when the command starts); if it moved meanwhile the command fails with a conflict
+(exit 1) and changes nothing. With `--recipe` whose `register.vllm` lists servers, promote and
+rollback go live: the version is loaded and verified on every replica before the alias moves.
+"""
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from feinschliff.cli.app import Failure, registry_app
+from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _load, registry_app
+from feinschliff.recipe import Recipe
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(help="Registry root (default: the recipe's, else $FEINSCHLIFF_HOME/registry)."),
+]
+RecipeOpt = Annotated[
+    Path | None,
+    typer.Option(help="Recipe: its registry, and its vLLM servers to update (register.vllm)."),
+]
+ExpectOpt = Annotated[
+    str | None,
+    typer.Option(help="Production version you expect now ('none': no production); else read now."),
+]
+WhyOpt = Annotated[str, typer.Option(help="Reason, recorded in the audit log.")]
 
 
 @registry_app.command("list")
-def registry_list(
-    root: Annotated[
-        Path | None, typer.Option(help="Registry root (default $FEINSCHLIFF_HOME/registry).")
-    ] = None,
-) -> None:
-    """List registered adapter versions with their aliases."""
-    from feinschliff.registry import default_root, list_registry
+def registry_list(root: RootOpt = None) -> None:
+    """List registered adapter versions with their aliases (and `retired`)."""
+    from feinschliff.registry import list_registry, open_root
 
-    rows = list_registry(root or default_root())
+    rows = list_registry(open_root(root))
     if not rows:
         typer.echo("registry is empty")
         return
@@ -37,17 +55,190 @@ def registry_list(
 @registry_app.command("show")
 def registry_show(
     use_case: str,
-    version: str,
-    root: Annotated[Path | None, typer.Option(help="Registry root.")] = None,
+    version: Annotated[str | None, typer.Argument(help="Version; omit for the aliases.")] = None,
+    root: RootOpt = None,
 ) -> None:
-    """Print a version's manifest (lineage, metrics, gate decision)."""
-    from feinschliff.registry import RegistryError, default_root, manifest
+    """Print a version's manifest (lineage: recipe, base model, data, metrics, gate decision),
+    or without VERSION the use case's aliases, versions and retired versions."""
+    from feinschliff import registry
+
+    with _errors():
+        r = registry.open_root(root)
+        if version is not None:
+            out: Any = registry.manifest(r, use_case, version)
+        else:
+            out = {
+                "aliases": registry.read_aliases(r, use_case),
+                "versions": registry.versions(r, use_case),
+                "retired": registry.retired(r, use_case),
+            }
+    typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+@registry_app.command("audit")
+def registry_audit(
+    use_case: str,
+    root: RootOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the append-only audit log: who, when, what (register, alias from -> to, gate
+    decision, retire) and why."""
+    from feinschliff import registry
+
+    with _errors():
+        entries = registry.audit_log(registry.open_root(root), use_case)
+    for e in entries:
+        if as_json:
+            typer.echo(json.dumps(e, ensure_ascii=False))
+            continue
+        what = e.get("alias") or e["event"]
+        gate = ""
+        if e.get("decision") is not None:
+            gate = f" gate={'pass' if e['decision'].get('promote') else 'fail'}"
+        typer.echo(
+            f"{e['at']} {e['by']:<10} {e['event']:<8} {what:<10} "
+            f"{e.get('old') or '-'} -> {e.get('new') or '-'}{gate}  {e.get('why', '')}"
+        )
+
+
+@registry_app.command("promote")
+def registry_promote(
+    use_case: str,
+    version: str,
+    expect: ExpectOpt = None,
+    why: WhyOpt = "promoted via CLI",
+    recipe: RecipeOpt = None,
+    root: RootOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Make VERSION production (previous := old production). With a recipe that lists vLLM
+    servers: preflight, load + verify on every replica, move the alias, switch the served name
+    and unload superseded versions. Exit 1 on a conflict (the alias moved meanwhile)."""
+    from feinschliff import registry
+    from feinschliff.serving.publish import publish_version
+
+    cfg = _recipe_for(recipe, set_, use_case)
+    with _errors():
+        expected = _expected(expect)
+        if cfg is not None and root is None:
+            report = publish_version(cfg, version, why=why, expected=expected)
+            _print_report(report)
+        else:
+            registry.promote(
+                registry.open_root(root), use_case, version, why=why, expected=expected
+            )
+    typer.echo(f"{use_case}: production = {version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    use_case: str,
+    expect: ExpectOpt = None,
+    why: WhyOpt = "rollback via CLI",
+    recipe: RecipeOpt = None,
+    root: RootOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Swap production and previous. With a recipe that lists vLLM servers the previous
+    version is loaded and verified on every replica first, then the served name switches."""
+    from feinschliff import registry
+    from feinschliff.serving.deploy import rollback_live
+    from feinschliff.serving.preflight import base_target
+    from feinschliff.serving.publish import registry_root
+
+    cfg = _recipe_for(recipe, set_, use_case)
+    with _errors():
+        expected = _expected(expect)
+        if cfg is not None and root is None and cfg.register.vllm is not None:
+            spec, target = cfg.register.vllm, base_target(cfg)
+            _print_report(
+                rollback_live(
+                    registry_root(cfg), use_case, spec, target, why=why, expected=expected
+                )
+            )
+            aliases = registry.read_aliases(registry_root(cfg), use_case)
+        else:
+            r = registry.open_root(root) if cfg is None or root else registry_root(cfg)
+            aliases = registry.rollback(r, use_case, why=why, expected=expected)
+    typer.echo(f"{use_case}: production = {aliases.get('production')}")
+
+
+@registry_app.command("retire")
+def registry_retire(
+    use_case: str,
+    version: str,
+    why: Annotated[str, typer.Option(help="Reason (required), recorded in the audit log.")],
+    recipe: RecipeOpt = None,
+    root: RootOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Mark VERSION as never to be served again (refused while it is production); drops the
+    candidate/previous aliases on it. With a recipe's vLLM servers, reconciles them after."""
+    from feinschliff import registry
+    from feinschliff.serving.deploy import reconcile
+    from feinschliff.serving.publish import registry_root
+
+    cfg = _recipe_for(recipe, set_, use_case)
+    with _errors():
+        r = registry_root(cfg) if cfg is not None and root is None else registry.open_root(root)
+        registry.retire(r, use_case, version, why=why)
+        if cfg is not None and cfg.register.vllm is not None and root is None:
+            _print_report(reconcile(r, use_case, cfg.register.vllm))
+    typer.echo(f"{use_case}/{version}: retired")
+
+
+@registry_app.command("reconcile")
+def registry_reconcile(recipe: RecipeArg, set_: SetOpt = None) -> None:
+    """Make the recipe's vLLM servers serve exactly what the registry says (production under the
+    use-case name, kept versions as NAME@VERSION): load missing, switch stale, unload extra,
+    verify each change with a completion. Idempotent; prints every action."""
+    from feinschliff.serving.deploy import reconcile
+    from feinschliff.serving.publish import registry_root
+
+    cfg = _load(recipe, set_)
+    if cfg.register.vllm is None:
+        raise Failure("the recipe has no register.vllm servers to reconcile", code=2)
+    with _errors():
+        report = reconcile(registry_root(cfg), cfg.use_case, cfg.register.vllm)
+    _print_report(report)
+
+
+def _recipe_for(path: Path | None, overrides: list[str] | None, use_case: str) -> Recipe | None:
+    if path is None:
+        return None
+    cfg = _load(path, overrides)
+    if cfg.use_case != use_case:
+        raise Failure(f"the recipe is for use case {cfg.use_case!r}, not {use_case!r}", code=2)
+    return cfg
+
+
+def _expected(expect: str | None) -> Any:
+    from feinschliff.registry import UNSET
+
+    if expect is None:
+        return UNSET
+    return None if expect.lower() == "none" else expect
+
+
+def _print_report(report: Any) -> None:
+    if report is not None:
+        for line in report.lines():
+            typer.echo(line)
+
+
+@contextmanager
+def _errors():
+    """Map library errors to exit codes: bad input 2, conflicts and failures 1."""
+    from feinschliff.registry import AliasConflict, InvalidName, RegistryError
+    from feinschliff.serving.deploy import DeployError
+    from feinschliff.serving.preflight import PreflightError
+    from feinschliff.serving.vllm_client import VllmError
 
     try:
-        typer.echo(
-            json.dumps(
-                manifest(root or default_root(), use_case, version), indent=2, ensure_ascii=False
-            )
-        )
-    except RegistryError as exc:
-        raise Failure(str(exc)) from exc
+        yield
+    except (InvalidName, PreflightError) as exc:
+        raise Failure(str(exc), code=2) from exc
+    except AliasConflict as exc:
+        raise Failure(f"conflict: {exc}", code=1) from exc
+    except (RegistryError, DeployError, VllmError) as exc:
+        raise Failure(str(exc), code=1) from exc

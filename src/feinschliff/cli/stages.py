@@ -63,12 +63,17 @@ def register(
     ] = False,
     set_: SetOpt = None,
 ) -> None:
-    """Copy an adapter into the registry as a new immutable version with a lineage manifest and
-    point the `candidate` alias at it (`--promote`: also `production`). Prints the version."""
+    """Preflight an adapter (vLLM's adapter_config rules, base model name and tensor shapes,
+    safetensors only; exit 2 and nothing written if refused), copy it into the registry as a new
+    immutable version with a lineage manifest and point the `candidate` alias at it
+    (`--promote`: also `production`, live on register.vllm servers). Prints the version."""
     from feinschliff.artifacts import AdapterRef
     from feinschliff.gate import decide_promotion
     from feinschliff.pipeline import read_report, registry_root
-    from feinschliff.registry import RegistryError, promote, register_adapter, set_alias
+    from feinschliff.registry import InvalidName, RegistryError, set_alias
+    from feinschliff.serving.deploy import DeployError
+    from feinschliff.serving.preflight import PreflightError
+    from feinschliff.serving.publish import publish_version, register_version
 
     cfg = _load(recipe, set_)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
@@ -81,17 +86,20 @@ def register(
             raise Failure("the gate rejects this adapter; refusing --promote", code=3)
     root = registry_root(cfg)
     try:
-        version = register_adapter(root, cfg.use_case, ref, lineage)
+        version = register_version(cfg, ref, lineage)  # preflight first: rejects write nothing
         set_alias(root, cfg.use_case, "candidate", version, why="registered via CLI")
         if promote_:
-            promote(
-                root,
-                cfg.use_case,
+            report_ = publish_version(
+                cfg,
                 version,
                 why="promoted via CLI",
                 decision=decision.model_dump() if decision else None,
             )
-    except RegistryError as exc:
+            for line in report_.lines() if report_ else []:
+                typer.echo(line, err=True)
+    except (InvalidName, PreflightError) as exc:
+        raise Failure(str(exc), code=2) from exc
+    except (RegistryError, DeployError) as exc:
         raise Failure(str(exc)) from exc
     typer.echo(f"{cfg.use_case}/{version}")
 
@@ -107,8 +115,14 @@ def run(
     """Run the whole loop as the Prefect flow `retrain`: ingest, train, evaluate, gate and, if
     the gate passes, register + promote. Finished stages with unchanged inputs are reused.
     Exit 0 promoted, 3 rejected."""
-    _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
+    cfg = _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
+    from feinschliff.estimate import EstimateError, check_training_fits
     from feinschliff.paths import project_root
+
+    try:
+        check_training_fits(cfg)  # a training that cannot fit the configured GPU: refuse now
+    except EstimateError as exc:
+        raise Failure(str(exc), code=2) from exc
 
     sys.path.insert(0, str(project_root()))
     from flows.retrain import retrain

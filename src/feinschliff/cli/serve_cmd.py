@@ -1,0 +1,72 @@
+"""`feinschliff serve-config` and `feinschliff serve-demo`: serve the production adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _load, app
+from feinschliff.serving.serve_config import TARGETS
+
+
+@app.command("serve-config")
+def serve_config(
+    recipe: RecipeArg,
+    target: Annotated[str, typer.Option(help=f"One of: {', '.join(TARGETS)}.")] = "vllm",
+    version: Annotated[
+        str | None, typer.Option(help="Registry version (default: production).")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print a serving config for the production adapter: vllm (server flags with --enable-lora
+    --max-lora-rank --max-loras --lora-modules), vllm-k8s (a production-stack LoraAdapter
+    resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with ADAPTER). Copies the version to
+    its serving path (register.vllm.adapter_dir) so the printed path exists; writes nothing else."""
+    from feinschliff.registry import RegistryError
+    from feinschliff.serving.preflight import PreflightError
+    from feinschliff.serving.publish import served_adapter
+    from feinschliff.serving.serve_config import render
+
+    if target not in TARGETS:
+        raise Failure(f"--target must be one of {', '.join(TARGETS)}", code=2)
+    cfg = _load(recipe, set_)
+    try:
+        typer.echo(render(served_adapter(cfg, version), target), nl=False)  # type: ignore[arg-type]
+    except (RegistryError, PreflightError) as exc:
+        raise Failure(str(exc)) from exc
+
+
+@app.command("serve-demo")
+def serve_demo(
+    recipe: RecipeArg,
+    prompt: Annotated[str | None, typer.Option(help="German prompt to answer.")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="A running vLLM server to use instead of starting one.")
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Where the server log goes (default $FEINSCHLIFF_HOME/serve-demo)."),
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Load the production adapter into a local vLLM server (installed on first use by
+    scripts/install_vllm.sh into $FEINSCHLIFF_HOME/venvs, ~5 min; started ~1-2 min) and print
+    the base model's and the adapter's answer to one German prompt. Writes vllm.log."""
+    from feinschliff.registry import RegistryError
+    from feinschliff.serving.deploy import DeployError
+    from feinschliff.serving.publish import DEMO_PROMPT
+    from feinschliff.serving.publish import serve_demo as run_demo
+    from feinschliff.serving.vllm_client import VllmError
+    from feinschliff.serving.vllm_server import VllmStartError
+
+    cfg = _load(recipe, set_)
+    try:
+        answer = run_demo(cfg, prompt=prompt or DEMO_PROMPT, url=url, workdir=workdir)
+    except (RegistryError, DeployError, VllmError, VllmStartError) as exc:
+        raise Failure(str(exc)) from exc
+    typer.echo(f"vLLM {answer.url}: {cfg.use_case} = {answer.version}")
+    typer.echo(f"prompt:  {answer.prompt}")
+    typer.echo(f"base:    {answer.base.strip()}")
+    typer.echo(f"adapter: {answer.adapter.strip()}")

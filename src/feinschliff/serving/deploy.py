@@ -1,0 +1,336 @@
+"""Make vLLM servers serve what the registry says: live promotion, rollback, reconcile.
+
+Served names for a use case ``support-de``:
+
+- ``support-de``: the production version; what clients ask for.
+- ``support-de@v0003``: a pinned version, loaded for the last ``keep_versions`` production
+  versions (for pinning clients, comparisons and an instant rollback).
+
+Every version is served from its **own path** (``<adapter_dir>/<use_case>/<version>-<sha12>/``,
+a copy of the immutable registry version): vLLM keys prefix-cache blocks by (adapter name, path),
+so a path never holds two different weights. Switching ``support-de`` to a new version is an in-place
+load from the new path (no moment without the adapter).
+
+A promotion loads and verifies the new version under its pinned name on every replica *before*
+the production alias moves; only then is the stable name switched and superseded versions
+unloaded. If it fails or loses the compare-and-swap, the servers are reconciled back to the
+registry. A per-use-case serve lock serialises promotions, rollbacks and reconciles on one
+registry, so a losing promotion never touches a server.
+
+Resolver mode writes the ``lora_filesystem_resolver`` layout instead. The resolver always loads
+``<resolver_dir>/<name>``, the same path for every version of ``support-de``: a running server
+keeps the adapter it resolved first, and even after an unload its prefix-cache blocks (keyed by
+name + path) could mix in the old weights. So pinned names (immutable folders) are live at once,
+the stable name after a (rolling) restart. The report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feinschliff import registry
+from feinschliff.artifacts import COMPLETE, completed_hash, mark_complete
+from feinschliff.models import feinschliff_home
+from feinschliff.serving.preflight import BaseTarget, preflight
+from feinschliff.serving.vllm_client import VllmClient, VllmError
+from feinschliff.specs.register import VllmSpec
+
+log = logging.getLogger(__name__)
+PIN = "@"
+
+
+class DeployError(RuntimeError):
+    """A server refused or failed; the registry's production alias was not moved."""
+
+
+@dataclass
+class Action:
+    server: str
+    op: str  # load | switch | unload | verify | write | remove
+    name: str
+    detail: str = ""
+
+
+@dataclass
+class DeployReport:
+    use_case: str
+    production: str | None
+    desired: dict[str, str] = field(default_factory=dict)
+    actions: list[Action] = field(default_factory=list)
+    restart_needed: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return any(a.op != "verify" for a in self.actions)
+
+    def lines(self) -> list[str]:
+        out = [f"{a.server}: {a.op} {a.name} {a.detail}".rstrip() for a in self.actions]
+        if self.restart_needed:
+            out.append(
+                f"resolver mode: restart the servers to switch {self.use_case} "
+                "(pinned names are live now)"
+            )
+        return out or ["servers already match the registry"]
+
+
+def pinned_name(use_case: str, version: str) -> str:
+    return f"{use_case}{PIN}{version}"
+
+
+def desired_names(root: Path, use_case: str, spec: VllmSpec) -> dict[str, str]:
+    """Served name -> version the registry wants: stable name + the kept pinned versions."""
+    history = registry.production_history(root, use_case)
+    if not history:
+        return {}
+    names = {use_case: history[0]}
+    names |= {pinned_name(use_case, v): v for v in history[: spec.keep_versions]}
+    return names
+
+
+def is_managed(name: str, use_case: str) -> bool:
+    """Names this module owns on a server (other adapters there are left alone)."""
+    return name == use_case or (
+        name.startswith(use_case + PIN) and registry.VERSION_RE.match(name[len(use_case) + 1 :])
+    )
+
+
+def promote_live(
+    root: Path,
+    use_case: str,
+    version: str,
+    spec: VllmSpec,
+    target: BaseTarget,
+    *,
+    why: str,
+    expected: Any = registry.UNSET,
+    decision: Any = None,
+) -> DeployReport:
+    """Preflight, load + verify ``version`` on every replica, move production, reconcile.
+
+    Raises PreflightError before any server call, AliasConflict (nothing loaded) when the
+    production alias is not ``expected``, DeployError when a replica fails (alias unchanged).
+    """
+    _preflight_version(root, use_case, version, target)
+    with registry.locked(registry.use_case_dir(root, use_case), ".serve.lock"):
+        current = registry.read_aliases(root, use_case).get("production")
+        if expected is not registry.UNSET and current != expected:
+            raise registry.AliasConflict(
+                f"{use_case}:production is {current}, expected {expected}; nothing was loaded"
+            )
+        try:
+            staged = _stage_everywhere(root, use_case, version, spec)
+            registry.promote(root, use_case, version, why=why, expected=current, decision=decision)
+        except BaseException:
+            _reconcile_after_failure(root, use_case, spec)
+            raise
+        report = _reconcile_locked(root, use_case, spec)
+        report.actions[:0] = staged
+    return report
+
+
+def rollback_live(
+    root: Path,
+    use_case: str,
+    spec: VllmSpec,
+    target: BaseTarget,
+    *,
+    why: str,
+    expected: Any = registry.UNSET,
+) -> DeployReport:
+    """production := previous (verified on every replica first), then reconcile."""
+    aliases = registry.read_aliases(root, use_case)
+    previous = aliases.get("previous")
+    if previous is None:
+        raise registry.RegistryError(f"{use_case} has no previous version to roll back to")
+    _preflight_version(root, use_case, previous, target)
+    with registry.locked(registry.use_case_dir(root, use_case), ".serve.lock"):
+        try:
+            staged = _stage_everywhere(root, use_case, previous, spec)
+            registry.rollback(root, use_case, why=why, expected=expected)
+        except BaseException:
+            _reconcile_after_failure(root, use_case, spec)
+            raise
+        report = _reconcile_locked(root, use_case, spec)
+        report.actions[:0] = staged
+    return report
+
+
+def reconcile(root: Path, use_case: str, spec: VllmSpec) -> DeployReport:
+    """Load, switch and unload until every replica serves exactly what the registry says.
+
+    Idempotent: a second run finds nothing to do (it only lists the servers' adapters).
+    """
+    with registry.locked(registry.use_case_dir(root, use_case), ".serve.lock"):
+        return _reconcile_locked(root, use_case, spec)
+
+
+def _reconcile_after_failure(root: Path, use_case: str, spec: VllmSpec) -> None:
+    """Unload what a failed or lost promotion staged; the original error is what matters."""
+    try:
+        _reconcile_locked(root, use_case, spec)
+    except Exception as exc:  # noqa: BLE001 - reported, then the caller re-raises its own error
+        log.warning("could not reconcile %s after a failed change: %s", use_case, exc)
+
+
+def _reconcile_locked(root: Path, use_case: str, spec: VllmSpec) -> DeployReport:
+    desired = desired_names(root, use_case, spec)
+    report = DeployReport(
+        use_case=use_case,
+        production=registry.read_aliases(root, use_case).get("production"),
+        desired=desired,
+    )
+    if spec.mode == "resolver":
+        _write_resolver_layout(root, use_case, spec, desired, report)
+        return report
+    paths = {v: stage_files(root, use_case, v, spec) for v in set(desired.values())}
+    errors = []
+    for server in spec.servers:
+        try:
+            with VllmClient(server, timeout_s=spec.timeout_s, retries=spec.retries) as client:
+                _reconcile_server(client, use_case, spec, desired, paths, report)
+        except (VllmError, DeployError) as exc:  # one broken replica must not stop the others
+            errors.append(str(exc))
+    if errors:
+        raise DeployError(
+            f"registry production of {use_case} is {report.production}, but: "
+            + "; ".join(errors)
+            + " (fix the replica, then run `feinschliff registry reconcile`)"
+        )
+    return report
+
+
+def _reconcile_server(
+    client: VllmClient,
+    use_case: str,
+    spec: VllmSpec,
+    desired: dict[str, str],
+    paths: dict[str, str],
+    report: DeployReport,
+) -> None:
+    _check_base(client, spec)
+    loaded = {n: p for n, p in client.adapters().items() if is_managed(n, use_case)}
+    # Pinned names first, the stable name last: it switches only once its version answers.
+    for name in sorted(desired, key=lambda n: n == use_case):
+        path = paths[desired[name]]
+        if loaded.get(name) == path:
+            continue
+        client.load(name, path, inplace=name in loaded)
+        op = "switch" if name in loaded else "load"
+        report.actions.append(Action(client.url, op, name, f"{desired[name]} from {path}"))
+        client.complete(name, spec.verify_prompt, max_tokens=4)
+        report.actions.append(Action(client.url, "verify", name, "answers"))
+    for name in sorted(set(loaded) - set(desired)):
+        client.unload(name)
+        report.actions.append(Action(client.url, "unload", name))
+
+
+def _stage_everywhere(root: Path, use_case: str, version: str, spec: VllmSpec) -> list[Action]:
+    """Load ``version`` under its pinned name on every replica and check that it answers."""
+    if spec.mode == "resolver":
+        return []
+    path = stage_files(root, use_case, version, spec)
+    name, actions = pinned_name(use_case, version), []
+    for server in spec.servers:
+        try:
+            with VllmClient(server, timeout_s=spec.timeout_s, retries=spec.retries) as client:
+                _check_base(client, spec)
+                current = client.adapters().get(name)
+                if current != path:
+                    client.load(name, path, inplace=current is not None)
+                    actions.append(Action(client.url, "load", name, f"from {path}"))
+                client.complete(name, spec.verify_prompt, max_tokens=4)
+                actions.append(Action(client.url, "verify", name, "answers"))
+        except VllmError as exc:
+            raise DeployError(f"{name} failed on {server.url}: {exc}") from exc
+    return actions
+
+
+def _check_base(client: VllmClient, spec: VllmSpec) -> None:
+    """The replica must run the --model the recipe declares (adapters were checked against it)."""
+    served = client.base_model_root()
+    if served != spec.model:
+        raise DeployError(
+            f"{client.url} serves {served!r}, but register.vllm.model is {spec.model!r}"
+        )
+
+
+def stage_files(root: Path, use_case: str, version: str, spec: VllmSpec) -> str:
+    """Copy a registry version to its own serving path; returns that path as servers see it."""
+    base = Path(spec.adapter_dir) if spec.adapter_dir else feinschliff_home() / "serving"
+    # The content hash in the name: another registry's (or a recreated registry's) v0001 of
+    # the same use case can never be mistaken for this one.
+    sha = registry.manifest(root, use_case, version)["adapter_sha256"]
+    leaf = f"{version}-{sha[:12]}"
+    dest = base / use_case / leaf
+    if completed_hash(dest) is None:
+        _copy_complete(registry.adapter_path(root, use_case, version), dest, version, sha)
+    server_base = spec.server_adapter_dir or str(base)
+    return f"{server_base.rstrip('/')}/{use_case}/{leaf}"
+
+
+def _write_resolver_layout(
+    root: Path, use_case: str, spec: VllmSpec, desired: dict[str, str], report: DeployReport
+) -> None:
+    """<resolver_dir>/<name>/ per desired name, base_model_name_or_path = the --model string."""
+    rdir = Path(spec.resolver_dir or "")
+    rdir.mkdir(parents=True, exist_ok=True)
+    for name, version in sorted(desired.items()):
+        dest = rdir / name
+        sha = registry.manifest(root, use_case, version)["adapter_sha256"]
+        if _marker(dest).get("adapter_sha256") == sha and completed_hash(dest) is not None:
+            continue
+        src = registry.adapter_path(root, use_case, version)
+        _copy_complete(src, dest, version, sha, base_model=spec.model)
+        report.actions.append(Action(str(rdir), "write", name, version))
+        if name == use_case:
+            report.restart_needed = True
+    for stale in sorted(p for p in rdir.iterdir() if is_managed(p.name, use_case)):
+        if stale.name not in desired:
+            shutil.rmtree(stale)
+            report.actions.append(Action(str(rdir), "remove", stale.name))
+
+
+def _copy_complete(
+    src: Path, dest: Path, version: str, sha: str, base_model: str | None = None
+) -> None:
+    """Copy into a temp dir next to ``dest``, mark complete, swap in (old one removed after)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=False)
+        if base_model is not None:
+            cfg_path = tmp / "adapter_config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["base_model_name_or_path"] = base_model
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        mark_complete(tmp, version=version, adapter_sha256=sha)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+            os.rename(dest, old)
+            os.rename(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _marker(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _preflight_version(root: Path, use_case: str, version: str, target: BaseTarget) -> None:
+    if version in registry.retired(root, use_case):
+        raise registry.RegistryError(f"{use_case}/{version} is retired")
+    preflight(registry.adapter_path(root, use_case, version), target)

@@ -1,0 +1,147 @@
+"""Recipe-level entry points shared by the CLI and the Prefect flow: register + go live,
+serving configs, and the local demo server.
+
+With ``register.vllm`` in the recipe a promotion goes through the servers
+(:func:`~feinschliff.serving.deploy.promote_live`); without it only the registry changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from feinschliff import registry
+from feinschliff.artifacts import AdapterRef
+from feinschliff.recipe import Recipe
+from feinschliff.serving import deploy
+from feinschliff.serving.preflight import base_target
+from feinschliff.serving.serve_config import ServedAdapter
+from feinschliff.specs.register import VllmServer, VllmSpec
+
+log = logging.getLogger(__name__)
+DEMO_PROMPT = "Wie kann ich mein Passwort zurücksetzen?"
+
+
+def registry_root(recipe: Recipe) -> Path:
+    return registry.open_root(recipe.register.registry)
+
+
+def register_version(recipe: Recipe, adapter: AdapterRef, lineage: dict[str, Any]) -> str:
+    """Preflight against the recipe's base model, then add an immutable registry version."""
+    return registry.register_adapter(
+        registry_root(recipe), recipe.use_case, adapter, lineage, target=base_target(recipe)
+    )
+
+
+def publish_version(
+    recipe: Recipe,
+    version: str,
+    *,
+    why: str,
+    decision: Any = None,
+    expected: Any = registry.UNSET,
+) -> deploy.DeployReport | None:
+    """Make ``version`` production: on the recipe's vLLM servers first when it has any."""
+    root = registry_root(recipe)
+    if recipe.register.vllm is None:
+        registry.promote(
+            root, recipe.use_case, version, why=why, expected=expected, decision=decision
+        )
+        return None
+    return deploy.promote_live(
+        root,
+        recipe.use_case,
+        version,
+        recipe.register.vllm,
+        base_target(recipe),
+        why=why,
+        expected=expected,
+        decision=decision,
+    )
+
+
+def served_adapter(recipe: Recipe, version: str | None = None) -> ServedAdapter:
+    """The production (or given) version as the serving-config renderers need it."""
+    root = registry_root(recipe)
+    version = version or registry.read_aliases(root, recipe.use_case).get("production")
+    if version is None:
+        raise registry.RegistryError(f"{recipe.use_case} has no production version yet")
+    spec = recipe.register.vllm or _local_spec(
+        base_target(recipe).weights_dir, "http://127.0.0.1:8000"
+    )
+    return ServedAdapter(
+        name=recipe.use_case,
+        version=version,
+        path=deploy.stage_files(root, recipe.use_case, version, spec),
+        base_model=spec.model,
+        max_lora_rank=recipe.register.max_lora_rank,
+        max_loras=spec.max_loras,
+        mode=spec.mode,
+        resolver_dir=spec.resolver_dir,
+    )
+
+
+@dataclass
+class DemoAnswer:
+    prompt: str
+    base: str
+    adapter: str
+    version: str
+    url: str
+
+
+def serve_demo(
+    recipe: Recipe,
+    *,
+    prompt: str = DEMO_PROMPT,
+    url: str | None = None,
+    workdir: Path | None = None,
+) -> DemoAnswer:
+    """Load the production adapter into a vLLM server and answer one prompt with and without it.
+
+    ``url``: an already running server (its --model must be the recipe's base model); otherwise
+    a local one is installed if needed (scripts/install_vllm.sh), started, and stopped after.
+    """
+    from feinschliff.models import feinschliff_home
+    from feinschliff.serving.vllm_client import VllmClient
+    from feinschliff.serving.vllm_server import install_vllm, start_vllm
+
+    root = registry_root(recipe)
+    version = registry.read_aliases(root, recipe.use_case).get("production")
+    if version is None:
+        raise registry.RegistryError(
+            f"{recipe.use_case} has no production version; run `make demo` first"
+        )
+    target = base_target(recipe)
+    server = None
+    if url is None:
+        workdir = workdir or feinschliff_home() / "serve-demo"
+        server = start_vllm(
+            str(target.weights_dir),
+            venv=install_vllm(),
+            log_path=workdir / "vllm.log",
+            max_lora_rank=recipe.register.max_lora_rank,
+        )
+        url = server.url
+        log.info("vLLM ready in %.0f s, %.0f MB RSS", server.ready_s, server.rss_mb())
+    try:
+        with VllmClient(VllmServer(url=url)) as client:
+            served_model = client.base_model_root()
+        # The recipe's serving settings (adapter_dir, keep_versions), this one server, runtime.
+        spec = (recipe.register.vllm or _local_spec(target.weights_dir, url)).model_copy(
+            update={"servers": [VllmServer(url=url)], "model": served_model, "mode": "runtime"}
+        )
+        deploy.reconcile(root, recipe.use_case, spec)
+        with VllmClient(spec.servers[0], timeout_s=300) as client:
+            base = client.chat(spec.model, prompt)
+            tuned = client.chat(recipe.use_case, prompt)
+    finally:
+        if server is not None:
+            server.stop()
+    return DemoAnswer(prompt=prompt, base=base, adapter=tuned, version=version, url=url)
+
+
+def _local_spec(model_dir: Path, url: str) -> VllmSpec:
+    return VllmSpec(servers=[VllmServer(url=url)], model=str(model_dir))

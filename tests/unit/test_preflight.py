@@ -1,0 +1,193 @@
+"""Preflight refuses every adapter vLLM would refuse (FACTS 10.3.4) and the ones vLLM would
+wrongly accept (another base model with smaller shapes), before any server or registry write."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from feinschliff.serving.preflight import (
+    PreflightError,
+    check_base_name,
+    check_name,
+    preflight,
+    read_safetensors_header,
+)
+from tests.unit.adapter_factory import adapter_config, make_adapter, make_base, target_for
+
+
+@pytest.fixture()
+def base(tmp_path):
+    return make_base(tmp_path / "base")
+
+
+def _rejects(adapter, target, needle):
+    with pytest.raises(PreflightError) as err:
+        preflight(adapter, target)
+    assert any(needle in p for p in err.value.problems), err.value.problems
+    return err.value.problems
+
+
+def test_good_adapter_passes_with_report(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    report = preflight(adapter, target_for(base))
+    assert report.rank == 8
+    assert report.target_modules == ["q_proj", "v_proj"]
+    assert report.tensors == 2 * 2 * 2  # layers x modules x (A, B)
+
+
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"r": 64}, "LoRA rank 64 is greater than max_lora_rank 16"),
+        ({"rank_pattern": {"q_proj": 32}}, "LoRA rank 32 is greater"),
+        ({"r": 0}, "positive integers"),
+        ({"use_dora": True}, "DoRA"),
+        ({"bias": "all"}, "bias is not supported"),
+        ({"modules_to_save": ["embed_tokens", "lm_head"]}, "modules_to_save"),
+        ({"lora_bias": True}, "lora_bias"),
+        ({"init_lora_weights": "pissa_niter_4"}, "PiSSA"),
+        ({"init_lora_weights": "olora"}, "PiSSA/OLoRA"),
+        ({"alora_invocation_tokens": [1, 2]}, "aLoRA"),
+        ({"layer_replication": [[0, 2]]}, "layer_replication"),
+        ({"use_qalora": True}, "QALoRA"),
+        ({"peft_type": "IA3"}, "not LORA"),
+        ({"lora_alpha": None}, "missing required configuration fields: ['lora_alpha']"),
+    ],
+)
+def test_config_rules_vllm_enforces(tmp_path, base, over, needle):
+    cfg = adapter_config(str(base), **over)
+    adapter = make_adapter(tmp_path / "a", str(base), config=cfg)
+    _rejects(adapter, target_for(base), needle)
+
+
+def test_allowed_modules_to_save_and_init_variants_pass(tmp_path, base):
+    for i, over in enumerate(
+        [{"modules_to_save": ["classifier", "score"]}, {"init_lora_weights": "gaussian"}]
+    ):
+        cfg = adapter_config(str(base), **over)
+        preflight(make_adapter(tmp_path / f"a{i}", str(base), config=cfg), target_for(base))
+
+
+def test_rank_above_server_max_even_if_config_lies(tmp_path, base):
+    """The config says r=8, the tensors have rank 32: the tensors win."""
+    cfg = adapter_config(str(base), r=8)
+    adapter = make_adapter(tmp_path / "a", str(base), rank=32, config=cfg)
+    _rejects(adapter, target_for(base), "LoRA rank 32 is greater than max_lora_rank 16")
+
+
+def test_another_base_model_is_refused_by_name_and_by_shapes(tmp_path, base):
+    other = make_base(tmp_path / "other", hidden_scale=2)
+    adapter = make_adapter(tmp_path / "a", str(other), hidden_scale=2)
+    problems = _rejects(adapter, target_for(base), "is not the served base model")
+    assert any("do not fit the base weight" in p for p in problems)
+
+
+def test_smaller_shapes_with_a_forged_base_name_are_refused(tmp_path, base):
+    """vLLM accepted such an adapter (FACTS 5): the name matches, only the shapes tell."""
+    big = make_base(tmp_path / "big", hidden_scale=2)
+    adapter = make_adapter(tmp_path / "a", str(big))  # fits the small model, named as big
+    _rejects(adapter, target_for(big), "do not fit the base weight")
+
+
+def test_module_missing_from_base_and_untargeted_tensors(tmp_path, base):
+    extra = {
+        "base_model.model.model.layers.0.mlp.fc9.lora_A.weight": np.zeros((8, 8), np.float32),
+        "base_model.model.model.layers.0.mlp.fc9.lora_B.weight": np.zeros((8, 8), np.float32),
+        "base_model.model.lm_head.weight": np.zeros((32, 8), np.float32),
+    }
+    adapter = make_adapter(tmp_path / "a", str(base), extra_tensors=extra)
+    problems = _rejects(adapter, target_for(base), "has no weight model.layers.0.mlp.fc9.weight")
+    assert any("not in target_modules" in p for p in problems)
+    assert any("unexpected tensor base_model.model.lm_head.weight" in p for p in problems)
+
+
+def test_dora_magnitude_tensor_is_refused_even_without_the_flag(tmp_path, base):
+    extra = {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector": np.ones(
+            8, np.float32
+        )
+    }
+    adapter = make_adapter(tmp_path / "a", str(base), extra_tensors=extra)
+    _rejects(adapter, target_for(base), "DoRA magnitude vector")
+
+
+def test_target_module_without_weights(tmp_path, base):
+    cfg = adapter_config(str(base), target_modules=["q_proj", "v_proj"])
+    adapter = make_adapter(tmp_path / "a", str(base), config=cfg)
+    cfg["target_modules"] = ["q_proj", "v_proj", "k_proj"]
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    _rejects(adapter, target_for(base), "['k_proj'] have no LoRA weights")
+
+
+def test_missing_config_and_weights(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    (adapter / "adapter_config.json").unlink()
+    _rejects(adapter, target_for(base), "no adapter_config.json")
+    (adapter / "adapter_model.safetensors").unlink()
+    _rejects(adapter, target_for(base), "no adapter_model.safetensors")
+
+
+def test_pickle_weights_are_refused(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    (adapter / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    _rejects(adapter, target_for(base), "pickle-based weights are refused")
+
+
+def test_symlink_out_of_the_root_is_refused_inside_is_fine(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    (adapter / "README.md").symlink_to(adapter / "adapter_config.json")
+    preflight(adapter, target_for(base))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token")
+    (adapter / "notes.txt").symlink_to(secret)
+    _rejects(adapter, target_for(base), "notes.txt is a symlink that leaves the adapter directory")
+    (adapter / "notes.txt").unlink()
+    (adapter / "up").symlink_to("..", target_is_directory=True)
+    _rejects(adapter, target_for(base), "up is a symlink that leaves")
+
+
+def test_fifo_is_refused(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    os.mkfifo(adapter / "pipe")
+    _rejects(adapter, target_for(base), "pipe is not a regular file")
+
+
+def test_truncated_safetensors_is_refused(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    data = (adapter / "adapter_model.safetensors").read_bytes()
+    (adapter / "adapter_model.safetensors").write_bytes(data[:-16])
+    _rejects(adapter, target_for(base), "lies outside the file")
+    (adapter / "adapter_model.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+    _rejects(adapter, target_for(base), "not a safetensors file")
+
+
+def test_sharded_base_model_shapes_are_read(tmp_path, base):
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shapes = read_safetensors_header(base / "model.safetensors")
+    keys = sorted(shapes)
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        save_file(
+            {k: np.zeros(shapes[k], np.float32) for k in part}, str(sharded / f"m-{i}.safetensors")
+        )
+    (sharded / "config.json").write_text((base / "config.json").read_text())
+    preflight(make_adapter(tmp_path / "a", str(sharded)), target_for(sharded))
+
+
+def test_base_name_matching():
+    assert check_base_name("meta-llama/Llama-3.1-8B", ("/models/llama-3.1-8b",)) == []
+    assert check_base_name("/a/smollm2-135m-instruct", ("smollm2-135m-instruct",)) == []
+    assert check_base_name("Qwen/Qwen3-8B", ("meta-llama/Llama-3.1-8B",))
+    assert check_base_name("", ("x",)) == ["adapter_config.json has no base_model_name_or_path"]
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "Upper", "", "x" * 64, "-lead", "a\x00b"])
+def test_unsafe_names_are_refused(bad):
+    with pytest.raises(PreflightError):
+        check_name(bad)
+    assert check_name("support-de-2") == "support-de-2"

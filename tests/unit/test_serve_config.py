@@ -1,0 +1,136 @@
+"""`feinschliff serve-config`: vLLM flags, production-stack LoraAdapter, TGI, Ollama for the
+production version, plus the recipe's `register.vllm` validation."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from feinschliff.cli import app
+from feinschliff.recipe_loader import RecipeError, load_recipe
+from feinschliff.registry import RegistryError, manifest, promote
+from feinschliff.serving.publish import register_version, served_adapter
+from feinschliff.serving.serve_config import render
+from feinschliff.specs.register import VllmSpec
+from tests.unit.adapter_factory import make_base, make_train_output
+
+DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo-de.yaml"
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    base = make_base(tmp_path / "base")
+    sets = [
+        "use_case=support-x",
+        f"base_model.name={base}",
+        f"register.registry={tmp_path / 'reg'}",
+        "register.vllm="
+        + json.dumps(
+            {
+                "servers": [{"url": "http://vllm-0:8000/", "api_key_env": "VLLM_KEY"}],
+                "model": "/models/base",
+                "adapter_dir": str(tmp_path / "serving"),
+                "server_adapter_dir": "/mnt/adapters",
+            }
+        ),
+    ]
+    recipe = load_recipe(DEMO, sets)
+    version = register_version(recipe, make_train_output(tmp_path / "out", str(base)), {})
+    promote(tmp_path / "reg", "support-x", version, why="test")
+    return recipe, sets, tmp_path
+
+
+def test_served_adapter_uses_a_per_version_serving_path(setup):
+    recipe, _, tmp = setup
+    a = served_adapter(recipe)
+    assert (a.name, a.version, a.base_model) == ("support-x", "v0001", "/models/base")
+    leaf = f"v0001-{manifest(tmp / 'reg', 'support-x', 'v0001')['adapter_sha256'][:12]}"
+    assert a.path == f"/mnt/adapters/support-x/{leaf}"  # as the servers see it
+    assert (tmp / "serving" / "support-x" / leaf / "adapter_config.json").exists()
+    assert recipe.register.vllm.servers[0].url == "http://vllm-0:8000"
+
+
+def test_vllm_flags(setup):
+    a = served_adapter(setup[0])
+    text = render(a, "vllm")
+    assert "export VLLM_ALLOW_RUNTIME_LORA_UPDATING=true" in text
+    args = shlex.split(text[text.index("\npython ") :].replace("\\\n", " "))
+    assert args[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
+    flag = {args[i]: args[i + 1] for i in range(3, len(args) - 1) if args[i].startswith("--")}
+    assert flag["--model"] == "/models/base" and flag["--max-lora-rank"] == "16"
+    assert flag["--max-loras"] == "4" and "--enable-lora" in args
+    module = json.loads(flag["--lora-modules"])
+    assert module == {
+        "name": "support-x",
+        "path": a.path,
+        "base_model_name": "/models/base",
+    }
+
+
+def test_vllm_k8s_lora_adapter_resource(setup):
+    a = served_adapter(setup[0])
+    doc = yaml.safe_load(render(a, "vllm-k8s"))
+    assert doc["apiVersion"] == "production-stack.vllm.ai/v1alpha1"
+    assert doc["kind"] == "LoraAdapter"
+    assert doc["metadata"]["name"] == "support-x-v0001"
+    assert doc["spec"]["baseModel"] == "/models/base"
+    assert doc["spec"]["adapterSource"] == {
+        "type": "local",
+        "adapterName": "support-x",
+        "adapterPath": a.path,
+    }
+
+
+def test_tgi_and_ollama(setup):
+    a = served_adapter(setup[0])
+    assert f"LORA_ADAPTERS=support-x={a.path}\n" in render(a, "tgi")
+    lines = render(a, "ollama").splitlines()
+    assert "FROM /models/base" in lines and f"ADAPTER {a.path}" in lines
+
+
+def test_cli_serve_config(setup):
+    _, sets, _ = setup
+    flags = [x for s in sets for x in ("--set", s)]
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve-config", str(DEMO), "--target", "ollama", *flags])
+    assert res.exit_code == 0, res.output
+    path = served_adapter(setup[0]).path
+    assert path.startswith("/mnt/adapters/support-x/v0001-")
+    assert res.output.splitlines()[-1] == f"ADAPTER {path}"
+    res = runner.invoke(app, ["serve-config", str(DEMO), "--target", "k8s", *flags])
+    assert res.exit_code != 0 and "must be one of" in str(res.exception)
+
+
+def test_no_production_version_is_an_error(tmp_path):
+    base = make_base(tmp_path / "base")
+    recipe = load_recipe(DEMO, [f"base_model.name={base}", f"register.registry={tmp_path}"])
+    with pytest.raises(RegistryError, match="no production version"):
+        served_adapter(recipe)
+
+
+def test_vllm_spec_validation():
+    ok = {"servers": [{"url": "http://a:8000"}], "model": "m"}
+    assert VllmSpec.model_validate(ok).mode == "runtime"
+    for bad in (
+        {"servers": []},
+        {"servers": [{"url": "ftp://a"}]},
+        {"servers": [{"url": "http://a", "api_key_env": "sk-123 secret"}]},
+        {"mode": "resolver"},  # no resolver_dir
+        {"keep_versions": 3, "max_loras": 4},  # no room for the stable name + staging
+        {"api_key": "sk-123"},  # keys never go into a recipe
+    ):
+        with pytest.raises(ValidationError):
+            VllmSpec.model_validate(ok | bad)
+
+
+def test_registry_url_in_recipe(tmp_path):
+    recipe = load_recipe(DEMO, [f"register.registry=file://{tmp_path}/reg"])
+    assert recipe.register.registry == f"file://{tmp_path}/reg"
+    with pytest.raises(RecipeError):
+        load_recipe(DEMO, ["register.vllm={servers: [], model: m}"])
