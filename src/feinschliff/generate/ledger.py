@@ -1,0 +1,137 @@
+"""What the teacher has already answered, and what this run may still spend.
+
+distilabel runs every pipeline step in its own process, so both stores are files shared by
+those processes under an ``flock``:
+
+- ``RequestCache``: one JSONL line per completed request, keyed by the sha256 of the request
+  body (model, messages, sampling, schema). Lines are flushed as each response arrives, so a
+  run that dies midway (teacher outage, kill) loses nothing it was already given; the rerun
+  sends only the requests that had not completed. A torn last line is ignored.
+- ``Ledger``: this run's spending and state: live requests and tokens against the budget, and
+  the first fatal teacher error. Once the budget is spent or the teacher has failed, every
+  further request is refused at once instead of hitting the endpoint again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def request_key(body: dict[str, Any]) -> str:
+    blob = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class RequestCache:
+    """Append-only JSONL of ``{"key", "response"}`` lines."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._entries: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self._entries[entry["key"]] = entry["response"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line torn by a crash mid-write
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, response: dict[str, Any]) -> None:
+        self._entries[key] = response
+        with _locked(self.path), self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
+            f.flush()
+
+
+class Ledger:
+    """Counters and state of one run, in a small JSON file shared by the step processes."""
+
+    FIELDS = {
+        "requests": 0,
+        "tokens": 0,
+        "cache_hits": 0,
+        "rejected": 0,
+        "refused": 0,
+        "truncated": 0,
+        "budget_exhausted": None,
+        "failed": None,
+    }
+
+    def __init__(self, path: Path, max_requests: int | None, max_tokens: int | None):
+        self.path, self.max_requests, self.max_tokens = path, max_requests, max_tokens
+
+    def reset(self) -> None:
+        with _locked(self.path):
+            self._write(dict(self.FIELDS))
+
+    def read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return dict(self.FIELDS)
+        return {**self.FIELDS, **json.loads(self.path.read_text())}
+
+    def _write(self, state: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.path)
+
+    def _add(self, **counts: int) -> None:
+        with _locked(self.path):
+            state = self.read()
+            for name, value in counts.items():
+                state[name] += value
+            self._write(state)
+
+    def reserve(self) -> str | None:
+        """Take one request from the budget; the reason it may not be sent, or None."""
+        with _locked(self.path):
+            state = self.read()
+            reason = state["failed"] or state["budget_exhausted"]
+            if reason is None:
+                if self.max_requests is not None and state["requests"] >= self.max_requests:
+                    reason = f"budget: max_requests={self.max_requests} reached"
+                elif self.max_tokens is not None and state["tokens"] >= self.max_tokens:
+                    reason = f"budget: max_tokens={self.max_tokens} reached"
+                if reason is not None:
+                    state["budget_exhausted"] = reason
+            if reason is None:
+                state["requests"] += 1
+            else:
+                state["refused"] += 1
+            self._write(state)
+            return reason
+
+    def record(self, *, cache_hit: bool, tokens: int, truncated: int, rejected: int) -> None:
+        """One answered request: from the cache or live (``tokens`` spent), and how many of its
+        replies hit the token limit or were refused by the endpoint as invalid."""
+        self._add(cache_hits=int(cache_hit), tokens=tokens, truncated=truncated, rejected=rejected)
+
+    def fail(self, message: str) -> None:
+        """Record the first fatal teacher error; later requests are refused without sending."""
+        with _locked(self.path):
+            state = self.read()
+            if state["failed"] is None:
+                state["failed"] = message
+            self._write(state)

@@ -1,0 +1,100 @@
+"""Mix a generate output into an ingest output: one training dataset in ingest's contract.
+
+``sft.jsonl`` and ``preference.jsonl`` hold both sources, each scaled by its weight in the
+recipe's ``generate.mix``: weight 2 repeats every row twice, 0.5 keeps a deterministic half
+(chosen by a hash of the row, so reruns pick the same rows), 0 drops the source. Everything
+else of the ingest output (``heldout/``, ``kto.jsonl``, ``quarantine.jsonl``) is copied
+unchanged: synthetic rows never enter the evaluation split. ``manifest.json`` records both
+input refs, the weights and the counts per source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from feinschliff.artifacts import (
+    DatasetRef,
+    input_key,
+    mark_complete,
+    prepare_out,
+    reusable,
+    sha256_file,
+    write_json,
+)
+from feinschliff.specs.generate import MixSpec
+
+MIXED = ("sft.jsonl", "preference.jsonl")
+
+
+def weighted(rows: list[dict[str, Any]], weight: float, salt: str) -> list[dict[str, Any]]:
+    """``floor(weight)`` copies of every row plus a hash-chosen share of ``weight % 1``."""
+    whole, frac = int(math.floor(weight)), weight - math.floor(weight)
+    out = [row for row in rows for _ in range(whole)]
+    for row in rows:
+        blob = json.dumps(row, sort_keys=True, ensure_ascii=False).encode()
+        h = hashlib.sha256(salt.encode() + b"\0" + blob).digest()
+        if int.from_bytes(h[:8], "big") / 2**64 < frac:
+            out.append(row)
+    return out
+
+
+def merge_datasets(
+    feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path
+) -> DatasetRef:
+    """A new dataset in ``out``: the feedback rows and the generated rows, weighted."""
+    key = input_key("mix", feedback.sha256, generated.sha256, mix.model_dump(mode="json"))
+    digest = reusable(out, key)
+    if digest is not None:
+        return DatasetRef(path=str(out), sha256=digest)
+    prepare_out(out, key)
+    counts: dict[str, dict[str, int]] = {}
+    for name in MIXED:
+        fb = _read(feedback.dir / name)
+        gen = _read(generated.dir / name)
+        rows = weighted(fb, mix.feedback, f"feedback:{name}") + weighted(
+            gen, mix.synthetic, f"synthetic:{name}"
+        )
+        counts[name] = {"feedback": len(fb), "synthetic": len(gen), "mixed": len(rows)}
+        _write(out / name, rows)
+    copied = []
+    for name in ("heldout", "kto.jsonl", "quarantine.jsonl"):
+        src = feedback.dir / name
+        if src.is_dir():
+            shutil.copytree(src, out / name, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, out / name)
+        else:
+            continue
+        copied.append(name)
+    write_json(
+        out / "manifest.json",
+        {
+            "stage": "mix",
+            "feedback": feedback.model_dump(),
+            "generated": generated.model_dump(),
+            "weights": mix.model_dump(mode="json"),
+            "counts": counts,
+            "copied_from_feedback": copied,
+            "sha256": {name: sha256_file(out / name) for name in MIXED},
+        },
+    )
+    digest = mark_complete(out, stage="mix", key=key)
+    return DatasetRef(path=str(out), sha256=digest)
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,195 @@
+"""Saved Distiset -> training rows in ingest's contract, with every drop counted by reason.
+
+distilabel only warns about missing outputs and unparseable ratings and emits ``None``; here
+each such row is dropped and counted. Then the filters: answer length, language (German, by a
+function-word test: no model, no download), duplicates (within the generated rows and against
+the feedback data, held-out split included, so a generated question never leaks into the
+evaluation) and 13-gram overlap with the evaluation sets (``feinschliff.ngrams``).
+
+Rows (TRL conversational, like ingest):
+- sft: ``{"messages": [user, assistant], "provenance": {...}}``
+- preference: ``{"prompt": [user], "chosen": [assistant], "rejected": [assistant], ...}``
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feinschliff.generate.select import normalize, select_instructions
+from feinschliff.specs.generate import GenerateSpec
+
+Row = dict[str, Any]
+
+# Frequent function words that are (almost) never words of the other language.
+_DE_WORDS = (
+    "der die das und ist nicht ich sie es ein eine einen einem einer mit von den dem zu auf "
+    "für sich auch wie wird werden kann können bei oder aber wenn noch nur mein meine ihr "
+    "ihre ihren ihnen sind haben hat wir uns schon dass über nach bitte gerne danke sehr "
+    "kein keine diese dieser dieses wo warum welche welcher durch zum zur im vom beim"
+)
+_EN_WORDS = (
+    "the and is are not you it of to with for on this that be have has was were will "
+    "can could would should your my our their they we what which how why when please "
+    "thanks very no yes an as at by from if or but do does"
+)
+_DE, _EN = frozenset(_DE_WORDS.split()), frozenset(_EN_WORDS.split())
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def is_german(text: str) -> bool:
+    """German when German function words outnumber English ones at least 2:1 (and there
+    are some); umlauts and ß count as half a German word each."""
+    words = [w.casefold() for w in _WORD.findall(text)]
+    de = sum(w in _DE for w in words) + 0.5 * sum(ch in "äöüßÄÖÜ" for ch in text)
+    en = sum(w in _EN for w in words)
+    return de >= 2 and de >= 2 * en
+
+
+@dataclass
+class Result:
+    sft: list[Row] = field(default_factory=list)
+    preference: list[Row] = field(default_factory=list)
+    drops: dict[str, Counter[str]] = field(
+        default_factory=lambda: {
+            "instructions": Counter(),
+            "sft": Counter(),
+            "preference": Counter(),
+        }
+    )
+    selected_instructions: int = 0
+
+
+def rows_from_distiset(
+    leaves: dict[str, list[Row]], spec: GenerateSpec, teacher: str, judge: str
+) -> Result:
+    """Leaf rows of the saved Distiset -> unfiltered sft/preference rows with drop counts."""
+    result = Result()
+    selected, drops = select_instructions(
+        [(r["seed_id"], r["instructions"]) for r in leaves.get("instructions_raw", [])],
+        spec.num_instructions,
+        spec.filters.min_instruction_chars,
+        spec.filters.max_instruction_chars,
+    )
+    result.drops["instructions"].update(drops)
+    result.selected_instructions = len(selected)
+    prov = {"source": "generate", "teacher": teacher}
+    if spec.preference is None:
+        for row in leaves.get("answers", []):
+            answer = row.get("generation")
+            if not answer:
+                result.drops["sft"]["answer_missing"] += 1
+                continue
+            result.sft.append(_sft(row["instruction"], answer, {**prov, "seed": row["seed_id"]}))
+        return result
+    for row in leaves.get("preferences", []):
+        gens = row.get("generations") or []
+        if len(gens) < spec.preference.num_generations or not all(gens):
+            result.drops["sft"]["answer_missing"] += 1
+            result.drops["preference"]["answer_missing"] += 1
+            continue
+        seed_prov = {**prov, "seed": row["seed_id"]}
+        ratings = row.get("ratings")
+        if row.get("chosen") is None or not ratings or None in ratings:
+            result.drops["preference"]["rating_unparseable"] += 1
+            result.sft.append(_sft(row["instruction"], gens[0], seed_prov))
+            continue
+        chosen = row["chosen"][-1]["content"]
+        result.sft.append(_sft(row["instruction"], chosen, seed_prov))
+        margin = row["chosen_rating"] - row["rejected_rating"]
+        if margin < spec.preference.min_margin:
+            result.drops["preference"]["rating_margin_too_small"] += 1
+            continue
+        result.preference.append(
+            {
+                "prompt": [m for m in row["chosen"][:-1] if m["role"] == "user"],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": row["rejected"][-1]["content"]}],
+                "provenance": {
+                    **seed_prov,
+                    "judge": judge,
+                    "chosen_rating": row["chosen_rating"],
+                    "rejected_rating": row["rejected_rating"],
+                },
+            }
+        )
+    return result
+
+
+def _sft(instruction: str, answer: str, provenance: dict[str, Any]) -> Row:
+    return {
+        "messages": [
+            {"role": "user", "content": instruction},
+            {"role": "assistant", "content": answer},
+        ],
+        "provenance": {**provenance, "rule": "self_instruct"},
+    }
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def prompt_text(row: Row) -> str:
+    msgs = row["messages"][:-1] if "messages" in row else row["prompt"]
+    return "\n".join(m["content"] for m in msgs if m["role"] == "user")
+
+
+def answers(row: Row) -> list[str]:
+    if "messages" in row:
+        return [row["messages"][-1]["content"]]
+    return [row["chosen"][-1]["content"], row["rejected"][-1]["content"]]
+
+
+def filter_rows(
+    rows: list[Row],
+    spec: GenerateSpec,
+    feedback_prompts: set[str],
+    eval_index: set[tuple[str, ...]] | None,
+    drops: Counter[str],
+) -> list[Row]:
+    """Apply length, language, duplicate and contamination filters, counting drops."""
+    from feinschliff.ngrams import contaminated
+
+    f = spec.filters
+    kept: list[Row] = []
+    seen: set[str] = set()
+    for row in rows:
+        texts = answers(row)
+        key = normalize(prompt_text(row) + "\n" + texts[0])
+        if any(len(t) < f.min_answer_chars for t in texts):
+            drops["answer_too_short"] += 1
+        elif any(len(t) > f.max_answer_chars for t in texts):
+            drops["answer_too_long"] += 1
+        elif f.language == "de" and not is_german(prompt_text(row) + "\n" + texts[0]):
+            drops["not_german"] += 1
+        elif key in seen:
+            drops["duplicate"] += 1
+        elif f.dedup_against_feedback and normalize(prompt_text(row)) in feedback_prompts:
+            drops["duplicate_of_feedback"] += 1
+        else:
+            seen.add(key)
+            kept.append(row)
+    if eval_index:
+        content = [{k: v for k, v in r.items() if k != "provenance"} for r in kept]
+        bad = set(contaminated(content, eval_index))
+        drops["eval_contamination"] += len(bad)
+        kept = [r for i, r in enumerate(kept) if i not in bad]
+    return kept
+
+
+def feedback_prompts(data_dir: Path) -> set[str]:
+    """Normalised user prompts of an ingest output (training and held-out rows)."""
+    import json
+
+    prompts: set[str] = set()
+    for name in ("sft.jsonl", "preference.jsonl", "heldout/sft.jsonl", "heldout/preference.jsonl"):
+        path = data_dir / name
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                prompts.add(normalize(prompt_text(json.loads(line))))
+    return prompts

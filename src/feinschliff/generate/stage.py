@@ -1,0 +1,299 @@
+"""The generate stage: seeds -> (child process) distilabel -> filtered rows in ingest's contract.
+
+Writes into ``out``: ``sft.jsonl``, ``preference.jsonl``, ``manifest.json`` (teacher, judge,
+prompt template version, seed fingerprints, PII findings, request/token/cache counts, drops by
+reason, sha256 of each output), ``distiset/`` (the saved Distiset, for inspection),
+``generate.log`` (the child's log) and the ``.complete`` marker last.
+
+Caching, two levels:
+- output: ``out`` complete and made from the same inputs (seed file hashes, the section minus
+  operational knobs, template version, feedback and eval-set fingerprints) -> reused as is; no
+  PII engine, no child process, no teacher call. An output cut short by the budget is never
+  reused (the rerun continues from the request cache).
+- request: every teacher reply is kept in ``$FEINSCHLIFF_HOME/cache/generate/`` keyed by the
+  request body, so a rerun after an outage, a budget stop or a filter change repeats no
+  completed request.
+
+Not here: mixing with the feedback data (``feinschliff.generate.mix``), held-out splits
+(synthetic rows are never evaluation data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from feinschliff.artifacts import (
+    COMPLETE,
+    DatasetRef,
+    completed_hash,
+    input_key,
+    mark_complete,
+    prepare_out,
+    sha256_file,
+    write_json,
+)
+from feinschliff.generate.templates import TEMPLATE_VERSION
+from feinschliff.recipe import Recipe
+from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
+
+log = logging.getLogger(__name__)
+
+# Knobs that change how fast or how far a run gets, not what a finished run contains.
+OPERATIONAL = {"concurrency", "retries", "backoff_s", "budget", "mix"}
+
+
+class GenerateError(RuntimeError):
+    """Bad seeds, a failed teacher or a crashed generation process; the message says which."""
+
+
+def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) -> DatasetRef:
+    """Generate synthetic rows for ``recipe.generate`` into ``out``; see the module docstring.
+
+    ``feedback``: the ingest output of the same run; generated questions that duplicate one of
+    its prompts (training or held-out) are dropped.
+    """
+    spec = recipe.generate
+    if spec is None:
+        raise GenerateError("the recipe has no `generate` section")
+    key = cache_key(spec, feedback)
+    digest = reusable_output(out, key)
+    if digest is not None:
+        log.info("generate: reusing %s (same inputs, complete)", out)
+        return DatasetRef(path=str(out), sha256=digest)
+
+    from feinschliff.generate.seeds import SeedError, plan_requests, read_seeds
+
+    started = time.monotonic()
+    prepare_out(out, key)
+    try:
+        seeds = read_seeds(spec.seeds)
+    except SeedError as exc:
+        raise GenerateError(str(exc)) from exc
+    plan = plan_requests(seeds.items, spec.num_instructions, spec.instructions_per_seed)
+    status = _run_child(spec, out, plan)
+
+    from feinschliff.generate.postprocess import feedback_prompts, filter_rows, rows_from_distiset
+
+    teacher, judge = _model_string(spec.teacher), _model_string(_judge(spec))
+    result = rows_from_distiset(_load_leaves(out / "distiset"), spec, teacher, judge)
+    prompts = (
+        feedback_prompts(feedback.dir)
+        if feedback and spec.filters.dedup_against_feedback
+        else set()
+    )
+    index = _eval_index() if spec.filters.decontaminate else None
+    sft = filter_rows(result.sft, spec, prompts, index, result.drops["sft"])
+    pref = filter_rows(result.preference, spec, prompts, index, result.drops["preference"])
+    _write_jsonl(out / "sft.jsonl", sft)
+    _write_jsonl(out / "preference.jsonl", pref if spec.preference else [])
+
+    stopped = status["budget_exhausted"]
+    manifest: dict[str, Any] = {
+        "stage": "generate",
+        "teacher": _describe(spec.teacher),
+        "judge": _describe(_judge(spec)) if spec.preference else None,
+        "template_version": TEMPLATE_VERSION,
+        "seeds": {
+            "count": len(seeds.items),
+            "self_instruct_requests": len(plan),
+            "inputs": seeds.inputs,
+            "pii_mode": spec.seeds.pii,
+            "pii_findings": dict(sorted(seeds.pii_findings.items())),
+        },
+        "teacher_usage": {
+            k: status[k]
+            for k in ("requests", "tokens", "cache_hits", "rejected", "refused", "truncated")
+        },
+        "stopped_by_budget": stopped,
+        "counts": {
+            "instructions": result.selected_instructions,
+            "sft.jsonl": len(sft),
+            "preference.jsonl": len(pref) if spec.preference else 0,
+        },
+        "drops": {k: dict(sorted(v.items())) for k, v in result.drops.items()},
+        "feedback": feedback.sha256 if feedback else None,
+        "seconds": round(time.monotonic() - started, 1),
+        "sha256": {n: sha256_file(out / n) for n in ("sft.jsonl", "preference.jsonl")},
+    }
+    write_json(out / "manifest.json", manifest)
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    if not sft and not pref:  # not marked complete: a rerun tries again (replies are cached)
+        raise GenerateError(
+            f"no rows survived generation and filtering; see {out / 'manifest.json'} drops"
+        )
+    digest = mark_complete(out, stage="generate", key=key, stopped_by_budget=stopped)
+    if stopped:
+        log.warning(
+            "generate: stopped early, %s; %s rows written (rerun to continue)", stopped, len(sft)
+        )
+    return DatasetRef(path=str(out), sha256=digest)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def cache_key(spec: GenerateSpec, feedback: DatasetRef | None) -> str:
+    """Hash of everything a finished output depends on (and of nothing it does not)."""
+    return input_key(
+        "generate",
+        TEMPLATE_VERSION,
+        spec.model_dump(mode="json", exclude=OPERATIONAL),
+        _seed_fingerprint(spec),
+        feedback.sha256 if feedback and spec.filters.dedup_against_feedback else None,
+        _eval_fingerprint() if spec.filters.decontaminate else None,
+    )
+
+
+def reusable_output(out: Path, key: str) -> str | None:
+    digest = completed_hash(out)
+    if digest is None:
+        return None
+    marker = json.loads((out / COMPLETE).read_text())
+    if marker.get("key") != key or marker.get("stopped_by_budget"):
+        return None
+    return digest
+
+
+def _seed_fingerprint(spec: GenerateSpec) -> dict[str, str]:
+    from feinschliff.generate.seeds import DOC_SUFFIXES
+
+    files = []
+    if spec.seeds.topics and Path(spec.seeds.topics).is_file():
+        files.append(Path(spec.seeds.topics))
+    if spec.seeds.documents and Path(spec.seeds.documents).is_dir():
+        folder = Path(spec.seeds.documents)
+        files += sorted(p for p in folder.rglob("*") if p.suffix in DOC_SUFFIXES)
+    return {str(p): sha256_file(p) for p in files}
+
+
+def _eval_files() -> list[Path]:
+    from feinschliff.evaluate.harness import bundled_task_files
+
+    return [p for p in bundled_task_files().values() if p.exists()]
+
+
+def _eval_fingerprint() -> dict[str, str]:
+    # Every file of the bundled tasks (YAML and data), without importing the evaluate package
+    # (matplotlib, lm-eval): a cache hit must stay instant.
+    from feinschliff.paths import bundled_tasks_dir
+
+    root = bundled_tasks_dir()
+    return {p.name: sha256_file(p) for p in sorted(root.glob("*")) if p.is_file()}
+
+
+def _eval_index() -> set[tuple[str, ...]]:
+    from feinschliff.ngrams import index_jsonl
+
+    return index_jsonl(_eval_files())
+
+
+# --------------------------------------------------------------------------- child process
+
+
+def request_cache_path(model: OpenAITeacher | LocalTeacher) -> Path:
+    """One request cache per endpoint and model (shared by every recipe that uses them)."""
+    from feinschliff.models import feinschliff_home
+
+    ident = f"{model.base_url}|{model.model}" if model.kind == "openai" else f"local|{model.model}"
+    name = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return feinschliff_home() / "cache" / "generate" / f"requests-{name}.jsonl"
+
+
+def _run_child(spec: GenerateSpec, out: Path, plan: list[tuple[str, str]]) -> dict[str, Any]:
+    from feinschliff.generate.child import GenerateJob
+    from feinschliff.generate.ledger import Ledger
+
+    work = out / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(out / "distiset", ignore_errors=True)
+    work.mkdir(parents=True)
+    judge = _judge(spec)
+    job = GenerateJob(
+        spec=spec,
+        seeds=plan,
+        teacher_model=_model_string(spec.teacher),
+        judge_model=_model_string(judge),
+        teacher_cache=str(request_cache_path(spec.teacher)),
+        judge_cache=str(request_cache_path(judge)),
+        ledger=str(work / "ledger.json"),
+        pipeline_cache=str(work / "distilabel"),
+        distiset=str(out / "distiset"),
+        status=str(work / "status.json"),
+    )
+    Ledger(Path(job.ledger), None, None).reset()
+    (work / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
+    log_path = out / "generate.log"
+    log.info(
+        "generate: %s self-instruct requests to %s (log: %s)",
+        len(plan),
+        job.teacher_model,
+        log_path,
+    )
+    with log_path.open("wb") as log_file:
+        proc = subprocess.run(
+            [sys.executable, "-m", "feinschliff.generate.child", str(work / "job.json")],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    status_path = Path(job.status)
+    if proc.returncode != 0 or not status_path.exists():
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise GenerateError(
+            f"the generation process failed (exit {proc.returncode}); log {log_path}:\n{tail}"
+        )
+    status = json.loads(status_path.read_text())
+    if status["error"]:
+        raise GenerateError(f"the generation pipeline failed: {status['error']}; log {log_path}")
+    if status["failed"]:
+        raise GenerateError(
+            f"teacher failure: {status['failed']}. {status['requests']} request(s) were sent in "
+            f"this run; every completed reply is kept in {job.teacher_cache}, so rerunning the "
+            "same command continues without repeating them."
+        )
+    return status
+
+
+def _load_leaves(path: Path) -> dict[str, list[dict[str, Any]]]:
+    from distilabel.distiset import Distiset
+
+    distiset = Distiset.load_from_disk(str(path))
+    return {name: list(ds["train"]) for name, ds in distiset.items()}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _judge(spec: GenerateSpec) -> OpenAITeacher | LocalTeacher:
+    if spec.preference is not None and spec.preference.judge is not None:
+        return spec.preference.judge
+    return spec.teacher
+
+
+def _model_string(model: OpenAITeacher | LocalTeacher) -> str:
+    if model.kind == "openai":
+        return model.model
+    from feinschliff.models import resolve_model
+
+    return str(resolve_model(model.model))
+
+
+def _describe(model: OpenAITeacher | LocalTeacher) -> dict[str, Any]:
+    """The teacher as recorded in the manifest: never the key, only the variable's name."""
+    return model.model_dump(mode="json")
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)

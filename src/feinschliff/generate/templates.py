@@ -1,0 +1,192 @@
+"""German prompt templates and output schemas for the generation pipeline.
+
+distilabel's stock SelfInstruct and UltraFeedback templates are English-only; these are the
+German versions used by the task subclasses in ``tasks``. ``TEMPLATE_VERSION`` is part of the
+cache key and of the manifest: bump it whenever a template or schema changes, so outputs made
+with older prompts are not reused.
+
+Each step has a JSON schema that the teacher is asked to follow (OpenAI ``response_format``
+json_schema or vLLM ``structured_outputs``); string lengths and list sizes are bounded so that a
+constrained reply fits its token limit. Without constraints the replies are parsed from text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+TEMPLATE_VERSION = "de-v1"
+
+SELF_INSTRUCT = """\
+# Aufgabe
+Schreibe {{ num_instructions }} verschiedene Anfragen, die Nutzerinnen und Nutzer an die unten \
+beschriebene KI-Anwendung stellen könnten und die zum Kontext passen.
+
+# Kriterien
+{{ criteria_for_query_generation }}
+
+# KI-Anwendung
+{{ application_description }}
+
+# Kontext
+{{ input }}
+
+# Ausgabe
+{% if structured %}Antworte als JSON-Objekt {"anfragen": [...]} mit genau \
+{{ num_instructions }} Anfragen.{% else %}Schreibe jede Anfrage in eine eigene Zeile, ohne \
+Nummerierung und ohne Aufzählungszeichen.{% endif %}
+"""
+
+CRITERIA = (
+    "Jede Anfrage ist auf Deutsch, in sich verständlich und höchstens zwei Sätze lang.\n"
+    "Verwende unterschiedliche Verben und mische Fragen (z. B. „Wie kann ich …?“) mit "
+    "Aufforderungen (z. B. „Erkläre mir …“).\n"
+    "Die Anfragen enthalten keine personenbezogenen Daten."
+)
+
+JUDGE_SYSTEM = (
+    "Du bewertest die Qualität von Antworten nach vorgegebenen Kriterien.\n"
+    "Du erhältst eine Anfrage und {no_texts} Antworten. Bewerte jede Antwort unabhängig "
+    "von den anderen mit einer Note und einer kurzen Begründung."
+)
+
+JUDGE = """\
+# Gesamtbewertung der Antwortqualität
+
+Bewerte jede Antwort nach diesen Kriterien:
+1. **Korrektheit und Nutzen**: Ist die Antwort richtig und hilfreich?
+2. **Ehrlichkeit**: Drückt die Antwort Unsicherheit angemessen aus?
+3. **Keine Erfindungen**: Enthält sie irreführende oder erfundene Details?
+4. **Anweisung befolgt**: Beantwortet sie die Anfrage auf Deutsch und im Sinne der Nutzerin?
+
+**Noten** von 1 bis 5: 1 = schlecht oder falsch, 2 = teilweise brauchbar, 3 = gut, \
+4 = sehr gut, 5 = hervorragend.
+
+## Anfrage
+{{ instruction }}
+
+## Antworten
+{%- for generation in generations %}
+<antwort {{ loop.index }}> {{ generation }}
+{%- endfor %}
+
+## Ausgabe
+{% if structured %}Antworte als JSON-Objekt {"bewertungen": [{"note": ..., "begruendung": ...}, \
+...]} mit genau einer Bewertung pro Antwort, in der Reihenfolge der Antworten.\
+{% else %}Für jede Antwort ein Absatz:
+Note: [1-5]
+Begründung: [ein Satz]{% endif %}
+"""
+
+
+def instructions_schema(n: int, max_chars: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "anfragen": {
+                "type": "array",
+                "minItems": n,
+                "maxItems": n,
+                "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
+            }
+        },
+        "required": ["anfragen"],
+        "additionalProperties": False,
+    }
+
+
+def answer_schema(max_chars: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"antwort": {"type": "string", "minLength": 1, "maxLength": max_chars}},
+        "required": ["antwort"],
+        "additionalProperties": False,
+    }
+
+
+def ratings_schema(n: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "bewertungen": {
+                "type": "array",
+                "minItems": n,
+                "maxItems": n,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "note": {"type": "integer", "enum": [1, 2, 3, 4, 5]},
+                        "begruendung": {"type": "string", "maxLength": 100},
+                    },
+                    "required": ["note", "begruendung"],
+                    "additionalProperties": False,
+                },
+            }
+        },
+        "required": ["bewertungen"],
+        "additionalProperties": False,
+    }
+
+
+# --------------------------------------------------------------------------- parsing
+
+_BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+_RATING_BLOCK = re.compile(r"Note:\s*(\d)\D*?(?:\n|$)\s*Begr(?:ü|ue)ndung:\s*(.+)", re.IGNORECASE)
+
+
+def parse_instructions(text: str | None) -> list[str]:
+    """Questions from a reply: the JSON object when it parses, else one per non-empty line."""
+    if not text:
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("anfragen"), list):
+        items = [s for s in data["anfragen"] if isinstance(s, str)]
+    else:
+        items = [_BULLET.sub("", line) for line in text.splitlines()]
+    return [s.strip() for s in items if s.strip()]
+
+
+def parse_answer(text: str | None) -> str | None:
+    """The answer text of a JSON answer object; None when the reply is not one."""
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    answer = data.get("antwort") if isinstance(data, dict) else None
+    return answer.strip() or None if isinstance(answer, str) else None
+
+
+def parse_ratings(text: str | None, n: int) -> tuple[list[int | None], list[str | None]]:
+    """Ratings and rationales for ``n`` answers; ``None`` where a rating cannot be read.
+
+    A reply with a different number of ratings than answers is unusable as a whole (the order
+    would be ambiguous), so every rating becomes ``None``.
+    """
+    empty: tuple[list[int | None], list[str | None]] = ([None] * n, [None] * n)
+    if not text:
+        return empty
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("bewertungen"), list):
+        items = data["bewertungen"]
+        if len(items) != n:
+            return empty
+        ratings: list[int | None] = []
+        reasons: list[str | None] = []
+        for item in items:
+            note = item.get("note") if isinstance(item, dict) else None
+            ok = isinstance(note, int) and not isinstance(note, bool) and 1 <= note <= 5
+            ratings.append(note if ok else None)
+            reasons.append(item.get("begruendung") if isinstance(item, dict) else None)
+        return ratings, reasons
+    blocks = [m for m in _RATING_BLOCK.finditer(text)]
+    if len(blocks) != n:
+        return empty
+    ratings = [int(m.group(1)) if 1 <= int(m.group(1)) <= 5 else None for m in blocks]
+    return ratings, [m.group(2).strip() for m in blocks]

@@ -1,0 +1,208 @@
+"""The teacher LLM: request cache, budget, retries and outage handling, constrained bodies.
+
+The HTTP endpoint is replaced by ``httpx.MockTransport``: a teacher is a remote (often
+third-party) API, and these tests must not open sockets. The real endpoint is exercised in
+tests/integration/test_generate_vllm.py against a real vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from feinschliff.generate.ledger import Ledger, RequestCache, request_key
+from feinschliff.generate.teacher import TeacherLLM
+
+MSGS = [{"role": "user", "content": "Wie melde ich den Zählerstand?"}]
+
+
+def _completion(texts, finish="stop", tokens=(10, 5)):
+    return {
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
+            for i, t in enumerate(texts)
+        ],
+        "usage": {"prompt_tokens": tokens[0], "completion_tokens": tokens[1]},
+    }
+
+
+def _llm(tmp_path: Path, handler=None, **kw) -> TeacherLLM:
+    llm = TeacherLLM(
+        model="teacher",
+        base_url="http://teacher.invalid/v1",
+        cache_path=str(tmp_path / "requests.jsonl"),
+        ledger_path=str(tmp_path / "ledger.json"),
+        backoff_s=0.0,
+        **kw,
+    )
+    llm.load()
+    Ledger(Path(llm.ledger_path), None, None).reset()
+    if handler is not None:
+        llm._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return llm
+
+
+def _ask(llm: TeacherLLM, n: int = 1, **kw):
+    return asyncio.run(llm.agenerate(MSGS, num_generations=n, max_new_tokens=32, seed=1, **kw))
+
+
+def test_reply_is_cached_and_a_second_ask_sends_nothing(tmp_path):
+    calls = []
+
+    def handler(request):
+        calls.append(json.loads(request.content))
+        return httpx.Response(200, json=_completion(["Im Kundenportal.", "Per Karte."]))
+
+    out = _ask(_llm(tmp_path, handler), n=2)
+    assert out["generations"] == ["Im Kundenportal.", "Per Karte."]
+    assert calls[0]["n"] == 2 and calls[0]["messages"] == MSGS
+
+    fresh = _llm(tmp_path, lambda r: pytest.fail("a cached request was sent again"))
+    assert _ask(fresh, n=2)["generations"] == ["Im Kundenportal.", "Per Karte."]
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert (state["requests"], state["cache_hits"]) == (0, 1)
+
+
+def test_budget_refuses_requests_once_spent(tmp_path):
+    sent = []
+
+    def handler(request):
+        sent.append(1)
+        return httpx.Response(200, json=_completion(["ok"]))
+
+    llm = _llm(tmp_path, handler, max_requests=1)
+    assert _ask(llm)["generations"] == ["ok"]
+    assert _ask(llm, temperature=0.1)["generations"] == [None]
+    state = Ledger(tmp_path / "ledger.json", 1, None).read()
+    assert len(sent) == 1
+    assert state["budget_exhausted"] == "budget: max_requests=1 reached"
+    assert state["refused"] == 1 and state["failed"] is None
+
+
+def test_token_budget_counts_prompt_and_completion(tmp_path):
+    llm = _llm(
+        tmp_path,
+        lambda r: httpx.Response(200, json=_completion(["ok"], tokens=(30, 20))),
+        max_tokens=50,
+    )
+    _ask(llm)
+    assert _ask(llm, temperature=0.2)["generations"] == [None]
+    assert Ledger(tmp_path / "ledger.json", None, 50).read()["tokens"] == 50
+
+
+def test_outage_is_retried_then_fails_the_run_and_later_requests_are_not_sent(tmp_path):
+    attempts = []
+
+    def handler(request):
+        attempts.append(1)
+        return httpx.Response(503, text="upstream down")
+
+    llm = _llm(tmp_path, handler, retries=2)
+    assert _ask(llm)["generations"] == [None]
+    assert len(attempts) == 3
+    failed = Ledger(tmp_path / "ledger.json", None, None).read()["failed"]
+    assert "unavailable after 3 attempt(s): HTTP 503" in failed
+    assert _ask(llm, temperature=0.3)["generations"] == [None]
+    assert len(attempts) == 3, "a request was sent after the teacher had failed"
+
+
+def test_connection_error_then_success_is_retried(tmp_path):
+    attempts = []
+
+    def handler(request):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(200, json=_completion(["wieder da"]))
+
+    assert _ask(_llm(tmp_path, handler, retries=1))["generations"] == ["wieder da"]
+
+
+def test_invalid_prompt_drops_the_row_but_not_the_run(tmp_path):
+    llm = _llm(tmp_path, lambda r: httpx.Response(400, text="prompt too long"))
+    assert _ask(llm)["generations"] == [None]
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert state["failed"] is None and state["rejected"] == 1
+
+
+def test_wrong_key_or_model_fails_at_once(tmp_path):
+    attempts = []
+
+    def handler(request):
+        attempts.append(1)
+        return httpx.Response(401, text="bad key")
+
+    _ask(_llm(tmp_path, handler, retries=3))
+    assert len(attempts) == 1
+    assert "HTTP 401" in Ledger(tmp_path / "ledger.json", None, None).read()["failed"]
+
+
+def test_reply_cut_at_token_limit_is_not_an_answer(tmp_path):
+    llm = _llm(tmp_path, lambda r: httpx.Response(200, json=_completion(["abgeschnit"], "length")))
+    assert _ask(llm)["generations"] == [None]
+    assert Ledger(tmp_path / "ledger.json", None, None).read()["truncated"] == 1
+
+
+def test_api_key_comes_from_the_named_environment_variable(tmp_path, monkeypatch):
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json=_completion(["ok"]))
+
+    monkeypatch.setenv("TEACHER_KEY", "sk-test")
+    llm = _llm(tmp_path, None, api_key_env="TEACHER_KEY")
+    transport = httpx.MockTransport(handler)
+    original = httpx.AsyncClient
+
+    def client(**kw):
+        return original(transport=transport, **kw)
+
+    monkeypatch.setattr(httpx, "AsyncClient", client)
+    _ask(llm)
+    assert seen == ["Bearer sk-test"]
+    assert "sk-test" not in (tmp_path / "requests.jsonl").read_text()
+
+
+def test_missing_api_key_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEACHER_KEY", raising=False)
+    _ask(_llm(tmp_path, None, api_key_env="TEACHER_KEY"))
+    failed = Ledger(tmp_path / "ledger.json", None, None).read()["failed"]
+    assert "TEACHER_KEY" in failed and "not set" in failed
+
+
+def test_constraints_are_sent_the_way_the_endpoint_understands_them(tmp_path):
+    schema = {"type": "object"}
+    rf = _llm(tmp_path).request_body(MSGS, 1, 8, 0.7, 1.0, 3, {"json": schema})
+    assert rf["response_format"]["json_schema"]["schema"] == schema
+    assert "structured_outputs" not in rf
+    vllm = _llm(tmp_path, constrain="vllm").request_body(MSGS, 1, 8, 0.7, 1.0, 3, {"regex": "a+"})
+    assert vllm["structured_outputs"] == {"regex": "a+"}
+    off = _llm(tmp_path, constrain="off").request_body(MSGS, 1, 8, 0.7, 1.0, 3, {"json": schema})
+    assert "response_format" not in off and "structured_outputs" not in off
+    with pytest.raises(ValueError, match="structured_output: vllm"):
+        _llm(tmp_path).request_body(MSGS, 1, 8, 0.7, 1.0, 3, {"regex": "a+"})
+
+
+def test_request_seed_differs_per_prompt_and_is_stable(tmp_path):
+    llm = _llm(tmp_path)
+    a = llm.request_body(MSGS, 1, 8, 0.7, 1.0, 0, None)
+    b = llm.request_body([{"role": "user", "content": "anders"}], 1, 8, 0.7, 1.0, 0, None)
+    assert a["seed"] != b["seed"]
+    assert a == llm.request_body(MSGS, 1, 8, 0.7, 1.0, 0, None)
+    assert request_key(a) != request_key(b)
+
+
+def test_request_cache_survives_a_torn_last_line(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    cache = RequestCache(path)
+    cache.put("k1", {"generations": ["a"]})
+    with path.open("a") as f:
+        f.write('{"key": "k2", "respo')
+    reloaded = RequestCache(path)
+    assert reloaded.get("k1") == {"generations": ["a"]} and reloaded.get("k2") is None
+    assert len(reloaded) == 1
