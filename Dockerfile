@@ -10,7 +10,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     FEINSCHLIFF_HOME=/cache \
     FEINSCHLIFF_PROJECT_ROOT=/app \
-    HF_HOME=/cache/hf
+    HF_HOME=/cache/hf \
+    PREFECT_LOGGING_EXTRA_LOGGERS=feinschliff
 
 # Python 3.11 from deadsnakes: the lock is resolved for 3.11.
 RUN apt-get update \

@@ -1,8 +1,9 @@
-"""The retrain flow: feedback -> dataset -> adapter -> evaluation -> gate -> registry.
+"""The retrain flow: feedback (+ synthetic data) -> adapter -> evaluation -> gate -> registry.
 
 Reads top to bottom; each step is a task in ``flows/tasks.py`` wrapping one library call.
 Parameters are typed so the Prefect UI renders a form: the recipe path (the YAML stays the
 source of truth) plus ``--set``-style overrides such as ``train.hyperparameters.max_steps=3``.
+Secrets never travel as parameters: the UI shows parameters in plain text.
 """
 
 from __future__ import annotations
@@ -10,36 +11,133 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 
-from feinschliff.pipeline import default_workdir, read_report, summary_text
-from feinschliff.recipe_loader import dump_resolved, load_recipe
-from flows.tasks import evaluate_task, gate_task, ingest_task, register_task, train_task
+from feinschliff import notify
+from feinschliff.gate import Approval
+from feinschliff.pipeline import default_workdir, read_report, registry_root, summary_text
+from feinschliff.recipe_loader import load_recipe
+from feinschliff.registry import record_event
+from feinschliff.specs.evaluate import RequireApprovalRule
+from flows import artifacts
+from flows.tasks import (
+    evaluate_task,
+    fresh,
+    gate_task,
+    generate_task,
+    ingest_task,
+    mix_task,
+    register_task,
+    train_task,
+    train_via_deployment,
+)
 
 
-@flow(name="retrain")
+class ApprovalInput(RunInput):
+    """The form a reviewer fills in the Prefect UI when the gate asks for a human."""
+
+    approve: bool
+    reviewer: str = ""
+    comment: str = ""
+
+
+def _notify_failure(flow, flow_run, state) -> None:
+    recipe_path = flow_run.parameters.get("recipe_path", "")
+    notify.send("failed", Path(recipe_path).stem, {"error": str(state.message)[:500]})
+
+
+@flow(name="retrain", on_failure=[_notify_failure])
 def retrain(
-    recipe_path: str, overrides: list[str] | None = None, workdir: str | None = None
+    recipe_path: str,
+    overrides: list[str] | None = None,
+    workdir: str | None = None,
+    register: bool = True,
+    train_deployment: str | None = None,
 ) -> dict:
-    """Retrain one use case's adapter from its recipe and promote it if the gate passes."""
+    """Retrain one use case's adapter from its recipe and promote it if the gate passes.
+
+    Args:
+        recipe_path: recipe YAML, absolute or relative to the worker's working directory.
+        overrides: `dotted.path=value` recipe overrides, validated like the file.
+        workdir: where stage outputs go (default `$FEINSCHLIFF_HOME/runs/<use_case>`).
+        register: register and promote when the gate passes (off: evaluate only).
+        train_deployment: run training through this deployment (e.g. on a GPU work pool)
+            instead of in this flow run; set by `feinschliff deployments sync --train-pool`.
+    """
     logger = get_run_logger()
     recipe = load_recipe(recipe_path, overrides or [])
     work = Path(workdir) if workdir else default_workdir(recipe)
-    create_markdown_artifact(
-        f"```yaml\n{dump_resolved(recipe)}```",
-        key="resolved-recipe",
-        description="The recipe with every default filled in",
-    )
+    artifacts.publish_recipe(recipe)
 
-    data = ingest_task(recipe, work / "ingest")
-    adapter = train_task(recipe, data, work / "train")
-    report = evaluate_task(recipe, adapter, work / "evaluate")
+    data = fresh(ingest_task, recipe=recipe, out=work / "ingest")
+    artifacts.publish_ingest(recipe, data)
+    if recipe.generate is not None:
+        synthetic = fresh(generate_task, recipe=recipe, feedback=data, out=work / "generate")
+        data = fresh(
+            mix_task, recipe=recipe, feedback=data, generated=synthetic, out=work / "mixed"
+        )
+    if train_deployment:
+        adapter = train_via_deployment(
+            train_deployment, recipe_path, overrides or [], data, work / "train"
+        )
+    else:
+        adapter = fresh(train_task, recipe=recipe, data=data, out=work / "train")
+    artifacts.publish_training(recipe, adapter)
+    report = fresh(evaluate_task, recipe=recipe, data=data, adapter=adapter, out=work / "evaluate")
+    artifacts.publish_evaluation(recipe, report)
     decision = gate_task(recipe, report)
-    version = register_task(recipe, data, adapter, report, decision) if decision.promote else None
+
+    if decision.needs_approval:
+        rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
+        notify.send(
+            "approval_needed",
+            recipe.use_case,
+            {"rules": [r.model_dump() for r in decision.results]},
+        )
+        try:
+            answer = pause_flow_run(
+                wait_for_input=ApprovalInput, timeout=rule.timeout_s, poll_interval=2
+            )
+            approval = Approval(
+                approved=answer.approve, by=answer.reviewer or "prefect-ui", comment=answer.comment
+            )
+        except FlowPauseTimeout:
+            approval = Approval(
+                approved=False, by="timeout", comment=f"no answer in {rule.timeout_s} s"
+            )
+        record_event(
+            registry_root(recipe),
+            recipe.use_case,
+            "approval",
+            why=approval.comment,
+            approved=approval.approved,
+            reviewer=approval.by,
+        )
+        decision = gate_task(recipe, report, approval)
+
+    version = None
+    if decision.promote and register:
+        version = register_task(recipe, data, adapter, report, decision)
+    artifacts.publish_decision(recipe, decision, version)
 
     summary = summary_text(read_report(report), decision, version)
     logger.info("run summary\n%s", summary)
-    create_markdown_artifact(f"```\n{summary}\n```", key="run-summary", description="Gate decision")
+    event = "promoted" if decision.promote else "rejected"
+    candidate = read_report(report)["metrics"].get("candidate", {})
+    notify.send(
+        event,
+        recipe.use_case,
+        {
+            "version": version,
+            "rules": [r.model_dump() for r in decision.results],
+            "metrics": {
+                k: v["value"] for k, v in candidate.items() if isinstance(v.get("value"), float)
+            },
+        },
+    )
+
     return {
         "use_case": recipe.use_case,
         "promoted": decision.promote,

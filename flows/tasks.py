@@ -1,58 +1,204 @@
 """Prefect task wrappers: policy (retries, timeouts, caching) in the decorator, one library call
 in the body. Business logic lives in ``feinschliff``; nothing here that a CLI user would miss.
 
-Caching: every stage's output directory carries a completeness marker keyed by the content
-hashes of its inputs, so a rerun reuses finished stages inside the library; Prefect's own
-result cache is therefore off (``NO_CACHE``) until the orchestration issue adds persisted
-results with the same keys.
+Caching: each stage's cache key is the content hash of what it depends on (its recipe sections,
+the hashes of its input refs, the feinschliff version). Results are persisted (configure the
+location with ``PREFECT_RESULTS_LOCAL_STORAGE_PATH`` or a result-storage block), so an unchanged
+rerun skips every finished stage and a changed section reruns that stage and what follows.
+A cached ref whose directory was deleted or changed is recomputed (see ``fresh``).
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from prefect import task
+from prefect import Task, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef
+from feinschliff import __version__
+from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef, completed_hash, input_key
 from feinschliff.evaluate import run_evaluate
-from feinschliff.gate import Decision, decide_promotion
+from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
+from feinschliff.generate import merge_datasets, run_generate
 from feinschliff.ingest import run_ingest
-from feinschliff.pipeline import lineage, read_report, registry_root
+from feinschliff.pipeline import feedback_fingerprint, lineage, read_report, registry_root
 from feinschliff.recipe import Recipe
-from feinschliff.registry import production_adapter, promote, register_adapter
+from feinschliff.recipe_loader import section_hash
+from feinschliff.registry import production_adapter
+from feinschliff.serving.publish import publish_version, register_version
 from feinschliff.train import run_train
+from feinschliff.train.stage import warm_start_sha256
+
+CACHE = {"persist_result": True, "cache_expiration": timedelta(days=30)}
 
 
-@task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def _ingest_key(ctx: Any, p: dict[str, Any]) -> str:
+    r: Recipe = p["recipe"]
+    return input_key(
+        "ingest",
+        section_hash(r, "feedback"),
+        feedback_fingerprint(r.feedback),
+        str(p["out"]),
+        __version__,
+    )
+
+
+def _train_key(ctx: Any, p: dict[str, Any]) -> str:
+    r: Recipe = p["recipe"]
+    return input_key(
+        "train",
+        section_hash(r, "base_model", "train"),
+        p["data"].sha256,
+        warm_start_sha256(r),  # init_from: production changes when production does
+        str(p["out"]),
+        __version__,
+    )
+
+
+def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
+    r: Recipe = p["recipe"]
+    prod = _production(r, p["adapter"])
+    return input_key(
+        "evaluate",
+        section_hash(r, "base_model", "evaluate"),
+        p["data"].sha256,
+        p["adapter"].sha256,
+        prod.sha256 if prod else None,
+        str(p["out"]),
+        __version__,
+    )
+
+
+def _production(recipe: Recipe, candidate: AdapterRef) -> AdapterRef | None:
+    """The production adapter to compare with; None when there is none or it *is* the candidate."""
+    prod = production_adapter(registry_root(recipe), recipe.use_case)
+    if prod is None:
+        return None
+    from feinschliff.artifacts import hash_tree
+
+    same = hash_tree(prod.dir / "adapter") == hash_tree(candidate.dir / "adapter")
+    return None if same else prod
+
+
+@task(name="ingest", cache_key_fn=_ingest_key, retries=2, retry_delay_seconds=[5, 30], **CACHE)
 def ingest_task(recipe: Recipe, out: Path) -> DatasetRef:
-    return run_ingest(recipe.feedback, out)
+    return run_ingest(recipe.feedback, out, eval_tasks=recipe.evaluate.tasks)
 
 
-@task(name="train", cache_policy=NO_CACHE, timeout_seconds=24 * 3600)
+class _TrainProgress(logging.Handler):
+    """Mirror the trainer's `step i/n` log lines into a Prefect progress artifact (the library
+    logs progress and knows nothing of Prefect)."""
+
+    def __init__(self, artifact_id: Any):
+        super().__init__(level=logging.INFO)
+        self.artifact_id = artifact_id
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg.startswith("step ") and len(args) >= 2 and args[1]:
+            update_progress_artifact(self.artifact_id, min(100.0, 100.0 * args[0] / args[1]))
+
+
+def _generate_key(ctx: Any, p: dict[str, Any]) -> str:
+    r: Recipe = p["recipe"]
+    return input_key(
+        "generate", section_hash(r, "generate"), p["feedback"].sha256, str(p["out"]), __version__
+    )
+
+
+def _mix_key(ctx: Any, p: dict[str, Any]) -> str:
+    r: Recipe = p["recipe"]
+    return input_key(
+        "mix",
+        section_hash(r, "generate"),
+        p["feedback"].sha256,
+        p["generated"].sha256,
+        str(p["out"]),
+        __version__,
+    )
+
+
+@task(name="generate", cache_key_fn=_generate_key, timeout_seconds=12 * 3600, **CACHE)
+def generate_task(recipe: Recipe, feedback: DatasetRef, out: Path) -> DatasetRef:
+    # distilabel runs in a child process (it installs signal handlers: not in a task thread);
+    # completed teacher requests are cached, so a rerun after an outage repeats none.
+    return run_generate(recipe, out, feedback=feedback)
+
+
+@task(name="mix", cache_key_fn=_mix_key, **CACHE)
+def mix_task(recipe: Recipe, feedback: DatasetRef, generated: DatasetRef, out: Path) -> DatasetRef:
+    assert recipe.generate is not None
+    return merge_datasets(feedback, generated, recipe.generate.mix, out)
+
+
+@task(name="train", cache_key_fn=_train_key, timeout_seconds=24 * 3600, **CACHE)
 def train_task(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
     # No blind retries: a rerun resumes from the last complete checkpoint instead.
-    return run_train(recipe, data, out)
+    artifact = create_progress_artifact(0.0, description=f"Training {recipe.use_case}")
+    handler = _TrainProgress(artifact)
+    logging.getLogger("feinschliff.train").addHandler(handler)
+    try:
+        ref = run_train(recipe, data, out)
+    finally:
+        logging.getLogger("feinschliff.train").removeHandler(handler)
+    update_progress_artifact(artifact, 100.0)
+    return ref
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, timeout_seconds=6 * 3600)
-def evaluate_task(recipe: Recipe, adapter: AdapterRef, out: Path) -> ReportRef:
-    production = production_adapter(registry_root(recipe), recipe.use_case)
-    return run_evaluate(recipe, adapter, out, production=production)
+@task(name="evaluate", cache_key_fn=_evaluate_key, timeout_seconds=6 * 3600, retries=1, **CACHE)
+def evaluate_task(recipe: Recipe, data: DatasetRef, adapter: AdapterRef, out: Path) -> ReportRef:
+    return run_evaluate(recipe, adapter, out, production=_production(recipe, adapter), data=data)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate_task(recipe: Recipe, report: ReportRef) -> Decision:
-    return decide_promotion(read_report(report), recipe.gate)
+def gate_task(recipe: Recipe, report: ReportRef, approval: Approval | None = None) -> Decision:
+    decision = decide_promotion(read_report(report), recipe.gate, approval)
+    write_decision(report.dir, decision)
+    return decision
 
 
 @task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def register_task(
     recipe: Recipe, data: DatasetRef, adapter: AdapterRef, report: ReportRef, decision: Decision
 ) -> str:
-    root = registry_root(recipe)
-    version = register_adapter(
-        root, recipe.use_case, adapter, lineage(recipe, data, adapter, report, decision)
-    )
-    promote(root, recipe.use_case, version, why="gate passed", decision=decision.model_dump())
+    # Preflight (adapter config, base model name + shapes) runs before anything is written;
+    # with register.vllm the version goes live on every replica before production moves.
+    version = register_version(recipe, adapter, lineage(recipe, data, adapter, report, decision))
+    publish_version(recipe, version, why="gate passed", decision=decision.model_dump())
     return version
+
+
+def train_via_deployment(
+    deployment: str, recipe_path: str, overrides: list[str], data: DatasetRef, out: Path
+) -> AdapterRef:
+    """Run the train stage on another work pool through its deployment and wait for it."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        deployment,
+        parameters={
+            "recipe_path": recipe_path,
+            "overrides": overrides,
+            "data_path": data.path,
+            "data_sha256": data.sha256,
+            "out": str(out),
+        },
+    )
+    if run.state is None or not run.state.is_completed():
+        raise RuntimeError(f"train deployment {deployment} ended {run.state and run.state.type}")
+    digest = completed_hash(out)
+    if digest is None:
+        raise RuntimeError(f"{deployment} finished but {out} holds no complete adapter")
+    return AdapterRef(path=str(out), sha256=digest)
+
+
+def fresh(stage: Task, **kwargs: Any) -> Any:
+    """Run a cached stage; if the cached ref's directory is gone or changed, recompute it."""
+    ref = stage(**kwargs)
+    if completed_hash(Path(ref.path)) != ref.sha256:
+        ref = stage.with_options(refresh_cache=True)(**kwargs)
+    return ref

@@ -7,15 +7,16 @@ both entry points need so that ``feinschliff <stage>`` and the flow produce iden
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
-from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef
+from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef, hash_tree, sha256_file
 from feinschliff.gate import Decision
 from feinschliff.models import feinschliff_home
-from feinschliff.recipe import Recipe
+from feinschliff.recipe import FeedbackSpec, Recipe
 from feinschliff.recipe_loader import dump_resolved, recipe_hash
-from feinschliff.registry import default_root
+from feinschliff.registry import open_root
 
 EXIT_PROMOTED = 0
 EXIT_REJECTED = 3
@@ -26,7 +27,28 @@ def default_workdir(recipe: Recipe) -> Path:
 
 
 def registry_root(recipe: Recipe) -> Path:
-    return Path(recipe.register.registry) if recipe.register.registry else default_root()
+    return open_root(recipe.register.registry)  # a path or file:// URL; None: the default
+
+
+def feedback_fingerprint(spec: FeedbackSpec) -> list[str]:
+    """Content hashes of every feedback source (files and directory trees), in recipe order.
+
+    A live-pull source has no content to hash before the pull runs; it gets a fresh random
+    token, so a stage that pulls is never served from a cache.
+    """
+    out = []
+    for src in spec.sources:
+        if src.path is None:
+            out.append(f"pull:{uuid.uuid4()}")
+            continue
+        path = Path(src.path)
+        if path.is_dir():
+            out.append(hash_tree(path, exclude=()))
+        elif path.exists():
+            out.append(sha256_file(path))
+        else:
+            out.append(f"missing:{path}")
+    return out
 
 
 def read_report(report: ReportRef | Path) -> dict[str, Any]:

@@ -12,10 +12,14 @@ import sys
 import typer
 
 from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
+    deploy_cmd,
+    estimate_cmd,
     evaluate_cmd,
+    generate_cmd,
     ingest_cmd,
     models_cmd,
     registry_cmd,
+    serve_cmd,
     stages,
     train_cmd,
 )

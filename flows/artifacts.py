@@ -1,0 +1,79 @@
+"""Prefect artifacts for a run: what an ML engineer looks at in the UI instead of the logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef
+from feinschliff.gate import Decision
+from feinschliff.pipeline import read_report
+from feinschliff.recipe import Recipe
+from feinschliff.recipe_loader import dump_resolved
+
+
+def _key(recipe: Recipe, what: str) -> str:
+    return f"{recipe.use_case}-{what}"
+
+
+def publish_recipe(recipe: Recipe) -> None:
+    create_markdown_artifact(
+        f"```yaml\n{dump_resolved(recipe)}```",
+        key=_key(recipe, "recipe"),
+        description="The resolved recipe (every default filled in)",
+    )
+
+
+def publish_ingest(recipe: Recipe, data: DatasetRef) -> None:
+    manifest = json.loads((data.dir / "manifest.json").read_text())
+    rows = [{"output": k, "rows": v} for k, v in manifest["counts"].items()]
+    rows += [{"output": f"dropped: {k}", "rows": v} for k, v in manifest.get("drops", {}).items()]
+    create_table_artifact(rows, key=_key(recipe, "ingest"), description="Ingest summary")
+
+
+def _png(path: Path) -> str:
+    return f"![{path.name}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+
+def publish_training(recipe: Recipe, adapter: AdapterRef) -> None:
+    metrics = json.loads((adapter.dir / "metrics.json").read_text())
+    curve = metrics.get("loss_curve", [])
+    table = "\n".join(f"| {p['step']} | {p['loss']:.4f} |" for p in curve)
+    md = (
+        f"## Training loss\n\n{_png(adapter.dir / 'loss.png')}\n\n| step | loss |\n|---|---|\n{table}\n\n"
+        f"steps {metrics.get('global_step')}, wall {metrics.get('wall_seconds')} s, "
+        f"peak RSS {metrics.get('peak_rss_mb')} MB, `{adapter.dir / 'loss.png'}`"
+    )
+    create_markdown_artifact(md, key=_key(recipe, "loss"), description="Loss curve")
+
+
+def publish_evaluation(recipe: Recipe, report: ReportRef) -> None:
+    data = read_report(report)
+    rows = []
+    for name in sorted({m for per in data["metrics"].values() for m in per}):
+        row = {"metric": name}
+        for role, per in data["metrics"].items():
+            value = per.get(name, {}).get("value")
+            row[role] = None if value is None else round(float(value), 4)
+        rows.append(row)
+    create_table_artifact(
+        rows, key=_key(recipe, "evaluation"), description="Evaluation: base vs candidate"
+    )
+
+
+def publish_decision(recipe: Recipe, decision: Decision, version: str | None) -> None:
+    lines = ["| rule | metric | value | threshold | result | detail |", "|---|---|---|---|---|---|"]
+    for r in decision.results:
+        lines.append(
+            f"| {r.rule} | {r.metric} | {r.value} | {r.threshold} | "
+            f"{'PASS' if r.passed else 'FAIL'} | {r.detail} |"
+        )
+    verdict = f"**PROMOTED** as `{version}`" if version else "**REJECTED**"
+    create_markdown_artifact(
+        f"## Gate: {verdict}\n\n" + "\n".join(lines),
+        key=_key(recipe, "gate"),
+        description="Gate decision and registry version",
+    )

@@ -1,0 +1,65 @@
+"""Create or update one Prefect deployment per recipe (`feinschliff deployments sync`).
+
+Each deployment runs ``flows/retrain.py:retrain`` from this checkout on a work pool, with the
+recipe path as its parameter and the recipe's ``schedule`` (cron + timezone) as its schedule.
+Re-running the sync updates deployments in place (same name), so it is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prefect import Flow
+from prefect.schedules import Cron
+
+from feinschliff.paths import project_root
+from feinschliff.recipe_loader import load_recipe
+
+
+def sync_deployments(
+    recipes: list[Path], work_pool: str, *, paused: bool = False, train_pool: str | None = None
+) -> list[str]:
+    """Returns the deployment names created or updated: `retrain/<use_case>` and, with
+    ``train_pool``, `train-stage/<use_case>` on that pool (retrain then trains through it)."""
+    root = project_root()
+    names = []
+    for path in recipes:
+        recipe = load_recipe(path)
+        rel = os.path.relpath(Path(path).resolve(), root)
+        train_deployment = None
+        if train_pool:
+            trainer: Flow = Flow.from_source(
+                source=str(root), entrypoint="flows/train_stage.py:train_stage"
+            )
+            trainer.deploy(
+                name=recipe.use_case,
+                work_pool_name=train_pool,
+                build=False,
+                push=False,
+                description=f"Training stage of {recipe.use_case} (GPU pool)",
+                tags=["feinschliff", recipe.use_case, "train"],
+                print_next_steps=False,
+                ignore_warnings=True,  # "use .serve for local dev": we deploy on purpose
+            )
+            train_deployment = f"train-stage/{recipe.use_case}"
+            names.append(train_deployment)
+        flow: Flow = Flow.from_source(source=str(root), entrypoint="flows/retrain.py:retrain")
+        schedules = []
+        if recipe.schedule is not None:
+            schedules.append(Cron(recipe.schedule.cron, timezone=recipe.schedule.timezone))
+        flow.deploy(
+            name=recipe.use_case,
+            work_pool_name=work_pool,
+            build=False,
+            push=False,
+            schedules=schedules,
+            paused=paused,
+            parameters={"recipe_path": rel, "overrides": [], "train_deployment": train_deployment},
+            description=recipe.description or f"Retrain {recipe.use_case}",
+            tags=["feinschliff", recipe.use_case, recipe.train.method],
+            print_next_steps=False,
+            ignore_warnings=True,
+        )
+        names.insert(len(names) - (1 if train_pool else 0), f"retrain/{recipe.use_case}")
+    return names

@@ -1,0 +1,23 @@
+"""The training stage as a flow of its own, so it can run on a different work pool (GPUs)
+than the rest of the loop. ``retrain`` calls it through its deployment when the recipe's
+deployment was synced with ``--train-pool``; stage outputs live on storage both pools share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from feinschliff.artifacts import DatasetRef
+from feinschliff.recipe_loader import load_recipe
+from feinschliff.train import run_train
+
+
+@flow(name="train-stage")
+def train_stage(
+    recipe_path: str, data_path: str, data_sha256: str, out: str, overrides: list[str] | None = None
+) -> dict:
+    """Train the recipe's adapter from an ingest output; returns the AdapterRef as a dict."""
+    recipe = load_recipe(recipe_path, overrides or [])
+    ref = run_train(recipe, DatasetRef(path=data_path, sha256=data_sha256), Path(out))
+    return ref.model_dump()

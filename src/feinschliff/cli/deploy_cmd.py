@@ -1,0 +1,41 @@
+"""`feinschliff deployments sync`: one Prefect deployment per recipe."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from feinschliff.cli.app import app
+
+deployments_app = typer.Typer(
+    help="Prefect deployments for scheduled and UI-triggered runs.", no_args_is_help=True
+)
+app.add_typer(deployments_app, name="deployments")
+
+
+@deployments_app.command("sync")
+def sync(
+    recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.", show_default=False)],
+    pool: Annotated[str, typer.Option(help="Work pool the deployments run on.")] = "local",
+    paused: Annotated[bool, typer.Option(help="Create schedules paused.")] = False,
+    train_pool: Annotated[
+        str | None,
+        typer.Option(
+            help="Run training on this (GPU) work pool via a `train-stage/<use_case>` "
+            "deployment; the other stages stay on --pool."
+        ),
+    ] = None,
+) -> None:
+    """Create or update a Prefect deployment `retrain/<use_case>` per recipe, scheduled by the
+    recipe's `schedule` (cron + timezone), against the Prefect API in PREFECT_API_URL.
+    Idempotent: rerunning updates the deployments in place."""
+    from feinschliff.paths import project_root
+
+    sys.path.insert(0, str(project_root()))
+    from flows.deployments import sync_deployments
+
+    for name in sync_deployments(recipes, pool, paused=paused, train_pool=train_pool):
+        typer.echo(name)

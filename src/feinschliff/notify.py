@@ -1,0 +1,68 @@
+"""Notifications on promotion, gate rejection and failure, through apprise URLs.
+
+Targets come from the environment (``FEINSCHLIFF_NOTIFY_URLS``: apprise URLs separated by
+commas or whitespace, e.g. a Slack or Teams webhook, ``mailtos://``, or ``json://host:port`` for
+any HTTP receiver). URLs carry tokens, so they never live in recipes or flow parameters.
+Sending is best effort: a failing notification is logged, never fails the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Event = Literal["promoted", "rejected", "failed", "approval_needed"]
+ENV = "FEINSCHLIFF_NOTIFY_URLS"
+
+
+def notify_urls() -> list[str]:
+    return [u for u in re.split(r"[\s,]+", os.environ.get(ENV, "")) if u]
+
+
+def format_message(event: Event, use_case: str, details: dict[str, Any]) -> tuple[str, str]:
+    title = {
+        "promoted": f"feinschliff: {use_case} promoted",
+        "rejected": f"feinschliff: {use_case} rejected by the gate",
+        "failed": f"feinschliff: {use_case} run failed",
+        "approval_needed": f"feinschliff: {use_case} awaits approval",
+    }[event]
+    lines = []
+    if version := details.get("version"):
+        lines.append(f"version: {version}")
+    for rule in details.get("rules", []):
+        mark = "PASS" if rule["passed"] else "FAIL"
+        lines.append(f"{mark} {rule['rule']} {rule['metric']}: {rule['detail']}")
+    for name, value in details.get("metrics", {}).items():
+        lines.append(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
+    if error := details.get("error"):
+        lines.append(f"error: {error}")
+    if url := details.get("run_url"):
+        lines.append(url)
+    return title, "\n".join(lines) or title
+
+
+def send(
+    event: Event, use_case: str, details: dict[str, Any], urls: list[str] | None = None
+) -> int:
+    """Send to every configured target; returns how many accepted it."""
+    targets = notify_urls() if urls is None else urls
+    if not targets:
+        return 0
+    import apprise
+
+    title, body = format_message(event, use_case, details)
+    sent = 0
+    for url in targets:
+        app = apprise.Apprise()
+        if not app.add(url):
+            log.warning("notification target rejected by apprise (check the URL scheme)")
+            continue
+        if app.notify(title=title, body=body):
+            sent += 1
+        else:
+            log.warning("notification to one target failed")
+    return sent

@@ -1,0 +1,160 @@
+"""Orchestration behaviour under Prefect's test harness: cached reruns, human approval,
+notifications. Uses the real demo model with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from feinschliff.registry import audit_log, versions
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "recipes" / "demo-de.yaml")
+FAST = [
+    "train.hyperparameters.max_steps=2",
+    "train.hyperparameters.save_steps=1",
+    "train.hyperparameters.max_length=128",
+    "evaluate.limit=6",
+    "evaluate.heldout=false",
+]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One run directory for the module: stages cached by one test are reused by the next."""
+    return str(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture()
+def receiver(monkeypatch):
+    """A local HTTP receiver standing in for a chat webhook (apprise json://)."""
+    got: list[dict] = []
+
+    class H(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("FEINSCHLIFF_NOTIFY_URLS", f"json://127.0.0.1:{srv.server_address[1]}")
+    yield got
+    srv.shutdown()
+
+
+def test_identical_rerun_is_served_from_cache(prefect_harness, demo_model, home, tmp_path):
+    """Its own workdir: the first run must really train and evaluate."""
+    from flows.retrain import retrain
+
+    args = {
+        "recipe_path": DEMO,
+        "overrides": FAST + ["gate.rules.1.threshold=1000"],
+        "workdir": str(tmp_path / "w"),
+    }
+    t0 = time.perf_counter()
+    first = retrain(**args)
+    first_s = time.perf_counter() - t0
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
+        )
+    assert any(a.data == 100.0 for a in progress)  # the training progress artifact finished
+    t0 = time.perf_counter()
+    second = retrain(**args)
+    second_s = time.perf_counter() - t0
+    assert first["report"] == second["report"]
+    assert second_s <= 0.10 * first_s, (first_s, second_s)
+    # a changed evaluate section reruns evaluation but not training
+    marker = tmp_path / "w" / "train" / ".complete"
+    stamp = marker.stat().st_mtime_ns
+    third = retrain(**{**args, "overrides": args["overrides"] + ["evaluate.limit=5"]})
+    assert marker.stat().st_mtime_ns == stamp
+    report = json.loads(Path(third["report"]).read_text())
+    assert report["metrics"]["candidate"]["de_wissen_mc/acc"]["samples"] == 5
+
+
+def test_rejection_notifies_exactly_once(prefect_harness, demo_model, home, tmp_path, receiver):
+    from flows.retrain import retrain
+
+    result = retrain(
+        recipe_path=DEMO,
+        overrides=FAST + ["gate.rules.1.threshold=1000"],
+        workdir=str(tmp_path / "w"),
+    )
+    assert result["promoted"] is False
+    assert len(receiver) == 1
+    assert "rejected" in receiver[0]["title"] and "min_samples" in receiver[0]["message"]
+    assert "de_wissen_mc/acc" in receiver[0]["message"]  # key metrics travel with the decision
+    stored = json.loads((Path(result["report"]).parent / "decision.json").read_text())
+    assert stored["promote"] is False and stored == result["decision"]
+
+
+def _approval_rules(timeout: int) -> list[str]:
+    return [
+        "gate.rules.0.tolerance=1.0",
+        "gate.rules.1.threshold=6",
+        f"gate.rules.2={{rule: require_approval, timeout_s: {timeout}}}",
+    ]
+
+
+def test_approval_timeout_rejects_and_is_audited(prefect_harness, demo_model, home, tmp_path):
+    from flows.retrain import retrain
+
+    result = retrain(
+        recipe_path=DEMO, overrides=FAST + _approval_rules(3), workdir=str(tmp_path / "w")
+    )
+    assert result["promoted"] is False
+    approval = [r for r in result["decision"]["results"] if r["rule"] == "require_approval"][0]
+    assert "timeout" in approval["detail"]
+    events = audit_log(home / "registry", "support-de-demo")
+    assert [e for e in events if e["event"] == "approval"][0]["approved"] is False
+    assert versions(home / "registry", "support-de-demo") == []
+
+
+def test_approval_from_the_ui_promotes(prefect_harness, demo_model, home, workdir):
+    """A reviewer answers the paused run's form (the same API call the UI makes)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateType
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.retrain import retrain
+
+    def approve():
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            with get_client(sync_client=True) as client:
+                paused = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state={"type": FlowRunFilterStateType(any_=["PAUSED"])}
+                    )
+                )
+            if paused:
+                resume_flow_run(
+                    paused[0].id,
+                    run_input={"approve": True, "reviewer": "anna", "comment": "sieht gut aus"},
+                )
+                return
+            time.sleep(1)
+
+    t = threading.Thread(target=approve, daemon=True)
+    t.start()
+    result = retrain(recipe_path=DEMO, overrides=FAST + _approval_rules(600), workdir=workdir)
+    t.join(timeout=5)
+    assert result["promoted"] is True and result["version"] == "v0001"
+    events = audit_log(home / "registry", "support-de-demo")
+    approval = [e for e in events if e["event"] == "approval"][0]
+    assert approval["approved"] is True and approval["reviewer"] == "anna"
