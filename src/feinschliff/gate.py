@@ -5,7 +5,9 @@ missing from the report fails its rule, it never passes silently.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -203,3 +205,10 @@ def decide_promotion(
         needs_approval=asks and approval is None and all(r.passed for r in automatic),
         approval=approval,
     )
+
+
+def write_decision(report_dir: Path, decision: Decision) -> Path:
+    """Store the decision next to its report (excluded from the report's content hash)."""
+    path = report_dir / "decision.json"
+    path.write_text(json.dumps(decision.model_dump(), indent=2) + "\n", encoding="utf-8")
+    return path

@@ -30,6 +30,7 @@ from feinschliff.specs.register import RegisterSpec, ScheduleSpec
 from feinschliff.specs.train import (
     DPOTrain,
     Hyperparameters,
+    KTOTrain,
     LoraSpec,
     ORPOTrain,
     SFTTrain,
@@ -48,6 +49,7 @@ __all__ = [
     "GateSpec",
     "GenerateSpec",
     "Hyperparameters",
+    "KTOTrain",
     "LoraSpec",
     "MaxRule",
     "MinRule",

@@ -95,6 +95,8 @@ def _set_child(node: Any, part: str, value: Any, where: str) -> None:
         node[part] = value
     elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
         node[int(part)] = value
+    elif isinstance(node, list) and part.isdigit() and int(part) == len(node):
+        node.append(value)  # `gate.rules.<len>=...` adds a rule
     else:
         raise ValueError(f"cannot set {where!r}: its parent is not a mapping or list")
 

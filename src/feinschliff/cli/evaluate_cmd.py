@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -68,7 +67,7 @@ def gate(
     """Apply the recipe's gate rules to a report; prints value, threshold and pass/fail per rule
     and writes the decision to decision.json next to the report. Exit 0: promote. Exit 3:
     rejected (or awaiting a human approval)."""
-    from feinschliff.gate import Approval, decide_promotion
+    from feinschliff.gate import Approval, decide_promotion, write_decision
     from feinschliff.pipeline import read_report
 
     cfg = _load(recipe, set_)
@@ -81,7 +80,7 @@ def gate(
             f"{'PASS' if r.passed else 'FAIL'}  {r.rule:<16} {r.metric:<30} value={val:<8} "
             f"threshold={thr:<8} {r.detail}"
         )
-    (report.parent / "decision.json").write_text(json.dumps(decision.model_dump(), indent=2) + "\n")
+    write_decision(report.parent, decision)
     verdict = "PROMOTE" if decision.promote else "REJECT"
     if decision.needs_approval:
         verdict = "REJECT (awaiting approval: rerun with --approve or --reject)"

@@ -44,6 +44,58 @@ def render_tasks(src: Path, dest: Path) -> list[str]:
     return names
 
 
+USECASE_TASK = "usecase_heldout"
+
+
+def render_usecase_task(data_dir: Path | None, dest: Path) -> str:
+    """The use-case task: held-out preference pairs from ingest as two-way multiple choice
+    (the chosen answer is the target), so lm-eval scores how often a model prefers what users
+    preferred."""
+    path = data_dir / "heldout" / "preference.jsonl" if data_dir else None
+    rows = []
+    if path is not None and path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                user = [m["content"] for m in row["prompt"] if m["role"] == "user"]
+                rows.append(
+                    {
+                        "question": user[-1] if user else "",
+                        "choices": [row["chosen"][-1]["content"], row["rejected"][-1]["content"]],
+                        "answer": 0,
+                    }
+                )
+    if not rows:
+        raise EvalError(
+            f"task {USECASE_TASK} needs held-out preference pairs from ingest "
+            f"(heldout/preference.jsonl in the data dir; got {data_dir}); pass the ingest "
+            "output (`--data`) or raise feedback.heldout_fraction"
+        )
+    data = dest / f"{USECASE_TASK}.jsonl"
+    data.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+    cfg = {
+        "task": USECASE_TASK,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "Frage: {{question}}\nAntwort:",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "answer",
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+        "metadata": {"version": 1.0},
+    }
+    (dest / f"{USECASE_TASK}.yaml").write_text(
+        yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8"
+    )
+    return USECASE_TASK
+
+
 def bundled_task_files() -> dict[str, Path]:
     """Bundled task name -> its data file (for contamination checks)."""
     out = {}
@@ -65,14 +117,20 @@ def run_tasks(
     batch_size: int,
     num_fewshot: int,
     samples_out: Path | None = None,
+    heldout_dir: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate and return ``{"task/metric": {"value", "stderr", "samples"}}``."""
+    """Evaluate and return ``{"task/metric": {"value", "stderr", "samples"}}``.
+
+    ``heldout_dir`` (an ingest output) makes the use-case task ``usecase_heldout`` available.
+    """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     with tempfile.TemporaryDirectory(prefix="feinschliff-tasks-") as tmp:
         bundled = render_tasks(bundled_tasks_dir(), Path(tmp))
+        if USECASE_TASK in tasks:
+            bundled.append(render_usecase_task(heldout_dir, Path(tmp)))
         upstream = [t for t in tasks if t not in bundled]
         manager = TaskManager(include_path=tmp, include_defaults=bool(upstream))
         if upstream:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from feinschliff.specs.evaluate import JudgeSpec
 
@@ -94,8 +95,8 @@ def bootstrap_ci(values: list[float], iters: int, seed: int) -> tuple[float, flo
 class JudgeClient:
     def __init__(self, spec: JudgeSpec):
         self.spec = spec
-        key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
-        headers = {"Authorization": f"Bearer {key or 'EMPTY'}"}
+        key = SecretStr(os.environ.get(spec.api_key_env, "") if spec.api_key_env else "")
+        headers = {"Authorization": f"Bearer {key.get_secret_value() or 'EMPTY'}"}
         self._client = httpx.AsyncClient(
             base_url=spec.base_url.rstrip("/"), headers=headers, timeout=spec.timeout_s
         )

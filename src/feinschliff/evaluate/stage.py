@@ -75,6 +75,7 @@ def run_evaluate(
             batch_size=spec.batch_size,
             num_fewshot=spec.num_fewshot,
             samples_out=out / "samples" / role,
+            heldout_dir=data.dir if data is not None else None,
         )
     if data is not None and (spec.heldout or spec.judge):
         from feinschliff.evaluate.extra import judge_and_heldout
