@@ -13,7 +13,6 @@ and resolved by transformers (from the local HF cache when offline).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from feinschliff.artifacts import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +178,3 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

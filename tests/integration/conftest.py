@@ -83,3 +83,30 @@ def vllm_server(demo_model, tmp_path_factory):
     print(f"vLLM ready in {server.ready_s:.0f} s, RSS {server.rss_mb():.0f} MB")
     yield server
     server.stop()
+
+
+@pytest.fixture()
+def webhook(monkeypatch):
+    """A local HTTP receiver standing in for a chat webhook (Slack/Teams cannot be reached from
+    here); FEINSCHLIFF_NOTIFY_URLS points apprise at it. Yields (url, received JSON bodies)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    got: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"json://127.0.0.1:{srv.server_address[1]}"
+    monkeypatch.setenv("FEINSCHLIFF_NOTIFY_URLS", url)
+    yield url, got
+    srv.shutdown()

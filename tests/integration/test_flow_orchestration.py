@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -30,27 +29,6 @@ pytestmark = pytest.mark.integration
 def workdir(tmp_path_factory):
     """One run directory for the module: stages cached by one test are reused by the next."""
     return str(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture()
-def receiver(monkeypatch):
-    """A local HTTP receiver standing in for a chat webhook (apprise json://)."""
-    got: list[dict] = []
-
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    monkeypatch.setenv("FEINSCHLIFF_NOTIFY_URLS", f"json://127.0.0.1:{srv.server_address[1]}")
-    yield got
-    srv.shutdown()
 
 
 def test_identical_rerun_is_served_from_cache(prefect_harness, demo_model, home, tmp_path):
@@ -87,13 +65,12 @@ def test_identical_rerun_is_served_from_cache(prefect_harness, demo_model, home,
     assert report["metrics"]["candidate"]["de_wissen_mc/acc"]["samples"] == 5
 
 
-def test_rejection_notifies_exactly_once(prefect_harness, demo_model, home, tmp_path, receiver):
+def test_rejection_notifies_exactly_once(prefect_harness, demo_model, home, workdir, webhook):
     from flows.retrain import retrain
 
+    _, receiver = webhook
     result = retrain(
-        recipe_path=DEMO,
-        overrides=FAST + ["gate.rules.1.threshold=1000"],
-        workdir=str(tmp_path / "w"),
+        recipe_path=DEMO, overrides=FAST + ["gate.rules.1.threshold=1000"], workdir=workdir
     )
     assert result["promoted"] is False
     assert len(receiver) == 1
@@ -111,12 +88,10 @@ def _approval_rules(timeout: int) -> list[str]:
     ]
 
 
-def test_approval_timeout_rejects_and_is_audited(prefect_harness, demo_model, home, tmp_path):
+def test_approval_timeout_rejects_and_is_audited(prefect_harness, demo_model, home, workdir):
     from flows.retrain import retrain
 
-    result = retrain(
-        recipe_path=DEMO, overrides=FAST + _approval_rules(3), workdir=str(tmp_path / "w")
-    )
+    result = retrain(recipe_path=DEMO, overrides=FAST + _approval_rules(3), workdir=workdir)
     assert result["promoted"] is False
     approval = [r for r in result["decision"]["results"] if r["rule"] == "require_approval"][0]
     assert "timeout" in approval["detail"]

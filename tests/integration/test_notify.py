@@ -3,10 +3,6 @@ which cannot be reached from here)."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 
 from feinschliff import notify
@@ -14,35 +10,15 @@ from feinschliff import notify
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture()
-def receiver():
-    got: list[dict] = []
-
-    class H(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *a):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"json://127.0.0.1:{srv.server_address[1]}", got
-    srv.shutdown()
-
-
-def test_rejection_sends_one_message_with_rules(receiver, monkeypatch):
-    url, got = receiver
-    monkeypatch.setenv(notify.ENV, url)
+def test_rejection_sends_one_message_with_rules(webhook):
+    url, got = webhook
     rules = [{"rule": "min", "metric": "t/acc", "passed": False, "detail": "0.1 < 0.5"}]
     assert notify.send("rejected", "support-de", {"rules": rules}) == 1
     assert len(got) == 1
     assert "rejected" in got[0]["title"] and "FAIL min t/acc: 0.1 < 0.5" in got[0]["message"]
 
 
-def test_no_targets_sends_nothing_and_bad_targets_do_not_raise(receiver, monkeypatch):
+def test_no_targets_sends_nothing_and_bad_targets_do_not_raise(webhook, monkeypatch):
     monkeypatch.delenv(notify.ENV, raising=False)
     assert notify.send("promoted", "x", {"version": "v0001"}) == 0
     assert notify.send("failed", "x", {"error": "boom"}, urls=["json://127.0.0.1:1"]) == 0
