@@ -57,6 +57,9 @@ def _setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # Per-request lines from HTTP clients (Prefect API, judge, vLLM) drown the progress output.
+    for noisy in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _load(path: Path, overrides: list[str] | None) -> Recipe:
