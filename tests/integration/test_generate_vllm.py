@@ -276,3 +276,35 @@ def test_budget_stops_cleanly_and_says_so(first_run, proxy):
     assert manifest["counts"]["sft.jsonl"] >= 1  # the cached answers still make rows
     marker = json.loads((ws["out"] / ".complete").read_text())
     assert marker["stopped_by_budget"], "a budget-stopped output must not be reused as final"
+
+
+def test_the_flow_runs_generate_and_trains_on_the_mix(
+    first_run, proxy, prefect_harness, monkeypatch
+):
+    """The retrain flow with a `generate` section: generate (served from the teacher request
+    cache of the first run: same recipe, same home), mix with the feedback data, train on it."""
+    from flows.retrain import retrain
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", first_run["env"]["FEINSCHLIFF_HOME"])
+    proxy.reset()
+    overrides = [
+        "train.hyperparameters.max_steps=1",
+        "train.hyperparameters.max_length=96",
+        "evaluate.limit=4",
+        "evaluate.heldout=false",
+        "evaluate.tasks=[de_wissen_mc]",
+        "generate.mix.synthetic=2.0",
+        "gate.rules.1.threshold=1000",
+    ]
+    result = retrain(recipe_path=str(first_run["recipe"]), overrides=overrides, register=False)
+    work = Path(result["workdir"])
+    generated = _jsonl(work / "generate" / "sft.jsonl")
+    feedback = _jsonl(work / "ingest" / "sft.jsonl")
+    mixed = _jsonl(work / "mixed" / "sft.jsonl")
+    assert generated and len(mixed) == len(feedback) + 2 * len(generated)  # synthetic weighted x2
+    metrics = json.loads((work / "train" / "metrics.json").read_text())
+    assert (
+        metrics["dataset_sha256"]
+        == json.loads((work / "mixed" / ".complete").read_text())["sha256"]
+    )
+    assert proxy.completed == []  # every teacher reply came from the cache
