@@ -1,7 +1,7 @@
 """Held-out feedback metrics: does the adapter agree with what users preferred and corrected?
 
 - preference accuracy: share of held-out pairs where the model gives the chosen answer a higher
-  log-probability than the rejected one (summed over answer tokens);
+  log-probability than the rejected one (mean per answer token, so length does not decide);
 - correction similarity: chrF (sacrebleu, 0-100 scaled to 0-1) of the model's greedy answer against
   the human correction, over held-out SFT rows that came from corrections.
 """

@@ -55,7 +55,11 @@ def generate_answers(
 
 @torch.inference_mode()
 def answer_logprob(model: Any, tok: Any, prompt: Messages, answer: str) -> float:
-    """Sum of log-probabilities of ``answer``'s tokens after the chat-templated ``prompt``."""
+    """Mean log-probability per token of ``answer`` after the chat-templated ``prompt``.
+
+    Per token, not summed: a sum favours short answers, and a curt rejected answer ("Geht
+    nicht.") would beat every helpful chosen one whatever the model learned.
+    """
     full = tok.apply_chat_template(
         [*prompt, {"role": "assistant", "content": answer}], tokenize=False
     )
@@ -66,4 +70,4 @@ def answer_logprob(model: Any, tok: Any, prompt: Messages, answer: str) -> float
     logp = torch.log_softmax(logits, dim=-1)
     targets = ids[0, 1:]
     picked = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
-    return float(picked[n_head - 1 :].sum())
+    return float(picked[n_head - 1 :].mean())
