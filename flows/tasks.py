@@ -19,8 +19,14 @@ from prefect import Task, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from feinschliff import __version__
-from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef, completed_hash, input_key
+from feinschliff.artifacts import (
+    AdapterRef,
+    DatasetRef,
+    ReportRef,
+    code_version,
+    completed_hash,
+    input_key,
+)
 from feinschliff.evaluate import run_evaluate
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
 from feinschliff.generate import merge_datasets, run_generate
@@ -43,7 +49,7 @@ def _ingest_key(ctx: Any, p: dict[str, Any]) -> str:
         section_hash(r, "feedback"),
         feedback_fingerprint(r.feedback),
         str(p["out"]),
-        __version__,
+        code_version(),
     )
 
 
@@ -55,7 +61,7 @@ def _train_key(ctx: Any, p: dict[str, Any]) -> str:
         p["data"].sha256,
         warm_start_sha256(r),  # init_from: production changes when production does
         str(p["out"]),
-        __version__,
+        code_version(),
     )
 
 
@@ -69,7 +75,7 @@ def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
         p["adapter"].sha256,
         prod.sha256 if prod else None,
         str(p["out"]),
-        __version__,
+        code_version(),
     )
 
 
@@ -106,7 +112,7 @@ class _TrainProgress(logging.Handler):
 def _generate_key(ctx: Any, p: dict[str, Any]) -> str:
     r: Recipe = p["recipe"]
     return input_key(
-        "generate", section_hash(r, "generate"), p["feedback"].sha256, str(p["out"]), __version__
+        "generate", section_hash(r, "generate"), p["feedback"].sha256, str(p["out"]), code_version()
     )
 
 
@@ -118,7 +124,7 @@ def _mix_key(ctx: Any, p: dict[str, Any]) -> str:
         p["feedback"].sha256,
         p["generated"].sha256,
         str(p["out"]),
-        __version__,
+        code_version(),
     )
 
 

@@ -8,6 +8,7 @@ written last and records the content hash, so a half-written directory is never 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -113,6 +114,20 @@ def prepare_out(root: Path, key: str) -> None:
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n")
+
+
+@functools.cache
+def code_version() -> str:
+    """The package version plus a hash of its source: part of every stage's cache key, so a
+    code change (an editable install, a hotfix without a version bump) never reuses results
+    computed by older code."""
+    from feinschliff import __version__
+
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
 
 
 def input_key(*parts: Any) -> str:

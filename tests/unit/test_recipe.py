@@ -177,3 +177,22 @@ def test_validate_cli_exit_codes(tmp_path, demo):
     fail = subprocess.run([*cli, str(good), str(bad)], capture_output=True, text=True)
     assert fail.returncode == 2
     assert f"{bad}: train.lora.rank: unknown key" in fail.stderr
+
+
+def test_code_version_changes_with_the_source(tmp_path, monkeypatch):
+    """Cache keys carry a hash of the package source: edited code never reuses old results."""
+    import feinschliff.artifacts as artifacts
+
+    first = artifacts.code_version()
+    assert first.startswith("0.") and "+" in first
+    artifacts.code_version.cache_clear()
+    pkg = tmp_path / "feinschliff"
+    pkg.mkdir()
+    (pkg / "artifacts.py").write_text("x = 1\n")
+    monkeypatch.setattr(artifacts, "__file__", str(pkg / "artifacts.py"))
+    a = artifacts.code_version()
+    artifacts.code_version.cache_clear()
+    (pkg / "artifacts.py").write_text("x = 2\n")
+    b = artifacts.code_version()
+    artifacts.code_version.cache_clear()
+    assert a != b

@@ -15,11 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from feinschliff import __version__
 from feinschliff.artifacts import (
     AdapterRef,
     DatasetRef,
     ReportRef,
+    code_version,
     input_key,
     mark_complete,
     prepare_out,
@@ -50,7 +50,7 @@ def run_evaluate(
         adapter.sha256,
         production.sha256 if production else None,
         data.sha256 if data else None,
-        __version__,
+        code_version(),
     )
     if digest := reusable(out, key):
         log.info("evaluate: reusing finished report in %s", out)

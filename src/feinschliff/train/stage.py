@@ -20,6 +20,7 @@ from feinschliff import __version__
 from feinschliff.artifacts import (
     AdapterRef,
     DatasetRef,
+    code_version,
     input_key,
     mark_complete,
     prepare_out,
@@ -59,7 +60,7 @@ def run_train(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
         section_hash(recipe, "base_model", "train"),
         data.sha256,
         warm.adapter_sha256 if warm else None,
-        __version__,
+        code_version(),
     )
     if digest := reusable(out, key):
         log.info("train: reusing finished adapter in %s", out)
