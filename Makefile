@@ -62,7 +62,7 @@ unit: install  ## fast tests only (no model)
 integration: install model system vllm axolotl  ## the real-model tests only
 	$(BIN)/pytest tests/integration -m "not slow and not gpu"
 
-reliability: install model  ## the reliability suite with more trials; prints a table (test, trials, passed, figure)
+reliability: install model vllm  ## the reliability suite with more trials; prints a table (test, trials, passed, figure)
 	FEINSCHLIFF_RELIABILITY_LONG=1 $(BIN)/pytest tests/reliability -m "not slow and not gpu"
 
 schema: install  ## regenerate recipes/recipe.schema.json

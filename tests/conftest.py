@@ -16,6 +16,8 @@ import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["tests.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def root() -> Path:

@@ -1,4 +1,6 @@
-"""Integration fixtures: the real demo model (fetched once, cached) and Prefect's test harness."""
+"""Session fixtures for the integration and reliability suites: the real demo model (fetched once,
+cached), Prefect's test harness, a demo ingest/adapter, ONE real vLLM and a webhook receiver.
+Loaded as a plugin from tests/conftest.py; a session fixture starts only when a test asks for it."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import pytest
 
 from feinschliff.models import fetch_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FAST_TRAIN = [
     "train.hyperparameters.max_steps=2",
     "train.hyperparameters.save_steps=1",
