@@ -51,16 +51,21 @@ demo-serve: model vllm  ## after `make demo`: serve the production adapter on a 
 ui: install model  ## local Prefect server + worker + deployments: http://127.0.0.1:4200
 	bash scripts/ui.sh
 
-test: install model system vllm axolotl  ## lint + unit + integration tests (the CI command)
+# pytest workers for `make test`/`make integration`: tests sharing the real vLLM or Prefect's
+# harness stay on one worker (tests/conftest.py), so each service starts once.
+WORKERS ?= 2
+XDIST = -n $(WORKERS) --dist loadgroup
+
+test: install model system vllm axolotl  ## lint + unit + integration + reliability tests (the CI command)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest tests -m "not slow and not gpu"
+	$(BIN)/pytest tests $(XDIST) --durations=15 -m "not slow and not gpu"
 
 unit: install  ## fast tests only (no model)
 	$(BIN)/pytest tests/unit
 
 integration: install model system vllm axolotl  ## the real-model tests only
-	$(BIN)/pytest tests/integration -m "not slow and not gpu"
+	$(BIN)/pytest tests/integration $(XDIST) -m "not slow and not gpu"
 
 reliability: install model vllm  ## the reliability suite with more trials; prints a table (test, trials, passed, figure)
 	FEINSCHLIFF_RELIABILITY_LONG=1 $(BIN)/pytest tests/reliability -m "not slow and not gpu"

@@ -35,3 +35,18 @@ def home(tmp_path, monkeypatch) -> Path:
     (h / "models").symlink_to(models, target_is_directory=True) if models.exists() else None
     monkeypatch.setenv("FEINSCHLIFF_HOME", str(h))
     return h
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n N --dist loadgroup`, keep each expensive session service on one worker:
+    every test that needs the real vLLM runs on the same worker (one server), likewise Prefect's
+    harness; other tests stay together per file (module fixtures run once)."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "vllm_server" in names:
+            group = "vllm"
+        elif "prefect_harness" in names:
+            group = "prefect"
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

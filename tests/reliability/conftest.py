@@ -29,18 +29,21 @@ def reliability(request):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    # The row travels in the report's user_properties, so it reaches the controller under xdist.
     outcome = yield
     report = outcome.get_result()
     if report.when == "call":
-        info = getattr(item, "reliability_info", {})
-        ROWS.append(
-            (
-                item.name,
-                info.get("trials", 0),
-                "PASS" if report.passed else "FAIL",
-                info.get("figure", "-"),
-            )
-        )
+        report.user_properties.append(("reliability", getattr(item, "reliability_info", {})))
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call":
+        return
+    for key, info in report.user_properties:
+        if key == "reliability":
+            name = report.nodeid.split("::")[-1]
+            status = "PASS" if report.passed else "FAIL"
+            ROWS.append((name, info.get("trials", 0), status, info.get("figure", "-")))
 
 
 def pytest_terminal_summary(terminalreporter):
