@@ -9,37 +9,64 @@ Layout under the registry root::
     <use_case>/retired.json                 {"v0001": {"at", "by", "why"}}: never served again
     <use_case>/audit.jsonl                  append-only: who, when, why, alias, from -> to, gate
 
-A version is built in a hidden temp directory and renamed into place (atomic on one
-filesystem), so a writer killed half-way leaves only an invisible ``.vNNNN-*`` directory that the
-next registration removes. Aliases change only under an exclusive lock and only if the caller's
-expected current value still holds, so of two concurrent promotions exactly one wins.
+The root is a local directory (default ``$FEINSCHLIFF_HOME/registry``) or any fsspec URL
+(``s3://bucket/registry``, ``memory://...``): :mod:`feinschliff.registry_store` says how each
+store keeps versions immutable (invisible until their ``.complete`` marker, leftovers of killed
+writers removed by the next one) and locks safe. Aliases change only under the use case's lock
+and only if the caller's expected value still holds when re-read under it, so of two concurrent
+promotions exactly one wins; the audit log is appended under the same lock.
 
-An adapter is checked by :func:`feinschliff.serving.preflight.preflight` before anything is
-written: a rejected adapter leaves the registry byte for byte as it was.
-
-Storage: a local directory or a ``file://`` URL. Other fsspec schemes (s3://, gs://) are refused
-by :func:`open_root`: alias compare-and-swap needs a lock that object stores do not offer.
+Preflight (:func:`feinschliff.serving.preflight.preflight`) runs before anything is written: a
+rejected adapter leaves the registry byte for byte as it was. A version of a remote registry is
+materialised into a local cache, keyed by its content hash, wherever a folder is needed
+(preflight, vLLM, warm start).
 """
 
 from __future__ import annotations
 
-import fcntl
-import getpass
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from feinschliff.artifacts import COMPLETE, AdapterRef, hash_tree, mark_complete, write_json
+from feinschliff.artifacts import COMPLETE, AdapterRef, completed_hash, hash_tree, mark_complete
+from feinschliff.artifacts import write_json as write_json
 from feinschliff.models import feinschliff_home
+from feinschliff.registry_store import (
+    AliasConflict,
+    FsspecStore,
+    InvalidName,
+    Lease,
+    LocalStore,
+    LockLost,
+    LockTimeout,
+    RegistryError,
+    Root,
+    default_root,
+    location,
+    materialise,
+    open_root,
+    store_of,
+    who,
+)
 from feinschliff.serving.preflight import BaseTarget, preflight
+
+__all__ = [  # re-exported: callers use feinschliff.registry only
+    "AliasConflict",
+    "InvalidName",
+    "LockLost",
+    "LockTimeout",
+    "RegistryError",
+    "Root",
+    "default_root",
+    "location",
+    "open_root",
+    "store_of",
+]
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 VERSION_RE = re.compile(r"^v\d{4,}$")
@@ -47,96 +74,96 @@ ALIASES = ("candidate", "production", "previous")
 UNSET: Any = object()
 
 
-class RegistryError(RuntimeError):
-    """Invalid name, missing version, or a refused change."""
-
-
-class InvalidName(RegistryError):
-    """A use case or version name that is not safe as a path component."""
-
-
-class AliasConflict(RegistryError):
-    """The alias moved since the caller read it (a lost compare-and-swap)."""
-
-
-def default_root() -> Path:
-    return feinschliff_home() / "registry"
-
-
-def open_root(location: str | Path | None) -> Path:
-    """A registry location (path, ``file://`` URL or None for the default) as a local Path."""
-    if location is None:
-        return default_root()
-    text = str(location)
-    if "://" not in text:
-        return Path(text).expanduser()
-    url = urlparse(text)
-    if url.scheme == "file":
-        return Path(url.path)
-    raise RegistryError(
-        f"registry {text}: only local directories and file:// URLs are supported (alias "
-        f"compare-and-swap needs a file lock); mount {url.scheme}:// storage (e.g. s3fs-fuse) "
-        "and point the registry at the mount"
-    )
-
-
-def use_case_dir(root: Path, use_case: str) -> Path:
+def _uc(use_case: str) -> str:
     if not NAME_RE.match(use_case or ""):
         raise InvalidName(f"invalid use case name {use_case!r}")
-    return root / use_case
+    return use_case
 
 
-def version_dir(root: Path, use_case: str, version: str) -> Path:
+def _vrel(use_case: str, version: str) -> str:
     if not VERSION_RE.match(version or ""):
         raise InvalidName(f"invalid version {version!r} (expected v0001, v0002, ...)")
-    return use_case_dir(root, use_case) / version
+    return f"{_uc(use_case)}/{version}"
+
+
+def use_case_dir(root: Root, use_case: str) -> Path | str:
+    """The use case's folder: a Path for local roots, a URL for remote ones."""
+    rel = _uc(use_case)
+    return root / rel if isinstance(root, Path) else f"{root.url}/{rel}"
+
+
+def version_dir(root: Root, use_case: str, version: str) -> Path | str:
+    rel = _vrel(use_case, version)
+    return root / rel if isinstance(root, Path) else f"{root.url}/{rel}"
 
 
 @contextmanager
-def locked(uc_dir: Path, name: str = ".lock") -> Iterator[None]:
-    """An exclusive lock on ``uc_dir/name``; the kernel drops it if the holder is killed."""
-    uc_dir.mkdir(parents=True, exist_ok=True)
-    with (uc_dir / name).open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def lock(root: Root, use_case: str, name: str = ".lock") -> Iterator[Lease]:
+    """The use case's exclusive lock ``name`` on whatever store holds the registry."""
+    with store_of(root).lock(f"{_uc(use_case)}/{name}") as lease:
+        yield lease
 
 
-def versions(root: Path, use_case: str) -> list[str]:
-    uc = use_case_dir(root, use_case)
-    if not uc.is_dir():
-        return []
-    found = [p.name for p in uc.iterdir() if VERSION_RE.match(p.name) and (p / COMPLETE).exists()]
+def _read_json(root: Root, rel: str) -> Any:
+    data = store_of(root).read_bytes(rel)
+    return None if data is None else json.loads(data)
+
+
+def _write_json(root: Root, rel: str, data: Any) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    store_of(root).write_bytes(rel, text.encode("utf-8"))
+
+
+def versions(root: Root, use_case: str) -> list[str]:
+    """Complete versions, oldest first (a folder without its marker is not a version)."""
+    st, uc = store_of(root), _uc(use_case)
+    found = [n for n in st.listdir(uc) if VERSION_RE.match(n) and st.exists(f"{uc}/{n}/{COMPLETE}")]
     return sorted(found, key=lambda v: int(v[1:]))
 
 
-def read_aliases(root: Path, use_case: str) -> dict[str, str]:
-    path = use_case_dir(root, use_case) / "aliases.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def read_aliases(root: Root, use_case: str) -> dict[str, str]:
+    return _read_json(root, f"{_uc(use_case)}/aliases.json") or {}
 
 
-def retired(root: Path, use_case: str) -> dict[str, Any]:
-    path = use_case_dir(root, use_case) / "retired.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def retired(root: Root, use_case: str) -> dict[str, Any]:
+    return _read_json(root, f"{_uc(use_case)}/retired.json") or {}
 
 
-def manifest(root: Path, use_case: str, version: str) -> dict[str, Any]:
-    vdir = version_dir(root, use_case, version)
-    if not (vdir / COMPLETE).exists():
+def manifest(root: Root, use_case: str, version: str) -> dict[str, Any]:
+    rel = _vrel(use_case, version)
+    if not store_of(root).exists(f"{rel}/{COMPLETE}"):
         raise RegistryError(f"{use_case}/{version} is not a registered version")
-    return json.loads((vdir / "manifest.json").read_text())
+    return _read_json(root, f"{rel}/manifest.json")
 
 
-def adapter_path(root: Path, use_case: str, version: str) -> Path:
-    """The immutable adapter folder of a registered version."""
-    manifest(root, use_case, version)  # raises for unknown or incomplete versions
-    return version_dir(root, use_case, version) / "adapter"
+def local_version(root: Root, use_case: str, version: str) -> Path:
+    """A registered version as a local folder (adapter/, manifest.json, .complete).
+
+    Local roots: the version itself. Remote roots: a copy in
+    ``$FEINSCHLIFF_HOME/registry-cache/<use_case>/<version>-<sha12>/``, keyed by the adapter's
+    content hash and checked against the version's marker (a rerun reuses it).
+    """
+    m = manifest(root, use_case, version)  # raises for unknown or incomplete versions
+    rel = _vrel(use_case, version)
+    st = store_of(root)
+    here = st.local_dir(rel)
+    if here is not None:
+        return here
+    marker = json.loads(st.read_bytes(f"{rel}/{COMPLETE}") or b"{}")
+    leaf = f"{version}-{m['adapter_sha256'][:12]}"
+    dest = feinschliff_home() / "registry-cache" / use_case / leaf
+    if completed_hash(dest) != marker.get("sha256"):
+        materialise(st, rel, dest, marker.get("sha256"))
+    return dest
+
+
+def adapter_path(root: Root, use_case: str, version: str) -> Path:
+    """The immutable adapter folder of a registered version (a local copy for remote roots)."""
+    return local_version(root, use_case, version) / "adapter"
 
 
 def register_adapter(
-    root: Path,
+    root: Root,
     use_case: str,
     adapter: AdapterRef,
     lineage: dict[str, Any],
@@ -148,19 +175,20 @@ def register_adapter(
     Idempotent for the same adapter content (returns the existing version). Raises
     :class:`~feinschliff.serving.preflight.PreflightError` before writing anything.
     """
-    uc = use_case_dir(root, use_case)
+    uc = _uc(use_case)
+    st = store_of(root)
     src = adapter.dir / "adapter"
     report = preflight(src, target)
     adapter_sha = hash_tree(src)
-    with locked(uc):
+    with st.lock(f"{uc}/.lock") as lease:
         for v in versions(root, use_case):
             if manifest(root, use_case, v).get("adapter_sha256") == adapter_sha:
                 return v  # a rerun of the same training: no duplicate version
-        _remove_stale_temps(uc)
-        existing = [int(p.name[1:]) for p in uc.iterdir() if VERSION_RE.match(p.name)]
+        _remove_stale_temps(st, uc)
+        existing = [int(n[1:]) for n in st.listdir(uc) if VERSION_RE.match(n)]
         version = f"v{max(existing, default=0) + 1:04d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=uc))
-        try:
+
+        def fill(tmp: Path) -> None:
             shutil.copytree(src, tmp / "adapter", symlinks=False)
             write_json(
                 tmp / "manifest.json",
@@ -175,21 +203,20 @@ def register_adapter(
                     },
                     "source_adapter_ref": adapter.model_dump(),
                     "created_at": _now(),
-                    "created_by": _who(),
+                    "created_by": who(),
                     **lineage,
                 },
             )
             mark_complete(tmp, stage="registry")
-            os.rename(tmp, uc / version)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _audit(uc, "register", alias=None, old=None, new=version, why="registered")
+            lease.check()  # the version becomes visible only while we still hold the lock
+
+        st.write_version(uc, version, fill)
+        _audit(st, uc, "register", alias=None, old=None, new=version, why="registered")
     return version
 
 
 def set_alias(
-    root: Path,
+    root: Root,
     use_case: str,
     alias: str,
     version: str | None,
@@ -202,7 +229,7 @@ def set_alias(
 
 
 def promote(
-    root: Path,
+    root: Root,
     use_case: str,
     version: str,
     *,
@@ -215,22 +242,21 @@ def promote(
     ``expected`` is the production version the caller saw (None: none); by default the value
     read now. A production that moved meanwhile raises :class:`AliasConflict`.
     """
-    uc = use_case_dir(root, use_case)
     current = read_aliases(root, use_case).get("production") if expected is UNSET else expected
     if current == version:
-        with locked(uc):
+        with lock(root, use_case):
             if read_aliases(root, use_case).get("production") == version:
                 return read_aliases(root, use_case)
     moves: dict[str, str | None] = {"production": version}
     if current is not None:
         moves["previous"] = current
-    aliases = _move(root, use_case, moves, expected={"production": current}, why=why)
+    gate = None
     if decision is not None:
-        _audit(uc, "gate", alias="production", old=current, new=version, why=why, decision=decision)
-    return aliases
+        gate = {"alias": "production", "old": current, "new": version, "decision": decision}
+    return _move(root, use_case, moves, expected={"production": current}, why=why, gate=gate)
 
 
-def rollback(root: Path, use_case: str, *, why: str, expected: Any = UNSET) -> dict[str, str]:
+def rollback(root: Root, use_case: str, *, why: str, expected: Any = UNSET) -> dict[str, str]:
     """production := previous and previous := old production (compare-and-swap on both)."""
     aliases = read_aliases(root, use_case)
     current = aliases.get("production") if expected is UNSET else expected
@@ -246,26 +272,27 @@ def rollback(root: Path, use_case: str, *, why: str, expected: Any = UNSET) -> d
     )
 
 
-def retire(root: Path, use_case: str, version: str, *, why: str) -> dict[str, str]:
+def retire(root: Root, use_case: str, version: str, *, why: str) -> dict[str, str]:
     """Mark a version as never to be served again; drops candidate/previous aliases on it."""
-    uc = use_case_dir(root, use_case)
+    st, uc = store_of(root), _uc(use_case)
     manifest(root, use_case, version)
-    with locked(uc):
+    with st.lock(f"{uc}/.lock") as lease:
         aliases = read_aliases(root, use_case)
         if aliases.get("production") == version:
             raise RegistryError(f"{use_case}/{version} is production; promote or roll back first")
         gone = retired(root, use_case)
-        gone[version] = {"at": _now(), "by": _who(), "why": why}
-        write_json(uc / "retired.json", gone)
-        _audit(uc, "retire", alias=None, old=version, new=None, why=why)
+        gone[version] = {"at": _now(), "by": who(), "why": why}
+        lease.check()
+        _write_json(st, f"{uc}/retired.json", gone)
+        _audit(st, uc, "retire", alias=None, old=version, new=None, why=why)
         for alias in [a for a, v in aliases.items() if v == version]:
             aliases.pop(alias)
-            _audit(uc, "alias", alias=alias, old=version, new=None, why=f"{version} retired")
-        write_json(uc / "aliases.json", aliases)
+            _audit(st, uc, "alias", alias=alias, old=version, new=None, why=f"{version} retired")
+        _write_json(st, f"{uc}/aliases.json", aliases)
     return aliases
 
 
-def production_history(root: Path, use_case: str) -> list[str]:
+def production_history(root: Root, use_case: str) -> list[str]:
     """Versions that were production, most recent first, without repeats or retired ones."""
     gone = retired(root, use_case)
     seen: list[str] = []
@@ -280,33 +307,35 @@ def production_history(root: Path, use_case: str) -> list[str]:
     return seen
 
 
-def audit_log(root: Path, use_case: str) -> list[dict[str, Any]]:
-    path = use_case_dir(root, use_case) / "audit.jsonl"
-    if not path.exists():
+def audit_log(root: Root, use_case: str) -> list[dict[str, Any]]:
+    data = store_of(root).read_bytes(f"{_uc(use_case)}/audit.jsonl")
+    if data is None:
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
 
 
-def production_adapter(root: Path, use_case: str) -> AdapterRef | None:
+def production_adapter(root: Root, use_case: str) -> AdapterRef | None:
+    """The production version as a local AdapterRef (materialised for remote roots)."""
     version = read_aliases(root, use_case).get("production")
     if version is None:
         return None
-    vdir = version_dir(root, use_case, version)
+    vdir = local_version(root, use_case, version)
     return AdapterRef(path=str(vdir), sha256=json.loads((vdir / COMPLETE).read_text())["sha256"])
 
 
-def list_registry(root: Path) -> list[dict[str, Any]]:
+def list_registry(root: Root) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    if not root.is_dir():
-        return rows
-    for uc in sorted(p for p in root.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
-        aliases = read_aliases(root, uc.name)
-        gone = retired(root, uc.name)
-        for v in versions(root, uc.name):
-            m = manifest(root, uc.name, v)
+    st = store_of(root)
+    for name in st.listdir(""):
+        if not NAME_RE.match(name) or not st.isdir(name):
+            continue
+        aliases = read_aliases(root, name)
+        gone = retired(root, name)
+        for v in versions(root, name):
+            m = manifest(root, name, v)
             rows.append(
                 {
-                    "use_case": uc.name,
+                    "use_case": name,
                     "version": v,
                     "aliases": [a for a, target in aliases.items() if target == v]
                     + (["retired"] if v in gone else []),
@@ -319,27 +348,36 @@ def list_registry(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def record_event(root: Root, use_case: str, event: str, **fields: Any) -> None:
+    """Append a non-alias event (e.g. a human approval decision) to the use case's audit log."""
+    st, uc = store_of(root), _uc(use_case)
+    with st.lock(f"{uc}/.lock") as lease:
+        lease.check()
+        _audit(st, uc, event, **fields)
+
+
 def _move(
-    root: Path,
+    root: Root,
     use_case: str,
     moves: dict[str, str | None],
     *,
     expected: dict[str, Any],
     why: str,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Apply alias moves atomically under the lock after checking every expectation."""
-    uc = use_case_dir(root, use_case)
+    st, uc = store_of(root), _uc(use_case)
     for alias in moves:
         if alias not in ALIASES:
             raise RegistryError(f"unknown alias {alias!r}; aliases are {ALIASES}")
-    with locked(uc):
+    with st.lock(f"{uc}/.lock") as lease:
         known, gone = versions(root, use_case), retired(root, use_case)
         for alias, version in moves.items():
             if version is not None and version not in known:
                 raise RegistryError(f"{use_case}/{version} is not a registered version")
             if version is not None and version in gone and alias != "previous":
                 raise RegistryError(f"{use_case}/{version} is retired")
-        aliases = read_aliases(root, use_case)
+        aliases = read_aliases(root, use_case)  # re-read under the lock: the compare of CAS
         for alias, want in expected.items():
             if want is not UNSET and aliases.get(alias) != want:
                 raise AliasConflict(
@@ -352,42 +390,28 @@ def _move(
                 aliases.pop(alias, None)
             else:
                 aliases[alias] = version
-        write_json(uc / "aliases.json", aliases)
+        lease.check()
+        _write_json(st, f"{uc}/aliases.json", aliases)
         for alias, version in moves.items():
             if old.get(alias) != version:
-                _audit(uc, "alias", alias=alias, old=old.get(alias), new=version, why=why)
+                _audit(st, uc, "alias", alias=alias, old=old.get(alias), new=version, why=why)
+        if gate is not None:
+            _audit(st, uc, "gate", why=why, **gate)
     return aliases
 
 
-def _remove_stale_temps(uc: Path) -> None:
+def _remove_stale_temps(st: LocalStore | FsspecStore, uc: str) -> None:
     """Temp dirs of killed writers (only called under the lock, so none is in use)."""
-    for p in uc.iterdir():
-        if p.is_dir() and p.name.startswith(".v") and "-" in p.name:
-            shutil.rmtree(p, ignore_errors=True)
+    for name in st.listdir(uc):
+        if name.startswith(".v") and "-" in name and st.isdir(f"{uc}/{name}"):
+            st.remove_tree(f"{uc}/{name}")
 
 
-def _audit(uc: Path, event: str, **fields: Any) -> None:
-    entry = {"at": _now(), "by": _who(), "event": event, **fields}
-    with (uc / "audit.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def _audit(st: LocalStore | FsspecStore, uc: str, event: str, **fields: Any) -> None:
+    """Append one entry; callers hold the use case's lock (object stores rewrite the file)."""
+    entry = {"at": _now(), "by": who(), "event": event, **fields}
+    st.append_line(f"{uc}/audit.jsonl", json.dumps(entry, ensure_ascii=False, default=str))
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _who() -> str:
-    try:
-        return os.environ.get("FEINSCHLIFF_USER") or getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
-
-
-def record_event(root: Path, use_case: str, event: str, **fields: Any) -> None:
-    """Append a non-alias event (e.g. a human approval decision) to the use case's audit log."""
-    uc = use_case_dir(root, use_case)
-    uc.mkdir(parents=True, exist_ok=True)
-    with locked(uc):
-        _audit(uc, event, **fields)

@@ -22,7 +22,7 @@ from feinschliff.recipe_loader import load_recipe
 from feinschliff.serving import deploy
 from feinschliff.serving.preflight import PreflightError
 from feinschliff.serving.publish import publish_version, register_version, serve_demo
-from feinschliff.serving.vllm_client import VllmClient
+from feinschliff.serving.vllm_client import VllmClient, VllmError
 from feinschliff.specs.register import VllmServer
 
 pytestmark = pytest.mark.integration
@@ -415,3 +415,103 @@ def test_serve_demo_answers_a_german_prompt(vllm_server, adapters, tmp_path):
     assert answer.base.strip() and answer.adapter.strip()
     assert answer.adapter != answer.base
     assert _served(vllm_server, "live-demo", tmp_path / "serving" / "live-demo")["live-demo"] == v1
+
+
+KEY_ENV = "FEINSCHLIFF_TEST_VLLM_KEY"
+
+
+@pytest.fixture(scope="module")
+def keyed_vllm(demo_model, tmp_path_factory):
+    """A SECOND real vLLM that requires an API key (vLLM reads it from VLLM_API_KEY, so it is
+    not on the command line), engine in one process for a faster start; yields (server, key).
+    Stopped by its process group's PID."""
+    import secrets
+
+    from feinschliff.serving.vllm_server import SINGLE_PROCESS, install_vllm, start_vllm
+
+    key = "sk-" + secrets.token_urlsafe(24)
+    server = start_vllm(
+        demo_model,
+        venv=install_vllm(),
+        log_path=tmp_path_factory.mktemp("vllm-keyed") / "server.log",
+        api_key=key,
+        max_loras=4,
+        max_lora_rank=16,
+        extra_args=SINGLE_PROCESS["args"],  # starts in about half the time
+        extra_env=SINGLE_PROCESS["env"],
+    )
+    print(f"keyed vLLM ready in {server.ready_s:.0f} s")
+    yield server, key
+    server.stop()
+    assert server.proc.poll() is not None
+
+
+def test_two_replicas_one_with_api_key(
+    vllm_server, keyed_vllm, adapters, tmp_path, monkeypatch, caplog
+):
+    """Replica 1 = the session server (no key), replica 2 = a keyed server (key from an env
+    var): register -> both serve and answer; promote v2 -> both switched; a wrong or missing key
+    -> a clear error before the alias moves, registry unchanged; the key is never written."""
+    import logging
+
+    keyed, key = keyed_vllm
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv(KEY_ENV, key)
+    servers = [{"url": vllm_server.url}, {"url": keyed.url, "api_key_env": KEY_ENV}]
+    recipe, sets = _recipe(vllm_server, tmp_path, "live-2r", servers=servers)
+    root, serving = tmp_path / "registry", tmp_path / "serving" / "live-2r"
+    keyed_server = VllmServer(url=keyed.url, api_key_env=KEY_ENV)
+
+    def served_on_keyed():
+        with VllmClient(keyed_server, timeout_s=300) as c:
+            return {
+                n: Path(p).name.split("-")[0]
+                for n, p in c.adapters().items()
+                if deploy.is_managed(n, "live-2r")
+            }
+
+    def say_keyed(name):
+        with VllmClient(keyed_server, timeout_s=300) as c:
+            return c.complete(name, PROMPT, max_tokens=12)
+
+    v1 = register_version(recipe, _ref(adapters, "v1"), {})
+    publish_version(recipe, v1, why="first")
+    want1 = {"live-2r": v1, "live-2r@v0001": v1}
+    assert _served(vllm_server, "live-2r", serving) == want1 and served_on_keyed() == want1
+    out1 = _say(vllm_server, "live-2r")
+    assert out1 == say_keyed("live-2r")  # same weights, fp32: the same answer on both
+
+    v2 = register_version(recipe, _ref(adapters, "v2"), {})
+    code, out = _cli("registry", "promote", "live-2r", v2, "--recipe", str(DEMO), *sets)
+    assert code == 0, out
+    want2 = {"live-2r": v2, "live-2r@v0002": v2}
+    assert _served(vllm_server, "live-2r", serving) == want2 and served_on_keyed() == want2
+    out2 = say_keyed("live-2r")
+    assert out2 != out1 and out2 == _say(vllm_server, "live-2r")
+
+    v3 = register_version(recipe, _ref(adapters, "v3"), {})
+    before = (registry.read_aliases(root, "live-2r"), len(registry.audit_log(root, "live-2r")))
+    monkeypatch.setenv(KEY_ENV, "sk-wrong")
+    with pytest.raises(deploy.DeployError, match=f"401.*rejected the API key in \\${KEY_ENV}"):
+        publish_version(recipe, v3, why="wrong key")
+    monkeypatch.delenv(KEY_ENV)
+    posts = _posts(vllm_server)
+    code, out = _cli("registry", "promote", "live-2r", v3, "--recipe", str(DEMO), *sets)
+    assert code == 1 and f"{KEY_ENV} not set; no server was touched" in out, out
+    assert _posts(vllm_server) == posts
+    assert (
+        registry.read_aliases(root, "live-2r"),
+        len(registry.audit_log(root, "live-2r")),
+    ) == before
+    assert _served(vllm_server, "live-2r", serving) == want2  # the staged v3 was unloaded again
+    monkeypatch.setenv(KEY_ENV, key)
+    assert served_on_keyed() == want2
+    anonymous = VllmClient(VllmServer(url=keyed.url))
+    with pytest.raises(VllmError, match="401"), anonymous:  # the keyed server wants the key
+        anonymous.models()
+
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    texts = [p.read_bytes().decode("utf-8", "replace") for p in written]
+    texts += [caplog.text, out, keyed.log_text(), vllm_server.log_text()]
+    assert any("audit.jsonl" in str(p) for p in written)  # the registry really is in there
+    assert not [t[:200] for t in texts if key in t]

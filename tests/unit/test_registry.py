@@ -1,10 +1,14 @@
-"""Local registry: preflight before any write, immutable versions, idempotent registration,
-CAS aliases (promote / rollback / retire), audit log, crash leftovers invisible."""
+"""Registry on a local directory AND on fsspec's real in-memory filesystem (``memory://``, the
+object-store code path: temp prefix + copy + marker last, lock objects made by exclusive create
+with a lease): preflight before any write, immutable versions, idempotent registration, CAS
+aliases (promote / rollback / retire), audit log order, crash leftovers invisible, lock leases."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 
 import pytest
 
@@ -12,10 +16,13 @@ from feinschliff.artifacts import AdapterRef
 from feinschliff.registry import (
     AliasConflict,
     InvalidName,
+    LockLost,
+    LockTimeout,
     RegistryError,
     adapter_path,
     audit_log,
     list_registry,
+    local_version,
     manifest,
     open_root,
     production_adapter,
@@ -27,8 +34,10 @@ from feinschliff.registry import (
     retire,
     rollback,
     set_alias,
+    store_of,
     versions,
 )
+from feinschliff.registry_store import FsspecStore
 from feinschliff.serving.preflight import PreflightError
 from tests.unit.adapter_factory import make_base, make_train_output, target_for
 
@@ -38,10 +47,21 @@ def base(tmp_path):
     return make_base(tmp_path / "base")
 
 
+@pytest.fixture(params=["local", "memory"])
+def root(request, tmp_path, monkeypatch):
+    """A fresh registry root: a local directory, or a memory:// URL (its own prefix)."""
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))  # registry-cache goes here
+    if request.param == "local":
+        yield tmp_path / "reg"
+        return
+    url = f"memory://reg-{uuid.uuid4().hex[:8]}/registry"
+    yield open_root(url)
+    store_of(url).remove_tree("")
+
+
 @pytest.fixture()
-def reg(tmp_path, base):
-    """register(name, seed) -> version, into a fresh registry at tmp_path/reg."""
-    root = tmp_path / "reg"
+def reg(tmp_path, base, root):
+    """register(name, seed) -> version, into the fresh registry ``root``."""
 
     def register(seed: float, use_case: str = "s", **kw) -> str:
         ref = make_train_output(tmp_path / f"out-{use_case}-{seed}", str(base), seed=seed, **kw)
@@ -54,7 +74,11 @@ def reg(tmp_path, base):
 
 
 def snapshot(root):
-    """Every path under root with its bytes (dirs as None): 'byte-identical' made checkable."""
+    """Every path under root with its bytes (local dirs as None): 'byte-identical' made
+    checkable on either store."""
+    if isinstance(root, FsspecStore):
+        st = store_of(root)
+        return {rel: st.read_bytes(rel) for rel in st.files("")} or None
     if not root.exists():
         return None
     return {
@@ -100,27 +124,28 @@ def test_rejected_adapter_leaves_registry_byte_identical(tmp_path, base, reg):
     # ... and a use case that does not exist yet is not even created
     with pytest.raises(PreflightError):
         register_adapter(reg.root, "fresh", bad[0], {}, target=target_for(base))
-    assert not (reg.root / "fresh").exists()
+    assert not store_of(reg.root).exists("fresh")
 
 
 def test_killed_writer_leftovers_are_invisible_and_cleaned(reg):
     reg(1.0)
     promote(reg.root, "s", "v0001", why="first")
-    leftover = reg.root / "s" / ".v0002-abc123"
-    (leftover / "adapter").mkdir(parents=True)  # a writer killed before its rename
-    (reg.root / "s" / "v0003").mkdir()  # no .complete: never a version
+    st = store_of(reg.root)
+    st.write_bytes("s/.v0002-abc123/adapter/x", b"1")  # a writer killed before its rename
+    st.write_bytes("s/v0003/adapter/x", b"1")  # copied, but no .complete: never a version
     assert versions(reg.root, "s") == ["v0001"]
     with pytest.raises(RegistryError, match="not a registered version"):
         set_alias(reg.root, "s", "production", "v0003")
     assert read_aliases(reg.root, "s") == {"production": "v0001"}
     assert reg(2.0) == "v0004"
-    assert not leftover.exists()
+    assert not st.exists("s/.v0002-abc123")
 
 
 def test_promote_moves_previous_in_one_step_and_audits(reg):
     v1, v2 = reg(1.0), reg(2.0)
     promote(reg.root, "s", v1, why="first")
-    assert production_adapter(reg.root, "s").path.endswith(v1)
+    prod = production_adapter(reg.root, "s")
+    assert json.loads((prod.dir / "manifest.json").read_text())["version"] == v1
     promote(reg.root, "s", v2, why="better", decision={"promote": True})
     assert read_aliases(reg.root, "s") == {"production": v2, "previous": v1}
     audit = audit_log(reg.root, "s")
@@ -189,6 +214,8 @@ def test_concurrent_promotions_exactly_one_wins(reg):
         t.join()
     assert len(wins) == 1 and len(conflicts) == len(vs) - 2
     assert read_aliases(reg.root, "s") == {"production": wins[0], "previous": vs[0]}
+    moves = [(e["alias"], e["old"], e["new"]) for e in audit_log(reg.root, "s")[-2:]]
+    assert moves == [("production", vs[0], wins[0]), ("previous", None, vs[0])]
 
 
 def test_bad_names_and_versions(reg):
@@ -212,8 +239,9 @@ def test_record_event_appends_to_audit(reg):
 def test_open_root_locations(tmp_path):
     assert open_root(str(tmp_path)) == tmp_path
     assert open_root(f"file://{tmp_path}") == tmp_path
-    with pytest.raises(RegistryError, match="only local directories"):
-        open_root("s3://bucket/registry")
+    assert open_root("memory://bucket/registry") == FsspecStore("memory://bucket/registry")
+    with pytest.raises(RegistryError, match="cannot open nosuchscheme://"):
+        open_root("nosuchscheme://bucket/registry")
 
 
 def test_not_an_adapter_is_refused(tmp_path, base):
@@ -256,7 +284,7 @@ def test_help_says_what_it_does_and_writes(cmd):
         assert needle in text, f"{needle!r} missing from `feinschliff {' '.join(cmd)} --help`"
 
 
-def test_registry_cli_without_servers(reg):
+def test_registry_cli_without_servers(reg):  # runs on a directory and on a memory:// URL
     """promote / rollback / retire / show / audit / list on the registry alone (no recipe)."""
     from typer.testing import CliRunner
 
@@ -264,7 +292,7 @@ def test_registry_cli_without_servers(reg):
     from feinschliff.cli.app import Failure
 
     v1, v2 = reg(1.0), reg(2.0)
-    root = ["--root", str(reg.root)]
+    root = ["--root", getattr(reg.root, "url", str(reg.root))]
 
     def cli(*args):
         res = CliRunner().invoke(app, [*args, *root])
@@ -289,3 +317,154 @@ def test_registry_cli_without_servers(reg):
     assert "v0002 -> v0001" in out and "regressed" in out
     assert "retired" in cli("registry", "list")[1]
     assert cli("registry", "show", "s", "../../etc")[0] == 2
+
+
+# ---------------------------------------------------------------- object-store semantics
+
+
+@pytest.fixture()
+def mem(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    url = f"memory://locks-{uuid.uuid4().hex[:8]}/registry"
+    yield url
+    store_of(url).remove_tree("")
+
+
+def test_stale_lock_of_a_killed_writer_is_broken(tmp_path, base, mem, caplog):
+    ref = make_train_output(tmp_path / "o", str(base), seed=1.0)
+    v1 = register_adapter(mem, "s", ref, {}, target=target_for(base))
+    dead = {"token": "t0", "owner": "ci@gone:4242", "expires": time.time() - 5}
+    store_of(mem).write_bytes("s/.lock", json.dumps(dead).encode())  # holder was SIGKILLed
+    promote(FsspecStore(mem, wait_s=3), "s", v1, why="after a crash")  # not 600 s if broken
+    assert read_aliases(mem, "s") == {"production": v1}
+    assert "breaking the stale registry lock" in caplog.text and "ci@gone:4242" in caplog.text
+    assert not store_of(mem).exists("s/.lock") and not store_of(mem).exists("s/.lock.break")
+
+
+def test_live_lock_waits_and_its_lease_is_renewed(mem):
+    holder = FsspecStore(mem, lease_s=0.2)
+    other = FsspecStore(mem, lease_s=0.2, wait_s=0.4)
+    inside, done = threading.Event(), threading.Event()
+
+    def hold():
+        with holder.lock("s/.lock"):
+            inside.set()
+            done.wait(2)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    inside.wait(2)
+    start = time.monotonic()
+    # 2x the lease: renewed by the holder's heartbeat, so waited for and never broken
+    with pytest.raises(LockTimeout, match="is held by"), other.lock("s/.lock"):
+        pass
+    assert time.monotonic() - start >= 0.4
+    done.set()
+    t.join()
+    with other.lock("s/.lock"):  # released: free again at once
+        assert json.loads(store_of(mem).read_bytes("s/.lock"))["expires"] > time.time()
+    assert not store_of(mem).exists("s/.lock")
+
+
+def test_a_lost_lease_is_detected_before_writing(mem):
+    st = FsspecStore(mem, lease_s=0.15)
+    with st.lock("s/.lock") as lease:
+        thief = {"token": "other", "owner": "x@y:1", "expires": time.time() + 60}
+        st.write_bytes("s/.lock", json.dumps(thief).encode())  # our lease was broken meanwhile
+        time.sleep(0.15)
+        with pytest.raises(LockLost):
+            lease.check()
+    assert json.loads(st.read_bytes("s/.lock"))["token"] == "other"  # theirs is not removed
+
+
+def test_remote_version_is_materialised_by_content_hash(tmp_path, base, mem):
+    ref = make_train_output(tmp_path / "o", str(base), seed=1.0)
+    v1 = register_adapter(mem, "s", ref, {}, target=target_for(base))
+    local = local_version(mem, "s", v1)
+    sha = manifest(mem, "s", v1)["adapter_sha256"]
+    assert local == tmp_path / "home" / "registry-cache" / "s" / f"{v1}-{sha[:12]}"
+    src = ref.dir / "adapter" / "adapter_model.safetensors"
+    assert (adapter_path(mem, "s", v1) / src.name).read_bytes() == src.read_bytes()
+    stamp = (local / ".complete").stat().st_mtime_ns
+    assert local_version(mem, "s", v1) == local  # reused, not downloaded again
+    assert (local / ".complete").stat().st_mtime_ns == stamp
+    store_of(mem).write_bytes(f"s/{v1}/adapter/adapter_model.safetensors", b"tampered")
+    (local / "manifest.json").write_text("{}")  # invalidate the cache: forces a download
+    with pytest.raises(RegistryError, match="does not match its .complete marker"):
+        local_version(mem, "s", v1)
+
+
+def test_concurrent_materialisations_agree(tmp_path, base, mem):
+    from feinschliff.artifacts import completed_hash
+
+    ref = make_train_output(tmp_path / "o", str(base), seed=1.0)
+    v1 = register_adapter(mem, "s", ref, {}, target=target_for(base))
+    got, errors = [], []
+    barrier = threading.Barrier(4)
+
+    def fetch():
+        barrier.wait()
+        try:
+            got.append(local_version(mem, "s", v1))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(got)) == 1
+    assert completed_hash(got[0]) is not None
+    assert [p.name for p in got[0].parent.iterdir()] == [got[0].name]  # no temp dirs left
+
+
+def test_upload_killed_midway_leaves_no_version(tmp_path, base, mem, monkeypatch):
+    st = open_root(mem)
+    v1 = register_adapter(
+        st, "s", make_train_output(tmp_path / "a", str(base), seed=1.0), {}, target=target_for(base)
+    )
+    real_copy, copied = st.fs.copy, []
+
+    def dies(src, dst, **kw):
+        if copied:
+            raise ConnectionError("injected: network gone while copying the version")
+        copied.append(dst)
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(st.fs, "copy", dies)
+    ref = make_train_output(tmp_path / "b", str(base), seed=2.0)
+    with pytest.raises(ConnectionError, match="injected"):
+        register_adapter(st, "s", ref, {}, target=target_for(base))
+    assert versions(st, "s") == [v1]
+    assert [n for n in store_of(st).listdir("s") if n.startswith((".v", "v0002"))] == []
+    monkeypatch.setattr(st.fs, "copy", real_copy)
+    assert register_adapter(st, "s", ref, {}, target=target_for(base)) == "v0002"
+
+
+def test_remote_versions_reach_vllm_as_local_paths(tmp_path, base, mem):
+    """vLLM reads local paths: a memory:// version is materialised, preflighted and staged to
+    its own serving path (runtime mode) or written as the resolver layout, with no server."""
+    from feinschliff.serving import deploy
+    from feinschliff.specs.register import VllmSpec
+
+    root = open_root(mem)
+    ref = make_train_output(tmp_path / "o", str(base), seed=1.0)
+    v1 = register_adapter(root, "s", ref, {}, target=target_for(base))
+    promote(root, "s", v1, why="first")
+    sha = manifest(root, "s", v1)["adapter_sha256"]
+    spec = VllmSpec(
+        servers=[{"url": "http://vllm:8000"}], model=str(base), adapter_dir=str(tmp_path / "srv")
+    )
+    staged = deploy.stage_files(root, "s", v1, spec)
+    assert staged == str(tmp_path / "srv" / "s" / f"{v1}-{sha[:12]}")
+    name = "adapter_model.safetensors"
+    assert (tmp_path / "srv" / "s" / f"{v1}-{sha[:12]}" / name).read_bytes() == (
+        ref.dir / "adapter" / name
+    ).read_bytes()
+    resolver = spec.model_copy(update={"mode": "resolver", "resolver_dir": str(tmp_path / "rs")})
+    report = deploy.reconcile(root, "s", resolver)
+    assert {a.name for a in report.actions} == {"s", f"s@{v1}"}
+    cfg = json.loads((tmp_path / "rs" / "s" / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(base)
+    assert not store_of(mem).exists("s/.serve.lock")  # the serve lock object was released

@@ -98,3 +98,27 @@ def test_completion_answered_by_another_model_is_an_error():
 
     with pytest.raises(VllmError, match="answered by 'base'"):
         client_for(handler).complete("support", "Hallo")
+
+
+@pytest.mark.parametrize("key_env", [None, "VLLM_KEY"])
+def test_unauthorized_is_a_clear_error_without_the_key(monkeypatch, key_env):
+    """vLLM's auth middleware answers 401 with {"error": "Unauthorized"} (a string, not the
+    usual error object): not retried, and the message names the env var, never the key."""
+    monkeypatch.setenv("VLLM_KEY", "sk-wrong-123")
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        return httpx.Response(401, json={"error": "Unauthorized"})
+
+    client = VllmClient(
+        VllmServer(url="http://vllm:8000", api_key_env=key_env),
+        transport=httpx.MockTransport(handler),
+        retries=3,
+        backoff_s=0,
+    )
+    with pytest.raises(VllmError, match="401: Unauthorized") as err:
+        client.load("a", "/x")
+    assert err.value.status == 401 and len(calls) == 1
+    hint = "rejected the API key in $VLLM_KEY" if key_env else "requires an API key"
+    assert hint in str(err.value) and "sk-wrong-123" not in str(err.value)

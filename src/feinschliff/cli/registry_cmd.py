@@ -4,6 +4,7 @@ Alias changes are compare-and-swap: `--expect` names the production version you 
 the one read when the command starts); if it moved meanwhile the command fails with a conflict
 (exit 1) and changes nothing. With `--recipe` whose `register.vllm` lists servers, promote and
 rollback go live: the version is loaded and verified on every replica before the alias moves.
+The registry may live on any fsspec URL (see the README's registry section for lock semantics).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _load, registry_app
 from feinschliff.recipe import Recipe
 
 RootOpt = Annotated[
-    Path | None,
-    typer.Option(help="Registry root (default: the recipe's, else $FEINSCHLIFF_HOME/registry)."),
+    str | None,
+    typer.Option(
+        help="Registry root: a directory or fsspec URL (file://, s3://bucket/registry, ...); "
+        "default: the recipe's, else $FEINSCHLIFF_HOME/registry."
+    ),
 ]
 RecipeOpt = Annotated[
     Path | None,

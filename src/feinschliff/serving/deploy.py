@@ -17,6 +17,10 @@ unloaded. If it fails or loses the compare-and-swap, the servers are reconciled 
 registry. A per-use-case serve lock serialises promotions, rollbacks and reconciles on one
 registry, so a losing promotion never touches a server.
 
+vLLM reads adapters from local paths: a version of a remote registry (``s3://...``) is first
+materialised into the local registry cache, keyed by its content hash
+(:func:`feinschliff.registry.local_version`), preflighted there and then copied to its serving path.
+
 Resolver mode writes the ``lora_filesystem_resolver`` layout instead. The resolver always loads
 ``<resolver_dir>/<name>``, the same path for every version of ``support-de``: a running server
 keeps the adapter it resolved first, and even after an unload its prefix-cache blocks (keyed by
@@ -84,7 +88,7 @@ def pinned_name(use_case: str, version: str) -> str:
     return f"{use_case}{PIN}{version}"
 
 
-def desired_names(root: Path, use_case: str, spec: VllmSpec) -> dict[str, str]:
+def desired_names(root: registry.Root, use_case: str, spec: VllmSpec) -> dict[str, str]:
     """Served name -> version the registry wants: stable name + the kept pinned versions."""
     history = registry.production_history(root, use_case)
     if not history:
@@ -102,7 +106,7 @@ def is_managed(name: str, use_case: str) -> bool:
 
 
 def promote_live(
-    root: Path,
+    root: registry.Root,
     use_case: str,
     version: str,
     spec: VllmSpec,
@@ -118,7 +122,8 @@ def promote_live(
     production alias is not ``expected``, DeployError when a replica fails (alias unchanged).
     """
     _preflight_version(root, use_case, version, target)
-    with registry.locked(registry.use_case_dir(root, use_case), ".serve.lock"):
+    _require_keys(spec)
+    with registry.lock(root, use_case, ".serve.lock"):
         current = registry.read_aliases(root, use_case).get("production")
         if expected is not registry.UNSET and current != expected:
             raise registry.AliasConflict(
@@ -136,7 +141,7 @@ def promote_live(
 
 
 def rollback_live(
-    root: Path,
+    root: registry.Root,
     use_case: str,
     spec: VllmSpec,
     target: BaseTarget,
@@ -150,7 +155,8 @@ def rollback_live(
     if previous is None:
         raise registry.RegistryError(f"{use_case} has no previous version to roll back to")
     _preflight_version(root, use_case, previous, target)
-    with registry.locked(registry.use_case_dir(root, use_case), ".serve.lock"):
+    _require_keys(spec)
+    with registry.lock(root, use_case, ".serve.lock"):
         try:
             staged = _stage_everywhere(root, use_case, previous, spec)
             registry.rollback(root, use_case, why=why, expected=expected)
@@ -162,16 +168,17 @@ def rollback_live(
     return report
 
 
-def reconcile(root: Path, use_case: str, spec: VllmSpec) -> DeployReport:
+def reconcile(root: registry.Root, use_case: str, spec: VllmSpec) -> DeployReport:
     """Load, switch and unload until every replica serves exactly what the registry says.
 
     Idempotent: a second run finds nothing to do (it only lists the servers' adapters).
     """
-    with registry.locked(registry.use_case_dir(root, use_case), ".serve.lock"):
+    _require_keys(spec)
+    with registry.lock(root, use_case, ".serve.lock"):
         return _reconcile_locked(root, use_case, spec)
 
 
-def _reconcile_after_failure(root: Path, use_case: str, spec: VllmSpec) -> None:
+def _reconcile_after_failure(root: registry.Root, use_case: str, spec: VllmSpec) -> None:
     """Unload what a failed or lost promotion staged; the original error is what matters."""
     try:
         _reconcile_locked(root, use_case, spec)
@@ -179,7 +186,7 @@ def _reconcile_after_failure(root: Path, use_case: str, spec: VllmSpec) -> None:
         log.warning("could not reconcile %s after a failed change: %s", use_case, exc)
 
 
-def _reconcile_locked(root: Path, use_case: str, spec: VllmSpec) -> DeployReport:
+def _reconcile_locked(root: registry.Root, use_case: str, spec: VllmSpec) -> DeployReport:
     desired = desired_names(root, use_case, spec)
     report = DeployReport(
         use_case=use_case,
@@ -231,7 +238,9 @@ def _reconcile_server(
         report.actions.append(Action(client.url, "unload", name))
 
 
-def _stage_everywhere(root: Path, use_case: str, version: str, spec: VllmSpec) -> list[Action]:
+def _stage_everywhere(
+    root: registry.Root, use_case: str, version: str, spec: VllmSpec
+) -> list[Action]:
     """Load ``version`` under its pinned name on every replica and check that it answers."""
     if spec.mode == "resolver":
         return []
@@ -252,6 +261,19 @@ def _stage_everywhere(root: Path, use_case: str, version: str, spec: VllmSpec) -
     return actions
 
 
+def _require_keys(spec: VllmSpec) -> None:
+    """Every replica's API key must be set before the first one is touched (no half rollout)."""
+    if spec.mode == "resolver":
+        return
+    missing = sorted(
+        {s.api_key_env for s in spec.servers if s.api_key_env and not os.environ.get(s.api_key_env)}
+    )
+    if missing:
+        raise DeployError(
+            f"API key environment variable(s) {', '.join(missing)} not set; no server was touched"
+        )
+
+
 def _check_base(client: VllmClient, spec: VllmSpec) -> None:
     """The replica must run the --model the recipe declares (adapters were checked against it)."""
     served = client.base_model_root()
@@ -261,7 +283,7 @@ def _check_base(client: VllmClient, spec: VllmSpec) -> None:
         )
 
 
-def stage_files(root: Path, use_case: str, version: str, spec: VllmSpec) -> str:
+def stage_files(root: registry.Root, use_case: str, version: str, spec: VllmSpec) -> str:
     """Copy a registry version to its own serving path; returns that path as servers see it."""
     base = Path(spec.adapter_dir) if spec.adapter_dir else feinschliff_home() / "serving"
     # The content hash in the name: another registry's (or a recreated registry's) v0001 of
@@ -276,7 +298,11 @@ def stage_files(root: Path, use_case: str, version: str, spec: VllmSpec) -> str:
 
 
 def _write_resolver_layout(
-    root: Path, use_case: str, spec: VllmSpec, desired: dict[str, str], report: DeployReport
+    root: registry.Root,
+    use_case: str,
+    spec: VllmSpec,
+    desired: dict[str, str],
+    report: DeployReport,
 ) -> None:
     """<resolver_dir>/<name>/ per desired name, base_model_name_or_path = the --model string."""
     rdir = Path(spec.resolver_dir or "")
@@ -330,7 +356,9 @@ def _marker(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _preflight_version(root: Path, use_case: str, version: str, target: BaseTarget) -> None:
+def _preflight_version(
+    root: registry.Root, use_case: str, version: str, target: BaseTarget
+) -> None:
     if version in registry.retired(root, use_case):
         raise registry.RegistryError(f"{use_case}/{version} is retired")
     preflight(registry.adapter_path(root, use_case, version), target)

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 DEMO_PROMPT = "Wie kann ich mein Passwort zurücksetzen?"
 
 
-def registry_root(recipe: Recipe) -> Path:
+def registry_root(recipe: Recipe) -> registry.Root:
+    """The recipe's registry: a local Path, or an FsspecStore for s3:// and other URLs."""
     return registry.open_root(recipe.register.registry)
 
 

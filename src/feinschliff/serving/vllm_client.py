@@ -45,6 +45,7 @@ class VllmClient:
         self.url = server.url
         self.retries = retries
         self.backoff_s = backoff_s
+        self._key_env = server.api_key_env
         self._api_key = _read_key(server.api_key_env)
         headers = {}
         if self._api_key is not None:
@@ -105,6 +106,11 @@ class VllmClient:
         data = self._request("POST", "/v1/chat/completions", json=body).json()
         return data["choices"][0]["message"]["content"]
 
+    def _auth_hint(self) -> str:
+        if self._key_env is None:
+            return " (the server requires an API key: set api_key_env for this server)"
+        return f" (the server rejected the API key in ${self._key_env})"
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         for attempt in range(self.retries + 1):
             try:
@@ -116,9 +122,10 @@ class VllmClient:
                 if resp.status_code < 400:
                     return resp
                 if resp.status_code not in RETRY_STATUS or attempt == self.retries:
-                    raise VllmError(
-                        self.url, f"{method} {path}: {_error_message(resp)}", resp.status_code
-                    )
+                    message = f"{method} {path}: {_error_message(resp)}"
+                    if resp.status_code == 401:
+                        message += self._auth_hint()
+                    raise VllmError(self.url, message, resp.status_code)
             delay = self.backoff_s * 2**attempt
             log.warning("%s %s%s failed, retry in %.1f s", method, self.url, path, delay)
             time.sleep(delay)
@@ -135,8 +142,13 @@ def _read_key(env: str | None) -> SecretStr | None:
 
 
 def _error_message(resp: httpx.Response) -> str:
+    """vLLM's ``{"error": {"type", "message"}}``, or its auth middleware's plain
+    ``{"error": "Unauthorized"}`` (401), or whatever text a proxy in front sent."""
     try:
-        err = resp.json().get("error", {})
-        return f"{resp.status_code} {err.get('type', '')}: {err.get('message', resp.text)}"
+        body = resp.json()
     except ValueError:
         return f"{resp.status_code}: {resp.text[:500]}"
+    err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict):
+        return f"{resp.status_code} {err.get('type', '')}: {err.get('message', resp.text)}"
+    return f"{resp.status_code}: {str(err)[:500]}"
