@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from feinschliff.serving.preflight import (
+    WEIGHTS,
     PreflightError,
     check_base_name,
     check_name,
@@ -191,3 +192,132 @@ def test_unsafe_names_are_refused(bad):
     with pytest.raises(PreflightError):
         check_name(bad)
     assert check_name("support-de-2") == "support-de-2"
+
+
+# --- found by the bad-adapter fuzz (tests/reliability/test_vllm_reliability.py): each of these
+# was accepted or crashed the preflight with something other than PreflightError
+
+
+def _header_file(path, header: bytes, data: bytes = b"") -> None:
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + data)
+
+
+@pytest.mark.parametrize(
+    ("header", "needle"),
+    [
+        (b"[]", "not a JSON object"),
+        (b'{"x": NaN}', "has no dtype/shape/data_offsets"),
+        (b'{"t": {}}', "shape None is not a list of sizes"),
+        (b'{"t": {"dtype": "F32", "shape": [2], "data_offsets": ["0", "8"]}}', "two integers"),
+        (b'{"t": {"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}}', "list of sizes"),
+        (b'{"t": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}', "unknown dtype"),
+        (b'{"t": {"dtype": "F64", "shape": [2], "data_offsets": [0, 8]}}', "do not hold a F64"),
+        (b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}', "leaves a gap"),
+        (b'{"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "t": {}}', "duplicate"),
+        (b'{"__metadata__": [], "t": {}}', "__metadata__ is not an object"),
+        (b"[" * 100_000 + b"]" * 100_000, "corrupt safetensors header"),
+        (b'{"\xff": 1}', "corrupt safetensors header"),
+    ],
+)
+def test_safetensors_headers_the_loader_would_refuse(tmp_path, header, needle):
+    _header_file(tmp_path / "x.safetensors", header, b"\0" * 8)
+    with pytest.raises(ValueError, match=needle):
+        read_safetensors_header(tmp_path / "x.safetensors")
+
+
+def test_overlapping_offsets_and_trailing_bytes(tmp_path):
+    two = b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+    _header_file(
+        tmp_path / "o.safetensors",
+        two + b'"b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}',
+        b"\0" * 12,
+    )
+    with pytest.raises(ValueError, match="overlaps the previous tensor"):
+        read_safetensors_header(tmp_path / "o.safetensors")
+    _header_file(tmp_path / "t.safetensors", two[:-2] + b"}", b"\0" * 16)
+    with pytest.raises(ValueError, match="8 bytes after the last tensor"):
+        read_safetensors_header(tmp_path / "t.safetensors")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_nonfinite_weights_are_refused(tmp_path, base, value, dtype):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    from safetensors.numpy import load_file
+
+    tensors = {k: v.astype(dtype) for k, v in load_file(adapter / WEIGHTS).items()}
+    key = sorted(tensors)[3]
+    tensors[key].flat[5] = value
+    save_file(tensors, str(adapter / WEIGHTS))
+    _rejects(adapter, target_for(base), "NaN or inf in 1 tensors")
+
+
+def test_integer_weights_are_refused(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    from safetensors.numpy import load_file
+
+    tensors = {k: v.view(np.int32) for k, v in load_file(adapter / WEIGHTS).items()}
+    save_file(tensors, str(adapter / WEIGHTS))
+    _rejects(adapter, target_for(base), "dtype I32 is not a float type")
+
+
+@pytest.mark.parametrize(
+    ("over", "needle"),
+    [
+        ({"rank_pattern": [["q_proj", 8]]}, "rank_pattern must be an object"),
+        ({"alpha_pattern": [1]}, "alpha_pattern must be an object"),
+        ({"lora_alpha": "16"}, "lora_alpha values must be numbers"),
+        ({"modules_to_save": 5}, "modules_to_save=5"),
+        ({"target_modules": 5}, "target_modules must be a list of names or a regex"),
+        ({"target_modules": {"q_proj": 1}}, "target_modules must be a list"),
+        ({"target_modules": "(["}, "is not a valid regex"),
+        ({"target_modules": []}, "target_modules is empty"),
+        ({"r": True}, "positive integers"),
+        ({"base_model_name_or_path": 5}, "must be a string"),
+        ({"base_model_name_or_path": "smollm2\x00"}, "is not the served base model"),
+        ({"r": 4}, "tensor rank 8 != configured rank 4"),
+        ({"rank_pattern": {"q_proj": 16}}, "q_proj: tensor rank 8 != configured rank 16"),
+    ],
+)
+def test_config_types_and_rank_consistency(tmp_path, base, over, needle):
+    adapter = make_adapter(tmp_path / "a", str(base))  # rank 8, q_proj + v_proj
+    (adapter / "adapter_config.json").write_text(json.dumps(adapter_config(str(base), **over)))
+    _rejects(adapter, target_for(base), needle)
+
+
+def test_rank_pattern_regex_key_matches_like_peft(tmp_path, base):
+    """rank_pattern keys are suffixes or regexes of the module name (peft get_pattern_key)."""
+    adapter = make_adapter(tmp_path / "a", str(base), rank=4)
+    cfg = adapter_config(str(base), r=8, rank_pattern={r"layers\.\d+\.self_attn\.(q|v)_proj": 4})
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    assert preflight(adapter, target_for(base)).rank == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "is not valid JSON"),
+        (b'{"r": 8, "\xff": 1}', "is not valid JSON"),
+        (b'{"pad": "' + b"x" * (1 << 20) + b'"}', "larger than"),
+    ],
+)
+def test_config_files_that_break_the_parser(tmp_path, base, text, needle):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    (adapter / "adapter_config.json").write_bytes(text)
+    _rejects(adapter, target_for(base), needle)
+
+
+def test_broken_symlinks_oversized_files_and_floods(tmp_path, base):
+    adapter = make_adapter(tmp_path / "a", str(base))
+    (adapter / "loop").symlink_to("loop")
+    (adapter / "gone").symlink_to("nowhere")
+    with (adapter / "notes.txt").open("wb") as f:
+        f.truncate(65 << 20)  # sparse: costs nothing here, the registry would copy 65 MB
+    problems = _rejects(adapter, target_for(base), "loop is a broken symlink")
+    assert any("gone is a broken symlink" in p for p in problems)
+    assert any("notes.txt has 68157440 bytes" in p for p in problems)
+    flood = make_adapter(tmp_path / "b", str(base))
+    for i in range(300):
+        (flood / f"f{i}").touch()
+    _rejects(flood, target_for(base), "more than 256 files")

@@ -5,12 +5,14 @@ catch every base-model mismatch (an adapter with *smaller* shapes than the model
 shared FACTS section 5). So every check vLLM applies to ``adapter_config.json`` (FACTS 10.3.4)
 runs here first, plus what vLLM does not check:
 
-- files: ``adapter_config.json`` and ``adapter_model.safetensors`` present; no pickle weights
-  (``.bin``/``.pt``/...: loading them runs arbitrary code); no symlink that leaves the adapter
-  directory; no FIFOs or devices (a copy would hang or read a device);
+- files (:mod:`~feinschliff.serving.adapter_files`): config and safetensors weights present; no
+  pickle weights, escaping/dangling/looping symlinks, FIFOs, oversized files; a safetensors
+  header the loader would accept (offsets tile the file, dtype sizes match);
+- config types vLLM's parser assumes (a config that crashes it is as bad as one it refuses);
 - base model: ``base_model_name_or_path`` names the expected model, and every LoRA tensor's shape
-  fits the base model's weight of the same module (read from safetensors headers only: no tensor
-  data is loaded, so this takes milliseconds even for an 8B model).
+  fits the base model's weight of the same module, with the rank the config declares (shapes
+  from safetensors headers only, so this takes milliseconds even for an 8B model);
+- values: float dtypes, no NaN/inf (a diverged run saves a well-formed file vLLM would serve).
 
 All problems are collected and raised together in one :class:`PreflightError`.
 """
@@ -19,23 +21,29 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from feinschliff.serving.adapter_files import (  # noqa: F401 - re-exported names
+    CONFIG,
+    MAX_CONFIG_BYTES,
+    PICKLE_SUFFIXES,
+    WEIGHTS,
+    base_model_shapes,
+    check_dtypes_and_values,
+    check_files,
+    read_index,
+    read_safetensors_header,
+)
 from feinschliff.specs.common import VLLM_LORA_RANKS
 
 if TYPE_CHECKING:
     from feinschliff.recipe import Recipe
 
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib")
 # vLLM accepts modules_to_save only when it is None or exactly these (FACTS 10.3.4).
 ALLOWED_MODULES_TO_SAVE = ({"classifier", "score"}, set())
 REJECTED_INIT = ("pissa", "olora", "corda", "loftq")
-MAX_HEADER = 100 * 1024 * 1024
 SAFE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TENSOR_RE = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\."
@@ -93,58 +101,46 @@ def preflight(adapter_dir: Path, target: BaseTarget) -> PreflightReport:
     problems = check_files(adapter_dir)
     if problems:  # without trustworthy files the other checks would only add noise
         raise PreflightError(adapter_dir, problems)
-    try:
-        config = json.loads((adapter_dir / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PreflightError(adapter_dir, [f"{CONFIG} is not valid JSON: {exc}"]) from exc
-    if not isinstance(config, dict):
-        raise PreflightError(adapter_dir, [f"{CONFIG} is not a JSON object"])
+    config = read_config(adapter_dir)
     problems += check_config(config, target.max_lora_rank)
-    problems += check_base_name(str(config.get("base_model_name_or_path") or ""), target.names)
+    problems += check_base_name(config.get("base_model_name_or_path"), target.names)
     try:
-        tensors = read_safetensors_header(adapter_dir / WEIGHTS)
+        index = read_index(adapter_dir / WEIGHTS)
         base = base_model_shapes(target.weights_dir)
     except (OSError, ValueError) as exc:
         raise PreflightError(adapter_dir, [*problems, str(exc)]) from exc
-    problems += check_tensors(tensors, base, config, target.max_lora_rank)
+    problems += check_tensors(index.shapes(), base, config, target.max_lora_rank)
+    if not problems:  # only a well-formed adapter of bounded size is worth reading
+        problems += check_dtypes_and_values(index)
     if problems:
         raise PreflightError(adapter_dir, problems)
     return PreflightReport(
         adapter=adapter_dir,
         rank=_max_rank(config),
         target_modules=sorted(_target_list(config)),
-        tensors=len(tensors),
+        tensors=len(index.tensors),
         base_model=str(config.get("base_model_name_or_path")),
-        checks=["files", "config", "base name", "tensor shapes"],
+        checks=["files", "config", "base name", "tensor shapes", "dtypes and values"],
     )
 
 
-def check_files(adapter_dir: Path) -> list[str]:
-    """Presence of config and safetensors weights; no pickles, escaping links or odd files."""
-    if adapter_dir.is_symlink() or not adapter_dir.is_dir():
-        return [f"{adapter_dir} is not a directory"]
-    root = adapter_dir.resolve()
-    problems = []
-    for path in sorted(adapter_dir.rglob("*")):
-        rel = path.relative_to(adapter_dir)
-        if path.is_symlink():
-            target = path.resolve()
-            if target != root and root not in target.parents:
-                problems.append(f"{rel} is a symlink that leaves the adapter directory")
-                continue
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            problems.append(f"{rel}: pickle-based weights are refused (safetensors only)")
-        elif path.exists() and not (path.is_file() or path.is_dir()):
-            problems.append(f"{rel} is not a regular file")
-    if not (adapter_dir / CONFIG).is_file():
-        problems.append(f"no {CONFIG} (not a PEFT adapter)")
-    if not (adapter_dir / WEIGHTS).is_file():
-        problems.append(f"no {WEIGHTS}")
-    return problems
+def read_config(adapter_dir: Path) -> dict[str, Any]:
+    """``adapter_config.json`` as a dict (size-capped; invalid UTF-8/JSON or nesting refused)."""
+    path = adapter_dir / CONFIG
+    if path.stat().st_size > MAX_CONFIG_BYTES:  # check_files made sure it is a regular file
+        raise PreflightError(adapter_dir, [f"{CONFIG} is larger than {MAX_CONFIG_BYTES} bytes"])
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise PreflightError(adapter_dir, [f"{CONFIG} is not valid JSON: {exc}"]) from exc
+    if not isinstance(config, dict):
+        raise PreflightError(adapter_dir, [f"{CONFIG} is not a JSON object"])
+    return config
 
 
 def check_config(config: dict[str, Any], max_lora_rank: int) -> list[str]:
-    """The adapter_config.json rules vLLM enforces at load time (FACTS 10.3.4)."""
+    """The adapter_config.json rules vLLM enforces at load time (FACTS 10.3.4), plus the types
+    those rules assume (a config that crashes vLLM's parser is as bad as one it refuses)."""
     problems = []
     if max_lora_rank not in VLLM_LORA_RANKS:
         problems.append(f"server max_lora_rank {max_lora_rank} is not one of {VLLM_LORA_RANKS}")
@@ -153,9 +149,28 @@ def check_config(config: dict[str, Any], max_lora_rank: int) -> list[str]:
         problems.append(f"missing required configuration fields: {missing}")
     if config.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type {config.get('peft_type')!r} is not LORA")
-    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
-    if any(not isinstance(r, int) or isinstance(r, bool) or r <= 0 for r in ranks if r is not None):
-        problems.append(f"LoRA ranks must be positive integers, got {ranks}")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if not isinstance(config.get(key) or {}, dict):
+            problems.append(f"{key} must be an object, got {_short(config.get(key))}")
+    alphas = [config.get("lora_alpha"), *_pattern(config, "alpha_pattern").values()]
+    if not all(_is_number(a) for a in alphas if a is not None):
+        problems.append(f"lora_alpha values must be numbers, got {_short(alphas)}")
+    targets = config.get("target_modules")
+    if targets is not None and not (
+        isinstance(targets, str)
+        or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+    ):
+        problems.append(f"target_modules must be a list of names or a regex, got {_short(targets)}")
+    elif targets == []:
+        problems.append("target_modules is empty")
+    elif isinstance(targets, str) and targets != "all-linear":
+        try:
+            re.compile(targets)
+        except re.error as exc:
+            problems.append(f"target_modules {targets[:80]!r} is not a valid regex: {exc}")
+    ranks = [config.get("r"), *_pattern(config, "rank_pattern").values()]
+    if any(not _is_int(r) or r <= 0 for r in ranks if r is not None):
+        problems.append(f"LoRA ranks must be positive integers, got {_short(ranks)}")
     elif _max_rank(config) > max_lora_rank:
         problems.append(
             f"LoRA rank {_max_rank(config)} is greater than max_lora_rank {max_lora_rank}"
@@ -165,9 +180,11 @@ def check_config(config: dict[str, Any], max_lora_rank: int) -> list[str]:
     if config.get("use_dora"):
         problems.append("DoRA is not supported by vLLM (use_dora=true)")
     mts = config.get("modules_to_save")
-    if mts is not None and set(mts) not in ALLOWED_MODULES_TO_SAVE:
+    if mts is not None and (
+        not isinstance(mts, list) or set(map(str, mts)) not in ALLOWED_MODULES_TO_SAVE
+    ):
         problems.append(
-            f"modules_to_save={mts!r}: vLLM only supports None or ['classifier', 'score']"
+            f"modules_to_save={_short(mts)}: vLLM only supports None or ['classifier', 'score']"
         )
     if config.get("lora_bias"):
         problems.append("lora_bias is not supported")
@@ -185,7 +202,7 @@ def check_config(config: dict[str, Any], max_lora_rank: int) -> list[str]:
     return problems
 
 
-def check_base_name(name: str, accepted: tuple[str, ...]) -> list[str]:
+def check_base_name(name: object, accepted: tuple[str, ...]) -> list[str]:
     """``base_model_name_or_path`` must name the expected model.
 
     Equal strings, the same existing directory, or the same last path component (an HF id
@@ -194,54 +211,14 @@ def check_base_name(name: str, accepted: tuple[str, ...]) -> list[str]:
     """
     if not name:
         return ["adapter_config.json has no base_model_name_or_path"]
+    if not isinstance(name, str):
+        return [f"base_model_name_or_path must be a string, got {_short(name)}"]
     for ok in accepted:
         if name == ok or _same_dir(name, ok) or _tail(name) == _tail(ok):
             return []
     return [
         f"base_model_name_or_path {name!r} is not the served base model ({', '.join(accepted)})"
     ]
-
-
-def read_safetensors_header(path: Path) -> dict[str, list[int]]:
-    """Tensor name -> shape from a safetensors header, checked for sane offsets."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path.name}: not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > min(MAX_HEADER, size - 8):
-            raise ValueError(f"{path.name}: not a safetensors file (header length {length})")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as exc:
-            raise ValueError(f"{path.name}: corrupt safetensors header ({exc})") from exc
-    shapes = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if not 0 <= start <= end <= size - 8 - length:
-            raise ValueError(f"{path.name}: tensor {name} lies outside the file (truncated?)")
-        shapes[name] = list(info["shape"])
-    return shapes
-
-
-def base_model_shapes(model_dir: Path) -> dict[str, list[int]]:
-    """Weight name -> shape for a local HF model folder (single or sharded safetensors)."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"base model {model_dir} has no *.safetensors to compare shapes with")
-    shapes: dict[str, list[int]] = {}
-    for f in files:
-        shapes.update(read_safetensors_header(f))
-    config_path = Path(model_dir) / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
-    if "lm_head.weight" not in shapes and config.get("tie_word_embeddings", True):
-        embed = next((k for k in shapes if k.endswith("embed_tokens.weight")), None)
-        if embed:  # tied output projection: same shape as the input embedding
-            shapes["lm_head.weight"] = shapes[embed]
-    return shapes
 
 
 def check_tensors(
@@ -256,7 +233,7 @@ def check_tensors(
     for name, shape in tensors.items():
         m = _TENSOR_RE.match(name)
         if not m:
-            problems.append(f"unexpected tensor {name} (full weights / modules_to_save?)")
+            problems.append(f"unexpected tensor {name[:120]} (full weights / modules_to_save?)")
             continue
         if m["kind"] == "lora_magnitude_vector":
             problems.append(f"{name}: DoRA magnitude vector (vLLM does not support DoRA)")
@@ -268,14 +245,19 @@ def check_tensors(
         problems.append("the adapter holds no LoRA tensors")
     targets = _target_list(config)
     regex = config.get("target_modules") if isinstance(config.get("target_modules"), str) else None
+    pattern = _compile(regex) if regex not in (None, "all-linear") else None
     for module, parts in sorted(modules.items()):
         leaf = module.rsplit(".", 1)[-1]
-        if regex is not None and regex != "all-linear":
-            if not re.fullmatch(regex, module):
-                problems.append(f"{module} does not match target_modules {regex!r}")
-        elif targets and leaf not in targets:
-            problems.append(f"{module} is not in target_modules {sorted(targets)}")
+        if pattern is not None and not pattern.fullmatch(module):
+            problems.append(f"{module[:120]} does not match target_modules {regex[:80]!r}")
+        elif regex is None and leaf not in targets:
+            problems.append(f"{module[:120]} is not in target_modules {sorted(targets)}")
         problems += _check_module(module, parts, base.get(f"{module}.weight"), max_lora_rank)
+        want, got = _config_rank(config, module), (parts.get("lora_A.weight") or [None])[0]
+        if want is not None and got is not None and got != want:
+            # vLLM scales by lora_alpha / r from the config: a mismatch silently changes the
+            # adapter's effect (or fails inside the engine).
+            problems.append(f"{module[:120]}: tensor rank {got} != configured rank {want}")
     present = {m.rsplit(".", 1)[-1] for m in modules}
     missing = sorted(t for t in targets if t not in present) if regex is None else []
     if missing and modules:
@@ -319,13 +301,57 @@ def _check_module(
 
 
 def _max_rank(config: dict[str, Any]) -> int:
-    ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
+    ranks = [config.get("r") or 0, *_pattern(config, "rank_pattern").values()]
     return max(int(r) for r in ranks)
+
+
+def _config_rank(config: dict[str, Any], module: str) -> int | None:
+    """The rank PEFT gives ``module``: its rank_pattern entry (key = name suffix or regex), else r.
+    None when the config's ranks are invalid (reported by check_config)."""
+    r = config.get("r")
+    for key, rank in _pattern(config, "rank_pattern").items():
+        if key == module or module.endswith("." + key):
+            r = rank
+            break
+        pattern = _compile(rf"(.*\.)?(?:{key})$")
+        if pattern is not None and pattern.match(module):
+            r = rank
+            break
+    return r if _is_int(r) else None
+
+
+def _pattern(config: dict[str, Any], key: str) -> dict[str, Any]:
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _compile(regex: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(regex)
+    except re.error:
+        return None
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (
+        (_is_int(value) or isinstance(value, float))
+        and value == value
+        and abs(value) != float("inf")
+    )
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _target_list(config: dict[str, Any]) -> set[str]:
     targets = config.get("target_modules")
-    return set(targets) if isinstance(targets, list) else set()
+    return {t for t in targets if isinstance(t, str)} if isinstance(targets, list) else set()
 
 
 def _tail(name: str) -> str:
@@ -336,7 +362,7 @@ def _same_dir(a: str, b: str) -> bool:
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     try:
         return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
         return False
 
 
