@@ -122,3 +122,25 @@ def test_unauthorized_is_a_clear_error_without_the_key(monkeypatch, key_env):
     assert err.value.status == 401 and len(calls) == 1
     hint = "rejected the API key in $VLLM_KEY" if key_env else "requires an API key"
     assert hint in str(err.value) and "sk-wrong-123" not in str(err.value)
+
+
+@pytest.mark.parametrize(("loaded_from", "ok"), [("/a/v2-abc", True), ("/a/v1-old", False)])
+def test_already_loaded_from_the_same_path_counts_as_loaded(loaded_from, ok):
+    """A retried load whose first answer was lost meets vLLM's 400 "already loaded": that is
+    success only when the name is loaded from the very path asked for."""
+    msg = "The lora adapter 'a@v2' has already been loaded."
+    body = {"error": {"message": msg, "type": "BadRequestError", "param": None, "code": 400}}
+
+    def handler(request):
+        if request.url.path == "/v1/models":
+            cards = [{"id": "base", "root": "/m", "parent": None}]
+            cards.append({"id": "a@v2", "root": loaded_from, "parent": "base"})
+            return httpx.Response(200, json={"object": "list", "data": cards})
+        return httpx.Response(400, json=body)
+
+    client = client_for(handler)
+    if ok:
+        client.load("a@v2", "/a/v2-abc")
+    else:
+        with pytest.raises(VllmError, match="already been loaded"):
+            client.load("a@v2", "/a/v2-abc")

@@ -77,7 +77,15 @@ class VllmClient:
 
     def load(self, name: str, path: str, *, inplace: bool = False) -> None:
         body = {"lora_name": name, "lora_path": path, "load_inplace": inplace}
-        self._request("POST", "/v1/load_lora_adapter", json=body)
+        try:
+            self._request("POST", "/v1/load_lora_adapter", json=body)
+        except VllmError as exc:
+            # A retry after a lost answer meets "already loaded" (400): done if the name is
+            # loaded from this very path (paths carry the content hash, so same path = same weights).
+            if exc.status != 400 or inplace or self.adapters().get(name) != path:
+                raise
+            log.info("%s: %s was already loaded from %s", self.url, name, path)
+            return
         log.info("%s: loaded %s from %s%s", self.url, name, path, " (in place)" if inplace else "")
 
     def unload(self, name: str, *, missing_ok: bool = True) -> None:
