@@ -28,7 +28,13 @@ app = typer.Typer(
 models_app = typer.Typer(
     help="Provision base models (demo models ship inside PyPI packages).", no_args_is_help=True
 )
-registry_app = typer.Typer(help="Inspect the local adapter registry.", no_args_is_help=True)
+registry_app = typer.Typer(
+    help=(
+        "Inspect and change the adapter registry (a local directory or any fsspec URL): list,"
+        " show, promote, rollback, retire, audit, reconcile with the vLLM servers."
+    ),
+    no_args_is_help=True,
+)
 app.add_typer(models_app, name="models")
 app.add_typer(registry_app, name="registry")
 
