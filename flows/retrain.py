@@ -16,12 +16,15 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from feinschliff import notify
+from feinschliff.artifacts import input_key
 from feinschliff.gate import Approval
+from feinschliff.ledger import Ledger
 from feinschliff.pipeline import default_workdir, read_report, registry_root, summary_text
-from feinschliff.recipe_loader import load_recipe
+from feinschliff.recipe_loader import load_recipe, recipe_hash
 from feinschliff.registry import record_event
 from feinschliff.specs.evaluate import RequireApprovalRule
 from flows import artifacts
+from flows.faults import fault_point
 from flows.tasks import (
     evaluate_task,
     fresh,
@@ -29,6 +32,7 @@ from flows.tasks import (
     generate_task,
     ingest_task,
     mix_task,
+    production_version,
     register_task,
     train_task,
     train_via_deployment,
@@ -69,10 +73,15 @@ def retrain(
     logger = get_run_logger()
     recipe = load_recipe(recipe_path, overrides or [])
     work = Path(workdir) if workdir else default_workdir(recipe)
+    # Side effects (registry, servers, notifications) go through the run's ledger: a rerun after
+    # a crash resumes this run and does each of them once (see feinschliff.ledger).
+    ledger = Ledger(work / "ledger.jsonl")
+    run = ledger.open_run(input_key(recipe_hash(recipe), register))
     artifacts.publish_recipe(recipe)
 
     data = fresh(ingest_task, recipe=recipe, out=work / "ingest")
     artifacts.publish_ingest(recipe, data)
+    fault_point("after-ingest")
     if recipe.generate is not None:
         synthetic = fresh(generate_task, recipe=recipe, feedback=data, out=work / "generate")
         data = fresh(
@@ -85,9 +94,15 @@ def retrain(
     else:
         adapter = fresh(train_task, recipe=recipe, data=data, out=work / "train")
     artifacts.publish_training(recipe, adapter)
+    fault_point("after-train")
+    # The production version the evaluation compares with: promotion compare-and-swaps against
+    # it, so a production that moved after this point is never silently overridden.
+    seen_production = production_version(recipe)
     report = fresh(evaluate_task, recipe=recipe, data=data, adapter=adapter, out=work / "evaluate")
     artifacts.publish_evaluation(recipe, report)
+    fault_point("after-evaluate")
     decision = gate_task(recipe, report)
+    fault_point("after-gate")
 
     if decision.needs_approval:
         rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
@@ -119,14 +134,20 @@ def retrain(
 
     version = None
     if decision.promote and register:
-        version = register_task(recipe, data, adapter, report, decision)
+        version = register_task(
+            recipe, data, adapter, report, decision, seen_production, ledger.path, run
+        )
+        fault_point("after-register")
     artifacts.publish_decision(recipe, decision, version)
 
     summary = summary_text(read_report(report), decision, version)
     logger.info("run summary\n%s", summary)
     event = "promoted" if decision.promote else "rejected"
     candidate = read_report(report)["metrics"].get("candidate", {})
-    notify.send(
+    fault_point("before-notify")
+    notify.send_once(
+        ledger,
+        run,
         event,
         recipe.use_case,
         {
@@ -137,6 +158,8 @@ def retrain(
             },
         },
     )
+    fault_point("after-notify")
+    ledger.close_run(run)
 
     return {
         "use_case": recipe.use_case,

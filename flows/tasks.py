@@ -31,13 +31,17 @@ from feinschliff.evaluate import run_evaluate
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
 from feinschliff.generate import merge_datasets, run_generate
 from feinschliff.ingest import run_ingest
+from feinschliff.ledger import Ledger, effect_key
 from feinschliff.pipeline import feedback_fingerprint, lineage, read_report, registry_root
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
-from feinschliff.registry import production_adapter
+from feinschliff.registry import RegistryError, production_adapter, read_aliases
+from feinschliff.serving.deploy import reconcile
+from feinschliff.serving.preflight import PreflightError
 from feinschliff.serving.publish import publish_version, register_version
 from feinschliff.train import run_train
 from feinschliff.train.stage import warm_start_sha256
+from flows.faults import fault_point
 
 CACHE = {"persist_result": True, "cache_expiration": timedelta(days=30)}
 
@@ -167,15 +171,80 @@ def gate_task(recipe: Recipe, report: ReportRef, approval: Approval | None = Non
     return decision
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def _retry_unless_refused(task: Task, task_run: Any, state: Any) -> bool:
+    """Retry transient errors only: a refused adapter or a lost compare-and-swap stays refused."""
+    try:
+        state.result()
+    except (RegistryError, PreflightError):
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+@task(
+    name="register",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_retry_unless_refused,
+)
 def register_task(
-    recipe: Recipe, data: DatasetRef, adapter: AdapterRef, report: ReportRef, decision: Decision
+    recipe: Recipe,
+    data: DatasetRef,
+    adapter: AdapterRef,
+    report: ReportRef,
+    decision: Decision,
+    expected_production: str | None,
+    ledger_path: Path,
+    run: str,
 ) -> str:
+    """Register the adapter and make it production, each side effect once per run (ledger).
+
+    ``expected_production`` is the production version the evaluation compared against: a task
+    input, so a Prefect retry compare-and-swaps against it too, and a production that another
+    promotion moved meanwhile fails with AliasConflict instead of being overridden.
+    """
     # Preflight (adapter config, base model name + shapes) runs before anything is written;
     # with register.vllm the version goes live on every replica before production moves.
-    version = register_version(recipe, adapter, lineage(recipe, data, adapter, report, decision))
-    publish_version(recipe, version, why="gate passed", decision=decision.model_dump())
+    ledger = Ledger(ledger_path)
+    version = ledger.perform(
+        effect_key(run, "register", recipe.use_case, adapter.sha256),
+        lambda: register_version(recipe, adapter, lineage(recipe, data, adapter, report, decision)),
+        what=f"register {recipe.use_case}",
+    )
+    fault_point("register:after-version")
+    ledger.perform(
+        effect_key(run, "promote", recipe.use_case, [version, expected_production]),
+        lambda: _promote(recipe, version, expected_production, decision),
+        what=f"promote {recipe.use_case} {expected_production} -> {version}",
+        recover=lambda: _already_production(recipe, version),
+    )
+    fault_point("register:after-promote")
     return version
+
+
+def _promote(recipe: Recipe, version: str, expected: str | None, decision: Decision) -> str:
+    publish_version(
+        recipe, version, why="gate passed", decision=decision.model_dump(), expected=expected
+    )
+    return version
+
+
+def _already_production(recipe: Recipe, version: str) -> str | None:
+    """After a crash mid-promotion: production already moved to ``version`` -> only let the
+    servers converge (reconcile loads nothing that is loaded already) and count it as done."""
+    root = registry_root(recipe)
+    if read_aliases(root, recipe.use_case).get("production") != version:
+        return None
+    if recipe.register.vllm is not None:
+        reconcile(root, recipe.use_case, recipe.register.vllm)
+    return version
+
+
+def production_version(recipe: Recipe) -> str | None:
+    """The registry's production version now (the baseline an evaluation compares against)."""
+    return read_aliases(registry_root(recipe), recipe.use_case).get("production")
 
 
 def train_via_deployment(

@@ -4,6 +4,8 @@ Targets come from the environment (``FEINSCHLIFF_NOTIFY_URLS``: apprise URLs sep
 commas or whitespace, e.g. a Slack or Teams webhook, ``mailtos://``, or ``json://host:port`` for
 any HTTP receiver). URLs carry tokens, so they never live in recipes or flow parameters.
 Sending is best effort: a failing notification is logged, never fails the run.
+:func:`send_once` sends through the run's idempotency ledger, so a rerun after a crash does not
+announce the same decision twice.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import os
 import re
 from typing import Any, Literal
+
+from feinschliff.ledger import Ledger, effect_key
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +70,18 @@ def send(
         else:
             log.warning("notification to one target failed")
     return sent
+
+
+def send_once(
+    ledger: Ledger,
+    run: str,
+    event: Event,
+    use_case: str,
+    details: dict[str, Any],
+    urls: list[str] | None = None,
+) -> int:
+    """:func:`send` once per run, event and details, however often the run is resumed."""
+    key = effect_key(run, "notify", f"{use_case}:{event}", details)
+    return ledger.perform(
+        key, lambda: send(event, use_case, details, urls), what=f"notify {event} {use_case}"
+    )

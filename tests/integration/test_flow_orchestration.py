@@ -133,3 +133,80 @@ def test_approval_from_the_ui_promotes(prefect_harness, demo_model, home, workdi
     events = audit_log(home / "registry", "support-de-demo")
     approval = [e for e in events if e["event"] == "approval"][0]
     assert approval["approved"] is True and approval["reviewer"] == "anna"
+
+
+def _register_inputs(demo_ingest, demo_adapter, tmp_path):
+    """What register_task gets from the flow: a recipe, refs, a report and a passing decision."""
+    from feinschliff.artifacts import ReportRef, mark_complete
+    from feinschliff.gate import Decision
+    from feinschliff.recipe_loader import load_recipe
+
+    report_dir = tmp_path / "report"
+    report_dir.mkdir()
+    (report_dir / "report.json").write_text(json.dumps({"metrics": {}}))
+    report = ReportRef(path=str(report_dir), sha256=mark_complete(report_dir, stage="evaluate"))
+    recipe = load_recipe(DEMO, FAST)
+    return recipe, demo_ingest, demo_adapter, report, Decision(promote=True, results=[])
+
+
+def _other_adapter(demo_adapter, tmp_path):
+    """Another candidate: same weights, another model card, so another registry version."""
+    import shutil
+
+    from feinschliff.artifacts import AdapterRef, mark_complete
+
+    other = tmp_path / "other"
+    shutil.copytree(demo_adapter.dir, other, ignore=shutil.ignore_patterns(".complete"))
+    (other / "adapter" / "README.md").write_text("concurrent promotion\n")
+    return AdapterRef(path=str(other), sha256=mark_complete(other, stage="train"))
+
+
+@pytest.mark.parametrize("moved", [True, False], ids=["production-moved", "production-unchanged"])
+def test_register_retry_compare_and_swaps_against_the_production_seen_at_evaluation(
+    prefect_harness, demo_ingest, demo_adapter, home, tmp_path, monkeypatch, moved
+):
+    """The first attempt fails transiently after writing the version (fault hook), Prefect
+    retries. The retry promotes against the production version captured before evaluation (a
+    task input): if another promotion moved production meanwhile it fails with AliasConflict
+    (and is not retried again) instead of overriding it."""
+    from feinschliff.pipeline import registry_root
+    from feinschliff.registry import promote, read_aliases, register_adapter
+    from feinschliff.serving.preflight import base_target
+    from flows import faults, tasks
+    from flows.tasks import register_task
+
+    recipe, data, adapter, report, decision = _register_inputs(demo_ingest, demo_adapter, tmp_path)
+    root = registry_root(recipe)
+    first = register_adapter(
+        root,
+        recipe.use_case,
+        _other_adapter(demo_adapter, tmp_path),
+        {},
+        target=base_target(recipe),
+    )
+    seen = None  # what the flow captured before evaluation: no production yet
+    if moved:  # another promotion after the evaluation captured `seen`
+        promote(root, recipe.use_case, first, why="a concurrent promotion")
+    monkeypatch.setenv("FEINSCHLIFF_FAULT_AT", "register:after-version:raise-once")
+    monkeypatch.setattr(faults, "_raised", set())
+    promotions = []  # a spy: counts the promote attempts, calls the real one
+    real = tasks._promote
+    monkeypatch.setattr(tasks, "_promote", lambda *a: promotions.append(a[2]) or real(*a))
+    ledger = tmp_path / "ledger.jsonl"
+    task = register_task.with_options(retry_delay_seconds=0)
+    state = task(recipe, data, adapter, report, decision, seen, ledger, "run-1", return_state=True)
+
+    # attempt 1 failed at the fault before promoting; attempt 2 promoted against `seen`; a
+    # lost compare-and-swap is not retried
+    assert faults._raised == {"register:after-version"} and promotions == [seen]
+    aliases = read_aliases(root, recipe.use_case)
+    events = audit_log(root, recipe.use_case)
+    moves = [e for e in events if e["event"] == "alias" and e["alias"] == "production"]
+    if moved:
+        assert state.is_failed() and "AliasConflict" in state.message
+        assert aliases["production"] == first  # the concurrent promotion stands
+        assert [m["new"] for m in moves] == [first]
+    else:
+        assert state.is_completed() and aliases["production"] == state.result() == "v0002"
+        assert [m["new"] for m in moves] == ["v0002"]
+    assert versions(root, recipe.use_case) == [first, "v0002"]  # the version written once
