@@ -11,12 +11,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
 
 COMPLETE = ".complete"
 
@@ -111,6 +114,10 @@ def prepare_out(root: Path, key: str) -> None:
     """
     stamp = root / ".inputs"
     if root.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+        # Loud, because this is where a killed training's checkpoints go when the recipe, the
+        # data or the code (a hotfix between crash and rerun) changed in the meantime.
+        if any(root.iterdir()):
+            log.warning("%s: discarding leftovers of a run with other inputs or code", root)
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n")
