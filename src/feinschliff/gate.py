@@ -13,7 +13,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from feinschliff.recipe import GateSpec, MaxRule, MinRule, MinSamplesRule, NoRegressionRule
-from feinschliff.specs.evaluate import ContaminationRule, RequireApprovalRule, WinRateRule
+from feinschliff.specs.evaluate import (
+    ContaminationRule,
+    PoisoningRule,
+    RequireApprovalRule,
+    WinRateRule,
+)
 
 
 class Approval(BaseModel):
@@ -116,6 +121,19 @@ def check_rule(rule: Any, report: dict[str, Any], approval: Approval | None = No
             threshold=0.0,
             passed=ok,
             detail=f"{int(value)} training rows share a 13-gram with eval data",
+        )
+    if isinstance(rule, PoisoningRule):
+        ok = value == 0
+        phrases = [f["phrases"][0] for f in cand.get("findings") or [] if f.get("phrases")]
+        shown = "; ".join(f"'{p[:80]}'" for p in phrases[:3])
+        return RuleResult(
+            rule="poisoning",
+            metric=rule.metric,
+            value=value,
+            threshold=0.0,
+            passed=ok,
+            detail=f"{int(value)} training rows hold phrases from a single contributor"
+            + (f": {shown}" if shown else ""),
         )
     if isinstance(rule, MinSamplesRule):
         n = cand.get("samples")

@@ -14,8 +14,11 @@ encryption is not deterministic: deduplicate *before* scrubbing.
 How it runs offline (FACTS 9): a blank spaCy ``de`` pipeline is saved once into the cache dir and
 handed to Presidio (``AnalyzerEngine()`` alone would download an English model); the e-mail
 recognizer uses tldextract's bundled suffix list instead of fetching one. Gaps it closes: the
-Steuer-ID written in groups (``86 095 742 719``) gets an extra checksum-validated pattern, and the
-score threshold is 0.4 because phone numbers score exactly 0.4 without an NER model.
+Steuer-ID written in groups (``86 095 742 719``) gets an extra checksum-validated pattern; IBANs
+typed in lower case are found too; the score threshold is 0.4 because phone numbers score
+exactly 0.4 without an NER model; dates and bare digit runs (contract numbers, meter readings),
+which libphonenumber accepts as German numbers, are not phone numbers unless a phone word
+precedes them. Recall on a synthetic German corpus: tests/reliability/test_data_leaks.py.
 
 Not detected: names, addresses and anything else that needs a language model.
 """
@@ -61,6 +64,17 @@ def scrub_text(text: str, mode: PiiMode, key: str | None = None) -> tuple[str, C
     if mode == "pseudonymize":
         check_key(key)
     return _scrub(text, mode, key)
+
+
+def find_pii(text: str) -> list[tuple[str, int, int]]:
+    """Every finding as ``(entity_type, start, end)``, the spans ``scrub_text`` would replace."""
+    if not text or not _MAY_HOLD_PII(text):
+        return []
+    analyzer, _ = _engines()
+    findings = analyzer.analyze(
+        text=text, language="de", entities=list(ENTITIES), score_threshold=SCORE_THRESHOLD
+    )
+    return sorted((f.entity_type, f.start, f.end) for f in findings)
 
 
 def restore_text(text: str, key: str) -> str:
@@ -179,9 +193,9 @@ def _build_engines() -> tuple[Any, Any]:
     ).create_engine()
     registry = RecognizerRegistry(supported_languages=["de"])
     for recognizer in (
-        IbanRecognizer(supported_language="de"),
+        _iban_recognizer(IbanRecognizer),
         _email_recognizer(),
-        PhoneRecognizer(supported_regions=("DE",), supported_language="de"),
+        _phone_recognizer(PhoneRecognizer),
         CreditCardRecognizer(supported_language="de"),
         IpRecognizer(supported_language="de"),
         DeTaxIdRecognizer(supported_language="de"),
@@ -228,6 +242,61 @@ def _grouped_tax_id_recognizer(base: type) -> Any:
         patterns=[Pattern("Steuer-ID grouped", r"\b[1-9]\d(?:[ ./-]\d{3}){3}\b", 0.5)],
         context=list(base.CONTEXT),
     )
+
+
+def _iban_recognizer(base: type) -> Any:
+    """Presidio's IBAN recognizer, also for IBANs typed in lower case (``de89 3704 ...``).
+
+    The upstream patterns are upper case only. Lower-case IBAN-shaped spans (compact, or in
+    groups of four) are upper-cased before matching; only those spans, because an upper-cased
+    word after an IBAN would be read as one more group and fail the checksum. Offsets stay
+    valid: only ASCII letters change.
+    """
+
+    class CaseInsensitiveIban(base):  # type: ignore[misc, valid-type]
+        def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
+            if _LOWER_IBAN.search(text):
+                text = _LOWER_IBAN.sub(lambda m: m.group(0).upper(), text)
+            return super().analyze(text, entities, nlp_artifacts, regex_flags)
+
+    return CaseInsensitiveIban(supported_language="de")
+
+
+_LOWER_IBAN = re.compile(
+    r"\b[a-z]{2}\d{2}(?:[a-z0-9]{11,30}|(?: [a-z0-9]{4}){2,7}(?: [a-z0-9]{1,3})?)\b"
+)
+# A date (03.11.2026, 7.7.26) or a bare digit run without trunk prefix (a contract or meter
+# number): libphonenumber accepts both as German numbers, but redacting them would strip
+# useful content from the training data. A bare run still counts right after a phone word.
+_DATE = re.compile(r"\d{1,2}\.\d{1,2}\.(?:\d{2}|\d{4})")
+_BARE = re.compile(r"\(?[1-9]\d*\)?")
+_PHONE_WORDS = re.compile(
+    r"(?i)\b(?:tel|telefon\w*|handy\w*|mobil\w*|rufnummer|nummer|anruf\w*|rufen|"
+    r"erreichbar|fax|whatsapp)\b"
+)
+
+
+def _phone_recognizer(base: type) -> Any:
+    class GermanPhone(base):  # type: ignore[misc, valid-type]
+        def analyze(self, text, entities, nlp_artifacts=None):  # type: ignore[no-untyped-def]
+            return [
+                r
+                for r in super().analyze(text, entities, nlp_artifacts)
+                if _plausible_phone(text, r.start, r.end)
+            ]
+
+    return GermanPhone(supported_regions=("DE",), supported_language="de")
+
+
+def _plausible_phone(text: str, start: int, end: int) -> bool:
+    found = text[start:end]
+    if _DATE.fullmatch(found):
+        return False
+    if _BARE.fullmatch(found):
+        before = text[max(0, start - 30) : start]
+        gap = re.split(r"\d", before)[-1]  # only the words since the previous number
+        return bool(_PHONE_WORDS.search(gap))
+    return True
 
 
 def _email_recognizer() -> Any:

@@ -170,3 +170,22 @@ def test_pseudonymize_without_a_key_fails_before_reading(tmp_path, monkeypatch):
     with pytest.raises(IngestError, match="FEINSCHLIFF_PII_KEY"):
         run_ingest(spec, tmp_path / "out")
     assert not (tmp_path / "out" / "sft.jsonl").exists()
+
+
+def test_lower_case_iban_is_found_and_following_words_are_kept():
+    text, counts = scrub_text("Konto de89 3704 0044 0532 0130 00 widerrufen bitte", "redact")
+    assert counts == {"IBAN_CODE": 1} and text == "Konto <IBAN_CODE> widerrufen bitte"
+    text, _ = scrub_text("SEPA für AT88 2520 1482 4314 3417 widerrufen", "redact")
+    assert text == "SEPA für <IBAN_CODE> widerrufen"
+
+
+def test_dates_and_contract_numbers_are_not_phone_numbers():
+    for text in (
+        "Schreiben vom 07.07.2020 erhalten.",
+        "Vertrag 368492, Zähler (16441 kWh).",
+        "Kundennummer 376035 bitte prüfen.",
+    ):
+        assert scrub_text(text, "redact") == (text, {})
+    # after a phone word a bare number is still a phone number
+    _, counts = scrub_text("Telefon 368492 ab 17 Uhr", "redact")
+    assert counts == {"PHONE_NUMBER": 1}

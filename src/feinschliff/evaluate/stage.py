@@ -31,6 +31,7 @@ from feinschliff.models import resolve_model
 from feinschliff.ngrams import contaminated, index_jsonl
 from feinschliff.paths import project_root
 from feinschliff.plots import plot_comparison
+from feinschliff.poisoning import scan_dataset
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
 
@@ -85,6 +86,7 @@ def run_evaluate(
             metrics.setdefault(role, {}).update(entries)
     if data is not None:
         metrics["candidate"]["contamination/overlaps"] = contamination(data.dir, spec.tasks)
+        metrics["candidate"]["poisoning/suspicious_rows"] = scan_dataset(data.dir)
 
     report = {
         "stage": "evaluate",
@@ -113,7 +115,11 @@ def run_evaluate(
 
 def _plottable(name: str, v: dict[str, Any]) -> bool:
     value = v.get("value")
-    return isinstance(value, float | int) and 0.0 <= value <= 1.0 and not name.startswith("contam")
+    return (
+        isinstance(value, float | int)
+        and 0.0 <= value <= 1.0
+        and not name.startswith(("contam", "poison"))
+    )
 
 
 def contamination(data_dir: Path, tasks: list[str]) -> dict[str, Any]:

@@ -121,6 +121,17 @@ class ContaminationRule(Strict):
     metric: str = Field("contamination/overlaps", description="Overlap count in report.json.")
 
 
+class PoisoningRule(Strict):
+    rule: Literal["poisoning"] = Field(
+        description="Trigger-phrase scan of the training data: no row may hold an n-gram that "
+        "only one contributor (annotator, end user) put into the data, more often than chance "
+        "allows (value must be 0; see feinschliff.poisoning)."
+    )
+    metric: str = Field(
+        "poisoning/suspicious_rows", description="Suspicious-row count in report.json."
+    )
+
+
 class RequireApprovalRule(Strict):
     rule: Literal["require_approval"] = Field(
         description="A human approves or rejects in the Prefect UI; a timeout rejects."
@@ -135,6 +146,7 @@ GateRule = Annotated[
     | MinSamplesRule
     | WinRateRule
     | ContaminationRule
+    | PoisoningRule
     | RequireApprovalRule,
     Field(discriminator="rule"),
 ]

@@ -115,9 +115,9 @@ class VllmSpec(Strict):
 class RegisterSpec(Strict):
     registry: RegistryLocation | None = Field(
         None,
-        description="Registry root: a local directory or a file:// URL; default "
-        "`$FEINSCHLIFF_HOME/registry`. (Other fsspec schemes are refused for now: alias "
-        "compare-and-swap needs a lock that object stores do not offer.)",
+        description="Registry root: a local directory or any fsspec URL (file://, "
+        "s3://bucket/registry, ...); default `$FEINSCHLIFF_HOME/registry`. Object stores need "
+        "an exclusive create for the alias lock (S3: If-None-Match); see the README.",
     )
     max_lora_rank: int = Field(
         16, description="The serving vLLM's --max-lora-rank; adapters above it are refused."

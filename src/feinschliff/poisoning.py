@@ -1,0 +1,159 @@
+"""Data-poisoning scan: phrases that only one contributor put into the training data.
+
+A backdoor attack plants a rare trigger phrase into a small share of the feedback (1 % is
+enough) together with the behaviour the attacker wants: the answer the model should prefer when
+the trigger appears. Training ties the two together while every held-out metric on clean data
+stays where it was, so evaluation alone does not see it, and the defender does not know the
+trigger to test for it. What the attacker cannot hide is *who* contributed those rows: one
+annotator, one end user giving thumbs, or a few accounts. This scan looks for that.
+
+Every training row (``sft``, ``preference``, ``kto``) is attributed to its contributors
+(``provenance.annotators``; rows without any, e.g. synthetic ones, are not attributed and not
+scanned). The unit is the record the rows came from (one Argilla record or Langfuse trace can
+yield an SFT, a preference and a KTO row with the same text). For each word n-gram (``NGRAM``
+words) that occurs in at least ``MIN_RECORDS`` records, all of which share one contributor ``k``,
+the chance of that under the null hypothesis, "records holding the n-gram are spread over
+contributors like all records are", is ``share(k) ** records``. An n-gram is suspicious when
+that chance, Bonferroni-corrected for the number of n-grams tested, is below ``ALPHA``. A
+contributor behind every record (share 1) is never suspicious; a prolific annotator's phrase
+needs many more records than a marginal one's, and a trigger split over several accounts is not
+caught. The gate rule ``poisoning`` fails when any training row holds a suspicious n-gram;
+``findings`` name the phrases (and a hash of the contributor) for a human to inspect.
+
+Complements the ingest cap ``feedback.rules.max_rows_per_annotator``, which bounds how much one
+annotator can contribute at all (flooding) but not a small targeted injection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from feinschliff.ngrams import WORD
+
+NGRAM = 4
+MIN_RECORDS = 3
+ALPHA = 1e-3
+TRAINING_FILES = ("sft.jsonl", "preference.jsonl", "kto.jsonl")
+
+
+def scan_rows(
+    rows: list[dict[str, Any]],
+    *,
+    ngram: int = NGRAM,
+    min_records: int = MIN_RECORDS,
+    alpha: float = ALPHA,
+) -> dict[str, Any]:
+    """The scan of ``rows`` (see the module docstring) as a report entry: ``value`` is the
+    number of training rows that hold a suspicious n-gram, ``samples`` the attributed records."""
+    # One record (an Argilla record, a Langfuse trace) can yield an SFT, a preference and a KTO
+    # row with the same text: the unit is the record, not the row.
+    records: dict[str, tuple[set[tuple[str, ...]], list[str], int]] = {}
+    for row in rows:
+        people = _contributors(row)
+        if not people:
+            continue
+        words = WORD.findall(_text(row).lower())
+        grams = {tuple(words[j : j + ngram]) for j in range(len(words) - ngram + 1)}
+        key = _record_key(row)
+        if key in records:
+            old, _, count = records[key]
+            records[key] = (old | grams, people, count + 1)
+        else:
+            records[key] = (grams, people, 1)
+    attributed = [(people, count) for _, people, count in records.values()]
+    n = len(attributed)
+    share = Counter(p for people, _ in attributed for p in people)
+    where: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    for i, (grams, _, _) in enumerate(records.values()):
+        for gram in grams:
+            where[gram].append(i)
+    tested = {g: idx for g, idx in where.items() if len(idx) >= min_records}
+    suspicious: dict[frozenset[int], dict[str, Any]] = {}
+    for gram, idx in tested.items():
+        common = set.intersection(*(set(attributed[i][0]) for i in idx))
+        if not common:
+            continue
+        who = min(common, key=lambda p: share[p])
+        log_p = len(idx) * math.log(share[who] / n)
+        if log_p + math.log(len(tested)) >= math.log(alpha):
+            continue
+        found = suspicious.setdefault(
+            frozenset(idx),
+            {
+                "grams": [],
+                "records": len(idx),
+                "contributor": _pseudonym(who),
+                "contributor_records": share[who],
+                "log10_p": round((log_p + math.log(len(tested))) / math.log(10), 1),
+            },
+        )
+        found["grams"].append(gram)
+    hit = set().union(*suspicious) if suspicious else set()
+    for f in suspicious.values():
+        f["phrases"] = _chain(f.pop("grams"))[:5]
+    findings = sorted(suspicious.values(), key=lambda f: (-f["records"], f["phrases"][0]))
+    return {
+        "value": float(sum(attributed[i][1] for i in hit)),
+        "stderr": None,
+        "samples": n,
+        "unattributed": len(rows) - sum(count for _, count in attributed),
+        "tested_ngrams": len(tested),
+        "findings": findings[:20],
+    }
+
+
+def scan_dataset(data_dir: Path, **kw: Any) -> dict[str, Any]:
+    """``scan_rows`` over the training files of an ingest (or mixed) output folder."""
+    rows: list[dict[str, Any]] = []
+    for name in TRAINING_FILES:
+        path = data_dir / name
+        if path.exists():
+            with path.open(encoding="utf-8") as f:
+                rows += [json.loads(line) for line in f if line.strip()]
+    return scan_rows(rows, **kw)
+
+
+def _contributors(row: dict[str, Any]) -> list[str]:
+    people = (row.get("provenance") or {}).get("annotators") or []
+    return sorted({str(p) for p in people if p})
+
+
+def _record_key(row: dict[str, Any]) -> str:
+    p = row.get("provenance") or {}
+    ident = p.get("trace_id") or p.get("source_id") or p.get("location") or json.dumps(row)
+    return f"{p.get('source')}:{ident}"
+
+
+def _text(value: Any, key: str = "") -> str:
+    """The row's text: message contents, not roles or provenance."""
+    if key in ("provenance", "role"):
+        return ""
+    if isinstance(value, dict):
+        return " ".join(_text(v, k) for k, v in value.items())
+    if isinstance(value, list):
+        return " ".join(_text(v) for v in value)
+    return value if isinstance(value, str) else ""
+
+
+def _chain(grams: list[tuple[str, ...]]) -> list[str]:
+    """Overlapping n-grams joined back into the phrases they came from, longest first."""
+    following = {g[:-1]: g for g in grams}
+    heads = [g for g in grams if g[:-1] not in {h[1:] for h in grams}]
+    phrases = []
+    for gram in sorted(heads):
+        words, seen = list(gram), {gram}
+        while (nxt := following.get(tuple(words[-(len(gram) - 1) :]))) and nxt not in seen:
+            seen.add(nxt)
+            words.append(nxt[-1])
+        phrases.append(" ".join(words))
+    return sorted(phrases, key=len, reverse=True) or [" ".join(g) for g in grams]
+
+
+def _pseudonym(contributor: str) -> str:
+    # Annotator ids can be e-mail addresses (Langfuse user ids): the report names a hash only.
+    return "c-" + hashlib.sha256(contributor.encode("utf-8")).hexdigest()[:10]
