@@ -61,7 +61,6 @@ def lineage(
 ) -> dict[str, Any]:
     """What the registry records about where a version came from and why it was accepted."""
     metrics = json.loads((adapter.dir / "metrics.json").read_text())
-    ingest = json.loads((data.dir / "manifest.json").read_text())
     return {
         "recipe_sha256": recipe_hash(recipe),
         "recipe_resolved": dump_resolved(recipe),
@@ -70,12 +69,7 @@ def lineage(
             "revision": recipe.base_model.revision,
             "path": metrics.get("base_model_path"),
         },
-        "dataset": {
-            "sha256": data.sha256,
-            "counts": ingest["counts"],
-            "outputs": ingest["sha256"],
-            "sources": [{k: s[k] for k in ("kind", "path", "inputs")} for s in ingest["sources"]],
-        },
+        "dataset": dataset_lineage(data),
         "train": {
             k: metrics.get(k)
             for k in (
@@ -92,6 +86,28 @@ def lineage(
         "evaluation": {"report_sha256": report.sha256, "metrics": read_report(report)["metrics"]},
         "gate": decision.model_dump(),
     }
+
+
+def dataset_lineage(data: DatasetRef) -> dict[str, Any]:
+    """Hashes, counts and feedback sources of the training data. A mix of feedback and
+    synthetic rows (a recipe with `generate`) names its parts; the sources are the feedback's."""
+    manifest = json.loads((data.dir / "manifest.json").read_text())
+    lineage: dict[str, Any] = {
+        "sha256": data.sha256,
+        "counts": manifest["counts"],
+        "outputs": manifest["sha256"],
+    }
+    if manifest.get("stage") == "mix":
+        lineage["mix"] = {
+            "feedback": manifest["feedback"],
+            "generated": manifest["generated"],
+            "weights": manifest["weights"],
+        }
+        manifest = json.loads((Path(manifest["feedback"]["path"]) / "manifest.json").read_text())
+    lineage["sources"] = [
+        {k: s[k] for k in ("kind", "path", "inputs")} for s in manifest["sources"]
+    ]
+    return lineage
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:

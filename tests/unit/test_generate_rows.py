@@ -17,7 +17,7 @@ from feinschliff.generate.postprocess import (
     rows_from_distiset,
 )
 from feinschliff.generate.seeds import SeedError, pack_passages, plan_requests, read_seeds
-from feinschliff.ngrams import ngrams
+from feinschliff.ngrams import EvalIndex
 from feinschliff.specs.generate import GenerateSpec, MixSpec, SeedsSpec
 
 Q = "Wie melde ich meinen Zählerstand im Kundenportal?"
@@ -124,11 +124,13 @@ def test_filters_count_length_language_duplicates_feedback_and_contamination():
         sft("Was ist der Abschlag?", "Gerne: " + leaked),  # in an eval set
     ]
     drops: Counter[str] = Counter()
+    index = EvalIndex()
+    index.add(leaked)
     kept = filter_rows(
         rows,
         spec,
         feedback_prompts={"was ist ein abschlag bei den stadtwerken?"},
-        eval_index=ngrams(leaked),
+        eval_index=index,
         drops=drops,
     )
     assert kept == [rows[0]]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from feinschliff.generate.select import normalize, select_instructions
+from feinschliff.ngrams import EvalIndex
 from feinschliff.specs.generate import GenerateSpec
 
 Row = dict[str, Any]
@@ -147,7 +148,7 @@ def filter_rows(
     rows: list[Row],
     spec: GenerateSpec,
     feedback_prompts: set[str],
-    eval_index: set[tuple[str, ...]] | None,
+    eval_index: EvalIndex | None,
     drops: Counter[str],
 ) -> list[Row]:
     """Apply length, language, duplicate and contamination filters, counting drops."""

@@ -41,6 +41,7 @@ from feinschliff.artifacts import (
     write_json,
 )
 from feinschliff.generate.templates import TEMPLATE_VERSION
+from feinschliff.ngrams import EvalIndex
 from feinschliff.recipe import Recipe
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
 
@@ -189,7 +190,7 @@ def _eval_fingerprint() -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(root.glob("*")) if p.is_file()}
 
 
-def _eval_index() -> set[tuple[str, ...]]:
+def _eval_index() -> EvalIndex:
     from feinschliff.ngrams import index_jsonl
 
     return index_jsonl(_eval_files())
