@@ -264,8 +264,9 @@ def _presidio(mode: str):
 # --------------------------------------------------------------------------- measuring
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process."""
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds) of one child process; CPU includes its worker
+    processes (``wait4`` adds the descendants the child waited for)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -273,7 +274,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -330,10 +331,11 @@ def main() -> None:
                 "--out",
                 str(work / f"out-{n}"),
             ]
-            wall, rss = measure(ours, env)
-            results.append(("feinschliff", n, wall, rss))
+            wall, rss, cpu = measure(ours, env)
+            results.append(("feinschliff", n, wall, rss, cpu))
             print(
-                f"  feinschliff: {wall:8.1f} s  {n / wall:10,.0f} records/s  peak RSS {rss:8,.0f} MiB",
+                f"  feinschliff: {wall:8.1f} s  {n / wall:10,.0f} records/s  peak RSS {rss:8,.0f} MiB"
+                f"  CPU {cpu:6.1f} s",
                 flush=True,
             )
             if args.skip_naive_above is None or n <= args.skip_naive_above:
@@ -345,10 +347,11 @@ def main() -> None:
                     str(work / f"naive-{n}"),
                     args.pii,
                 ]
-                wall, rss = measure(base, env)
-                results.append(("naive", n, wall, rss))
+                wall, rss, cpu = measure(base, env)
+                results.append(("naive", n, wall, rss, cpu))
                 print(
-                    f"  naive:       {wall:8.1f} s  {n / wall:10,.0f} records/s  peak RSS {rss:8,.0f} MiB",
+                    f"  naive:       {wall:8.1f} s  {n / wall:10,.0f} records/s  peak RSS {rss:8,.0f} MiB"
+                    f"  CPU {cpu:6.1f} s",
                     flush=True,
                 )
             if not args.keep:
@@ -359,16 +362,20 @@ def main() -> None:
     report(results)
 
 
-def report(results: list[tuple[str, int, float, float]]) -> None:
-    by = {(tool, n): (wall, rss) for tool, n, wall, rss in results}
-    sizes = sorted({n for _, n, _, _ in results})
-    print("\n| tool | N | seconds | records/s | peak RSS MiB |\n|---|---|---|---|---|")
-    for tool, n, wall, rss in results:
-        print(f"| {tool} | {n:,} | {wall:.1f} | {n / wall:,.0f} | {rss:,.0f} |")
+def report(results: list[tuple[str, int, float, float, float]]) -> None:
+    by = {(tool, n): (wall, rss, cpu) for tool, n, wall, rss, cpu in results}
+    sizes = sorted({n for _, n, _, _, _ in results})
+    print("\n| tool | N | seconds | records/s | peak RSS MiB | CPU s |\n|---|---|---|---|---|---|")
+    for tool, n, wall, rss, cpu in results:
+        print(f"| {tool} | {n:,} | {wall:.1f} | {n / wall:,.0f} | {rss:,.0f} | {cpu:.1f} |")
     for n in sizes:
         if ("naive", n) in by:
             ratio = by[("naive", n)][0] / by[("feinschliff", n)][0]
-            print(f"throughput feinschliff / naive at {n:,}: {ratio:.2f}x (goal >= 3x)")
+            cpu = by[("naive", n)][2] / by[("feinschliff", n)][2]
+            print(
+                f"throughput feinschliff / naive at {n:,}: {ratio:.2f}x (goal >= 3x); "
+                f"CPU-time ratio naive / feinschliff: {cpu:.2f}x"
+            )
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
         ratio = by[("feinschliff", hi)][1] / by[("feinschliff", lo)][1]
@@ -381,7 +388,9 @@ def report(results: list[tuple[str, int, float, float]]) -> None:
         json.dumps(
             {
                 "results": [
-                    dict(zip(("tool", "n", "seconds", "peak_rss_mib"), r, strict=True))
+                    dict(
+                        zip(("tool", "n", "seconds", "peak_rss_mib", "cpu_seconds"), r, strict=True)
+                    )
                     for r in results
                 ]
             }

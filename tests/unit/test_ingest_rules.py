@@ -181,6 +181,83 @@ def test_minhash_signatures_equal_datasketch():
         assert np.array_equal(m.hashvalues, sig)
 
 
+@pytest.mark.parametrize(
+    ("threshold", "num_perm", "weights"),
+    [
+        (0.85, 64, (0.1, 0.9)),
+        (0.5, 128, (0.5, 0.5)),
+        (0.7, 16, (0.9, 0.1)),
+        (0.95, 256, (0.1, 0.9)),
+    ],
+)
+def test_minhash_parameters_equal_datasketch(threshold, num_perm, weights):
+    """Permutations, fmix pre-mix and LSH band split are re-derived without importing
+    datasketch (it pulls in scipy); they must equal datasketch's own."""
+    from datasketch import MinHash, MinHashLSH
+    from datasketch.minhash import _fmix
+
+    from feinschliff.ingest.dedup import affine32_permutations, fmix32, lsh_params
+
+    a, b = affine32_permutations(num_perm)
+    theirs = MinHash(num_perm=num_perm, seed=1, scheme="affine32").permutations
+    assert np.array_equal(theirs[0], a) and np.array_equal(theirs[1], b)
+    hv = np.random.default_rng(0).integers(0, 2**32, 500, dtype=np.uint64).astype(np.uint32)
+    assert np.array_equal(fmix32(hv), _fmix(hv, 32))
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
+    assert lsh_params(threshold, num_perm, weights) == (lsh.b, lsh.r)
+
+
+def test_batched_near_dups_equal_one_row_at_a_time():
+    """The batch path (index candidates vectorised, in-batch candidates row by row) gives the
+    same answers as feeding the same rows one per call."""
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(40)]
+    base = [" ".join(rng.choice(words, 30)) for _ in range(12)]
+    texts = []
+    for _ in range(150):
+        t = base[int(rng.integers(0, len(base)))].split()
+        t[int(rng.integers(0, len(t)))] = str(rng.choice(words))  # a small edit
+        texts.append(("sft" if rng.random() < 0.7 else "kto", " ".join(t)))
+    with Scratch() as s1, Scratch() as s2:
+        batched, single = Deduplicator(DedupSpec(), s1), Deduplicator(DedupSpec(), s2)
+        got = batched.near_dups(texts[:60]) + batched.near_dups(texts[60:])
+        want = [single.near_dups([t])[0] for t in texts]
+    assert got == want and 0 < sum(got) < len(got)
+
+
+def test_record_fast_path_equals_validation():
+    """``FeedbackRecord.build`` / ``message`` / ``vote`` skip validation only when it would
+    pass unchanged; anything else raises the constructor's error."""
+    from pydantic import ValidationError
+
+    from feinschliff.ingest.records import message, vote
+
+    fields = {
+        "source": "langfuse",
+        "source_id": "o1",
+        "prompt": [message("user", "Hallo?")],
+        "answers": {"output": "Moin."},
+        "votes": [vote("thumbs", annotator="u1", answer="output", value=True, timestamp="t")],
+    }
+    assert FeedbackRecord.build(**fields) == FeedbackRecord(**fields)
+    assert message("user", "x") == Message(role="user", content="x")
+    for bad in (
+        {"prompt": []},
+        {"answers": {}},
+        {"source_id": 7},
+        {"prompt": [{"role": "user", "content": 1}]},
+        {"timestamp": 5},
+    ):
+        with pytest.raises(ValidationError):
+            FeedbackRecord.build(**{**fields, **bad})
+    with pytest.raises(ValidationError):
+        message("robot", "x")
+    with pytest.raises(ValidationError):
+        message("user", None)
+    with pytest.raises(ValidationError):
+        vote("thumbs", timestamp=12)
+
+
 def test_near_duplicates_found_exact_duplicates_normalised():
     base = (
         "Gerne helfe ich Ihnen: Ihren Zählerstand melden Sie im Kundenportal unter Zählerstand "
@@ -268,3 +345,19 @@ def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
         )
         digests.append(run_ingest(spec, tmp_path / f"out{workers}").sha256)
     assert digests[0] == digests[1]
+
+
+def test_bloom_filter_never_forgets_a_key():
+    """The filter in front of the key tables may only skip lookups of keys never added."""
+    from feinschliff.ingest.bloom import Bloom
+
+    rng = np.random.default_rng(5)
+    added = rng.integers(-(2**63), 2**63 - 1, 50_000, dtype=np.int64)
+    other = rng.integers(-(2**63), 2**63 - 1, 50_000, dtype=np.int64)
+    bloom = Bloom(20)  # small: 1 Mbit
+    assert not bloom.might_contain(added).any()
+    bloom.add(added[:25_000])
+    bloom.add(added[25_000:])
+    assert bloom.might_contain(added).all()
+    assert bloom.might_contain(other).mean() < 0.05
+    assert bloom.might_contain(added.reshape(100, 500)).shape == (100, 500)

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from feinschliff.ingest.records import FeedbackRecord, Message, ReadLog, Vote
+from feinschliff.ingest.records import FeedbackRecord, Message, ReadLog, Vote, finite
 
 PROMPT_NAMES = ("prompt", "instruction", "question", "input")
 ANSWER_PREFIXES = ("response", "answer", "output", "completion", "generation", "chosen", "rejected")
@@ -244,7 +244,7 @@ def _vote(
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"rating {value!r} is not a number")
         return Vote(
-            kind="rating", annotator=user, answer=target, value=float(value), timestamp=stamp
+            kind="rating", annotator=user, answer=target, value=finite(value), timestamp=stamp
         )
     if kind == "label_selection":
         if value in answers or value == "tie":

@@ -141,16 +141,20 @@ def _convert(
             yield quarantine(where, raw.reason, raw.raw)
             continue
         try:
+            current = inferred
             if layout is None:
                 if not isinstance(raw, dict):
                     raise TypeError(f"row is a {type(raw).__name__}, not an object")
-                inferred = infer_layout(raw, inferred)
-            assert inferred is not None
-            nested = to_nested(raw, inferred)
+                current = infer_layout(raw, inferred)
+            assert current is not None
+            nested = to_nested(raw, current)
             stamp = raw.get("updated_at") if isinstance(raw, dict) else None
-            yield to_record(nested, inferred, log, where, timestamp=stamp)
+            record = to_record(nested, current, log, where, timestamp=stamp)
         except ERRORS as exc:
             yield quarantine(where, reason_of(exc), raw)
+            continue
+        inferred = current  # only a usable row teaches the layout: a bad one changes nothing
+        yield record
 
 
 def _sha(path: Path) -> str:

@@ -23,7 +23,7 @@ from feinschliff.ingest.argilla_formats import (
     v1_config_file,
 )
 from feinschliff.ingest.jsonio import Broken, parquet_columns
-from feinschliff.ingest.langfuse import read_observations
+from feinschliff.ingest.langfuse import Submit, read_observations
 from feinschliff.ingest.langfuse_exports import read_exports
 from feinschliff.ingest.langfuse_rows import SUFFIXES, Item, file_kind
 from feinschliff.ingest.records import ReadLog
@@ -45,8 +45,15 @@ class SourceRead:
 
 
 def open_export(
-    kind: str, path: Path, log: ReadLog, rules: DerivationRules, scratch: Scratch
+    kind: str,
+    path: Path,
+    log: ReadLog,
+    rules: DerivationRules,
+    scratch: Scratch,
+    parallel: Submit | None = None,
 ) -> SourceRead:
+    """``parallel``: run Langfuse observation files in worker processes (``RowPipeline.submit``);
+    the items then include ``PreparedRecords``."""
     if not path.exists():
         raise UnknownExport(f"{path} does not exist")
     if kind == "argilla":
@@ -69,7 +76,7 @@ def open_export(
 
     def items() -> Iterator[Item]:
         if joined:
-            yield from read_observations(joined, log, rules, scratch, score_files)
+            yield from read_observations(joined, log, rules, scratch, score_files, parallel)
         if exports:
             yield from read_exports(exports, log, rules)
 

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,19 +31,53 @@ try:  # orjson is several times faster than json for whole pages; json is the fa
     def loads(data: bytes | str) -> Any:
         try:
             return orjson.loads(data)
-        except orjson.JSONDecodeError:  # NaN/Infinity, which Python's json (and JS) accept
-            return json.loads(data)
+        except orjson.JSONDecodeError:  # NaN/Infinity, ints beyond 64 bit, nesting > 1024
+            return _json_loads(data)
 
     def dumps(value: Any) -> bytes:
         # default=str: raw values of quarantined rows may hold bytes or other non-JSON types
-        return orjson.dumps(value, default=str)
+        try:
+            return orjson.dumps(value, default=str)
+        except TypeError:  # ints beyond 64 bit, nesting deeper than orjson writes
+            return _json_dumps(value)
 except ImportError:  # pragma: no cover - orjson ships with the lock
 
     def loads(data: bytes | str) -> Any:
-        return json.loads(data)
+        return _json_loads(data)
 
     def dumps(value: Any) -> bytes:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+        return _json_dumps(value)
+
+
+def _json_loads(data: bytes | str) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError:  # hostile nesting must be a parse error, not a crash
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _json_dumps(value: Any) -> bytes:
+    return json.dumps(
+        _plain(value, 200), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+    ).encode("utf-8", errors="surrogatepass")
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """A JSON-safe copy of a hostile raw value (like orjson: NaN/inf -> null), with ints
+    beyond 64 bit as strings and nesting cut at ``depth`` levels."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else f"<int with {value.bit_length()} bits>"
+    if depth <= 0:
+        return "<nested too deeply>"
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth - 1) for v in value]
+    return str(value)
 
 
 CHUNK = 1 << 20
@@ -168,6 +203,15 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
                         if end < len(buf) or eof:
                             break
                         eof = not fill()  # a number may continue in the next chunk
+                    except RecursionError:  # hostile nesting: skip the element, go on
+                        end = _value_end(buf, pos)
+                        if end is not None:
+                            value = Broken("JSON nested too deeply", buf[pos : pos + 200])
+                            break
+                        if eof or len(buf) - pos > MAX_ELEMENT:
+                            yield index, Broken("JSON nested too deeply", buf[pos : pos + 200])
+                            return
+                        eof = not fill()
                     except json.JSONDecodeError as exc:
                         if eof or len(buf) - pos > MAX_ELEMENT:
                             yield index, Broken(f"invalid JSON: {exc.msg}", buf[pos : pos + 200])
@@ -193,6 +237,26 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
         finally:
             if not peeked:
                 inputs[str(path)] = hashing.drain()
+
+
+def _value_end(text: str, pos: int) -> int | None:
+    """End of the array or object starting at ``pos`` (brackets counted, strings skipped), or
+    None when it does not end within ``text``."""
+    depth, i, n = 0, pos, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
 
 
 def iter_jsonl(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, Any]]:

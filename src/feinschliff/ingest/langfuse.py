@@ -21,12 +21,17 @@ thumbs. Generations without any feedback are counted, not turned into records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
+from feinschliff.ingest.bloom import Bloom
+from feinschliff.ingest.dedup import select_in
 from feinschliff.ingest.jsonio import Broken, dumps, loads
 from feinschliff.ingest.langfuse_rows import (
     Item,
@@ -37,11 +42,12 @@ from feinschliff.ingest.langfuse_rows import (
     quarantine,
     row_kind,
 )
-from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote, reason_of
+from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote, finite, reason_of, vote
 from feinschliff.ingest.scratch import Scratch
 from feinschliff.specs.feedback import DerivationRules
 
 ERRORS = (ValueError, TypeError, KeyError, ValidationError)
+Submit = Callable[..., Any]  # runs fn(*args) in a worker process: a Future, or None (no pool)
 CHUNK = 1000  # observation rows per score lookup
 
 
@@ -51,97 +57,173 @@ def read_observations(
     rules: DerivationRules,
     scratch: Scratch,
     score_files: set[Path],
-) -> Iterator[Item]:
-    """Score files first (their rows are stored), then every observation once."""
-    scores, seen, deferred = scratch.name("scores"), scratch.name("seen"), scratch.name("deferred")
+    parallel: Submit | None = None,
+) -> Iterator[Any]:
+    """Score files first (their rows are stored), then every observation once.
+
+    With ``parallel`` (a function that runs a task in a worker process, see
+    ``langfuse_parallel``), large observation files are parsed, joined, derived and prepared
+    in workers, and this generator also yields ``PreparedRecords``."""
+    seen, deferred = scratch.name("seen"), scratch.name("deferred")
     db = scratch.db
-    db.execute(
-        f"CREATE TABLE {scores} (id TEXT PRIMARY KEY, obs TEXT, trace TEXT, ts TEXT, "
-        "location TEXT, payload BLOB)"
-    )
-    db.execute(f"CREATE INDEX {scores}_obs ON {scores}(obs)")
-    db.execute(f"CREATE INDEX {scores}_trace ON {scores}(trace) WHERE obs IS NULL")
     db.execute(f"CREATE TABLE {seen} (obs TEXT PRIMARY KEY) WITHOUT ROWID")
     db.execute(
         f"CREATE TABLE {deferred} (seq INTEGER PRIMARY KEY, trace TEXT, start TEXT, where_ TEXT, row BLOB)"
     )
     db.execute(f"CREATE INDEX {deferred}_trace ON {deferred}(trace, start, seq)")
-    join = _Join(db, scores, seen, deferred, log, rules)
+    # Scores live in a database of their own, so worker processes can read it while this
+    # process writes the main scratch database.
+    scores_path = scratch.dir / f"{scratch.name('scores')}.sqlite"
+    sdb = create_scores_db(scores_path)
+    join = _Join(db, sdb, seen, deferred, log, rules)
+    try:
+        ordered = sorted(files, key=lambda f: f not in score_files)  # scores before observations
+        for f in ordered:
+            if f in score_files or parallel is None:
+                yield from join.read_file(f)
+        if parallel is not None:
+            from feinschliff.ingest.langfuse_parallel import read_in_workers
 
-    ordered = sorted(files, key=lambda f: f not in score_files)  # scores before observations
-    for f in ordered:
-        chunk: list[tuple[str, dict[str, Any]]] = []
-        for where, row in iter_rows(f, log):
-            kind = row_kind(row) if not isinstance(row, Broken) else None
-            if kind == "score":
-                _store_score(db, scores, where, row, log)
-            elif kind == "observation":
-                chunk.append((where, row))
-                if len(chunk) >= CHUNK:
-                    yield from join.observations(chunk)
-                    chunk = []
-            else:
-                yield _unknown(where, row)
-        yield from join.observations(chunk)
-    yield from join.deferred_traces()
-
-    orphans = db.execute(
-        f"SELECT location, payload FROM {scores} s WHERE (s.obs IS NOT NULL AND NOT EXISTS "
-        f"(SELECT 1 FROM {seen} WHERE obs = s.obs)) OR (s.obs IS NULL AND NOT EXISTS "
-        f"(SELECT 1 FROM {deferred} d WHERE d.trace = s.trace)) ORDER BY location"
-    )
-    for where, payload in orphans.fetchall():
-        yield quarantine(where, "score refers to no known generation", loads(payload))
+            sdb.execute("COMMIT")  # the workers read the stored scores
+            sdb.execute("BEGIN")
+            rest = [f for f in ordered if f not in score_files]
+            yield from read_in_workers(rest, join, scores_path, parallel)
+        yield from join.deferred_traces()
+        yield from join.orphans()
+    finally:
+        sdb.close()
     scratch.commit()
+
+
+def create_scores_db(path: Path) -> sqlite3.Connection:
+    sdb = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", "cache_size=-16384"):
+        sdb.execute(f"PRAGMA {pragma}")
+    sdb.execute(
+        "CREATE TABLE scores (id TEXT PRIMARY KEY, obs TEXT, trace TEXT, ts TEXT, "
+        "location TEXT, payload BLOB)"
+    )
+    sdb.execute("CREATE INDEX scores_obs ON scores(obs)")
+    sdb.execute("CREATE INDEX scores_trace ON scores(trace) WHERE obs IS NULL")
+    sdb.execute("BEGIN")  # one transaction per phase: a commit per insert batch costs writes
+    return sdb
+
+
+INSERT_SCORE = "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)"
 
 
 class _Join:
     """Attaches stored scores to observations, a chunk of rows per query."""
 
     def __init__(
-        self, db: Any, scores: str, seen: str, deferred: str, log: ReadLog, rules: DerivationRules
+        self,
+        db: Any,
+        sdb: Any,
+        seen: str,
+        deferred: str,
+        log: ReadLog,
+        rules: DerivationRules,
     ):
-        self.db, self.scores, self.seen, self.deferred = db, scores, seen, deferred
+        self.db, self.sdb, self.seen, self.deferred = db, sdb, seen, deferred
         self.log, self.rules = log, rules
+        self.seen_filter: Bloom | None = None  # built on first use (the parent's join only)
+
+    def read_file(self, f: Path) -> Iterator[Item]:
+        """One file, in this process: store its scores, join its observations."""
+        chunk: list[tuple[str, dict[str, Any]]] = []
+        stored: list[tuple[Any, ...]] = []
+        for where, row in iter_rows(f, self.log):
+            kind = row_kind(row) if not isinstance(row, Broken) else None
+            if kind == "score":
+                stored.append(_score_row(where, row))
+                if len(stored) >= CHUNK:
+                    self.sdb.executemany(INSERT_SCORE, stored)
+                    stored = []
+            elif kind == "observation":
+                chunk.append((where, row))
+                if len(chunk) >= CHUNK:
+                    self.sdb.executemany(
+                        INSERT_SCORE, stored
+                    )  # scores earlier in the file join too
+                    stored = []
+                    yield from self.observations(chunk)
+                    chunk = []
+            else:
+                yield _unknown(where, row)
+        self.sdb.executemany(INSERT_SCORE, stored)
+        yield from self.observations(chunk)
 
     def observations(self, chunk: list[tuple[str, dict[str, Any]]]) -> Iterator[Item]:
+        gens = self.generations(chunk, self.log.stats)
+        if not gens:
+            return
+        fresh = self.mark_seen([str(r.get("id")) for _, r in gens])
+        if not all(fresh):
+            self.log.stats["langfuse_observation_seen_twice"] += fresh.count(False)
+        for _, kind, value, stats in self.outcomes(
+            [g for g, f in zip(gens, fresh, strict=True) if f]
+        ):
+            self.log.stats.update(stats)
+            if kind == "deferred":
+                self.defer(*value)
+            elif kind in ("record", "quarantine"):
+                yield value
+
+    @staticmethod
+    def generations(chunk: list[tuple[str, dict[str, Any]]], stats: Counter[str]) -> list[Any]:
         gens = []
         for where, row in chunk:
             if row.get("type") == "GENERATION":
                 gens.append((where, row))
             else:
-                self.log.stats["langfuse_not_a_generation"] += 1
-        if not gens:
-            return
-        ids = [str(r.get("id")) for _, r in gens]
-        marks = ",".join("?" * len(ids))
-        known = {
-            o
-            for (o,) in self.db.execute(f"SELECT obs FROM {self.seen} WHERE obs IN ({marks})", ids)
-        }
-        fresh = []
-        for (where, row), obs_id in zip(gens, ids, strict=True):
-            if obs_id in known:
-                self.log.stats["langfuse_observation_seen_twice"] += 1  # overlapping pulls/pages
-            else:
+                stats["langfuse_not_a_generation"] += 1
+        return gens
+
+    def mark_seen(self, ids: list[str]) -> list[bool]:
+        """For each observation id in order: first time seen? (overlapping pulls/pages)"""
+        if self.seen_filter is None:
+            self.seen_filter = Bloom(26)
+        maybe = self.seen_filter.might_contain(np.array([hash(i) for i in ids], dtype=np.int64))
+        asked = [i for i, m in zip(ids, maybe.tolist(), strict=True) if m]
+        known = set(select_in(self.db, f"SELECT obs FROM {self.seen} WHERE obs IN ({{}})", asked))
+        fresh, new = [], []
+        for obs_id in ids:
+            fresh.append(obs_id not in known)
+            if obs_id not in known:
                 known.add(obs_id)
-                fresh.append((where, row))
-        self.db.executemany(
-            f"INSERT INTO {self.seen} VALUES (?)", [(str(r.get("id")),) for _, r in fresh]
-        )
-        gens = fresh
+                new.append((obs_id,))
+        self.db.executemany(f"INSERT INTO {self.seen} VALUES (?)", new)
+        self.seen_filter.add(np.array([hash(i) for (i,) in new], dtype=np.int64))
+        return fresh
+
+    def outcomes(
+        self, gens: list[tuple[str, dict[str, Any]]]
+    ) -> Iterator[tuple[str, str, Any, list[str]]]:
+        """Per generation, in order: (id, kind, value, counted stats); kind is ``deferred``
+        (waits for its trace), ``record``, ``quarantine`` or ``none`` (no feedback)."""
         if not gens:
             return
         by_obs = self._lookup("obs", [str(r.get("id")) for _, r in gens])
         traced = set(self._lookup("trace", [str(r.get("traceId")) for _, r in gens], ids_only=True))
         for where, row in gens:
+            obs_id = str(row.get("id"))
+            stats: list[str] = []  # the counters this row adds to (a list: one per row is cheap)
             if str(row.get("traceId")) in traced:  # wait until the trace's last generation is known
-                self.db.execute(
-                    f"INSERT INTO {self.deferred} (trace, start, where_, row) VALUES (?, ?, ?, ?)",
-                    (str(row.get("traceId")), str(row.get("startTime")), where, dumps(row)),
-                )
+                value = (str(row.get("traceId")), str(row.get("startTime")), where, dumps(row))
+                yield obs_id, "deferred", value, stats
                 continue
-            yield from self._emit(where, row, by_obs.get(str(row.get("id")), []))
+            items = list(self._emit(where, row, by_obs.get(obs_id, []), stats))
+            if not items:
+                yield obs_id, "none", None, stats
+            for item in items:
+                kind = "record" if isinstance(item, FeedbackRecord) else "quarantine"
+                yield obs_id, kind, item, stats
+
+    def defer(self, trace: str, start: str, where: str, row: bytes) -> None:
+        self.db.execute(
+            f"INSERT INTO {self.deferred} (trace, start, where_, row) VALUES (?, ?, ?, ?)",
+            (trace, start, where, row),
+        )
 
     def deferred_traces(self) -> Iterator[Item]:
         traces = self.db.execute(
@@ -154,8 +236,8 @@ class _Join:
             ).fetchall()
             on_trace = [
                 loads(p)
-                for (p,) in self.db.execute(
-                    f"SELECT payload FROM {self.scores} WHERE obs IS NULL AND trace = ? ORDER BY ts, id",
+                for (p,) in self.sdb.execute(
+                    "SELECT payload FROM scores WHERE obs IS NULL AND trace = ? ORDER BY ts, id",
                     (trace,),
                 )
             ]
@@ -163,35 +245,69 @@ class _Join:
             by_obs = self._lookup("obs", [str(r.get("id")) for _, r in parsed])
             for i, (where, row) in enumerate(parsed):
                 own = by_obs.get(str(row.get("id")), [])
-                yield from self._emit(where, row, own + (on_trace if i == len(parsed) - 1 else []))
+                attached = own + (on_trace if i == len(parsed) - 1 else [])
+                stats: list[str] = []
+                yield from self._emit(where, row, attached, stats)
+                self.log.stats.update(stats)
+
+    def orphans(self) -> Iterator[Item]:
+        """Scores whose observation (or, trace-level, whose trace) never came, by location.
+        Found in a streamed pass without payloads; only the orphans are then sorted."""
+        self.sdb.execute("CREATE TEMP TABLE IF NOT EXISTS orphan (r INTEGER PRIMARY KEY)")
+        self.sdb.execute("DELETE FROM orphan")
+        cursor = self.sdb.execute("SELECT rowid, obs, trace FROM scores")
+        while part := cursor.fetchmany(CHUNK):  # streamed: scores grow with the export
+            obs = sorted({o for _, o, _ in part if o is not None})
+            seen = set(select_in(self.db, f"SELECT obs FROM {self.seen} WHERE obs IN ({{}})", obs))
+            traces = sorted({t for _, o, t in part if o is None and t is not None})
+            waited = set(
+                select_in(
+                    self.db,
+                    f"SELECT DISTINCT trace FROM {self.deferred} WHERE trace IN ({{}})",
+                    traces,
+                )
+            )
+            lost = [
+                (r,)
+                for r, o, t in part
+                if (o is not None and o not in seen) or (o is None and t not in waited)
+            ]
+            self.sdb.executemany("INSERT INTO temp.orphan VALUES (?)", lost)
+        query = (
+            "SELECT location, payload FROM scores WHERE rowid IN (SELECT r FROM temp.orphan) "
+            "ORDER BY location"
+        )
+        for where, payload in self.sdb.execute(query).fetchall():
+            yield quarantine(where, "score refers to no known generation", loads(payload))
 
     def _lookup(self, column: str, keys: list[str], ids_only: bool = False) -> Any:
         if ids_only:
-            found = self.db.execute(
-                f"SELECT DISTINCT trace FROM {self.scores} WHERE obs IS NULL AND trace IN "
-                f"({','.join('?' * len(keys))})",
+            found = select_in(
+                self.sdb,
+                "SELECT DISTINCT trace FROM scores WHERE obs IS NULL AND trace IN ({})",
                 keys,
             )
-            return [t for (t,) in found]
+            return found
         grouped: dict[str, list[dict[str, Any]]] = {}
-        query = (
-            f"SELECT obs, payload FROM {self.scores} WHERE obs IN ({','.join('?' * len(keys))}) "
-            "ORDER BY ts, id"
-        )
-        for obs, payload in self.db.execute(query, keys):
+        query = "SELECT obs, payload FROM scores WHERE obs IN ({}) ORDER BY ts, id"
+        for obs, payload in select_in(self.sdb, query, keys):  # an id's scores: one chunk
             grouped.setdefault(obs, []).append(loads(payload))
         return grouped
 
     def _emit(
-        self, where: str, row: dict[str, Any], attached: list[dict[str, Any]]
+        self,
+        where: str,
+        row: dict[str, Any],
+        attached: list[dict[str, Any]],
+        stats: list[str],
     ) -> Iterator[Item]:
         try:
-            votes = _score_votes(attached, row, self.log) + column_votes(row, self.rules)
+            votes = _score_votes(attached, row, stats) + column_votes(row, self.rules)
         except ERRORS as exc:
             yield quarantine(where, reason_of(exc), row)
             return
         if not votes:
-            self.log.stats["langfuse_generation_without_feedback"] += 1
+            stats.append("langfuse_generation_without_feedback")
             return
         try:
             yield observation_record(row, votes, where)
@@ -205,7 +321,8 @@ def _unknown(where: str, row: Any) -> Item:
     return quarantine(where, "not a Langfuse observation or score row", row)
 
 
-def _store_score(db: Any, table: str, where: str, score: dict[str, Any], log: ReadLog) -> None:
+def _score_row(where: str, score: dict[str, Any]) -> tuple[Any, ...]:
+    """The scratch-table row of a score: id, observation, trace, time, location, payload."""
     subject = score.get("subject") if isinstance(score.get("subject"), dict) else {}
     obs = subject.get("id") if subject.get("kind") == "observation" else None
     obs = obs or score.get("observationId")
@@ -213,28 +330,24 @@ def _store_score(db: Any, table: str, where: str, score: dict[str, Any], log: Re
         subject.get("id") if subject.get("kind") == "trace" else None
     )
     trace = trace or score.get("traceId")
-    score_id = str(score.get("id") or where)
-    db.execute(
-        f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            score_id,
-            str(obs) if obs else None,
-            str(trace) if trace else None,
-            str(score.get("timestamp") or ""),
-            where,
-            dumps(score),
-        ),
+    return (
+        str(score.get("id") or where),
+        str(obs) if obs else None,
+        str(trace) if trace else None,
+        str(score.get("timestamp") or ""),
+        where,
+        dumps(score),
     )
 
 
-def _score_votes(scores: list[dict[str, Any]], row: dict[str, Any], log: ReadLog) -> list[Vote]:
+def _score_votes(scores: list[dict[str, Any]], row: dict[str, Any], stats: list[str]) -> list[Vote]:
     votes = []
     for s in scores:
-        vote = score_vote(s, row.get("userId"))
-        if vote is None:
-            log.stats[f"langfuse_score_{s.get('dataType')}_not_used"] += 1
+        v = score_vote(s, row.get("userId"))
+        if v is None:
+            stats.append(f"langfuse_score_{s.get('dataType')}_not_used")
         else:
-            votes.append(vote)
+            votes.append(v)
     return votes
 
 
@@ -250,16 +363,14 @@ def score_vote(score: dict[str, Any], end_user: Any) -> Vote | None:
         elif isinstance(score.get("stringValue"), str):
             up = score["stringValue"].strip().lower() in ("true", "1", "1.0")
         elif isinstance(value, int | float):
-            up = value >= 0.5
+            up = finite(value) >= 0.5
         else:
             raise ValueError(f"BOOLEAN score {score.get('id')} has no usable value")
-        return Vote(kind="thumbs", annotator=who, answer="output", value=up, timestamp=stamp)
+        return vote("thumbs", annotator=who, answer="output", value=up, timestamp=stamp)
     if kind == "CORRECTION":
         text = value if isinstance(value, str) else score.get("stringValue")
         if isinstance(text, str) and text.strip():
-            return Vote(
-                kind="correction", annotator=who, answer="output", value=text, timestamp=stamp
-            )
+            return vote("correction", annotator=who, answer="output", value=text, timestamp=stamp)
         raise ValueError(f"CORRECTION score {score.get('id')} has no text")
     return None
 
@@ -268,7 +379,7 @@ def observation_record(row: dict[str, Any], votes: list[Vote], where: str) -> Fe
     answer = answer_text(row.get("output"))
     if not answer.strip():
         raise ValueError("observation output is empty")
-    return FeedbackRecord(
+    return FeedbackRecord.build(
         source="langfuse",
         source_id=str(row["id"]),
         location=where,

@@ -27,7 +27,15 @@ from feinschliff.ingest.jsonio import (
     loads,
     read_json,
 )
-from feinschliff.ingest.records import FeedbackRecord, Message, Quarantined, ReadLog, Vote
+from feinschliff.ingest.records import (
+    FeedbackRecord,
+    Message,
+    Quarantined,
+    ReadLog,
+    Vote,
+    message,
+    vote,
+)
 from feinschliff.specs.feedback import DerivationRules
 
 Item = FeedbackRecord | Quarantined
@@ -140,7 +148,7 @@ def _message(m: Any) -> Message:
     if not isinstance(m, dict):
         raise ValueError(f"message is a {type(m).__name__}, not an object")
     role = str(m.get("role", ""))
-    return Message(role=ROLES.get(role, role), content=_content(m.get("content")))  # type: ignore[arg-type]
+    return message(ROLES.get(role, role), _content(m.get("content")))
 
 
 def messages(value: Any) -> list[Message]:
@@ -151,7 +159,7 @@ def messages(value: Any) -> list[Message]:
                 value = decode(value[key])
                 break
     if isinstance(value, str) and value.strip():
-        return [Message(role="user", content=value)]
+        return [message("user", value)]
     if isinstance(value, list) and value:
         return [_message(m) for m in value]
     raise ValueError("observation input holds no prompt")
@@ -187,12 +195,7 @@ def column_votes(row: dict[str, Any], rules: DerivationRules) -> list[Vote]:
             up = _thumb(value)
             if up is not None:
                 votes.append(
-                    Vote(
-                        kind="thumbs",
-                        annotator=str(who) if who else None,
-                        answer="output",
-                        value=up,
-                    )
+                    vote("thumbs", annotator=str(who) if who else None, answer="output", value=up)
                 )
     return votes
 

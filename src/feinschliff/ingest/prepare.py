@@ -86,6 +86,11 @@ def init_worker(context: Context) -> None:
     _CONTEXT = context
 
 
+def worker_context() -> Context:
+    assert _CONTEXT is not None, "init_worker was not called"
+    return _CONTEXT
+
+
 def prepare_records_in_worker(records: list[FeedbackRecord]) -> Batch:
     assert _CONTEXT is not None, "init_worker was not called"
     return prepare_records(records, _CONTEXT)
@@ -112,6 +117,47 @@ def prepare_records(records: list[FeedbackRecord], ctx: Context) -> Batch:
         )
     batch.rows = prepare_rows(rows, ctx)
     return batch
+
+
+@dataclass
+class TaggedBatch:
+    """A batch whose rows, thumbs and counts remember the record (index) they came from, so
+    the parent can still drop a record (e.g. an observation seen twice) after preparation."""
+
+    rows: list[tuple[int, Prepared]] = field(default_factory=list)
+    thumbs: list[tuple[int, tuple[bytes, int, bytes]]] = field(default_factory=list)
+    drops: list[Counter[str]] = field(default_factory=list)
+    disagreements: list[Counter[str]] = field(default_factory=list)
+
+    def keep(self, records: set[int]) -> Batch:
+        """The ``Batch`` of the kept records only."""
+        batch = Batch()
+        batch.rows = [p for i, p in self.rows if i in records]
+        batch.thumbs = [t for i, t in self.thumbs if i in records]
+        for i in sorted(records):
+            batch.drops.update(self.drops[i])
+            batch.disagreements.update(self.disagreements[i])
+        return batch
+
+
+def prepare_tagged(records: list[FeedbackRecord], ctx: Context) -> TaggedBatch:
+    """``prepare_records`` with every output tagged by its record's index."""
+    tagged = TaggedBatch()
+    rows: list[tuple[str, Row]] = []
+    tags: list[int] = []
+    for i, record in enumerate(records):
+        derived = derive_record(record, ctx.spec.rules)
+        tagged.drops.append(derived.drops)
+        tagged.disagreements.append(derived.disagreements)
+        for kind in ("sft", "preference", "kto"):
+            for row in getattr(derived, kind):
+                rows.append((kind, row))
+                tags.append(i)
+        tagged.thumbs.extend(
+            (i, (content_key(row, ("prompt",)), int(up), dumps(row))) for up, row in derived.thumbs
+        )
+    tagged.rows = list(zip(tags, prepare_rows(rows, ctx), strict=True))
+    return tagged
 
 
 def prepare_rows(rows: list[tuple[str, Row]], ctx: Context) -> list[Prepared]:

@@ -9,20 +9,59 @@ Readers yield records and ``Quarantined`` entries one at a time and note what th
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Source = Literal["argilla", "langfuse"]
+
+
+ROLES = frozenset(("system", "user", "assistant", "tool"))
+# No training text is this long; a longer string is hostile or broken input (quarantined).
+MAX_TEXT_CHARS = 1_000_000
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+VOTE_KINDS = frozenset(("rating", "thumbs", "preference", "ranking", "correction", "reference"))
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: Text
+
+
+def message(role: str, content: object) -> Message:
+    """``Message(role=..., content=...)``; skips pydantic's validation on the hot path when a
+    cheap check proves it would pass unchanged (a known role, an exact ``str``), else validates
+    (and raises the same error)."""
+    if type(content) is str and role in ROLES and len(content) <= MAX_TEXT_CHARS:
+        return Message.model_construct(role=role, content=content)
+    return Message(role=role, content=content)  # type: ignore[arg-type]
+
+
+def vote(
+    kind: str,
+    *,
+    annotator: str | None = None,
+    answer: str | None = None,
+    value: Any = None,
+    timestamp: object = None,
+) -> Vote:
+    """``Vote(...)`` with the same fast path as ``message``."""
+    if (
+        kind in VOTE_KINDS
+        and (annotator is None or type(annotator) is str)
+        and (answer is None or type(answer) is str)
+        and (timestamp is None or type(timestamp) is str)
+        and not (isinstance(value, str) and len(value) > MAX_TEXT_CHARS)
+    ):
+        return Vote.model_construct(
+            kind=kind, annotator=annotator, answer=answer, value=value, timestamp=timestamp
+        )
+    return Vote(kind=kind, annotator=annotator, answer=answer, value=value, timestamp=timestamp)  # type: ignore[arg-type]
 
 
 class Vote(BaseModel):
@@ -36,6 +75,13 @@ class Vote(BaseModel):
     value: Any = None
     timestamp: str | None = None
 
+    @field_validator("value")
+    @classmethod
+    def _bounded(cls, value: Any) -> Any:
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise ValueError(f"text longer than {MAX_TEXT_CHARS} characters")
+        return value
+
 
 class FeedbackRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -47,8 +93,18 @@ class FeedbackRecord(BaseModel):
     observation_id: str | None = None
     timestamp: str | None = None
     prompt: list[Message] = Field(min_length=1)
-    answers: dict[str, str] = Field(min_length=1, description="Answer key -> assistant text.")
+    answers: dict[str, Text] = Field(min_length=1, description="Answer key -> assistant text.")
     votes: list[Vote] = Field(default_factory=list)
+
+    @classmethod
+    def build(cls, **fields: Any) -> FeedbackRecord:
+        """``FeedbackRecord(**fields)``, skipping validation when a cheap check proves it
+        would pass unchanged: every field of its exact type, already built ``Message`` and
+        ``Vote`` objects, non-empty prompt and answers. Anything else is validated (and raises
+        the same error as the constructor)."""
+        if _valid_fields(fields):
+            return cls.model_construct(**fields)
+        return cls(**fields)
 
     @property
     def annotators(self) -> list[str]:
@@ -66,6 +122,31 @@ class FeedbackRecord(BaseModel):
             "feedback_at": max(stamps) if stamps else None,
             "location": self.location,
         }
+
+
+_OPTIONAL_STR = ("trace_id", "observation_id", "timestamp")
+
+
+def _valid_fields(f: dict[str, Any]) -> bool:
+    prompt, answers, votes = f.get("prompt"), f.get("answers"), f.get("votes", [])
+    return (
+        f.keys() <= FeedbackRecord.model_fields.keys()
+        and f.get("source") in ("argilla", "langfuse")
+        and type(f.get("source_id")) is str
+        and type(f.get("location", "")) is str
+        and all(f.get(k) is None or type(f[k]) is str for k in _OPTIONAL_STR)
+        and type(prompt) is list
+        and len(prompt) > 0
+        and all(type(m) is Message for m in prompt)
+        and type(answers) is dict
+        and len(answers) > 0
+        and all(
+            type(k) is str and type(v) is str and len(v) <= MAX_TEXT_CHARS
+            for k, v in answers.items()
+        )
+        and type(votes) is list
+        and all(type(v) is Vote for v in votes)
+    )
 
 
 class Quarantined(BaseModel):
@@ -89,6 +170,17 @@ class ReadLog:
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+
+def finite(value: int | float) -> float:
+    """A number as a finite float; NaN, infinities and ints beyond float range raise ValueError."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"number is not finite ({number}; NaN, infinite or beyond float range)")
+    return number
 
 
 def reason_of(exc: Exception) -> str:

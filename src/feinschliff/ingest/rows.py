@@ -88,6 +88,18 @@ class RowPipeline:
         if len(self.records) >= BATCH:
             self._dispatch_records()
 
+    def add_prepared(self, batch: Batch) -> None:
+        """Rows prepared elsewhere (a worker that also read them), applied in arrival order."""
+        self._dispatch_records()
+        self.in_flight.append(batch)
+        self._drain(2 * self.workers)
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any] | None:
+        """Run ``fn(*args)`` in a worker process (which has this pipeline's context); None when
+        the pipeline runs in one process."""
+        pool = self._start_pool()
+        return None if pool is None else pool.submit(fn, *args)
+
     def add_quarantined(self, item: Quarantined) -> None:
         entry = item.model_dump()
         found: Counter[str] = Counter()
@@ -159,7 +171,12 @@ class RowPipeline:
     def _pool(self) -> ProcessPoolExecutor | None:
         """Worker processes, started with the second batch (small inputs stay in-process)."""
         self.batches += 1
-        if self.workers <= 1 or self.batches < 2:
+        if self.batches < 2:
+            return None
+        return self._start_pool()
+
+    def _start_pool(self) -> ProcessPoolExecutor | None:
+        if self.workers <= 1:
             return None
         if self.pool is None:
             if self.mode != "off":

@@ -24,6 +24,7 @@ from feinschliff.artifacts import COMPLETE, DatasetRef, mark_complete, write_jso
 from feinschliff.ingest.credentials import MissingCredentials
 from feinschliff.ingest.decontam import find_eval_sets
 from feinschliff.ingest.detect import UnknownExport, open_export
+from feinschliff.ingest.langfuse_parallel import PreparedRecords
 from feinschliff.ingest.outputs import write_card
 from feinschliff.ingest.records import FeedbackRecord, ReadLog
 from feinschliff.ingest.rows import RowPipeline
@@ -135,7 +136,7 @@ def _ingest_source(
     read_log = ReadLog()
     log.info("reading %s feedback from %s", source.kind, path)
     try:
-        read = open_export(source.kind, path, read_log, spec.rules, scratch)
+        read = open_export(source.kind, path, read_log, spec.rules, scratch, pipeline.submit)
     except UnknownExport as exc:
         raise InvalidSource(str(exc)) from exc
     n_records = n_quarantined = 0
@@ -143,6 +144,9 @@ def _ingest_source(
         if isinstance(item, FeedbackRecord):
             n_records += 1
             pipeline.add_record(item)
+        elif isinstance(item, PreparedRecords):
+            n_records += item.records
+            pipeline.add_prepared(item.batch)
         else:
             n_quarantined += 1
             pipeline.add_quarantined(item)

@@ -1,0 +1,84 @@
+"""Langfuse observation files read in worker processes give the one-process result, byte for byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from feinschliff.ingest import langfuse_parallel, run_ingest
+from feinschliff.recipe import FeedbackSpec
+
+
+def _obs(i: int, trace: str | None = None, **extra) -> dict:
+    return {
+        "id": f"o{i}",
+        "traceId": trace or f"t{i}",
+        "type": "GENERATION",
+        "startTime": f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
+        "input": json.dumps([{"role": "user", "content": f"Frage {i} zum Tarif {i * 7}?"}]),
+        "output": json.dumps({"role": "assistant", "content": f"Antwort {i}: {i} Euro."}),
+        **extra,
+    }
+
+
+def _score(sid: str, subject: dict, value: object = True, kind: str = "BOOLEAN") -> dict:
+    return {"id": sid, "name": "fb", "dataType": kind, "value": value, "subject": subject}
+
+
+def _export(folder: Path) -> None:
+    """Three pages plus a JSONL file that also holds a score; overlaps, trace-level scores,
+    junk, a non-generation, a broken generation and an orphan score."""
+    pages = [[_obs(i) for i in range(p * 40, p * 40 + 45)] for p in range(3)]  # 5 overlap
+    pages[0].append({"unrelated": True})
+    pages[1].append({**_obs(500), "type": "SPAN"})
+    pages[1].append({**_obs(501), "input": 42})
+    pages[2] += [_obs(600, trace="shared"), _obs(601, trace="shared")]
+    scores = [
+        _score(f"s{i}", {"kind": "observation", "id": f"o{i}"}, i % 3 != 0) for i in range(125)
+    ]
+    scores += [
+        _score("s501", {"kind": "observation", "id": "o501"}),
+        _score("tr", {"kind": "trace", "id": "shared"}),
+        _score("c7", {"kind": "observation", "id": "o7"}, "Korrigierte Antwort 7.", "CORRECTION"),
+        _score("n1", {"kind": "observation", "id": "o1"}, 0.4, "NUMERIC"),
+        _score("orphan", {"kind": "observation", "id": "nowhere"}),
+    ]
+    folder.mkdir()
+    (folder / "scores.json").write_text(json.dumps({"data": scores, "meta": {}}))
+    for n, page in enumerate(pages):
+        (folder / f"obs-{n}.json").write_text(json.dumps({"data": page, "meta": {}}))
+    mixed = [_obs(700), _score("s700", {"kind": "observation", "id": "o700"}), _obs(701)]
+    (folder / "obs-9-mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed) + "\n")
+
+
+def test_parallel_read_equals_one_process_read(tmp_path, monkeypatch):
+    _export(tmp_path / "lf")
+    merged = []
+    real_merge = langfuse_parallel._merge
+
+    def counting_merge(result, join):
+        merged.append(len(result.entries))
+        return real_merge(result, join)
+
+    monkeypatch.setattr(langfuse_parallel, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(langfuse_parallel, "_merge", counting_merge)
+    outputs = []
+    for workers in (1, 2):
+        spec = FeedbackSpec.model_validate(
+            {
+                "sources": [{"kind": "langfuse", "path": str(tmp_path / "lf")}],
+                "pii": {"mode": "off"},
+                "heldout_fraction": 0.2,
+                "max_quarantine_fraction": 1.0,
+                "workers": workers,
+            }
+        )
+        ref = run_ingest(spec, tmp_path / f"out{workers}")
+        manifest = json.loads((tmp_path / f"out{workers}" / "manifest.json").read_text())
+        outputs.append((ref.sha256, manifest["sources"], manifest["drops"], manifest["counts"]))
+    assert merged == [46, 46, 47]  # the three pages went through workers, the mixed file not
+    assert outputs[0] == outputs[1]
+    skipped = outputs[0][1][0]["skipped"]
+    assert skipped["langfuse_observation_seen_twice"] == 10
+    assert skipped["langfuse_not_a_generation"] == 1
+    assert outputs[0][1][0]["quarantined"] == 3  # junk row, broken generation, orphan score
