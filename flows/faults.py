@@ -19,6 +19,8 @@ POINTS = (
     "after-evaluate",
     "after-gate",
     "register:after-version",  # version written, production alias not moved yet
+    # alias moved (with register.vllm: the pinned version loaded), the stable name not switched
+    "register:after-alias-before-vllm",
     "register:after-promote",  # alias moved (and vLLM loaded), not yet recorded as done
     "after-register",
     "before-notify",

@@ -214,8 +214,10 @@ def register_task(
         what=f"register {recipe.use_case}",
     )
     fault_point("register:after-version")
+    # Keyed by the version only: a rerun after a kill mid-promotion sees production already at
+    # `version` (another expected_production) and must land in `recover`, not promote anew.
     ledger.perform(
-        effect_key(run, "promote", recipe.use_case, [version, expected_production]),
+        effect_key(run, "promote", recipe.use_case, version),
         lambda: _promote(recipe, version, expected_production, decision),
         what=f"promote {recipe.use_case} {expected_production} -> {version}",
         recover=lambda: _already_production(recipe, version),
@@ -226,7 +228,12 @@ def register_task(
 
 def _promote(recipe: Recipe, version: str, expected: str | None, decision: Decision) -> str:
     publish_version(
-        recipe, version, why="gate passed", decision=decision.model_dump(), expected=expected
+        recipe,
+        version,
+        why="gate passed",
+        decision=decision.model_dump(),
+        expected=expected,
+        on_promoted=lambda: fault_point("register:after-alias-before-vllm"),
     )
     return version
 

@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,14 @@ def promote_live(
     why: str,
     expected: Any = registry.UNSET,
     decision: Any = None,
+    on_promoted: Callable[[], None] | None = None,
 ) -> DeployReport:
     """Preflight, load + verify ``version`` on every replica, move production, reconcile.
 
     Raises PreflightError before any server call, AliasConflict (nothing loaded) when the
     production alias is not ``expected``, DeployError when a replica fails (alias unchanged).
+    ``on_promoted``: called once the alias moved, before the stable name is switched (the
+    reliability suite crashes the process there; a later ``reconcile`` converges).
     """
     _preflight_version(root, use_case, version, target)
     _require_keys(spec)
@@ -135,6 +139,8 @@ def promote_live(
         except BaseException:
             _reconcile_after_failure(root, use_case, spec)
             raise
+        if on_promoted is not None:
+            on_promoted()
         report = _reconcile_locked(root, use_case, spec)
         report.actions[:0] = staged
     return report

@@ -8,6 +8,7 @@ With ``register.vllm`` in the recipe a promotion goes through the servers
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,20 @@ def publish_version(
     why: str,
     decision: Any = None,
     expected: Any = registry.UNSET,
+    on_promoted: Callable[[], None] | None = None,
 ) -> deploy.DeployReport | None:
-    """Make ``version`` production: on the recipe's vLLM servers first when it has any."""
+    """Make ``version`` production: on the recipe's vLLM servers first when it has any.
+
+    ``on_promoted``: called right after the alias moved (with vLLM: before the stable name is
+    switched on the servers); a test hook for crashes between the two.
+    """
     root = registry_root(recipe)
     if recipe.register.vllm is None:
         registry.promote(
             root, recipe.use_case, version, why=why, expected=expected, decision=decision
         )
+        if on_promoted is not None:
+            on_promoted()
         return None
     return deploy.promote_live(
         root,
@@ -60,6 +68,7 @@ def publish_version(
         why=why,
         expected=expected,
         decision=decision,
+        on_promoted=on_promoted,
     )
 
 
