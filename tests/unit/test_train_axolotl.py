@@ -101,3 +101,36 @@ def test_checkpoints_are_marked_once_superseded(tmp_path):
 def test_kto_is_refused_for_axolotl_at_validation(tmp_path):
     with pytest.raises(RecipeError, match="kto is trained by backend trl only"):
         load_recipe(DEMO, ["train.method=kto", "train.backend=axolotl"])
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_the_axolotl_child_is_killed_when_the_stage_process_dies(tmp_path):
+    """A stage killed with SIGKILL must not leave Axolotl training on as an orphan (its rerun
+    would resume into the same checkpoint folder while the orphan still writes there)."""
+    import os
+    import subprocess
+    import time
+
+    read, write = os.pipe()
+    if (pid := os.fork()) == 0:  # the "stage": starts the child, then vanishes like after kill -9
+        try:
+            child = subprocess.Popen(
+                ["sleep", "60"], preexec_fn=axolotl_backend._die_with(os.getpid())
+            )
+            os.write(write, str(child.pid).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = int(os.read(read, 32))
+    os.waitpid(pid, 0)
+
+    def alive() -> bool:  # a zombie is dead, only waiting for its new parent to reap it
+        try:
+            return Path(f"/proc/{child}/stat").read_text().split(") ")[-1][:1] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 5
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(), "the Axolotl child outlived its parent"

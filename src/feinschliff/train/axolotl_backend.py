@@ -17,12 +17,15 @@ Supported here: sft, dpo, orpo (kto is TRL-only).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -203,13 +206,32 @@ def train_axolotl(
     }
 
 
+def _die_with(parent: int):
+    """A preexec hook for the Axolotl child (Linux): SIGKILL it when the stage process dies.
+    Otherwise a killed stage leaves Axolotl training on, orphaned, and the rerun's resume races
+    it for the same checkpoint folder. ``--launcher python`` trains in this very process, so no
+    grandchild escapes."""
+
+    def hook() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the stage died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
 def _stream(cmd: list[str], log_path: Path, ckpt_dir: Path) -> dict[str, Any]:
     """Run Axolotl, forward its progress to our log, mark checkpoints as they are superseded."""
     losses: list[float] = []
     lines: list[str] = []
     with log_path.open("w", encoding="utf-8") as logf:
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env()
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+            preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
         )
         assert proc.stdout is not None
         for line in proc.stdout:

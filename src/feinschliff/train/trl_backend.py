@@ -72,6 +72,32 @@ def check_qlora_available() -> None:
         )
 
 
+def _is_padding_free(spec) -> bool:
+    """TRL flattens each batch into one unpadded row for packing (bfd) and padding_free."""
+    return isinstance(spec, SFTTrain) and (spec.packing or spec.padding_free)
+
+
+def set_pad_token(tokenizer, *, padding_free: bool) -> None:
+    """A pad token for the collators; distinct from EOS for padding-free batches.
+
+    Padded batches count their real tokens by attention mask. Padding-free batches have none,
+    so HF counts ``input_ids != pad_token_id``: with pad = EOS (SmolLM2 ships ``<|im_end|>`` as
+    both) that drops every real end-of-turn token (~3 per conversation), and tokens/s of a
+    packed run would not count the same thing as an unpacked one. The unknown token pads
+    nothing there (no padding inside a flattened row), so the loss is unchanged.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    unk = tokenizer.unk_token
+    if (
+        padding_free
+        and tokenizer.pad_token == tokenizer.eos_token
+        and unk
+        and unk != tokenizer.eos_token
+    ):
+        tokenizer.pad_token = unk
+
+
 def _common_args(recipe: Recipe, ckpt_dir: Path, has_eval: bool) -> dict[str, Any]:
     hp = recipe.train.hyperparameters
     on_cpu = not torch.cuda.is_available()
@@ -195,8 +221,7 @@ def train_trl(
 
     spec = recipe.train
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=recipe.base_model.revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, padding_free=_is_padding_free(spec))
     template = apply_chat_template_choice(
         tokenizer,
         spec.chat_template,
@@ -226,9 +251,9 @@ def train_trl(
     resume = last_complete_checkpoint(ckpt_dir)
     if resume is not None:
         log.info("resuming from %s", resume)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     eval_loss = trainer.evaluate()["eval_loss"] if "eval" in raw else None
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(out / "adapter"), safe_serialization=True)
@@ -250,6 +275,9 @@ def train_trl(
         "trained_tokens": tokens,
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(run_tokens / wall, 2) if wall > 0 and run_tokens else None,
+        # CPU seconds of this process while training: on a shared machine a steadier measure of
+        # the work done than wall time (other processes' load does not add to it)
+        "train_cpu_seconds": round(cpu, 2),
         "trainable_parameters": sum(
             p.numel() for p in trainer.model.parameters() if p.requires_grad
         ),
