@@ -26,13 +26,16 @@ def root() -> Path:
 
 @pytest.fixture()
 def home(tmp_path, monkeypatch) -> Path:
-    """A private FEINSCHLIFF_HOME (registry, runs) that still sees the shared model cache."""
+    """A private FEINSCHLIFF_HOME (registry, runs) that still sees the shared model cache and
+    the tool venvs (vLLM, Axolotl: GBs, installed once)."""
     from feinschliff.models import feinschliff_home
 
-    models = feinschliff_home() / "models"
+    shared = feinschliff_home()
     h = tmp_path / "home"
     h.mkdir()
-    (h / "models").symlink_to(models, target_is_directory=True) if models.exists() else None
+    for name in ("models", "venvs"):
+        if (shared / name).exists():
+            (h / name).symlink_to(shared / name, target_is_directory=True)
     monkeypatch.setenv("FEINSCHLIFF_HOME", str(h))
     return h
 

@@ -170,7 +170,6 @@ def test_axolotl_warm_start_continues_the_production_adapter(
     from feinschliff.serving.preflight import base_target
     from feinschliff.train import run_train
 
-    (home / "venvs").symlink_to(axolotl_venv.parent)  # the private home reuses the Axolotl venv
     sets = ["train.backend=axolotl", "train.init_from=production"]
     sets += ["train.hyperparameters.max_steps=1", "train.hyperparameters.save_steps=1"]
     sets += ["train.hyperparameters.max_length=128", "train.hyperparameters.batch_size=2"]
