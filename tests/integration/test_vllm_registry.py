@@ -14,23 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from feinschliff import registry
-from feinschliff.cli import app
 from feinschliff.recipe_loader import load_recipe
 from feinschliff.serving import deploy
 from feinschliff.serving.preflight import PreflightError
 from feinschliff.serving.publish import publish_version, register_version, serve_demo
 from feinschliff.serving.vllm_client import VllmClient, VllmError
 from feinschliff.specs.register import VllmServer
+from tests.cli_helpers import run_cli as _cli
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "demo-de.yaml"
 PROMPT = "Wie kann ich mein Passwort zurücksetzen?"
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -137,18 +135,6 @@ def _served(server, use_case, serving):
 def _say(server, name):
     with _client(server) as c:
         return c.complete(name, PROMPT, max_tokens=12)
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    """The CLI in-process, with main()'s mapping of Failure to exit code and message."""
-    from feinschliff.cli.app import Failure
-
-    res = runner.invoke(app, list(args))
-    if isinstance(res.exception, Failure):
-        return res.exception.code, res.output + str(res.exception)
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.output
 
 
 def _posts(server):

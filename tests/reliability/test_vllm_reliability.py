@@ -26,17 +26,16 @@ import httpx
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from typer.testing import CliRunner
 
 from feinschliff import registry
 from feinschliff.artifacts import AdapterRef, mark_complete
-from feinschliff.cli import app
 from feinschliff.recipe_loader import load_recipe
 from feinschliff.serving import deploy
 from feinschliff.serving.preflight import PreflightError, base_model_shapes, base_target
 from feinschliff.serving.publish import publish_version, register_version
 from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmServer
+from tests.cli_helpers import run_cli as _cli
 from tests.reliability.bad_adapters import bad_adapter_cases
 from tests.reliability.conftest import LONG, trials
 
@@ -45,7 +44,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "demo-de.yaml"
 PROMPT = "Wie kann ich mein Passwort zurücksetzen?"
-runner = CliRunner()
 
 
 # --------------------------------------------------------------------------- fault proxy
@@ -245,17 +243,6 @@ def _server_requests(server) -> int:
 def _managed(server, use_case: str) -> dict[str, str]:
     with _client(server) as c:
         return {n: p for n, p in c.adapters().items() if deploy.is_managed(n, use_case)}
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    from feinschliff.cli.app import Failure
-
-    res = runner.invoke(app, list(args))
-    if isinstance(res.exception, Failure):
-        return res.exception.code, res.output + str(res.exception)
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.output
 
 
 # --------------------------------------------------------------------------- row 5
