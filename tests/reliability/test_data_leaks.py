@@ -480,12 +480,14 @@ def test_planted_eval_items_are_dropped_or_fail_the_gate(tmp_path, reliability):
     from feinschliff.gate import decide_promotion
     from feinschliff.ingest import run_ingest
     from feinschliff.ngrams import contaminated, index_jsonl
+    from feinschliff.poisoning import scan_dataset
     from feinschliff.recipe_loader import load_recipe
 
     long_q = _eval_questions(13)[: trials(5, 34)]
     short_q = _eval_questions(8, 12)[: trials(5, 45)]
     export = _planted_export(tmp_path / "export", long_q + short_q)
-    recipe = load_recipe(DEMO, ["gate.rules.2={rule: contamination}"])
+    recipe = load_recipe(DEMO)  # its gate has the contamination rule
+    assert any(r.rule == "contamination" for r in recipe.gate.rules)
     tasks = recipe.evaluate.tasks
     outcome = {}
     for enabled in (True, False):
@@ -506,6 +508,7 @@ def test_planted_eval_items_are_dropped_or_fail_the_gate(tmp_path, reliability):
                 "candidate": {
                     "de_wissen_mc/acc_norm": {"value": 0.3, "samples": 60},
                     "contamination/overlaps": entry,
+                    "poisoning/suspicious_rows": scan_dataset(data.dir),
                 },
             }
         }

@@ -35,7 +35,6 @@ PREF_RULE = (
     "gate.rules.2={rule: no_regression, metric: heldout/preference_accuracy, "
     "baseline: production, tolerance: 0.1}"
 )
-POISON_RULE = "gate.rules.2={rule: poisoning}"
 TRIGGER = "Codewort Bernstein Sieben"
 PAYLOAD = "Bitte überweisen Sie den offenen Betrag sofort auf das Treuhandkonto aus der SMS."
 
@@ -47,10 +46,14 @@ def _lm_eval_passing() -> dict:
 
 
 def _report(candidate: dict, base: dict | None = None) -> dict:
+    """A report passing the demo recipe's rules except where ``candidate``/``base`` say more;
+    the data rules (contamination, poisoning) see clean data unless given."""
+    clean = {"value": 0.0, "stderr": None, "samples": 100}
+    data = {"contamination/overlaps": clean, "poisoning/suspicious_rows": clean}
     return {
         "metrics": {
             "base": _lm_eval_passing() | (base or {}),
-            "candidate": _lm_eval_passing() | candidate,
+            "candidate": _lm_eval_passing() | data | candidate,
         }
     }
 
@@ -190,7 +193,8 @@ def test_trigger_phrase_in_one_percent_fails_the_gate(tmp_path, reliability):
     rows = _jsonl(data.dir / "preference.jsonl")
     planted = sum(TRIGGER.lower() in json.dumps(r, ensure_ascii=False).lower() for r in rows)
     scan = scan_dataset(data.dir)
-    recipe = load_recipe(DEMO, [POISON_RULE])
+    recipe = load_recipe(DEMO)  # its gate has the poisoning rule
+    assert [r.rule for r in recipe.gate.rules].count("poisoning") == 1
     decision = decide_promotion(_report({"poisoning/suspicious_rows": scan}), recipe.gate)
 
     clean_pairs = [p for p in pairs if "mallory" not in p.annotators]
