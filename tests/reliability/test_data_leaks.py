@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from feinschliff.pii import find_pii, restore_text, scrub_text
-from tests.reliability.conftest import LONG, trials
+from tests.reliability.conftest import trials
 from tests.reliability.feedback_factory import SAMPLE, Pair, support_pair, write_export
 from tests.reliability.pii_corpus import (
     ENTITY_KINDS,
@@ -563,7 +563,7 @@ FLOW_FAST = [
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not LONG, reason="long mode only (make reliability): a full flow run")
+@pytest.mark.long  # a full flow run: `make reliability` only
 def test_prefect_flow_leaks_nothing(
     prefect_harness, demo_model, tmp_path, monkeypatch, reliability
 ):
