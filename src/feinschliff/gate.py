@@ -120,7 +120,7 @@ def check_rule(rule: Any, report: dict[str, Any], approval: Approval | None = No
             value=value,
             threshold=0.0,
             passed=ok,
-            detail=f"{int(value)} training rows share a 13-gram with eval data",
+            detail=f"{int(value)} training rows hold eval text (a 13-gram or a whole short item)",
         )
     if isinstance(rule, PoisoningRule):
         ok = value == 0

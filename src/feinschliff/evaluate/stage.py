@@ -2,8 +2,9 @@
 
 Per role: the recipe's lm-eval tasks, held-out feedback metrics (preference accuracy, chrF against
 corrections) and, when configured, LLM-as-judge grades; for the candidate also the judge win rate
-against production (or base). Plus ``contamination/overlaps``: training rows that share a 13-gram
-with the evaluated task data. Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
+against production (or base). Plus ``contamination/overlaps``: training rows that hold text of the
+evaluated task data (a 13-gram, or a whole 8-12-word item; ``feinschliff.ngrams``), and
+``poisoning/suspicious_rows`` (``feinschliff.poisoning``). Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
 samples, ...}``), ``report.md`` (table with deltas) and ``comparison.png``; per-sample outputs go
 to ``samples/``. The gate reads ``report.json`` only.
 """
@@ -123,7 +124,7 @@ def _plottable(name: str, v: dict[str, Any]) -> bool:
 
 
 def contamination(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
-    """Training rows sharing a 13-gram with the data of the evaluated bundled tasks."""
+    """Training rows holding text of the evaluated bundled tasks (see feinschliff.ngrams)."""
     files = [f for t, f in bundled_task_files().items() if t in tasks]
     index = index_jsonl(files)
     rows = []
