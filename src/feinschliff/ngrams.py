@@ -29,6 +29,7 @@ class EvalIndex:
     n: int = N
     grams: set[tuple[str, ...]] = field(default_factory=set)
     short: set[tuple[str, ...]] = field(default_factory=set)
+    short_lengths: set[int] = field(default_factory=set)  # kept with `short`: hits() runs per row
 
     def __bool__(self) -> bool:
         return bool(self.grams or self.short)
@@ -39,13 +40,13 @@ class EvalIndex:
             self.grams |= {words[i : i + self.n] for i in range(len(words) - self.n + 1)}
         elif len(words) >= MIN_WORDS:
             self.short.add(words)
+            self.short_lengths.add(len(words))
 
     def hits(self, text: str) -> bool:
         words = tuple(WORD.findall(text.lower()))
         if ngrams_of(words, self.n) & self.grams:
             return True
-        lengths = {len(s) for s in self.short}
-        return any(ngrams_of(words, k) & self.short for k in lengths)
+        return any(ngrams_of(words, k) & self.short for k in self.short_lengths)
 
 
 def ngrams_of(words: tuple[str, ...], n: int) -> set[tuple[str, ...]]:
