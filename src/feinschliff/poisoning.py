@@ -29,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from feinschliff.ngrams import WORD
-
+WORD = re.compile(r"\w+", re.UNICODE)  # letters and digits, umlauts included
 NGRAM = 4
 MIN_RECORDS = 3
 ALPHA = 1e-3

@@ -64,8 +64,8 @@ EVAL_FILE = ROOT / "evals" / "lm_eval_tasks" / "de_wissen_mc.jsonl"
 
 def _eval_questions(min_words: int, max_words: int = 999) -> list[dict]:
     rows = [json.loads(x) for x in EVAL_FILE.read_text(encoding="utf-8").splitlines() if x]
-    # words as ingest's decontamination counts them (whitespace-separated): it skips eval texts
-    # under 8 words; 13 such words always give the gate's regex words a 13-gram as well
+    # words as the contamination rule counts them (whitespace-separated; feinschliff.ngrams):
+    # eval texts under 8 words are skipped, 8-12 words match whole, 13+ words by their 13-grams
     return [r for r in rows if min_words <= len(r["question"].split()) <= max_words]
 
 
@@ -418,9 +418,10 @@ def _bodies(run: _Run, which: str) -> list[dict]:
 
 def test_no_train_eval_overlap_after_ingest_and_generate(leak_run, demo_ingest, reliability):
     """The gate's overlap metric (13-grams, plus 8-12-word eval texts matched whole) is 0 after
-    ingest and generate; ingest's own check, run over the mixed rows, agrees."""
+    ingest and generate, and generate's filter dropped both eval questions the teacher returned.
+    Ingest, generate and the gate apply one rule (``feinschliff.ngrams``; that they flag the
+    same rows is a unit test), so the metric is also ingest's check over the mixed rows."""
     from feinschliff.evaluate.stage import contamination
-    from feinschliff.ingest.decontam import Decontaminator, find_eval_sets
 
     result = leak_run.result
     tasks = result["recipe"].evaluate.tasks
@@ -428,24 +429,17 @@ def test_no_train_eval_overlap_after_ingest_and_generate(leak_run, demo_ingest, 
     demo = contamination(demo_ingest.dir, tasks)
     generated = json.loads((result["generated"].dir / "manifest.json").read_text())
     sft = (result["generated"].dir / "sft.jsonl").read_text("utf-8")
-    dropped = sum(v for k, v in generated["drops"]["sft"].items() if "contam" in k or "eval" in k)
-    # Cross-check with ingest's own implementation of the same rule.
-    strict = Decontaminator(find_eval_sets(tasks), 13)
-    rows = []
-    for name in ("sft.jsonl", "preference.jsonl"):
-        text = (result["mixed"].dir / name).read_text("utf-8")
-        rows += [json.loads(x) for x in text.splitlines() if x]
-    short_overlaps = sum(strict.contaminated_by(r) is not None for r in rows)
+    dropped = generated["drops"]["sft"].get("eval_contamination", 0)
     reliability(
         trials=int(mixed["samples"] + demo["samples"]),
-        figure=f"13-gram overlap: mixed (ingest + generate) {int(mixed['value'])}, demo ingest "
-        f"{int(demo['value'])} (need 0); teacher's 13+-word eval question dropped: {dropped}; "
-        f"ingest's check over the mixed rows finds {short_overlaps} (need 0)",
+        figure=f"eval-text overlap: mixed (ingest + generate) {int(mixed['value'])}, demo ingest "
+        f"{int(demo['value'])} (need 0); teacher's eval questions (13+ and 8-12 words) dropped "
+        f"by generate: {dropped} (need >= 2)",
     )
-    assert short_overlaps == 0
     assert mixed["value"] == 0 and demo["value"] == 0
     assert mixed["samples"] > 0 and demo["samples"] > 0
-    assert dropped >= 1 and leak_run.eval_question not in sft
+    assert dropped >= 2
+    assert leak_run.eval_question not in sft and leak_run.short_eval_question not in sft
     cand = result["report"]["metrics"]["candidate"]
     assert cand["contamination/overlaps"]["value"] == 0
     assert cand["poisoning/suspicious_rows"]["value"] == 0

@@ -124,7 +124,8 @@ def _plottable(name: str, v: dict[str, Any]) -> bool:
 
 
 def contamination(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
-    """Training rows holding text of the evaluated bundled tasks (see feinschliff.ngrams)."""
+    """Training rows holding text of the evaluated bundled tasks, by the contamination rule
+    ingest and generate apply (``feinschliff.ngrams``)."""
     files = [f for t, f in bundled_task_files().items() if t in tasks]
     index = index_jsonl(files)
     rows = []

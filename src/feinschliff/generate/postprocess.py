@@ -4,7 +4,8 @@ distilabel only warns about missing outputs and unparseable ratings and emits ``
 each such row is dropped and counted. Then the filters: answer length, language (German, by a
 function-word test: no model, no download), duplicates (within the generated rows and against
 the feedback data, held-out split included, so a generated question never leaks into the
-evaluation) and 13-gram overlap with the evaluation sets (``feinschliff.ngrams``).
+evaluation) and evaluation-set text (a 13-gram or a whole 8-12-word item: the contamination
+rule of ``feinschliff.ngrams``, the one ingest and the gate apply).
 
 Rows (TRL conversational, like ingest):
 - sft: ``{"messages": [user, assistant], "provenance": {...}}``
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from feinschliff.generate.select import normalize, select_instructions
-from feinschliff.ngrams import EvalIndex
+from feinschliff.ngrams import EvalIndex, contaminated
 from feinschliff.specs.generate import GenerateSpec
 
 Row = dict[str, Any]
@@ -152,8 +153,6 @@ def filter_rows(
     drops: Counter[str],
 ) -> list[Row]:
     """Apply length, language, duplicate and contamination filters, counting drops."""
-    from feinschliff.ngrams import contaminated
-
     f = spec.filters
     kept: list[Row] = []
     seen: set[str] = set()
@@ -174,8 +173,7 @@ def filter_rows(
             seen.add(key)
             kept.append(row)
     if eval_index:
-        content = [{k: v for k, v in r.items() if k != "provenance"} for r in kept]
-        bad = set(contaminated(content, eval_index))
+        bad = set(contaminated(kept, eval_index))
         drops["eval_contamination"] += len(bad)
         kept = [r for i, r in enumerate(kept) if i not in bad]
     return kept

@@ -116,7 +116,10 @@ class WinRateRule(Strict):
 
 class ContaminationRule(Strict):
     rule: Literal["contamination"] = Field(
-        description="Training data must share no 13-gram with the eval sets (value must be 0)."
+        description=(
+            "Training data must hold no eval text: no 13-gram of an eval text, no whole eval "
+            "text of 8-12 words (value must be 0)."
+        )
     )
     metric: str = Field("contamination/overlaps", description="Overlap count in report.json.")
 

@@ -138,7 +138,10 @@ class FilterSpec(Strict):
     )
     decontaminate: bool = Field(
         True,
-        description="Drop rows sharing a 13-gram with a bundled evaluation set.",
+        description=(
+            "Drop rows holding text of a bundled evaluation set: a 13-gram of an eval text or "
+            "a whole eval text of 8-12 words (the rule of the gate's contamination metric)."
+        ),
     )
 
     @model_validator(mode="after")
