@@ -24,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode="markdown",
 )
 models_app = typer.Typer(
     help="Provision base models (demo models ship inside PyPI packages).", no_args_is_help=True
