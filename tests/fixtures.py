@@ -95,23 +95,18 @@ def webhook(monkeypatch):
     """A local HTTP receiver standing in for a chat webhook (Slack/Teams cannot be reached from
     here); FEINSCHLIFF_NOTIFY_URLS points apprise at it. Yields (url, received JSON bodies)."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.http_stub import StubHandler, base_url, serve
 
     got: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(StubHandler):
         def do_POST(self):  # noqa: N802 - http.server API
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
+            got.append(json.loads(self.read_body()))
+            self.respond(200, b"")
 
-        def log_message(self, *args):
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"json://127.0.0.1:{srv.server_address[1]}"
+    srv = serve(Handler)
+    url = base_url(srv, scheme="json")
     monkeypatch.setenv("FEINSCHLIFF_NOTIFY_URLS", url)
     yield url, got
     srv.shutdown()

@@ -8,8 +8,6 @@ swap and failure handling. The judge against a real vLLM lives in test_vllm_judg
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from feinschliff.evaluate import run_evaluate
 from feinschliff.gate import decide_promotion
 from feinschliff.recipe_loader import load_recipe
+from tests.http_stub import StubHandler, base_url, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "demo-de.yaml"
@@ -24,23 +23,17 @@ DEMO = ROOT / "recipes" / "demo-de.yaml"
 pytestmark = pytest.mark.integration
 
 
-class _Judge(BaseHTTPRequestHandler):
+class _Judge(StubHandler):
     reply = "Bewertung: [[5]]"
     bodies: list[dict] = []
 
     def do_POST(self):  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = json.loads(self.read_body())
         type(self).bodies.append(body)
         user = body["messages"][-1]["content"]
         text = self.reply if "Bewertung" not in self.reply or "Assistent A" not in user else "[[A]]"
         payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(payload.encode())
-
-    def log_message(self, *args):
-        pass
+        self.respond(200, payload.encode())
 
 
 @pytest.fixture()
@@ -49,10 +42,9 @@ def judge_server():
 
     def start(reply: str) -> str:
         handler = type("J", (_Judge,), {"reply": reply, "bodies": []})
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        srv = serve(handler)
         servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/v1", handler
+        return base_url(srv) + "/v1", handler
 
     yield start
     for srv in servers:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -28,6 +27,7 @@ import yaml
 
 from feinschliff.generate.ledger import request_key
 from feinschliff.generate.templates import TEMPLATE_VERSION
+from tests.http_stub import StubHandler, base_url, serve
 
 pytestmark = pytest.mark.integration
 
@@ -48,16 +48,16 @@ class TeacherProxy:
         self.forwarded = 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
+        class Handler(StubHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                raw = self.read_body()
                 body = json.loads(raw)
                 with proxy.lock:
                     proxy.sent.append(body)
                     down = proxy.fail_after is not None and proxy.forwarded >= proxy.fail_after
                     proxy.forwarded += not down
                 if down:
-                    return self._reply(503, b'{"error": "teacher down (test outage)"}')
+                    return self.respond(503, b'{"error": "teacher down (test outage)"}')
                 r = httpx.post(
                     proxy.upstream + self.path,
                     content=raw,
@@ -67,21 +67,10 @@ class TeacherProxy:
                 if r.status_code == 200:
                     with proxy.lock:
                         proxy.completed.append(body)
-                self._reply(r.status_code, r.content)
+                self.respond(r.status_code, r.content)
 
-            def _reply(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
+        self.url = base_url(self.server) + "/v1"
 
     def reset(self) -> None:
         with self.lock:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.http_stub import StubHandler, base_url, serve
 
 QUESTIONS = [
     "Wie melde ich meinen Zählerstand online?",
@@ -40,9 +41,9 @@ class OpenAIStandIn:
         self.headers: list[dict[str, str]] = []
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server API
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                raw = self.read_body()
                 body = json.loads(raw)
                 with stand_in.lock:
                     stand_in.raw.append(raw)
@@ -65,19 +66,10 @@ class OpenAIStandIn:
                     ],
                     "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
                 }
-                data = json.dumps(reply, ensure_ascii=False).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.respond(200, json.dumps(reply, ensure_ascii=False).encode())
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(Handler)
+        self.url = base_url(self.server) + "/v1"
 
     def stop(self) -> None:
         self.server.shutdown()

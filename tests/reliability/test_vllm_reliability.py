@@ -18,7 +18,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +36,7 @@ from feinschliff.serving.publish import publish_version, register_version
 from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmServer
 from tests.cli_helpers import run_cli as _cli
+from tests.http_stub import StubHandler, serve
 from tests.reliability.bad_adapters import bad_adapter_cases
 from tests.reliability.conftest import LONG, trials
 
@@ -74,10 +75,9 @@ class FaultProxy:
     def open_port(self) -> None:
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(StubHandler):
             def handle_request(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(n) if n else b""
+                raw = self.read_body()
                 body = json.loads(raw) if raw else {}
                 with proxy._lock:  # one request at a time, like the client sends them
                     proxy.requests.append((self.command, self.path, body))
@@ -97,11 +97,9 @@ class FaultProxy:
                     )
                     if action == "forward-reset":
                         return self._reset()
-                self.send_response(resp.status_code)
-                self.send_header("Content-Type", resp.headers.get("content-type", "text/plain"))
-                self.send_header("Content-Length", str(len(resp.content)))
-                self.end_headers()
-                self.wfile.write(resp.content)
+                self.respond(
+                    resp.status_code, resp.content, resp.headers.get("content-type", "text/plain")
+                )
 
             do_GET = do_POST = handle_request  # noqa: N815 - http.server dispatches on do_<METHOD>
 
@@ -113,13 +111,8 @@ class FaultProxy:
                 self.close_connection = True
                 self.connection.close()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = serve(Handler, self.port)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def close_port(self) -> None:
         """Connection refused from now on (the listening socket is gone)."""
