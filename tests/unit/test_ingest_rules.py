@@ -274,8 +274,9 @@ def test_near_duplicates_found_exact_duplicates_normalised():
             False,
             False,
         ]  # spaces (output kinds) are separate
-        assert not dedup.is_exact_dup("sft", b"k1") and dedup.is_exact_dup("sft", b"k1")
-        assert not dedup.is_exact_dup("preference", b"k1")
+        key = b"k1".ljust(16, b"-")
+        assert not dedup.is_exact_dup("sft", key) and dedup.is_exact_dup("sft", key)
+        assert not dedup.is_exact_dup("preference", key)
 
 
 def test_duplicates_across_sources_are_removed(tmp_path):

@@ -7,11 +7,13 @@
   batch of rows at once with numpy; the LSH band/row split is datasketch's optimum for the
   threshold, weighted towards recall. Permutations, pre-mix and band split are re-derived here
   with numpy exactly as datasketch derives them (unit tests compare them with datasketch):
-  importing datasketch pulls in scipy, over a second of start-up per run. A candidate from a shared band is a duplicate only when the two signatures agree on
-  at least ``threshold`` of their values (the Jaccard estimate).
+  importing datasketch pulls in scipy, over a second of start-up per run. A candidate from a
+  shared band is a duplicate only when the two signatures agree on at least ``threshold`` of
+  their values (the Jaccard estimate).
 
-Both indexes live in the scratch database (memory stays flat as exports grow). Deduplication
-runs on the original text, before PII pseudonymization (whose ciphertexts are random).
+Both indexes live in the scratch directory (``spillmap``: memory stays flat as exports grow).
+Deduplication runs on the original text, before PII pseudonymization (whose ciphertexts are
+random).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import numpy as np
 from feinschliff.ingest.bloom import Bloom
 from feinschliff.ingest.jsonio import dumps
 from feinschliff.ingest.scratch import Scratch
+from feinschliff.ingest.spillmap import RecordFile, SpillMap, expand_ranges
+from feinschliff.ngrams import row_text, word_hashes  # noqa: F401 (row_text: for prepare.py)
 from feinschliff.specs.feedback import DedupSpec
 
-_PUNCT = "".join(chr(c) for c in range(0x21, 0x30)) + ":;<=>?@[\\]^_`{|}~„“”‚‘’«»–—…"
 _PAD = np.uint32(0x9E3779B9)  # fills short texts up to one shingle
 _GROUP_ROWS = 256
 LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
+VERIFY_PAIRS = 4096  # candidate pairs compared at a time (2 x 1 MiB of signatures)
 
 
 def normalize(text: str) -> str:
@@ -48,34 +52,61 @@ def content_key(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
     return hashlib.sha256(blob.encode("utf-8")).digest()[:16]
 
 
-def row_text(row: dict[str, Any]) -> str:
-    """The text a row is compared on: every non-system message and answer."""
-    msgs = row.get("messages") or (row.get("prompt") or []) + (row.get("chosen") or []) + (
-        row.get("completion") or []
-    )
-    msgs = msgs + (row.get("rejected") or [])
-    return "\n".join(m["content"] for m in msgs if m.get("role") != "system")
+MEMO_LIMIT = 1 << 12  # messages remembered (cleared when full: a record's rows share them)
 
 
-class _WordHashes(dict[str, int]):
-    """crc32 per word, memoised; cleared when it grows past a bound (memory stays flat)."""
+class RowKeys:
+    """Exact-dedup keys and held-out hashes of rows, each message normalised once.
 
-    LIMIT = 1 << 18
+    ``content_key`` hashes ``normalize(dumps(parts))``; ``prepare._heldout`` hashes the
+    normalised prompt. A record's rows (SFT, preference, KTO, thumbs) share their prompt
+    messages, so the same texts were normalised up to seven times per record. ``RowKeys``
+    normalises the JSON of each message once (memoised) and joins the pieces with the JSON
+    punctuation around them. That is the same string, because:
 
-    def __missing__(self, token: str) -> int:
-        if len(self) >= self.LIMIT:
-            self.clear()
-        # Tokens are whitespace-split; punctuation around a word does not make it another word.
-        value = self[token] = zlib.crc32(token.strip(_PUNCT).encode("utf-8"))
-        return value
+    - ``dumps`` of a list is ``[`` + the elements' ``dumps`` joined by ``,`` + ``]`` (orjson
+      writes no whitespace; its json fallback writes the same bytes for every character);
+    - ``normalize`` (NFKC, ``lower``, whitespace collapsed) works piece by piece when every cut
+      lies next to one of ``[]{},"`` on both sides: ASCII punctuation never composes under NFKC,
+      is no whitespace, and is neither cased nor case-ignorable, so it also ends the context of
+      ``lower``'s final-sigma rule.
 
+    Unit tests compare the keys with ``content_key`` / ``_heldout`` on hostile Unicode.
+    """
 
-_WORD_HASHES = _WordHashes()
+    def __init__(self) -> None:
+        self._memo: dict[Any, str] = {}
 
+    def normalized(self, value: Any) -> str:
+        """``normalize(dumps(value).decode())`` for a row field: a list is joined from its
+        elements (messages), each normalised whole (memoised)."""
+        if type(value) is not list:
+            return self._element(value)
+        memo, parts = self._memo, []
+        for element in value:
+            # a message's items as the key: its strings' hashes are cached, unlike dumps' bytes
+            items = tuple(element.items()) if type(element) is dict else None
+            text = memo.get(items) if items is not None else None
+            if text is None:
+                text = self._element(element)
+                if items is not None and all(type(v) is str for _, v in items):
+                    memo[items] = text  # only str values: True == 1 would alias keys
+            parts.append(text)
+        return "[" + ",".join(parts) + "]"
 
-def word_hashes(text: str) -> list[int]:
-    """One crc32 per word (lowercased, surrounding punctuation ignored), in order."""
-    return list(map(_WORD_HASHES.__getitem__, text.lower().split()))
+    def _element(self, value: Any) -> str:
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()
+        return normalize(dumps(value).decode("utf-8"))
+
+    def content_key(self, row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
+        """``dedup.content_key(row, fields)``."""
+        blob = "[" + ",".join([self.normalized(row[f]) for f in fields]) + "]"
+        return hashlib.sha256(blob.encode("utf-8")).digest()[:16]
+
+    def heldout_hash(self, seed: int, prompt: list[Any]) -> bytes:
+        """sha256 of ``f"{seed}:{normalize(dumps(prompt))}"`` (``prepare._heldout``)."""
+        return hashlib.sha256(f"{seed}:{self.normalized(prompt)}".encode()).digest()
 
 
 def affine32_permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -162,43 +193,70 @@ class MinHasher:
 
 
 class Deduplicator:
-    """Exact and LSH indexes in the scratch database, one namespace per output kind."""
+    """Exact and LSH indexes (``spillmap``: memory stays flat), one namespace per output kind."""
 
-    def __init__(self, spec: DedupSpec, scratch: Scratch):
-        self.spec, self.db = spec, scratch.db
+    def __init__(self, spec: DedupSpec, scratch: Scratch, memory_entries: int = 1 << 18):
+        self.spec, self.dir, self.memory = spec, scratch.dir, memory_entries
         self.hasher = MinHasher(spec.num_perm, spec.shingle_words)
         # Recall-leaning band split: candidates are verified against the stored signature, so
         # extra candidates only cost a lookup while a missed one is a kept duplicate.
         bands, rows = lsh_params(spec.threshold, spec.num_perm, LSH_WEIGHTS)
         self.bands = [(i * rows, (i + 1) * rows) for i in range(bands)]
-        self.exact, self.lsh, self.sigs = (scratch.name(n) for n in ("exact", "lsh", "sigs"))
-        self.db.execute(f"CREATE TABLE {self.exact} (k BLOB PRIMARY KEY) WITHOUT ROWID")
-        self.db.execute(
-            f"CREATE TABLE {self.lsh} (k INTEGER, rid INTEGER, PRIMARY KEY (k, rid)) WITHOUT ROWID"
-        )
-        self.db.execute(f"CREATE TABLE {self.sigs} (rid INTEGER PRIMARY KEY, sig BLOB)")
-        self._next = 0
+        self.name = scratch.name("dedup")
+        self.exact: dict[str, SpillMap] = {}  # per space: key bytes 0-8 -> key bytes 8-16
+        self.lsh = SpillMap(self.dir, f"{self.name}-lsh", memory_entries)  # -> signature number
+        self.sigs = RecordFile(self.dir / f"{self.name}-sigs", 4 * spec.num_perm)
         # which keys may be stored: most are new, and need no lookup (bloom.py)
         self.exact_filter, self.lsh_filter = Bloom(26), Bloom(27)
 
+    def close(self) -> None:
+        for index in (*self.exact.values(), self.lsh, self.sigs):
+            index.close()
+
     def exact_dups(self, items: list[tuple[str, bytes]]) -> list[bool]:
-        """For each (space, key) in order: seen before (in the index or earlier in the list)?"""
+        """For each (space, 16-byte key) in order: seen before (in the index or earlier in the
+        list)?"""
         if not self.spec.exact or not items:
             return [False] * len(items)
+        if any(len(key) != 16 for _, key in items):
+            raise ValueError("exact-dedup keys are 16 bytes (content_key)")
         keys = [space.encode() + b":" + key for space, key in items]
-        hashed = np.array([hash(k) for k in keys], dtype=np.int64)
-        maybe = self.exact_filter.might_contain(hashed).tolist()
-        asked = [k for k, m in zip(keys, maybe, strict=True) if m]
-        known = set(select_in(self.db, f"SELECT k FROM {self.exact} WHERE k IN ({{}})", asked))
+        maybe = self.exact_filter.might_contain(np.array([hash(k) for k in keys], dtype=np.int64))
+        known = self._known_exact(
+            [item for item, m in zip(items, maybe.tolist(), strict=True) if m]
+        )
         out, new = [], []
-        for k in keys:
+        for (space, key), k in zip(items, keys, strict=True):
             out.append(k in known)
             if k not in known:
                 known.add(k)
-                new.append((k,))
-        self.db.executemany(f"INSERT INTO {self.exact} VALUES (?)", sorted(new))  # B-tree locality
-        self.exact_filter.add(np.array([hash(k) for (k,) in new], dtype=np.int64))
+                new.append((space, key))
+        for space in {space for space, _ in new}:
+            halves = np.frombuffer(b"".join(key for s, key in new if s == space), dtype="<i8")
+            if space not in self.exact:  # a few spaces (output kinds), smaller memory each
+                name = f"{self.name}-exact{len(self.exact)}"
+                self.exact[space] = SpillMap(self.dir, name, self.memory // 8)
+            index = self.exact[space]
+            index.add(halves[0::2], halves[1::2])
+        self.exact_filter.add(
+            np.array([hash(space.encode() + b":" + key) for space, key in new], dtype=np.int64)
+        )
         return out
+
+    def _known_exact(self, asked: list[tuple[str, bytes]]) -> set[bytes]:
+        """The asked (space, key) pairs that are in the index, as ``space:key``."""
+        known: set[bytes] = set()
+        for space in {space for space, _ in asked}:
+            if space not in self.exact:
+                continue
+            keys = [key for s, key in asked if s == space]
+            halves = np.frombuffer(b"".join(keys), dtype="<i8")
+            stored_hi, stored_lo = self.exact[space].lookup(np.unique(halves[0::2]))
+            stored = set(zip(stored_hi.tolist(), stored_lo.tolist(), strict=True))
+            pairs = list(zip(halves[0::2].tolist(), halves[1::2].tolist(), strict=True))
+            prefix = space.encode() + b":"
+            known.update(prefix + k for k, p in zip(keys, pairs, strict=True) if p in stored)
+        return known
 
     def is_exact_dup(self, space: str, key: bytes) -> bool:
         return self.exact_dups([(space, key)])[0]
@@ -217,60 +275,70 @@ class Deduplicator:
         )
 
     def near_dups_of_sigs(self, items: list[tuple[str, np.ndarray]]) -> list[bool]:
-        """Like ``near_dups`` for signatures computed elsewhere (e.g. in a worker process).
-
-        Candidates already in the index are verified for the whole batch at once (numpy);
-        only candidates indexed earlier in the same batch are checked row by row, so the
-        result equals checking the rows one after the other."""
+        """Like ``near_dups`` for signatures computed elsewhere (e.g. in a worker process)."""
         if not self.spec.near or not items:
             return [False] * len(items)
-        sigs = np.stack([sig for _, sig in items])
-        keys = self._band_keys([space for space, _ in items], sigs)
+        return self.near_dups_of_batch(
+            [space for space, _ in items], np.stack([sig for _, sig in items])
+        )
+
+    def near_dups_of_batch(self, spaces: list[str], sigs: np.ndarray | None) -> list[bool]:
+        """``near_dups_of_sigs`` for a (rows, num_perm) array (None: near-dedup is off).
+
+        Candidates already in the index are verified for the whole batch at once (numpy);
+        only rows sharing a band key with an earlier row of the same batch are checked row by
+        row, so the result equals checking the rows one after the other."""
+        if not self.spec.near or not spaces:
+            return [False] * len(spaces)
+        assert sigs is not None and len(sigs) == len(spaces)
+        keys = self._band_keys(spaces, sigs)
         need = self._need()
-        stored: dict[int, list[int]] = {}
-        asked = keys[self.lsh_filter.might_contain(keys)]
-        for k, rid in select_in(
-            self.db, f"SELECT k, rid FROM {self.lsh} WHERE k IN ({{}})", sorted(set(asked.tolist()))
-        ):
-            stored.setdefault(k, []).append(rid)
-        key_lists = keys.tolist()
-        dup = np.zeros(len(items), dtype=bool)
-        if stored:
-            pairs = [
-                (i, rid)
-                for i, ks in enumerate(key_lists)
-                for rid in {r for k in ks for r in stored.get(k, ())}
-            ]
-            wanted = sorted({rid for _, rid in pairs})
-            found = dict(
-                select_in(self.db, f"SELECT rid, sig FROM {self.sigs} WHERE rid IN ({{}})", wanted)
-            )
-            known = np.frombuffer(b"".join(found[r] for r in wanted), dtype=np.uint32)
-            known = known.reshape(len(wanted), -1)
-            at = {rid: j for j, rid in enumerate(wanted)}
-            rows = np.array([i for i, _ in pairs], dtype=np.int64)
-            cols = np.array([at[rid] for _, rid in pairs], dtype=np.int64)
-            hit = (sigs[rows] == known[cols]).sum(axis=1) >= need
-            dup[rows[hit]] = True
-        out, new_sigs, new_keys = [], [], []
-        fresh: dict[int, list[int]] = {}  # band key -> rows of this batch indexed so far
-        for i, ks in enumerate(key_lists):
-            is_dup = bool(dup[i])
-            if not is_dup:
+        dup = self._indexed_dups(sigs, keys, need)
+        # in-batch candidates: rows that share a band key with another row of the batch
+        _, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
+        shared = (counts[inverse] > 1).reshape(keys.shape)
+        fresh: dict[int, list[int]] = {}  # shared band key -> rows of this batch indexed so far
+        for i in np.flatnonzero(shared.any(axis=1)).tolist():
+            ks = keys[i][shared[i]].tolist()
+            if not dup[i]:
                 local = [j for k in ks for j in fresh.get(k, ())]
                 if local:  # every in-batch candidate at once (repeats do not matter)
-                    is_dup = bool(((sigs[local] == sigs[i]).sum(axis=1) >= need).any())
-            out.append(is_dup)
-            if not is_dup:
-                self._next += 1
-                new_sigs.append((self._next, sigs[i].tobytes()))
+                    dup[i] = bool(((sigs[local] == sigs[i]).sum(axis=1) >= need).any())
+            if not dup[i]:
                 for k in ks:
                     fresh.setdefault(k, []).append(i)
-                    new_keys.append((k, self._next))
-        self.db.executemany(f"INSERT INTO {self.sigs} VALUES (?, ?)", new_sigs)
-        self.db.executemany(f"INSERT INTO {self.lsh} VALUES (?, ?)", sorted(new_keys))
-        self.lsh_filter.add(np.array([k for k, _ in new_keys], dtype=np.int64))
-        return out
+        kept = ~dup
+        numbers = self.sigs.append(sigs[kept])
+        new_keys = keys[kept]
+        self.lsh.add(new_keys.ravel(), np.repeat(numbers, new_keys.shape[1]))
+        self.lsh_filter.add(new_keys)
+        return dup.tolist()
+
+    def _indexed_dups(self, sigs: np.ndarray, keys: np.ndarray, need: int) -> np.ndarray:
+        """Per row: near-duplicate of a row already in the index?"""
+        dup = np.zeros(len(sigs), dtype=bool)
+        maybe = self.lsh_filter.might_contain(keys)
+        asked = np.unique(keys[maybe])
+        stored_keys, numbers = self.lsh.lookup(asked)
+        if not len(numbers):
+            return dup
+        # every (row, stored signature) pair that shares a band key, once
+        order = np.argsort(stored_keys, kind="stable")
+        stored_keys, numbers = stored_keys[order], numbers[order]
+        rows, bands = np.nonzero(maybe)
+        lo = np.searchsorted(stored_keys, keys[rows, bands], side="left")
+        hi = np.searchsorted(stored_keys, keys[rows, bands], side="right")
+        owner, at = expand_ranges(lo, hi)
+        pairs = np.unique(numbers[at] << 32 | rows[owner].astype(np.int64))  # by signature
+        # verified a slice at a time: popular texts have many candidates, memory stays bounded
+        for part in np.array_split(pairs, max(1, -(-len(pairs) // VERIFY_PAIRS))):
+            pair_numbers, pair_rows = part >> 32, part & 0xFFFFFFFF
+            wanted = np.unique(pair_numbers)
+            known = self.sigs.read(wanted).view(np.uint32)
+            cols = np.searchsorted(wanted, pair_numbers)
+            hit = (sigs[pair_rows] == known[cols]).sum(axis=1) >= need
+            dup[pair_rows[hit]] = True
+        return dup
 
     def _need(self) -> int:
         """Fewest agreeing values whose share reaches the threshold (``mean >= threshold``)."""

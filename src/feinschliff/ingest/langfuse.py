@@ -43,7 +43,7 @@ from feinschliff.ingest.langfuse_rows import (
     row_kind,
 )
 from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote, finite, reason_of, vote
-from feinschliff.ingest.scratch import Scratch
+from feinschliff.ingest.scratch import Scratch, create_index
 from feinschliff.specs.feedback import DerivationRules
 
 ERRORS = (ValueError, TypeError, KeyError, ValidationError)
@@ -78,12 +78,14 @@ def read_observations(
     join = _Join(db, sdb, seen, deferred, log, rules)
     try:
         ordered = sorted(files, key=lambda f: f not in score_files)  # scores before observations
-        for f in ordered:
-            if f in score_files or parallel is None:
+        if parallel is None:
+            for f in ordered:
                 yield from join.read_file(f)
-        if parallel is not None:
-            from feinschliff.ingest.langfuse_parallel import read_in_workers
+        else:
+            from feinschliff.ingest.langfuse_parallel import read_in_workers, store_scores
 
+            yield from store_scores([f for f in ordered if f in score_files], join, parallel)
+            join.index_scores()
             sdb.execute("COMMIT")  # the workers read the stored scores
             sdb.execute("BEGIN")
             rest = [f for f in ordered if f not in score_files]
@@ -103,8 +105,6 @@ def create_scores_db(path: Path) -> sqlite3.Connection:
         "CREATE TABLE scores (id TEXT PRIMARY KEY, obs TEXT, trace TEXT, ts TEXT, "
         "location TEXT, payload BLOB)"
     )
-    sdb.execute("CREATE INDEX scores_obs ON scores(obs)")
-    sdb.execute("CREATE INDEX scores_trace ON scores(trace) WHERE obs IS NULL")
     sdb.execute("BEGIN")  # one transaction per phase: a commit per insert batch costs writes
     return sdb
 
@@ -127,6 +127,14 @@ class _Join:
         self.db, self.sdb, self.seen, self.deferred = db, sdb, seen, deferred
         self.log, self.rules = log, rules
         self.seen_filter: Bloom | None = None  # built on first use (the parent's join only)
+        self.indexed = db is None  # a worker's join reads the parent's indexed database
+
+    def index_scores(self) -> None:
+        """Built after the bulk inserts, before the first lookup (one sort, not an insert each)."""
+        if not self.indexed:
+            create_index(self.sdb, "CREATE INDEX scores_obs ON scores(obs)")
+            create_index(self.sdb, "CREATE INDEX scores_trace ON scores(trace) WHERE obs IS NULL")
+            self.indexed = True
 
     def read_file(self, f: Path) -> Iterator[Item]:
         """One file, in this process: store its scores, join its observations."""
@@ -142,9 +150,8 @@ class _Join:
             elif kind == "observation":
                 chunk.append((where, row))
                 if len(chunk) >= CHUNK:
-                    self.sdb.executemany(
-                        INSERT_SCORE, stored
-                    )  # scores earlier in the file join too
+                    # scores earlier in the file join too
+                    self.sdb.executemany(INSERT_SCORE, stored)
                     stored = []
                     yield from self.observations(chunk)
                     chunk = []
@@ -225,7 +232,7 @@ class _Join:
             (trace, start, where, row),
         )
 
-    def deferred_traces(self) -> Iterator[Item]:
+    def deferred_traces(self) -> Iterator[Item]:  # rows were deferred after a lookup: indexed
         traces = self.db.execute(
             f"SELECT DISTINCT trace FROM {self.deferred} ORDER BY trace"
         ).fetchall()
@@ -281,6 +288,7 @@ class _Join:
             yield quarantine(where, "score refers to no known generation", loads(payload))
 
     def _lookup(self, column: str, keys: list[str], ids_only: bool = False) -> Any:
+        self.index_scores()
         if ids_only:
             found = select_in(
                 self.sdb,

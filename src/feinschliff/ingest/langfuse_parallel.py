@@ -8,7 +8,8 @@ file order: drop observations seen before (overlapping pages or pulls), park gen
 traces with trace-level scores, count, and pass the prepared rows on. Results are taken in
 submission order, so the output equals the one-process read (a unit test compares them).
 
-A file that also holds score rows ends the parallel read (its scores must be stored before
+Score files come first: parsed in workers, their rows stored by the parent in file order.
+An observation file that also holds score rows ends the parallel read (its scores must be stored before
 later files are joined): that file and every later one are read in the parent.
 """
 
@@ -24,13 +25,14 @@ from typing import Any
 
 from feinschliff.ingest import prepare
 from feinschliff.ingest.jsonio import Broken
-from feinschliff.ingest.langfuse import CHUNK, Submit, _Join, _unknown
+from feinschliff.ingest.langfuse import CHUNK, INSERT_SCORE, Submit, _Join, _score_row, _unknown
 from feinschliff.ingest.langfuse_rows import iter_rows, row_kind
 from feinschliff.ingest.prepare import Batch, TaggedBatch, prepare_tagged
 from feinschliff.ingest.records import ReadLog
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller exports are read in the parent: no worker start-up
 LOOKAHEAD = 4  # files in flight
+SCORE_LOOKAHEAD = 16  # score files in flight (small pages, cheap to parse)
 
 
 @dataclass
@@ -87,6 +89,52 @@ def join_file_in_worker(path: Path, scores: Path) -> FileResult:
     return result
 
 
+@dataclass
+class ScoreRows:
+    mixed: bool = False  # the file holds other rows too: read it in the parent
+    rows: list[tuple[Any, ...]] = field(default_factory=list)  # scores-table rows
+    stats: Counter[str] = field(default_factory=Counter)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+def parse_scores_in_worker(path: Path) -> ScoreRows:
+    log, result = ReadLog(), ScoreRows()
+    for where, row in iter_rows(path, log):
+        if isinstance(row, Broken) or row_kind(row) != "score":
+            return ScoreRows(mixed=True)
+        result.rows.append(_score_row(where, row))
+    result.stats, result.inputs = log.stats, log.inputs
+    return result
+
+
+def store_scores(files: list[Path], join: _Join, submit: Submit) -> Iterator[Any]:
+    """Score files in order: parsed in workers when there are enough, stored here. A file
+    that also holds other rows is read here (its observations join the scores stored so far)."""
+    serial = sum(f.stat().st_size for f in files) < PARALLEL_MIN_BYTES
+    pending: deque[tuple[Path, Future[ScoreRows]]] = deque()
+    i = 0
+    while i < len(files) or pending:
+        while not serial and i < len(files) and len(pending) < SCORE_LOOKAHEAD:
+            future = submit(parse_scores_in_worker, files[i])
+            if future is None:  # no worker pool (one worker configured)
+                serial = True
+                break
+            pending.append((files[i], future))
+            i += 1
+        if pending:
+            path, future = pending.popleft()
+            result = future.result()
+            if result.mixed:
+                yield from join.read_file(path)
+            else:
+                join.log.inputs.update(result.inputs)
+                join.log.stats.update(result.stats)
+                join.sdb.executemany(INSERT_SCORE, result.rows)
+        elif i < len(files):
+            yield from join.read_file(files[i])
+            i += 1
+
+
 def read_in_workers(files: list[Path], join: _Join, scores: Path, submit: Submit) -> Iterator[Any]:
     """Observation files in order, in workers when the export is large enough."""
     serial = sum(f.stat().st_size for f in files) < PARALLEL_MIN_BYTES
@@ -122,18 +170,20 @@ def _merge(result: FileResult, join: _Join) -> Iterator[Any]:
     log.stats.update(result.stats)
     fresh = iter(join.mark_seen([e[0] for e in result.entries if e[0] is not None]))
     keep: set[int] = set()
+    counted: list[str] = []  # the kept rows' counters, added at once (one update per row is slow)
     for obs_id, kind, value, stats in result.entries:
         if obs_id is not None and not next(fresh):
             log.stats["langfuse_observation_seen_twice"] += 1
             continue
         if stats:
-            log.stats.update(stats)
+            counted += stats
         if kind == "quarantine":
             yield value
         elif kind == "deferred":
             join.defer(*value)
         elif kind == "record":
             keep.add(value)
+    log.stats.update(counted)
     if keep:
         assert result.tagged is not None
         yield PreparedRecords(result.tagged.keep(keep), len(keep))

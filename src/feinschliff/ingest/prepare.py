@@ -14,13 +14,14 @@ then prepared like any row).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from feinschliff.ingest.decontam import Decontaminator, EvalSets
-from feinschliff.ingest.dedup import MinHasher, content_key, normalize, row_text, word_hashes
+from feinschliff.ingest.dedup import MinHasher, RowKeys, row_text, word_hashes
 from feinschliff.ingest.derive import derive_record
 from feinschliff.ingest.jsonio import dumps
 from feinschliff.ingest.records import FeedbackRecord
@@ -40,12 +41,10 @@ MESSAGES = {
 }
 
 
-@dataclass
-class Prepared:
+class Prepared(NamedTuple):  # a tuple: batches travel between processes, pickling is cheaper
     kind: str
     space: str
     key: bytes
-    sig: Any  # numpy uint32 array, or None when near-dedup is off
     contaminated_by: str | None
     heldout: bool
     annotators: list[str]
@@ -56,6 +55,7 @@ class Prepared:
 @dataclass
 class Batch:
     rows: list[Prepared] = field(default_factory=list)
+    sigs: Any = None  # (rows, num_perm) MinHash signatures, or None when near-dedup is off
     thumbs: list[tuple[bytes, int, bytes]] = field(default_factory=list)
     drops: Counter[str] = field(default_factory=Counter)
     disagreements: Counter[str] = field(default_factory=Counter)
@@ -76,6 +76,7 @@ class Context:
         self.decontaminator = (
             Decontaminator(self.eval_sets, decon.ngram) if self.eval_sets.files else None
         )
+        self.keys = RowKeys()  # exact-dedup and held-out hashes, each message normalised once
 
 
 _CONTEXT: Context | None = None
@@ -98,24 +99,25 @@ def prepare_records_in_worker(records: list[FeedbackRecord]) -> Batch:
 
 def prepare_rows_in_worker(rows: list[tuple[str, Row]]) -> Batch:
     assert _CONTEXT is not None, "init_worker was not called"
-    batch = Batch()
-    batch.rows = prepare_rows(rows, _CONTEXT)
-    return batch
+    return prepare_rows(rows, _CONTEXT)
 
 
 def prepare_records(records: list[FeedbackRecord], ctx: Context) -> Batch:
-    batch = Batch()
+    derived_records = [derive_record(record, ctx.spec.rules) for record in records]
     rows: list[tuple[str, Row]] = []
-    for record in records:
-        derived = derive_record(record, ctx.spec.rules)
-        batch.drops.update(derived.drops)
-        batch.disagreements.update(derived.disagreements)
+    for derived in derived_records:
         for kind in ("sft", "preference", "kto"):
             rows.extend((kind, row) for row in getattr(derived, kind))
+    batch = prepare_rows(rows, ctx)
+    for derived in derived_records:
+        if derived.drops:
+            batch.drops.update(derived.drops)
+        if derived.disagreements:
+            batch.disagreements.update(derived.disagreements)
         batch.thumbs.extend(
-            (content_key(row, ("prompt",)), int(up), dumps(row)) for up, row in derived.thumbs
+            (ctx.keys.content_key(row, ("prompt",)), int(up), dumps(row))
+            for up, row in derived.thumbs
         )
-    batch.rows = prepare_rows(rows, ctx)
     return batch
 
 
@@ -125,18 +127,24 @@ class TaggedBatch:
     the parent can still drop a record (e.g. an observation seen twice) after preparation."""
 
     rows: list[tuple[int, Prepared]] = field(default_factory=list)
+    sigs: Any = None  # aligned with rows, as in ``Batch``
     thumbs: list[tuple[int, tuple[bytes, int, bytes]]] = field(default_factory=list)
-    drops: list[Counter[str]] = field(default_factory=list)
-    disagreements: list[Counter[str]] = field(default_factory=list)
+    # per record with any (most have none: a list of empty Counters is slow to pickle)
+    drops: dict[int, Counter[str]] = field(default_factory=dict)
+    disagreements: dict[int, Counter[str]] = field(default_factory=dict)
 
     def keep(self, records: set[int]) -> Batch:
         """The ``Batch`` of the kept records only."""
         batch = Batch()
-        batch.rows = [p for i, p in self.rows if i in records]
+        kept = [i in records for i, _ in self.rows]
+        batch.rows = [p for (_, p), k in zip(self.rows, kept, strict=True) if k]
+        batch.sigs = None if self.sigs is None else self.sigs[np.array(kept, dtype=bool)]
         batch.thumbs = [t for i, t in self.thumbs if i in records]
         for i in sorted(records):
-            batch.drops.update(self.drops[i])
-            batch.disagreements.update(self.disagreements[i])
+            if i in self.drops:
+                batch.drops.update(self.drops[i])
+            if i in self.disagreements:
+                batch.disagreements.update(self.disagreements[i])
         return batch
 
 
@@ -147,36 +155,45 @@ def prepare_tagged(records: list[FeedbackRecord], ctx: Context) -> TaggedBatch:
     tags: list[int] = []
     for i, record in enumerate(records):
         derived = derive_record(record, ctx.spec.rules)
-        tagged.drops.append(derived.drops)
-        tagged.disagreements.append(derived.disagreements)
+        if derived.drops:
+            tagged.drops[i] = derived.drops
+        if derived.disagreements:
+            tagged.disagreements[i] = derived.disagreements
         for kind in ("sft", "preference", "kto"):
             for row in getattr(derived, kind):
                 rows.append((kind, row))
                 tags.append(i)
         tagged.thumbs.extend(
-            (i, (content_key(row, ("prompt",)), int(up), dumps(row))) for up, row in derived.thumbs
+            (i, (ctx.keys.content_key(row, ("prompt",)), int(up), dumps(row)))
+            for up, row in derived.thumbs
         )
-    tagged.rows = list(zip(tags, prepare_rows(rows, ctx), strict=True))
+    prepared = prepare_rows(rows, ctx)
+    tagged.rows, tagged.sigs = list(zip(tags, prepared.rows, strict=True)), prepared.sigs
     return tagged
 
 
-def prepare_rows(rows: list[tuple[str, Row]], ctx: Context) -> list[Prepared]:
+def prepare_rows(rows: list[tuple[str, Row]], ctx: Context) -> Batch:
+    """The prepared rows (and their signatures) of a batch; no thumbs or counts yet."""
+    batch = Batch()
     words = [word_hashes(row_text(row)) for _, row in rows]
-    sigs = ctx.hasher.signatures_of_words(words) if ctx.hasher and rows else [None] * len(rows)
-    out = []
-    for (kind, row), w, sig in zip(rows, words, sigs, strict=True):
+    if ctx.hasher and rows:
+        batch.sigs = ctx.hasher.signatures_of_words(words)
+    scrub = ctx.spec.pii.mode != "off"
+    for (kind, row), w in zip(rows, words, strict=True):
         hit = ctx.decontaminator.contaminated_by_words(w) if ctx.decontaminator else None
-        key = content_key(row, CONTENT[kind])
-        held = _heldout(kind, row, ctx.spec)
+        key = ctx.keys.content_key(row, CONTENT[kind])
+        held = _heldout(kind, row, ctx)
         annotators = list(row["provenance"]["annotators"])
-        found: Counter[str] = Counter()
-        if hit is None and ctx.spec.pii.mode != "off":
+        found: dict[str, int] = {}
+        if hit is None and scrub:
+            counts: Counter[str] = Counter()
             for name in MESSAGES[kind]:
-                row[name] = [_scrub(m, ctx, found) for m in row[name]]
+                row[name] = [_scrub(m, ctx, counts) for m in row[name]]
+            found = dict(counts)
         space = f"kto:{row['label']}" if kind == "kto" else kind
         payload = dumps(row) if hit is None else b""
-        out.append(Prepared(kind, space, key, sig, hit, held, annotators, dict(found), payload))
-    return out
+        batch.rows.append(Prepared(kind, space, key, hit, held, annotators, found, payload))
+    return batch
 
 
 def _scrub(message: dict[str, str], ctx: Context, found: Counter[str]) -> dict[str, str]:
@@ -185,11 +202,12 @@ def _scrub(message: dict[str, str], ctx: Context, found: Counter[str]) -> dict[s
     return {**message, "content": text}
 
 
-def _heldout(kind: str, row: Row, spec: FeedbackSpec) -> bool:
-    """A hash of seed + prompt, so one prompt never lands on both sides of the split."""
+def _heldout(kind: str, row: Row, ctx: Context) -> bool:
+    """A hash of seed + normalised prompt (``RowKeys.heldout_hash``), so one prompt never lands
+    on both sides of the split."""
+    spec = ctx.spec
     if spec.heldout_fraction <= 0:
         return False
     prompt = row["messages"][:-1] if kind == "sft" else row["prompt"]
-    blob = f"{spec.seed}:{normalize(dumps(prompt).decode('utf-8'))}".encode()
-    h = hashlib.sha256(blob).digest()
+    h = ctx.keys.heldout_hash(spec.seed, prompt)
     return int.from_bytes(h[:8], "big") / 2**64 < spec.heldout_fraction

@@ -1,8 +1,9 @@
 """A private on-disk working store (SQLite) for what a streaming ingest must remember.
 
-Joins (Langfuse scores to their observations), duplicate keys, LSH buckets and thumbs waiting
-for a partner grow with the export; keeping them in SQLite instead of Python dicts keeps the
-process's memory flat (SQLite's page cache is bounded). The store lives in a fresh temporary
+Joins (Langfuse scores to their observations), seen ids and thumbs waiting for a partner grow
+with the export; keeping them in SQLite instead of Python dicts keeps the process's memory flat
+(SQLite's page cache is bounded). The dedup indexes live in files of the same directory
+(``spillmap``). The store lives in a fresh temporary
 directory (mode 0700) and is deleted when the stage ends; it is never part of the output.
 Unscrubbed text passes through it transiently (PII is applied when rows are written).
 """
@@ -16,6 +17,18 @@ from pathlib import Path
 from types import TracebackType
 
 CACHE_PAGES_KIB = 32 * 1024  # SQLite page cache bound (32 MiB)
+
+
+def create_index(db: sqlite3.Connection, sql: str, sort_kib: int = 2048) -> None:
+    """``sql`` (a CREATE INDEX on a filled table) with SQLite's sorter held to ``sort_kib``:
+    the sorter may use as much memory as the page cache, and the peak would grow with the
+    table (it spills to a temporary file instead)."""
+    (pages,) = db.execute("PRAGMA cache_size").fetchone()
+    db.execute(f"PRAGMA cache_size=-{sort_kib}")
+    try:
+        db.execute(sql)
+    finally:
+        db.execute(f"PRAGMA cache_size={pages}")
 
 
 class Scratch:
