@@ -194,3 +194,19 @@ def test_langfuse_bad_rows_are_quarantined(tmp_path):
     assert "empty" in reasons["x1"] and "no prompt" in reasons["x2"]
     assert reasons["s-missing"] == "score refers to no known generation"
     assert json.loads((out / "manifest.json").read_text())["sources"][0]["records"] == 27
+
+
+def test_long_reads_report_progress_and_a_summary(tmp_path, monkeypatch, caplog):
+    import feinschliff.ingest.stage as stage
+
+    monkeypatch.setattr(stage, "PROGRESS_SECONDS", 0.0)  # every item reports
+    caplog.set_level("INFO", logger="feinschliff.ingest.stage")
+    out = tmp_path / "out"
+    run_ingest(spec(("langfuse", LANGFUSE)), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    source = manifest["sources"][0]
+    messages = [r.getMessage() for r in caplog.records]
+    progress = [m for m in messages if "records read" in m]
+    assert progress and all(m.startswith("langfuse: ") and "/s)" in m for m in progress)
+    summary = f"langfuse: {source['records']:,} records, {source['quarantined']:,} quarantined in"
+    assert any(m.startswith(summary) for m in messages), messages

@@ -15,6 +15,7 @@ is checked, so a failing run still leaves everything for inspection (without ``.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from feinschliff.pii import PiiError, key_fingerprint, load_key
 from feinschliff.specs.feedback import FeedbackSource, FeedbackSpec
 
 log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 10.0
 
 
 class IngestError(RuntimeError):
@@ -140,6 +142,7 @@ def _ingest_source(
     except UnknownExport as exc:
         raise InvalidSource(str(exc)) from exc
     n_records = n_quarantined = 0
+    started = last = time.monotonic()
     for item in read.items:
         if isinstance(item, FeedbackRecord):
             n_records += 1
@@ -150,6 +153,22 @@ def _ingest_source(
         else:
             n_quarantined += 1
             pipeline.add_quarantined(item)
+        if time.monotonic() - last >= PROGRESS_SECONDS:  # large exports take minutes
+            last = time.monotonic()
+            log.info(
+                "%s: %s records read (%s/s), %s quarantined",
+                source.kind,
+                f"{n_records:,}",
+                f"{n_records / (last - started):,.0f}",
+                f"{n_quarantined:,}",
+            )
+    log.info(
+        "%s: %s records, %s quarantined in %.1f s",
+        source.kind,
+        f"{n_records:,}",
+        f"{n_quarantined:,}",
+        time.monotonic() - started,
+    )
     return {
         "kind": source.kind,
         "path": str(path),
