@@ -135,8 +135,9 @@ Rows and records not used, by reason:
   Only submitted Argilla responses count.
 - Deduplication: exact (normalised content) and near-duplicate (MinHash LSH, threshold
   {manifest["dedup"]["threshold"]}), across all sources, before any PII pseudonymization.
-- Decontamination: {manifest["decontamination"]["ngram"]}-gram overlap with
-  {", ".join(manifest["decontamination"]["eval_sets"]) or "no eval sets"}; rows that overlap are dropped.
+- Decontamination against {", ".join(manifest["decontamination"]["eval_sets"]) or "no eval sets"}:
+  rows holding a {manifest["decontamination"]["ngram"]}-gram of an eval text, or a whole eval
+  text of 8 words or more that is shorter than that, are dropped (`feinschliff.ngrams`).
   {"Not checked (no local data): " + ", ".join(unchecked) if unchecked else ""}
 - PII (Presidio, pattern recognizers, German identifiers): mode `{pii["mode"]}`; findings: {found}.
   Person names and addresses are not detected (no NER model).
