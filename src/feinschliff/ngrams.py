@@ -92,6 +92,7 @@ class EvalIndex:
         # anchor word triple -> [(sequence, eval set name)]
         self.anchored: dict[tuple[int, ...], list[tuple[tuple[int, ...], str]]] = {}
         self.anchors: set[tuple[int, ...]] = set()  # anchored's keys, as a set: tested per row
+        self._indexed: set[tuple[tuple[int, ...], str]] = set()
 
     def __bool__(self) -> bool:
         return bool(self.anchored)
@@ -104,6 +105,9 @@ class EvalIndex:
         n = self.n
         seqs = [tuple(w)] if len(w) < n else [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
         for seq in seqs:
+            if (seq, name) in self._indexed:  # a passage repeated across eval rows: compare once
+                continue
+            self._indexed.add((seq, name))
             self.anchored.setdefault(seq[:ANCHOR], []).append((seq, name))
             self.anchors.add(seq[:ANCHOR])
 

@@ -127,6 +127,38 @@ def test_dedup_with_spilled_indexes_equals_row_by_row_reference():
     assert exact == want and 0 < sum(exact) < len(exact)
 
 
+def test_spill_map_failing_mid_write_leaves_no_open_file_or_run(tmp_path, monkeypatch):
+    """A disk-full error while a run is written (spill or merge): the error surfaces, no half
+    run stays on disk, and close() releases every file (open fds would hold the disk space)."""
+    import os
+
+    monkeypatch.setattr(spillmap, "MERGE_CHUNK", 50)
+    real_write, calls = spillmap._RunWriter.write, []
+
+    def failing_write(self, pairs):
+        calls.append(len(pairs))
+        if len(calls) == FAIL_AT:
+            raise OSError(28, "No space left on device")
+        return real_write(self, pairs)
+
+    monkeypatch.setattr(spillmap._RunWriter, "write", failing_write)
+    for FAIL_AT in (1, 9, 20):  # the first spill; later spills and merges
+        calls.clear()
+        folder = tmp_path / f"fail{FAIL_AT}"
+        folder.mkdir()
+        fds = len(os.listdir("/proc/self/fd"))
+        index = SpillMap(folder, "t", memory_entries=100)
+        with pytest.raises(OSError, match="No space"):
+            for step in range(100):
+                keys = np.arange(step * 60, step * 60 + 60, dtype=np.int64)
+                index.add(keys, keys)
+        assert len(calls) == FAIL_AT
+        assert all(run.path.exists() for run in index.runs)  # complete runs only
+        index.close()
+        assert not list(folder.iterdir())
+        assert len(os.listdir("/proc/self/fd")) == fds
+
+
 HOSTILE = [
     "Zählerstand  melden\u00a0bitte",
     "ΟΔΟΣ Σ ΣΑΣ",  # final sigma depends on the neighbours
@@ -169,6 +201,8 @@ def test_row_keys_equal_the_whole_row_formula():
         dumps([{"role": "user", "content": 1}]).decode()
     )
     assert keys.normalized([{"a": True}]) != keys.normalized([{"a": 1}])  # no aliasing
+    tool_call = [{"role": "assistant", "content": "x", "tool_calls": [{"name": "Ä"}]}]
+    assert keys.normalized(tool_call) == normalize(dumps(tool_call).decode())  # unhashable value
 
 
 def test_construct_equals_model_construct():

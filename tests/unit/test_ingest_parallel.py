@@ -82,3 +82,57 @@ def test_parallel_read_equals_one_process_read(tmp_path, monkeypatch):
     assert skipped["langfuse_observation_seen_twice"] == 10
     assert skipped["langfuse_not_a_generation"] == 1
     assert outputs[0][1][0]["quarantined"] == 3  # junk row, broken generation, orphan score
+
+
+def test_files_too_large_for_a_worker_are_streamed_in_the_parent_in_order(tmp_path, monkeypatch):
+    """A worker returns a whole file at once; files over WORKER_MAX_BYTES stay in the parent
+    (streamed in chunks), in their place in the order, and the output does not change."""
+    lf = tmp_path / "lf"
+    _export(lf)
+    small = [lf / name for name in ("obs-0.json", "obs-2.json", "obs-9-mixed.jsonl")]
+    limit = max(f.stat().st_size for f in small)
+    for name in ("scores.json", "obs-1.json"):  # the same JSON, indented past the limit
+        path = lf / name
+        path.write_text(json.dumps(json.loads(path.read_text()), indent=24))
+        assert path.stat().st_size > limit
+    monkeypatch.setattr(langfuse_parallel, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(langfuse_parallel, "WORKER_MAX_BYTES", limit)
+    sent: list[str] = []  # files offered to the worker pool
+    real_scores = langfuse_parallel.store_scores
+
+    def spy_store_scores(files, join, submit):
+        def spying_submit(fn, path, *args):
+            sent.append(path.name)
+            return submit(fn, path, *args)
+
+        return real_scores(files, join, spying_submit)
+
+    def spy_read(files, join, scores, submit):
+        def spying_submit(fn, path, *args):
+            sent.append(path.name)
+            return submit(fn, path, *args)
+
+        return real_read(files, join, scores, spying_submit)
+
+    real_read = langfuse_parallel.read_in_workers
+    monkeypatch.setattr(langfuse_parallel, "store_scores", spy_store_scores)
+    monkeypatch.setattr(langfuse_parallel, "read_in_workers", spy_read)
+    outputs = []
+    for workers in (1, 2):
+        sent.clear()
+        spec = FeedbackSpec.model_validate(
+            {
+                "sources": [{"kind": "langfuse", "path": str(tmp_path / "lf")}],
+                "pii": {"mode": "off"},
+                "heldout_fraction": 0.2,
+                "max_quarantine_fraction": 1.0,
+                "workers": workers,
+            }
+        )
+        out = tmp_path / f"out{workers}"
+        ref = run_ingest(spec, out)
+        manifest = json.loads((out / "manifest.json").read_text())
+        outputs.append((ref.sha256, manifest["sources"], manifest["drops"], manifest["counts"]))
+    # with two workers: never the large files (the mixed file comes back and is read here)
+    assert sent == ["obs-0.json", "obs-2.json", "obs-9-mixed.jsonl"]
+    assert outputs[0] == outputs[1]

@@ -158,3 +158,15 @@ def test_ingest_the_gate_and_generate_flag_the_same_rows(own_eval_set, tmp_path)
     assert gate == expected
     assert generate == expected
     assert drops == {"eval_contamination": sum(expected)}
+
+
+def test_a_passage_repeated_across_eval_rows_is_indexed_once():
+    passage = (
+        "Der Kunde meldet seinen Zählerstand jeden Monat online über das Portal der Stadtwerke."
+    )
+    index = EvalIndex()
+    for _ in range(50):
+        index.add_row({"passage": passage, "question": "Wann?"}, "lesen")
+    stored = sum(len(b) for b in index.anchored.values())
+    assert stored == len(passage.split()) - index.n + 1
+    assert index.contaminated_by({"messages": [{"role": "user", "content": passage}]}) == "lesen"

@@ -84,13 +84,16 @@ class RowKeys:
             return self._element(value)
         memo, parts = self._memo, []
         for element in value:
-            # a message's items as the key: its strings' hashes are cached, unlike dumps' bytes
-            items = tuple(element.items()) if type(element) is dict else None
+            # a message's items as the key: its strings' hashes are cached, unlike dumps' bytes;
+            # only all-str messages (True == 1 would alias keys, lists are unhashable)
+            items = None
+            if type(element) is dict and all(type(v) is str for v in element.values()):
+                items = tuple(element.items())
             text = memo.get(items) if items is not None else None
             if text is None:
                 text = self._element(element)
-                if items is not None and all(type(v) is str for _, v in items):
-                    memo[items] = text  # only str values: True == 1 would alias keys
+                if items is not None:
+                    memo[items] = text
             parts.append(text)
         return "[" + ",".join(parts) + "]"
 

@@ -9,8 +9,11 @@ traces with trace-level scores, count, and pass the prepared rows on. Results ar
 submission order, so the output equals the one-process read (a unit test compares them).
 
 Score files come first: parsed in workers, their rows stored by the parent in file order.
-An observation file that also holds score rows ends the parallel read (its scores must be stored before
-later files are joined): that file and every later one are read in the parent.
+An observation file that also holds score rows ends the parallel read (its scores must be
+stored before later files are joined): that file and every later one are read in the parent.
+A worker returns a whole file's results at once, so only files up to ``WORKER_MAX_BYTES`` go to
+workers (API pages are far smaller); a larger one (a UI export, a JSONL dump) is streamed in the
+parent in chunks, in its place in the order, so memory stays flat however large a file is.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from feinschliff.ingest.records import ReadLog
 PARALLEL_MIN_BYTES = 4 << 20  # smaller exports are read in the parent: no worker start-up
 LOOKAHEAD = 4  # files in flight
 SCORE_LOOKAHEAD = 16  # score files in flight (small pages, cheap to parse)
+WORKER_MAX_BYTES = 16 << 20  # larger files are streamed in the parent (see the docstring)
+
+
+def _fits_worker(path: Path) -> bool:
+    return path.stat().st_size <= WORKER_MAX_BYTES
 
 
 @dataclass
@@ -114,7 +122,12 @@ def store_scores(files: list[Path], join: _Join, submit: Submit) -> Iterator[Any
     pending: deque[tuple[Path, Future[ScoreRows]]] = deque()
     i = 0
     while i < len(files) or pending:
-        while not serial and i < len(files) and len(pending) < SCORE_LOOKAHEAD:
+        while (
+            not serial
+            and i < len(files)
+            and len(pending) < SCORE_LOOKAHEAD
+            and _fits_worker(files[i])
+        ):
             future = submit(parse_scores_in_worker, files[i])
             if future is None:  # no worker pool (one worker configured)
                 serial = True
@@ -141,7 +154,7 @@ def read_in_workers(files: list[Path], join: _Join, scores: Path, submit: Submit
     pending: deque[tuple[int, Future[FileResult]]] = deque()
     i = 0
     while i < len(files) or pending:
-        while not serial and i < len(files) and len(pending) < LOOKAHEAD:
+        while not serial and i < len(files) and len(pending) < LOOKAHEAD and _fits_worker(files[i]):
             future = submit(join_file_in_worker, files[i], scores)
             if future is None:  # no worker pool (one worker configured)
                 serial = True

@@ -9,7 +9,8 @@ per row to insert and look up; here the work is done in numpy, a batch at a time
   to disk as one sorted run, of which only every ``BLOCK``-th key stays in memory. A lookup
   searches the levels with ``searchsorted`` and reads from each run only the blocks that can
   hold the key (``os.pread``). Runs are merged pairwise as they accumulate (streamed, a chunk
-  at a time), so there are few. Memory therefore stays flat however many pairs are stored.
+  at a time), so there are few. Memory is therefore bounded by ``memory_entries`` plus one
+  8-byte fence per 256 stored pairs (~0.2 MiB at the 7M LSH pairs of a 1M export).
 - ``RecordFile``: fixed-size records appended to a file, numbered from 1, read back by number
   with ``os.pread`` (only near-dup candidates are read back; a small direct-mapped cache keeps
   the ones read before, since popular texts are candidates again and again).
@@ -27,7 +28,8 @@ import numpy as np
 PAIR = np.dtype([("k", "<i8"), ("v", "<i8")])
 BLOCK = 256  # pairs per disk block (4 KiB): one fence key per block stays in memory
 MERGE_CHUNK = 1 << 14  # pairs read per run at a time while merging runs (256 KiB)
-LOOKUP_SLICE = 256  # queries looked up in a run at a time: at most ~1 MiB of blocks read
+LOOKUP_SLICE = 256  # queries looked up in a run at a time: ~2 MiB of blocks read (more
+# only when one key fills many blocks, e.g. an LSH band shared by many templated rows)
 
 
 def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]):
@@ -125,6 +127,11 @@ class _RunWriter:
         fences = np.concatenate(self.fences) if self.fences else np.empty(0, dtype=np.int64)
         return _Run(self.path, fences, self.size)
 
+    def abort(self) -> None:
+        """A write failed (disk full, interrupt): no half run left open or on disk."""
+        self.f.close()
+        self.path.unlink(missing_ok=True)
+
 
 class SpillMap:
     """int64 key -> int64 values (a multimap), in memory up to a bound, then on disk."""
@@ -182,10 +189,14 @@ class SpillMap:
             self.levels[-1] = _merge(self.levels[-1], b)
         keys, values = self.levels.pop()
         writer = _RunWriter(self._path())
-        for lo in range(0, len(keys), MERGE_CHUNK):  # a chunk at a time: no second copy
-            pairs = np.empty(min(MERGE_CHUNK, len(keys) - lo), dtype=PAIR)
-            pairs["k"], pairs["v"] = keys[lo : lo + len(pairs)], values[lo : lo + len(pairs)]
-            writer.write(pairs)
+        try:
+            for lo in range(0, len(keys), MERGE_CHUNK):  # a chunk at a time: no second copy
+                pairs = np.empty(min(MERGE_CHUNK, len(keys) - lo), dtype=PAIR)
+                pairs["k"], pairs["v"] = keys[lo : lo + len(pairs)], values[lo : lo + len(pairs)]
+                writer.write(pairs)
+        except BaseException:
+            writer.abort()
+            raise
         self.runs.append(writer.close())
         # like the levels: merge the newest two while the older is at most twice the newer,
         # so there are O(log(pairs / memory)) runs and each pair is rewritten as often
@@ -193,27 +204,32 @@ class SpillMap:
             self._merge_runs(2)
 
     def _merge_runs(self, n: int) -> None:
-        """The newest ``n`` runs -> one, streamed: memory holds one chunk per run."""
-        merging, self.runs = self.runs[-n:], self.runs[:-n]
+        """The newest ``n`` runs -> one, streamed: memory holds one chunk per run. The merged
+        runs stay in ``runs`` (closed by ``close``) until their replacement is complete."""
+        merging = self.runs[-n:]
         readers = [run.chunks() for run in merging]
         heads = [next(r, None) for r in readers]
         writer = _RunWriter(self._path())
-        while any(h is not None for h in heads):
-            # everything up to the smallest last key of the loaded chunks is final
-            bound = min(h["k"][-1] for h in heads if h is not None)
-            parts = []
-            for i, head in enumerate(heads):
-                if head is None:
-                    continue
-                n = int(np.searchsorted(head["k"], bound, side="right"))
-                parts.append(head[:n])
-                rest = head[n:]
-                heads[i] = rest if len(rest) else next(readers[i], None)
-            merged = np.concatenate(parts)
-            writer.write(merged[np.argsort(merged["k"], kind="stable")])
+        try:
+            while any(h is not None for h in heads):
+                # everything up to the smallest last key of the loaded chunks is final
+                bound = min(h["k"][-1] for h in heads if h is not None)
+                parts = []
+                for i, head in enumerate(heads):
+                    if head is None:
+                        continue
+                    k = int(np.searchsorted(head["k"], bound, side="right"))
+                    parts.append(head[:k])
+                    rest = head[k:]
+                    heads[i] = rest if len(rest) else next(readers[i], None)
+                merged = np.concatenate(parts)
+                writer.write(merged[np.argsort(merged["k"], kind="stable")])
+        except BaseException:
+            writer.abort()
+            raise
+        self.runs[-n:] = [writer.close()]
         for run in merging:
             run.delete()
-        self.runs.append(writer.close())
 
 
 class RecordFile:
