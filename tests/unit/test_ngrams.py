@@ -170,3 +170,21 @@ def test_a_passage_repeated_across_eval_rows_is_indexed_once():
     stored = sum(len(b) for b in index.anchored.values())
     assert stored == len(passage.split()) - index.n + 1
     assert index.contaminated_by({"messages": [{"role": "user", "content": passage}]}) == "lesen"
+
+
+def test_the_gate_metric_reads_every_training_file(own_eval_set, tmp_path):
+    """KTO data is trained on too: a quoted eval question there counts like anywhere else."""
+    from feinschliff.evaluate.stage import contamination
+
+    def kto(answer: str, label: bool) -> dict:
+        return {
+            "prompt": [{"role": "user", "content": "Eine Frage"}],
+            "completion": [{"role": "assistant", "content": answer}],
+            "label": label,
+        }
+
+    rows = [kto(f"Gegenfrage: {LONG}", False), kto("Gerne, das geht online.", True)]
+    (tmp_path / "kto.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    (tmp_path / "sft.jsonl").write_text(json.dumps(CASES[5][0]) + "\n", "utf-8")
+    entry = contamination(tmp_path, [own_eval_set])
+    assert entry["samples"] == 3 and entry["value"] == 1

@@ -129,7 +129,7 @@ def contamination(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
     files = [f for t, f in bundled_task_files().items() if t in tasks]
     index = index_jsonl(files)
     rows = []
-    for name in ("sft.jsonl", "preference.jsonl"):
+    for name in ("sft.jsonl", "preference.jsonl", "kto.jsonl"):  # whatever the method trains on
         path = data_dir / name
         if path.exists():
             rows += [
