@@ -51,6 +51,18 @@ def _export(folder: Path) -> None:
     (folder / "obs-9-mixed.jsonl").write_text("\n".join(json.dumps(r) for r in mixed) + "\n")
 
 
+def _spec(folder: Path, workers: int) -> FeedbackSpec:
+    return FeedbackSpec.model_validate(
+        {
+            "sources": [{"kind": "langfuse", "path": str(folder)}],
+            "pii": {"mode": "off"},
+            "heldout_fraction": 0.2,
+            "max_quarantine_fraction": 1.0,
+            "workers": workers,
+        }
+    )
+
+
 def test_parallel_read_equals_one_process_read(tmp_path, monkeypatch):
     _export(tmp_path / "lf")
     merged = []
@@ -64,15 +76,7 @@ def test_parallel_read_equals_one_process_read(tmp_path, monkeypatch):
     monkeypatch.setattr(langfuse_parallel, "_merge", counting_merge)
     outputs = []
     for workers in (1, 2):
-        spec = FeedbackSpec.model_validate(
-            {
-                "sources": [{"kind": "langfuse", "path": str(tmp_path / "lf")}],
-                "pii": {"mode": "off"},
-                "heldout_fraction": 0.2,
-                "max_quarantine_fraction": 1.0,
-                "workers": workers,
-            }
-        )
+        spec = _spec(tmp_path / "lf", workers)
         ref = run_ingest(spec, tmp_path / f"out{workers}")
         manifest = json.loads((tmp_path / f"out{workers}" / "manifest.json").read_text())
         outputs.append((ref.sha256, manifest["sources"], manifest["drops"], manifest["counts"]))
@@ -120,15 +124,7 @@ def test_files_too_large_for_a_worker_are_streamed_in_the_parent_in_order(tmp_pa
     outputs = []
     for workers in (1, 2):
         sent.clear()
-        spec = FeedbackSpec.model_validate(
-            {
-                "sources": [{"kind": "langfuse", "path": str(tmp_path / "lf")}],
-                "pii": {"mode": "off"},
-                "heldout_fraction": 0.2,
-                "max_quarantine_fraction": 1.0,
-                "workers": workers,
-            }
-        )
+        spec = _spec(tmp_path / "lf", workers)
         out = tmp_path / f"out{workers}"
         ref = run_ingest(spec, out)
         manifest = json.loads((out / "manifest.json").read_text())
