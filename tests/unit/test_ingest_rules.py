@@ -10,10 +10,11 @@ import pytest
 
 from feinschliff.ingest import run_ingest
 from feinschliff.ingest.decontam import Decontaminator, find_eval_sets
-from feinschliff.ingest.dedup import Deduplicator, MinHasher, word_hashes
+from feinschliff.ingest.dedup import Deduplicator, MinHasher
 from feinschliff.ingest.derive import derive_record, pair_thumbs
 from feinschliff.ingest.records import FeedbackRecord, Message, Vote
 from feinschliff.ingest.scratch import Scratch
+from feinschliff.ngrams import word_hashes
 from feinschliff.recipe import FeedbackSpec
 from feinschliff.specs.feedback import DedupSpec, DerivationRules
 

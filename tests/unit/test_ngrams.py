@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from feinschliff.ngrams import EvalIndex, contaminated, index_jsonl, word_hashes
+from feinschliff.ngrams import EvalIndex, contaminated, index_jsonl, row_text, word_hashes
 
 LONG_Q = "Welcher Fluss fließt durch die Stadt Köln und mündet später in den Niederlanden ins Meer?"
 SHORT_Q = "Wie heißt die Hauptstadt des Bundeslandes Nordrhein-Westfalen eigentlich genau?"
@@ -117,8 +117,6 @@ def test_ingest_the_gate_and_generate_flag_the_same_rows(own_eval_set, tmp_path)
     from feinschliff.generate.postprocess import filter_rows
     from feinschliff.generate.stage import _eval_index
     from feinschliff.ingest.decontam import Decontaminator, find_eval_sets
-    from feinschliff.ingest.dedup import row_text
-    from feinschliff.ingest.dedup import word_hashes as ingest_word_hashes
     from feinschliff.specs.generate import GenerateSpec
 
     rows = [row for row, _ in CASES]
@@ -126,9 +124,7 @@ def test_ingest_the_gate_and_generate_flag_the_same_rows(own_eval_set, tmp_path)
 
     # ingest: the word hashes prepare_rows computes once per row (MinHash shares them)
     decon = Decontaminator(find_eval_sets([own_eval_set]), 13)
-    ingest = [
-        decon.contaminated_by_words(ingest_word_hashes(row_text(r))) is not None for r in rows
-    ]
+    ingest = [decon.contaminated_by_words(word_hashes(row_text(r))) is not None for r in rows]
 
     # the gate's metric, one training dataset per row
     gate = []

@@ -29,7 +29,7 @@ from feinschliff.ingest.bloom import Bloom
 from feinschliff.ingest.jsonio import dumps
 from feinschliff.ingest.scratch import Scratch
 from feinschliff.ingest.spillmap import RecordFile, SpillMap, expand_ranges
-from feinschliff.ngrams import row_text, word_hashes  # noqa: F401 (row_text: for prepare.py)
+from feinschliff.ngrams import word_hashes
 from feinschliff.specs.feedback import DedupSpec
 
 _PAD = np.uint32(0x9E3779B9)  # fills short texts up to one shingle

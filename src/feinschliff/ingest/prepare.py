@@ -21,10 +21,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from feinschliff.ingest.decontam import Decontaminator, EvalSets
-from feinschliff.ingest.dedup import MinHasher, RowKeys, row_text, word_hashes
+from feinschliff.ingest.dedup import MinHasher, RowKeys
 from feinschliff.ingest.derive import derive_record
 from feinschliff.ingest.jsonio import dumps
 from feinschliff.ingest.records import FeedbackRecord
+from feinschliff.ngrams import row_text, word_hashes
 from feinschliff.pii import scrub_text
 from feinschliff.specs.feedback import FeedbackSpec
 
@@ -103,22 +104,7 @@ def prepare_rows_in_worker(rows: list[tuple[str, Row]]) -> Batch:
 
 
 def prepare_records(records: list[FeedbackRecord], ctx: Context) -> Batch:
-    derived_records = [derive_record(record, ctx.spec.rules) for record in records]
-    rows: list[tuple[str, Row]] = []
-    for derived in derived_records:
-        for kind in ("sft", "preference", "kto"):
-            rows.extend((kind, row) for row in getattr(derived, kind))
-    batch = prepare_rows(rows, ctx)
-    for derived in derived_records:
-        if derived.drops:
-            batch.drops.update(derived.drops)
-        if derived.disagreements:
-            batch.disagreements.update(derived.disagreements)
-        batch.thumbs.extend(
-            (ctx.keys.content_key(row, ("prompt",)), int(up), dumps(row))
-            for up, row in derived.thumbs
-        )
-    return batch
+    return prepare_tagged(records, ctx).keep(set(range(len(records))))
 
 
 @dataclass
