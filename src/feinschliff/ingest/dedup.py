@@ -267,26 +267,14 @@ class Deduplicator:
     def near_dups(self, items: list[tuple[str, str]]) -> list[bool]:
         """For each (space, text) in order: a near-duplicate of an earlier text in its space?
         Texts that are not get indexed, so later ones are compared against them."""
-        return self.near_dups_of_words([(space, word_hashes(text)) for space, text in items])
-
-    def near_dups_of_words(self, items: list[tuple[str, list[int]]]) -> list[bool]:
         if not self.spec.near or not items:
             return [False] * len(items)
-        sigs = self.hasher.signatures_of_words([w for _, w in items])
-        return self.near_dups_of_sigs(
-            [(space, sig) for (space, _), sig in zip(items, sigs, strict=True)]
-        )
-
-    def near_dups_of_sigs(self, items: list[tuple[str, np.ndarray]]) -> list[bool]:
-        """Like ``near_dups`` for signatures computed elsewhere (e.g. in a worker process)."""
-        if not self.spec.near or not items:
-            return [False] * len(items)
-        return self.near_dups_of_batch(
-            [space for space, _ in items], np.stack([sig for _, sig in items])
-        )
+        sigs = self.hasher.signatures_of_words([word_hashes(text) for _, text in items])
+        return self.near_dups_of_batch([space for space, _ in items], sigs)
 
     def near_dups_of_batch(self, spaces: list[str], sigs: np.ndarray | None) -> list[bool]:
-        """``near_dups_of_sigs`` for a (rows, num_perm) array (None: near-dedup is off).
+        """``near_dups`` for signatures computed elsewhere (a worker process): a (rows,
+        num_perm) array, None when near-dedup is off.
 
         Candidates already in the index are verified for the whole batch at once (numpy);
         only rows sharing a band key with an earlier row of the same batch are checked row by
