@@ -54,7 +54,7 @@ ui: install model  ## local Prefect server + worker + deployments: http://127.0.
 # pytest workers for `make test`/`make integration`: tests sharing the real vLLM or Prefect's
 # harness stay on one worker (tests/conftest.py), so each service starts once.
 WORKERS ?= 2
-XDIST = -n $(WORKERS) --dist loadgroup
+XDIST = -n $(WORKERS) --dist loadgroup --max-worker-restart=0
 
 test: install model system vllm axolotl  ## lint + unit + integration + reliability tests (the CI command)
 	$(BIN)/ruff check .

@@ -40,16 +40,35 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
+def _service_group(item) -> str:
+    names = set(getattr(item, "fixturenames", ()))
+    if "vllm_server" in names:
+        return "vllm"
+    if "prefect_harness" in names:
+        return "prefect"
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under `pytest -n N --dist loadgroup`, keep each expensive session service on one worker:
     every test that needs the real vLLM runs on the same worker (one server), likewise Prefect's
-    harness; other tests stay together per file (module fixtures run once)."""
+    harness; other tests stay together per file (module fixtures run once).
+
+    tryfirst: the marks must be in place before xdist's worker turns them into ``@group``
+    nodeid suffixes in its own modifyitems hook."""
     for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        if "vllm_server" in names:
-            group = "vllm"
-        elif "prefect_harness" in names:
-            group = "prefect"
-        else:
-            group = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(_service_group(item)))
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """On the controller: fail at once if a worker's test ids carry no ``@group`` suffix, i.e.
+    xdist ignored the groups (pytest 9.2 with xdist 3.8: pytest-xdist#1386). Each worker would
+    start its own vLLM and the 2-core/24 GiB CI machine runs out of memory."""
+    if node.config.getoption("dist") == "loadgroup":
+        lost = [i for i in ids if "@" not in i.rsplit("::", 1)[-1]]
+        if lost:
+            raise pytest.UsageError(
+                f"--dist loadgroup: xdist dropped the groups of {len(lost)} tests "
+                f"(e.g. {lost[0]}); see pytest-xdist#1386 and the pytest pin in pyproject.toml"
+            )
