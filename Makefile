@@ -68,7 +68,7 @@ integration: install model system vllm axolotl  ## the real-model tests only
 	$(BIN)/pytest tests/integration $(XDIST) -m "not slow and not gpu"
 
 reliability: install model vllm  ## the reliability suite with more trials; prints a table (test, trials, passed, figure)
-	FEINSCHLIFF_RELIABILITY_LONG=1 $(BIN)/pytest tests/reliability -m "not gpu"
+	FEINSCHLIFF_RELIABILITY_LONG=1 $(BIN)/pytest tests/reliability -m "not gpu" -o timeout=3600
 
 schema: install  ## regenerate recipes/recipe.schema.json
 	$(BIN)/feinschliff schema --out recipes/recipe.schema.json
