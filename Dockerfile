@@ -11,7 +11,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     FEINSCHLIFF_HOME=/cache \
     FEINSCHLIFF_PROJECT_ROOT=/app \
     HF_HOME=/cache/hf \
-    PREFECT_LOGGING_EXTRA_LOGGERS=feinschliff
+    PREFECT_LOGGING_EXTRA_LOGGERS=feinschliff \
+    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore
 
 # Python 3.11 from deadsnakes: the lock is resolved for 3.11.
 RUN apt-get update \

@@ -12,6 +12,8 @@ export OMP_NUM_THREADS ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Forward the library's logging (it never imports Prefect) into Prefect's run logs.
 export PREFECT_LOGGING_EXTRA_LOGGERS := feinschliff
+# A stage run outside a flow (CLI, tests) logs to the console only, without a warning per line.
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
 export DO_NOT_TRACK := 1
 export PYTHONUNBUFFERED := 1
 
