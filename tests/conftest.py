@@ -57,10 +57,13 @@ def pytest_collection_modifyitems(config, items):
 
     tryfirst: the marks must be in place before xdist's worker turns them into ``@group``
     nodeid suffixes in its own modifyitems hook."""
+    if not config.pluginmanager.hasplugin("xdist"):  # -p no:xdist: no such marker registered
+        return
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_service_group(item)))
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown under -p no:xdist
 def pytest_xdist_node_collection_finished(node, ids):
     """On the controller: fail at once if a worker's test ids carry no ``@group`` suffix, i.e.
     xdist ignored the groups (pytest 9.2 with xdist 3.8: pytest-xdist#1386). Each worker would
