@@ -42,5 +42,6 @@ COPY data ./data
 RUN pip install --no-deps -e .
 
 USER 1000:1000
-ENTRYPOINT ["feinschliff"]
-CMD ["--help"]
+# No ENTRYPOINT: Prefect's Docker and Kubernetes workers pass the whole command line
+# (`prefect flow-run execute ...`) as the container's command / args.
+CMD ["feinschliff", "--help"]

@@ -26,3 +26,15 @@ def test_image_ships_what_the_flow_needs():
         "torch==2.13.0",
     ):
         assert needed in text
+
+
+def test_container_runs_the_command_it_is_given():
+    """Prefect's Docker worker sets the container command and the Kubernetes template passes it
+    as ``args`` (configs/prefect/*-gpu.json): an ENTRYPOINT would prefix every flow run's
+    ``prefect flow-run execute`` (and the documented ``docker run ... feinschliff run``)."""
+    instructions = [
+        line.split(maxsplit=1)[0].upper()
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.startswith((" ", "#"))
+    ]
+    assert "ENTRYPOINT" not in instructions
