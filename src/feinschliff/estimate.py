@@ -30,7 +30,7 @@ Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
   in full fine-tuning, + 2N recomputation with checkpointing, + 2N reference forward for DPO and
   KTO); GPU throughput = dense bf16 peak x MFU (default 35 %).
 
-``reference_table`` reproduces the 8B table of the talk in ``shared/reference`` under *its*
+``reference_table`` reproduces the 8B table of the talk "LLMs im Selbstbetrieb" (slide "Speicherbedarf") under *its*
 assumptions (those of the LLM System Requirements calculator it links), which differ.
 """
 

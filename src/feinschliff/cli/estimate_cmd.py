@@ -98,7 +98,9 @@ def estimate(
 
 
 def _print_reference(est) -> None:
-    typer.echo("The talk's table (shared/reference, 'Speicherbedarf'), recomputed, GiB:")
+    typer.echo(
+        "The talk's table ('LLMs im Selbstbetrieb', slide 'Speicherbedarf'), recomputed, GiB:"
+    )
     fp32, int4 = est.reference_table(), est.reference_table(dtype="int4")
     for name in fp32:
         typer.echo(f"  {name:<12} fp32 {fp32[name]:7.2f}   int4 {int4[name]:7.2f}")

@@ -134,7 +134,9 @@ class PiiSpec(Strict):
 
 class DedupSpec(Strict):
     exact: bool = Field(True, description="Drop rows whose normalised content was seen before.")
-    near: bool = Field(True, description="Drop near-duplicate rows (MinHash LSH, datasketch).")
+    near: bool = Field(
+        True, description="Drop near-duplicate rows (MinHash LSH, datasketch-compatible)."
+    )
     threshold: float = Field(
         0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity that counts as near-dup."
     )
@@ -148,7 +150,8 @@ class DecontaminationSpec(Strict):
         13,
         ge=4,
         le=50,
-        description="Words per n-gram; eval texts shorter than this match as a whole.",
+        description="Words per n-gram. Eval texts under 8 words are not checked (too common); "
+        "longer ones contribute their n-grams, or match as a whole when shorter than n.",
     )
     eval_sets: list[str] = Field(
         default_factory=list,

@@ -81,14 +81,15 @@ class VllmSpec(Strict):
         ge=1,
         le=8,
         description="How many recent production versions stay loaded under their pinned names "
-        "(<use_case>-<version>); 1 unloads a superseded version as soon as the new one serves.",
+        "(<use_case>@<version>); 1 unloads a superseded version as soon as the new one serves.",
     )
     max_loras: int = Field(
         4,
         ge=1,
-        description="The servers' --max-loras. Must exceed the adapters in play (keep_versions "
-        "+ 1 for the stable name + one being staged): on vLLM CPU a full set of slots can leak an "
-        "adapter into base-model requests (upstream bug).",
+        description="The servers' --max-loras. At least the adapters in play (keep_versions + 1 "
+        "for the stable name + one being staged); on vLLM CPU keep one more free: with every slot "
+        "used, an adapter can leak into base-model requests batched with adapter requests "
+        "(upstream bug, vLLM PRs #48421/#49656).",
     )
     verify_prompt: str = Field(
         "Wie kann ich mein Passwort zurücksetzen?",

@@ -1,7 +1,7 @@
 """Recipe section `train`: method, backend, LoRA, hyperparameters, launcher, warm start.
 
-Everything a recipe can ask for here must produce an adapter the serving vLLM accepts
-(FACTS 10.3.4): a rank from vLLM's set, no DoRA, ``bias: none``, no ``modules_to_save``. Those
+Everything a recipe can ask for here must produce an adapter the serving vLLM accepts:
+a rank from vLLM's set, no DoRA, ``bias: none``, no ``modules_to_save``. Those
 three are fields only so that a recipe asking for them gets an error that says why.
 """
 
@@ -24,9 +24,7 @@ class LoraSpec(Strict):
         "all-linear",
         description="Modules to adapt: 'all-linear' or a list such as [q_proj, v_proj].",
     )
-    use_dora: bool = Field(
-        False, description="Must stay false: vLLM cannot serve DoRA adapters (FACTS 10.3.4)."
-    )
+    use_dora: bool = Field(False, description="Must stay false: vLLM cannot serve DoRA adapters.")
     bias: Literal["none", "all", "lora_only"] = Field(
         "none", description="Must stay 'none': vLLM refuses adapters that train biases."
     )
