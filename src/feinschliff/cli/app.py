@@ -20,7 +20,8 @@ from feinschliff.recipe_loader import RecipeError, load_recipe
 app = typer.Typer(
     help="feinschliff: turn production feedback (Argilla, Langfuse) into LoRA adapters, "
     "evaluate them against the base model, promote them through a gate into a registry.\n\n"
-    "Stages: ingest -> train -> evaluate -> gate -> register; `run` chains them as a Prefect flow.",
+    "Stages: ingest -> (generate) -> train -> evaluate -> gate -> register; `run` chains them "
+    "as a Prefect flow (generate when the recipe has a generate section).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -18,14 +18,16 @@ def evaluate(
     data: Annotated[
         Path | None,
         typer.Option(
-            help="The ingest output the adapter was trained on: enables held-out "
-            "feedback metrics, held-out judge questions and the contamination count."
+            help="The ingest output the adapter was trained on. Needed for the held-out "
+            "feedback metrics (and the usecase_heldout task), the LLM judge, the contamination "
+            "count and the poisoning scan: without it those metrics are missing and gate rules "
+            "on them fail."
         ),
     ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run the recipe's lm-eval tasks (plus held-out feedback metrics and the LLM judge when
-    configured) on the base model, the production adapter (if any) and the candidate; write
+    """Run the recipe's lm-eval tasks (with --data also held-out feedback metrics and the LLM
+    judge when configured) on the base model, the production adapter (if any) and the candidate; write
     OUT/report.json, OUT/report.md, OUT/comparison.png and per-sample outputs in OUT/samples/."""
     from feinschliff.artifacts import AdapterRef, DatasetRef
     from feinschliff.evaluate import run_evaluate

@@ -19,12 +19,14 @@ import typer
 from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _load, registry_app
 from feinschliff.recipe import Recipe
 
+_ROOT_HELP = "Registry root: a directory or fsspec URL (file://, s3://bucket/registry, ...)"
 RootOpt = Annotated[
     str | None,
-    typer.Option(
-        help="Registry root: a directory or fsspec URL (file://, s3://bucket/registry, ...); "
-        "default: the recipe's, else $FEINSCHLIFF_HOME/registry."
-    ),
+    typer.Option(help=f"{_ROOT_HELP}; default: --recipe's, else $FEINSCHLIFF_HOME/registry."),
+]
+# list, show and audit take no recipe: a registry named in one is passed as --root
+ReadRootOpt = Annotated[
+    str | None, typer.Option(help=f"{_ROOT_HELP}; default: $FEINSCHLIFF_HOME/registry.")
 ]
 RecipeOpt = Annotated[
     Path | None,
@@ -38,7 +40,7 @@ WhyOpt = Annotated[str, typer.Option(help="Reason, recorded in the audit log.")]
 
 
 @registry_app.command("list")
-def registry_list(root: RootOpt = None) -> None:
+def registry_list(root: ReadRootOpt = None) -> None:
     """List registered adapter versions with their aliases (and `retired`)."""
     from feinschliff.registry import list_registry, open_root
 
@@ -60,7 +62,7 @@ def registry_list(root: RootOpt = None) -> None:
 def registry_show(
     use_case: str,
     version: Annotated[str | None, typer.Argument(help="Version; omit for the aliases.")] = None,
-    root: RootOpt = None,
+    root: ReadRootOpt = None,
 ) -> None:
     """Print a version's manifest (lineage: recipe, base model, data, metrics, gate decision),
     or without VERSION the use case's aliases, versions and retired versions."""
@@ -82,7 +84,7 @@ def registry_show(
 @registry_app.command("audit")
 def registry_audit(
     use_case: str,
-    root: RootOpt = None,
+    root: ReadRootOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Print the append-only audit log: who, when, what (register, alias from -> to, gate

@@ -52,7 +52,7 @@ def serve_demo(
     set_: SetOpt = None,
 ) -> None:
     """Load the production adapter into a local vLLM server (installed on first use by
-    scripts/install_vllm.sh into $FEINSCHLIFF_HOME/venvs, ~5 min; started ~1-2 min) and print
+    scripts/install_vllm.sh into $FEINSCHLIFF_HOME/venvs, ~4-5 min once; started ~1-2 min) and print
     the base model's and the adapter's answer to one German prompt. Writes vllm.log."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.deploy import DeployError

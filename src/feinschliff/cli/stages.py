@@ -112,8 +112,9 @@ def run(
         Path | None, typer.Option(help="Run directory (default $FEINSCHLIFF_HOME/runs/USE_CASE).")
     ] = None,
 ) -> None:
-    """Run the whole loop as the Prefect flow `retrain`: ingest, train, evaluate, gate and, if
-    the gate passes, register + promote. Finished stages with unchanged inputs are reused.
+    """Run the whole loop as the Prefect flow `retrain`: ingest, (generate + mix when the
+    recipe has a generate section), train, evaluate, gate and, if the gate passes, register +
+    promote. Finished stages with unchanged inputs are reused.
     Exit 0 promoted, 3 rejected."""
     cfg = _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
     from feinschliff.estimate import EstimateError, check_training_fits

@@ -49,7 +49,8 @@ class EvaluateSpec(Strict):
     tasks: list[str] = Field(
         default_factory=lambda: ["de_wissen_mc"],
         min_length=1,
-        description="lm-eval tasks: bundled ones from evals/lm_eval_tasks or upstream names.",
+        description="lm-eval tasks: bundled ones from evals/lm_eval_tasks, upstream names, or "
+        "usecase_heldout (ingest's held-out preference pairs as two-way multiple choice).",
     )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N items per task.")
     batch_size: int = Field(8, ge=1, description="Evaluation batch size.")
