@@ -70,7 +70,10 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise ValueError(f"bad path {key!r}")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ValueError(f"invalid YAML value: {_one_line(str(exc))}") from None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = _child(node, part)

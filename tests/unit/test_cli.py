@@ -69,3 +69,27 @@ def test_run_refuses_a_training_that_cannot_fit_the_gpu():
     assert proc.returncode == 2
     assert "does not fit train.gpu=rtx-4090" in proc.stderr and "activations" in proc.stderr
     assert "a micro-batch of" in proc.stderr
+
+
+def test_deployments_sync_reports_every_invalid_recipe_before_deploying(tmp_path):
+    """Validation comes first: exit 2 with one line per error of every recipe, and no Prefect
+    API is contacted (PREFECT_API_URL points at a closed port: a deploy attempt would fail)."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema_version: 1\nuse_case: x\n")
+    worse = tmp_path / "worse.yaml"
+    worse.write_text("use_case: [unclosed\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "feinschliff.cli", "deployments", "sync", str(bad), str(worse)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"{bad}: train: Field required" in proc.stderr
+    assert f"{worse}: (yaml):" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -132,6 +132,10 @@ def test_overrides_are_validated_like_the_file(tmp_path, demo):
     with pytest.raises(RecipeError) as err:
         load_recipe(path, ["train.nonsense=1"])
     assert ": train.nonsense: unknown key" in err.value.lines[0]
+    with pytest.raises(RecipeError) as err:  # bad YAML in the value: a line, not a traceback
+        load_recipe(path, ["train.lora.r=["])
+    assert len(err.value.lines) == 1
+    assert err.value.lines[0].startswith(f"{path}: --set train.lora.r=[: invalid YAML value: ")
 
 
 def test_override_syntax_errors_are_reported():

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from feinschliff.cli.app import app
+from feinschliff.cli.app import Failure, app
 
 deployments_app = typer.Typer(
     help="Prefect deployments for scheduled and UI-triggered runs.", no_args_is_help=True
@@ -33,7 +33,16 @@ def sync(
     recipe's `schedule` (cron + timezone), against the Prefect API in PREFECT_API_URL.
     Idempotent: rerunning updates the deployments in place."""
     from feinschliff.paths import project_root
+    from feinschliff.recipe_loader import RecipeError, load_recipe
 
+    errors = []  # every recipe valid before any deployment changes
+    for recipe in recipes:
+        try:
+            load_recipe(recipe)
+        except RecipeError as exc:
+            errors += exc.lines
+    if errors:
+        raise Failure("\n".join(errors), code=2)
     sys.path.insert(0, str(project_root()))
     from flows.deployments import sync_deployments
 
