@@ -30,9 +30,17 @@ from feinschliff.artifacts import (
 from feinschliff.evaluate import run_evaluate
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
 from feinschliff.generate import merge_datasets, run_generate
+from feinschliff.generate.stage import cache_key as generate_cache_key
+from feinschliff.generate.stage import stopped_by_budget
 from feinschliff.ingest import run_ingest
 from feinschliff.ledger import Ledger, effect_key
-from feinschliff.pipeline import feedback_fingerprint, lineage, read_report, registry_root
+from feinschliff.pipeline import (
+    eval_data_fingerprint,
+    ingest_fingerprint,
+    lineage,
+    read_report,
+    registry_root,
+)
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
 from feinschliff.registry import RegistryError, production_adapter, read_aliases
@@ -49,11 +57,7 @@ CACHE = {"persist_result": True, "cache_expiration": timedelta(days=30)}
 def _ingest_key(ctx: Any, p: dict[str, Any]) -> str:
     r: Recipe = p["recipe"]
     return input_key(
-        "ingest",
-        section_hash(r, "feedback"),
-        feedback_fingerprint(r.feedback),
-        str(p["out"]),
-        code_version(),
+        "ingest", section_hash(r, "feedback"), ingest_fingerprint(r), str(p["out"]), code_version()
     )
 
 
@@ -78,6 +82,7 @@ def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
         p["data"].sha256,
         p["adapter"].sha256,
         prod.sha256 if prod else None,
+        eval_data_fingerprint(),
         str(p["out"]),
         code_version(),
     )
@@ -113,11 +118,13 @@ class _TrainProgress(logging.Handler):
             update_progress_artifact(self.artifact_id, min(100.0, 100.0 * args[0] / args[1]))
 
 
-def _generate_key(ctx: Any, p: dict[str, Any]) -> str:
+def _generate_key(ctx: Any, p: dict[str, Any]) -> str | None:
     r: Recipe = p["recipe"]
-    return input_key(
-        "generate", section_hash(r, "generate"), p["feedback"].sha256, str(p["out"]), code_version()
-    )
+    if stopped_by_budget(Path(p["out"])):
+        return None  # not cached: the rerun continues the output (the library reuses the rest)
+    # the library's key: the section, seed files, eval data, template version, feedback
+    key = generate_cache_key(r.generate, p["feedback"]) if r.generate else None
+    return input_key("generate", key, str(p["out"]), code_version())
 
 
 def _mix_key(ctx: Any, p: dict[str, Any]) -> str:

@@ -11,7 +11,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef, hash_tree, sha256_file
+from feinschliff.artifacts import (
+    AdapterRef,
+    DatasetRef,
+    ReportRef,
+    hash_tree,
+    input_key,
+    sha256_file,
+)
 from feinschliff.gate import Decision
 from feinschliff.models import feinschliff_home
 from feinschliff.recipe import FeedbackSpec, Recipe
@@ -49,6 +56,39 @@ def feedback_fingerprint(spec: FeedbackSpec) -> list[str]:
         else:
             out.append(f"missing:{path}")
     return out
+
+
+def ingest_fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """What ingest's output depends on besides the ``feedback`` section: the sources' content,
+    the eval sets rows are decontaminated against (the recipe's ``evaluate.tasks`` included,
+    names and file contents) and which pseudonymization key encrypts them."""
+    from feinschliff.ingest.decontam import find_eval_sets
+    from feinschliff.pii import PiiError, key_fingerprint, load_key
+
+    spec = recipe.feedback
+    names = [*recipe.evaluate.tasks, *spec.decontamination.eval_sets]
+    sets = find_eval_sets(names if spec.decontamination.enabled else [])
+    key = None
+    if spec.pii.mode == "pseudonymize":
+        try:
+            key = key_fingerprint(load_key(spec.pii.key_secret))
+        except PiiError:
+            key = "missing"  # the stage itself fails with the message
+    return {
+        "sources": feedback_fingerprint(spec),
+        "eval_sets": {name: sha256_file(path) for name, path in sets.files.items()},
+        "unchecked": sets.unchecked,
+        "pii_key": key,
+    }
+
+
+def eval_data_fingerprint() -> str:
+    """The bundled eval data (lm-eval tasks, judge questions and prompts) that ``evaluate``
+    reads from the checkout: an edited task file must not reuse an old report."""
+    from feinschliff.paths import project_root
+
+    root = project_root() / "evals"
+    return input_key(*(hash_tree(root / d, exclude=()) for d in ("lm_eval_tasks", "judge")))
 
 
 def read_report(report: ReportRef | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from feinschliff.evaluate.harness import bundled_task_files, run_tasks
 from feinschliff.models import resolve_model
 from feinschliff.ngrams import contaminated, index_jsonl
 from feinschliff.paths import project_root
+from feinschliff.pipeline import eval_data_fingerprint
 from feinschliff.plots import plot_comparison
 from feinschliff.poisoning import scan_dataset
 from feinschliff.recipe import Recipe
@@ -52,6 +53,7 @@ def run_evaluate(
         adapter.sha256,
         production.sha256 if production else None,
         data.sha256 if data else None,
+        eval_data_fingerprint(),
         code_version(),
     )
     if digest := reusable(out, key):

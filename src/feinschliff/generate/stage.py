@@ -163,6 +163,13 @@ def reusable_output(out: Path, key: str) -> str | None:
     return digest
 
 
+def stopped_by_budget(out: Path) -> bool:
+    """A finished output that stopped on its budget: a rerun continues it."""
+    if completed_hash(out) is None:
+        return False
+    return bool(json.loads((out / COMPLETE).read_text()).get("stopped_by_budget"))
+
+
 def _seed_fingerprint(spec: GenerateSpec) -> dict[str, str]:
     from feinschliff.generate.seeds import DOC_SUFFIXES
 

@@ -1,0 +1,90 @@
+"""The flow's cache keys cover everything a stage's output depends on: a rerun after an edit
+must not be served the old output (Prefect calls the key functions; no server needed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from feinschliff.artifacts import AdapterRef, DatasetRef, mark_complete
+from feinschliff.recipe_loader import load_recipe
+from flows.tasks import _evaluate_key, _generate_key, _ingest_key
+from tests.unit.test_generate_stage import _recipe as _generate_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "recipes" / "demo-de.yaml"
+
+
+def _ingest(out: Path, *overrides: str) -> str:
+    return _ingest_key(None, {"recipe": load_recipe(DEMO, list(overrides)), "out": out})
+
+
+def test_ingest_key_follows_the_eval_sets_rows_are_decontaminated_against(tmp_path):
+    base = _ingest(tmp_path)
+    assert _ingest(tmp_path) == base  # stable across calls
+    # evaluate.tasks join the eval sets (run_ingest's eval_tasks), not only the feedback section
+    assert _ingest(tmp_path, "evaluate.tasks=[de_wissen_mc, de_kurzantwort]") != base
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text('{"question": "Wie hoch ist der Grundpreis im Tarif Öko?"}\n')
+    with_file = _ingest(tmp_path, f"feedback.decontamination.eval_sets=[{extra}]")
+    extra.write_text('{"question": "Wie hoch ist der Arbeitspreis im Tarif Öko?"}\n')
+    assert _ingest(tmp_path, f"feedback.decontamination.eval_sets=[{extra}]") != with_file
+
+
+def test_ingest_key_follows_the_pseudonymization_key(tmp_path, monkeypatch):
+    mode = "feedback.pii.mode=pseudonymize"
+    monkeypatch.setenv("FEINSCHLIFF_PII_KEY", "k" * 32)
+    first = _ingest(tmp_path, mode)
+    assert _ingest(tmp_path, mode) == first
+    monkeypatch.setenv("FEINSCHLIFF_PII_KEY", "j" * 32)  # rotated: old ciphertexts are stale
+    assert _ingest(tmp_path, mode) != first
+
+
+def test_evaluate_key_follows_the_bundled_eval_data(tmp_path, monkeypatch):
+    root = tmp_path / "checkout"
+    shutil.copytree(ROOT / "evals", root / "evals")
+    monkeypatch.setenv("FEINSCHLIFF_PROJECT_ROOT", str(root))
+    adapter = tmp_path / "adapter"
+    (adapter / "adapter").mkdir(parents=True)
+    (adapter / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    params = {
+        "recipe": load_recipe(DEMO, ["register.registry=" + str(tmp_path / "registry")]),
+        "data": DatasetRef(path=str(tmp_path / "data"), sha256="d" * 64),
+        "adapter": AdapterRef(path=str(adapter), sha256="a" * 64),
+        "out": tmp_path / "eval",
+    }
+    first = _evaluate_key(None, params)
+    assert _evaluate_key(None, params) == first
+    task = root / "evals" / "lm_eval_tasks" / "de_kurzantwort.jsonl"
+    task.write_text(task.read_text() + '{"id": "neu", "question": "Neu?", "answer": "Ja"}\n')
+    assert _evaluate_key(None, params) != first
+    judge = next((root / "evals" / "judge").glob("*.jsonl"))
+    before = _evaluate_key(None, params)
+    judge.write_text(judge.read_text() + "\n")
+    assert _evaluate_key(None, params) != before
+
+
+@pytest.fixture()
+def generate_params(tmp_path):
+    recipe = load_recipe(_generate_recipe(tmp_path))
+    feedback = DatasetRef(path=str(tmp_path / "data"), sha256="f" * 64)
+    return {"recipe": recipe, "feedback": feedback, "out": tmp_path / "gen"}
+
+
+def test_generate_key_follows_the_seed_files(tmp_path, generate_params):
+    first = _generate_key(None, generate_params)
+    assert first is not None and _generate_key(None, generate_params) == first
+    (tmp_path / "themen.txt").write_text("Tarifwechsel\nUmzug\n", encoding="utf-8")
+    assert _generate_key(None, generate_params) != first
+
+
+def test_generate_output_stopped_by_its_budget_is_not_served_from_the_cache(generate_params):
+    out = generate_params["out"]
+    out.mkdir()
+    (out / "sft.jsonl").write_text("")
+    mark_complete(out, stage="generate", key="k", stopped_by_budget=None)
+    assert _generate_key(None, generate_params) is not None
+    mark_complete(out, stage="generate", key="k", stopped_by_budget="budget: max_requests=1")
+    assert _generate_key(None, generate_params) is None  # Prefect: no cache lookup, task runs
