@@ -26,6 +26,7 @@ from feinschliff.artifacts import (
     code_version,
     completed_hash,
     input_key,
+    rows_sha256,
 )
 from feinschliff.evaluate import run_evaluate
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
@@ -66,7 +67,7 @@ def _train_key(ctx: Any, p: dict[str, Any]) -> str:
     return input_key(
         "train",
         section_hash(r, "base_model", "train"),
-        p["data"].sha256,
+        rows_sha256(p["data"]),
         warm_start_sha256(r),  # init_from: production changes when production does
         str(p["out"]),
         code_version(),
@@ -79,7 +80,7 @@ def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
     return input_key(
         "evaluate",
         section_hash(r, "base_model", "evaluate"),
-        p["data"].sha256,
+        rows_sha256(p["data"]),
         p["adapter"].sha256,
         prod.sha256 if prod else None,
         eval_data_fingerprint(),
@@ -132,7 +133,7 @@ def _mix_key(ctx: Any, p: dict[str, Any]) -> str:
     return input_key(
         "mix",
         section_hash(r, "generate"),
-        p["feedback"].sha256,
+        rows_sha256(p["feedback"]),
         p["generated"].sha256,
         str(p["out"]),
         code_version(),

@@ -39,6 +39,17 @@ class DatasetRef(Ref):
     """Output of ingest: sft.jsonl, preference.jsonl, manifest.json, ..."""
 
 
+# A dataset's files that describe the run, not its rows: a scheduled live pull that found
+# nothing new writes new watermarks, fetch counts and input hashes into them.
+DATASET_BOOKKEEPING = ("manifest.json", "README.md", "quarantine.jsonl")
+
+
+def rows_sha256(data: DatasetRef) -> str:
+    """sha256 of the rows a dataset gives training and evaluation (every file but the
+    bookkeeping): what later stages' cache keys use, so unchanged rows reuse their results."""
+    return hash_tree(data.dir, exclude=(COMPLETE, ".inputs", *DATASET_BOOKKEEPING))
+
+
 class AdapterRef(Ref):
     """Output of train: adapter/ (PEFT) and metrics.json."""
 

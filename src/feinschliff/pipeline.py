@@ -17,6 +17,7 @@ from feinschliff.artifacts import (
     ReportRef,
     hash_tree,
     input_key,
+    rows_sha256,
     sha256_file,
 )
 from feinschliff.gate import Decision
@@ -134,6 +135,7 @@ def dataset_lineage(data: DatasetRef) -> dict[str, Any]:
     manifest = json.loads((data.dir / "manifest.json").read_text())
     lineage: dict[str, Any] = {
         "sha256": data.sha256,
+        "rows_sha256": rows_sha256(data),  # the training snapshot's key (train.data)
         "counts": manifest["counts"],
         "outputs": manifest["sha256"],
     }

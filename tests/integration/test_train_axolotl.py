@@ -164,7 +164,7 @@ def test_axolotl_warm_start_continues_the_production_adapter(
     differ by the size of A's init, ~100 x more."""
     from safetensors.torch import load_file
 
-    from feinschliff.pipeline import registry_root
+    from feinschliff.pipeline import dataset_lineage, registry_root
     from feinschliff.recipe_loader import load_recipe
     from feinschliff.registry import promote, register_adapter
     from feinschliff.serving.preflight import base_target
@@ -179,7 +179,7 @@ def test_axolotl_warm_start_continues_the_production_adapter(
         root,
         recipe.use_case,
         demo_adapter,
-        {"dataset": {"sha256": demo_ingest.sha256}},
+        {"dataset": dataset_lineage(demo_ingest)},
         target=base_target(recipe),
     )
     promote(root, recipe.use_case, version, why="test: production adapter to continue")

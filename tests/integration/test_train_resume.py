@@ -75,7 +75,7 @@ def test_warm_start_continues_the_production_adapter_with_replay(
     import torch
     from safetensors.torch import load_file
 
-    from feinschliff.pipeline import registry_root
+    from feinschliff.pipeline import dataset_lineage, registry_root
     from feinschliff.recipe_loader import load_recipe
     from feinschliff.registry import promote, register_adapter
     from feinschliff.serving.preflight import base_target
@@ -90,7 +90,7 @@ def test_warm_start_continues_the_production_adapter_with_replay(
         root,
         first.use_case,
         prod,
-        {"dataset": {"sha256": demo_ingest.sha256}},
+        {"dataset": dataset_lineage(demo_ingest)},
         target=base_target(first),
     )
     promote(root, first.use_case, version, why="test: first production adapter")

@@ -10,7 +10,7 @@ import pytest
 
 from feinschliff.artifacts import AdapterRef, DatasetRef, mark_complete
 from feinschliff.recipe_loader import load_recipe
-from flows.tasks import _evaluate_key, _generate_key, _ingest_key
+from flows.tasks import _evaluate_key, _generate_key, _ingest_key, _train_key
 from tests.unit.test_generate_stage import _recipe as _generate_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +88,33 @@ def test_generate_output_stopped_by_its_budget_is_not_served_from_the_cache(gene
     assert _generate_key(None, generate_params) is not None
     mark_complete(out, stage="generate", key="k", stopped_by_budget="budget: max_requests=1")
     assert _generate_key(None, generate_params) is None  # Prefect: no cache lookup, task runs
+
+
+def _dataset(root: Path, rows: str, run: str) -> DatasetRef:
+    """An ingest-shaped output: rows plus the bookkeeping a scheduled pull rewrites."""
+    root.mkdir()
+    (root / "sft.jsonl").write_text(rows)
+    (root / "heldout").mkdir()
+    (root / "heldout" / "sft.jsonl").write_text("")
+    (root / "manifest.json").write_text(f'{{"watermarks": {{"langfuse": "{run}"}}}}')
+    (root / "README.md").write_text(f"pulled {run}\n")
+    (root / "quarantine.jsonl").write_text(f'{{"reason": "seen in {run}"}}\n')
+    return DatasetRef(path=str(root), sha256=mark_complete(root, stage="ingest"))
+
+
+def test_a_pull_that_found_nothing_new_reuses_training(tmp_path):
+    """Two scheduled pulls with the same rows differ in their bookkeeping (watermarks, input
+    hashes, card): the dataset hash differs, the train key does not."""
+    recipe = load_recipe(DEMO)
+    monday = _dataset(tmp_path / "mon", '{"messages": []}\n', "2026-11-23")
+    tuesday = _dataset(tmp_path / "tue", '{"messages": []}\n', "2026-11-24")
+    changed = _dataset(tmp_path / "wed", '{"messages": [{"role": "user"}]}\n', "2026-11-25")
+    assert monday.sha256 != tuesday.sha256
+
+    def key(data: DatasetRef) -> str:
+        return _train_key(None, {"recipe": recipe, "data": data, "out": tmp_path / "train"})
+
+    assert key(monday) == key(tuesday)
+    assert key(changed) != key(monday)
+    (tuesday.dir / "heldout" / "sft.jsonl").write_text('{"messages": []}\n')  # held-out counts
+    assert key(tuesday) != key(monday)

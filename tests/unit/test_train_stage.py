@@ -27,3 +27,39 @@ def test_a_training_too_large_for_its_gpu_is_refused_with_the_numbers(tmp_path, 
     for row in ("weights", "optimizer_states", "activations", "assumptions"):
         assert row in msg
     assert not (tmp_path / "out").exists()  # refused before any output or model load
+
+
+@pytest.mark.parametrize("lineage", ["rows", "legacy"])
+def test_warm_start_replays_the_snapshot_its_lineage_names(tmp_path, monkeypatch, lineage):
+    """The training snapshot is keyed by the rows' hash, which the registry's lineage records;
+    versions registered before that recorded only the output's hash, under which older code
+    stored their snapshot."""
+    from feinschliff.registry import promote, register_adapter
+    from feinschliff.train.warm_start import find_warm_start
+    from tests.unit.adapter_factory import make_base, make_train_output, target_for
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    base = make_base(tmp_path / "base")
+    root = tmp_path / "registry"
+    dataset = {"sha256": "a" * 64} | ({"rows_sha256": "b" * 64} if lineage == "rows" else {})
+    version = register_adapter(
+        root,
+        "support-de-demo",
+        make_train_output(tmp_path / "prod", str(base)),
+        {"dataset": dataset},
+        target=target_for(base),
+    )
+    promote(root, "support-de-demo", version, why="test")
+    recipe = load_recipe(
+        ROOT / "recipes" / "demo-de.yaml",
+        [
+            f"register.registry={root}",
+            "train.init_from=production",
+            "train.lora.r=8",
+            "train.lora.alpha=16",
+            "train.lora.target_modules=[q_proj, v_proj]",
+        ],
+    )
+    warm = find_warm_start(recipe)
+    assert warm is not None and warm.version == version
+    assert warm.dataset_sha256 == ("b" * 64 if lineage == "rows" else "a" * 64)

@@ -25,6 +25,7 @@ from feinschliff.artifacts import (
     mark_complete,
     prepare_out,
     reusable,
+    rows_sha256,
     write_json,
 )
 from feinschliff.evaluate.harness import bundled_task_files, run_tasks
@@ -52,7 +53,7 @@ def run_evaluate(
         section_hash(recipe, "base_model", "evaluate"),
         adapter.sha256,
         production.sha256 if production else None,
-        data.sha256 if data else None,
+        rows_sha256(data) if data else None,
         eval_data_fingerprint(),
         code_version(),
     )

@@ -23,6 +23,7 @@ from feinschliff.artifacts import (
     mark_complete,
     prepare_out,
     reusable,
+    rows_sha256,
     sha256_file,
     write_json,
 )
@@ -47,7 +48,7 @@ def merge_datasets(
     feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path
 ) -> DatasetRef:
     """A new dataset in ``out``: the feedback rows and the generated rows, weighted."""
-    key = input_key("mix", feedback.sha256, generated.sha256, mix.model_dump(mode="json"))
+    key = input_key("mix", rows_sha256(feedback), generated.sha256, mix.model_dump(mode="json"))
     digest = reusable(out, key)
     if digest is not None:
         return DatasetRef(path=str(out), sha256=digest)

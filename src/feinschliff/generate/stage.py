@@ -37,6 +37,7 @@ from feinschliff.artifacts import (
     input_key,
     mark_complete,
     prepare_out,
+    rows_sha256,
     sha256_file,
     write_json,
 )
@@ -148,7 +149,7 @@ def cache_key(spec: GenerateSpec, feedback: DatasetRef | None) -> str:
         TEMPLATE_VERSION,
         spec.model_dump(mode="json", exclude=OPERATIONAL),
         _seed_fingerprint(spec),
-        feedback.sha256 if feedback and spec.filters.dedup_against_feedback else None,
+        rows_sha256(feedback) if feedback and spec.filters.dedup_against_feedback else None,
         _eval_fingerprint() if spec.filters.decontaminate else None,
     )
 

@@ -25,6 +25,7 @@ from feinschliff.artifacts import (
     mark_complete,
     prepare_out,
     reusable,
+    rows_sha256,
     write_json,
 )
 from feinschliff.models import resolve_model
@@ -56,9 +57,10 @@ def run_train(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
         warm = find_warm_start(recipe)
     except WarmStartError as exc:
         raise TrainError(str(exc)) from exc
+    rows = rows_sha256(data)
     key = input_key(
         section_hash(recipe, "base_model", "train"),
-        data.sha256,
+        rows,
         warm.adapter_sha256 if warm else None,
         code_version(),
     )
@@ -84,9 +86,9 @@ def run_train(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
     files = train_data.write_rows(prepared, out / "data")
     metrics = _run_backend(recipe, model_path, files, out, warm)
     # Kept for a later warm start's replay; the new rows only, not what was replayed into them.
-    train_data.snapshot_rows(
-        spec.method, train_data.method_rows(spec.method, data.dir), data.sha256
-    )
+    # Keyed by the rows' hash (the registry's lineage records it): a later ingest with the same
+    # rows reuses this training, and its lineage finds these rows.
+    train_data.snapshot_rows(spec.method, train_data.method_rows(spec.method, data.dir), rows)
     metrics["peak_rss_mb"] = round(_peak_rss_mb(metrics.get("backend_process")), 1)
     metrics.pop("backend_process", None)
     metrics |= {

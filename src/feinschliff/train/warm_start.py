@@ -44,13 +44,15 @@ def find_warm_start(recipe: Recipe) -> WarmStart | None:
         )
         return None
     manifest = json.loads((ref.dir / "manifest.json").read_text(encoding="utf-8"))
+    dataset = manifest.get("dataset") or {}
     adapter_dir = ref.dir / "adapter"
     check_compatible(recipe, json.loads((adapter_dir / "adapter_config.json").read_text()))
     start = WarmStart(
         version=manifest.get("version", ref.dir.name),
         adapter_dir=adapter_dir,
         adapter_sha256=manifest.get("adapter_sha256", ref.sha256),
-        dataset_sha256=(manifest.get("dataset") or {}).get("sha256"),
+        # the rows' hash keys the snapshot; versions registered before it existed: the output's
+        dataset_sha256=dataset.get("rows_sha256") or dataset.get("sha256"),
     )
     log.info("warm start from %s:production = %s", recipe.use_case, start.version)
     return start
