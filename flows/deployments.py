@@ -11,10 +11,15 @@ import os
 from pathlib import Path
 
 from prefect import Flow
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
 from feinschliff.paths import project_root
 from feinschliff.recipe_loader import load_recipe
+
+# One run per use case at a time (they share a work directory and a registry alias): a
+# scheduled run that outlasts its interval, or a UI run during it, waits in the queue.
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def sync_deployments(
@@ -39,6 +44,7 @@ def sync_deployments(
                 push=False,
                 description=f"Training stage of {recipe.use_case} (GPU pool)",
                 tags=["feinschliff", recipe.use_case, "train"],
+                concurrency_limit=ONE_AT_A_TIME,
                 print_next_steps=False,
                 ignore_warnings=True,  # "use .serve for local dev": we deploy on purpose
             )
@@ -58,6 +64,7 @@ def sync_deployments(
             parameters={"recipe_path": rel, "overrides": [], "train_deployment": train_deployment},
             description=recipe.description or f"Retrain {recipe.use_case}",
             tags=["feinschliff", recipe.use_case, recipe.train.method],
+            concurrency_limit=ONE_AT_A_TIME,
             print_next_steps=False,
             ignore_warnings=True,
         )

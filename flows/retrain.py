@@ -17,9 +17,17 @@ from prefect.input import RunInput
 
 from feinschliff import notify
 from feinschliff.artifacts import input_key
-from feinschliff.gate import Approval
-from feinschliff.ledger import Ledger
-from feinschliff.pipeline import default_workdir, read_report, registry_root, summary_text
+from feinschliff.estimate import check_training_fits
+from feinschliff.gate import Approval, Decision
+from feinschliff.ledger import Ledger, effect_key
+from feinschliff.pipeline import (
+    default_workdir,
+    read_report,
+    registry_root,
+    run_lock,
+    summary_text,
+)
+from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import load_recipe, recipe_hash
 from feinschliff.registry import record_event
 from feinschliff.specs.evaluate import RequireApprovalRule
@@ -48,8 +56,12 @@ class ApprovalInput(RunInput):
 
 
 def _notify_failure(flow, flow_run, state) -> None:
-    recipe_path = flow_run.parameters.get("recipe_path", "")
-    notify.send("failed", Path(recipe_path).stem, {"error": str(state.message)[:500]})
+    params = flow_run.parameters
+    try:  # the notification names the use case; the recipe itself may be what failed
+        name = load_recipe(params.get("recipe_path", ""), params.get("overrides") or []).use_case
+    except Exception:  # noqa: BLE001 - any failure to read it: fall back to the file name
+        name = Path(params.get("recipe_path", "")).stem
+    notify.send("failed", name, {"error": str(state.message)[:500]})
 
 
 @flow(name="retrain", on_failure=[_notify_failure])
@@ -70,13 +82,37 @@ def retrain(
         train_deployment: run training through this deployment (e.g. on a GPU work pool)
             instead of in this flow run; set by `feinschliff deployments sync --train-pool`.
     """
-    logger = get_run_logger()
     recipe = load_recipe(recipe_path, overrides or [])
+    check_training_fits(recipe)  # a training that cannot fit train.gpu: refused before any stage
     work = Path(workdir) if workdir else default_workdir(recipe)
+    with run_lock(work):  # one run per workdir: a second one would wipe this one's outputs
+        return _retrain(recipe, recipe_path, overrides or [], work, register, train_deployment)
+
+
+def _retrain(
+    recipe: Recipe,
+    recipe_path: str,
+    overrides: list[str],
+    work: Path,
+    register: bool,
+    train_deployment: str | None,
+) -> dict:
+    logger = get_run_logger()
     # Side effects (registry, servers, notifications) go through the run's ledger: a rerun after
     # a crash resumes this run and does each of them once (see feinschliff.ledger).
     ledger = Ledger(work / "ledger.jsonl")
     run = ledger.open_run(input_key(recipe_hash(recipe), register))
+
+    def production_at(step: str) -> str | None:
+        # The registry state a step builds on, recorded once per run: a rerun after a crash
+        # that followed this run's own promotion trains, evaluates and decides as the first
+        # attempt did, not against the candidate it promoted itself.
+        return ledger.perform(
+            effect_key(run, "production", recipe.use_case, step),
+            lambda: production_version(recipe),
+            what=f"production of {recipe.use_case} at {step}",
+        )
+
     artifacts.publish_recipe(recipe)
 
     data = fresh(ingest_task, recipe=recipe, out=work / "ingest")
@@ -87,50 +123,41 @@ def retrain(
         data = fresh(
             mix_task, recipe=recipe, feedback=data, generated=synthetic, out=work / "mixed"
         )
+    warm_from = production_at("train")  # what init_from: production continues
     if train_deployment:
         adapter = train_via_deployment(
-            train_deployment, recipe_path, overrides or [], data, work / "train"
+            train_deployment, recipe_path, overrides, data, work / "train", warm_from
         )
     else:
-        adapter = fresh(train_task, recipe=recipe, data=data, out=work / "train")
+        adapter = fresh(
+            train_task, recipe=recipe, data=data, out=work / "train", production=warm_from
+        )
     artifacts.publish_training(recipe, adapter)
     fault_point("after-train")
     # The production version the evaluation compares with: promotion compare-and-swaps against
     # it, so a production that moved after this point is never silently overridden.
-    seen_production = production_version(recipe)
-    report = fresh(evaluate_task, recipe=recipe, data=data, adapter=adapter, out=work / "evaluate")
+    seen_production = production_at("evaluate")
+    report = fresh(
+        evaluate_task,
+        recipe=recipe,
+        data=data,
+        adapter=adapter,
+        out=work / "evaluate",
+        production=seen_production,
+    )
     artifacts.publish_evaluation(recipe, report)
     fault_point("after-evaluate")
     decision = gate_task(recipe, report)
     fault_point("after-gate")
 
     if decision.needs_approval:
-        rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
-        notify.send(
-            "approval_needed",
-            recipe.use_case,
-            {"rules": [r.model_dump() for r in decision.results]},
+        # asked once per run and report: a rerun after a crash reuses the recorded answer
+        answer = ledger.perform(
+            effect_key(run, "approval", recipe.use_case, report.sha256),
+            lambda: _ask_for_approval(recipe, decision).model_dump(),
+            what=f"approval of {recipe.use_case}",
         )
-        try:
-            answer = pause_flow_run(
-                wait_for_input=ApprovalInput, timeout=rule.timeout_s, poll_interval=2
-            )
-            approval = Approval(
-                approved=answer.approve, by=answer.reviewer or "prefect-ui", comment=answer.comment
-            )
-        except FlowPauseTimeout:
-            approval = Approval(
-                approved=False, by="timeout", comment=f"no answer in {rule.timeout_s} s"
-            )
-        record_event(
-            registry_root(recipe),
-            recipe.use_case,
-            "approval",
-            why=approval.comment,
-            approved=approval.approved,
-            reviewer=approval.by,
-        )
-        decision = gate_task(recipe, report, approval)
+        decision = gate_task(recipe, report, Approval(**answer))
 
     version = None
     if decision.promote and register:
@@ -169,3 +196,32 @@ def retrain(
         "report": str(Path(report.path) / "report.json"),
         "decision": decision.model_dump(),
     }
+
+
+def _ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
+    """Notify, pause for the reviewer's form in the Prefect UI, record the answer in the
+    registry's audit log; no answer within the rule's timeout counts as a rejection."""
+    rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
+    notify.send(
+        "approval_needed", recipe.use_case, {"rules": [r.model_dump() for r in decision.results]}
+    )
+    try:
+        answer = pause_flow_run(
+            wait_for_input=ApprovalInput, timeout=rule.timeout_s, poll_interval=2
+        )
+        approval = Approval(
+            approved=answer.approve, by=answer.reviewer or "prefect-ui", comment=answer.comment
+        )
+    except FlowPauseTimeout:
+        approval = Approval(
+            approved=False, by="timeout", comment=f"no answer in {rule.timeout_s} s"
+        )
+    record_event(
+        registry_root(recipe),
+        recipe.use_case,
+        "approval",
+        why=approval.comment,
+        approved=approval.approved,
+        reviewer=approval.by,
+    )
+    return approval

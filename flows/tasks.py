@@ -44,7 +44,7 @@ from feinschliff.pipeline import (
 )
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
-from feinschliff.registry import RegistryError, production_adapter, read_aliases
+from feinschliff.registry import RegistryError, read_aliases, version_adapter
 from feinschliff.serving.deploy import reconcile
 from feinschliff.serving.preflight import PreflightError
 from feinschliff.serving.publish import publish_version, register_version
@@ -68,7 +68,7 @@ def _train_key(ctx: Any, p: dict[str, Any]) -> str:
         "train",
         section_hash(r, "base_model", "train"),
         rows_sha256(p["data"]),
-        warm_start_sha256(r),  # init_from: production changes when production does
+        warm_start_sha256(r, p["production"]),  # init_from: production continues that version
         str(p["out"]),
         code_version(),
     )
@@ -76,7 +76,7 @@ def _train_key(ctx: Any, p: dict[str, Any]) -> str:
 
 def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
     r: Recipe = p["recipe"]
-    prod = _production(r, p["adapter"])
+    prod = _production(r, p["adapter"], p["production"])
     return input_key(
         "evaluate",
         section_hash(r, "base_model", "evaluate"),
@@ -89,11 +89,12 @@ def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
     )
 
 
-def _production(recipe: Recipe, candidate: AdapterRef) -> AdapterRef | None:
-    """The production adapter to compare with; None when there is none or it *is* the candidate."""
-    prod = production_adapter(registry_root(recipe), recipe.use_case)
-    if prod is None:
+def _production(recipe: Recipe, candidate: AdapterRef, version: str | None) -> AdapterRef | None:
+    """The production adapter to compare with (``version``, as the run recorded it); None when
+    there is none or it *is* the candidate."""
+    if version is None:
         return None
+    prod = version_adapter(registry_root(recipe), recipe.use_case, version)
     from feinschliff.artifacts import hash_tree
 
     same = hash_tree(prod.dir / "adapter") == hash_tree(candidate.dir / "adapter")
@@ -154,13 +155,15 @@ def mix_task(recipe: Recipe, feedback: DatasetRef, generated: DatasetRef, out: P
 
 
 @task(name="train", cache_key_fn=_train_key, timeout_seconds=24 * 3600, **CACHE)
-def train_task(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
+def train_task(recipe: Recipe, data: DatasetRef, out: Path, production: str | None) -> AdapterRef:
+    """``production``: the production version when the run started (what a warm start
+    continues), recorded in the run's ledger."""
     # No blind retries: a rerun resumes from the last complete checkpoint instead.
     artifact = create_progress_artifact(0.0, description=f"Training {recipe.use_case}")
     handler = _TrainProgress(artifact)
     logging.getLogger("feinschliff.train").addHandler(handler)
     try:
-        ref = run_train(recipe, data, out)
+        ref = run_train(recipe, data, out, production=production)
     finally:
         logging.getLogger("feinschliff.train").removeHandler(handler)
     update_progress_artifact(artifact, 100.0)
@@ -168,8 +171,12 @@ def train_task(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, timeout_seconds=6 * 3600, retries=1, **CACHE)
-def evaluate_task(recipe: Recipe, data: DatasetRef, adapter: AdapterRef, out: Path) -> ReportRef:
-    return run_evaluate(recipe, adapter, out, production=_production(recipe, adapter), data=data)
+def evaluate_task(
+    recipe: Recipe, data: DatasetRef, adapter: AdapterRef, out: Path, production: str | None
+) -> ReportRef:
+    """``production``: the version to compare with, as the run recorded it before evaluating."""
+    prod = _production(recipe, adapter, production)
+    return run_evaluate(recipe, adapter, out, production=prod, data=data)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
@@ -263,7 +270,12 @@ def production_version(recipe: Recipe) -> str | None:
 
 
 def train_via_deployment(
-    deployment: str, recipe_path: str, overrides: list[str], data: DatasetRef, out: Path
+    deployment: str,
+    recipe_path: str,
+    overrides: list[str],
+    data: DatasetRef,
+    out: Path,
+    production: str | None,
 ) -> AdapterRef:
     """Run the train stage on another work pool through its deployment and wait for it."""
     from prefect.deployments import run_deployment
@@ -276,6 +288,8 @@ def train_via_deployment(
             "data_path": data.path,
             "data_sha256": data.sha256,
             "out": str(out),
+            "production": production,
+            "pinned": True,
         },
     )
     if run.state is None or not run.state.is_completed():

@@ -15,9 +15,21 @@ from feinschliff.train import run_train
 
 @flow(name="train-stage")
 def train_stage(
-    recipe_path: str, data_path: str, data_sha256: str, out: str, overrides: list[str] | None = None
+    recipe_path: str,
+    data_path: str,
+    data_sha256: str,
+    out: str,
+    overrides: list[str] | None = None,
+    production: str | None = None,
+    pinned: bool = False,
 ) -> dict:
-    """Train the recipe's adapter from an ingest output; returns the AdapterRef as a dict."""
+    """Train the recipe's adapter from an ingest output; returns the AdapterRef as a dict.
+
+    ``pinned``: a warm start continues ``production`` (None: there was none), the version the
+    calling retrain run recorded; otherwise the registry's production now.
+    """
     recipe = load_recipe(recipe_path, overrides or [])
-    ref = run_train(recipe, DatasetRef(path=data_path, sha256=data_sha256), Path(out))
+    data = DatasetRef(path=data_path, sha256=data_sha256)
+    kwargs = {"production": production} if pinned else {}
+    ref = run_train(recipe, data, Path(out), **kwargs)
     return ref.model_dump()

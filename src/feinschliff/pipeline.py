@@ -6,8 +6,14 @@ both entry points need so that ``feinschliff <stage>`` and the flow produce iden
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,38 @@ EXIT_REJECTED = 3
 
 def default_workdir(recipe: Recipe) -> Path:
     return feinschliff_home() / "runs" / recipe.use_case
+
+
+class RunInProgress(RuntimeError):
+    """Another run holds the work directory."""
+
+
+@contextmanager
+def run_lock(workdir: Path) -> Iterator[None]:
+    """Hold ``workdir`` for one run: runs of a use case share its stage directories, ledger
+    and checkpoints, and a second run would wipe outputs the first is using. A second run fails
+    at once naming the holder (deployments queue their runs instead: concurrency limit 1). The
+    lock is an ``flock``: it dies with its process, so a rerun after a kill is not blocked."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / ".run.lock").open("a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunInProgress(
+                f"{workdir} is in use by a run ({holder}): wait for it to finish, or pass "
+                "another workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def registry_root(recipe: Recipe) -> Path:

@@ -317,8 +317,11 @@ def audit_log(root: Root, use_case: str) -> list[dict[str, Any]]:
 def production_adapter(root: Root, use_case: str) -> AdapterRef | None:
     """The production version as a local AdapterRef (materialised for remote roots)."""
     version = read_aliases(root, use_case).get("production")
-    if version is None:
-        return None
+    return None if version is None else version_adapter(root, use_case, version)
+
+
+def version_adapter(root: Root, use_case: str, version: str) -> AdapterRef:
+    """A registered version as a local AdapterRef (materialised for remote roots)."""
     vdir = local_version(root, use_case, version)
     return AdapterRef(path=str(vdir), sha256=json.loads((vdir / COMPLETE).read_text())["sha256"])
 

@@ -135,6 +135,83 @@ def test_approval_from_the_ui_promotes(prefect_harness, demo_model, home, workdi
     assert approval["approved"] is True and approval["reviewer"] == "anna"
 
 
+def _approve_when_paused(stop: threading.Event) -> None:
+    """The reviewer: approve the first paused run (the same API call the UI makes)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateType
+    from prefect.flow_runs import resume_flow_run
+
+    while not stop.is_set():
+        with get_client(sync_client=True) as client:
+            paused = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state={"type": FlowRunFilterStateType(any_=["PAUSED"])}
+                )
+            )
+        if paused:
+            resume_flow_run(paused[0].id, run_input={"approve": True, "reviewer": "anna"})
+            return
+        time.sleep(1)
+
+
+def test_a_rerun_after_its_own_promotion_decides_as_the_first_attempt_did(
+    prefect_harness, demo_model, home, tmp_path, webhook, monkeypatch
+):
+    """A production version exists. The next run warm-starts from it, is approved by a
+    reviewer, promotes its candidate and then fails (injected, after registration). Its rerun
+    resumes the run: it continues and compares with the production the first attempt saw (not
+    the candidate it promoted itself), so training and evaluation are reused, the reviewer is
+    not asked again, and nothing is registered or announced twice."""
+    from flows import faults
+    from flows.retrain import retrain
+
+    _, received = webhook
+    work = str(tmp_path / "w")
+    passing = ["gate.rules.0.tolerance=1.0", "gate.rules.1.threshold=6"]
+    assert retrain(recipe_path=DEMO, overrides=FAST + passing, workdir=work)["version"] == "v0001"
+
+    args = {
+        "recipe_path": DEMO,
+        "overrides": FAST + _approval_rules(120) + ["train.init_from=production"],
+        "workdir": work,
+    }
+    monkeypatch.setenv("FEINSCHLIFF_FAULT_AT", "after-register:raise-once")
+    monkeypatch.setattr(faults, "_raised", set())
+    stop = threading.Event()
+    reviewer = threading.Thread(target=_approve_when_paused, args=(stop,), daemon=True)
+    reviewer.start()
+    with pytest.raises(faults.InjectedFault):
+        retrain(**args)
+    stop.set()
+    reviewer.join(timeout=30)
+    monkeypatch.delenv("FEINSCHLIFF_FAULT_AT")
+    root = home / "registry"
+    assert versions(root, "support-de-demo") == ["v0001", "v0002"]
+    stamps = {
+        stage: (tmp_path / "w" / stage / ".complete").stat().st_mtime_ns
+        for stage in ("train", "evaluate")
+    }
+
+    rerun = retrain(**args)  # nobody approves now: asking again would time out and reject
+
+    assert rerun["promoted"] is True and rerun["version"] == "v0002"
+    assert versions(root, "support-de-demo") == ["v0001", "v0002"]
+    for stage, stamp in stamps.items():  # reused, not redone against production = v0002
+        assert (tmp_path / "w" / stage / ".complete").stat().st_mtime_ns == stamp, stage
+    report = json.loads(Path(rerun["report"]).read_text())
+    assert "production" in report["metrics"]  # compared with v0001, as the first attempt was
+    metrics = json.loads((tmp_path / "w" / "train" / "metrics.json").read_text())
+    assert metrics["init_from"] == "support-de-demo/v0001"
+    events = audit_log(root, "support-de-demo")
+    assert sum(e["event"] == "approval" for e in events) == 1
+    moves = [e["new"] for e in events if e["event"] == "alias" and e["alias"] == "production"]
+    assert moves == ["v0001", "v0002"]
+    titles = [g["title"] for g in received]
+    assert sum("approval" in t for t in titles) == 1, titles
+    assert sum("promoted" in t for t in titles) == 2, titles  # v0001, then v0002 once
+    assert "feinschliff: support-de-demo run failed" in titles  # the use case, not the file
+
+
 def _register_inputs(demo_ingest, demo_adapter, tmp_path):
     """What register_task gets from the flow: a recipe, refs, a report and a passing decision."""
     from feinschliff.artifacts import ReportRef, mark_complete

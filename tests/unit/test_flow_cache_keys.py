@@ -54,6 +54,7 @@ def test_evaluate_key_follows_the_bundled_eval_data(tmp_path, monkeypatch):
         "data": DatasetRef(path=str(tmp_path / "data"), sha256="d" * 64),
         "adapter": AdapterRef(path=str(adapter), sha256="a" * 64),
         "out": tmp_path / "eval",
+        "production": None,
     }
     first = _evaluate_key(None, params)
     assert _evaluate_key(None, params) == first
@@ -112,7 +113,8 @@ def test_a_pull_that_found_nothing_new_reuses_training(tmp_path):
     assert monday.sha256 != tuesday.sha256
 
     def key(data: DatasetRef) -> str:
-        return _train_key(None, {"recipe": recipe, "data": data, "out": tmp_path / "train"})
+        params = {"recipe": recipe, "data": data, "out": tmp_path / "train", "production": None}
+        return _train_key(None, params)
 
     assert key(monday) == key(tuesday)
     assert key(changed) != key(monday)

@@ -63,3 +63,40 @@ def test_warm_start_replays_the_snapshot_its_lineage_names(tmp_path, monkeypatch
     warm = find_warm_start(recipe)
     assert warm is not None and warm.version == version
     assert warm.dataset_sha256 == ("b" * 64 if lineage == "rows" else "a" * 64)
+
+
+def test_warm_start_continues_the_version_a_run_recorded(tmp_path, monkeypatch):
+    """A flow run records the production version when it starts; after it promoted its own
+    candidate (and crashed), its rerun must continue the recorded version, not the candidate."""
+    from feinschliff.registry import promote, register_adapter
+    from feinschliff.train.warm_start import find_warm_start
+    from tests.unit.adapter_factory import make_base, make_train_output, target_for
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    base = make_base(tmp_path / "base")
+    root = tmp_path / "registry"
+    first, second = (
+        register_adapter(
+            root,
+            "support-de-demo",
+            make_train_output(tmp_path / name, str(base), seed=seed),
+            {},
+            target=target_for(base),
+        )
+        for name, seed in (("one", 1.0), ("two", 2.0))
+    )
+    promote(root, "support-de-demo", first, why="test")
+    promote(root, "support-de-demo", second, why="test: the run's own candidate")
+    recipe = load_recipe(
+        ROOT / "recipes" / "demo-de.yaml",
+        [
+            f"register.registry={root}",
+            "train.init_from=production",
+            "train.lora.r=8",
+            "train.lora.alpha=16",
+            "train.lora.target_modules=[q_proj, v_proj]",
+        ],
+    )
+    assert find_warm_start(recipe).version == second  # the registry now
+    assert find_warm_start(recipe, first).version == first  # as recorded
+    assert find_warm_start(recipe, None) is None  # recorded: there was no production

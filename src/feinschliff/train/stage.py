@@ -32,6 +32,7 @@ from feinschliff.models import resolve_model
 from feinschliff.plots import plot_loss
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
+from feinschliff.registry import UNSET
 from feinschliff.train import data as train_data
 from feinschliff.train.warm_start import WarmStart, WarmStartError, find_warm_start
 
@@ -42,19 +43,23 @@ class TrainError(RuntimeError):
     """Training cannot start (no GPU for QLoRA, too little memory, empty data) or failed."""
 
 
-def warm_start_sha256(recipe: Recipe) -> str | None:
+def warm_start_sha256(recipe: Recipe, production: Any = UNSET) -> str | None:
     """The adapter a warm start would continue (None: fresh LoRA): part of any cache key for
     training, since promoting a new production adapter changes the result."""
     try:
-        warm = find_warm_start(recipe)
+        warm = find_warm_start(recipe, production)
     except WarmStartError as exc:
         raise TrainError(str(exc)) from exc
     return warm.adapter_sha256 if warm else None
 
 
-def run_train(recipe: Recipe, data: DatasetRef, out: Path) -> AdapterRef:
+def run_train(
+    recipe: Recipe, data: DatasetRef, out: Path, *, production: Any = UNSET
+) -> AdapterRef:
+    """Train (or reuse a finished training of the same inputs). ``production``: the version a
+    warm start continues, as the caller recorded it (default: the registry's production now)."""
     try:
-        warm = find_warm_start(recipe)
+        warm = find_warm_start(recipe, production)
     except WarmStartError as exc:
         raise TrainError(str(exc)) from exc
     rows = rows_sha256(data)

@@ -12,10 +12,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from feinschliff.pipeline import registry_root
 from feinschliff.recipe import Recipe
-from feinschliff.registry import production_adapter
+from feinschliff.registry import UNSET, production_adapter, version_adapter
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +33,20 @@ class WarmStart:
     dataset_sha256: str | None
 
 
-def find_warm_start(recipe: Recipe) -> WarmStart | None:
-    """The production adapter to continue from, or None (init_from: base, or none yet)."""
+def find_warm_start(recipe: Recipe, production: Any = UNSET) -> WarmStart | None:
+    """The production adapter to continue from, or None (init_from: base, or none yet).
+
+    ``production``: the production version to continue (None: there is none), as a flow run
+    recorded it when it started; by default the registry's production now. A rerun after a
+    crash after promotion must not continue from the candidate it promoted itself.
+    """
     if recipe.train.init_from != "production":
         return None
-    ref = production_adapter(registry_root(recipe), recipe.use_case)
+    root = registry_root(recipe)
+    if production is UNSET:
+        ref = production_adapter(root, recipe.use_case)
+    else:
+        ref = None if production is None else version_adapter(root, recipe.use_case, production)
     if ref is None:
         log.warning(
             "init_from: production, but %s has no production adapter yet: training a fresh LoRA",
