@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import flow
 
 from feinschliff.artifacts import DatasetRef
+from feinschliff.pipeline import run_lock
 from feinschliff.recipe_loader import load_recipe
 from feinschliff.train import run_train
 
@@ -28,8 +29,12 @@ def train_stage(
     ``pinned``: a warm start continues ``production`` (None: there was none), the version the
     calling retrain run recorded; otherwise the registry's production now.
     """
-    recipe = load_recipe(recipe_path, overrides or [])
-    data = DatasetRef(path=data_path, sha256=data_sha256)
-    kwargs = {"production": production} if pinned else {}
-    ref = run_train(recipe, data, Path(out), **kwargs)
+    target = Path(out)
+    # A retrain rerun after its own crash starts another train-stage run while the first may
+    # still be training into the same checkpoints: the second fails at once, naming the first.
+    with run_lock(target.parent, name=f".{target.name}.lock"):
+        recipe = load_recipe(recipe_path, overrides or [])
+        data = DatasetRef(path=data_path, sha256=data_sha256)
+        kwargs = {"production": production} if pinned else {}
+        ref = run_train(recipe, data, target, **kwargs)
     return ref.model_dump()

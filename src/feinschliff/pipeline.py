@@ -45,13 +45,13 @@ class RunInProgress(RuntimeError):
 
 
 @contextmanager
-def run_lock(workdir: Path) -> Iterator[None]:
+def run_lock(workdir: Path, name: str = ".run.lock") -> Iterator[None]:
     """Hold ``workdir`` for one run: runs of a use case share its stage directories, ledger
     and checkpoints, and a second run would wipe outputs the first is using. A second run fails
     at once naming the holder (deployments queue their runs instead: concurrency limit 1). The
     lock is an ``flock``: it dies with its process, so a rerun after a kill is not blocked."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with (workdir / ".run.lock").open("a+", encoding="utf-8") as f:
+    with (workdir / name).open("a+", encoding="utf-8") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -50,3 +50,14 @@ def test_the_lock_dies_with_a_killed_run(tmp_path):
         except RunInProgress:
             assert time.time() < deadline, "the killed holder's lock was not released"
             time.sleep(0.1)
+
+
+def test_a_second_train_stage_run_on_the_same_output_is_refused(tmp_path):
+    """The GPU pool's train-stage flow holds its output: a retrain rerun after a crash cannot
+    start a second training into the checkpoints the first one is still writing."""
+    from flows.train_stage import train_stage
+
+    out = tmp_path / "run" / "train"
+    held = run_lock(out.parent, name=".train.lock")
+    with held, pytest.raises(RunInProgress):  # refused before the recipe is even read
+        train_stage.fn("missing.yaml", str(tmp_path / "data"), "0" * 64, str(out))
