@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -168,7 +168,11 @@ def test_second_pull_fetches_only_new_feedback(server, creds, tmp_path):
     pulled = m["sources"][0]["pull"]
     since = {p.rsplit("/", 1)[-1]: q for p, q in server.requests if "cursor" not in q}
     assert since["observations"]["fromStartTime"].startswith("2026-10-20T10:09:44")  # 1 h lookback
-    assert since["scores"]["fromTimestamp"] == pulled["watermark_before"]["scores"]
+    scores_mark = datetime.fromisoformat(
+        pulled["watermark_before"]["scores"].replace("Z", "+00:00")
+    )
+    scores_since = datetime.fromisoformat(since["scores"]["fromTimestamp"].replace("Z", "+00:00"))
+    assert scores_mark - scores_since == timedelta(hours=1)  # scores get the lookback too
     assert (
         pulled["fetched"]["observations"] < 5
         and pulled["watermark_after"]["observations"] > pulled["watermark_before"]["observations"]
@@ -196,3 +200,64 @@ def test_a_recipe_cannot_hold_a_path_and_a_pull():
         FeedbackSpec.model_validate({"sources": [{"kind": "langfuse", "path": "x", "pull": {}}]})
     with pytest.raises(ValueError, match="do not match kind"):
         FeedbackSpec.model_validate({"sources": [{"kind": "argilla", "pull": {}}]})
+
+
+def _thumbs(score_id: str, obs: dict, stamp: str) -> dict:
+    return {
+        "id": score_id,
+        "name": "user-feedback",
+        "dataType": "BOOLEAN",
+        "value": True,
+        "source": "API",
+        "timestamp": stamp,
+        "subject": {"kind": "observation", "id": obs["id"], "traceId": obs["traceId"]},
+    }
+
+
+def test_a_score_that_appears_late_is_still_pulled(server, creds, tmp_path):
+    """Langfuse ingests asynchronously and stamps scores with the client's time: a thumbs-up
+    stamped before the last pull's newest score, visible only after that pull, is fetched by
+    the next one (the scores' lookback) and becomes a KTO row."""
+    first = run_ingest(pull_spec(), tmp_path / "first")
+    before = json.loads((first.dir / "manifest.json").read_text())
+    mark = before["sources"][0]["pull"]["watermark_after"]["scores"]
+    scored = {s["subject"].get(k) for s in server.tables["scores"] for k in ("id", "traceId")}
+    quiet = next(
+        o
+        for o in server.tables["observations"]
+        if o["type"] == "GENERATION" and not {o["id"], o["traceId"]} & scored
+    )
+    late = datetime.fromisoformat(mark.replace("Z", "+00:00")) - timedelta(minutes=30)
+    server.tables["scores"].insert(0, _thumbs("late", quiet, late.isoformat()))
+
+    second = run_ingest(pull_spec(), tmp_path / "second")
+
+    after = json.loads((second.dir / "manifest.json").read_text())
+    assert after["counts"]["kto.jsonl"] == before["counts"]["kto.jsonl"] + 1
+
+
+def test_a_future_dated_row_does_not_hide_newer_rows(server, creds, tmp_path):
+    """One client's clock a day ahead: the watermark stops at the pull's start, so a generation
+    stamped correctly after that pull (and its thumbs) is still fetched by the next one."""
+    newest = max(server.tables["observations"], key=lambda o: o["startTime"])
+    now = datetime.now(UTC)
+    ahead = {**newest, "id": "ahead", "startTime": (now + timedelta(days=1)).isoformat()}
+    server.tables["observations"].insert(0, ahead)
+    first = run_ingest(pull_spec(), tmp_path / "first")
+    pulled = json.loads((first.dir / "manifest.json").read_text())["sources"][0]["pull"]
+    mark = datetime.fromisoformat(pulled["watermark_after"]["observations"].replace("Z", "+00:00"))
+    assert mark <= datetime.now(UTC)
+
+    fresh = {
+        **newest,
+        "id": "fresh",
+        "traceId": "f" * 32,
+        "startTime": datetime.now(UTC).isoformat(),
+        "output": json.dumps({"role": "assistant", "content": "Das erledigen wir heute noch."}),
+    }
+    server.tables["observations"].insert(0, fresh)
+    server.tables["scores"].insert(0, _thumbs("thumbs-fresh", fresh, fresh["startTime"]))
+    second = run_ingest(pull_spec(), tmp_path / "second")
+
+    rows = [json.loads(line) for line in (second.dir / "kto.jsonl").read_text().splitlines()]
+    assert "fresh" in {r["provenance"]["observation_id"] for r in rows}

@@ -7,10 +7,13 @@ which the ingest then reads in full, so the dataset always covers all feedback p
 The watermark is saved only after a pull completed; overlapping re-fetches are harmless (rows
 are deduplicated by id when read).
 
-- Langfuse: ``GET /api/public/v2/observations`` (``fromStartTime`` = watermark minus a safety
-  lookback for late-arriving traces) and ``GET /api/public/v3/scores`` (``fromTimestamp``), each
-  followed through ``meta.cursor``; pages are stored as returned. Score *updates* that keep their
-  timestamp are not re-fetched.
+- Langfuse: ``GET /api/public/v2/observations`` (``fromStartTime``) and
+  ``GET /api/public/v3/scores`` (``fromTimestamp``), each from the watermark minus a safety
+  lookback (Langfuse ingests asynchronously and stamps come from the clients, so a row can
+  appear after a later-stamped one was pulled), followed through ``meta.cursor``; pages are
+  stored as returned. A watermark never passes the time the pull started: one client with a
+  clock ahead must not hide everyone else's newer rows. Rows that appear more than the lookback
+  late, and score *updates* that keep their timestamp, are not re-fetched.
 - Argilla: records with at least one submitted response, ``updated_at >=`` watermark, with
   responses (status kept per response); stored as nested JSONL beside the dataset settings.
 
@@ -108,6 +111,7 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
     )
     mirror, mark_file = _paths(source, url)
     before = _load_watermark(mark_file)
+    started = datetime.now(UTC)
     batch = mirror / _stamp()
     after = dict(before)
     fetched = {"observations": 0, "scores": 0}
@@ -119,11 +123,10 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
             params["environment"] = pull.environment
     if pull.name:
         obs_params["name"] = pull.name
-    if "observations" in before:
-        since = datetime.fromisoformat(before["observations"].replace("Z", "+00:00")) - LOOKBACK
-        obs_params["fromStartTime"] = since.isoformat().replace("+00:00", "Z")
-    if "scores" in before:
-        score_params["fromTimestamp"] = before["scores"]
+    if since := _since(before.get("observations")):
+        obs_params["fromStartTime"] = since
+    if since := _since(before.get("scores")):
+        score_params["fromTimestamp"] = since
 
     with httpx.Client(base_url=url, auth=auth, timeout=pull.timeout_s) as client:
         for kind, path, params, stamp_key in (
@@ -133,15 +136,38 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
             for n, page in enumerate(_cursor_pages(client, path, params), start=1):
                 rows = page.get("data") or []
                 fetched[kind] += len(rows)
-                stamps = [
-                    str(r[stamp_key]) for r in rows if isinstance(r, dict) and r.get(stamp_key)
-                ]
-                if stamps:
-                    after[kind] = max([after.get(kind, ""), *stamps])
+                stamps = [r.get(stamp_key) for r in rows if isinstance(r, dict)]
+                if mark := _advance(after.get(kind), stamps, started):
+                    after[kind] = mark
                 _save_json(batch / f"{kind}-page-{n}.json", page)
     _save_json(mark_file, after)
     log.info("langfuse pull %s: %s (watermark %s -> %s)", url, fetched, before, after)
     return PullResult(mirror, before, after, fetched)
+
+
+def _parse_time(stamp: Any) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _since(watermark: str | None) -> str | None:
+    """The filter value for a stored watermark: the lookback before it."""
+    moment = _parse_time(watermark) if watermark else None
+    return _iso(moment - LOOKBACK) if moment else None
+
+
+def _advance(watermark: str | None, stamps: list[Any], started: datetime) -> str | None:
+    """The newest of the watermark and the rows' stamps, but never past ``started`` (a
+    future-dated row would move it beyond rows that other clients stamp correctly later)."""
+    moments = [m for m in map(_parse_time, [watermark, *stamps]) if m is not None]
+    return _iso(min(max(moments), started)) if moments else watermark
 
 
 def _cursor_pages(client: Any, path: str, params: dict[str, Any]) -> Any:
