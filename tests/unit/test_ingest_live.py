@@ -261,3 +261,27 @@ def test_a_future_dated_row_does_not_hide_newer_rows(server, creds, tmp_path):
 
     rows = [json.loads(line) for line in (second.dir / "kto.jsonl").read_text().splitlines()]
     assert "fresh" in {r["provenance"]["observation_id"] for r in rows}
+
+
+def test_an_observation_pulled_again_counts_in_its_newest_copy(server, creds, tmp_path):
+    """A generation first pulled while it was still streaming (no output yet) is fetched again,
+    complete, by the next pull's lookback; the user's thumbs-up joins the complete copy."""
+    newest = max(server.tables["observations"], key=lambda o: o["startTime"])
+    done = {
+        **newest,
+        "id": "streaming",
+        "traceId": "e" * 32,
+        "output": json.dumps({"role": "assistant", "content": "Ihr Zählerstand ist gespeichert."}),
+    }
+    server.tables["observations"].insert(0, {**done, "output": None, "endTime": None})
+    run_ingest(pull_spec(), tmp_path / "first")
+    server.tables["observations"][0] = done  # the generation finished
+    server.tables["scores"].insert(0, _thumbs("thumbs", done, datetime.now(UTC).isoformat()))
+
+    second = run_ingest(pull_spec(), tmp_path / "second")
+
+    m = json.loads((second.dir / "manifest.json").read_text())
+    rows = [json.loads(line) for line in (second.dir / "kto.jsonl").read_text().splitlines()]
+    assert "streaming" in {r["provenance"]["observation_id"] for r in rows}
+    assert m["counts"]["quarantine.jsonl"] == 0
+    assert m["drops"]["langfuse_observation_seen_twice"] >= 1  # the stale copy, counted

@@ -51,9 +51,12 @@ def open_export(
     rules: DerivationRules,
     scratch: Scratch,
     parallel: Submit | None = None,
+    mirror: bool = False,
 ) -> SourceRead:
     """``parallel``: run Langfuse observation files in worker processes (``RowPipeline.submit``);
-    the items then include ``PreparedRecords``."""
+    the items then include ``PreparedRecords``. ``mirror``: ``path`` is a pull mirror (one
+    folder per pull): an observation fetched again (the lookback re-fetches the last hour,
+    e.g. a generation first pulled while it was still streaming) counts in its newest copy."""
     if not path.exists():
         raise UnknownExport(f"{path} does not exist")
     if kind == "argilla":
@@ -67,6 +70,10 @@ def open_export(
             )
         return found
     joined, exports, seen, score_files = _langfuse_files(path)
+    if mirror:  # observations of newer pulls first: the first copy read wins
+        joined = [f for f in joined if f in score_files] + _newest_pull_first(
+            [f for f in joined if f not in score_files]
+        )
     if not joined and not exports:
         hint = "; it looks like an Argilla export" if _argilla(path, ReadLog()) else ""
         raise UnknownExport(
@@ -112,6 +119,12 @@ def _argilla(path: Path, log: ReadLog) -> SourceRead | None:
             if any(k.endswith(".responses") for k in row):
                 return SourceRead("argilla-2-flat", read_flat(path, log))
     return None
+
+
+def _newest_pull_first(files: list[Path]) -> list[Path]:
+    """Files of a pull mirror, the newest pull's folder first, pages in order within one.
+    (Scores stay oldest first: a score stored again replaces the older copy.)"""
+    return sorted(files, key=lambda f: f.parent.name, reverse=True)  # stable: pages keep order
 
 
 def _langfuse_files(path: Path) -> tuple[list[Path], list[Path], list[str], set[Path]]:

@@ -138,7 +138,15 @@ def _ingest_source(
     read_log = ReadLog()
     log.info("reading %s feedback from %s", source.kind, path)
     try:
-        read = open_export(source.kind, path, read_log, spec.rules, scratch, pipeline.submit)
+        read = open_export(
+            source.kind,
+            path,
+            read_log,
+            spec.rules,
+            scratch,
+            pipeline.submit,
+            mirror=source.pull is not None,
+        )
     except UnknownExport as exc:
         raise InvalidSource(str(exc)) from exc
     n_records = n_quarantined = 0
