@@ -80,6 +80,7 @@ class Handler(BaseHTTPRequestHandler):
                 query.get("fromStartTime"),
             )
             rows = [r for r in rows if r["type"] == query.get("type", r["type"])]
+            rows = [r for r in rows if r.get("name") == query.get("name", r.get("name"))]
         elif url.path == "/api/public/v3/scores":
             rows, stamp, since = (
                 self.server.tables["scores"],
@@ -285,3 +286,17 @@ def test_an_observation_pulled_again_counts_in_its_newest_copy(server, creds, tm
     assert "streaming" in {r["provenance"]["observation_id"] for r in rows}
     assert m["counts"]["quarantine.jsonl"] == 0
     assert m["drops"]["langfuse_observation_seen_twice"] >= 1  # the stale copy, counted
+
+
+def test_scores_outside_a_name_filtered_pull_are_counted_not_quarantined(server, creds, tmp_path):
+    """Scores are pulled for every observation, observations only by name: a thumbs-up on a
+    generation of another name is expected to lack its generation."""
+    other = {**server.tables["observations"][0], "id": "other-name", "name": "smalltalk"}
+    server.tables["observations"].insert(0, other)
+    server.tables["scores"].insert(0, _thumbs("thumbs-other", other, datetime.now(UTC).isoformat()))
+
+    out = run_ingest(pull_spec(name="support-answer"), tmp_path / "out")
+
+    m = json.loads((out.dir / "manifest.json").read_text())
+    assert m["counts"]["quarantine.jsonl"] == 0
+    assert m["sources"][0]["skipped"]["langfuse_score_outside_pulled_observations"] == 1

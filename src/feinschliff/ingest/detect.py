@@ -52,11 +52,13 @@ def open_export(
     scratch: Scratch,
     parallel: Submit | None = None,
     mirror: bool = False,
+    partial: bool = False,
 ) -> SourceRead:
     """``parallel``: run Langfuse observation files in worker processes (``RowPipeline.submit``);
     the items then include ``PreparedRecords``. ``mirror``: ``path`` is a pull mirror (one
     folder per pull): an observation fetched again (the lookback re-fetches the last hour,
-    e.g. a generation first pulled while it was still streaming) counts in its newest copy."""
+    e.g. a generation first pulled while it was still streaming) counts in its newest copy.
+    ``partial``: the export holds only some observations (``langfuse.read_observations``)."""
     if not path.exists():
         raise UnknownExport(f"{path} does not exist")
     if kind == "argilla":
@@ -83,7 +85,9 @@ def open_export(
 
     def items() -> Iterator[Item]:
         if joined:
-            yield from read_observations(joined, log, rules, scratch, score_files, parallel)
+            yield from read_observations(
+                joined, log, rules, scratch, score_files, parallel, partial=partial
+            )
         if exports:
             yield from read_exports(exports, log, rules)
 

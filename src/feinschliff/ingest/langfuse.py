@@ -49,6 +49,7 @@ from feinschliff.specs.feedback import DerivationRules
 ERRORS = (ValueError, TypeError, KeyError, ValidationError)
 Submit = Callable[..., Any]  # runs fn(*args) in a worker process: a Future, or None (no pool)
 CHUNK = 1000  # observation rows per score lookup
+SIGNAL_SCORES = frozenset(("BOOLEAN", "CORRECTION"))  # the score types that make training rows
 
 
 def read_observations(
@@ -58,8 +59,12 @@ def read_observations(
     scratch: Scratch,
     score_files: set[Path],
     parallel: Submit | None = None,
+    partial: bool = False,
 ) -> Iterator[Any]:
     """Score files first (their rows are stored), then every observation once.
+
+    ``partial``: the export holds only some observations (a pull filtered by name), so a
+    score whose observation is missing is expected, counted, not quarantined.
 
     With ``parallel`` (a function that runs a task in a worker process, see
     ``langfuse_parallel``), large observation files are parsed, joined, derived and prepared
@@ -76,6 +81,7 @@ def read_observations(
     scores_path = scratch.dir / f"{scratch.name('scores')}.sqlite"
     sdb = create_scores_db(scores_path)
     join = _Join(db, sdb, seen, deferred, log, rules)
+    join.partial = partial
     try:
         ordered = sorted(files, key=lambda f: f not in score_files)  # scores before observations
         if parallel is None:
@@ -127,6 +133,7 @@ class _Join:
         self.db, self.sdb, self.seen, self.deferred = db, sdb, seen, deferred
         self.log, self.rules = log, rules
         self.seen_filter: Bloom | None = None  # built on first use (the parent's join only)
+        self.partial = False  # orphan scores are expected (see read_observations)
         self.indexed = db is None  # a worker's join reads the parent's indexed database
 
     def index_scores(self) -> None:
@@ -175,6 +182,8 @@ class _Join:
                 self.defer(*value)
             elif kind in ("record", "quarantine"):
                 yield value
+            elif kind == "several":
+                yield from (item for _, item in value)
 
     @staticmethod
     def generations(chunk: list[tuple[str, dict[str, Any]]], stats: Counter[str]) -> list[Any]:
@@ -207,7 +216,8 @@ class _Join:
         self, gens: list[tuple[str, dict[str, Any]]]
     ) -> Iterator[tuple[str, str, Any, list[str]]]:
         """Per generation, in order: (id, kind, value, counted stats); kind is ``deferred``
-        (waits for its trace), ``record``, ``quarantine`` or ``none`` (no feedback)."""
+        (waits for its trace), ``record``, ``quarantine``, ``none`` (no feedback) or
+        ``several`` (value: [(kind, item), ...], e.g. a quarantined score and the record)."""
         if not gens:
             return
         by_obs = self._lookup("obs", [str(r.get("id")) for _, r in gens])
@@ -219,12 +229,16 @@ class _Join:
                 value = (str(row.get("traceId")), str(row.get("startTime")), where, dumps(row))
                 yield obs_id, "deferred", value, stats
                 continue
-            items = list(self._emit(where, row, by_obs.get(obs_id, []), stats))
+            items = [
+                ("record" if isinstance(item, FeedbackRecord) else "quarantine", item)
+                for item in self._emit(where, row, by_obs.get(obs_id, []), stats)
+            ]
             if not items:
                 yield obs_id, "none", None, stats
-            for item in items:
-                kind = "record" if isinstance(item, FeedbackRecord) else "quarantine"
-                yield obs_id, kind, item, stats
+            elif len(items) == 1:
+                yield obs_id, *items[0], stats
+            else:  # one entry per generation: the parallel merge counts seen-twice per entry
+                yield obs_id, "several", items, stats
 
     def defer(self, trace: str, start: str, where: str, row: bytes) -> None:
         self.db.execute(
@@ -259,7 +273,11 @@ class _Join:
 
     def orphans(self) -> Iterator[Item]:
         """Scores whose observation (or, trace-level, whose trace) never came, by location.
-        Found in a streamed pass without payloads; only the orphans are then sorted."""
+        Found in a streamed pass without payloads; only the orphans are then sorted.
+
+        Only a thumbs or correction score carried training signal: it is quarantined (its
+        generation may be missing from the export). Others (NUMERIC, CATEGORICAL judge or eval
+        scores, often on spans) and every orphan of a partial export are counted."""
         self.sdb.execute("CREATE TEMP TABLE IF NOT EXISTS orphan (r INTEGER PRIMARY KEY)")
         self.sdb.execute("DELETE FROM orphan")
         cursor = self.sdb.execute("SELECT rowid, obs, trace FROM scores")
@@ -285,7 +303,14 @@ class _Join:
             "ORDER BY location"
         )
         for where, payload in self.sdb.execute(query).fetchall():
-            yield quarantine(where, "score refers to no known generation", loads(payload))
+            score = loads(payload)
+            kind = score.get("dataType") if isinstance(score, dict) else None
+            if self.partial:
+                self.log.stats["langfuse_score_outside_pulled_observations"] += 1
+            elif kind in SIGNAL_SCORES:
+                yield quarantine(where, "score refers to no known generation", score)
+            else:
+                self.log.stats[f"langfuse_score_{kind}_without_generation"] += 1
 
     def _lookup(self, column: str, keys: list[str], ids_only: bool = False) -> Any:
         self.index_scores()
@@ -309,8 +334,11 @@ class _Join:
         attached: list[dict[str, Any]],
         stats: list[str],
     ) -> Iterator[Item]:
+        votes, broken = _score_votes(attached, row, stats)
+        for score, reason in broken:  # quarantined alone: the other votes still count
+            yield quarantine(f"{where} score {score.get('id')}", reason, score)
         try:
-            votes = _score_votes(attached, row, stats) + column_votes(row, self.rules)
+            votes += column_votes(row, self.rules)
         except ERRORS as exc:
             yield quarantine(where, reason_of(exc), row)
             return
@@ -348,15 +376,22 @@ def _score_row(where: str, score: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _score_votes(scores: list[dict[str, Any]], row: dict[str, Any], stats: list[str]) -> list[Vote]:
-    votes = []
+def _score_votes(
+    scores: list[dict[str, Any]], row: dict[str, Any], stats: list[str]
+) -> tuple[list[Vote], list[tuple[dict[str, Any], str]]]:
+    """The votes of an observation's scores, and the scores that cannot be read (with why)."""
+    votes, broken = [], []
     for s in scores:
-        v = score_vote(s, row.get("userId"))
+        try:
+            v = score_vote(s, row.get("userId"))
+        except ERRORS as exc:
+            broken.append((s, reason_of(exc)))
+            continue
         if v is None:
             stats.append(f"langfuse_score_{s.get('dataType')}_not_used")
         else:
             votes.append(v)
-    return votes
+    return votes, broken
 
 
 def score_vote(score: dict[str, Any], end_user: Any) -> Vote | None:

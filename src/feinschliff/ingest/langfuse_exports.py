@@ -73,7 +73,11 @@ def _trace(trace: dict[str, Any], where: str, log: ReadLog) -> Iterator[Item]:
     for score in trace.get("scores") or []:
         if not isinstance(score, dict):
             raise ValueError(f"score is a {type(score).__name__}, not an object")
-        vote = score_vote(score, trace.get("userId"))
+        try:
+            vote = score_vote(score, trace.get("userId"))
+        except ERRORS as exc:  # quarantined alone: the other scores still count
+            yield quarantine(f"{where} score {score.get('id')}", reason_of(exc), score)
+            continue
         if vote is None:
             log.stats[f"langfuse_score_{score.get('dataType')}_not_used"] += 1
             continue

@@ -73,10 +73,18 @@ def join_file_in_worker(path: Path, scores: Path) -> FileResult:
     result = FileResult()
     records: list[Any] = []
 
+    def indexed(kind: str, value: Any) -> Any:  # a record travels back as its index
+        if kind != "record":
+            return value
+        records.append(value)
+        return len(records) - 1
+
     def flush(chunk: list[tuple[str, dict[str, Any]]]) -> None:
         for obs_id, kind, value, stats in join.outcomes(join.generations(chunk, log.stats)):
-            if kind == "record":
-                value, _ = len(records), records.append(value)
+            if kind == "several":
+                value = [(k, indexed(k, v)) for k, v in value]
+            else:
+                value = indexed(kind, value)
             result.entries.append((obs_id, kind, value, stats or None))
 
     chunk: list[tuple[str, dict[str, Any]]] = []
@@ -190,12 +198,13 @@ def _merge(result: FileResult, join: _Join) -> Iterator[Any]:
             continue
         if stats:
             counted += stats
-        if kind == "quarantine":
-            yield value
-        elif kind == "deferred":
-            join.defer(*value)
-        elif kind == "record":
-            keep.add(value)
+        for each_kind, each in value if kind == "several" else [(kind, value)]:
+            if each_kind == "quarantine":
+                yield each
+            elif each_kind == "deferred":
+                join.defer(*each)
+            elif each_kind == "record":
+                keep.add(each)
     log.stats.update(counted)
     if keep:
         assert result.tagged is not None

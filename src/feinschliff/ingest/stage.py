@@ -31,7 +31,7 @@ from feinschliff.ingest.records import FeedbackRecord, ReadLog
 from feinschliff.ingest.rows import RowPipeline
 from feinschliff.ingest.scratch import Scratch
 from feinschliff.pii import PiiError, key_fingerprint, load_key
-from feinschliff.specs.feedback import FeedbackSource, FeedbackSpec
+from feinschliff.specs.feedback import FeedbackSource, FeedbackSpec, LangfusePull
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 10.0
@@ -146,6 +146,8 @@ def _ingest_source(
             scratch,
             pipeline.submit,
             mirror=source.pull is not None,
+            # scores are pulled for every observation, observations only by that name
+            partial=isinstance(source.pull, LangfusePull) and source.pull.name is not None,
         )
     except UnknownExport as exc:
         raise InvalidSource(str(exc)) from exc
