@@ -64,16 +64,27 @@ def publish_evaluation(recipe: Recipe, report: ReportRef) -> None:
     )
 
 
-def publish_decision(recipe: Recipe, decision: Decision, version: str | None) -> None:
+def decision_markdown(decision: Decision, version: str | None) -> str:
+    """The gate artifact's markdown: verdict heading (from the decision, not from whether a
+    version was registered) and one table row per rule."""
     lines = ["| rule | metric | value | threshold | result | detail |", "|---|---|---|---|---|---|"]
     for r in decision.results:
         lines.append(
             f"| {r.rule} | {r.metric} | {r.value} | {r.threshold} | "
             f"{'PASS' if r.passed else 'FAIL'} | {r.detail} |"
         )
-    verdict = f"**PROMOTED** as `{version}`" if version else "**REJECTED**"
+    if not decision.promote:
+        verdict = "**REJECTED**"
+    elif version:
+        verdict = f"**PROMOTED** as `{version}`"
+    else:
+        verdict = "**PROMOTED** (not registered)"
+    return f"## Gate: {verdict}\n\n" + "\n".join(lines)
+
+
+def publish_decision(recipe: Recipe, decision: Decision, version: str | None) -> None:
     create_markdown_artifact(
-        f"## Gate: {verdict}\n\n" + "\n".join(lines),
+        decision_markdown(decision, version),
         key=_key(recipe, "gate"),
         description="Gate decision and registry version",
     )

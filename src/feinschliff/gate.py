@@ -20,6 +20,11 @@ from feinschliff.specs.evaluate import (
     WinRateRule,
 )
 
+# Slack for float arithmetic in `no_regression`: a drop of exactly `tolerance` (0.8 - 0.7 vs
+# 0.1) must pass. Metrics are fractions of at most a few thousand items, so 1e-9 admits no real
+# drop. `min`/`max` compare the value with the threshold directly and need none.
+EPS = 1e-9
+
 
 class Approval(BaseModel):
     """A human's answer to a `require_approval` rule (from the Prefect UI or the CLI)."""
@@ -57,6 +62,11 @@ def _lookup(report: dict[str, Any], role: str, metric: str) -> dict[str, Any] | 
     if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
         return None
     return entry
+
+
+def _has_role(report: dict[str, Any], role: str) -> bool:
+    """Whether ``role`` was evaluated at all (listed among the report's models or metrics)."""
+    return role in (report.get("models") or {}) or role in (report.get("metrics") or {})
 
 
 def check_rule(rule: Any, report: dict[str, Any], approval: Approval | None = None) -> RuleResult:
@@ -149,20 +159,26 @@ def check_rule(rule: Any, report: dict[str, Any], approval: Approval | None = No
     if isinstance(rule, NoRegressionRule):
         role = rule.baseline
         base = _lookup(report, role, rule.metric)
-        if base is None and role == "production":
+        if base is None and role == "production" and not _has_role(report, "production"):
+            # nothing in production yet: compare against the base model
             role, base = "base", _lookup(report, "base", rule.metric)
         if base is None:
+            detail = (
+                "production was evaluated but its value is missing (None/NaN); no fallback to base"
+                if role == "production"
+                else f"no {rule.baseline} value to compare against"
+            )
             return RuleResult(
                 rule="no_regression",
                 metric=rule.metric,
                 value=value,
                 threshold=None,
                 passed=False,
-                detail=f"no {rule.baseline} value to compare against",
+                detail=detail,
             )
         ref = float(base["value"])
         limit = ref - rule.tolerance if rule.higher_is_better else ref + rule.tolerance
-        ok = value >= limit if rule.higher_is_better else value <= limit
+        ok = value >= limit - EPS if rule.higher_is_better else value <= limit + EPS
         delta = value - ref
         return RuleResult(
             rule="no_regression",
@@ -186,27 +202,52 @@ def _check_win_rate(rule: WinRateRule, report: dict[str, Any]) -> RuleResult:
             passed=False,
             detail="no judge results in the report",
         )
-    valid, failures = entry.get("samples") or 0, entry.get("parse_failures") or 0
+    # Only order-consistent verdicts count as valid: an order-inconsistent pair (the judge
+    # picked the same position both times) is scored as a tie but carries no information, and
+    # a judge that only ever names one position would otherwise pass with a CI of [0.5, 0.5].
+    valid = entry.get("consistent")
+    failures = entry.get("parse_failures") or 0
+    inconsistent = entry.get("inconsistent") or 0
+    value = entry.get("value")
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        value = None
+    if not isinstance(valid, int) or isinstance(valid, bool):
+        return RuleResult(
+            rule="win_rate",
+            metric=rule.metric,
+            value=value,
+            threshold=rule.threshold,
+            passed=False,
+            detail="the report lacks the count of order-consistent judgements "
+            "('consistent'; re-run evaluate)",
+        )
     if valid < rule.min_valid:
         return RuleResult(
             rule="win_rate",
             metric=rule.metric,
-            value=entry.get("value"),
+            value=value,
             threshold=rule.threshold,
             passed=False,
-            detail=f"insufficient valid judgements: {valid} < {rule.min_valid} "
-            f"({failures} unparseable)",
+            detail=f"insufficient valid judgements: {valid} order-consistent < {rule.min_valid} "
+            f"({inconsistent} order-inconsistent, {failures} unparseable)",
         )
     low = entry.get("ci_low")
-    ok = isinstance(low, int | float) and low >= rule.threshold
+    ok = (
+        isinstance(low, int | float)
+        and not isinstance(low, bool)
+        and not math.isnan(low)
+        and low >= rule.threshold
+    )
+    shown = f"{low:.3f}" if isinstance(low, int | float) and not isinstance(low, bool) else "n/a"
     return RuleResult(
         rule="win_rate",
         metric=rule.metric,
-        value=entry.get("value"),
+        value=value,
         threshold=rule.threshold,
         passed=ok,
-        detail=f"CI low {low:.3f} {'>=' if ok else '<'} {rule.threshold} "
-        f"vs {entry.get('opponent')} ({valid} valid, {failures} unparseable)",
+        detail=f"CI low {shown} {'>=' if ok else '<'} {rule.threshold} "
+        f"vs {entry.get('opponent')} ({valid} order-consistent, "
+        f"{inconsistent} order-inconsistent, {failures} unparseable)",
     )
 
 

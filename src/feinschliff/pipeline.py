@@ -191,18 +191,25 @@ def dataset_lineage(data: DatasetRef) -> dict[str, Any]:
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(metric, base, candidate, delta) per metric, formatted."""
+    """(metric, base, candidate, delta) per metric, formatted; a missing value shows as n/a."""
+
+    def _number(value: Any) -> float | None:
+        # None, non-numbers and NaN (value != value) are all "no value"
+        if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+            return None
+        return float(value)
+
     rows = []
     metrics = report["metrics"]
     for name in sorted(metrics.get("candidate", {})):
-        cand = metrics["candidate"][name]["value"]
-        base = metrics.get("base", {}).get(name, {}).get("value")
+        cand = _number((metrics["candidate"][name] or {}).get("value"))
+        base = _number((metrics.get("base", {}).get(name) or {}).get("value"))
         rows.append(
             (
                 name,
                 "n/a" if base is None else f"{base:.4f}",
-                f"{cand:.4f}",
-                "n/a" if base is None else f"{cand - base:+.4f}",
+                "n/a" if cand is None else f"{cand:.4f}",
+                "n/a" if base is None or cand is None else f"{cand - base:+.4f}",
             )
         )
     return rows

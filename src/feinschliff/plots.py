@@ -24,15 +24,35 @@ def plot_loss(curve: list[dict[str, Any]], out: Path, *, title: str) -> None:
     plt.close(fig)
 
 
+def _present(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
 def plot_comparison(values: dict[str, dict[str, float]], out: Path, *, title: str) -> None:
-    """Grouped bars: one group per metric, one bar per model role (base, production, candidate)."""
+    """Grouped bars: one group per metric, one bar per model role (base, production, candidate).
+
+    A role without a value for a metric (missing, None or NaN) gets no bar, only an "n/a" mark
+    at its place: a 0.0 bar would read as a real score of zero.
+    """
     metrics = sorted({m for per_role in values.values() for m in per_role})
     roles = list(values)
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(metrics) + 2), 3.5), dpi=100)
     width = 0.8 / max(1, len(roles))
     for i, role in enumerate(roles):
-        xs = [j + i * width for j in range(len(metrics))]
-        ax.bar(xs, [values[role].get(m, 0.0) for m in metrics], width=width, label=role)
+        shown = [
+            (j, values[role][m]) for j, m in enumerate(metrics) if _present(values[role].get(m))
+        ]
+        ax.bar(
+            [j + i * width for j, _ in shown],
+            [float(v) for _, v in shown],
+            width=width,
+            label=role,
+        )
+        for j, m in enumerate(metrics):
+            if not _present(values[role].get(m)):
+                ax.text(
+                    j + i * width, 0.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90
+                )
     ax.set_xticks([j + width * (len(roles) - 1) / 2 for j in range(len(metrics))])
     ax.set_xticklabels(metrics, rotation=15, ha="right")
     ax.set_title(title)

@@ -5,7 +5,8 @@ guessed: a reply without ``Bewertung: [[n]]`` (single) or ``[[A]]``/``[[B]]``/``
 (pairwise) counts as a parse failure and is left out of every score. Each pair is judged twice
 with the answers swapped; the candidate wins a question only if both orders agree, a
 disagreement counts as a tie (order bias cancels out). The win rate (win 1, tie 0.5, loss 0)
-comes with a bootstrap 95 % confidence interval over questions.
+comes with a bootstrap 95 % confidence interval over questions, and with the number of
+order-consistent verdicts, which the gate's ``min_valid`` counts.
 """
 
 from __future__ import annotations
@@ -93,9 +94,19 @@ def bootstrap_ci(values: list[float], iters: int, seed: int) -> tuple[float, flo
 
 
 class JudgeClient:
-    def __init__(self, spec: JudgeSpec):
+    """Judge requests, retried like the teacher's (``feinschliff.generate.teacher``):
+    connection errors, timeouts, 408/409/425/429 and 5xx with exponential backoff
+    (``backoff_s`` * 1, 2, 4 ... plus up to 25 % jitter); any other status fails at once.
+    Every failure is a ``JudgeError`` naming status, endpoint and a short excerpt of the reply.
+    """
+
+    RETRYABLE = frozenset({408, 409, 425, 429})  # plus every 5xx: transient
+
+    def __init__(self, spec: JudgeSpec, *, backoff_s: float = 1.0):
         self.spec = spec
+        self.backoff_s = backoff_s
         key = SecretStr(os.environ.get(spec.api_key_env, "") if spec.api_key_env else "")
+        self._key = key
         headers = {"Authorization": f"Bearer {key.get_secret_value() or 'EMPTY'}"}
         self._client = httpx.AsyncClient(
             base_url=spec.base_url.rstrip("/"), headers=headers, timeout=spec.timeout_s
@@ -114,19 +125,40 @@ class JudgeClient:
         }
         if regex and self.spec.constrain_output:
             body["structured_outputs"] = {"regex": regex}
+        url = f"{self.spec.base_url.rstrip('/')}/chat/completions"
+        error = ""
         async with self._sem:
             for attempt in range(self.spec.retries + 1):
+                if attempt:
+                    delay = self.backoff_s * 2 ** (attempt - 1)
+                    await asyncio.sleep(delay * random.uniform(1.0, 1.25))
                 try:
                     resp = await self._client.post("/chat/completions", json=body)
-                    if resp.status_code < 500:
-                        resp.raise_for_status()
+                except httpx.HTTPError as exc:
+                    error = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+                    continue
+                if resp.status_code == 200:
+                    try:
                         return resp.json()["choices"][0]["message"]["content"] or ""
-                    err: Exception = JudgeError(f"judge HTTP {resp.status_code}: {resp.text[:200]}")
-                except (httpx.TransportError, httpx.TimeoutException) as exc:
-                    err = exc
-                if attempt < self.spec.retries:
-                    await asyncio.sleep(2**attempt)
-            raise JudgeError(f"judge at {self.spec.base_url} failed after retries: {err}")
+                    except (ValueError, LookupError, TypeError) as exc:
+                        raise JudgeError(
+                            f"judge {url} sent an unreadable reply ({type(exc).__name__}): "
+                            f"{self._excerpt(resp)}"
+                        ) from None
+                error = f"HTTP {resp.status_code}: {self._excerpt(resp)}"
+                if resp.status_code not in self.RETRYABLE and resp.status_code < 500:
+                    raise JudgeError(f"judge {url} refused the request: {error}")
+            raise JudgeError(
+                f"judge {url} unavailable after {self.spec.retries + 1} attempt(s): {error}"
+            )
+
+    def _excerpt(self, resp: httpx.Response) -> str:
+        return self._redact(" ".join(resp.text[:300].split()))
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the API key (an endpoint may echo the request's headers)."""
+        key = self._key.get_secret_value()
+        return text.replace(key, "***") if key else text
 
 
 async def _judge(
@@ -207,6 +239,9 @@ def judge_metrics(result: JudgeResult, spec: JudgeSpec, opponent: str) -> dict[s
         "ci_high": None if not valid else high,
         "samples": len(valid),
         "parse_failures": sum(1 for p in result.pairs if p.outcome is None),
+        # verdicts that agree in both orders: the only ones that carry information (a judge
+        # that always names one position yields only inconsistent ties, scored 0.5)
+        "consistent": sum(1 for p in result.pairs if p.outcome is not None and p.consistent),
         "inconsistent": sum(1 for p in result.pairs if p.outcome is not None and not p.consistent),
         "opponent": opponent,
     }

@@ -92,9 +92,12 @@ class NoRegressionRule(_Rule):
     baseline: Literal["base", "production"] = Field(
         "production",
         description="Compare against the production adapter; falls back to the base model "
-        "when nothing is in production yet.",
+        "when nothing is in production yet (when production was evaluated but lacks the "
+        "metric's value, the rule fails).",
     )
-    tolerance: float = Field(0.0, ge=0, description="Allowed drop (absolute).")
+    tolerance: float = Field(
+        0.0, ge=0, description="Allowed drop (absolute; a drop of exactly `tolerance` passes)."
+    )
     higher_is_better: bool = Field(True, description="Direction of the metric.")
 
 
@@ -111,7 +114,10 @@ class WinRateRule(Strict):
     metric: str = Field("judge/win_rate", description="Win-rate metric in report.json.")
     threshold: float = Field(0.5, ge=0, le=1, description="Minimum lower CI bound.")
     min_valid: int = Field(
-        10, ge=1, description="Minimum valid (parseable) judgements; fewer fails the rule."
+        10,
+        ge=1,
+        description="Minimum valid judgements: parseable and order-consistent (the same "
+        "verdict with the answers swapped); fewer fails the rule.",
     )
 
 
