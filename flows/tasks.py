@@ -84,6 +84,7 @@ def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
         p["adapter"].sha256,
         prod.sha256 if prod else None,
         eval_data_fingerprint(),
+        r.feedback.decontamination.ngram,  # the contamination metric's n
         str(p["out"]),
         code_version(),
     )
@@ -125,7 +126,8 @@ def _generate_key(ctx: Any, p: dict[str, Any]) -> str | None:
     if stopped_by_budget(Path(p["out"])):
         return None  # not cached: the rerun continues the output (the library reuses the rest)
     # the library's key: the section, seed files, eval data, template version, feedback
-    key = generate_cache_key(r.generate, p["feedback"]) if r.generate else None
+    ngram = r.feedback.decontamination.ngram
+    key = generate_cache_key(r.generate, p["feedback"], ngram=ngram) if r.generate else None
     return input_key("generate", key, str(p["out"]), code_version())
 
 

@@ -39,6 +39,7 @@ NGRAM = 4
 MIN_RECORDS = 3
 ALPHA = 1e-3
 TRAINING_FILES = ("sft.jsonl", "preference.jsonl", "kto.jsonl")
+_LINE = re.compile(r":\d+$")  # a location's line number (JSONL, CSV)
 
 
 def scan_rows(
@@ -61,8 +62,8 @@ def scan_rows(
         grams = {tuple(words[j : j + ngram]) for j in range(len(words) - ngram + 1)}
         key = _record_key(row)
         if key in records:
-            old, _, count = records[key]
-            records[key] = (old | grams, people, count + 1)
+            old, who, count = records[key]
+            records[key] = (old | grams, sorted({*who, *people}), count + 1)
         else:
             records[key] = (grams, people, 1)
     attributed = [(people, count) for _, people, count in records.values()]
@@ -124,9 +125,25 @@ def _contributors(row: dict[str, Any]) -> list[str]:
 
 
 def _record_key(row: dict[str, Any]) -> str:
+    """The record a row came from. A Langfuse trace is one record wherever its observations
+    were read (trace ids are unique in a project; the pages of a pull, and successive pulls,
+    split a long conversation over files). Record ids (Argilla, Langfuse observations and
+    dataset items) are only unique within one export: "1", "2", ... in two campaigns are
+    different records, so the export file is part of their key."""
     p = row.get("provenance") or {}
-    ident = p.get("trace_id") or p.get("source_id") or p.get("location") or json.dumps(row)
-    return f"{p.get('source')}:{ident}"
+    if p.get("trace_id"):
+        return json.dumps([p.get("source"), "trace", p["trace_id"]])
+    ident = p.get("source_id") or p.get("location") or json.dumps(row)
+    return json.dumps([p.get("source"), _export_file(p.get("location") or ""), ident])
+
+
+def _export_file(location: str) -> str:
+    """The file part of a provenance ``location``: ``path:line`` (JSONL, CSV) or
+    ``path#pointer`` (JSON arrays, pages: ``#3``, ``#data[3]``, ``#3/observations[0]``)."""
+    if (m := _LINE.search(location)) is not None:
+        return location[: m.start()]
+    head, sep, _ = location.rpartition("#")
+    return head if sep else location
 
 
 def _text(value: Any, key: str = "") -> str:

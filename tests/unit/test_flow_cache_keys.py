@@ -65,6 +65,17 @@ def test_evaluate_key_follows_the_bundled_eval_data(tmp_path, monkeypatch):
     before = _evaluate_key(None, params)
     judge.write_text(judge.read_text() + "\n")
     assert _evaluate_key(None, params) != before
+    wider = {
+        **params,
+        "recipe": load_recipe(
+            DEMO,
+            [
+                "register.registry=" + str(tmp_path / "registry"),
+                "feedback.decontamination.ngram=20",
+            ],
+        ),
+    }
+    assert _evaluate_key(None, wider) != _evaluate_key(None, params)  # the contamination n
 
 
 @pytest.fixture()
@@ -79,6 +90,21 @@ def test_generate_key_follows_the_seed_files(tmp_path, generate_params):
     assert first is not None and _generate_key(None, generate_params) == first
     (tmp_path / "themen.txt").write_text("Tarifwechsel\nUmzug\n", encoding="utf-8")
     assert _generate_key(None, generate_params) != first
+    recipe = generate_params["recipe"]
+    wider = recipe.model_copy(
+        update={
+            "feedback": recipe.feedback.model_copy(
+                update={
+                    "decontamination": recipe.feedback.decontamination.model_copy(
+                        update={"ngram": 20}
+                    )
+                }
+            )
+        }
+    )
+    assert _generate_key(None, {**generate_params, "recipe": wider}) != _generate_key(
+        None, generate_params
+    )
 
 
 def test_generate_output_stopped_by_its_budget_is_not_served_from_the_cache(generate_params):

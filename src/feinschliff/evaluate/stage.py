@@ -3,7 +3,8 @@
 Per role: the recipe's lm-eval tasks, held-out feedback metrics (preference accuracy, chrF against
 corrections) and, when configured, LLM-as-judge grades; for the candidate also the judge win rate
 against production (or base). Plus ``contamination/overlaps``: training rows that hold text of the
-evaluated task data (a 13-gram, or a whole 8-12-word item; ``feinschliff.ngrams``), and
+evaluated task data (an n-gram, ``feedback.decontamination.ngram`` words, 13 by default, or a
+whole item of 8 to n-1 words; ``feinschliff.ngrams``), and
 ``poisoning/suspicious_rows`` (``feinschliff.poisoning``). Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
 samples, ...}``), ``report.md`` (table with deltas) and ``comparison.png``; per-sample outputs go
 to ``samples/``. The gate reads ``report.json`` only.
@@ -30,7 +31,7 @@ from feinschliff.artifacts import (
 )
 from feinschliff.evaluate.harness import bundled_task_files, run_tasks
 from feinschliff.models import resolve_model
-from feinschliff.ngrams import contaminated, index_jsonl
+from feinschliff.ngrams import N, contaminated, index_jsonl
 from feinschliff.paths import project_root
 from feinschliff.pipeline import eval_data_fingerprint
 from feinschliff.plots import plot_comparison
@@ -51,6 +52,7 @@ def run_evaluate(
 ) -> ReportRef:
     key = input_key(
         section_hash(recipe, "base_model", "evaluate"),
+        recipe.feedback.decontamination.ngram,  # the contamination metric's n
         adapter.sha256,
         production.sha256 if production else None,
         rows_sha256(data) if data else None,
@@ -89,7 +91,9 @@ def run_evaluate(
         for role, entries in extra.items():
             metrics.setdefault(role, {}).update(entries)
     if data is not None:
-        metrics["candidate"]["contamination/overlaps"] = contamination(data.dir, spec.tasks)
+        metrics["candidate"]["contamination/overlaps"] = contamination(
+            data.dir, spec.tasks, recipe.feedback.decontamination.ngram
+        )
         metrics["candidate"]["poisoning/suspicious_rows"] = scan_dataset(data.dir)
 
     report = {
@@ -126,11 +130,12 @@ def _plottable(name: str, v: dict[str, Any]) -> bool:
     )
 
 
-def contamination(data_dir: Path, tasks: list[str]) -> dict[str, Any]:
+def contamination(data_dir: Path, tasks: list[str], ngram: int = N) -> dict[str, Any]:
     """Training rows holding text of the evaluated bundled tasks, by the contamination rule
-    ingest and generate apply (``feinschliff.ngrams``)."""
+    ingest and generate apply (``feinschliff.ngrams``), with the recipe's n
+    (``feedback.decontamination.ngram``) as they use it."""
     files = [f for t, f in bundled_task_files().items() if t in tasks]
-    index = index_jsonl(files)
+    index = index_jsonl(files, ngram)
     rows = []
     for name in ("sft.jsonl", "preference.jsonl", "kto.jsonl"):  # whatever the method trains on
         path = data_dir / name

@@ -42,7 +42,7 @@ from feinschliff.artifacts import (
     write_json,
 )
 from feinschliff.generate.templates import TEMPLATE_VERSION
-from feinschliff.ngrams import EvalIndex
+from feinschliff.ngrams import EvalIndex, N
 from feinschliff.recipe import Recipe
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
 
@@ -65,7 +65,8 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     spec = recipe.generate
     if spec is None:
         raise GenerateError("the recipe has no `generate` section")
-    key = cache_key(spec, feedback)
+    ngram = recipe.feedback.decontamination.ngram  # ingest's n, the gate's too
+    key = cache_key(spec, feedback, ngram=ngram)
     digest = reusable_output(out, key)
     if digest is not None:
         log.info("generate: reusing %s (same inputs, complete)", out)
@@ -91,7 +92,7 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
         if feedback and spec.filters.dedup_against_feedback
         else set()
     )
-    index = _eval_index() if spec.filters.decontaminate else None
+    index = _eval_index(ngram) if spec.filters.decontaminate else None
     sft = filter_rows(result.sft, spec, prompts, index, result.drops["sft"])
     pref = filter_rows(result.preference, spec, prompts, index, result.drops["preference"])
     _write_jsonl(out / "sft.jsonl", sft)
@@ -142,15 +143,17 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
 # --------------------------------------------------------------------------- cache
 
 
-def cache_key(spec: GenerateSpec, feedback: DatasetRef | None) -> str:
-    """Hash of everything a finished output depends on (and of nothing it does not)."""
+def cache_key(spec: GenerateSpec, feedback: DatasetRef | None, *, ngram: int = N) -> str:
+    """Hash of everything a finished output depends on (and of nothing it does not).
+
+    ``ngram``: the decontamination n (the recipe's ``feedback.decontamination.ngram``)."""
     return input_key(
         "generate",
         TEMPLATE_VERSION,
         spec.model_dump(mode="json", exclude=OPERATIONAL),
         _seed_fingerprint(spec),
         rows_sha256(feedback) if feedback and spec.filters.dedup_against_feedback else None,
-        _eval_fingerprint() if spec.filters.decontaminate else None,
+        (_eval_fingerprint(), ngram) if spec.filters.decontaminate else None,
     )
 
 
@@ -198,10 +201,10 @@ def _eval_fingerprint() -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(root.glob("*")) if p.is_file()}
 
 
-def _eval_index() -> EvalIndex:
+def _eval_index(ngram: int = N) -> EvalIndex:
     from feinschliff.ngrams import index_jsonl
 
-    return index_jsonl(_eval_files())
+    return index_jsonl(_eval_files(), ngram)
 
 
 # --------------------------------------------------------------------------- child process
