@@ -11,6 +11,14 @@ Prefect Secret block of the same name in kebab case when Prefect is installed) a
 anywhere by this module; a short fingerprint (``key_fingerprint``) may be recorded instead. The
 encryption is not deterministic: deduplicate *before* scrubbing.
 
+Identifiers (annotator and end-user ids, trace and record ids: ``scrub_id``) are replaced whole
+by a *stable* token instead, ``<EMAIL_ADDRESS>-3f2a9c0d1e4b``, when they hold PII, so rows of one
+contributor still group together in the written rows (the poisoning scan). The hex is
+HMAC-SHA256 of the id under a key derived from the pseudonymization key (``pseudonymize``), or
+its plain SHA-256 (``redact``). That is pseudonymous, not anonymous: whoever can guess an id
+(an e-mail address) can compute its token, in ``redact`` mode without any key; tokens cannot be
+decrypted (``restore_text`` leaves them as they are). Ids without PII stay as they are.
+
 How it runs offline (FACTS 9): a blank spaCy ``de`` pipeline is saved once into the cache dir and
 handed to Presidio (``AnalyzerEngine()`` alone would download an English model); the e-mail
 recognizer uses tldextract's bundled suffix list instead of fetching one. Gaps it closes: the
@@ -26,12 +34,13 @@ Not detected: names, addresses and anything else that needs a language model.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import shutil
 import tempfile
 import threading
 from collections import Counter
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +59,11 @@ ENTITIES = (
 # Every recognizer above needs a digit or an '@': text without either is skipped unanalysed.
 _MAY_HOLD_PII = re.compile(r"[0-9@]").search
 _PSEUDONYM = re.compile(r"<([A-Z][A-Z_]*):([A-Za-z0-9_=+/-]{24,})>")
+# An ISO-8601 date or time (provenance timestamps) holds none of the entities above.
+_ISO_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+).fullmatch
+MIN_NUMBER_DIGITS = 6  # shorter numbers (ratings, counts) are no identifier: not analysed
 _LOCK = threading.Lock()
 
 
@@ -71,10 +85,7 @@ def find_pii(text: str) -> list[tuple[str, int, int]]:
     if not text or not _MAY_HOLD_PII(text):
         return []
     analyzer, _ = _engines()
-    findings = analyzer.analyze(
-        text=text, language="de", entities=list(ENTITIES), score_threshold=SCORE_THRESHOLD
-    )
-    return sorted((f.entity_type, f.start, f.end) for f in findings)
+    return sorted((f.entity_type, f.start, f.end) for f in _analyze(analyzer, text))
 
 
 def restore_text(text: str, key: str) -> str:
@@ -94,19 +105,114 @@ def restore_text(text: str, key: str) -> str:
     return _PSEUDONYM.sub(plain, text)
 
 
-def scrub_value(value: Any, mode: PiiMode, key: str | None, counts: Counter[str]) -> Any:
-    """Scrub every string inside a JSON-like value (dicts, lists); counts are added to ``counts``."""
+def scrub_value(
+    value: Any, mode: PiiMode, key: str | None, counts: Counter[str], context: str = ""
+) -> Any:
+    """Scrub a JSON-like value (dicts, lists; a quarantined record's raw value); counts are added
+    to ``counts``.
+
+    Strings are scrubbed like ``scrub_text``; numbers (not booleans) whose decimal form holds PII
+    (a Steuer-ID or phone number stored as an integer) become the string ``scrub_text`` makes of
+    that form. A value under a dict key is analysed with the key in front (``telefon: 49151...``),
+    so the key counts as context, e.g. as the phone word a bare digit run needs. Dict keys that
+    hold PII (user ids as keys) become their stable ``scrub_id`` token, so distinct keys stay
+    distinct (``redact`` would merge them) and one person's key is the same everywhere.
+    """
     if mode == "off":
         return value
     if isinstance(value, str):
-        text, found = scrub_text(value, mode, key)
+        text, found = _scrub_in_context(value, context, mode, key)
         counts.update(found)
         return text
     if isinstance(value, dict):
-        return {k: scrub_value(v, mode, key, counts) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            out[_scrub_key(k, mode, key, counts)] = scrub_value(
+                v, mode, key, counts, k if isinstance(k, str) else ""
+            )
+        return out
     if isinstance(value, list | tuple):
-        return [scrub_value(v, mode, key, counts) for v in value]
+        return [scrub_value(v, mode, key, counts, context) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        digits = str(value)
+        if sum(c.isdigit() for c in digits) < MIN_NUMBER_DIGITS:
+            return value
+        text, found = _scrub_in_context(digits, context, mode, key)
+        if found:
+            counts.update(found)
+            return text
     return value
+
+
+def scrub_id(value: str, mode: PiiMode, key: str | None = None) -> tuple[str, Counter[str]]:
+    """An identifier (annotator or end-user id, trace id, record id, location) that holds PII,
+    replaced whole by its stable token ``<ENTITY>-<12 hex>`` (see the module docstring), and the
+    findings per entity type; an id without PII, unchanged. The same id always gives the same
+    token (under one key), distinct ids distinct tokens. Memoised: ids repeat across rows."""
+    if mode == "off" or not value or not _MAY_HOLD_PII(value) or _ISO_TIME(value):
+        return value, Counter()
+    if mode == "pseudonymize":
+        check_key(key)
+    token, found = _id_token(value, mode, key if mode == "pseudonymize" else None)
+    return token, Counter(dict(found))
+
+
+@lru_cache(maxsize=1 << 16)
+def _id_token(
+    value: str, mode: PiiMode, key: str | None
+) -> tuple[str, tuple[tuple[str, int], ...]]:
+    from presidio_anonymizer.entities import OperatorConfig
+
+    analyzer, anonymizer = _engines()
+    findings = _analyze(analyzer, value)
+    if not findings:
+        return value, ()
+    items = anonymizer.anonymize(
+        text=value,
+        analyzer_results=findings,
+        operators={"DEFAULT": OperatorConfig("replace", {"new_value": ""})},
+    ).items
+    types = [i.entity_type for i in sorted(items, key=lambda i: i.start)]
+    data = value.encode("utf-8")
+    if mode == "pseudonymize":
+        assert key is not None
+        subkey = hmac.new(key.encode("utf-8"), b"feinschliff-pii-id", hashlib.sha256).digest()
+        digest = hmac.new(subkey, data, hashlib.sha256).hexdigest()
+    else:
+        digest = hashlib.sha256(b"feinschliff-pii-id:" + data).hexdigest()
+    return f"<{'+'.join(dict.fromkeys(types))}>-{digest[:12]}", tuple(Counter(types).items())
+
+
+def _scrub_key(k: Any, mode: PiiMode, key: str | None, counts: Counter[str]) -> Any:
+    if isinstance(k, bool) or not isinstance(k, str | int | float):
+        return k
+    token, found = scrub_id(str(k), mode, key)
+    if not found:
+        return k
+    counts.update(found)
+    return token
+
+
+def _scrub_in_context(
+    text: str, context: str, mode: PiiMode, key: str | None
+) -> tuple[str, Counter[str]]:
+    """``scrub_text`` of ``text``, analysed as ``"{context}: {text}"``; only findings that reach
+    into ``text`` count (clipped to it)."""
+    if not context or not text or not _MAY_HOLD_PII(text):
+        return scrub_text(text, mode, key)
+    if mode == "pseudonymize":
+        check_key(key)
+    from presidio_analyzer import RecognizerResult
+
+    analyzer, _ = _engines()
+    prefix = f"{context}: "
+    n = len(prefix)
+    findings = [
+        RecognizerResult(f.entity_type, max(f.start - n, 0), f.end - n, f.score)
+        for f in _analyze(analyzer, prefix + text)
+        if f.end > n
+    ]
+    return _anonymize(text, findings, mode, key)
 
 
 def load_key(name: str = KEY_ENV) -> str:
@@ -141,14 +247,24 @@ def _block_name(env_name: str) -> str:
 
 
 def _scrub(text: str, mode: PiiMode, key: str | None) -> tuple[str, Counter[str]]:
-    from presidio_anonymizer.entities import OperatorConfig
+    analyzer, _ = _engines()
+    return _anonymize(text, _analyze(analyzer, text), mode, key)
 
-    analyzer, anonymizer = _engines()
-    findings = analyzer.analyze(
+
+def _analyze(analyzer: Any, text: str) -> list[Any]:
+    return analyzer.analyze(  # type: ignore[no-any-return]
         text=text, language="de", entities=list(ENTITIES), score_threshold=SCORE_THRESHOLD
     )
+
+
+def _anonymize(
+    text: str, findings: list[Any], mode: PiiMode, key: str | None
+) -> tuple[str, Counter[str]]:
+    from presidio_anonymizer.entities import OperatorConfig
+
     if not findings:
         return text, Counter()
+    _, anonymizer = _engines()
     if mode == "redact":
         result = anonymizer.anonymize(text=text, analyzer_results=findings)
         return result.text, Counter(item.entity_type for item in result.items)

@@ -8,6 +8,11 @@ parent process then only looks keys up in its indexes and writes bytes. Deduplic
 happens before pseudonymization in effect: keys are computed on the original text, and a row
 dropped as a duplicate is simply never written.
 
+Scrubbing covers the row's ``provenance`` too: an id that holds PII (a Langfuse ``userId`` that
+is an e-mail address, taken as the annotator of end-user thumbs) becomes its stable token
+(``pii.scrub_id``), so one contributor keeps one id across rows for the poisoning scan. The
+per-annotator cap (in the parent) and the thumbs pairing (before this) see the original ids.
+
 Thumbs verdicts waiting for a partner travel back unscrubbed (they are paired at the end and
 then prepared like any row).
 """
@@ -26,7 +31,7 @@ from feinschliff.ingest.derive import derive_record
 from feinschliff.ingest.jsonio import dumps
 from feinschliff.ingest.records import FeedbackRecord
 from feinschliff.ngrams import row_text, word_hashes
-from feinschliff.pii import scrub_text
+from feinschliff.pii import scrub_id, scrub_text
 from feinschliff.specs.feedback import FeedbackSpec
 
 Row = dict[str, Any]
@@ -175,6 +180,7 @@ def prepare_rows(rows: list[tuple[str, Row]], ctx: Context) -> Batch:
             counts: Counter[str] = Counter()
             for name in MESSAGES[kind]:
                 row[name] = [_scrub(m, ctx, counts) for m in row[name]]
+            row["provenance"] = _scrub_provenance(row["provenance"], ctx, counts)
             found = dict(counts)
         space = f"kto:{row['label']}" if kind == "kto" else kind
         payload = dumps(row) if hit is None else b""
@@ -186,6 +192,25 @@ def _scrub(message: dict[str, str], ctx: Context, found: Counter[str]) -> dict[s
     text, counts = scrub_text(message["content"], ctx.spec.pii.mode, ctx.key)
     found.update(counts)
     return {**message, "content": text}
+
+
+def _scrub_provenance(prov: dict[str, Any], ctx: Context, found: Counter[str]) -> dict[str, Any]:
+    """Every id in the provenance (annotators, source/trace/observation ids, location) with PII
+    replaced by its stable token; ``annotators`` keeps its order (sorted by original id)."""
+    mode, key = ctx.spec.pii.mode, ctx.key
+
+    def scrub(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text, counts = scrub_id(value, mode, key)
+        if counts:
+            found.update(counts)
+        return text
+
+    return {
+        name: [scrub(v) for v in value] if isinstance(value, list) else scrub(value)
+        for name, value in prov.items()
+    }
 
 
 def _heldout(kind: str, row: Row, ctx: Context) -> bool:
