@@ -107,7 +107,7 @@ def test_thumbs_give_kto_rows_and_pairs_across_records():
     assert up.kto[0]["label"] is True and down.kto[0]["label"] is False
     assert set(up.kto[0]) == {"prompt", "completion", "label", "provenance"}
     assert up.sft and not down.sft
-    (pair,) = pair_thumbs([up.thumbs[0][1]], [down.thumbs[0][1]])
+    (pair,), _, _ = pair_thumbs([up.thumbs[0][1]], [down.thumbs[0][1]])
     assert (
         pair["chosen"][0]["content"] == "Im Kundenportal."
         and pair["rejected"][0]["content"] == "Keine Ahnung."
@@ -153,6 +153,52 @@ def _write_langfuse(path: Path, n: int, user: str) -> None:
     path.mkdir()
     (path / "obs.json").write_text(json.dumps({"data": obs, "meta": {}}))
     (path / "scores.json").write_text(json.dumps({"data": scores, "meta": {}}))
+
+
+def test_a_thumbs_verdict_without_partner_is_a_counted_drop(tmp_path):
+    """With KTO off (an SFT or DPO recipe) a thumbs verdict only makes a row when an opposite
+    verdict on the same prompt pairs with it. A thumbs-down on its own is then lost: counted.
+    A thumbs-up that made an SFT row (accepted answer) is not a drop."""
+
+    def gen(i: int, question: str, answer: str) -> dict:
+        return {
+            "id": f"o{i}",
+            "traceId": f"t{i}",
+            "type": "GENERATION",
+            "startTime": f"2026-01-01T00:00:0{i}Z",
+            "input": json.dumps([{"role": "user", "content": question}]),
+            "output": json.dumps({"role": "assistant", "content": answer}),
+        }
+
+    obs = [
+        gen(1, "Wann wird mein Zähler abgelesen?", "Im Herbst, wir schreiben Ihnen vorher."),
+        gen(2, "Kann ich meinen Abschlag ändern?", "Nein, das geht nicht."),
+    ]
+    scores = [
+        {
+            "id": f"s{i}",
+            "name": "user-feedback",
+            "dataType": "BOOLEAN",
+            "value": up,
+            "subject": {"kind": "observation", "id": f"o{i}"},
+        }
+        for i, up in ((1, True), (2, False))
+    ]
+    (tmp_path / "lf").mkdir()
+    (tmp_path / "lf" / "obs.json").write_text(json.dumps({"data": obs, "meta": {}}))
+    (tmp_path / "lf" / "scores.json").write_text(json.dumps({"data": scores, "meta": {}}))
+    spec = FeedbackSpec.model_validate(
+        {
+            "sources": [{"kind": "langfuse", "path": str(tmp_path / "lf")}],
+            "pii": {"mode": "off"},
+            "heldout_fraction": 0,
+            "rules": {"kto": False},
+        }
+    )
+    run_ingest(spec, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["sft.jsonl"] == 1 and manifest["counts"]["preference.jsonl"] == 0
+    assert manifest["drops"] == {"thumbs_without_partner": 1}
 
 
 def test_annotator_contribution_cap(tmp_path):

@@ -38,7 +38,8 @@ class Derived:
     sft: list[Row] = field(default_factory=list)
     preference: list[Row] = field(default_factory=list)
     kto: list[Row] = field(default_factory=list)
-    thumbs: list[tuple[bool, Row]] = field(default_factory=list)  # (up, KTO-shaped row) to pair
+    # (up, KTO-shaped row, sole: the record has no other output) waiting for a partner
+    thumbs: list[tuple[bool, Row, bool]] = field(default_factory=list)
     drops: Counter[str] = field(default_factory=Counter)
     disagreements: Counter[str] = field(default_factory=Counter)
 
@@ -70,7 +71,8 @@ def derive_record(rec: FeedbackRecord, rules: DerivationRules) -> Derived:
         if rules.kto:
             out.kto.append(_kto(rec, prov, original, verdict))
         if rules.thumbs_pairs:
-            out.thumbs.append((verdict, _kto(rec, prov, original, verdict)))
+            sole = not (out.sft or out.preference or out.kto)  # lost if no partner turns up
+            out.thumbs.append((verdict, _kto(rec, prov, original, verdict), sole))
     if not (out.sft or out.preference or out.kto or out.thumbs):
         out.drops["no_training_signal"] += 1
     return out
@@ -149,12 +151,18 @@ def preferred_pair(
     return (chosen, others[0]) if others else None
 
 
-def pair_thumbs(ups: list[Row], downs: list[Row]) -> list[Row]:
-    """Thumbs-up vs thumbs-down answers to one prompt (KTO-shaped rows in reading order)."""
-    pairs = []
-    for good, bad in zip(ups, downs, strict=False):
+def pair_thumbs(ups: list[Row], downs: list[Row]) -> tuple[list[Row], list[int], list[int]]:
+    """Thumbs-up vs thumbs-down answers to one prompt (KTO-shaped rows in reading order): the
+    preference rows, and the indexes of the ups and downs that are in none of them."""
+    pairs: list[Row] = []
+    unused_ups = list(range(len(downs), len(ups)))  # more of one kind than of the other
+    unused_downs = list(range(len(ups), len(downs)))
+    for i, (good, bad) in enumerate(zip(ups, downs, strict=False)):
         chosen, rejected = good["completion"], bad["completion"]
-        if chosen[0]["content"] != rejected[0]["content"]:
+        if chosen[0]["content"] == rejected[0]["content"]:  # the same answer: no preference
+            unused_ups.append(i)
+            unused_downs.append(i)
+        else:
             prov = {**good["provenance"], "rule": "thumbs_up_vs_down"}
             prov["rejected_source_id"] = bad["provenance"]["source_id"]
             prov["annotators"] = sorted(
@@ -168,7 +176,7 @@ def pair_thumbs(ups: list[Row], downs: list[Row]) -> list[Row]:
                     "provenance": prov,
                 }
             )
-    return pairs
+    return pairs, unused_ups, unused_downs
 
 
 def _msgs(rec: FeedbackRecord) -> list[dict[str, str]]:

@@ -62,7 +62,7 @@ class Prepared(NamedTuple):  # a tuple: batches travel between processes, pickli
 class Batch:
     rows: list[Prepared] = field(default_factory=list)
     sigs: Any = None  # (rows, num_perm) MinHash signatures, or None when near-dedup is off
-    thumbs: list[tuple[bytes, int, bytes]] = field(default_factory=list)
+    thumbs: list[tuple[bytes, int, int, bytes]] = field(default_factory=list)
     drops: Counter[str] = field(default_factory=Counter)
     disagreements: Counter[str] = field(default_factory=Counter)
 
@@ -119,7 +119,7 @@ class TaggedBatch:
 
     rows: list[tuple[int, Prepared]] = field(default_factory=list)
     sigs: Any = None  # aligned with rows, as in ``Batch``
-    thumbs: list[tuple[int, tuple[bytes, int, bytes]]] = field(default_factory=list)
+    thumbs: list[tuple[int, tuple[bytes, int, int, bytes]]] = field(default_factory=list)
     # per record with any (most have none: a list of empty Counters is slow to pickle)
     drops: dict[int, Counter[str]] = field(default_factory=dict)
     disagreements: dict[int, Counter[str]] = field(default_factory=dict)
@@ -155,8 +155,8 @@ def prepare_tagged(records: list[FeedbackRecord], ctx: Context) -> TaggedBatch:
                 rows.append((kind, row))
                 tags.append(i)
         tagged.thumbs.extend(
-            (i, (ctx.keys.content_key(row, ("prompt",)), int(up), dumps(row)))
-            for up, row in derived.thumbs
+            (i, (ctx.keys.content_key(row, ("prompt",)), int(up), int(sole), dumps(row)))
+            for up, row, sole in derived.thumbs
         )
     prepared = prepare_rows(rows, ctx)
     tagged.rows, tagged.sigs = list(zip(tags, prepared.rows, strict=True)), prepared.sigs

@@ -77,7 +77,8 @@ class RowPipeline:
         self.per_annotator: Counter[str] = Counter()
         self.thumbs = scratch.name("thumbs")
         scratch.db.execute(
-            f"CREATE TABLE {self.thumbs} (seq INTEGER PRIMARY KEY, pk BLOB, up INTEGER, row BLOB)"
+            f"CREATE TABLE {self.thumbs} "
+            "(seq INTEGER PRIMARY KEY, pk BLOB, up INTEGER, sole INTEGER, row BLOB)"
         )
 
     # ------------------------------------------------------------------ input
@@ -120,19 +121,30 @@ class RowPipeline:
                 f"SELECT pk FROM {self.thumbs} GROUP BY pk HAVING MIN(up) = 0 AND MAX(up) = 1 "
                 "ORDER BY MIN(seq)"
             ).fetchall()
-            query = f"SELECT up, row FROM {self.thumbs} WHERE pk = ? ORDER BY seq"
+            # a verdict that was its record's only output and found no partner: a counted drop
+            (lone,) = db.execute(
+                f"SELECT COUNT(*) FROM {self.thumbs} WHERE sole = 1 AND pk IN "
+                f"(SELECT pk FROM {self.thumbs} GROUP BY pk HAVING MIN(up) = MAX(up))"
+            ).fetchone()
+            query = f"SELECT up, sole, row FROM {self.thumbs} WHERE pk = ? ORDER BY seq"
             pending: list[tuple[str, dict[str, Any]]] = []
             for (pk,) in groups:
-                ups: list[dict[str, Any]] = []
-                downs: list[dict[str, Any]] = []
-                for up, row in db.execute(query, (pk,)):
-                    (ups if up else downs).append(loads(row))
-                pending.extend(("preference", row) for row in pair_thumbs(ups, downs))
+                ups: list[tuple[int, dict[str, Any]]] = []
+                downs: list[tuple[int, dict[str, Any]]] = []
+                for up, sole, row in db.execute(query, (pk,)):
+                    (ups if up else downs).append((sole, loads(row)))
+                pairs, lone_ups, lone_downs = pair_thumbs(
+                    [r for _, r in ups], [r for _, r in downs]
+                )
+                lone += sum(ups[i][0] for i in lone_ups) + sum(downs[i][0] for i in lone_downs)
+                pending.extend(("preference", row) for row in pairs)
                 if len(pending) >= BATCH:
                     self._dispatch_rows(pending)
                     pending = []
             self._dispatch_rows(pending)
             self._drain(0)
+            if lone:
+                self.drops["thumbs_without_partner"] += lone
 
     def close(self) -> dict[str, str]:
         self._stop_pool()
@@ -211,7 +223,7 @@ class RowPipeline:
         self.disagreements.update(batch.disagreements)
         if batch.thumbs:
             self.scratch.db.executemany(
-                f"INSERT INTO {self.thumbs} (pk, up, row) VALUES (?, ?, ?)", batch.thumbs
+                f"INSERT INTO {self.thumbs} (pk, up, sole, row) VALUES (?, ?, ?, ?)", batch.thumbs
             )
         rows = []
         for i, p in enumerate(batch.rows):
