@@ -10,15 +10,15 @@ per process (module fixture).
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from feinschliff.ingest import run_ingest
-from feinschliff.pii import restore_text, scrub_id, scrub_text, scrub_value
+from feinschliff.pii import restore_text, scrub_id, scrub_value
 from feinschliff.recipe import FeedbackSpec
+from tests.unit.test_pii import engines  # noqa: F401 - the module's Presidio set-up (autouse)
 
 KEY = "feinschliff-test-key-32-bytes!!!"
 MAX = "max.mustermann@example.de"
@@ -26,19 +26,6 @@ ERIKA = "erika.musterfrau@example.org"
 PLAIN = "u-0e66d2"  # an opaque user id: no PII, kept as it is
 TAX_ID = 86095742719
 PHONE = 4930123456  # a bare digit run: a phone number only after a phone word (the key)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def engines(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    old = os.environ.get("FEINSCHLIFF_HOME")
-    os.environ["FEINSCHLIFF_HOME"] = str(home)
-    scrub_text("warm up 1", "redact")
-    yield
-    if old is None:
-        os.environ.pop("FEINSCHLIFF_HOME")
-    else:
-        os.environ["FEINSCHLIFF_HOME"] = old
 
 
 # --------------------------------------------------------------------------- provenance

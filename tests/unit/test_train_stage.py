@@ -50,16 +50,7 @@ def test_warm_start_replays_the_snapshot_its_lineage_names(tmp_path, monkeypatch
         target=target_for(base),
     )
     promote(root, "support-de-demo", version, why="test")
-    recipe = load_recipe(
-        ROOT / "recipes" / "demo-de.yaml",
-        [
-            f"register.registry={root}",
-            "train.init_from=production",
-            "train.lora.r=8",
-            "train.lora.alpha=16",
-            "train.lora.target_modules=[q_proj, v_proj]",
-        ],
-    )
+    recipe = _warm_recipe(root)
     warm = find_warm_start(recipe)
     assert warm is not None and warm.version == version
     assert warm.dataset_sha256 == ("b" * 64 if lineage == "rows" else "a" * 64)
@@ -87,7 +78,15 @@ def test_warm_start_continues_the_version_a_run_recorded(tmp_path, monkeypatch):
     )
     promote(root, "support-de-demo", first, why="test")
     promote(root, "support-de-demo", second, why="test: the run's own candidate")
-    recipe = load_recipe(
+    recipe = _warm_recipe(root)
+    assert find_warm_start(recipe).version == second  # the registry now
+    assert find_warm_start(recipe, first).version == first  # as recorded
+    assert find_warm_start(recipe, None) is None  # recorded: there was no production
+
+
+def _warm_recipe(root: Path):
+    """The demo recipe continuing production in ``root``, its LoRA matching the test adapters."""
+    return load_recipe(
         ROOT / "recipes" / "demo-de.yaml",
         [
             f"register.registry={root}",
@@ -97,6 +96,3 @@ def test_warm_start_continues_the_version_a_run_recorded(tmp_path, monkeypatch):
             "train.lora.target_modules=[q_proj, v_proj]",
         ],
     )
-    assert find_warm_start(recipe).version == second  # the registry now
-    assert find_warm_start(recipe, first).version == first  # as recorded
-    assert find_warm_start(recipe, None) is None  # recorded: there was no production
