@@ -148,3 +148,41 @@ def test_jsonl_and_csv_report_broken_lines(tmp_path):
     csv = tmp_path / "a.csv"
     csv.write_text('"id","input"\n"1","[{""role"": ""user""}]"\n')
     assert list(iter_csv(csv, {})) == [(2, {"id": "1", "input": '[{"role": "user"}]'})]
+
+
+def test_argilla_mirror_newest_version_supersedes_even_when_quarantined(tmp_path):
+    """A pull mirror holds one file per pull. A record pulled again counts in its newest
+    version; when that version is malformed it is quarantined, and the stale older version is
+    not used in its place (it no longer says what the annotators answered)."""
+    import shutil
+
+    from feinschliff.ingest import run_ingest
+    from feinschliff.recipe import FeedbackSpec
+
+    sample = ROOT / "data" / "samples" / "argilla" / "feedback-de"
+    mirror = tmp_path / "mirror"
+    shutil.copytree(sample / ".argilla", mirror / ".argilla")
+    records = json.loads((sample / "records.json").read_text())
+    lines = "\n".join(json.dumps(r) for r in records) + "\n"
+    (mirror / "records-20261101T000000Z.jsonl").write_text(lines)
+    broken = {**records[0], "fields": "no longer an object"}
+    (mirror / "records-20261108T000000Z.jsonl").write_text(json.dumps(broken) + "\n")
+    spec = FeedbackSpec.model_validate(
+        {
+            "sources": [{"kind": "argilla", "path": str(mirror)}],
+            "pii": {"mode": "off"},
+            "heldout_fraction": 0,
+            "max_quarantine_fraction": 0.5,
+        }
+    )
+
+    run_ingest(spec, tmp_path / "out")
+
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    source = manifest["sources"][0]
+    assert source["format"] == "argilla-2-mirror"
+    assert (source["records"], source["quarantined"]) == (len(records) - 1, 1)
+    assert source["skipped"]["argilla_record_superseded_by_newer_pull"] == 1
+    out = tmp_path / "out"
+    rows = "".join((out / f"{n}.jsonl").read_text() for n in ("sft", "preference", "kto"))
+    assert records[0]["id"] not in rows

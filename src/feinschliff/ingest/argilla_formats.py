@@ -80,16 +80,27 @@ def read_nested(folder: Path, log: ReadLog) -> Iterator[Item]:
     if files and files[0].suffix == ".json":  # to_disk: one array
         yield from _convert(iter_json_array(files[0], log.inputs), files[0], layout, log, _same)
         return
-    # A pull mirror: one file per pull, newest first; a record pulled again supersedes itself.
+    # A pull mirror: one file per pull, newest first; a record pulled again supersedes itself,
+    # also when its newest version is quarantined (the older one no longer says what the
+    # annotators answered).
     seen: set[str] = set()
     for f in reversed(files):
         for item in _convert(iter_jsonl(f, log.inputs), f, layout, log, _same):
-            if isinstance(item, FeedbackRecord):
-                if item.source_id in seen:
+            ident = item.source_id if isinstance(item, FeedbackRecord) else _raw_id(item.raw)
+            if ident is not None:
+                if ident in seen:
                     log.stats["argilla_record_superseded_by_newer_pull"] += 1
                     continue
-                seen.add(item.source_id)
+                seen.add(ident)
             yield item
+
+
+def _raw_id(raw: Any) -> str | None:
+    """A quarantined row's record id, when it has one (as ``to_record`` reads it)."""
+    if not isinstance(raw, dict):
+        return None
+    ident = raw.get("id") if raw.get("id") is not None else raw.get("_server_id")
+    return None if ident is None or isinstance(ident, dict | list) else str(ident)
 
 
 def _same(raw: Any, _layout: ArgillaLayout) -> Any:
