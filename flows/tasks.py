@@ -29,6 +29,7 @@ from feinschliff.artifacts import (
     rows_sha256,
 )
 from feinschliff.evaluate import run_evaluate
+from feinschliff.evaluate.stage import cache_key as evaluate_cache_key
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
 from feinschliff.generate import merge_datasets, run_generate
 from feinschliff.generate.stage import cache_key as generate_cache_key
@@ -36,7 +37,6 @@ from feinschliff.generate.stage import stopped_by_budget
 from feinschliff.ingest import run_ingest
 from feinschliff.ledger import Ledger, effect_key
 from feinschliff.pipeline import (
-    eval_data_fingerprint,
     ingest_fingerprint,
     lineage,
     read_report,
@@ -49,7 +49,7 @@ from feinschliff.serving.deploy import reconcile
 from feinschliff.serving.preflight import PreflightError
 from feinschliff.serving.publish import publish_version, register_version
 from feinschliff.train import run_train
-from feinschliff.train.stage import warm_start_sha256
+from feinschliff.train.stage import cache_key as train_cache_key
 from flows.faults import fault_point
 
 CACHE = {"persist_result": True, "cache_expiration": timedelta(days=30)}
@@ -64,30 +64,14 @@ def _ingest_key(ctx: Any, p: dict[str, Any]) -> str:
 
 def _train_key(ctx: Any, p: dict[str, Any]) -> str:
     r: Recipe = p["recipe"]
-    return input_key(
-        "train",
-        section_hash(r, "base_model", "train"),
-        rows_sha256(p["data"]),
-        warm_start_sha256(r, p["production"]),  # init_from: production continues that version
-        str(p["out"]),
-        code_version(),
-    )
+    return input_key("train", train_cache_key(r, p["data"], p["production"]), str(p["out"]))
 
 
 def _evaluate_key(ctx: Any, p: dict[str, Any]) -> str:
     r: Recipe = p["recipe"]
     prod = _production(r, p["adapter"], p["production"])
-    return input_key(
-        "evaluate",
-        section_hash(r, "base_model", "evaluate"),
-        rows_sha256(p["data"]),
-        p["adapter"].sha256,
-        prod.sha256 if prod else None,
-        eval_data_fingerprint(),
-        r.feedback.decontamination.ngram,  # the contamination metric's n
-        str(p["out"]),
-        code_version(),
-    )
+    key = evaluate_cache_key(r, p["adapter"], prod, p["data"])
+    return input_key("evaluate", key, str(p["out"]))
 
 
 def _production(recipe: Recipe, candidate: AdapterRef, version: str | None) -> AdapterRef | None:

@@ -54,12 +54,17 @@ class Decision(BaseModel):
         return [r for r in self.results if not r.passed]
 
 
+def metric_value(value: Any) -> float | None:
+    """A report value as a number, or None when there is none (missing, not a number, a bool,
+    NaN): what the gate, the run summary and the comparison plot treat as "n/a"."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return None
+    return float(value)
+
+
 def _lookup(report: dict[str, Any], role: str, metric: str) -> dict[str, Any] | None:
     entry = report.get("metrics", {}).get(role, {}).get(metric)
-    if not isinstance(entry, dict):
-        return None
-    value = entry.get("value")
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+    if not isinstance(entry, dict) or metric_value(entry.get("value")) is None:
         return None
     return entry
 
@@ -208,9 +213,7 @@ def _check_win_rate(rule: WinRateRule, report: dict[str, Any]) -> RuleResult:
     valid = entry.get("consistent")
     failures = entry.get("parse_failures") or 0
     inconsistent = entry.get("inconsistent") or 0
-    value = entry.get("value")
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-        value = None
+    value = metric_value(entry.get("value"))
     if not isinstance(valid, int) or isinstance(valid, bool):
         return RuleResult(
             rule="win_rate",
@@ -231,14 +234,9 @@ def _check_win_rate(rule: WinRateRule, report: dict[str, Any]) -> RuleResult:
             detail=f"insufficient valid judgements: {valid} order-consistent < {rule.min_valid} "
             f"({inconsistent} order-inconsistent, {failures} unparseable)",
         )
-    low = entry.get("ci_low")
-    ok = (
-        isinstance(low, int | float)
-        and not isinstance(low, bool)
-        and not math.isnan(low)
-        and low >= rule.threshold
-    )
-    shown = f"{low:.3f}" if isinstance(low, int | float) and not isinstance(low, bool) else "n/a"
+    low = metric_value(entry.get("ci_low"))
+    ok = low is not None and low >= rule.threshold
+    shown = "n/a" if low is None else f"{low:.3f}"
     return RuleResult(
         rule="win_rate",
         metric=rule.metric,

@@ -26,7 +26,7 @@ from feinschliff.artifacts import (
     rows_sha256,
     sha256_file,
 )
-from feinschliff.gate import Decision
+from feinschliff.gate import Decision, metric_value
 from feinschliff.models import feinschliff_home
 from feinschliff.recipe import FeedbackSpec, Recipe
 from feinschliff.recipe_loader import dump_resolved, recipe_hash
@@ -192,18 +192,11 @@ def dataset_lineage(data: DatasetRef) -> dict[str, Any]:
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(metric, base, candidate, delta) per metric, formatted; a missing value shows as n/a."""
-
-    def _number(value: Any) -> float | None:
-        # None, non-numbers and NaN (value != value) are all "no value"
-        if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
-            return None
-        return float(value)
-
     rows = []
     metrics = report["metrics"]
     for name in sorted(metrics.get("candidate", {})):
-        cand = _number((metrics["candidate"][name] or {}).get("value"))
-        base = _number((metrics.get("base", {}).get(name) or {}).get("value"))
+        cand = metric_value((metrics["candidate"][name] or {}).get("value"))
+        base = metric_value((metrics.get("base", {}).get(name) or {}).get("value"))
         rows.append(
             (
                 name,

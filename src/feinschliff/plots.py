@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: CI and workers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from feinschliff.gate import metric_value  # noqa: E402
+
 
 def plot_loss(curve: list[dict[str, Any]], out: Path, *, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -24,10 +26,6 @@ def plot_loss(curve: list[dict[str, Any]], out: Path, *, title: str) -> None:
     plt.close(fig)
 
 
-def _present(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
-
-
 def plot_comparison(values: dict[str, dict[str, float]], out: Path, *, title: str) -> None:
     """Grouped bars: one group per metric, one bar per model role (base, production, candidate).
 
@@ -39,17 +37,11 @@ def plot_comparison(values: dict[str, dict[str, float]], out: Path, *, title: st
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(metrics) + 2), 3.5), dpi=100)
     width = 0.8 / max(1, len(roles))
     for i, role in enumerate(roles):
-        shown = [
-            (j, values[role][m]) for j, m in enumerate(metrics) if _present(values[role].get(m))
-        ]
-        ax.bar(
-            [j + i * width for j, _ in shown],
-            [float(v) for _, v in shown],
-            width=width,
-            label=role,
-        )
-        for j, m in enumerate(metrics):
-            if not _present(values[role].get(m)):
+        got = [metric_value(values[role].get(m)) for m in metrics]
+        shown = [(j, v) for j, v in enumerate(got) if v is not None]
+        ax.bar([j + i * width for j, _ in shown], [v for _, v in shown], width=width, label=role)
+        for j, v in enumerate(got):
+            if v is None:
                 ax.text(
                     j + i * width, 0.0, "n/a", ha="center", va="bottom", fontsize=7, rotation=90
                 )

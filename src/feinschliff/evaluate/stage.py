@@ -50,15 +50,7 @@ def run_evaluate(
     production: AdapterRef | None = None,
     data: DatasetRef | None = None,
 ) -> ReportRef:
-    key = input_key(
-        section_hash(recipe, "base_model", "evaluate"),
-        recipe.feedback.decontamination.ngram,  # the contamination metric's n
-        adapter.sha256,
-        production.sha256 if production else None,
-        rows_sha256(data) if data else None,
-        eval_data_fingerprint(),
-        code_version(),
-    )
+    key = cache_key(recipe, adapter, production, data)
     if digest := reusable(out, key):
         log.info("evaluate: reusing finished report in %s", out)
         return ReportRef(path=str(out), sha256=digest)
@@ -119,6 +111,26 @@ def run_evaluate(
     )
     digest = mark_complete(out, stage="evaluate", key=key)
     return ReportRef(path=str(out), sha256=digest)
+
+
+def cache_key(
+    recipe: Recipe,
+    adapter: AdapterRef,
+    production: AdapterRef | None = None,
+    data: DatasetRef | None = None,
+) -> str:
+    """What a finished report depends on: its recipe sections, the contamination metric's n,
+    the candidate, the production adapter it is compared with, the rows, the bundled eval and
+    judge data and the code."""
+    return input_key(
+        section_hash(recipe, "base_model", "evaluate"),
+        recipe.feedback.decontamination.ngram,
+        adapter.sha256,
+        production.sha256 if production else None,
+        rows_sha256(data) if data else None,
+        eval_data_fingerprint(),
+        code_version(),
+    )
 
 
 def _plottable(name: str, v: dict[str, Any]) -> bool:

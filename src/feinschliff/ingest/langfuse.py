@@ -80,8 +80,7 @@ def read_observations(
     # process writes the main scratch database.
     scores_path = scratch.dir / f"{scratch.name('scores')}.sqlite"
     sdb = create_scores_db(scores_path)
-    join = _Join(db, sdb, seen, deferred, log, rules)
-    join.partial = partial
+    join = _Join(db, sdb, seen, deferred, log, rules, partial)
     try:
         ordered = sorted(files, key=lambda f: f not in score_files)  # scores before observations
         if parallel is None:
@@ -129,11 +128,11 @@ class _Join:
         deferred: str,
         log: ReadLog,
         rules: DerivationRules,
+        partial: bool = False,  # orphan scores are expected (see read_observations)
     ):
         self.db, self.sdb, self.seen, self.deferred = db, sdb, seen, deferred
-        self.log, self.rules = log, rules
+        self.log, self.rules, self.partial = log, rules, partial
         self.seen_filter: Bloom | None = None  # built on first use (the parent's join only)
-        self.partial = False  # orphan scores are expected (see read_observations)
         self.indexed = db is None  # a worker's join reads the parent's indexed database
 
     def index_scores(self) -> None:

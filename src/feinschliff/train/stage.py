@@ -43,14 +43,26 @@ class TrainError(RuntimeError):
     """Training cannot start (no GPU for QLoRA, too little memory, empty data) or failed."""
 
 
-def warm_start_sha256(recipe: Recipe, production: Any = UNSET) -> str | None:
-    """The adapter a warm start would continue (None: fresh LoRA): part of any cache key for
-    training, since promoting a new production adapter changes the result."""
+def cache_key(recipe: Recipe, data: DatasetRef, production: Any = UNSET) -> str:
+    """What a finished training depends on: its recipe sections, the rows, the adapter a warm
+    start continues (``production`` as in ``run_train``) and the code."""
+    return _key(recipe, rows_sha256(data), _warm_start(recipe, production))
+
+
+def _key(recipe: Recipe, rows: str, warm: WarmStart | None) -> str:
+    return input_key(
+        section_hash(recipe, "base_model", "train"),
+        rows,
+        warm.adapter_sha256 if warm else None,
+        code_version(),
+    )
+
+
+def _warm_start(recipe: Recipe, production: Any) -> WarmStart | None:
     try:
-        warm = find_warm_start(recipe, production)
+        return find_warm_start(recipe, production)
     except WarmStartError as exc:
         raise TrainError(str(exc)) from exc
-    return warm.adapter_sha256 if warm else None
 
 
 def run_train(
@@ -58,17 +70,9 @@ def run_train(
 ) -> AdapterRef:
     """Train (or reuse a finished training of the same inputs). ``production``: the version a
     warm start continues, as the caller recorded it (default: the registry's production now)."""
-    try:
-        warm = find_warm_start(recipe, production)
-    except WarmStartError as exc:
-        raise TrainError(str(exc)) from exc
+    warm = _warm_start(recipe, production)
     rows = rows_sha256(data)
-    key = input_key(
-        section_hash(recipe, "base_model", "train"),
-        rows,
-        warm.adapter_sha256 if warm else None,
-        code_version(),
-    )
+    key = _key(recipe, rows, warm)
     if digest := reusable(out, key):
         log.info("train: reusing finished adapter in %s", out)
         return AdapterRef(path=str(out), sha256=digest)
