@@ -117,13 +117,24 @@ def reusable(root: Path, key: str) -> str | None:
     return digest if recorded == key else None
 
 
+class OutputInUse(RuntimeError):
+    """An output folder that holds files no stage wrote: it is never deleted."""
+
+
 def prepare_out(root: Path, key: str) -> None:
     """Make ``root`` ready for a stage run with inputs ``key``.
 
     Leftovers of the *same* inputs are kept (a killed training resumes from its checkpoints);
     leftovers of other inputs are removed, so nothing from an older configuration leaks in.
+    A non-empty folder without a stage's ``.inputs`` stamp (someone's data, an ingest output
+    given as ``--out``) is refused, not wiped.
     """
     stamp = root / ".inputs"
+    if root.exists() and not stamp.exists() and any(root.iterdir()):
+        raise OutputInUse(
+            f"{root} is not empty and no feinschliff stage wrote it (no .inputs stamp): "
+            "choose a new or empty output folder (nothing was deleted)"
+        )
     if root.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
         # Loud, because this is where a killed training's checkpoints go when the recipe, the
         # data or the code (a hotfix between crash and rerun) changed in the meantime.

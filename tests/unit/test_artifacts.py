@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from feinschliff.artifacts import prepare_out
+import pytest
+
+from feinschliff.artifacts import OutputInUse, prepare_out
 
 
 def test_same_inputs_keep_leftovers(tmp_path):
@@ -25,3 +27,38 @@ def test_other_inputs_discard_leftovers_with_a_warning(tmp_path, caplog):
     assert not (out / "checkpoint-2").exists()
     assert (out / ".inputs").read_text().strip() == "key-b"
     assert "discarding leftovers" in caplog.text
+
+
+def test_a_folder_no_stage_wrote_is_refused_not_wiped(tmp_path):
+    """`--out` (or `--mixed-out`) pointed at someone's data or at an ingest output: the stage
+    stops before deleting anything."""
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputInUse, match="nothing was deleted"):
+        prepare_out(out, "key-a")
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not (out / ".inputs").exists()
+
+
+def test_an_empty_folder_is_taken(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    prepare_out(out, "key-a")
+    assert (out / ".inputs").read_text().strip() == "key-a"
+
+
+def test_cli_refuses_mixing_into_the_feedback_folder(tmp_path):
+    """`generate --mixed-out` equal to `--feedback` used to wipe the ingest output (heldout/
+    included) and then write a mix with 0 feedback rows."""
+    from feinschliff.artifacts import DatasetRef, mark_complete
+    from feinschliff.generate.mix import merge_datasets
+    from feinschliff.specs.generate import MixSpec
+
+    fb = tmp_path / "ingest"
+    (fb / "heldout").mkdir(parents=True)
+    (fb / "sft.jsonl").write_text('{"messages": []}\n')
+    ref = DatasetRef(path=str(fb), sha256=mark_complete(fb))
+    with pytest.raises(OutputInUse):
+        merge_datasets(ref, ref, MixSpec(), fb)
+    assert (fb / "sft.jsonl").exists() and (fb / "heldout").is_dir()

@@ -23,6 +23,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     stages,
     train_cmd,
 )
+from feinschliff.artifacts import OutputInUse
 from feinschliff.cli.app import Failure, _setup_logging, app
 
 __all__ = ["app", "main"]
@@ -35,3 +36,6 @@ def main() -> None:
     except Failure as exc:
         typer.echo(f"error: {exc}" if exc.code != 2 else str(exc), err=True)
         sys.exit(exc.code)
+    except OutputInUse as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
