@@ -163,12 +163,48 @@ def test_bad_cron_and_yaml_errors(tmp_path, demo):
     demo["schedule"]["cron"] = "every night"
     with pytest.raises(RecipeError) as err:
         load_recipe(_write(tmp_path, demo))
-    assert ": schedule: " in err.value.lines[0] and "5 fields" in err.value.lines[0]
+    assert ": schedule.cron: " in err.value.lines[0] and "5 fields" in err.value.lines[0]
     bad = tmp_path / "bad.yaml"
     bad.write_text("use_case: [unclosed\n")
     with pytest.raises(RecipeError) as err:
         load_recipe(bad)
     assert err.value.lines[0].startswith(f"{bad}: (yaml): ")
+
+
+CRONS = [
+    *["0 2 * * 1", "*/15 * * * mon-fri", "0 0 1 jan,jul *", "1,2,3 0-23/2 */2 * SUN"],
+    *["0 0 L * *", "0 0 * * 5#3", "0 0 * * 7", "5-1 * * * *", "@daily", "0 0 1-31 * *"],
+    *["a b c d e", "60 * * * *", "0 2 * * 8", "*/0 * * * *", "0 0 * * 5#9", "0 0 32 * *"],
+    *["0 0 0 * *", "0 0 * 13 *", "0 24 * * *", "x", "0 2 * *", "@sometimes"],
+]
+
+
+@pytest.mark.parametrize("cron", CRONS)
+def test_cron_is_accepted_exactly_when_prefect_accepts_it(cron):
+    """A cron that Prefect refuses used to validate and then crash `deployments sync` with a
+    traceback; the recipe now refuses it (and takes every one Prefect takes)."""
+    from prefect._internal.schemas.validators import validate_cron_string
+
+    from feinschliff.specs.register import ScheduleSpec
+
+    try:
+        validate_cron_string(cron)
+        prefect_ok = True
+    except ValueError:
+        prefect_ok = False
+    try:
+        ScheduleSpec(cron=cron)
+        ours = True
+    except ValueError:
+        ours = False
+    assert ours == prefect_ok
+
+
+def test_unknown_timezone_is_refused_with_its_path(tmp_path, demo):
+    demo["schedule"]["timezone"] = "Europe/Berln"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert ": schedule.timezone: " in err.value.lines[0] and "Europe/Berln" in err.value.lines[0]
 
 
 def test_validate_cli_exit_codes(tmp_path, demo):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
@@ -135,12 +136,71 @@ class RegisterSpec(Strict):
         return rank
 
 
-class ScheduleSpec(Strict):
-    cron: str = Field(description="Cron expression for scheduled retraining, e.g. '0 2 * * 1'.")
-    timezone: str = Field("Europe/Berlin", description="IANA timezone of the cron expression.")
+# (name, lowest, highest, names) per field; weekday 7 is Sunday as in cron
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    (
+        "month",
+        1,
+        12,
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+    ),
+    ("weekday", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
 
-    @model_validator(mode="after")
-    def _cron_has_five_fields(self) -> ScheduleSpec:
-        if len(self.cron.split()) != 5:
-            raise ValueError(f"cron {self.cron!r} must have 5 fields (min hour day month weekday)")
-        return self
+
+_CRON_MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def _cron_value(text: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    if text.lower() in names:
+        return names.index(text.lower()) + (1 if low == 1 else 0)
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(f"{text!r} is not in {low}-{high}")
+    return int(text)
+
+
+def _check_cron(cron: str) -> str:
+    """Five standard fields (``*``, numbers, names, ``a-b``, ``/step``, lists; ``L`` as the
+    last day of the month, ``day#n`` as the n-th weekday, ``@daily`` and its kin): checked here, because a bad
+    expression would otherwise pass `validate` and fail only at deployment."""
+    if cron.strip().lower() in _CRON_MACROS:
+        return cron
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron {cron!r} must have 5 fields (minute hour day month weekday)")
+    for text, (what, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        for item in text.split(","):
+            span, _, step = item.partition("/")
+            if (what == "day of month" and item.upper() == "L") or (
+                what == "weekday" and "#" in item and item.partition("#")[2] in "12345"
+            ):
+                span = item.partition("#")[0] if "#" in item else "*"
+            try:
+                if step and (not step.isdigit() or int(step) == 0):
+                    raise ValueError(f"step {step!r} is not a positive number")
+                if span != "*":
+                    for end in span.split("-", 1):  # a-b; b < a wraps around, as in croniter
+                        _cron_value(end, low, high, names)
+            except ValueError as exc:
+                raise ValueError(f"cron {cron!r}: {what} field {text!r}: {exc}") from None
+    return cron
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA timezone {name!r} (e.g. Europe/Berlin, UTC)") from None
+    return name
+
+
+class ScheduleSpec(Strict):
+    cron: Annotated[str, AfterValidator(_check_cron)] = Field(
+        description="Cron expression for scheduled retraining, e.g. '0 2 * * 1'."
+    )
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = Field(
+        "Europe/Berlin", description="IANA timezone of the cron expression."
+    )
