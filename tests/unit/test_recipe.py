@@ -236,3 +236,20 @@ def test_code_version_changes_with_the_source(tmp_path, monkeypatch):
     b = artifacts.code_version()
     artifacts.code_version.cache_clear()
     assert a != b
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("api_key_env", "sk-live-1234567890abcdef"), ("base_url", "localhost:8000")],
+)
+def test_judge_refuses_a_pasted_key_and_a_url_without_scheme(tmp_path, demo, field, value):
+    """A pasted key would reach the resolved-recipe artifact and the Prefect parameters (the
+    teacher's field already refused it)."""
+    judge = {"base_url": "http://127.0.0.1:8000/v1", "model": "m", "api_key_env": "JUDGE_KEY"}
+    demo["evaluate"]["judge"] = {**judge, field: value}
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    assert f": evaluate.judge.{field}: " in err.value.lines[0]
+    del demo["evaluate"]["judge"][field]
+    if field == "api_key_env":
+        assert load_recipe(_write(tmp_path, demo)).evaluate.judge.api_key_env is None

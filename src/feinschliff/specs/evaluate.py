@@ -13,11 +13,13 @@ from feinschliff.specs.common import Strict
 
 class JudgeSpec(Strict):
     base_url: str = Field(
-        description="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1."
+        pattern=r"^https?://",
+        description="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1.",
     )
     model: str = Field(description="Model name the judge endpoint serves.")
     api_key_env: str | None = Field(
         None,
+        pattern=r"^[A-Z][A-Z0-9_]*$",
         description="Name of the environment variable holding the judge's API key "
         "(never the key itself; keys do not belong in recipes).",
     )
