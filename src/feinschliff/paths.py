@@ -20,3 +20,14 @@ def project_root() -> Path:
 
 def bundled_tasks_dir() -> Path:
     return project_root() / "evals" / "lm_eval_tasks"
+
+
+def bundled_task_names() -> list[str]:
+    """Names of the bundled lm-eval tasks (the ``task:`` line of each YAML; no YAML parser:
+    recipe validation calls this)."""
+    names = []
+    for yml in sorted(bundled_tasks_dir().glob("*.yaml")):
+        for line in yml.read_text(encoding="utf-8").splitlines():
+            if line.startswith("task:"):
+                names.append(line.partition(":")[2].strip().strip("'\""))
+    return names

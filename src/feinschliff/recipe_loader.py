@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,10 +106,13 @@ def _set_child(node: Any, part: str, value: Any, where: str) -> None:
 
 
 def format_errors(
-    path: Path, exc: ValidationError, data: Any, lines: dict[str, int]
+    path: Path | str, exc: ValidationError, data: Any, lines: dict[str, int], prefix: str = ""
 ) -> Iterable[str]:
+    """One line per error: ``path: yaml.path: message (line N)``; ``prefix`` is the path of
+    ``data`` inside a recipe (e.g. ``feedback`` when only that section was validated)."""
+    said = set()  # the members of a union often report the same error
     for err in exc.errors(include_url=False):
-        dotted = yaml_path(err["loc"], data)
+        dotted = ".".join(p for p in (prefix, yaml_path(err["loc"], data, err["type"])) if p)
         msg = err["msg"]
         if err["type"] == "union_tag_invalid":  # name the discriminator key itself
             dotted = ".".join(p for p in (dotted, str(err["ctx"]["discriminator"]).strip("'")) if p)
@@ -122,17 +126,31 @@ def format_errors(
             and not isinstance(err["input"], dict)
         ):
             msg = f"{msg} (got {err['input']!r})"
+        msg = msg.removeprefix("Value error, ")
+        if not dotted and (named := _CROSS_FIELD.match(msg)):  # a cross-field rule's path
+            dotted, msg = named["path"], named["msg"]
         line = lines.get(dotted)
         where = f" (line {line})" if line else ""
-        yield f"{path}: {dotted or '(recipe)'}: {_one_line(msg)}{where}"
+        line = f"{path}: {dotted or '(recipe)'}: {_one_line(msg)}{where}"
+        if line not in said:
+            said.add(line)
+            yield line
 
 
-def yaml_path(loc: Sequence[int | str], data: Any) -> str:
+_NAMES_A_KEY = ("missing", "extra_forbidden", "union_tag_invalid", "union_tag_not_found")
+# "Value error, gate.rules.0.metric: ..." raised by a Recipe-level validator
+_CROSS_FIELD = re.compile(
+    r"^(?:Value error, )?(?P<path>[a-z_]+(?:\.[a-z0-9_]+)+): (?P<msg>.*)", re.S
+)
+
+
+def yaml_path(loc: Sequence[int | str], data: Any, kind: str = "missing") -> str:
     """Map a pydantic error location onto the user's YAML path.
 
     Discriminated unions insert the tag (``train.sft.learning_rate``) and validators may insert
-    function labels; neither is a key the user wrote, so intermediate location parts that do not
-    exist in the data are dropped. The last part is kept: it names a missing or unknown key.
+    function or type labels (``literal['all-linear']``); none is a key the user wrote, so
+    location parts that do not exist in the data are dropped. The last one is kept when the
+    error ``kind`` says it names a key: a missing or an unknown one.
     """
     parts: list[str] = []
     node = data
@@ -147,7 +165,7 @@ def yaml_path(loc: Sequence[int | str], data: Any) -> str:
         ):
             parts.append(str(item))
             node = node[item]
-        elif last:
+        elif last and kind in _NAMES_A_KEY:
             parts.append(str(item))
     return ".".join(parts)
 

@@ -253,3 +253,68 @@ def test_judge_refuses_a_pasted_key_and_a_url_without_scheme(tmp_path, demo, fie
     del demo["evaluate"]["judge"][field]
     if field == "api_key_env":
         assert load_recipe(_write(tmp_path, demo)).evaluate.judge.api_key_env is None
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "says"),
+    [
+        ("gate.rules.0.metric=de_wisen_mc/acc_norm", "gate.rules.0.metric", "not computed"),
+        ("gate.rules.4={rule: win_rate}", "gate.rules.4.metric", "needs evaluate.judge"),
+        ("evaluate.heldout=false", None, None),  # no rule reads heldout/ metrics: fine
+        ("feedback.heldout_fraction=0", "evaluate.tasks", "heldout_fraction is 0"),
+        ("train.lora.r=32", "train.lora.r", "exceeds register.max_lora_rank"),
+        ("evaluate.tasks=[hellaswag]", None, None),  # upstream: its metric names are unknowable
+    ],
+)
+def test_cross_field_mistakes_are_refused_with_their_yaml_path(override, path, says):
+    """Each of these validated before and failed only after training (a typo'd gate metric or
+    a win-rate rule without a judge rejected every run; usecase_heldout without held-out data
+    failed the evaluation)."""
+    demo = ROOT / "recipes" / "demo-de.yaml"
+    extra = ["gate.rules.0.metric=hellaswag/acc", "gate.rules.1.metric=hellaswag/acc"]
+    overrides = [override, *extra] if "hellaswag]" in override else [override]
+    if path is None:
+        load_recipe(demo, overrides)
+        return
+    with pytest.raises(RecipeError) as err:
+        load_recipe(demo, overrides)
+    assert f"demo-de.yaml: {path}: " in err.value.lines[0] and says in err.value.lines[0]
+
+
+def test_a_heldout_gate_metric_needs_heldout_scoring(tmp_path, demo):
+    demo["evaluate"]["heldout"] = False
+    demo["gate"]["rules"].append(
+        {"rule": "min", "metric": "heldout/preference_accuracy", "threshold": 0.5}
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_write(tmp_path, demo))
+    line = err.value.lines[0]
+    assert ": gate.rules.4.metric: " in line and "needs evaluate.heldout: true" in line
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.replay_fraction=0.2", "demo-de.yaml: train: replay_fraction needs init_from"),
+        ("train.lora.target_modules=q_proj", "demo-de.yaml: train.lora.target_modules: Input"),
+    ],
+)
+def test_error_paths_hold_no_union_tags_or_type_labels(override, expected):
+    """Paths read `train.sft: Value error, ...` and `...target_modules.literal['all-linear']`
+    before: neither is a key the user can find in the YAML."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes" / "demo-de.yaml", [override])
+    assert all(expected in line for line in err.value.lines), err.value.lines
+
+
+def test_adhoc_ingest_errors_use_yaml_paths():
+    from feinschliff.cli.app import Failure
+    from feinschliff.cli.ingest_cmd import _adhoc_spec
+
+    overrides = ["feedback.sources.0.path=null", "feedback.sources.0.pull={bogus: 1}"]
+    with pytest.raises(Failure) as err:
+        _adhoc_spec(["argilla:/tmp"], None, overrides)
+    assert str(err.value).splitlines() == [  # was `...pull.ArgillaPull.dataset`, twice bogus
+        "ingest: feedback.sources.0.pull.dataset: Field required",
+        "ingest: feedback.sources.0.pull.bogus: unknown key (typo? see `feinschliff schema`)",
+    ]

@@ -79,7 +79,7 @@ def _adhoc_spec(sources: list[str], pii: str | None, overrides: list[str]) -> An
     from pydantic import ValidationError
 
     from feinschliff.recipe import FeedbackSpec
-    from feinschliff.recipe_loader import apply_override
+    from feinschliff.recipe_loader import apply_override, format_errors
 
     parsed = []
     for item in sources:
@@ -87,7 +87,8 @@ def _adhoc_spec(sources: list[str], pii: str | None, overrides: list[str]) -> An
         if not sep or kind not in ("argilla", "langfuse") or not path:
             raise Failure(f"--source {item!r}: expected argilla:PATH or langfuse:PATH", code=2)
         parsed.append({"kind": kind, "path": str(Path(path).expanduser().resolve())})
-    data: dict[str, Any] = {"feedback": {"sources": parsed, "pii": {"mode": pii or "redact"}}}
+    pii_mode = {"mode": pii} if pii else {}  # the default lives in PiiSpec
+    data: dict[str, Any] = {"feedback": {"sources": parsed, "pii": pii_mode}}
     for item in overrides:
         if not item.startswith("feedback."):
             raise Failure(f"--set {item}: ad-hoc mode only takes feedback.* overrides", code=2)
@@ -98,7 +99,7 @@ def _adhoc_spec(sources: list[str], pii: str | None, overrides: list[str]) -> An
     try:
         return FeedbackSpec.model_validate(data["feedback"])
     except ValidationError as exc:
-        lines = [f"feedback.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        lines = format_errors("ingest", exc, data["feedback"], {}, prefix="feedback")
         raise Failure("\n".join(lines), code=2) from None
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from feinschliff.paths import bundled_tasks_dir
+from feinschliff.specs.evaluate import USECASE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,6 @@ def render_tasks(src: Path, dest: Path) -> list[str]:
         if "task" in cfg:
             names.append(cfg["task"])
     return names
-
-
-USECASE_TASK = "usecase_heldout"
 
 
 def render_usecase_task(data_dir: Path | None, dest: Path) -> str:

@@ -10,6 +10,8 @@ from feinschliff.specs.common import Strict
 
 # --------------------------------------------------------------------------- evaluate
 
+USECASE_TASK = "usecase_heldout"  # ingest's held-out preference pairs as an lm-eval task
+
 
 class JudgeSpec(Strict):
     base_url: str = Field(
