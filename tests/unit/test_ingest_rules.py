@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 import pytest
 
 from feinschliff.ingest import run_ingest
@@ -409,3 +410,33 @@ def test_bloom_filter_never_forgets_a_key():
     assert bloom.might_contain(added).all()
     assert bloom.might_contain(other).mean() < 0.05
     assert bloom.might_contain(added.reshape(100, 500)).shape == (100, 500)
+
+
+def test_a_missing_eval_set_file_fails_the_ingest_and_paths_are_recipe_relative(tmp_path, caplog):
+    """A JSONL eval set that is not found used to be listed as "unchecked" with no warning:
+    decontamination against it was silently off. Paths were also taken from the cwd, not the
+    recipe's folder."""
+    from feinschliff.ingest.decontam import MissingEvalSet
+    from feinschliff.recipe_loader import load_recipe
+
+    recipe_dir = tmp_path / "recipes"
+    recipe_dir.mkdir()
+    (recipe_dir / "private.jsonl").write_text(json.dumps({"question": "eine frage"}) + "\n")
+    demo = yaml.safe_load((ROOT / "recipes" / "demo-de.yaml").read_text())
+    demo["feedback"]["sources"] = [{"kind": "langfuse", "path": str(ROOT / "data/samples")}]
+    demo["feedback"]["decontamination"] = {"eval_sets": ["private.jsonl", "de_wisen_mc"]}
+    path = recipe_dir / "r.yaml"
+    path.write_text(yaml.safe_dump(demo))
+    sets = load_recipe(path).feedback.decontamination.eval_sets
+    assert sets == [str(recipe_dir / "private.jsonl"), "de_wisen_mc"]
+    with caplog.at_level("WARNING", logger="feinschliff.ingest.decontam"):
+        found = find_eval_sets(sets)
+    assert list(found.files) == [sets[0]] and found.unchecked == ["de_wisen_mc"]
+    assert "cannot check de_wisen_mc" in caplog.text and "de_wissen_mc" in caplog.text
+    with pytest.raises(MissingEvalSet, match="gone.jsonl does not exist"):
+        find_eval_sets([str(tmp_path / "gone.jsonl")])
+    spec = load_recipe(path, [f"feedback.decontamination.eval_sets=[{tmp_path}/gone.jsonl]"])
+    from feinschliff.ingest.stage import IngestError
+
+    with pytest.raises(IngestError, match="gone.jsonl does not exist"):
+        run_ingest(spec.feedback, tmp_path / "out")

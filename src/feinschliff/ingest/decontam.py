@@ -14,6 +14,7 @@ lists them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 from feinschliff.ingest.jsonio import Broken, iter_jsonl
 from feinschliff.ngrams import EvalIndex
 from feinschliff.paths import bundled_tasks_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,16 +35,27 @@ class EvalSets:
     unchecked: list[str] = field(default_factory=list)
 
 
+class MissingEvalSet(FileNotFoundError):
+    """A JSONL eval set named by the recipe does not exist: decontamination would be off."""
+
+
 def find_eval_sets(names: Iterable[str]) -> EvalSets:
     found = EvalSets()
     for name in dict.fromkeys(names):
         path = Path(name)
-        candidates = [path] if path.suffix == ".jsonl" else [bundled_tasks_dir() / f"{name}.jsonl"]
-        hit = next((p for p in candidates if p.is_file()), None)
-        if hit is None:
-            found.unchecked.append(name)
+        if path.suffix == ".jsonl" and not path.is_file():
+            raise MissingEvalSet(f"eval set {name} does not exist (decontamination needs it)")
+        candidate = path if path.suffix == ".jsonl" else bundled_tasks_dir() / f"{name}.jsonl"
+        if candidate.is_file():
+            found.files[name] = candidate
         else:
-            found.files[name] = hit
+            found.unchecked.append(name)
+    if found.unchecked:  # an upstream task without local data, or a typo of a bundled one
+        log.warning(
+            "decontamination cannot check %s: no local data (bundled tasks: %s)",
+            ", ".join(found.unchecked),
+            ", ".join(sorted(p.stem for p in bundled_tasks_dir().glob("*.jsonl"))),
+        )
     return found
 
 

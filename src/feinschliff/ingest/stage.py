@@ -23,7 +23,7 @@ from typing import Any
 
 from feinschliff.artifacts import COMPLETE, DatasetRef, mark_complete, write_json
 from feinschliff.ingest.credentials import MissingCredentials
-from feinschliff.ingest.decontam import find_eval_sets
+from feinschliff.ingest.decontam import MissingEvalSet, find_eval_sets
 from feinschliff.ingest.detect import UnknownExport, open_export
 from feinschliff.ingest.langfuse_parallel import PreparedRecords
 from feinschliff.ingest.outputs import write_card
@@ -55,7 +55,10 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
     except PiiError as exc:
         raise IngestError(str(exc)) from exc
     names = [*eval_tasks, *spec.decontamination.eval_sets]
-    eval_sets = find_eval_sets(names if spec.decontamination.enabled else [])
+    try:
+        eval_sets = find_eval_sets(names if spec.decontamination.enabled else [])
+    except MissingEvalSet as exc:
+        raise IngestError(str(exc)) from exc
 
     sources: list[dict[str, Any]] = []
     with Scratch() as scratch:

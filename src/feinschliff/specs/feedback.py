@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
-from feinschliff.specs.common import RecipePath, Strict
+from feinschliff.specs.common import RecipePath, Strict, _resolve_path
 
 # --------------------------------------------------------------------------- sources
 
@@ -144,6 +144,11 @@ class DedupSpec(Strict):
     shingle_words: int = Field(5, ge=1, le=13, description="Words per shingle.")
 
 
+def _eval_set_path(value: str, info: ValidationInfo) -> str:
+    """A JSONL path is relative to the recipe like every recipe path; a name stays a name."""
+    return _resolve_path(value, info) if value.endswith(".jsonl") else value
+
+
 class DecontaminationSpec(Strict):
     enabled: bool = Field(True, description="Drop rows that overlap an evaluation set.")
     ngram: int = Field(
@@ -153,10 +158,11 @@ class DecontaminationSpec(Strict):
         description="Words per n-gram. Eval texts under 8 words are not checked (too common); "
         "longer ones contribute their n-grams, or match as a whole when shorter than n.",
     )
-    eval_sets: list[str] = Field(
+    eval_sets: list[Annotated[str, AfterValidator(_eval_set_path)]] = Field(
         default_factory=list,
-        description="Extra evaluation sets: bundled task names or JSONL paths. The tasks in "
-        "the recipe's `evaluate` section are always included.",
+        description="Extra evaluation sets: bundled task names or JSONL paths (relative to the "
+        "recipe; a missing file fails the ingest). The tasks in the recipe's `evaluate` section "
+        "are always included.",
     )
 
 
