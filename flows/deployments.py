@@ -23,14 +23,19 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLi
 
 
 def sync_deployments(
-    recipes: list[Path], work_pool: str, *, paused: bool = False, train_pool: str | None = None
+    recipes: list[Path],
+    work_pool: str,
+    *,
+    paused: bool = False,
+    train_pool: str | None = None,
+    overrides: list[str] | None = None,
 ) -> list[str]:
     """Returns the deployment names created or updated: `retrain/<use_case>` and, with
     ``train_pool``, `train-stage/<use_case>` on that pool (retrain then trains through it)."""
     root = project_root()
     names = []
     for path in recipes:
-        recipe = load_recipe(path)
+        recipe = load_recipe(path, overrides or [])
         rel = os.path.relpath(Path(path).resolve(), root)
         train_deployment = None
         if train_pool:
@@ -61,7 +66,11 @@ def sync_deployments(
             push=False,
             schedules=schedules,
             paused=paused,
-            parameters={"recipe_path": rel, "overrides": [], "train_deployment": train_deployment},
+            parameters={
+                "recipe_path": rel,
+                "overrides": list(overrides or []),
+                "train_deployment": train_deployment,
+            },
             description=recipe.description or f"Retrain {recipe.use_case}",
             tags=["feinschliff", recipe.use_case, recipe.train.method],
             concurrency_limit=ONE_AT_A_TIME,

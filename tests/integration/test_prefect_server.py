@@ -102,7 +102,7 @@ def test_deployment_sync_trigger_and_complete(prefect_server):
     env = prefect_server
     cli = [sys.executable, "-m", "feinschliff.cli"]
     args = [*cli, "deployments", "sync", "recipes/demo-de.yaml", "--pool", "local"]
-    args += ["--train-pool", "gpu", "--paused"]
+    args += ["--train-pool", "gpu", "--paused", "--set", "evaluate.limit=6"]
     sync = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True)
     assert sync.returncode == 0, sync.stderr
     assert sync.stdout.split()[-2:] == ["retrain/support-de-demo", "train-stage/support-de-demo"]
@@ -115,6 +115,7 @@ def test_deployment_sync_trigger_and_complete(prefect_server):
     assert crons == ["0 2 * * 1"] and dep["schedules"][0]["schedule"]["timezone"] == "Europe/Berlin"
     assert dep["parameters"]["recipe_path"] == "recipes/demo-de.yaml"
     assert dep["parameters"]["train_deployment"] == "train-stage/support-de-demo"
+    assert dep["parameters"]["overrides"] == ["evaluate.limit=6"]  # --set: the default
     assert dep["work_pool_name"] == "local"
     trainer = httpx.get(f"{api}/deployments/name/train-stage/support-de-demo").json()
     assert trainer["work_pool_name"] == "gpu"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from feinschliff.cli.app import Failure, app
+from feinschliff.cli.app import Failure, SetOpt, app
 
 deployments_app = typer.Typer(
     help="Prefect deployments for scheduled and UI-triggered runs.", no_args_is_help=True
@@ -28,17 +28,20 @@ def sync(
             "deployment; the other stages stay on --pool."
         ),
     ] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Create or update a Prefect deployment `retrain/<use_case>` per recipe, scheduled by the
     recipe's `schedule` (cron + timezone), against the Prefect API in PREFECT_API_URL.
-    Idempotent: rerunning updates the deployments in place."""
+    Idempotent: rerunning updates the deployments in place. --set overrides apply to every
+    recipe given and become the deployments' default `overrides` parameter (a run triggered
+    with its own `overrides` replaces them)."""
     from feinschliff.paths import project_root
     from feinschliff.recipe_loader import RecipeError, load_recipe
 
     errors = []  # every recipe valid before any deployment changes
     for recipe in recipes:
         try:
-            load_recipe(recipe)
+            load_recipe(recipe, set_ or [])
         except RecipeError as exc:
             errors += exc.lines
     if errors:
@@ -46,5 +49,8 @@ def sync(
     sys.path.insert(0, str(project_root()))
     from flows.deployments import sync_deployments
 
-    for name in sync_deployments(recipes, pool, paused=paused, train_pool=train_pool):
+    names = sync_deployments(
+        recipes, pool, paused=paused, train_pool=train_pool, overrides=set_ or []
+    )
+    for name in names:
         typer.echo(name)
