@@ -19,7 +19,7 @@ from feinschliff import notify
 from feinschliff.artifacts import input_key
 from feinschliff.estimate import check_training_fits
 from feinschliff.gate import Approval, Decision
-from feinschliff.ledger import Ledger, effect_key
+from feinschliff.ledger import Ledger, effect_key, resume_or_restart
 from feinschliff.pipeline import (
     default_workdir,
     read_report,
@@ -101,7 +101,12 @@ def _retrain(
     # Side effects (registry, servers, notifications) go through the run's ledger: a rerun after
     # a crash resumes this run and does each of them once (see feinschliff.ledger).
     ledger = Ledger(work / "ledger.jsonl")
-    run = ledger.open_run(input_key(recipe_hash(recipe), register))
+    inputs = input_key(recipe_hash(recipe), register)
+    run, abandoned = resume_or_restart(ledger, inputs, lambda: production_version(recipe))
+    if abandoned:
+        logger.warning(
+            "the unfinished run in %s is stale (%s): starting a new run", work, abandoned
+        )
 
     def production_at(step: str) -> str | None:
         # The registry state a step builds on, recorded once per run: a rerun after a crash
@@ -111,6 +116,8 @@ def _retrain(
             effect_key(run, "production", recipe.use_case, step),
             lambda: production_version(recipe),
             what=f"production of {recipe.use_case} at {step}",
+            run=run,
+            effect="production",
         )
 
     artifacts.publish_recipe(recipe)

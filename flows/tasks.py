@@ -213,6 +213,8 @@ def register_task(
         effect_key(run, "register", recipe.use_case, adapter.sha256),
         lambda: register_version(recipe, adapter, lineage(recipe, data, adapter, report, decision)),
         what=f"register {recipe.use_case}",
+        run=run,
+        effect="register",
     )
     fault_point("register:after-version")
     # Keyed by the version only: a rerun after a kill mid-promotion sees production already at

@@ -16,6 +16,8 @@ file (one fsync'd line per record, appended under a file lock) with two records 
 Keys are scoped to a *run*: :meth:`Ledger.open_run` returns the unfinished run with the same
 inputs (a rerun after a kill resumes it) or starts a new one once the last was closed, so an
 intentional second run with identical inputs does its effects (and notifications) again.
+:func:`resume_or_restart` abandons an unfinished run whose recorded view of the registry
+someone else has changed since (a failed run must not pin every later scheduled run to it).
 """
 
 from __future__ import annotations
@@ -68,11 +70,23 @@ class Ledger:
                 self._append({"state": "opened", "run": run, "inputs": inputs})
         return run
 
-    def close_run(self, run: str) -> None:
-        """Mark a run finished: the next run with the same inputs starts afresh."""
+    def close_run(self, run: str, *, abandoned: str | None = None) -> None:
+        """Mark a run finished (or ``abandoned``, with why): the next run with the same inputs
+        starts afresh."""
         inputs = next(r["inputs"] for r in self.records() if r.get("run") == run and "inputs" in r)
+        extra = {"abandoned": abandoned} if abandoned else {}
         with self._locked():
-            self._append({"state": "closed", "run": run, "inputs": inputs})
+            self._append({"state": "closed", "run": run, "inputs": inputs, **extra})
+
+    def results(self, run: str, effect: str) -> list[Any]:
+        """The results of ``run``'s done effects of kind ``effect`` (as tagged by
+        :meth:`perform`), in order; records written without tags are not found."""
+        tag = {"run": run, "effect": effect}
+        return [
+            r.get("result")
+            for r in self.records()
+            if r.get("state") == "done" and r.get("tags") == tag
+        ]
 
     def state(self, key: str) -> tuple[State, Any]:
         """(``new`` | ``intent`` | ``done``, the recorded result of a done effect)."""
@@ -92,24 +106,28 @@ class Ledger:
         *,
         what: str = "",
         recover: Callable[[], T | None] | None = None,
+        run: str | None = None,
+        effect: str | None = None,
     ) -> T:
         """Run ``action`` once per key across reruns; returns its (recorded) JSON-able result.
 
         ``recover``: called for an interrupted effect (intent, no done); a non-None answer means
         the effect is already in place and becomes its result without running ``action``.
+        ``run`` and ``effect`` tag the records, so :meth:`results` can find them by kind.
         """
+        tags = {"tags": {"run": run, "effect": effect}} if run and effect else {}
         state, result = self.state(key)
         if state == "done":
             return result
         if state == "intent" and recover is not None:
             found = recover()
             if found is not None:
-                self._record(key, "done", what, found, recovered=True)
+                self._record(key, "done", what, found, recovered=True, **tags)
                 return found
         if state == "new":
-            self._record(key, "intent", what)
+            self._record(key, "intent", what, **tags)
         result = action()
-        self._record(key, "done", what, result)
+        self._record(key, "done", what, result, **tags)
         return result
 
     def _record(self, key: str, state: str, what: str, result: Any = None, **extra: Any) -> None:
@@ -144,3 +162,27 @@ def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1) == b"\n"
+
+
+def resume_or_restart(
+    ledger: Ledger, inputs: str, production_now: Callable[[], str | None]
+) -> tuple[str, str | None]:
+    """The run to continue, or a new one when the unfinished run is stale; (run id, why the
+    old one was abandoned or None).
+
+    A resumed run trains, evaluates and promotes against the production version it recorded
+    (its ``production`` effects). That is right after a crash, including one after its own
+    promotion (production is then a version it ``register``-ed). When production is neither,
+    another promotion or a rollback moved it since: the run's recorded view is stale, and
+    resuming would fail its compare-and-swap on every later run with the same recipe.
+    """
+    run = ledger.open_run(inputs)
+    seen = ledger.results(run, "production")
+    if not seen:
+        return run, None
+    now = production_now()
+    if now in seen or now in ledger.results(run, "register"):
+        return run, None
+    why = f"production moved to {now or 'nothing'} since the run recorded {seen[-1] or 'nothing'}"
+    ledger.close_run(run, abandoned=why)
+    return ledger.open_run(inputs), why

@@ -212,6 +212,38 @@ def test_a_rerun_after_its_own_promotion_decides_as_the_first_attempt_did(
     assert "feinschliff: support-de-demo run failed" in titles  # the use case, not the file
 
 
+def test_a_failed_run_whose_production_moved_meanwhile_is_not_resumed(
+    prefect_harness, demo_model, home, tmp_path, monkeypatch
+):
+    """A run evaluates against "no production" and fails (injected, before the gate). Another
+    run then promotes v0001. The next run with the same recipe must not resume the failed
+    one: its recorded baseline is stale and its promotion would fail the compare-and-swap
+    (AliasConflict) on every later scheduled run. It starts a new run instead, re-evaluates
+    against v0001 and promotes."""
+    from flows import faults
+    from flows.retrain import retrain
+
+    passing = FAST + ["gate.rules.0.tolerance=1.0", "gate.rules.1.threshold=6"]
+    args = {"recipe_path": DEMO, "overrides": passing, "workdir": str(tmp_path / "w")}
+    monkeypatch.setenv("FEINSCHLIFF_FAULT_AT", "after-evaluate:raise-once")
+    monkeypatch.setattr(faults, "_raised", set())
+    with pytest.raises(faults.InjectedFault):
+        retrain(**args)
+    monkeypatch.delenv("FEINSCHLIFF_FAULT_AT")
+    # another seed: an identical adapter would be registered as the same version
+    other_args = [*passing, "train.hyperparameters.seed=7"]
+    other = retrain(recipe_path=DEMO, overrides=other_args, workdir=str(tmp_path / "other"))
+    assert other["version"] == "v0001"
+
+    rerun = retrain(**args)
+
+    assert rerun["promoted"] is True and rerun["version"] == "v0002"
+    report = json.loads(Path(rerun["report"]).read_text())
+    assert "production" in report["metrics"]  # compared with v0001, not with "nothing"
+    ledger = [json.loads(line) for line in (tmp_path / "w" / "ledger.jsonl").open()]
+    assert any("abandoned" in r for r in ledger)
+
+
 def _register_inputs(demo_ingest, demo_adapter, tmp_path):
     """What register_task gets from the flow: a recipe, refs, a report and a passing decision."""
     from feinschliff.artifacts import ReportRef, mark_complete

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from feinschliff.ledger import Ledger, effect_key
+from feinschliff.ledger import Ledger, effect_key, resume_or_restart
 
 
 def test_done_effect_is_skipped_on_rerun_and_returns_its_result(tmp_path):
@@ -81,3 +81,51 @@ def test_effect_keys_differ_by_run_effect_target_and_content():
         effect_key("r", "promote", "uc", ["v2", None]),
     ]
     assert base not in others and len(set(others)) == 4
+
+
+def _failed_run(ledger: Ledger, production: str | None, registered: str | None = None) -> str:
+    """A run that recorded the production it builds on (and maybe registered), then failed."""
+    run, _ = resume_or_restart(ledger, "inputs", lambda: production)
+    ledger.perform(
+        effect_key(run, "production", "s", "train"),
+        lambda: production,
+        run=run,
+        effect="production",
+    )
+    if registered:
+        ledger.perform(
+            effect_key(run, "register", "s", "sha"), lambda: registered, run=run, effect="register"
+        )
+    return run
+
+
+def test_a_failed_run_is_resumed_while_production_is_as_it_recorded(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    run = _failed_run(ledger, "v0001")
+    assert resume_or_restart(ledger, "inputs", lambda: "v0001") == (run, None)
+
+
+def test_a_failed_run_after_its_own_promotion_is_resumed(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    run = _failed_run(ledger, "v0001", registered="v0002")
+    assert resume_or_restart(ledger, "inputs", lambda: "v0002") == (run, None)
+
+
+def test_a_failed_run_whose_production_someone_else_moved_is_abandoned(tmp_path):
+    """Without this, every later scheduled run resumed the failed one: it warm-started from and
+    compared with the old production, and its promotion failed the compare-and-swap forever."""
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    run = _failed_run(ledger, "v0001", registered="v0002")
+    new, why = resume_or_restart(ledger, "inputs", lambda: "v0003")
+    assert new != run and why == "production moved to v0003 since the run recorded v0001"
+    assert ledger.results(new, "production") == []
+    closed = [r for r in ledger.records() if r.get("state") == "closed"]
+    assert closed == [{**closed[0], "run": run, "abandoned": why}]
+    assert resume_or_restart(ledger, "inputs", lambda: "v0003") == (new, None)  # no records yet
+
+
+def test_a_run_without_recorded_production_is_resumed_as_before(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    run, _ = resume_or_restart(ledger, "inputs", lambda: None)
+    ledger.perform(effect_key(run, "production", "s", "train"), lambda: None)  # untagged: old
+    assert resume_or_restart(ledger, "inputs", lambda: "v0009") == (run, None)
