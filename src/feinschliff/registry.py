@@ -70,6 +70,7 @@ __all__ = [  # re-exported: callers use feinschliff.registry only
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 VERSION_RE = re.compile(r"^v\d{4,}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ALIASES = ("candidate", "production", "previous")
 UNSET: Any = object()
 
@@ -150,11 +151,33 @@ def local_version(root: Root, use_case: str, version: str) -> Path:
     if here is not None:
         return here
     marker = json.loads(st.read_bytes(f"{rel}/{COMPLETE}") or b"{}")
-    leaf = f"{version}-{m['adapter_sha256'][:12]}"
-    dest = feinschliff_home() / "registry-cache" / use_case / leaf
+    cache = feinschliff_home() / "registry-cache"
+    dest = cache / use_case / f"{version}-{checked_sha256(m, use_case, version)[:12]}"
+    if not dest.resolve().is_relative_to(cache.resolve()):  # e.g. a symlinked use-case folder
+        raise RegistryError(f"{use_case}/{version}: cache folder {dest} is outside {cache}")
     if completed_hash(dest) != marker.get("sha256"):
         materialise(st, rel, dest, marker.get("sha256"))
     return dest
+
+
+def checked_sha256(m: dict[str, Any], use_case: str, version: str) -> str:
+    """The manifest's ``adapter_sha256``, refused unless it is 64 hex digits.
+
+    It names local folders (registry cache, serving paths), and a remote manifest is
+    written by whoever can write the bucket: ``"/../../x"`` would put them anywhere.
+    """
+    sha = m.get("adapter_sha256")
+    if not isinstance(sha, str) or not SHA256_RE.match(sha):
+        raise RegistryError(
+            f"{use_case}/{version}: manifest adapter_sha256 {str(sha)[:80]!r} is not a "
+            "sha256 hex digest (tampered manifest?)"
+        )
+    return sha
+
+
+def adapter_sha256(root: Root, use_case: str, version: str) -> str:
+    """A registered version's adapter content hash, checked (safe in a folder name)."""
+    return checked_sha256(manifest(root, use_case, version), use_case, version)
 
 
 def adapter_path(root: Root, use_case: str, version: str) -> Path:
@@ -256,11 +279,22 @@ def promote(
     return _move(root, use_case, moves, expected={"production": current}, why=why, gate=gate)
 
 
-def rollback(root: Root, use_case: str, *, why: str, expected: Any = UNSET) -> dict[str, str]:
-    """production := previous and previous := old production (compare-and-swap on both)."""
+def rollback(
+    root: Root,
+    use_case: str,
+    *,
+    why: str,
+    expected: Any = UNSET,
+    expected_previous: Any = UNSET,
+) -> dict[str, str]:
+    """production := previous and previous := old production (compare-and-swap on both).
+
+    ``expected_previous``: the version the caller rolls back to (e.g. the one it loaded on the
+    servers); by default the one read now.
+    """
     aliases = read_aliases(root, use_case)
     current = aliases.get("production") if expected is UNSET else expected
-    target = aliases.get("previous")
+    target = aliases.get("previous") if expected_previous is UNSET else expected_previous
     if target is None:
         raise RegistryError(f"{use_case} has no previous version to roll back to")
     return _move(

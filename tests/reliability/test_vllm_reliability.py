@@ -454,8 +454,14 @@ CUTS = [
         lambda uc, v: (_is("POST", "/v1/completions", model=f"{uc}@{v}"), "reset"),
         moves=False,
     ),
+    # the stable name switches by unload + load (vLLM's load_inplace sticks to the name)
     Cut(
-        "reset on switching the stable name (not applied)",
+        "reset after unloading the stable name for the switch",
+        lambda uc, v: (_is("POST", "/v1/unload_lora_adapter", lora_name=uc), "forward-reset"),
+        moves=True,
+    ),
+    Cut(
+        "reset on loading the stable name (not applied)",
         lambda uc, v: (_is("POST", "/v1/load_lora_adapter", lora_name=uc), "reset"),
         moves=True,
     ),
@@ -466,7 +472,10 @@ CUTS = [
     ),
     Cut(
         "reset on unloading the superseded version",
-        lambda uc, v: (_is("POST", "/v1/unload_lora_adapter"), "forward-reset"),
+        lambda uc, v: (
+            _is("POST", "/v1/unload_lora_adapter", lora_name=lambda n: n != uc),
+            "forward-reset",
+        ),
         moves=True,
     ),
     # one lost answer, server fine after: the client's retry of the load meets "already loaded"

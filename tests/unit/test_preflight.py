@@ -117,12 +117,19 @@ def test_dora_magnitude_tensor_is_refused_even_without_the_flag(tmp_path, base):
     _rejects(adapter, target_for(base), "DoRA magnitude vector")
 
 
-def test_target_module_without_weights(tmp_path, base):
-    cfg = adapter_config(str(base), target_modules=["q_proj", "v_proj"])
-    adapter = make_adapter(tmp_path / "a", str(base), config=cfg)
-    cfg["target_modules"] = ["q_proj", "v_proj", "k_proj"]
+def test_target_modules_match_like_peft(tmp_path, base):
+    """PEFT matches a target by the module's full name or a "." + target suffix, and skips
+    targets the model lacks (vLLM goes by the tensors): both kinds of adapter load in vLLM."""
+    adapter = make_adapter(tmp_path / "a", str(base))
+    for targets in (["q_proj", "v_proj", "c_attn"], ["self_attn.q_proj", "self_attn.v_proj"]):
+        cfg = adapter_config(str(base), target_modules=targets)
+        (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+        assert preflight(adapter, target_for(base)).target_modules == sorted(targets)
+    # a suffix must end at a dot, and a tensor outside every target is still refused
+    cfg = adapter_config(str(base), target_modules=["_proj", "k_proj"])
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
-    _rejects(adapter, target_for(base), "['k_proj'] have no LoRA weights")
+    problems = _rejects(adapter, target_for(base), "is not in target_modules")
+    assert len(problems) == 2 * 2  # layers x (q_proj, v_proj)
 
 
 def test_missing_config_and_weights(tmp_path, base):

@@ -394,6 +394,33 @@ def test_remote_version_is_materialised_by_content_hash(tmp_path, base, mem):
         local_version(mem, "s", v1)
 
 
+def test_tampered_manifest_hash_never_names_a_folder(tmp_path, base, mem):
+    """adapter_sha256 from a remote manifest names the cache and serving folders: a hostile
+    value ("/../../../ES"), even with a marker re-made to match, is refused before any write."""
+    from feinschliff.artifacts import mark_complete
+    from feinschliff.serving import deploy
+    from feinschliff.specs.register import VllmSpec
+
+    ref = make_train_output(tmp_path / "o", str(base), seed=1.0)
+    v1 = register_adapter(mem, "s", ref, {}, target=target_for(base))
+    st, copy = store_of(mem), tmp_path / "attacker"
+    st.download(f"s/{v1}", copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps(m | {"adapter_sha256": "/../../../ES"}))
+    mark_complete(copy)
+    for name in ("manifest.json", ".complete"):
+        st.write_bytes(f"s/{v1}/{name}", (copy / name).read_bytes())
+    before = sorted(p for p in tmp_path.rglob("*") if "attacker" not in p.parts)
+    spec = VllmSpec(servers=[{"url": "http://x:1"}], model=str(base), adapter_dir=str(tmp_path))
+    for call in (
+        lambda: local_version(mem, "s", v1),
+        lambda: deploy.stage_files(mem, "s", v1, spec),
+    ):
+        with pytest.raises(RegistryError, match="adapter_sha256 '/../../../ES' is not a sha256"):
+            call()
+    assert sorted(p for p in tmp_path.rglob("*") if "attacker" not in p.parts) == before
+
+
 def test_concurrent_materialisations_agree(tmp_path, base, mem):
     from feinschliff.artifacts import completed_hash
 

@@ -73,6 +73,25 @@ def test_vllm_flags(setup):
     }
 
 
+def test_vllm_flags_say_what_a_restart_serves(setup, tmp_path):
+    """Runtime mode pins the stable name to this version: the output says a restarted replica
+    needs `registry reconcile`. Resolver mode leaves the stable name to the resolver, so a
+    restart after a promotion serves the new version (no --lora-modules pinned to the old)."""
+    recipe = setup[0]
+    runtime = render(served_adapter(recipe), "vllm")
+    assert "restarted" in runtime and "feinschliff registry reconcile RECIPE" in runtime
+    vllm = recipe.register.vllm.model_copy(
+        update={"mode": "resolver", "resolver_dir": str(tmp_path / "rs")}
+    )
+    resolver = recipe.model_copy(
+        update={"register": recipe.register.model_copy(update={"vllm": vllm})}
+    )
+    text = render(served_adapter(resolver), "vllm")
+    assert "--lora-modules" not in text
+    assert f"export VLLM_LORA_RESOLVER_CACHE_DIR={tmp_path / 'rs'}" in text
+    assert f"from {tmp_path / 'rs'}/support-x/" in text
+
+
 def test_vllm_k8s_lora_adapter_resource(setup):
     a = served_adapter(setup[0])
     doc = yaml.safe_load(render(a, "vllm-k8s"))

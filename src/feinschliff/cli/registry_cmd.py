@@ -3,7 +3,8 @@
 Alias changes are compare-and-swap: `--expect` names the production version you saw (default:
 the one read when the command starts); if it moved meanwhile the command fails with a conflict
 (exit 1) and changes nothing. With `--recipe` whose `register.vllm` lists servers, promote and
-rollback go live: the version is loaded and verified on every replica before the alias moves.
+rollback go live: the version is loaded and verified on every replica before the alias moves
+(on the registry `--root` names when given, else the recipe's).
 The registry may live on any fsspec URL (see the README's registry section for lock semantics).
 """
 
@@ -30,7 +31,9 @@ ReadRootOpt = Annotated[
 ]
 RecipeOpt = Annotated[
     Path | None,
-    typer.Option(help="Recipe: its registry, and its vLLM servers to update (register.vllm)."),
+    typer.Option(
+        help="Recipe: its registry (unless --root), and its vLLM servers to update (register.vllm)."
+    ),
 ]
 ExpectOpt = Annotated[
     str | None,
@@ -44,7 +47,8 @@ def registry_list(root: ReadRootOpt = None) -> None:
     """List registered adapter versions with their aliases (and `retired`)."""
     from feinschliff.registry import list_registry, open_root
 
-    rows = list_registry(open_root(root))
+    with _errors():
+        rows = list_registry(open_root(root))
     if not rows:
         typer.echo("registry is empty")
         return
@@ -126,13 +130,11 @@ def registry_promote(
     cfg = _recipe_for(recipe, set_, use_case)
     with _errors():
         expected = _expected(expect)
-        if cfg is not None and root is None:
-            report = publish_version(cfg, version, why=why, expected=expected)
-            _print_report(report)
+        r = _root_for(cfg, root)
+        if cfg is not None:
+            _print_report(publish_version(cfg, version, why=why, expected=expected, root=r))
         else:
-            registry.promote(
-                registry.open_root(root), use_case, version, why=why, expected=expected
-            )
+            registry.promote(r, use_case, version, why=why, expected=expected)
     typer.echo(f"{use_case}: production = {version}")
 
 
@@ -150,21 +152,16 @@ def registry_rollback(
     from feinschliff import registry
     from feinschliff.serving.deploy import rollback_live
     from feinschliff.serving.preflight import base_target
-    from feinschliff.serving.publish import registry_root
 
     cfg = _recipe_for(recipe, set_, use_case)
     with _errors():
         expected = _expected(expect)
-        if cfg is not None and root is None and cfg.register.vllm is not None:
+        r = _root_for(cfg, root)
+        if cfg is not None and cfg.register.vllm is not None:
             spec, target = cfg.register.vllm, base_target(cfg)
-            _print_report(
-                rollback_live(
-                    registry_root(cfg), use_case, spec, target, why=why, expected=expected
-                )
-            )
-            aliases = registry.read_aliases(registry_root(cfg), use_case)
+            _print_report(rollback_live(r, use_case, spec, target, why=why, expected=expected))
+            aliases = registry.read_aliases(r, use_case)
         else:
-            r = registry.open_root(root) if cfg is None or root else registry_root(cfg)
             aliases = registry.rollback(r, use_case, why=why, expected=expected)
     typer.echo(f"{use_case}: production = {aliases.get('production')}")
 
@@ -182,13 +179,12 @@ def registry_retire(
     candidate/previous aliases on it. With a recipe's vLLM servers, reconciles them after."""
     from feinschliff import registry
     from feinschliff.serving.deploy import reconcile
-    from feinschliff.serving.publish import registry_root
 
     cfg = _recipe_for(recipe, set_, use_case)
     with _errors():
-        r = registry_root(cfg) if cfg is not None and root is None else registry.open_root(root)
+        r = _root_for(cfg, root)
         registry.retire(r, use_case, version, why=why)
-        if cfg is not None and cfg.register.vllm is not None and root is None:
+        if cfg is not None and cfg.register.vllm is not None:
             _print_report(reconcile(r, use_case, cfg.register.vllm))
     typer.echo(f"{use_case}/{version}: retired")
 
@@ -216,6 +212,15 @@ def _recipe_for(path: Path | None, overrides: list[str] | None, use_case: str) -
     if cfg.use_case != use_case:
         raise Failure(f"the recipe is for use case {cfg.use_case!r}, not {use_case!r}", code=2)
     return cfg
+
+
+def _root_for(cfg: Recipe | None, root: str | None) -> Any:
+    """--root when given (also with --recipe: its servers then serve that registry), else the
+    recipe's registry, else the default."""
+    from feinschliff.registry import open_root
+    from feinschliff.serving.publish import registry_root
+
+    return registry_root(cfg) if cfg is not None and root is None else open_root(root)
 
 
 def _expected(expect: str | None) -> Any:
@@ -248,3 +253,14 @@ def _errors():
         raise Failure(f"conflict: {exc}", code=1) from exc
     except (RegistryError, DeployError, VllmError) as exc:
         raise Failure(str(exc), code=1) from exc
+    except Exception as exc:
+        if not _is_store_failure(exc):
+            raise
+        raise Failure(f"registry store failed: {exc}", code=1) from exc
+
+
+def _is_store_failure(exc: Exception) -> bool:
+    """I/O errors of the registry's store: OSError, or a cloud SDK's own (s3fs passes botocore's
+    EndpointConnectionError through, which is no OSError)."""
+    package = type(exc).__module__.split(".")[0]
+    return isinstance(exc, OSError) or package in {"botocore", "aiobotocore", "google", "azure"}

@@ -21,7 +21,8 @@ def serve_config(
     set_: SetOpt = None,
 ) -> None:
     """Print a serving config for the production adapter: vllm (server flags with --enable-lora
-    --max-lora-rank --max-loras --lora-modules), vllm-k8s (a production-stack LoraAdapter
+    --max-lora-rank --max-loras, and --lora-modules in runtime mode; in resolver mode the
+    resolver serves the use case), vllm-k8s (a production-stack LoraAdapter
     resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with ADAPTER). Copies the version to
     its serving path (register.vllm.adapter_dir) so the printed path exists; writes nothing else."""
     from feinschliff.registry import RegistryError
@@ -56,6 +57,7 @@ def serve_demo(
     the base model's and the adapter's answer to one German prompt. Writes vllm.log."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.deploy import DeployError
+    from feinschliff.serving.preflight import PreflightError
     from feinschliff.serving.publish import DEMO_PROMPT
     from feinschliff.serving.publish import serve_demo as run_demo
     from feinschliff.serving.vllm_client import VllmError
@@ -64,7 +66,7 @@ def serve_demo(
     cfg = _load(recipe, set_)
     try:
         answer = run_demo(cfg, prompt=prompt or DEMO_PROMPT, url=url, workdir=workdir)
-    except (RegistryError, DeployError, VllmError, VllmStartError) as exc:
+    except (RegistryError, DeployError, PreflightError, VllmError, VllmStartError) as exc:
         raise Failure(str(exc)) from exc
     typer.echo(f"vLLM {answer.url}: {cfg.use_case} = {answer.version}")
     typer.echo(f"prompt:  {answer.prompt}")

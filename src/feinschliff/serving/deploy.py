@@ -8,8 +8,12 @@ Served names for a use case ``support-de``:
 
 Every version is served from its **own path** (``<adapter_dir>/<use_case>/<version>-<sha12>/``,
 a copy of the immutable registry version): vLLM keys prefix-cache blocks by (adapter name, path),
-so a path never holds two different weights. Switching ``support-de`` to a new version is an in-place
-load from the new path (no moment without the adapter).
+so a path never holds two different weights. Switching ``support-de`` to a new version is an
+unload followed at once by a load from the new path, not vLLM's ``load_inplace``: vLLM 0.32
+keeps the load request it was given for every later request to the name, and with
+``load_inplace`` on it the worker re-reads the adapter from disk on every engine step
+(vllm-project/vllm#33791). The price is a short window between the unload and the load (about
+as long as loading the adapter) in which ``support-de`` answers 404: clients retry.
 
 A promotion loads and verifies the new version under its pinned name on every replica *before*
 the production alias moves; only then is the stable name switched and superseded versions
@@ -121,21 +125,21 @@ def promote_live(
     """Preflight, load + verify ``version`` on every replica, move production, reconcile.
 
     Raises PreflightError before any server call, AliasConflict (nothing loaded) when the
-    production alias is not ``expected``, DeployError when a replica fails (alias unchanged).
+    production alias is not ``expected`` (default: the production read when this starts, so
+    of two concurrent promotions the second conflicts), DeployError when a replica fails
+    (alias unchanged).
     ``on_promoted``: called once the alias moved, before the stable name is switched (the
     reliability suite crashes the process there; a later ``reconcile`` converges).
     """
+    if expected is registry.UNSET:  # read before the lock: the compare of compare-and-swap
+        expected = registry.read_aliases(root, use_case).get("production")
     _preflight_version(root, use_case, version, target)
     _require_keys(spec)
     with registry.lock(root, use_case, ".serve.lock"):
-        current = registry.read_aliases(root, use_case).get("production")
-        if expected is not registry.UNSET and current != expected:
-            raise registry.AliasConflict(
-                f"{use_case}:production is {current}, expected {expected}; nothing was loaded"
-            )
+        _check_expected(root, use_case, {"production": expected})
         try:
             staged = _stage_everywhere(root, use_case, version, spec)
-            registry.promote(root, use_case, version, why=why, expected=current, decision=decision)
+            registry.promote(root, use_case, version, why=why, expected=expected, decision=decision)
         except BaseException:
             _reconcile_after_failure(root, use_case, spec)
             raise
@@ -155,17 +159,26 @@ def rollback_live(
     why: str,
     expected: Any = registry.UNSET,
 ) -> DeployReport:
-    """production := previous (verified on every replica first), then reconcile."""
+    """production := previous (verified on every replica first), then reconcile.
+
+    Compare-and-swap on both aliases as read when this starts (production: ``expected`` when
+    given): if either moved meanwhile, AliasConflict before any server is touched.
+    """
     aliases = registry.read_aliases(root, use_case)
+    if expected is registry.UNSET:
+        expected = aliases.get("production")
     previous = aliases.get("previous")
     if previous is None:
         raise registry.RegistryError(f"{use_case} has no previous version to roll back to")
     _preflight_version(root, use_case, previous, target)
     _require_keys(spec)
     with registry.lock(root, use_case, ".serve.lock"):
+        _check_expected(root, use_case, {"production": expected, "previous": previous})
         try:
             staged = _stage_everywhere(root, use_case, previous, spec)
-            registry.rollback(root, use_case, why=why, expected=expected)
+            registry.rollback(
+                root, use_case, why=why, expected=expected, expected_previous=previous
+            )
         except BaseException:
             _reconcile_after_failure(root, use_case, spec)
             raise
@@ -182,6 +195,17 @@ def reconcile(root: registry.Root, use_case: str, spec: VllmSpec) -> DeployRepor
     _require_keys(spec)
     with registry.lock(root, use_case, ".serve.lock"):
         return _reconcile_locked(root, use_case, spec)
+
+
+def _check_expected(root: registry.Root, use_case: str, expected: dict[str, Any]) -> None:
+    """Under the serve lock, before any server call: the aliases are still what we saw."""
+    aliases = registry.read_aliases(root, use_case)
+    for alias, want in expected.items():
+        if aliases.get(alias) != want:
+            raise registry.AliasConflict(
+                f"{use_case}:{alias} is {aliases.get(alias)}, expected {want} "
+                "(changed by someone else; nothing was loaded)"
+            )
 
 
 def _reconcile_after_failure(root: registry.Root, use_case: str, spec: VllmSpec) -> None:
@@ -232,10 +256,9 @@ def _reconcile_server(
     # Pinned names first, the stable name last: it switches only once its version answers.
     for name in sorted(desired, key=lambda n: n == use_case):
         path = paths[desired[name]]
-        if loaded.get(name) == path:
+        op = _serve_from(client, name, path, loaded.get(name))
+        if op is None:
             continue
-        client.load(name, path, inplace=name in loaded)
-        op = "switch" if name in loaded else "load"
         report.actions.append(Action(client.url, op, name, f"{desired[name]} from {path}"))
         client.complete(name, spec.verify_prompt, max_tokens=4)
         report.actions.append(Action(client.url, "verify", name, "answers"))
@@ -256,15 +279,38 @@ def _stage_everywhere(
         try:
             with VllmClient(server, timeout_s=spec.timeout_s, retries=spec.retries) as client:
                 _check_base(client, spec)
-                current = client.adapters().get(name)
-                if current != path:
-                    client.load(name, path, inplace=current is not None)
+                if _serve_from(client, name, path, client.adapters().get(name)):
                     actions.append(Action(client.url, "load", name, f"from {path}"))
                 client.complete(name, spec.verify_prompt, max_tokens=4)
                 actions.append(Action(client.url, "verify", name, "answers"))
         except VllmError as exc:
             raise DeployError(f"{name} failed on {server.url}: {exc}") from exc
     return actions
+
+
+def _serve_from(client: VllmClient, name: str, path: str, current: str | None) -> str | None:
+    """Make ``name`` serve ``path`` (loaded now from ``current``); returns the op, None if none.
+
+    A switch is unload + load, not ``load_inplace``: vLLM keeps that flag on the stored
+    request, and every engine step serving ``name`` would re-read the adapter from disk
+    (vllm-project/vllm#33791). If the new load fails, ``current`` is loaded back so the name
+    is not left unserved.
+    """
+    if current == path:
+        return None
+    if current is None:
+        client.load(name, path)
+        return "load"
+    client.unload(name)
+    try:
+        client.load(name, path)
+    except VllmError:
+        try:
+            client.load(name, current)
+        except VllmError as exc:  # the first error is the one to report
+            log.warning("%s: could not load %s back from %s: %s", client.url, name, current, exc)
+        raise
+    return "switch"
 
 
 def _require_keys(spec: VllmSpec) -> None:
@@ -294,7 +340,7 @@ def stage_files(root: registry.Root, use_case: str, version: str, spec: VllmSpec
     base = Path(spec.adapter_dir) if spec.adapter_dir else feinschliff_home() / "serving"
     # The content hash in the name: another registry's (or a recreated registry's) v0001 of
     # the same use case can never be mistaken for this one.
-    sha = registry.manifest(root, use_case, version)["adapter_sha256"]
+    sha = registry.adapter_sha256(root, use_case, version)
     leaf = f"{version}-{sha[:12]}"
     dest = base / use_case / leaf
     if completed_hash(dest) is None:
@@ -315,8 +361,11 @@ def _write_resolver_layout(
     rdir.mkdir(parents=True, exist_ok=True)
     for name, version in sorted(desired.items()):
         dest = rdir / name
-        sha = registry.manifest(root, use_case, version)["adapter_sha256"]
-        if _marker(dest).get("adapter_sha256") == sha and completed_hash(dest) is not None:
+        sha = registry.adapter_sha256(root, use_case, version)
+        # The base model too: the resolver loads only if it equals the server's --model.
+        marker = _marker(dest)
+        current = (marker.get("adapter_sha256"), marker.get("base_model")) == (sha, spec.model)
+        if current and completed_hash(dest) is not None:
             continue
         src = registry.adapter_path(root, use_case, version)
         _copy_complete(src, dest, version, sha, base_model=spec.model)
@@ -342,7 +391,7 @@ def _copy_complete(
             cfg = json.loads(cfg_path.read_text())
             cfg["base_model_name_or_path"] = base_model
             cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        mark_complete(tmp, version=version, adapter_sha256=sha)
+        mark_complete(tmp, version=version, adapter_sha256=sha, base_model=base_model)
         if dest.exists():
             old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
             os.rename(dest, old)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 # vLLM accepts modules_to_save only when it is None or exactly these (FACTS 10.3.4).
 ALLOWED_MODULES_TO_SAVE = ({"classifier", "score"}, set())
 REJECTED_INIT = ("pissa", "olora", "corda", "loftq")
+_NO_BASE = "cannot check adapters against base model {name}"
 SAFE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TENSOR_RE = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\."
@@ -55,9 +56,10 @@ _TENSOR_RE = re.compile(
 class PreflightError(ValueError):
     """The adapter would fail (or silently misbehave) on the server; ``problems`` lists why."""
 
-    def __init__(self, adapter: Path | str, problems: list[str]):
+    def __init__(self, adapter: Path | str, problems: list[str], headline: str | None = None):
         self.problems = problems
-        super().__init__(f"adapter {adapter} rejected:\n  - " + "\n  - ".join(problems))
+        headline = headline or f"adapter {adapter} rejected"
+        super().__init__(f"{headline}:\n  - " + "\n  - ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -247,10 +249,9 @@ def check_tensors(
     regex = config.get("target_modules") if isinstance(config.get("target_modules"), str) else None
     pattern = _compile(regex) if regex not in (None, "all-linear") else None
     for module, parts in sorted(modules.items()):
-        leaf = module.rsplit(".", 1)[-1]
         if pattern is not None and not pattern.fullmatch(module):
             problems.append(f"{module[:120]} does not match target_modules {regex[:80]!r}")
-        elif regex is None and leaf not in targets:
+        elif regex is None and not _targeted(module, targets):
             problems.append(f"{module[:120]} is not in target_modules {sorted(targets)}")
         problems += _check_module(module, parts, base.get(f"{module}.weight"), max_lora_rank)
         want, got = _config_rank(config, module), (parts.get("lora_A.weight") or [None])[0]
@@ -258,11 +259,15 @@ def check_tensors(
             # vLLM scales by lora_alpha / r from the config: a mismatch silently changes the
             # adapter's effect (or fails inside the engine).
             problems.append(f"{module[:120]}: tensor rank {got} != configured rank {want}")
-    present = {m.rsplit(".", 1)[-1] for m in modules}
-    missing = sorted(t for t in targets if t not in present) if regex is None else []
-    if missing and modules:
-        problems.append(f"target_modules {missing} have no LoRA weights in the adapter")
+    # A target without weights is no problem: PEFT skips targets the model lacks and vLLM
+    # goes by the tensors. Every tensor must belong to a target (checked above).
     return problems
+
+
+def _targeted(module: str, targets: set[str]) -> bool:
+    """PEFT's list match (``check_target_module_exists``): the module's full name is a target,
+    or it ends with ``"." + target`` (so both ``q_proj`` and ``self_attn.q_proj`` work)."""
+    return module in targets or any(module.endswith("." + t) for t in targets)
 
 
 def _check_module(
@@ -374,7 +379,7 @@ def base_target(recipe: Recipe) -> BaseTarget:
     try:
         resolved = resolve_model(name, fetch=False)
     except ModelFetchError as exc:
-        raise PreflightError(name, [str(exc)]) from exc
+        raise PreflightError(name, [str(exc)], _NO_BASE.format(name=name)) from exc
     weights = Path(resolved)
     if not weights.is_dir():  # an HF id: only a copy already in the local HF cache is used
         try:
@@ -387,7 +392,9 @@ def base_target(recipe: Recipe) -> BaseTarget:
             )
         except Exception as exc:  # noqa: BLE001 - any miss means: no local weights
             raise PreflightError(
-                name, [f"base model {name} is not available locally to compare shapes: {exc}"]
+                name,
+                [f"base model {name} is not available locally to compare shapes: {exc}"],
+                _NO_BASE.format(name=name),
             ) from exc
     names = [name, resolved, str(weights)]
     if recipe.register.vllm is not None:

@@ -45,13 +45,15 @@ def publish_version(
     decision: Any = None,
     expected: Any = registry.UNSET,
     on_promoted: Callable[[], None] | None = None,
+    root: registry.Root | None = None,
 ) -> deploy.DeployReport | None:
     """Make ``version`` production: on the recipe's vLLM servers first when it has any.
 
     ``on_promoted``: called right after the alias moved (with vLLM: before the stable name is
-    switched on the servers); a test hook for crashes between the two.
+    switched on the servers); a test hook for crashes between the two. ``root``: another
+    registry than the recipe's (`registry promote --root`).
     """
-    root = registry_root(recipe)
+    root = registry_root(recipe) if root is None else root
     if recipe.register.vllm is None:
         registry.promote(
             root, recipe.use_case, version, why=why, expected=expected, decision=decision

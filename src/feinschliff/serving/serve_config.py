@@ -43,16 +43,19 @@ def render(adapter: ServedAdapter, target: Target) -> str:
 
 
 def render_vllm(a: ServedAdapter) -> str:
-    """Environment + ``python -m vllm.entrypoints.openai.api_server`` arguments."""
+    """Environment + ``python -m vllm.entrypoints.openai.api_server`` arguments.
+
+    Runtime mode pins the stable name to this version's path in ``--lora-modules``: a replica
+    restarted after a later promotion comes back on it until ``registry reconcile`` runs.
+    Resolver mode has no ``--lora-modules``: the resolver loads ``<resolver_dir>/<name>/``,
+    which ``registry reconcile`` keeps on the production version.
+    """
     env = ["VLLM_ALLOW_RUNTIME_LORA_UPDATING=true"]
     if a.mode == "resolver":
         env += [
             "VLLM_PLUGINS=lora_filesystem_resolver",
             f"VLLM_LORA_RESOLVER_CACHE_DIR={a.resolver_dir}",
         ]
-    module = json.dumps(
-        {"name": a.name, "path": a.path, "base_model_name": a.base_model}, separators=(",", ":")
-    )
     args = [
         "python",
         "-m",
@@ -66,12 +69,21 @@ def render_vllm(a: ServedAdapter) -> str:
         str(a.max_loras),
         "--max-cpu-loras",
         str(a.max_loras * 2),
-        "--lora-modules",
-        module,
     ]
-    lines = [
-        f"# {a.name} = {a.version}; `feinschliff registry reconcile` keeps running servers in sync"
-    ]
+    if a.mode == "resolver":
+        lines = [
+            f"# {a.name} = {a.version}, served by the resolver from {a.resolver_dir}/{a.name}/ "
+            "(`feinschliff registry reconcile` writes it)"
+        ]
+    else:
+        module = {"name": a.name, "path": a.path, "base_model_name": a.base_model}
+        args += ["--lora-modules", json.dumps(module, separators=(",", ":"))]
+        lines = [
+            f"# {a.name} = {a.version}; `feinschliff registry reconcile` keeps running servers "
+            "in sync",
+            f"# a replica restarted after a later promotion comes back on {a.version}: run "
+            "`feinschliff registry reconcile RECIPE` after every restart",
+        ]
     lines += [f"export {e}" for e in env]
     lines.append(" \\\n  ".join(shlex.quote(x) for x in args))
     return "\n".join(lines) + "\n"
