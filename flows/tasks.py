@@ -32,7 +32,7 @@ from feinschliff.evaluate import run_evaluate
 from feinschliff.evaluate.stage import cache_key as evaluate_cache_key
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
 from feinschliff.generate import merge_datasets, run_generate
-from feinschliff.generate.stage import cache_key as generate_cache_key
+from feinschliff.generate.stage import recipe_cache_key as generate_cache_key
 from feinschliff.generate.stage import stopped_by_budget
 from feinschliff.ingest import run_ingest
 from feinschliff.ledger import Ledger, effect_key
@@ -109,9 +109,11 @@ def _generate_key(ctx: Any, p: dict[str, Any]) -> str | None:
     r: Recipe = p["recipe"]
     if stopped_by_budget(Path(p["out"])):
         return None  # not cached: the rerun continues the output (the library reuses the rest)
-    # the library's key: the section, seed files, eval data, template version, feedback
-    ngram = r.feedback.decontamination.ngram
-    key = generate_cache_key(r.generate, p["feedback"], ngram=ngram) if r.generate else None
+    # the library's key: the section, seed files, eval sets, template version, feedback
+    try:
+        key = generate_cache_key(r, p["feedback"]) if r.generate else None
+    except FileNotFoundError:
+        return None  # a missing eval set: the task itself fails with the message
     return input_key("generate", key, str(p["out"]), code_version())
 
 

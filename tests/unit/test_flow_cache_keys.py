@@ -107,6 +107,25 @@ def test_generate_key_follows_the_seed_files(tmp_path, generate_params):
     )
 
 
+def test_generate_key_follows_the_recipes_own_eval_sets(tmp_path, generate_params):
+    """The flow's key is the stage's own: generated rows are decontaminated against the
+    recipe's extra eval sets too, so editing one must not serve the old output."""
+    extra = tmp_path / "private-eval.jsonl"
+    extra.write_text('{"question": "Wie hoch ist der Grundpreis im Tarif Öko?"}\n')
+    recipe = generate_params["recipe"]
+    decon = recipe.feedback.decontamination.model_copy(update={"eval_sets": [str(extra)]})
+    with_set = recipe.model_copy(
+        update={"feedback": recipe.feedback.model_copy(update={"decontamination": decon})}
+    )
+    params = {**generate_params, "recipe": with_set}
+    first = _generate_key(None, params)
+    assert first is not None and first != _generate_key(None, generate_params)
+    extra.write_text('{"question": "Wie hoch ist der Arbeitspreis im Tarif Öko?"}\n')
+    assert _generate_key(None, params) != first
+    extra.unlink()  # missing: no key (the task fails with the message), not a crash in Prefect
+    assert _generate_key(None, params) is None
+
+
 def test_generate_output_stopped_by_its_budget_is_not_served_from_the_cache(generate_params):
     out = generate_params["out"]
     out.mkdir()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from feinschliff.artifacts import DatasetRef, completed_hash, mark_complete
+from feinschliff.generate import seeds as seeds_module
 from feinschliff.generate.mix import merge_datasets, weighted
 from feinschliff.generate.postprocess import (
     feedback_prompts,
@@ -16,7 +17,14 @@ from feinschliff.generate.postprocess import (
     is_german,
     rows_from_distiset,
 )
-from feinschliff.generate.seeds import SeedError, pack_passages, plan_requests, read_seeds
+from feinschliff.generate.seeds import (
+    SeedError,
+    cut,
+    pack_passages,
+    paragraphs,
+    plan_requests,
+    read_seeds,
+)
 from feinschliff.ngrams import EvalIndex
 from feinschliff.specs.generate import GenerateSpec, MixSpec, SeedsSpec
 
@@ -79,6 +87,18 @@ def test_preference_rows_drop_and_count_missing_answers_bad_ratings_and_ties():
     assert res.sft[0]["messages"][-1]["content"] == GOOD  # the best-rated answer
 
 
+def test_pair_whose_answers_are_the_same_text_is_dropped_and_counted():
+    same = "  " + GOOD.upper().replace(" ", "   ") + "\n"  # differs in case and spaces only
+    leaves = {
+        "instructions_raw": [{"seed_id": "s1", "instructions": [Q]}],
+        "preferences": [_pref_row(gens=(GOOD, same), ratings=(5, 2))],
+    }
+    res = rows_from_distiset(leaves, _spec(), "t", "j")
+    assert res.preference == []
+    assert res.drops["preference"] == {"chosen_equals_rejected": 1}
+    assert [r["messages"][-1]["content"] for r in res.sft] == [GOOD]  # still a good SFT row
+
+
 def test_sft_only_rows_come_from_the_answers_leaf():
     leaves = {
         "instructions_raw": [{"seed_id": "s1", "instructions": [Q, Q + " Bitte."]}],
@@ -105,6 +125,38 @@ def test_sft_only_rows_come_from_the_answers_leaf():
 )
 def test_is_german(text, german):
     assert is_german(text) is german
+
+
+def test_language_is_judged_per_text_so_a_german_question_cannot_carry_an_english_answer():
+    spec = _spec(filters={"min_answer_chars": 20})
+    long_q = (
+        "Ich habe eine Frage: wie kann ich bei den Stadtwerken meinen Zählerstand melden, "
+        "wenn ich nicht zu Hause bin und es sehr eilig ist?"
+    )
+    english = "Please use the online portal for that."
+
+    def sft(q, a):
+        return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+
+    def pair(chosen, rejected):
+        return {
+            "prompt": [{"role": "user", "content": long_q}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        }
+
+    short_german = "Online im Kundenportal erledigen."  # too few words to tell on its own
+    rows = [
+        sft(long_q, english),
+        pair(GOOD, english),  # the rejected answer is English
+        sft("How can I report it? " * 2, GOOD),  # English question, German answer
+        sft(Q, short_german),  # kept: nothing English, German together
+        pair(GOOD, GOOD + " Danke."),
+    ]
+    drops: Counter[str] = Counter()
+    kept = filter_rows(rows, spec, feedback_prompts=set(), eval_index=None, drops=drops)
+    assert kept == [rows[3], rows[4]]
+    assert drops == {"not_german": 3}
 
 
 def test_filters_count_length_language_duplicates_feedback_and_contamination():
@@ -205,7 +257,39 @@ def test_bad_seeds_fail_with_the_place(tmp_path):
 
 def test_passages_are_packed_up_to_the_limit():
     text = "\n\n".join(["a" * 90, "b" * 90, "c" * 250])
-    assert [len(p) for p in pack_passages(text, 200)] == [182, 200, 50]
+    assert [len(p) for p in pack_passages(paragraphs(text), 200)] == [182, 200, 50]
+
+
+def test_a_cut_never_splits_a_placeholder():
+    text = "a" * 195 + "<IBAN_CODE>" + "b" * 10
+    assert cut(text, 200) == ["a" * 195, "<IBAN_CODE>" + "b" * 10]
+    assert cut("a" * 189 + "<IBAN_CODE>" + "b", 200) == ["a" * 189 + "<IBAN_CODE>", "b"]
+
+
+IBAN = "DE89370400440532013000"
+
+
+def _iban_only_scrub(text: str, mode: str) -> tuple[str, Counter[str]]:
+    # Presidio takes ~8 s to start; like it, this finds an IBAN only when it is whole.
+    import re
+
+    clean, n = re.subn(r"DE\d{20}", "<IBAN_CODE>", text)
+    return clean, Counter({"IBAN_CODE": n} if n else {})
+
+
+def test_long_paragraphs_and_values_are_scrubbed_before_they_are_cut(tmp_path, monkeypatch):
+    monkeypatch.setattr(seeds_module, "_scrub", _iban_only_scrub)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    filler = ("Der Kundenservice hilft gern weiter. " * 40)[:1190]
+    (docs / "a.txt").write_text(filler + f" Konto {IBAN} bitte.", encoding="utf-8")
+    (docs / "b.jsonl").write_text(json.dumps({"text": filler[:1180] + f" Konto {IBAN}"}) + "\n")
+    seeds = read_seeds(SeedsSpec(documents=str(docs), passage_chars=1200))
+    sent = "".join(text for _, text in seeds.items)
+    assert "DE89" not in sent and "0532013000" not in sent  # no half of the IBAN either
+    assert sent.count("<IBAN_CODE>") == 2
+    assert seeds.pii_findings == {"IBAN_CODE": 2}
+    assert all(len(text) <= 1200 for _, text in seeds.items)
 
 
 def test_plan_spreads_over_seeds_and_marks_repeat_rounds():
@@ -225,7 +309,10 @@ def test_weights_scale_rows_deterministically():
     assert weighted(rows, 1.0, "s") == rows
     assert len(weighted(rows, 2.0, "s")) == 400
     half = weighted(rows, 0.5, "s")
-    assert 70 < len(half) < 130 and half == weighted(rows, 0.5, "s")
+    assert len(half) == 100 and half == weighted(rows, 0.5, "s")
+    assert half != weighted(rows, 0.5, "other salt")
+    for n, weight, expected in ((10, 0.5, 5), (100, 0.5, 50), (10, 0.3, 3), (10, 1.5, 15)):
+        assert len(weighted(rows[:n], weight, "s")) == expected, (n, weight)
 
 
 def _dataset(root: Path, sft: list[dict], pref: list[dict], heldout: bool = False) -> DatasetRef:

@@ -12,8 +12,17 @@ from typer.testing import CliRunner
 from feinschliff.artifacts import DatasetRef, mark_complete
 from feinschliff.cli import app
 from feinschliff.cli.app import Failure
-from feinschliff.generate.stage import cache_key, request_cache_path, reusable_output
+from feinschliff.generate import stage
+from feinschliff.generate.stage import (
+    GenerateError,
+    cache_key,
+    eval_set_names,
+    request_cache_path,
+    reusable_output,
+    run_generate,
+)
 from feinschliff.recipe_loader import RecipeError, load_recipe
+from feinschliff.specs.generate import SamplingSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATE = {
@@ -131,7 +140,8 @@ def test_recipe_without_section_exits_2(tmp_path):
 
 def test_reused_output_is_reported_without_running_anything(tmp_path, monkeypatch):
     monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
-    spec = load_recipe(_recipe(tmp_path)).generate
+    recipe = load_recipe(_recipe(tmp_path))
+    spec = recipe.generate
     out = tmp_path / "out"
     out.mkdir()
     manifest = {
@@ -140,7 +150,92 @@ def test_reused_output_is_reported_without_running_anything(tmp_path, monkeypatc
         "stopped_by_budget": None,
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
-    mark_complete(out, stage="generate", key=cache_key(spec, None), stopped_by_budget=None)
+    key = cache_key(spec, None, eval_sets=eval_set_names(recipe))
+    mark_complete(out, stage="generate", key=key, stopped_by_budget=None)
     result = runner.invoke(app, ["generate", str(tmp_path / "recipe.yaml"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["counts"] == {"sft.jsonl": 1}
+
+
+def test_preference_with_greedy_sampling_is_refused(tmp_path):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_recipe(tmp_path, {**GENERATE, "sampling": {"temperature": 0}}))
+    [line] = err.value.lines
+    assert "sampling.temperature: 0 is greedy decoding" in line and "`preference`" in line
+    no_pairs = {k: v for k, v in GENERATE.items() if k != "preference"}
+    assert load_recipe(_recipe(tmp_path, {**no_pairs, "sampling": {"temperature": 0}}))
+
+
+def test_seed_description_says_how_request_seeds_are_made():
+    text = SamplingSpec.model_fields["seed"].description
+    assert "hash of its messages" in text and "index" not in text
+
+
+def test_missing_local_teacher_folder_is_a_clear_error_not_a_traceback(tmp_path):
+    local = {**GENERATE, "teacher": {"kind": "transformers", "model": str(tmp_path / "nope")}}
+    result = runner.invoke(
+        app, ["generate", str(_recipe(tmp_path, local)), "--out", str(tmp_path / "o")]
+    )
+    assert isinstance(result.exception, Failure) and result.exception.code == 1
+    assert str(result.exception) == (
+        f"generate.teacher.model: model path {tmp_path / 'nope'} does not exist"
+    )
+    assert not (tmp_path / "o").exists()  # refused before the seeds were read
+
+
+LEAKED = " ".join(f"privat{i}" for i in range(20))  # a 20-word item of a private eval set
+
+
+def test_generated_rows_are_decontaminated_against_the_recipes_own_eval_sets(tmp_path, monkeypatch):
+    private = tmp_path / "private_eval.jsonl"
+    private.write_text(json.dumps({"question": LEAKED}) + "\n", encoding="utf-8")
+    path = _recipe(tmp_path, {**GENERATE, "seeds": {"topics": "themen.txt", "pii": "off"}})
+    data = yaml.safe_load(path.read_text())
+    data["feedback"].setdefault("decontamination", {})["eval_sets"] = [str(private)]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    recipe = load_recipe(path)
+    assert eval_set_names(recipe) == [*recipe.evaluate.tasks, str(private)]
+
+    answer = "Gerne helfe ich Ihnen, das geht im Kundenportal unter Verträge."
+    rows = [
+        ("Wie melde ich den Zählerstand im Kundenportal?", answer),
+        ("Was bedeutet das bitte genau: " + LEAKED + "?", answer),  # quotes the eval item
+    ]
+    leaves = {
+        "instructions_raw": [{"seed_id": "s", "instructions": [q for q, _ in rows]}],
+        "preferences": [
+            {
+                "seed_id": "s",
+                "instruction": q,
+                "generations": [a, a + " Danke."],
+                "ratings": [5, 1],
+                "chosen": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                "rejected": [
+                    {"role": "user", "content": q},
+                    {"role": "assistant", "content": a + " Danke."},
+                ],
+                "chosen_rating": 5,
+                "rejected_rating": 1,
+            }
+            for q, a in rows
+        ],
+    }
+    # the distilabel child process and the saved Distiset stand in as their results
+    status = {k: 0 for k in ("requests", "tokens", "cache_hits", "rejected", "refused")}
+    monkeypatch.setattr(
+        stage, "_run_child", lambda *a: {**status, "truncated": 0, "budget_exhausted": None}
+    )
+    monkeypatch.setattr(stage, "_load_leaves", lambda p: leaves)
+    out = tmp_path / "out"
+    run_generate(recipe, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["drops"]["sft"] == {"eval_contamination": 1}
+    assert manifest["drops"]["preference"] == {"eval_contamination": 1}
+    assert str(private) in manifest["decontamination"]["eval_sets"]
+
+    key = cache_key(recipe.generate, None, eval_sets=eval_set_names(recipe))
+    private.write_text(json.dumps({"question": LEAKED + " neu"}) + "\n", encoding="utf-8")
+    assert cache_key(recipe.generate, None, eval_sets=eval_set_names(recipe)) != key
+    private.unlink()  # decontamination against it would be off: refused, as ingest does
+    with pytest.raises(GenerateError, match="private_eval.jsonl does not exist"):
+        run_generate(recipe, tmp_path / "out2")

@@ -206,3 +206,104 @@ def test_request_cache_survives_a_torn_last_line(tmp_path):
     reloaded = RequestCache(path)
     assert reloaded.get("k1") == {"generations": ["a"]} and reloaded.get("k2") is None
     assert len(reloaded) == 1
+
+
+def test_rejected_request_is_not_cached_and_is_asked_again_next_run(tmp_path):
+    status = {"code": 400}
+
+    def handler(request):
+        if status["code"] == 400:
+            return httpx.Response(400, text="maximum context length is 2048 tokens")
+        return httpx.Response(200, json=_completion(["Im Kundenportal."]))
+
+    assert _ask(_llm(tmp_path, handler))["generations"] == [None]
+    status["code"] = 200  # the server now runs with a longer context
+    assert _ask(_llm(tmp_path, handler))["generations"] == ["Im Kundenportal."]
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert (state["requests"], state["cache_hits"], state["rejected"]) == (1, 0, 0)
+
+
+def test_a_200_without_a_chat_completion_fails_the_run_clearly(tmp_path):
+    sent = []
+
+    def handler(request):
+        sent.append(1)
+        return httpx.Response(200, text="<html>502 Bad Gateway</html>")
+
+    llm = _llm(tmp_path, handler)
+    assert _ask(llm)["generations"] == [None]
+    failed = Ledger(tmp_path / "ledger.json", None, None).read()["failed"]
+    assert "HTTP 200 without a chat completion" in failed and "502 Bad Gateway" in failed
+    assert _ask(llm, temperature=0.3)["generations"] == [None] and len(sent) == 1
+
+
+def test_any_exception_of_the_teacher_fails_the_run_instead_of_dropping_rows(tmp_path):
+    llm = _llm(tmp_path, None, kind="transformers", constrain="off")
+
+    def greedy(body):
+        raise ValueError("Greedy methods do not support `num_return_sequences` != 1")
+
+    llm._local_generate = greedy  # what transformers raises for temperature 0 and n=2
+    assert _ask(llm, n=2)["generations"] == [None, None]
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert state["failed"] == (
+        "teacher teacher raised ValueError: Greedy methods do not support "
+        "`num_return_sequences` != 1"
+    )
+    assert state["reserved_tokens"] == 0
+
+
+def test_an_exception_message_never_carries_the_api_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_KEY", "sk-secret-123")
+
+    def handler(request):
+        raise RuntimeError(f"proxy echoed {request.headers['authorization']}")
+
+    llm = _llm(tmp_path, None, api_key_env="TEACHER_KEY")
+    transport = httpx.MockTransport(handler)
+    original = httpx.AsyncClient
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: original(transport=transport, **kw))
+    _ask(llm)
+    failed = Ledger(tmp_path / "ledger.json", None, None).read()["failed"]
+    assert "RuntimeError: proxy echoed Bearer ***" in failed and "sk-secret" not in failed
+
+
+def test_concurrent_requests_reserve_tokens_so_a_batch_cannot_overshoot_the_budget(tmp_path):
+    sent = []
+
+    def handler(request):
+        sent.append(1)
+        return httpx.Response(200, json=_completion(["ok"], tokens=(10, 32)))
+
+    # each request reserves 6 prompt + 32 completion tokens: two fit into 100, not three
+    llm = _llm(tmp_path, handler, max_tokens=100)
+
+    async def batch():
+        return await asyncio.gather(
+            *(
+                llm.agenerate(
+                    [{"role": "user", "content": f"Frage {i}"}], max_new_tokens=32, seed=1
+                )
+                for i in range(8)
+            )
+        )
+
+    outputs = asyncio.run(batch())
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert len(sent) == 2 and state["tokens"] == 84 <= 100
+    assert sum(o["generations"] == ["ok"] for o in outputs) == 2
+    assert state["budget_exhausted"] == "budget: max_tokens=100 reached"
+    assert (state["refused"], state["reserved_tokens"]) == (6, 0)
+
+
+def test_spending_past_the_token_cap_marks_the_budget_exhausted_at_once(tmp_path):
+    # a prompt can take more tokens than its length suggests: the cap is exceeded, and said
+    llm = _llm(
+        tmp_path,
+        lambda r: httpx.Response(200, json=_completion(["ok"], tokens=(500, 20))),
+        max_tokens=100,
+    )
+    assert _ask(llm)["generations"] == ["ok"]
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert state["tokens"] == 520
+    assert state["budget_exhausted"] == "budget: max_tokens=100 reached"

@@ -9,7 +9,10 @@ those processes under an ``flock``:
   sends only the requests that had not completed. A torn last line is ignored.
 - ``Ledger``: this run's spending and state: live requests and tokens against the budget, and
   the first fatal teacher error. Once the budget is spent or the teacher has failed, every
-  further request is refused at once instead of hitting the endpoint again.
+  further request is refused at once instead of hitting the endpoint again. A request
+  reserves the tokens it may cost before it is sent and settles them with the real usage
+  afterwards, so a batch of concurrent requests cannot all pass the check against the same
+  old total and overshoot ``max_tokens`` together.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Ledger:
     FIELDS = {
         "requests": 0,
         "tokens": 0,
+        "reserved_tokens": 0,
         "cache_hits": 0,
         "rejected": 0,
         "refused": 0,
@@ -97,36 +101,46 @@ class Ledger:
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.path)
 
-    def _add(self, **counts: int) -> None:
-        with _locked(self.path):
-            state = self.read()
-            for name, value in counts.items():
-                state[name] += value
-            self._write(state)
-
-    def reserve(self) -> str | None:
-        """Take one request from the budget; the reason it may not be sent, or None."""
+    def reserve(self, tokens: int) -> str | None:
+        """Take one request and the ``tokens`` it may cost from the budget; the reason it may
+        not be sent, or None. The tokens stay reserved until ``record`` settles them."""
         with _locked(self.path):
             state = self.read()
             reason = state["failed"] or state["budget_exhausted"]
             if reason is None:
+                committed = state["tokens"] + state["reserved_tokens"] + tokens
                 if self.max_requests is not None and state["requests"] >= self.max_requests:
                     reason = f"budget: max_requests={self.max_requests} reached"
-                elif self.max_tokens is not None and state["tokens"] >= self.max_tokens:
+                elif self.max_tokens is not None and committed > self.max_tokens:
                     reason = f"budget: max_tokens={self.max_tokens} reached"
                 if reason is not None:
                     state["budget_exhausted"] = reason
             if reason is None:
                 state["requests"] += 1
+                state["reserved_tokens"] += tokens
             else:
                 state["refused"] += 1
             self._write(state)
             return reason
 
-    def record(self, *, cache_hit: bool, tokens: int, truncated: int, rejected: int) -> None:
-        """One answered request: from the cache or live (``tokens`` spent), and how many of its
-        replies hit the token limit or were refused by the endpoint as invalid."""
-        self._add(cache_hits=int(cache_hit), tokens=tokens, truncated=truncated, rejected=rejected)
+    def record(
+        self, *, cache_hit: bool, tokens: int, truncated: int, rejected: int, reserved: int
+    ) -> None:
+        """One answered request: from the cache or live (``tokens`` spent, ``reserved`` of them
+        reserved before sending; a failed request records 0 tokens to release them), and how
+        many of its replies hit the token limit or were refused by the endpoint as invalid."""
+        with _locked(self.path):
+            state = self.read()
+            state["cache_hits"] += int(cache_hit)
+            state["tokens"] += tokens
+            state["reserved_tokens"] -= reserved
+            state["truncated"] += truncated
+            state["rejected"] += rejected
+            # The reservation is an estimate (the prompt's tokens are guessed from its length).
+            over = self.max_tokens is not None and state["tokens"] > self.max_tokens
+            if over and state["budget_exhausted"] is None:
+                state["budget_exhausted"] = f"budget: max_tokens={self.max_tokens} reached"
+            self._write(state)
 
     def fail(self, message: str) -> None:
         """Record the first fatal teacher error; later requests are refused without sending."""

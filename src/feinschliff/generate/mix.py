@@ -1,11 +1,11 @@
 """Mix a generate output into an ingest output: one training dataset in ingest's contract.
 
 ``sft.jsonl`` and ``preference.jsonl`` hold both sources, each scaled by its weight in the
-recipe's ``generate.mix``: weight 2 repeats every row twice, 0.5 keeps a deterministic half
-(chosen by a hash of the row, so reruns pick the same rows), 0 drops the source. Everything
-else of the ingest output (``heldout/``, ``kto.jsonl``, ``quarantine.jsonl``) is copied
-unchanged: synthetic rows never enter the evaluation split. ``manifest.json`` records both
-input refs, the weights and the counts per source.
+recipe's ``generate.mix``: weight 2 repeats every row twice, 0.5 keeps exactly half of the rows
+(round(0.5 x n), the first in the order of a hash of each row, so reruns pick the same rows), 0
+drops the source. Everything else of the ingest output (``heldout/``, ``kto.jsonl``,
+``quarantine.jsonl``) is copied unchanged: synthetic rows never enter the evaluation split.
+``manifest.json`` records both input refs, the weights and the counts per source.
 """
 
 from __future__ import annotations
@@ -30,25 +30,36 @@ from feinschliff.artifacts import (
 from feinschliff.specs.generate import MixSpec
 
 MIXED = ("sft.jsonl", "preference.jsonl")
+SELECTION = "exact-share"  # in the key: outputs of the former per-row coin flip are not reused
 
 
 def weighted(rows: list[dict[str, Any]], weight: float, salt: str) -> list[dict[str, Any]]:
-    """``floor(weight)`` copies of every row plus a hash-chosen share of ``weight % 1``."""
+    """``floor(weight)`` copies of every row plus exactly ``round(n * (weight % 1))`` more: the
+    rows first in the order of a salted hash of their content (reruns pick the same ones)."""
     whole, frac = int(math.floor(weight)), weight - math.floor(weight)
     out = [row for row in rows for _ in range(whole)]
-    for row in rows:
-        blob = json.dumps(row, sort_keys=True, ensure_ascii=False).encode()
-        h = hashlib.sha256(salt.encode() + b"\0" + blob).digest()
-        if int.from_bytes(h[:8], "big") / 2**64 < frac:
-            out.append(row)
-    return out
+
+    def rank(i: int) -> bytes:
+        blob = json.dumps(rows[i], sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(salt.encode() + b"\0" + blob).digest()
+
+    # Independent coin flips per row would keep 62 of 100 at 0.5; a share of a sorted list
+    # keeps exactly 50.
+    picked = sorted(sorted(range(len(rows)), key=rank)[: round(frac * len(rows))])
+    return out + [rows[i] for i in picked]
 
 
 def merge_datasets(
     feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path
 ) -> DatasetRef:
     """A new dataset in ``out``: the feedback rows and the generated rows, weighted."""
-    key = input_key("mix", rows_sha256(feedback), generated.sha256, mix.model_dump(mode="json"))
+    key = input_key(
+        "mix",
+        SELECTION,
+        rows_sha256(feedback),
+        generated.sha256,
+        mix.model_dump(mode="json"),
+    )
     digest = reusable(out, key)
     if digest is not None:
         return DatasetRef(path=str(out), sha256=digest)

@@ -1,8 +1,9 @@
 """Saved Distiset -> training rows in ingest's contract, with every drop counted by reason.
 
 distilabel only warns about missing outputs and unparseable ratings and emits ``None``; here
-each such row is dropped and counted. Then the filters: answer length, language (German, by a
-function-word test: no model, no download), duplicates (within the generated rows and against
+each such row is dropped and counted, and so is a pair whose two answers are the same text.
+Then the filters: answer length, language (German, by a function-word test on the question and
+on each answer: no model, no download), duplicates (within the generated rows and against
 the feedback data, held-out split included, so a generated question never leaks into the
 evaluation) and evaluation-set text (a 13-gram or a whole 8-12-word item: the contamination
 rule of ``feinschliff.ngrams``, the one ingest and the gate apply).
@@ -42,13 +43,28 @@ _DE, _EN = frozenset(_DE_WORDS.split()), frozenset(_EN_WORDS.split())
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
-def is_german(text: str) -> bool:
-    """German when German function words outnumber English ones at least 2:1 (and there
-    are some); umlauts and ß count as half a German word each."""
+def german_verdict(text: str) -> bool | None:
+    """True: German (German function words outnumber English ones at least 2:1, and there are
+    some); False: English words and fewer than twice as many German ones; None: too little to
+    tell. Umlauts and ß count as half a German word each."""
     words = [w.casefold() for w in _WORD.findall(text)]
     de = sum(w in _DE for w in words) + 0.5 * sum(ch in "äöüßÄÖÜ" for ch in text)
     en = sum(w in _EN for w in words)
-    return de >= 2 and de >= 2 * en
+    if de >= 2 and de >= 2 * en:
+        return True
+    return False if en else None
+
+
+def is_german(text: str) -> bool:
+    return german_verdict(text) is True
+
+
+def row_is_german(texts: list[str]) -> bool:
+    """The question and every answer judged on its own, so a German question cannot outvote an
+    English answer: none may lean to another language, and together they must be German (a
+    short text without function words, "Zählerstand melden?", is judged with the others)."""
+    verdicts = [german_verdict(t) for t in texts]
+    return False not in verdicts and (True in verdicts or is_german("\n".join(texts)))
 
 
 @dataclass
@@ -99,17 +115,20 @@ def rows_from_distiset(
             result.drops["preference"]["rating_unparseable"] += 1
             result.sft.append(_sft(row["instruction"], gens[0], seed_prov))
             continue
-        chosen = row["chosen"][-1]["content"]
+        chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
         result.sft.append(_sft(row["instruction"], chosen, seed_prov))
         margin = row["chosen_rating"] - row["rejected_rating"]
-        if margin < spec.preference.min_margin:
+        if margin < spec.preference.min_margin:  # ties included (chosen is then rejected)
             result.drops["preference"]["rating_margin_too_small"] += 1
+            continue
+        if normalize(chosen) == normalize(rejected):  # two samples, one text: nothing to prefer
+            result.drops["preference"]["chosen_equals_rejected"] += 1
             continue
         result.preference.append(
             {
                 "prompt": [m for m in row["chosen"][:-1] if m["role"] == "user"],
                 "chosen": [{"role": "assistant", "content": chosen}],
-                "rejected": [{"role": "assistant", "content": row["rejected"][-1]["content"]}],
+                "rejected": [{"role": "assistant", "content": rejected}],
                 "provenance": {
                     **seed_prov,
                     "judge": judge,
@@ -163,7 +182,7 @@ def filter_rows(
             drops["answer_too_short"] += 1
         elif any(len(t) > f.max_answer_chars for t in texts):
             drops["answer_too_long"] += 1
-        elif f.language == "de" and not is_german(prompt_text(row) + "\n" + texts[0]):
+        elif f.language == "de" and not row_is_german([prompt_text(row), *texts]):
             drops["not_german"] += 1
         elif key in seen:
             drops["duplicate"] += 1

@@ -1,11 +1,15 @@
 """Seeds for self-instruct: topics and document passages, PII-scrubbed before any prompt exists.
 
 - topics file: one topic per line; blank lines and ``#`` comments are skipped;
-- documents folder (recursively, sorted): ``.txt``/``.md`` are split into passages at blank
-  lines and packed up to ``passage_chars``; ``.jsonl`` lines are a string or ``{"text": ...}``.
+- documents folder (recursively, sorted): ``.txt``/``.md`` are split into paragraphs at blank
+  lines and packed into passages of up to ``passage_chars``; ``.jsonl`` lines are a string or
+  ``{"text": ...}``, cut at ``passage_chars``.
 
 Every seed passes ``feinschliff.pii.scrub_text`` (the same Presidio step as the feedback) in
 this process, so the child process that talks to the teacher only ever sees scrubbed text.
+Whole paragraphs and ``.jsonl`` values are scrubbed *before* they are packed and cut to
+``passage_chars``: an IBAN cut in two would no longer be recognised, and its halves would
+reach the teacher. A cut never splits a ``<ENTITY>`` placeholder.
 The fingerprint of the inputs (path -> sha256 of the raw files) goes into the cache key and
 the manifest.
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +28,7 @@ from feinschliff.artifacts import sha256_file
 from feinschliff.specs.generate import SeedsSpec
 
 DOC_SUFFIXES = (".txt", ".md", ".jsonl")
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*>")  # what ``redact`` writes in place of a finding
 
 
 class SeedError(ValueError):
@@ -36,7 +43,14 @@ class Seeds:
 
 
 def read_seeds(spec: SeedsSpec) -> Seeds:
-    raw: list[tuple[str, str]] = []
+    findings: Counter[str] = Counter()
+
+    def scrub(text: str) -> str:
+        clean, found = _scrub(text, spec.pii)
+        findings.update(found)
+        return clean
+
+    items: list[tuple[str, str]] = []
     inputs: dict[str, str] = {}
     if spec.topics is not None:
         path = Path(spec.topics)
@@ -44,8 +58,8 @@ def read_seeds(spec: SeedsSpec) -> Seeds:
             raise SeedError(f"seeds.topics: {path} is not a file")
         inputs[str(path)] = sha256_file(path)
         lines = path.read_text(encoding="utf-8").splitlines()
-        raw += [
-            (f"{path.name}:{n}", line.strip())
+        items += [
+            (f"{path.name}:{n}", scrub(line.strip()))
             for n, line in enumerate(lines, start=1)
             if line.strip() and not line.lstrip().startswith("#")
         ]
@@ -56,16 +70,10 @@ def read_seeds(spec: SeedsSpec) -> Seeds:
         for path in sorted(p for p in folder.rglob("*") if p.suffix in DOC_SUFFIXES):
             rel = path.relative_to(folder).as_posix()
             inputs[str(path)] = sha256_file(path)
-            for n, text in enumerate(_document_seeds(path, spec.passage_chars), start=1):
-                raw.append((f"{rel}#{n}", text))
-    if not raw:
+            for n, text in enumerate(_document_seeds(path, spec.passage_chars, scrub), start=1):
+                items.append((f"{rel}#{n}", text))
+    if not items:
         raise SeedError("no seeds: the topics file and documents folder hold no text")
-    findings: Counter[str] = Counter()
-    items = []
-    for seed_id, text in raw:
-        clean, found = _scrub(text, spec.pii)
-        findings.update(found)
-        items.append((seed_id, clean))
     return Seeds(items=items, inputs=inputs, pii_findings=findings)
 
 
@@ -75,7 +83,7 @@ def _scrub(text: str, mode: str) -> tuple[str, Counter[str]]:
     return scrub_text(text, "redact" if mode == "redact" else "off")
 
 
-def _document_seeds(path: Path, max_chars: int) -> list[str]:
+def _document_seeds(path: Path, max_chars: int, scrub: Callable[[str], str]) -> list[str]:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         seeds = []
@@ -90,19 +98,37 @@ def _document_seeds(path: Path, max_chars: int) -> list[str]:
             if not isinstance(value, str):
                 raise SeedError(f"{path}:{n}: expected a string or an object with `text`")
             if value.strip():
-                seeds.append(value.strip()[:max_chars])
+                seeds.append(cut(scrub(value.strip()), max_chars)[0])
         return seeds
-    return pack_passages(text, max_chars)
+    return pack_passages([scrub(p) for p in paragraphs(text)], max_chars)
 
 
-def pack_passages(text: str, max_chars: int) -> list[str]:
-    """Paragraphs (split at blank lines) packed greedily into passages of <= max_chars;
-    a single longer paragraph is cut at the limit."""
-    paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+def paragraphs(text: str) -> list[str]:
+    """Blocks between blank lines, whitespace collapsed to single spaces."""
+    return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+
+
+def cut(text: str, max_chars: int) -> list[str]:
+    """``text`` in pieces of at most ``max_chars``; a cut that would split an ``<ENTITY>``
+    placeholder moves before it."""
+    pieces = []
+    while len(text) > max_chars:
+        at = max_chars
+        placeholder = _PLACEHOLDER.match(text, max(text.rfind("<", 0, at), 0))
+        if placeholder and 0 < placeholder.start() < at < placeholder.end():
+            at = placeholder.start()
+        pieces.append(text[:at])
+        text = text[at:]
+    return [*pieces, text] if text else pieces
+
+
+def pack_passages(blocks: list[str], max_chars: int) -> list[str]:
+    """Paragraphs packed greedily into passages of <= max_chars; a single longer paragraph is
+    cut at the limit."""
     passages: list[str] = []
     current = ""
-    for para in paragraphs:
-        for piece in (para[i : i + max_chars] for i in range(0, len(para), max_chars)):
+    for para in blocks:
+        for piece in cut(para, max_chars):
             if current and len(current) + 2 + len(piece) > max_chars:
                 passages.append(current)
                 current = piece

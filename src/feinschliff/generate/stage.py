@@ -7,8 +7,9 @@ reason, sha256 of each output), ``distiset/`` (the saved Distiset, for inspectio
 
 Caching, two levels:
 - output: ``out`` complete and made from the same inputs (seed file hashes, the section minus
-  operational knobs, template version, feedback and eval-set fingerprints) -> reused as is; no
-  PII engine, no child process, no teacher call. An output cut short by the budget is never
+  operational knobs, template version, feedback and eval-set fingerprints: the eval sets ingest
+  decontaminates against, ``eval_set_names``) -> reused as is; no PII engine, no child
+  process, no teacher call. An output cut short by the budget is never
   reused (the rerun continues from the request cache).
 - request: every teacher reply is kept in ``$FEINSCHLIFF_HOME/cache/generate/`` keyed by the
   request body, so a rerun after an outage, a budget stop or a filter change repeats no
@@ -27,8 +28,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feinschliff.artifacts import (
     COMPLETE,
@@ -45,6 +47,9 @@ from feinschliff.generate.templates import TEMPLATE_VERSION
 from feinschliff.ngrams import EvalIndex, N
 from feinschliff.recipe import Recipe
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
+
+if TYPE_CHECKING:
+    from feinschliff.ingest.decontam import EvalSets
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,11 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     if spec is None:
         raise GenerateError("the recipe has no `generate` section")
     ngram = recipe.feedback.decontamination.ngram  # ingest's n, the gate's too
-    key = cache_key(spec, feedback, ngram=ngram)
+    names = eval_set_names(recipe)
+    try:
+        key = recipe_cache_key(recipe, feedback)
+    except FileNotFoundError as exc:  # a JSONL eval set the recipe names is missing
+        raise GenerateError(str(exc)) from exc
     digest = reusable_output(out, key)
     if digest is not None:
         log.info("generate: reusing %s (same inputs, complete)", out)
@@ -75,24 +84,26 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     from feinschliff.generate.seeds import SeedError, plan_requests, read_seeds
 
     started = time.monotonic()
+    teacher = _model_string(spec.teacher, "generate.teacher")
+    judge = _model_string(_judge(spec), _judge_path(spec))
     prepare_out(out, key)
     try:
         seeds = read_seeds(spec.seeds)
     except SeedError as exc:
         raise GenerateError(str(exc)) from exc
     plan = plan_requests(seeds.items, spec.num_instructions, spec.instructions_per_seed)
-    status = _run_child(spec, out, plan)
+    status = _run_child(spec, out, plan, teacher, judge)
 
     from feinschliff.generate.postprocess import feedback_prompts, filter_rows, rows_from_distiset
 
-    teacher, judge = _model_string(spec.teacher), _model_string(_judge(spec))
     result = rows_from_distiset(_load_leaves(out / "distiset"), spec, teacher, judge)
     prompts = (
         feedback_prompts(feedback.dir)
         if feedback and spec.filters.dedup_against_feedback
         else set()
     )
-    index = _eval_index(ngram) if spec.filters.decontaminate else None
+    sets = _find_eval_sets(names) if spec.filters.decontaminate else None
+    index = _eval_index(ngram, sets) if sets is not None else None
     sft = filter_rows(result.sft, spec, prompts, index, result.drops["sft"])
     pref = filter_rows(result.preference, spec, prompts, index, result.drops["preference"])
     _write_jsonl(out / "sft.jsonl", sft)
@@ -122,6 +133,11 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
             "preference.jsonl": len(pref) if spec.preference else 0,
         },
         "drops": {k: dict(sorted(v.items())) for k, v in result.drops.items()},
+        "decontamination": {
+            "ngram": ngram,
+            "eval_sets": {n: sha256_file(p) for n, p in sets.files.items()} if sets else {},
+            "unchecked": sets.unchecked if sets else [],  # no local data (upstream tasks)
+        },
         "feedback": feedback.sha256 if feedback else None,
         "seconds": round(time.monotonic() - started, 1),
         "sha256": {n: sha256_file(out / n) for n in ("sft.jsonl", "preference.jsonl")},
@@ -143,18 +159,40 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
 # --------------------------------------------------------------------------- cache
 
 
-def cache_key(spec: GenerateSpec, feedback: DatasetRef | None, *, ngram: int = N) -> str:
+def cache_key(
+    spec: GenerateSpec,
+    feedback: DatasetRef | None,
+    *,
+    ngram: int = N,
+    eval_sets: Sequence[str] = (),
+) -> str:
     """Hash of everything a finished output depends on (and of nothing it does not).
 
-    ``ngram``: the decontamination n (the recipe's ``feedback.decontamination.ngram``)."""
+    ``ngram``: the decontamination n (the recipe's ``feedback.decontamination.ngram``);
+    ``eval_sets``: the eval sets rows are decontaminated against (``eval_set_names(recipe)``),
+    by name and file content."""
     return input_key(
         "generate",
         TEMPLATE_VERSION,
         spec.model_dump(mode="json", exclude=OPERATIONAL),
         _seed_fingerprint(spec),
         rows_sha256(feedback) if feedback and spec.filters.dedup_against_feedback else None,
-        (_eval_fingerprint(), ngram) if spec.filters.decontaminate else None,
+        (_eval_fingerprint(eval_sets), ngram) if spec.filters.decontaminate else None,
     )
+
+
+def recipe_cache_key(recipe: Recipe, feedback: DatasetRef | None) -> str:
+    """:func:`cache_key` as ``run_generate`` computes it for ``recipe`` (the flow's key too)."""
+    assert recipe.generate is not None
+    ngram = recipe.feedback.decontamination.ngram  # ingest's n, the gate's too
+    return cache_key(recipe.generate, feedback, ngram=ngram, eval_sets=eval_set_names(recipe))
+
+
+def eval_set_names(recipe: Recipe) -> list[str]:
+    """The eval sets generated rows are decontaminated against: ingest's, the recipe's
+    ``evaluate.tasks`` and ``feedback.decontamination.eval_sets`` (task names or JSONL paths).
+    Generate's own switch is ``generate.filters.decontaminate``."""
+    return [*recipe.evaluate.tasks, *recipe.feedback.decontamination.eval_sets]
 
 
 def reusable_output(out: Path, key: str) -> str | None:
@@ -186,25 +224,29 @@ def _seed_fingerprint(spec: GenerateSpec) -> dict[str, str]:
     return {str(p): sha256_file(p) for p in files}
 
 
-def _eval_files() -> list[Path]:
-    from feinschliff.evaluate.harness import bundled_task_files
+def _find_eval_sets(names: Sequence[str]) -> EvalSets:
+    from feinschliff.ingest.decontam import find_eval_sets
 
-    return [p for p in bundled_task_files().values() if p.exists()]
+    return find_eval_sets(names)
 
 
-def _eval_fingerprint() -> dict[str, str]:
-    # Every file of the bundled tasks (YAML and data), without importing the evaluate package
-    # (matplotlib, lm-eval): a cache hit must stay instant.
+def _eval_fingerprint(names: Sequence[str]) -> dict[str, Any]:
+    # The eval sets' data files, found as ingest finds them; without importing the evaluate
+    # package (matplotlib, lm-eval): a cache hit must stay instant.
+    sets = _find_eval_sets(names)
+    files = {name: sha256_file(path) for name, path in sets.files.items()}
+    return {"files": files, "unchecked": sets.unchecked}
+
+
+def _eval_index(ngram: int = N, sets: EvalSets | None = None) -> EvalIndex:
+    """The index of ``sets`` (None: every bundled task), read as ingest reads them (a broken
+    line is skipped)."""
+    from feinschliff.ingest.decontam import Decontaminator
     from feinschliff.paths import bundled_tasks_dir
 
-    root = bundled_tasks_dir()
-    return {p.name: sha256_file(p) for p in sorted(root.glob("*")) if p.is_file()}
-
-
-def _eval_index(ngram: int = N) -> EvalIndex:
-    from feinschliff.ngrams import index_jsonl
-
-    return index_jsonl(_eval_files(), ngram)
+    if sets is None:
+        sets = _find_eval_sets([p.stem for p in sorted(bundled_tasks_dir().glob("*.jsonl"))])
+    return Decontaminator(sets, ngram).index
 
 
 # --------------------------------------------------------------------------- child process
@@ -219,7 +261,9 @@ def request_cache_path(model: OpenAITeacher | LocalTeacher) -> Path:
     return feinschliff_home() / "cache" / "generate" / f"requests-{name}.jsonl"
 
 
-def _run_child(spec: GenerateSpec, out: Path, plan: list[tuple[str, str]]) -> dict[str, Any]:
+def _run_child(
+    spec: GenerateSpec, out: Path, plan: list[tuple[str, str]], teacher: str, judge_model: str
+) -> dict[str, Any]:
     from feinschliff.generate.child import GenerateJob
     from feinschliff.generate.ledger import Ledger
 
@@ -231,8 +275,8 @@ def _run_child(spec: GenerateSpec, out: Path, plan: list[tuple[str, str]]) -> di
     job = GenerateJob(
         spec=spec,
         seeds=plan,
-        teacher_model=_model_string(spec.teacher),
-        judge_model=_model_string(judge),
+        teacher_model=teacher,
+        judge_model=judge_model,
         teacher_cache=str(request_cache_path(spec.teacher)),
         judge_cache=str(request_cache_path(judge)),
         ledger=str(work / "ledger.json"),
@@ -290,12 +334,22 @@ def _judge(spec: GenerateSpec) -> OpenAITeacher | LocalTeacher:
     return spec.teacher
 
 
-def _model_string(model: OpenAITeacher | LocalTeacher) -> str:
+def _judge_path(spec: GenerateSpec) -> str:
+    if spec.preference is not None and spec.preference.judge is not None:
+        return "generate.preference.judge"
+    return "generate.teacher"
+
+
+def _model_string(model: OpenAITeacher | LocalTeacher, where: str) -> str:
+    """The request's ``model``, or a local model's folder (``where``: its recipe path)."""
     if model.kind == "openai":
         return model.model
-    from feinschliff.models import resolve_model
+    from feinschliff.models import ModelFetchError, resolve_model
 
-    return str(resolve_model(model.model))
+    try:
+        return str(resolve_model(model.model))
+    except ModelFetchError as exc:
+        raise GenerateError(f"{where}.model: {exc}") from exc
 
 
 def _describe(model: OpenAITeacher | LocalTeacher) -> dict[str, Any]:

@@ -12,8 +12,12 @@ Failure handling, per request:
   counted later), so a run stops cleanly without hammering the endpoint;
 - connection error, timeout, 429, 5xx: retried with exponential backoff; when the retries
   are used up the ledger records the outage and the run ends with that message;
-- 400/413/422 (this prompt is invalid, e.g. too long): output ``None``, counted as rejected;
-- any other status (401, 403, 404: wrong key, model or URL): fatal at once.
+- 400/413/422 (this prompt is invalid, e.g. too long): output ``None``, counted as rejected and
+  not cached, so the next run asks again (the server's limits may have been raised meanwhile);
+- any other status (401, 403, 404: wrong key, model or URL): fatal at once;
+- anything else raised (a 200 whose body is no chat completion, a transformers error of a local
+  teacher): fatal at once, with the exception's type and message. distilabel would otherwise
+  log it and emit ``None``, and the run would end complete but short.
 
 distilabel validates ``agenerate``'s signature, so it lists its parameters explicitly (a
 ``**kwargs`` signature fails validation, FACTS section 2).
@@ -101,31 +105,55 @@ class TeacherLLM(AsyncLLM):
             seed: base seed; the request seed adds a hash of the messages.
             constraint: ``{"json": schema}`` or ``{"regex": pattern}`` for every answer.
         """
-        body = self.request_body(
-            list(input), num_generations, max_new_tokens, temperature, top_p, seed, constraint
-        )
+        try:
+            body = self.request_body(
+                list(input), num_generations, max_new_tokens, temperature, top_p, seed, constraint
+            )
+            return _output(await self._answer(body))
+        except Exception as exc:  # distilabel would log it and emit None: a silent drop
+            self._fail(exc)
+            return _output(_empty(num_generations, None))
+
+    async def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
         key = request_key(body)
         response = self._cache.get(key)
         hit = response is not None
+        reserved = 0
         if response is None:
-            if self._ledger.reserve() is not None:
-                return _output(_empty(num_generations, None))
+            reserved = _token_estimate(body)
+            if self._ledger.reserve(reserved) is not None:
+                return _empty(body["n"], None)
             if self._gate is None:
                 self._gate = asyncio.Semaphore(self.concurrency)
-            async with self._gate:
-                call = self._local_call if self.kind == "transformers" else self._call
-                response = await call(body)
+            try:
+                async with self._gate:
+                    call = self._local_call if self.kind == "transformers" else self._call
+                    response = await call(body)
+            except Exception as exc:
+                self._fail(exc)
+                response = None
             if response is None:  # outage or fatal error, recorded in the ledger
-                return _output(_empty(num_generations, None))
-            self._cache.put(key, response)
+                self._ledger.record(
+                    cache_hit=False, tokens=0, truncated=0, rejected=0, reserved=reserved
+                )
+                return _empty(body["n"], None)
+            if "rejected" not in response["finish_reasons"]:  # a rejection is asked again
+                self._cache.put(key, response)
         reasons = response["finish_reasons"]
         self._ledger.record(
             cache_hit=hit,
             tokens=0 if hit else response["input_tokens"] + response["output_tokens"],
             truncated=reasons.count("length"),
             rejected=int("rejected" in reasons),
+            reserved=reserved,
         )
-        return _output(response)
+        return response
+
+    def _fail(self, exc: Exception) -> None:
+        """Record an unexpected exception as the run's teacher failure (never the API key)."""
+        message = f"teacher {self.model} raised {type(exc).__name__}: {exc}"
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        self._ledger.fail((message.replace(key, "***") if key else message)[:600])
 
     def request_body(
         self,
@@ -193,9 +221,16 @@ class TeacherLLM(AsyncLLM):
                 error = f"{type(exc).__name__}: {exc}".rstrip(": ")
                 continue
             if r.status_code == 200:
-                return _parse_completion(r.json())
+                try:
+                    return _parse_completion(r.json(), body["n"])
+                except (ValueError, TypeError, AttributeError) as exc:
+                    self._ledger.fail(
+                        f"teacher {url} answered HTTP 200 without a chat completion "
+                        f"({type(exc).__name__}: {exc}): {r.text[:300]}"
+                    )
+                    return None
             error = f"HTTP {r.status_code}: {r.text[:300]}"
-            if r.status_code in ROW_ERRORS:  # this prompt is invalid; cached like an answer
+            if r.status_code in ROW_ERRORS:  # this prompt is invalid; not cached (see agenerate)
                 self._logger.warning(f"teacher rejected a request ({error})")
                 return _empty(body["n"], "rejected")
             if r.status_code not in RETRYABLE and r.status_code < 500:
@@ -255,8 +290,10 @@ class TeacherLLM(AsyncLLM):
         }
 
 
-def _parse_completion(data: dict[str, Any]) -> dict[str, Any]:
+def _parse_completion(data: dict[str, Any], n: int) -> dict[str, Any]:
     choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+    if len(choices) != n:
+        raise ValueError(f"{len(choices)} choice(s) for n={n}")
     usage = data.get("usage") or {}
     return {
         "generations": [(c.get("message") or {}).get("content") for c in choices],
@@ -264,6 +301,14 @@ def _parse_completion(data: dict[str, Any]) -> dict[str, Any]:
         "input_tokens": int(usage.get("prompt_tokens") or 0),
         "output_tokens": int(usage.get("completion_tokens") or 0),
     }
+
+
+def _token_estimate(body: dict[str, Any]) -> int:
+    """What one request may cost, reserved against the token budget: its prompt (estimated at 3
+    characters a token, plus the chat template's few tokens per message) and every completion
+    at its limit."""
+    prompt = sum(len(str(m.get("content") or "")) // 3 + 4 for m in body["messages"])
+    return prompt + body["max_tokens"] * body["n"]
 
 
 def _empty(n: int, reason: str | None) -> dict[str, Any]:

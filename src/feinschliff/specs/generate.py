@@ -92,7 +92,9 @@ class SamplingSpec(Strict):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int = Field(
-        0, description="Base sampling seed; each request gets seed + its index (reproducible)."
+        0,
+        description="Base sampling seed; each request's seed is this plus a hash of its "
+        "messages (reproducible, and different prompts sample differently).",
     )
     instruction_max_tokens: int = Field(
         256, ge=16, description="Token limit of one self-instruct reply (all its questions)."
@@ -139,8 +141,10 @@ class FilterSpec(Strict):
     decontaminate: bool = Field(
         True,
         description=(
-            "Drop rows holding text of a bundled evaluation set: a 13-gram of an eval text or "
-            "a whole eval text of 8-12 words (the rule of the gate's contamination metric)."
+            "Drop rows holding text of an evaluation set, the ones ingest checks (the recipe's "
+            "`evaluate.tasks` and `feedback.decontamination.eval_sets`): an n-gram of an eval "
+            "text (n: `feedback.decontamination.ngram`) or a whole eval text of 8 to n-1 words "
+            "(the rule of the gate's contamination metric)."
         ),
     )
 
@@ -215,3 +219,13 @@ class GenerateSpec(Strict):
     budget: BudgetSpec = Field(
         default_factory=BudgetSpec, description="Stop cleanly after this much teacher use."
     )
+
+    @model_validator(mode="after")
+    def _sampled_preferences(self) -> GenerateSpec:
+        if self.preference is not None and self.sampling.temperature == 0:
+            raise ValueError(
+                "sampling.temperature: 0 is greedy decoding, which gives the same answer "
+                f"{self.preference.num_generations} times; `preference` needs different "
+                "answers to rate, so set a temperature > 0 (e.g. 0.7) or remove `preference`"
+            )
+        return self
