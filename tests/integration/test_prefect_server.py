@@ -163,6 +163,31 @@ def test_deployment_sync_trigger_and_complete(prefect_server):
     metrics = Path(env["FEINSCHLIFF_HOME"]) / "runs" / "support-de-demo" / "train" / "metrics.json"
     assert '"global_step": 3' in metrics.read_text()
 
+    # `feinschliff run` against the same server and workdir: stages reused, exit code and
+    # summary table by the gate's decision (3 rejected, 0 promoted)
+    cmd = [*cli, "run", "recipes/demo-de.yaml"]
+    reject = [*overrides, "gate.rules.1.threshold=1000"]  # 6 samples never reach 1000
+    rejected = subprocess.run(
+        [*cmd, *(a for o in reject for a in ("--set", o))],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert rejected.returncode == 3, rejected.stderr[-2000:]
+    table = rejected.stdout
+    assert "metric" in table and "de_wissen_mc/acc_norm" in table, table
+    assert "gate min_samples" in table and "FAIL" in table and "decision: REJECTED" in table
+    promoted = subprocess.run(
+        [*cmd, *(a for o in overrides for a in ("--set", o))],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    assert "decision: PROMOTED  registry version: v0001" in promoted.stdout, promoted.stdout
+
 
 def test_kubernetes_gpu_pool_is_accepted_by_the_server(prefect_server):
     env = prefect_server
