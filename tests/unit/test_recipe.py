@@ -318,3 +318,38 @@ def test_adhoc_ingest_errors_use_yaml_paths():
         "ingest: feedback.sources.0.pull.dataset: Field required",
         "ingest: feedback.sources.0.pull.bogus: unknown key (typo? see `feinschliff schema`)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            "{kind: langfuse, pull: {page_limit: 5, dataset: y}}",
+            ["feedback.sources.0.pull.dataset: unknown key"],
+        ),
+        ("{kind: argilla, pull: {}}", ["feedback.sources.0.pull.dataset: Field required"]),
+        (
+            "{kind: argila, pull: {dataset: d}}",
+            ["feedback.sources.0.kind: Input should be", "feedback.sources.0.pull: `pull` needs"],
+        ),
+    ],
+)
+def test_pull_settings_are_checked_against_the_sources_kind(source, expected):
+    """`pull` was a plain union: a Langfuse pull with a typo reported its valid `page_limit`
+    as unknown (Argilla's complaint), an empty Argilla pull said "settings do not match"."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes" / "demo-de.yaml", [f"feedback.sources.0={source}"])
+    lines = [line.split("demo-de.yaml: ", 1)[1] for line in err.value.lines]
+    assert len(lines) == len(expected) and all(
+        line.startswith(want) for line, want in zip(lines, expected, strict=True)
+    ), lines
+    ok = load_recipe(
+        ROOT / "recipes" / "demo-de.yaml",
+        ["feedback.sources.0={kind: argilla, pull: {dataset: d}}"],
+    )
+    assert ok.feedback.sources[0].pull.model_dump() == {
+        "dataset": "d",
+        "workspace": None,
+        "api_url": None,
+        "batch_size": 256,
+    }  # nothing added: the live pull's mirror key (its model_dump) is unchanged

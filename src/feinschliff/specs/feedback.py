@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, ValidationInfo, model_validator
 
 from feinschliff.specs.common import RecipePath, Strict, _resolve_path
 
 # --------------------------------------------------------------------------- sources
 
 
-class ArgillaPull(Strict):
+_KIND = "__kind__"  # the source's kind, handed to `pull` so that only its own model validates it
+
+
+class _Pull(Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_kind(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if k != _KIND} if isinstance(data, dict) else data
+
+
+def _pull_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get(_KIND)
+    return {ArgillaPull: "argilla", LangfusePull: "langfuse"}.get(type(value))
+
+
+class ArgillaPull(_Pull):
     """Read an Argilla 2.x dataset from a live server (API key: env ARGILLA_API_KEY)."""
 
     dataset: str = Field(description="Dataset name on the server.")
@@ -22,7 +38,7 @@ class ArgillaPull(Strict):
     batch_size: int = Field(256, ge=1, le=1000, description="Records per request.")
 
 
-class LangfusePull(Strict):
+class LangfusePull(_Pull):
     """Read observations and scores from a live Langfuse server via its public REST API.
 
     Keys: env LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY (or Prefect Secret blocks of those names).
@@ -53,12 +69,30 @@ class FeedbackSource(Strict):
         "(v2 observations + v3 scores, v1), GET /traces/{id} JSON, UI exports (CSV, JSON, "
         "JSONL), dataset items. The format is detected.",
     )
-    pull: ArgillaPull | LangfusePull | None = Field(
+    pull: (
+        Annotated[
+            Annotated[ArgillaPull, Tag("argilla")] | Annotated[LangfusePull, Tag("langfuse")],
+            Discriminator(
+                _pull_kind,
+                custom_error_type="pull_kind",
+                custom_error_message="`pull` needs a valid `kind` (argilla or langfuse)",
+            ),
+        ]
+        | None
+    ) = Field(
         None,
         description="Pull from a live server instead of reading `path` (incremental: only "
         "feedback newer than the stored watermark is fetched; everything pulled so far is "
         "kept in a local mirror under the cache dir and ingested).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pull_follows_kind(cls, data: Any) -> Any:
+        # errors then name the settings of this kind only (not both pull models' complaints)
+        if isinstance(data, dict) and isinstance(data.get("pull"), dict):
+            return {**data, "pull": {**data["pull"], _KIND: data.get("kind")}}
+        return data
 
     @model_validator(mode="after")
     def _one_location(self) -> FeedbackSource:
