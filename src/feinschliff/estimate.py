@@ -25,6 +25,10 @@ Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
   demo model peaked at 1.30 GiB, 0.57 of it weights and LoRA states), and the activations count
   1.35x: glibc keeps freed intermediates in its heap, so peak RSS exceeds the live tensors (the
   factor is calibrated on the demo model: 1.2-1.6x across SFT/DPO/ORPO/KTO runs).
+- Sharding: with ``launcher: accelerate`` and ``accelerate_config`` fsdp or deepspeed-zero3, the
+  weights, LoRA parameters, gradients and optimizer states are split evenly over
+  ``num_processes`` devices (ideal sharding; the all-gather buffer of one layer is not counted);
+  activations and runtime overhead stay per device. DDP keeps a full copy on every device.
 - KV cache for serving (vLLM): 2 (K and V) x layers x kv_heads x head_dim x bytes per token.
 - Cost: FLOPs per trained token = 2N forward + 2N backward to the inputs (+ 2N weight gradients
   in full fine-tuning, + 2N recomputation with checkpointing, + 2N reference forward for DPO and
@@ -46,6 +50,7 @@ import yaml
 from pydantic import Field
 
 from feinschliff.specs.common import Strict
+from feinschliff.specs.train import SHARDED_CONFIGS
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
@@ -272,6 +277,12 @@ class Estimate:
     assumptions: list[str] = field(default_factory=list)
 
 
+def shards(train) -> int:
+    """Devices the model state is split over: num_processes under FSDP / ZeRO-3, else 1."""
+    sharded = train.launcher == "accelerate" and train.accelerate_config in SHARDED_CONFIGS
+    return train.num_processes if sharded else 1
+
+
 def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = None) -> Estimate:
     """Training and serving memory for ``recipe`` (a ``Recipe``) on one device."""
     spec = recipe.train
@@ -283,11 +294,13 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
     seqs = batch * (2 if spec.method in ("dpo", "orpo") else 1)
     tokens = seqs * hp.max_length
     trainable = lora_params(shape, spec.lora.r, spec.lora.target_modules)
+    n_shards = shards(spec)
+    weights = weight_bytes(shape, dtype, spec.qlora)
     rows = {
-        "weights": weight_bytes(shape, dtype, spec.qlora),
-        "lora_parameters": trainable * 4.0,
-        "gradients": trainable * 4.0,
-        "optimizer_states": trainable * float(ADAM_BYTES),
+        "weights": weights / n_shards,
+        "lora_parameters": trainable * 4.0 / n_shards,
+        "gradients": trainable * 4.0 / n_shards,
+        "optimizer_states": trainable * float(ADAM_BYTES) / n_shards,
         "activations": activation_bytes(
             shape,
             tokens,
@@ -301,8 +314,8 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
     serve_tokens = hp.max_length  # one request of max_length in vLLM's KV cache
     rows["kv_cache_serving"] = kv_cache_bytes(shape.layers, shape.kv_width, serve_tokens, bpv)
     training = sum(v for k, v in rows.items() if k != "kv_cache_serving")
-    inference = rows["weights"] + rows["lora_parameters"] / 2 + rows["kv_cache_serving"]
-    inference += rows["runtime_overhead"]
+    # Serving loads the whole model on one device, however the training was sharded.
+    inference = weights + trainable * 2.0 + rows["kv_cache_serving"] + rows["runtime_overhead"]
     return Estimate(
         rows=rows,
         training=training,
@@ -321,6 +334,15 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             f"{GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB} GiB"
             + ("" if on_gpu else f", activations x{CPU_ALLOCATOR_FACTOR} (allocator)"),
             f"KV cache for serving: one {serve_tokens}-token request",
+            *(
+                [
+                    f"training sharded by {spec.accelerate_config} over {n_shards} devices: "
+                    "weights, LoRA, gradients and optimizer states / "
+                    f"{n_shards} per device (ideal split); activations per device"
+                ]
+                if n_shards > 1
+                else []
+            ),
         ],
     )
 

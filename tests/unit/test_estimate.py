@@ -125,3 +125,55 @@ def test_estimate_command_prints_components_fit_and_assumptions():
     assert bad.exception.code == 2 and "unknown GPU 'tpu-v9'" in str(
         bad.exception
     )  # main(): exit 2
+
+
+def test_sharded_training_counts_a_share_of_the_model_state_per_device():
+    """FSDP / ZeRO-3 split weights, LoRA, gradients and optimizer states over the processes."""
+    one = est.estimate_recipe(load_recipe(EIGHT_B))
+    multi = ["train.launcher=accelerate", "train.num_processes=4"]
+    fsdp = est.estimate_recipe(load_recipe(EIGHT_B, [*multi, "train.accelerate_config=fsdp"]))
+    for row in ("weights", "lora_parameters", "gradients", "optimizer_states"):
+        assert fsdp.rows[row] == pytest.approx(one.rows[row] / 4), row
+    for row in ("activations", "runtime_overhead", "kv_cache_serving"):
+        assert fsdp.rows[row] == one.rows[row], row
+    assert fsdp.inference == pytest.approx(one.inference)  # serving holds the whole model
+    assert any("sharded by fsdp over 4 devices" in a for a in fsdp.assumptions)
+    zero3 = load_recipe(EIGHT_B, [*multi, "train.accelerate_config=deepspeed-zero3"])
+    assert est.estimate_recipe(zero3).training == pytest.approx(fsdp.training)
+    ddp = est.estimate_recipe(load_recipe(EIGHT_B, multi))  # a full copy per device
+    assert ddp.training == pytest.approx(one.training)
+
+
+def test_a_sharded_recipe_that_fits_its_gpus_is_not_refused():
+    # 8B in bf16: 32.3 GiB on one device (15 of it weights); 20.6 GiB on each of four with FSDP
+    sets = ["train.gpu=rtx-4090"]
+    with pytest.raises(est.EstimateError, match="does not fit"):
+        est.check_training_fits(load_recipe(EIGHT_B, sets))
+    sharded = sets + [
+        "train.launcher=accelerate",
+        "train.num_processes=4",
+        "train.accelerate_config=fsdp",
+    ]
+    assert est.check_training_fits(load_recipe(EIGHT_B, sharded)) is not None
+
+
+def test_a_local_model_next_to_the_recipe_is_estimated_from_any_cwd(tmp_path, monkeypatch):
+    import json
+
+    (tmp_path / "tiny").mkdir()
+    config = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "vocab_size": 1000,
+    }
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps(config))
+    data = yaml.safe_load(EIGHT_B.read_text())
+    data["base_model"]["name"] = "./tiny"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    result = est.estimate_recipe(load_recipe(tmp_path / "r.yaml"))
+    assert result.n_params == est.ModelShape.from_config(config).n_params

@@ -106,12 +106,18 @@ def test_unknown_method_names_the_discriminator(tmp_path, demo):
     assert ": train.method: " in err.value.lines[0] and "'sft'" in err.value.lines[0]
 
 
-@pytest.mark.parametrize("rank", [12, 0, 1000])
+@pytest.mark.parametrize("rank", [0, 1000])
 def test_unservable_lora_rank_is_refused(tmp_path, demo, rank):
     demo["train"]["lora"]["r"] = rank
     with pytest.raises(RecipeError) as err:
         load_recipe(_write(tmp_path, demo))
     assert ": train.lora.r: " in err.value.lines[0]
+
+
+def test_a_rank_below_the_servers_max_need_not_be_one_of_vllms_values(tmp_path, demo):
+    """vLLM pads lower ranks; only its --max-lora-rank must be one of its values."""
+    demo["train"]["lora"]["r"] = 12
+    assert load_recipe(_write(tmp_path, demo)).train.lora.r == 12
 
 
 def test_rank_above_serving_max_is_refused(tmp_path, demo):

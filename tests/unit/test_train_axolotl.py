@@ -134,3 +134,47 @@ def test_the_axolotl_child_is_killed_when_the_stage_process_dies(tmp_path):
     while alive() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not alive(), "the Axolotl child outlived its parent"
+
+
+def test_axolotl_evaluates_at_the_end_without_eval_steps(tmp_path):
+    """Axolotl turns eval_strategy "no" plus a test set into one eval at step 0 (untrained);
+    a "steps" period no run reaches leaves transformers' end-of-training eval."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    recipe = load_recipe(DEMO, ["train.backend=axolotl", "train.hyperparameters.eval_fraction=0.2"])
+    files = {"train": tmp_path / "t.jsonl", "eval": tmp_path / "e.jsonl"}
+    cfg = ax.build_config(recipe, "m", files, tmp_path, on_cpu=True)
+    assert (cfg["eval_strategy"], cfg["eval_steps"]) == ("steps", ax.EVAL_AT_END_ONLY)
+    every = load_recipe(DEMO, ["train.backend=axolotl", "train.hyperparameters.eval_steps=5"])
+    assert ax.build_config(every, "m", files, tmp_path, on_cpu=True)["eval_steps"] == 5
+
+    # what Axolotl 0.19 hands transformers for this config (_configure_save_and_eval_strategy)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), eval_strategy="steps", eval_steps=cfg["eval_steps"], use_cpu=True
+    )
+    flow = DefaultFlowCallback()
+    evaluated = []
+    for step in (1, 2, 3):
+        state = TrainerState(global_step=step, max_steps=3, eval_steps=cfg["eval_steps"])
+        evaluated.append(flow.on_step_end(args, state, TrainerControl()).should_evaluate)
+    assert evaluated == [False, False, True]
+
+
+def test_metrics_take_the_eval_loss_of_the_final_step_only():
+    start = {"step": 0, "eval_loss": 3.0}  # Axolotl's eval_on_start: the untrained adapter
+    losses = [{"step": 1, "loss": 2.5}, {"step": 2, "loss": 2.0}]
+    assert axolotl_backend.final_eval_loss([start, *losses], global_step=2) is None
+    final = {"step": 2, "eval_loss": 1.9}
+    assert axolotl_backend.final_eval_loss([start, *losses, final], global_step=2) == 1.9
+    assert axolotl_backend.final_eval_loss(losses, global_step=2) is None
+
+
+def test_the_axolotl_adapter_keeps_the_chat_template_it_was_trained_with(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    (ckpt / "adapter_config.json").write_text(json.dumps({"r": 8, "bias": "none"}))
+    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+    (ckpt / "chat_template.jinja").write_text("{{ messages }}")  # Axolotl's saved tokenizer
+    adapter = axolotl_backend.collect_adapter(ckpt, tmp_path / "adapter")
+    assert (adapter / "chat_template.jinja").read_text() == "{{ messages }}"

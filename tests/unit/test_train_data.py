@@ -134,3 +134,42 @@ def test_chatml_choice_replaces_the_template_and_can_be_marked():
         U + [{"role": "assistant", "content": "A"}], tokenize=False
     )
     assert plain == out
+
+
+def test_kto_is_derived_from_preferences_when_ingests_kto_file_is_empty(tmp_path):
+    """Ingest always writes kto.jsonl; without thumbs verdicts it has no rows."""
+    _write(tmp_path / "preference.jsonl", [_pref(1)])
+    (tmp_path / "kto.jsonl").write_text("")
+    assert [r["label"] for r in data.method_rows("kto", tmp_path)] == [True, False]
+
+
+def test_replay_never_brings_eval_rows_back_into_training(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"F{i}"}]} for i in range(20)]
+    _write(tmp_path / "sft.jsonl", rows)
+    prepared = data.prepare_rows(
+        "sft", tmp_path, eval_fraction=0.2, seed=0, replay=rows, replay_fraction=0.5
+    )
+    evals = {json.dumps(r, sort_keys=True) for r in prepared["eval"]}
+    assert len(evals) == 4
+    assert not evals & {json.dumps(r, sort_keys=True) for r in prepared["train"]}
+
+
+def _matched_kl_pairs(rows: list[dict], batch: int) -> float:
+    """Share of TRL's KL pairs (completions rotated by one within each batch, sequential
+    sampling) whose completion answers the same prompt after all."""
+    matched = total = 0
+    for i in range(0, len(rows) - batch + 1, batch):
+        chunk = rows[i : i + batch]
+        for j, row in enumerate(chunk):
+            matched += row["prompt"] == chunk[j - 1]["prompt"]
+            total += 1
+    return matched / total
+
+
+def test_kto_rows_are_shuffled_so_kl_pairs_rarely_share_a_prompt(tmp_path):
+    _write(tmp_path / "preference.jsonl", [_pref(i) for i in range(40)])
+    prepared = data.prepare_rows("kto", tmp_path, eval_fraction=0.0, seed=42)
+    assert len(prepared["train"]) == 80
+    assert _matched_kl_pairs(prepared["train"], batch=4) < 0.1  # in input order: 0.5
+    again = data.prepare_rows("kto", tmp_path, eval_fraction=0.0, seed=42)
+    assert again["train"] == prepared["train"]  # seeded

@@ -80,3 +80,62 @@ def test_eval_fraction_is_bounded(tmp_path):
     assert "train.hyperparameters.eval_fraction" in _error(
         tmp_path, hyperparameters={"eval_fraction": 0.7}
     )
+
+
+def test_any_rank_up_to_the_servers_max_is_accepted(tmp_path):
+    """vLLM pads lower ranks up to --max-lora-rank; only ranks above it are refused."""
+    assert _load(tmp_path, lora={"r": 12}).train.lora.r == 12
+    assert _load(tmp_path, lora={"r": 2}).train.lora.r == 2
+    assert "exceeds register.max_lora_rank=16" in _error(tmp_path, lora={"r": 24})
+    assert "train.lora.r: " in _error(tmp_path, lora={"r": 0})
+
+
+@pytest.mark.parametrize(
+    ("hp", "why"),
+    [
+        ({"max_steps": 0}, "max_steps 0 trains nothing"),
+        ({"max_steps": -7}, "greater than or equal"),
+    ],
+)
+def test_max_steps_is_positive_or_minus_one(tmp_path, hp, why):
+    msg = _error(tmp_path, hyperparameters=hp)
+    assert ": train.hyperparameters.max_steps: " in msg and why in msg
+    assert _load(tmp_path, hyperparameters={"max_steps": -1}).train.hyperparameters.max_steps == -1
+
+
+@pytest.mark.parametrize(
+    ("train", "why"),
+    [
+        ({"backend": "axolotl", "padding_free": True}, "padding_free is a TRL backend option"),
+        ({"num_processes": 2}, "num_processes: 2 needs launcher: accelerate"),
+        ({"backend": "axolotl", "num_processes": 2}, "Axolotl trains in one process"),
+        ({"launcher": "accelerate", "accelerate_config": "fsdp"}, "but num_processes is 1"),
+        ({"accelerate_config": "deepspeed-zero3"}, "but num_processes is 1"),
+    ],
+)
+def test_settings_that_would_be_ignored_are_refused(tmp_path, train, why):
+    msg = _error(tmp_path, **train)
+    assert ": train: " in msg and why in msg
+
+
+def test_single_process_ddp_and_trl_padding_free_stay_valid(tmp_path):
+    assert _load(tmp_path, launcher="accelerate", accelerate_config="ddp").train.num_processes == 1
+    assert _load(tmp_path, padding_free=True).train.padding_free
+
+
+def test_a_local_base_model_is_found_next_to_the_recipe_from_any_cwd(tmp_path, monkeypatch):
+    """README: relative paths in a recipe are relative to the recipe file."""
+    from feinschliff.models import resolve_model
+
+    (tmp_path / "mymodel").mkdir()
+    data = yaml.safe_load(DEMO.read_text())
+    data["base_model"]["name"] = "./mymodel"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    recipe = load_recipe(tmp_path / "r.yaml")
+    assert recipe.base_model.name == str(tmp_path / "mymodel")
+    assert resolve_model(recipe.base_model.name) == str(tmp_path / "mymodel")
+    for name in ("smollm2-135m-instruct", "meta-llama/Llama-3.1-8B-Instruct"):  # not paths
+        assert load_recipe(tmp_path / "r.yaml", [f"base_model.name={name}"]).base_model.name == name

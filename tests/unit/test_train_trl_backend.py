@@ -1,7 +1,10 @@
-"""TRL backend helpers that need no model: the pad token choice behind comparable token counts."""
+"""TRL backend: the pad token choice behind comparable token counts (no model), and a tiny real
+model (a one-layer Llama, a word-level tokenizer) for what only a built trainer shows."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -30,3 +33,177 @@ def _tok(pad, eos="<|im_end|>", unk="<|endoftext|>"):
 def test_pad_token_is_distinct_from_eos_for_padding_free_batches(tok, padding_free, want):
     set_pad_token(tok, padding_free=padding_free)
     assert tok.pad_token == want
+
+
+# --------------------------------------------------------------------------- tiny real trainer
+
+WORDS = ["[UNK]", "<|im_start|>", "<|im_end|>", "user", "assistant", "Frage", "Antwort"]
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "recipes" / "demo-de.yaml"
+
+
+def _tiny_model(path: Path, *, eos: str | None = "<|im_end|>") -> Path:
+    """A word-level tokenizer and a one-layer Llama (kilobytes; trains a step in a second)."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tk = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, "[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos)
+    tok.save_pretrained(path)
+    config = LlamaConfig(
+        vocab_size=len(WORDS),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def _sft_rows(path: Path, n: int = 8, words: int = 30) -> Path:
+    """Ingest-like output: ``sft.jsonl`` with long conversations, marked complete."""
+    from feinschliff.artifacts import mark_complete
+
+    path.mkdir(parents=True, exist_ok=True)
+    msgs = [
+        {"role": "user", "content": " ".join(["Frage"] * words)},
+        {"role": "assistant", "content": " ".join(["Antwort"] * words)},
+    ]
+    (path / "sft.jsonl").write_text(
+        "".join(json.dumps({"messages": msgs}) + "\n" for _ in range(n))
+    )
+    mark_complete(path)
+    return path
+
+
+def _recipe(model: Path, *sets: str):
+    from feinschliff.recipe_loader import load_recipe
+
+    return load_recipe(
+        DEMO,
+        [
+            f"base_model.name={model}",
+            "train.chat_template=chatml",
+            "train.hyperparameters.max_steps=1",
+            "train.hyperparameters.batch_size=2",
+            "train.hyperparameters.max_length=16",
+            "train.lora.r=2",
+            *sets,
+        ],
+    )
+
+
+def test_padding_free_sft_builds_and_truncates_rows_to_max_length(tmp_path):
+    """TRL 1.16 refuses max_length with padding_free (no packing); we truncate ourselves."""
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from feinschliff.train import trl_backend as tb
+
+    model = _tiny_model(tmp_path / "model")
+    recipe = _recipe(model, "train.padding_free=true")
+    tok = AutoTokenizer.from_pretrained(model)
+    tb.set_pad_token(tok, padding_free=True)
+    tb.apply_chat_template_choice(tok, "chatml", assistant_only_loss=False)
+    rows = _sft_rows(tmp_path / "data") / "sft.jsonl"
+    raw = load_dataset("json", data_files={"train": str(rows), "eval": str(rows)})
+    trainer = tb.build_trainer(
+        recipe,
+        tb.load_model(recipe, str(model)),
+        tok,
+        raw,
+        tmp_path / "ckpt",
+        tb.lora_config(recipe),
+        [],
+    )
+    assert trainer.data_collator.padding_free
+    for dataset in (trainer.train_dataset, trainer.eval_dataset):
+        assert len(dataset) == 8
+        assert {len(r["input_ids"]) for r in dataset} == {16}
+        assert {len(r["labels"]) for r in dataset} == {16}
+
+
+def test_padding_free_sft_trains(tmp_path, monkeypatch):
+    from feinschliff.artifacts import DatasetRef, completed_hash
+    from feinschliff.train.stage import run_train
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    data = _sft_rows(tmp_path / "data")
+    recipe = _recipe(_tiny_model(tmp_path / "model"), "train.padding_free=true")
+    ref = run_train(
+        recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), tmp_path / "out"
+    )
+    metrics = json.loads((Path(ref.path) / "metrics.json").read_text())
+    assert metrics["global_step"] == 1 and metrics["train_rows"] == 8
+
+
+def test_a_configuration_trl_refuses_is_a_clear_cli_error(tmp_path, monkeypatch):
+    """No traceback: TRL's ValueError (here: no pad or EOS token) is reported as a failure."""
+    from typer.testing import CliRunner
+
+    from feinschliff.cli import app
+    from feinschliff.cli.app import Failure
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    model = _tiny_model(tmp_path / "model", eos=None)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(DEMO.read_text())
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(recipe),
+            "--data",
+            str(_sft_rows(tmp_path / "data")),
+            "--out",
+            str(tmp_path / "out"),
+            *("--set", f"base_model.name={model}", "--set", "train.chat_template=chatml"),
+            *("--set", "train.lora.r=2", "--set", "train.hyperparameters.max_steps=1"),
+        ],
+    )
+    assert isinstance(res.exception, Failure), res.exception  # printed by main(), exit 1
+    msg = str(res.exception)
+    assert "TRL refused train (sft, backend trl)" in msg and "pad_token" in msg
+
+
+def test_constant_schedule_keeps_its_warmup(tmp_path):
+    from feinschliff.train import trl_backend as tb
+
+    model = tmp_path / "m"
+    warm = _recipe(
+        model,
+        "train.hyperparameters.lr_scheduler=constant",
+        "train.hyperparameters.warmup_ratio=0.1",
+    )
+    args = tb._common_args(warm, tmp_path, has_eval=False)
+    assert (args["lr_scheduler_type"], args["warmup_steps"]) == ("constant_with_warmup", 0.1)
+    flat = _recipe(model, "train.hyperparameters.lr_scheduler=constant")
+    assert tb._common_args(flat, tmp_path, has_eval=False)["lr_scheduler_type"] == "constant"
+    cosine = _recipe(model, "train.hyperparameters.lr_scheduler=cosine")
+    assert tb._common_args(cosine, tmp_path, has_eval=False)["lr_scheduler_type"] == "cosine"
+
+
+def test_the_chatml_adapter_carries_its_template_and_says_so(tmp_path, monkeypatch):
+    """Evaluation and serving must render prompts as training did; with chatml that is not
+    the base model's template, so the adapter keeps it (as save_pretrained would)."""
+    from feinschliff.artifacts import DatasetRef, completed_hash
+    from feinschliff.train.stage import run_train
+    from feinschliff.train.templates import CHATML
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    model = _tiny_model(tmp_path / "model")
+    data = _sft_rows(tmp_path / "data", words=3)
+    recipe = _recipe(model, "train.assistant_only_loss=true")
+    ref = run_train(
+        recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), tmp_path / "out"
+    )
+    adapter = Path(ref.path) / "adapter"
+    assert (adapter / "chat_template.jinja").read_text() == CHATML  # not the marked training copy
+    assert (
+        "ChatML, not the base model's own: render prompts with `chat_template.jinja`"
+        in (adapter / "README.md").read_text()
+    )

@@ -7,6 +7,7 @@ with or without a PEFT adapter through transformers; small batches, left padding
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +27,18 @@ def load_model(model_path: str, dtype: str, adapter: str | None = None) -> tuple
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
+        use_adapter_template(tok, adapter)
     model.eval()
     return model, tok
+
+
+def use_adapter_template(tok: Any, adapter: str) -> None:
+    """Prompt with the chat template the adapter was trained with (``chat_template.jinja``, see
+    ``train.chat_template``), which may not be the base model's: answers are then judged in the
+    format the adapter learned. An adapter without the file keeps the tokenizer's template."""
+    template = Path(adapter) / "chat_template.jinja"
+    if template.is_file():
+        tok.chat_template = template.read_text(encoding="utf-8")
 
 
 def _prompt_text(tok: Any, messages: Messages) -> str:

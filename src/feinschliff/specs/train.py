@@ -1,8 +1,10 @@
 """Recipe section `train`: method, backend, LoRA, hyperparameters, launcher, warm start.
 
 Everything a recipe can ask for here must produce an adapter the serving vLLM accepts:
-a rank from vLLM's set, no DoRA, ``bias: none``, no ``modules_to_save``. Those
-three are fields only so that a recipe asking for them gets an error that says why.
+a rank not above ``register.max_lora_rank`` (checked by ``Recipe``), no DoRA, ``bias: none``,
+no ``modules_to_save``. Those three are fields only so that a recipe asking for them gets an
+error that says why. Likewise every accepted field takes effect: combinations a backend or
+launcher would silently ignore are refused here.
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from feinschliff.specs.common import VLLM_LORA_RANKS, Strict
+from feinschliff.specs.common import Strict
 
 # --------------------------------------------------------------------------- train
 
+# accelerate configs that shard weights, gradients and optimizer states over the processes
+SHARDED_CONFIGS = ("fsdp", "deepspeed-zero3")
+
 
 class LoraSpec(Strict):
-    r: int = Field(16, gt=0, description="LoRA rank. vLLM serves ranks 1, 8, 16, 32, 64, ... only.")
+    r: int = Field(
+        16,
+        gt=0,
+        description="LoRA rank: any positive integer up to register.max_lora_rank (vLLM pads "
+        "lower ranks to its --max-lora-rank and refuses only higher ones).",
+    )
     alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     target_modules: Literal["all-linear"] | list[str] = Field(
@@ -33,15 +43,6 @@ class LoraSpec(Strict):
         description="Must stay empty: vLLM refuses adapters with fully trained extra modules "
         "(e.g. embed_tokens, lm_head).",
     )
-
-    @field_validator("r")
-    @classmethod
-    def _rank_is_servable(cls, r: int) -> int:
-        if r not in VLLM_LORA_RANKS:
-            raise ValueError(
-                f"rank {r} cannot be served: vLLM accepts ranks {list(VLLM_LORA_RANKS)}"
-            )
-        return r
 
     @field_validator("use_dora")
     @classmethod
@@ -74,7 +75,9 @@ class LoraSpec(Strict):
 class Hyperparameters(Strict):
     learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
     max_steps: int = Field(
-        -1, description="Stop after this many optimizer steps; -1 trains `epochs` epochs."
+        -1,
+        ge=-1,
+        description="Stop after this many optimizer steps (>= 1); -1 trains `epochs` epochs.",
     )
     epochs: float = Field(
         1.0, gt=0, description="Epochs over the training data (if max_steps is -1)."
@@ -86,7 +89,9 @@ class Hyperparameters(Strict):
     max_length: int = Field(512, ge=16, description="Maximum tokens per training example.")
     warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Share of steps for LR warm-up.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
-        "linear", description="Learning-rate schedule."
+        "linear",
+        description="Learning-rate schedule after the warm-up (warmup_ratio > 0 warms up first, "
+        "also for 'constant').",
     )
     gradient_checkpointing: bool = Field(
         False, description="Trade ~30 % more compute for less activation memory."
@@ -103,6 +108,13 @@ class Hyperparameters(Strict):
     eval_steps: int | None = Field(
         None, ge=1, description="Compute the eval loss every N steps; default: at the end only."
     )
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, max_steps: int) -> int:
+        if max_steps == 0:
+            raise ValueError("max_steps 0 trains nothing: use >= 1, or -1 to train `epochs`")
+        return max_steps
 
 
 class _TrainBase(Strict):
@@ -141,10 +153,15 @@ class _TrainBase(Strict):
         "`accelerate_config` over `num_processes` processes (multi-GPU).",
     )
     accelerate_config: Literal["ddp", "fsdp", "deepspeed-zero3"] = Field(
-        "ddp", description="Launcher config from configs/accelerate/ (launcher: accelerate)."
+        "ddp",
+        description="Launcher config from configs/accelerate/ (launcher: accelerate). fsdp and "
+        "deepspeed-zero3 shard weights, gradients and optimizer states over num_processes >= 2.",
     )
     num_processes: int = Field(
-        1, ge=1, description="Training processes (one per GPU) with launcher: accelerate."
+        1,
+        ge=1,
+        description="Training processes (one per GPU) with launcher: accelerate; 1 trains in "
+        "this process (no accelerate launch). launcher: python needs 1.",
     )
     gpu: str | None = Field(
         None,
@@ -160,6 +177,28 @@ class _TrainBase(Strict):
             raise ValueError("launcher: accelerate is for backend trl; Axolotl launches itself")
         return self
 
+    @model_validator(mode="after")
+    def _launch_is_used_as_written(self) -> _TrainBase:
+        # One process never goes through `accelerate launch` (stage.py trains in-process), so
+        # these settings would be dropped without a word; refusing says so before a GPU is hired.
+        if self.backend == "axolotl" and self.num_processes > 1:
+            raise ValueError(
+                "num_processes > 1 is for backend trl: Axolotl trains in one process here "
+                "(axolotl train --launcher python)"
+            )
+        if self.launcher == "python" and self.num_processes > 1:
+            raise ValueError(
+                f"num_processes: {self.num_processes} needs launcher: accelerate "
+                "(launcher: python trains in one process)"
+            )
+        if self.accelerate_config in SHARDED_CONFIGS and self.num_processes == 1:
+            raise ValueError(
+                f"accelerate_config: {self.accelerate_config} shards the model over processes, "
+                "but num_processes is 1: it would train unsharded in this process. Set "
+                "launcher: accelerate with num_processes >= 2, or accelerate_config: ddp"
+            )
+        return self
+
 
 class SFTTrain(_TrainBase):
     method: Literal["sft"] = Field(description="Supervised fine-tuning on `sft.jsonl`.")
@@ -170,15 +209,24 @@ class SFTTrain(_TrainBase):
     )
     padding_free: bool = Field(
         False,
-        description="Concatenate the batch into one row without padding; examples stay apart "
-        "through position ids that restart per example (checked on CPU SDPA). Saves time mainly "
-        "with FlashAttention on a GPU.",
+        description="Concatenate each batch into one row without padding (TRL backend only); "
+        "examples stay apart through position ids that restart per example, and each is "
+        "truncated to max_length first. Saves time mainly with FlashAttention on a GPU.",
     )
     assistant_only_loss: bool = Field(
         False,
         description="Compute the loss only on assistant turns (needs a chat template with "
         "{% generation %} markers; feinschliff ships one for ChatML models).",
     )
+
+    @model_validator(mode="after")
+    def _padding_free_runs_on_trl(self) -> SFTTrain:
+        if self.padding_free and self.backend != "trl":
+            raise ValueError(
+                "padding_free is a TRL backend option (Axolotl would ignore it); use packing: "
+                "true with backend axolotl, or backend: trl"
+            )
+        return self
 
 
 class DPOTrain(_TrainBase):

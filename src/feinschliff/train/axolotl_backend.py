@@ -35,6 +35,7 @@ import yaml
 from feinschliff.paths import project_root
 from feinschliff.recipe import Recipe
 from feinschliff.train.axolotl_config import AxolotlError, axolotl_rows, build_config
+from feinschliff.train.templates import CHAT_TEMPLATE_FILE
 
 log = logging.getLogger(__name__)
 CKPT_MARKER = ".complete"
@@ -191,7 +192,7 @@ def train_axolotl(
         "eval_curve": [
             {"step": e["step"], "loss": e["eval_loss"]} for e in history if "eval_loss" in e
         ],
-        "eval_loss": next((e["eval_loss"] for e in reversed(history) if "eval_loss" in e), None),
+        "eval_loss": final_eval_loss(history, state.get("global_step")),
         "train_rows": sum(1 for _ in ax_files["train"].open()),
         "eval_rows": sum(1 for _ in ax_files["eval"].open()) if "eval" in ax_files else 0,
         "trained_tokens": tokens or None,  # Axolotl logs no token counts for DPO/ORPO
@@ -251,7 +252,8 @@ def _stream(cmd: list[str], log_path: Path, ckpt_dir: Path) -> dict[str, Any]:
 
 
 def collect_adapter(ckpt_dir: Path, dest: Path) -> Path:
-    """Copy only the PEFT files (DPO also writes a full model.safetensors we do not want)."""
+    """Copy only the PEFT files and the chat template (DPO also writes a full
+    model.safetensors we do not want)."""
     src = ckpt_dir
     if not (src / "adapter_config.json").exists():
         last = max(ckpt_dir.glob("checkpoint-[0-9]*"), key=_step, default=None)
@@ -261,10 +263,27 @@ def collect_adapter(ckpt_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(src / name, dest / name)
+    # Axolotl saves its tokenizer (and the template it trained with) into the output folder.
+    template = next(
+        (d / CHAT_TEMPLATE_FILE for d in (src, ckpt_dir) if (d / CHAT_TEMPLATE_FILE).exists()), None
+    )
+    if template is not None:
+        shutil.copy2(template, dest / CHAT_TEMPLATE_FILE)
     cfg = json.loads((dest / "adapter_config.json").read_text())
     if cfg.get("use_dora") or cfg.get("bias", "none") != "none" or cfg.get("modules_to_save"):
         raise AxolotlError(f"Axolotl produced an adapter vLLM cannot serve: {dest}")
     return dest
+
+
+def final_eval_loss(history: list[dict[str, Any]], global_step: int | None) -> float | None:
+    """The eval loss logged at the last step; None when the run did not evaluate there (an
+    earlier one, e.g. Axolotl's step-0 eval of the untrained adapter, is not the result)."""
+    evals = [e for e in history if "eval_loss" in e]
+    if evals and (global_step is None or evals[-1]["step"] >= global_step):
+        return evals[-1]["eval_loss"]
+    if evals:
+        log.warning("no eval loss at the final step %s; metrics.json has none", global_step)
+    return None
 
 
 def _trainer_state(ckpt_dir: Path) -> dict[str, Any]:

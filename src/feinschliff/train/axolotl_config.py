@@ -45,6 +45,9 @@ CPU_OVERRIDES = {
     "lora_embedding_kernel": False,
 }
 
+# An eval period no run reaches: transformers then evaluates only at the last step.
+EVAL_AT_END_ONLY = 2**31 - 1
+
 
 class AxolotlError(RuntimeError):
     """Axolotl cannot train this recipe, its venv is missing, or its run failed."""
@@ -156,9 +159,11 @@ def build_config(
         cfg["max_steps"] = hp.max_steps
     if "eval" in files:
         cfg["test_datasets"] = [_dataset_entry(recipe, files["eval"])]
-        cfg["eval_strategy"] = "steps" if hp.eval_steps else "no"
-        if hp.eval_steps:
-            cfg["eval_steps"] = hp.eval_steps
+        # Axolotl adds an eval at step 0, and "no" would leave that the only one; transformers
+        # evaluates a "steps" run at its last step too, so without eval_steps we ask for a
+        # period no run reaches: evaluated at the end only, as the TRL backend does.
+        cfg["eval_strategy"] = "steps"
+        cfg["eval_steps"] = hp.eval_steps or EVAL_AT_END_ONLY
     if isinstance(spec, SFTTrain):
         cfg["sample_packing"] = spec.packing
         cfg["pad_to_sequence_len"] = spec.packing

@@ -4,8 +4,10 @@ Method -> file and row shape (TRL conversational shapes, FACTS 10.6):
 
 - sft: ``sft.jsonl`` ``{"messages": [...]}``
 - dpo, orpo: ``preference.jsonl`` ``{"prompt": [...], "chosen": [...], "rejected": [...]}``
-- kto: ``kto.jsonl`` ``{"prompt", "completion", "label"}`` when ingest wrote it, else derived
-  from ``preference.jsonl`` (each chosen answer -> label true, each rejected -> label false).
+- kto: ``kto.jsonl`` ``{"prompt", "completion", "label"}`` when ingest wrote rows there, else
+  derived from ``preference.jsonl`` (each chosen answer -> label true, each rejected -> label
+  false). KTO training rows are shuffled once (seeded): TRL estimates KTO's KL term from
+  completions rotated by one within a batch, which needs neighbours with different prompts.
 
 Replay: every training run snapshots the rows it trained on under
 ``$FEINSCHLIFF_HOME/datasets/<dataset sha256>/``, so a warm start can mix in a share of the data
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +67,9 @@ def method_rows(method: str, data_dir: Path) -> list[dict[str, Any]]:
     elif method in ("dpo", "orpo"):
         rows = _read_if(data_dir / "preference.jsonl")
     elif method == "kto":
-        kto = data_dir / "kto.jsonl"
-        rows = (
-            _read_if(kto)
-            if kto.exists()
-            else kto_from_preferences(_read_if(data_dir / "preference.jsonl"))
+        # Ingest always writes kto.jsonl, empty when the feedback had no thumbs verdicts.
+        rows = _read_if(data_dir / "kto.jsonl") or kto_from_preferences(
+            _read_if(data_dir / "preference.jsonl")
         )
     else:  # pragma: no cover - the recipe union is exhaustive
         raise DataError(f"unsupported method {method}")
@@ -98,15 +99,21 @@ def split_eval(
 
 
 def mix_replay(
-    new: list[dict[str, Any]], old: list[dict[str, Any]], fraction: float, seed: int
+    new: list[dict[str, Any]],
+    old: list[dict[str, Any]],
+    fraction: float,
+    seed: int,
+    held_out: Sequence[dict[str, Any]] = (),
 ) -> tuple[list[dict[str, Any]], int]:
     """Add old rows so that about ``fraction`` of the result is replayed; returns (rows, n_old).
 
-    Rows identical to a new row are not replayed twice; fewer old rows than wanted are all used.
+    Rows identical to a new row are not replayed twice, and rows identical to a ``held_out``
+    (eval) row are not replayed at all: the eval loss must stay on rows training never saw.
+    Fewer old rows than wanted are all used.
     """
     if fraction <= 0 or not old:
         return new, 0
-    seen = {json.dumps(r, sort_keys=True) for r in new}
+    seen = {json.dumps(r, sort_keys=True) for r in [*new, *held_out]}
     candidates = [r for r in old if json.dumps(r, sort_keys=True) not in seen]
     wanted = round(fraction / (1 - fraction) * len(new))
     rng = random.Random(seed)
@@ -153,8 +160,19 @@ def prepare_rows(
     """Everything a backend needs: train/eval rows and counts for metrics.json."""
     rows = method_rows(method, data_dir)
     train, evals = split_eval(rows, eval_fraction, seed)
-    train, n_replayed = mix_replay(train, replay or [], replay_fraction, seed)
+    train, n_replayed = mix_replay(train, replay or [], replay_fraction, seed, held_out=evals)
+    if method == "kto":
+        train = shuffle_rows(train, seed)
     return {"train": train, "eval": evals, "new_rows": len(rows), "replayed_rows": n_replayed}
+
+
+def shuffle_rows(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """A seeded shuffled copy. KTO needs it: TRL samples KTO batches in order and pairs each
+    prompt with its neighbour's completion for the KL term; rows derived from preferences come
+    as (p, chosen), (p, rejected), so without a shuffle half those "mismatched" pairs match."""
+    shuffled = rows[:]
+    random.Random(f"kto-order-{seed}").shuffle(shuffled)
+    return shuffled
 
 
 def write_rows(prepared: dict[str, Any], out: Path) -> dict[str, Path]:

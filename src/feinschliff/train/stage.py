@@ -34,6 +34,7 @@ from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
 from feinschliff.registry import UNSET
 from feinschliff.train import data as train_data
+from feinschliff.train.templates import CHAT_TEMPLATE_FILE
 from feinschliff.train.warm_start import WarmStart, WarmStartError, find_warm_start
 
 log = logging.getLogger(__name__)
@@ -152,11 +153,11 @@ def _run_backend(
         except LaunchError as exc:
             raise TrainError(str(exc)) from exc
     from feinschliff.train.templates import TemplateError
-    from feinschliff.train.trl_backend import train_trl
+    from feinschliff.train.trl_backend import TrainerSetupError, train_trl
 
     try:
         metrics = train_trl(recipe, model_path, files, out, init_adapter=init)
-    except TemplateError as exc:
+    except (TemplateError, TrainerSetupError) as exc:
         raise TrainError(str(exc)) from exc
     metrics.pop("is_main_process", None)
     metrics["backend_process"] = "self"
@@ -198,9 +199,19 @@ Trained by feinschliff {__version__} from production feedback.
 | Dataset sha256 | `{data.sha256}` |
 | Final loss | {final} |
 | Eval loss | {metrics.get("eval_loss") if metrics.get("eval_loss") is not None else "n/a"} |
+| Chat template | {_template_note(recipe, path.parent)} |
 
 ## Evaluation
 
 Filled in by `feinschliff evaluate` (see the run's report.md).
 """
     path.write_text(card, encoding="utf-8")
+
+
+def _template_note(recipe: Recipe, adapter_dir: Path) -> str:
+    """Which template prompts must be rendered with; chatml is not the base model's own."""
+    saved = (adapter_dir / CHAT_TEMPLATE_FILE).exists()
+    where = f"`{CHAT_TEMPLATE_FILE}` in this folder" if saved else "not saved"
+    if recipe.train.chat_template == "chatml":
+        return f"ChatML, not the base model's own: render prompts with {where}"
+    return f"the base model's own ({where})"

@@ -13,6 +13,10 @@ import logging
 log = logging.getLogger(__name__)
 
 
+# Where an adapter keeps the template it was trained with (transformers' save_pretrained name).
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
 class TemplateError(ValueError):
     """The chat template cannot do what the recipe asks (assistant-only loss)."""
 

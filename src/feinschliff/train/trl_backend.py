@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from feinschliff.recipe import DPOTrain, KTOTrain, ORPOTrain, Recipe, SFTTrain
-from feinschliff.train.templates import apply_chat_template_choice
+from feinschliff.train.templates import CHAT_TEMPLATE_FILE, CHATML, apply_chat_template_choice
 
 log = logging.getLogger(__name__)
 CKPT_MARKER = ".complete"
@@ -28,6 +28,10 @@ CKPT_MARKER = ".complete"
 
 class QLoRAUnavailable(RuntimeError):
     """qlora: true where 4-bit bitsandbytes cannot run (no CUDA GPU, or no bitsandbytes)."""
+
+
+class TrainerSetupError(RuntimeError):
+    """TRL refused the training configuration while building its config or trainer."""
 
 
 class _MarkCheckpoints(TrainerCallback):
@@ -110,7 +114,7 @@ def _common_args(recipe: Recipe, ckpt_dir: Path, has_eval: bool) -> dict[str, An
         "per_device_eval_batch_size": hp.batch_size,
         "gradient_accumulation_steps": hp.gradient_accumulation_steps,
         "warmup_steps": hp.warmup_ratio,  # transformers 5: a float < 1 is a ratio
-        "lr_scheduler_type": hp.lr_scheduler,
+        "lr_scheduler_type": scheduler_type(hp.lr_scheduler, hp.warmup_ratio),
         "activation_checkpointing": hp.gradient_checkpointing,
         # Non-reentrant checkpointing needs no input grads: works for fresh and warm-started LoRA.
         "activation_checkpointing_kwargs": {"use_reentrant": False},
@@ -130,6 +134,11 @@ def _common_args(recipe: Recipe, ckpt_dir: Path, has_eval: bool) -> dict[str, An
         "include_num_input_tokens_seen": "non_padding",
         "ddp_find_unused_parameters": False,
     }
+
+
+def scheduler_type(schedule: str, warmup_ratio: float) -> str:
+    """The transformers scheduler: its 'constant' ignores warm-up, so warm-up needs its own."""
+    return "constant_with_warmup" if schedule == "constant" and warmup_ratio > 0 else schedule
 
 
 def lora_config(recipe: Recipe):
@@ -158,7 +167,9 @@ def _trainer_setup(recipe: Recipe, args: dict[str, Any]):
 
         config = SFTConfig(
             **args,
-            max_length=hp.max_length,
+            # TRL 1.16 refuses max_length with padding_free and no packing (it would not
+            # enforce it); truncate_prepared_rows applies it after TRL tokenized the rows.
+            max_length=None if _truncates_itself(spec) else hp.max_length,
             packing=spec.packing,
             padding_free=spec.padding_free,
             assistant_only_loss=spec.assistant_only_loss,
@@ -186,6 +197,51 @@ def _trainer_setup(recipe: Recipe, args: dict[str, Any]):
     raise TypeError(f"unsupported method {spec.method}")  # pragma: no cover
 
 
+def _truncates_itself(spec) -> bool:
+    return isinstance(spec, SFTTrain) and spec.padding_free and not spec.packing
+
+
+def truncate_prepared_rows(trainer, max_length: int) -> None:
+    """Cut TRL's tokenized rows to ``max_length`` as TRL itself does when given max_length
+    (keep the start; drop rows left without a trained token)."""
+
+    def cut(dataset):
+        if dataset is None:
+            return None
+        dataset = dataset.map(
+            lambda r: {"input_ids": r["input_ids"][:max_length], "labels": r["labels"][:max_length]}
+        )
+        return dataset.filter(lambda r: any(label != -100 for label in r["labels"]))
+
+    trainer.train_dataset = cut(trainer.train_dataset)
+    trainer.eval_dataset = cut(trainer.eval_dataset)
+
+
+def build_trainer(recipe: Recipe, model, tokenizer, raw, ckpt_dir: Path, peft_config, callbacks):
+    """The TRL trainer for the recipe, its rows tokenized; nothing trained yet.
+
+    Raises:
+        TrainerSetupError: TRL refused the configuration (its ValueError, with the message).
+    """
+    spec = recipe.train
+    try:
+        config, trainer_cls = _trainer_setup(recipe, _common_args(recipe, ckpt_dir, "eval" in raw))
+        trainer = trainer_cls(
+            model=model,
+            args=config,
+            train_dataset=raw["train"],
+            eval_dataset=raw.get("eval"),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+    except ValueError as exc:
+        raise TrainerSetupError(f"TRL refused train ({spec.method}, backend trl): {exc}") from exc
+    if _truncates_itself(spec):
+        truncate_prepared_rows(trainer, spec.hyperparameters.max_length)
+    return trainer
+
+
 def load_model(recipe: Recipe, model_path: str):
     dtype = getattr(torch, recipe.base_model.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": recipe.base_model.revision}
@@ -200,6 +256,14 @@ def load_model(recipe: Recipe, model_path: str):
             bnb_4bit_compute_dtype=dtype,
         )
     return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+
+def save_chat_template(template: str | None, adapter_dir: Path) -> None:
+    """Keep the template the adapter was trained with next to it, as ``chat_template.jinja``
+    (where transformers' ``save_pretrained`` puts it): evaluation and serving must render
+    prompts the same way, and with ``chat_template: chatml`` that is not the base model's."""
+    if isinstance(template, str) and template:
+        (adapter_dir / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
 
 
 def train_trl(
@@ -222,6 +286,8 @@ def train_trl(
     spec = recipe.train
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=recipe.base_model.revision)
     set_pad_token(tokenizer, padding_free=_is_padding_free(spec))
+    # What the trained text looked like; a marked training variant renders the same text.
+    rendered = CHATML if spec.chat_template == "chatml" else tokenizer.chat_template
     template = apply_chat_template_choice(
         tokenizer,
         spec.chat_template,
@@ -237,15 +303,9 @@ def train_trl(
     data_files = {k: str(v) for k, v in files.items()}
     raw = load_dataset("json", data_files=data_files)
     ckpt_dir = out / "checkpoints"
-    config, trainer_cls = _trainer_setup(recipe, _common_args(recipe, ckpt_dir, "eval" in raw))
-    trainer = trainer_cls(
-        model=model,
-        args=config,
-        train_dataset=raw["train"],
-        eval_dataset=raw.get("eval"),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[_MarkCheckpoints(), progress := _Progress()],
+    progress = _Progress()
+    trainer = build_trainer(
+        recipe, model, tokenizer, raw, ckpt_dir, peft_config, [_MarkCheckpoints(), progress]
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; _Progress logs instead
     resume = last_complete_checkpoint(ckpt_dir)
@@ -257,6 +317,7 @@ def train_trl(
     eval_loss = trainer.evaluate()["eval_loss"] if "eval" in raw else None
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+        save_chat_template(rendered, out / "adapter")
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     run_tokens = tokens - progress.tokens_at_start
     history = trainer.state.log_history
