@@ -55,6 +55,11 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
             apply_override(data, item)
         except ValueError as exc:
             errors.append(f"{path}: --set {item}: {exc}")
+        # an overridden value has no line in the file: say where it came from instead
+        key = item.split("=", 1)[0].strip()
+        for dotted in [d for d in lines_by_path if d == key or d.startswith(key + ".")]:
+            del lines_by_path[dotted]
+        lines_by_path[key] = 0
     if errors:
         raise RecipeError(errors)
     try:
@@ -101,6 +106,11 @@ def _set_child(node: Any, part: str, value: Any, where: str) -> None:
         node[int(part)] = value
     elif isinstance(node, list) and part.isdigit() and int(part) == len(node):
         node.append(value)  # `gate.rules.<len>=...` adds a rule
+    elif isinstance(node, list):
+        raise ValueError(
+            f"cannot set {where!r}: {part!r} is not an index of a list of {len(node)} "
+            f"(0-{len(node) - 1} replace an item, {len(node)} appends one)"
+        )
     else:
         raise ValueError(f"cannot set {where!r}: its parent is not a mapping or list")
 
@@ -130,7 +140,9 @@ def format_errors(
         if not dotted and (named := _CROSS_FIELD.match(msg)):  # a cross-field rule's path
             dotted, msg = named["path"], named["msg"]
         line = lines.get(dotted)
-        where = f" (line {line})" if line else ""
+        if line is None and any(lines.get(a) == 0 for a in _ancestors(dotted)):
+            line = 0  # inside a value that --set replaced
+        where = f" (line {line})" if line else " (from --set)" if line == 0 else ""
         line = f"{path}: {dotted or '(recipe)'}: {_one_line(msg)}{where}"
         if line not in said:
             said.add(line)
@@ -142,6 +154,11 @@ _NAMES_A_KEY = ("missing", "extra_forbidden", "union_tag_invalid", "union_tag_no
 _CROSS_FIELD = re.compile(
     r"^(?:Value error, )?(?P<path>[a-z_]+(?:\.[a-z0-9_]+)+): (?P<msg>.*)", re.S
 )
+
+
+def _ancestors(dotted: str) -> list[str]:
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def yaml_path(loc: Sequence[int | str], data: Any, kind: str = "missing") -> str:

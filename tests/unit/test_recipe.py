@@ -359,3 +359,28 @@ def test_pull_settings_are_checked_against_the_sources_kind(source, expected):
         "api_url": None,
         "batch_size": 256,
     }  # nothing added: the live pull's mirror key (its model_dump) is unchanged
+
+
+def test_override_errors_say_from_set_not_a_file_line(tmp_path, demo):
+    """An error in an overridden value carried the line number of the file's value."""
+    demo["train"]["hyperparameters"]["max_steps"] = 0  # the file's own mistake
+    own = _write(tmp_path, demo)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(own, ["schedule.timezone=Europe/Berlin"])
+    assert "max_steps" in err.value.lines[0] and "(line " in err.value.lines[0], err.value.lines
+    demo = ROOT / "recipes" / "demo-de.yaml"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(demo, ["train.hyperparameters.max_steps=abc"])
+    assert err.value.lines[0].endswith("(from --set)"), err.value.lines
+    with pytest.raises(RecipeError) as err:
+        load_recipe(demo, ["gate.rules.0={rule: min, metric: foo/x, threshold: 1}"])
+    assert "gate.rules.0.metric" in err.value.lines[0]
+    assert err.value.lines[0].endswith("(from --set)"), err.value.lines
+
+
+@pytest.mark.parametrize("index", ["9", "-1"])
+def test_an_override_index_outside_the_list_says_so(index):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(ROOT / "recipes" / "demo-de.yaml", [f"gate.rules.{index}.rule=min"])
+    assert f"{index!r} is not an index of a list of 4" in err.value.lines[0], err.value.lines
+    assert "4 appends one" in err.value.lines[0]
