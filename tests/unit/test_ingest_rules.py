@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 import pytest
+import yaml
 
 from feinschliff.ingest import run_ingest
 from feinschliff.ingest.decontam import Decontaminator, find_eval_sets

@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from feinschliff.artifacts import OutputInUse
 from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     deploy_cmd,
     estimate_cmd,
@@ -23,7 +24,6 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     stages,
     train_cmd,
 )
-from feinschliff.artifacts import OutputInUse
 from feinschliff.cli.app import Failure, _setup_logging, app
 
 __all__ = ["app", "main"]
