@@ -23,7 +23,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-RUN useradd --create-home --uid 1000 feinschliff && mkdir -p /cache && chown feinschliff /cache
+# Ubuntu 24.04 images ship a user `ubuntu` with UID 1000: remove it, or useradd fails.
+RUN (userdel --remove ubuntu || true) \
+ && useradd --create-home --uid 1000 feinschliff && mkdir -p /cache && chown feinschliff /cache
 
 # Dependencies first (cached layer): CUDA torch from the PyTorch index, then the lock.
 COPY requirements.lock pyproject.toml README.md ./
@@ -39,6 +41,8 @@ COPY recipes ./recipes
 COPY evals ./evals
 COPY configs ./configs
 COPY data ./data
+# the Axolotl backend and a local vLLM build their venvs with these
+COPY scripts ./scripts
 RUN pip install --no-deps -e .
 
 USER 1000:1000

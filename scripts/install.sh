@@ -8,7 +8,16 @@ VENV=${VENV:-.venv}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "feinschliff needs Python 3.11 (found $("$PYTHON" --version))" >&2; exit 1; }
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+# A venv interrupted while being created has bin/python but no pip: build it again.
+"$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$PYTHON" -m venv --clear "$VENV"
+# requirements.lock pins the CPU build torch==2.13.0+cpu, which PyPI does not host: pip must
+# find it through its find-links (pip config or PIP_FIND_LINKS), as on the CI machines.
+if ! "$VENV/bin/python" -m pip install -q --dry-run --no-deps "torch==2.13.0+cpu" >/dev/null 2>&1; then
+  echo "no torch 2.13.0+cpu wheel for pip (PyPI has none). Fetch it once and point pip at it:" \
+    "pip download --no-deps --index-url https://download.pytorch.org/whl/cpu" \
+    "torch==2.13.0 -d ~/wheels && pip config set global.find-links ~/wheels" >&2
+  exit 1
+fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check uv==0.13.9 "torch==2.13.0"
 # uv ignores pip's config: hand it pip's find-links (the local torch wheel) if there is one.
 links=$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)

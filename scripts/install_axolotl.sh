@@ -17,6 +17,11 @@ KEY=$(printf '%s python3.11' "$AXOLOTL_PINS" | sha256sum | cut -c1-12)
 VENV="$HOME_DIR/venvs/axolotl-$KEY"
 if [ "${1:-}" = "--print" ]; then echo "$VENV"; exit 0; fi
 if [ -f "$VENV/.complete" ]; then echo "$VENV"; exit 0; fi
+# one build at a time (two test sessions, make + a training): the second waits, then reuses it
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$(dirname "$VENV")/.axolotl-$KEY.lock"
+flock 9
+if [ -f "$VENV/.complete" ]; then echo "$VENV"; exit 0; fi
 command -v "$PYTHON" >/dev/null || { echo "needs $PYTHON" >&2; exit 1; }
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "axolotl 0.19.0 needs Python 3.11 (found $("$PYTHON" --version))" >&2; exit 1; }

@@ -38,3 +38,19 @@ def test_container_runs_the_command_it_is_given():
         if line.strip() and not line.startswith((" ", "#"))
     ]
     assert "ENTRYPOINT" not in instructions
+
+
+def test_image_has_the_install_scripts_and_a_lean_build_context():
+    """The Axolotl backend and a local vLLM build their venvs with scripts/; without a
+    .dockerignore `docker build .` sent the 2 GB .venv and .git to the daemon."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "COPY scripts ./scripts" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", ".env"} <= set(ignored)
+
+
+def test_the_base_images_uid_1000_user_is_removed_before_ours_is_made():
+    """nvidia/cuda ubuntu24.04 images ship `ubuntu` with UID 1000: useradd --uid 1000 fails."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "FROM nvidia/cuda" in text and "ubuntu24.04" in text
+    assert text.index("userdel --remove ubuntu") < text.index("useradd --create-home --uid 1000")
