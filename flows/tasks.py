@@ -55,10 +55,14 @@ from flows.faults import fault_point
 CACHE = {"persist_result": True, "cache_expiration": timedelta(days=30)}
 
 
-def _ingest_key(ctx: Any, p: dict[str, Any]) -> str:
+def _ingest_key(ctx: Any, p: dict[str, Any]) -> str | None:
     r: Recipe = p["recipe"]
+    try:
+        fingerprint = ingest_fingerprint(r)
+    except FileNotFoundError:
+        return None  # a missing eval set: the task itself fails with the message
     return input_key(
-        "ingest", section_hash(r, "feedback"), ingest_fingerprint(r), str(p["out"]), code_version()
+        "ingest", section_hash(r, "feedback"), fingerprint, str(p["out"]), code_version()
     )
 
 

@@ -181,7 +181,8 @@ def resume_or_restart(
     if not seen:
         return run, None
     now = production_now()
-    if now in seen or now in ledger.results(run, "register"):
+    # the last recorded view is what the promotion compare-and-swaps against
+    if now == seen[-1] or now in ledger.results(run, "register"):
         return run, None
     why = f"production moved to {now or 'nothing'} since the run recorded {seen[-1] or 'nothing'}"
     ledger.close_run(run, abandoned=why)

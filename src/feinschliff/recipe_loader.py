@@ -137,8 +137,9 @@ def format_errors(
         ):
             msg = f"{msg} (got {err['input']!r})"
         msg = msg.removeprefix("Value error, ")
-        if not dotted and (named := _CROSS_FIELD.match(msg)):  # a cross-field rule's path
-            dotted, msg = named["path"], named["msg"]
+        if named := _CROSS_FIELD.match(msg):  # a cross-field rule's path, below the model's
+            dotted = ".".join(p for p in (dotted, named["path"]) if p)
+            msg = named["msg"]
         line = lines.get(dotted)
         if line is None and any(lines.get(a) == 0 for a in _ancestors(dotted)):
             line = 0  # inside a value that --set replaced

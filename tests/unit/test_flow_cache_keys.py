@@ -33,6 +33,11 @@ def test_ingest_key_follows_the_eval_sets_rows_are_decontaminated_against(tmp_pa
     assert _ingest(tmp_path, f"feedback.decontamination.eval_sets=[{extra}]") != with_file
 
 
+def test_ingest_key_of_a_missing_eval_set_is_none_not_a_crash(tmp_path):
+    gone = tmp_path / "gone.jsonl"
+    assert _ingest(tmp_path, f"feedback.decontamination.eval_sets=[{gone}]") is None
+
+
 def test_ingest_key_follows_the_pseudonymization_key(tmp_path, monkeypatch):
     mode = "feedback.pii.mode=pseudonymize"
     monkeypatch.setenv("FEINSCHLIFF_PII_KEY", "k" * 32)

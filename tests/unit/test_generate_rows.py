@@ -148,14 +148,16 @@ def test_language_is_judged_per_text_so_a_german_question_cannot_carry_an_englis
     short_german = "Online im Kundenportal erledigen."  # too few words to tell on its own
     rows = [
         sft(long_q, english),
-        pair(GOOD, english),  # the rejected answer is English
+        pair(english, GOOD),  # the chosen answer (the training target) is English
         sft("How can I report it? " * 2, GOOD),  # English question, German answer
         sft(Q, short_german),  # kept: nothing English, German together
         pair(GOOD, GOOD + " Danke."),
+        # kept: preferring German over English is a signal worth keeping
+        pair(GOOD + " Viele Grüße von den Stadtwerken.", english),
     ]
     drops: Counter[str] = Counter()
     kept = filter_rows(rows, spec, feedback_prompts=set(), eval_index=None, drops=drops)
-    assert kept == [rows[3], rows[4]]
+    assert kept == [rows[3], rows[4], rows[5]]
     assert drops == {"not_german": 3}
 
 

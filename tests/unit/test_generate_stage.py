@@ -161,7 +161,8 @@ def test_preference_with_greedy_sampling_is_refused(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(_recipe(tmp_path, {**GENERATE, "sampling": {"temperature": 0}}))
     [line] = err.value.lines
-    assert "sampling.temperature: 0 is greedy decoding" in line and "`preference`" in line
+    assert ": generate.sampling.temperature: 0 is greedy decoding" in line  # the field's path
+    assert "`preference`" in line and "(from" not in line
     no_pairs = {k: v for k, v in GENERATE.items() if k != "preference"}
     assert load_recipe(_recipe(tmp_path, {**no_pairs, "sampling": {"temperature": 0}}))
 

@@ -307,3 +307,22 @@ def test_spending_past_the_token_cap_marks_the_budget_exhausted_at_once(tmp_path
     state = Ledger(tmp_path / "ledger.json", None, None).read()
     assert state["tokens"] == 520
     assert state["budget_exhausted"] == "budget: max_tokens=100 reached"
+
+
+def test_a_cap_below_one_requests_worst_case_still_sends_the_first_request(tmp_path):
+    """Reserving max_tokens x n up front refused every request of a small budget: the run sent
+    nothing, ever. The first request goes out; its real cost is recorded against the cap."""
+    sent = []
+
+    def handler(request):
+        sent.append(1)
+        return httpx.Response(200, json=_completion(["ok"], tokens=(10, 20)))
+
+    llm = _llm(tmp_path, handler, max_tokens=30)  # one request reserves 6 + 32 > 30
+    assert _ask(llm)["generations"] == ["ok"]
+    other = [{"role": "user", "content": "Noch eine Frage"}]
+    second = asyncio.run(llm.agenerate(other, max_new_tokens=32, seed=1))
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert len(sent) == 1 and second["generations"] != ["ok"]  # the budget is spent now
+    assert state["tokens"] == 30 and state["refused"] == 1
+    assert state["budget_exhausted"] == "budget: max_tokens=30 reached"

@@ -129,3 +129,19 @@ def test_a_run_without_recorded_production_is_resumed_as_before(tmp_path):
     run, _ = resume_or_restart(ledger, "inputs", lambda: None)
     ledger.perform(effect_key(run, "production", "s", "train"), lambda: None)  # untagged: old
     assert resume_or_restart(ledger, "inputs", lambda: "v0009") == (run, None)
+
+
+def test_a_run_whose_last_recorded_production_was_rolled_back_is_abandoned(tmp_path):
+    """Recorded X at train, Y at evaluate (someone promoted during training), crash, then a
+    rollback to X: X is among the recorded values, but the promotion would compare-and-swap
+    against Y and fail on every later run."""
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    run = _failed_run(ledger, "v0001")
+    ledger.perform(
+        effect_key(run, "production", "s", "evaluate"),
+        lambda: "v0002",
+        run=run,
+        effect="production",
+    )
+    new, why = resume_or_restart(ledger, "inputs", lambda: "v0001")
+    assert new != run and why == "production moved to v0001 since the run recorded v0002"

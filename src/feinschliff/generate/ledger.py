@@ -111,7 +111,13 @@ class Ledger:
                 committed = state["tokens"] + state["reserved_tokens"] + tokens
                 if self.max_requests is not None and state["requests"] >= self.max_requests:
                     reason = f"budget: max_requests={self.max_requests} reached"
-                elif self.max_tokens is not None and committed > self.max_tokens:
+                elif (
+                    self.max_tokens is not None
+                    and committed > self.max_tokens
+                    # the first request always goes out: a cap below one request's worst
+                    # case would otherwise send nothing, ever (its real cost is recorded)
+                    and (state["tokens"] or state["reserved_tokens"])
+                ):
                     reason = f"budget: max_tokens={self.max_tokens} reached"
                 if reason is not None:
                     state["budget_exhausted"] = reason

@@ -59,6 +59,11 @@ def is_german(text: str) -> bool:
     return german_verdict(text) is True
 
 
+# in generate's cache key: outputs filtered by older rules are not reused (2: language per text,
+# identical pairs dropped, seeds scrubbed before cutting)
+FILTERS_VERSION = 2
+
+
 def row_is_german(texts: list[str]) -> bool:
     """The question and every answer judged on its own, so a German question cannot outvote an
     English answer: none may lean to another language, and together they must be German (a
@@ -182,7 +187,9 @@ def filter_rows(
             drops["answer_too_short"] += 1
         elif any(len(t) > f.max_answer_chars for t in texts):
             drops["answer_too_long"] += 1
-        elif f.language == "de" and not row_is_german([prompt_text(row), *texts]):
+        # the question and the answer trained towards; a rejected answer in English is a
+        # useful "answer in German" signal for preference training
+        elif f.language == "de" and not row_is_german([prompt_text(row), texts[0]]):
             drops["not_german"] += 1
         elif key in seen:
             drops["duplicate"] += 1

@@ -43,6 +43,7 @@ from feinschliff.artifacts import (
     sha256_file,
     write_json,
 )
+from feinschliff.generate.postprocess import FILTERS_VERSION
 from feinschliff.generate.templates import TEMPLATE_VERSION
 from feinschliff.ngrams import EvalIndex, N
 from feinschliff.recipe import Recipe
@@ -174,6 +175,7 @@ def cache_key(
     return input_key(
         "generate",
         TEMPLATE_VERSION,
+        FILTERS_VERSION,
         spec.model_dump(mode="json", exclude=OPERATIONAL),
         _seed_fingerprint(spec),
         rows_sha256(feedback) if feedback and spec.filters.dedup_against_feedback else None,

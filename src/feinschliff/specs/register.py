@@ -174,10 +174,15 @@ def _check_cron(cron: str) -> str:
     for text, (what, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
         for item in text.split(","):
             span, _, step = item.partition("/")
-            if (what == "day of month" and item.upper() == "L") or (
-                what == "weekday" and "#" in item and item.partition("#")[2] in "12345"
-            ):
-                span = item.partition("#")[0] if "#" in item else "*"
+            if item == "?" and what in ("day of month", "weekday"):
+                continue  # "no specific value", as in croniter
+            if what == "day of month" and item.upper() in ("L", "1-L"):
+                continue
+            if what == "weekday" and "#" in item:
+                day, _, nth = item.partition("#")
+                if nth not in ("1", "2", "3", "4", "5"):
+                    raise ValueError(f"cron {cron!r}: weekday field {text!r}: {nth!r} is not 1-5")
+                span = day
             try:
                 if step and (not step.isdigit() or int(step) == 0):
                     raise ValueError(f"step {step!r} is not a positive number")
