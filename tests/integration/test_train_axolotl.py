@@ -61,6 +61,7 @@ def test_axolotl_trains_from_the_same_recipe(
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
+        "chat_template.jinja",  # the template it was trained with travels with it
     ]
     assert not (out / "checkpoints" / "model.safetensors").exists()
     if method == "sft":

@@ -199,8 +199,12 @@ def test_credentials_come_only_from_the_environment(server, home, monkeypatch, t
 def test_a_recipe_cannot_hold_a_path_and_a_pull():
     with pytest.raises(ValueError, match="exactly one of"):
         FeedbackSpec.model_validate({"sources": [{"kind": "langfuse", "path": "x", "pull": {}}]})
-    with pytest.raises(ValueError, match="do not match kind"):
+    with pytest.raises(ValueError, match=r"pull\.argilla\.dataset\n  Field required"):
         FeedbackSpec.model_validate({"sources": [{"kind": "argilla", "pull": {}}]})
+    with pytest.raises(ValueError, match=r"pull\.langfuse\.dataset\n  Extra inputs"):
+        FeedbackSpec.model_validate(
+            {"sources": [{"kind": "langfuse", "pull": {"dataset": "an argilla setting"}}]}
+        )
 
 
 def _thumbs(score_id: str, obs: dict, stamp: str) -> dict:

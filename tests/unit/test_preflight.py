@@ -126,10 +126,20 @@ def test_target_modules_match_like_peft(tmp_path, base):
         (adapter / "adapter_config.json").write_text(json.dumps(cfg))
         assert preflight(adapter, target_for(base)).target_modules == sorted(targets)
     # a suffix must end at a dot, and a tensor outside every target is still refused
-    cfg = adapter_config(str(base), target_modules=["_proj", "k_proj"])
+    cfg = adapter_config(str(base), target_modules=["_proj", "c_attn"])
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
     problems = _rejects(adapter, target_for(base), "is not in target_modules")
     assert len(problems) == 2 * 2  # layers x (q_proj, v_proj)
+
+
+def test_a_target_the_model_has_but_the_adapter_lacks_is_refused(tmp_path, base):
+    """A truncated or mixed-up adapter: the config targets k_proj, which the base model has,
+    and no k_proj weights came along (a target the model lacks, c_attn, is fine)."""
+    adapter = make_adapter(tmp_path / "a", str(base))
+    cfg = adapter_config(str(base), target_modules=["q_proj", "v_proj", "k_proj", "c_attn"])
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    problems = _rejects(adapter, target_for(base), "have no LoRA weights")
+    assert problems == ["target_modules ['k_proj'] have no LoRA weights in the adapter"]
 
 
 def test_missing_config_and_weights(tmp_path, base):

@@ -259,8 +259,18 @@ def check_tensors(
             # vLLM scales by lora_alpha / r from the config: a mismatch silently changes the
             # adapter's effect (or fails inside the engine).
             problems.append(f"{module[:120]}: tensor rank {got} != configured rank {want}")
-    # A target without weights is no problem: PEFT skips targets the model lacks and vLLM
-    # goes by the tensors. Every tensor must belong to a target (checked above).
+    # A target the base model lacks is no problem (PEFT skips it, vLLM goes by the tensors);
+    # one the model has but the adapter holds no weights for is a truncated or mixed-up
+    # adapter. Every tensor must belong to a target (checked above).
+    base_modules = [name.removesuffix(".weight") for name in base if name.endswith(".weight")]
+    missing = sorted(
+        t
+        for t in targets
+        if any(_targeted(b, {t}) for b in base_modules)
+        and not any(_targeted(m, {t}) for m in modules)
+    )
+    if missing and modules and regex is None:
+        problems.append(f"target_modules {missing} have no LoRA weights in the adapter")
     return problems
 
 
