@@ -13,7 +13,13 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3.11}
 AXOLOTL_PINS=${AXOLOTL_PINS:-"axolotl==0.19.0 torch==2.13.0"}
 HOME_DIR=${FEINSCHLIFF_HOME:-$HOME/.cache/feinschliff}
-KEY=$(printf '%s python3.11' "$AXOLOTL_PINS" | sha256sum | cut -c1-12)
+# Every package is pinned by a constraints file (a pip freeze of a working venv), so a fresh
+# machine does not re-resolve ~240 dependencies to their newest releases; its hash is part of
+# the venv's name. Regenerate after changing a pin: build, then
+#   "$VENV/bin/python" -m pip freeze >> scripts/axolotl-constraints.txt (below its comment lines)
+CONSTRAINTS="$(cd "$(dirname "$0")" && pwd)/axolotl-constraints.txt"
+KEY=$(printf '%s python3.11 %s' "$AXOLOTL_PINS" "$(sha256sum "$CONSTRAINTS" | cut -c1-12)" \
+  | sha256sum | cut -c1-12)
 VENV="$HOME_DIR/venvs/axolotl-$KEY"
 if [ "${1:-}" = "--print" ]; then echo "$VENV"; exit 0; fi
 if [ -f "$VENV/.complete" ]; then echo "$VENV"; exit 0; fi
@@ -28,7 +34,7 @@ command -v "$PYTHON" >/dev/null || { echo "needs $PYTHON" >&2; exit 1; }
 rm -rf "$VENV"
 mkdir -p "$(dirname "$VENV")"
 "$PYTHON" -m venv "$VENV"
-pip_() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@"; }
+pip_() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS" "$@"; }
 read -r -a pins <<<"$AXOLOTL_PINS"
 torch_pin=""
 for p in "${pins[@]}"; do case "$p" in torch==*) torch_pin=$p ;; esac; done

