@@ -128,6 +128,18 @@ def test_help_says_what_it_writes():
         assert needle in text, needle
 
 
+def test_mixing_into_the_generate_output_itself_is_refused(tmp_path):
+    """`--mixed-out` equal to `--out`: the mix stage would wipe the generated rows (a stage
+    folder with another key) before reading them."""
+    (tmp_path / "fb").mkdir()
+    out = tmp_path / "o"
+    args = ["generate", str(_recipe(tmp_path)), "--out", str(out), "--feedback"]
+    result = runner.invoke(app, [*args, str(tmp_path / "fb"), "--mixed-out", str(out)])
+    assert isinstance(result.exception, Failure) and result.exception.code == 2
+    assert "--mixed-out must differ from --out" in str(result.exception)
+    assert not out.exists()  # refused before anything ran
+
+
 def test_recipe_without_section_exits_2(tmp_path):
     path = _recipe(tmp_path)
     data = yaml.safe_load(path.read_text())

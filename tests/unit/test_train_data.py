@@ -173,3 +173,34 @@ def test_kto_rows_are_shuffled_so_kl_pairs_rarely_share_a_prompt(tmp_path):
     assert _matched_kl_pairs(prepared["train"], batch=4) < 0.1  # in input order: 0.5
     again = data.prepare_rows("kto", tmp_path, eval_fraction=0.0, seed=42)
     assert again["train"] == prepared["train"]  # seeded
+
+
+def test_two_trainings_snapshotting_one_dataset_at_once_both_succeed(tmp_path, monkeypatch):
+    """Both wrote the same `<method>.tmp`; the second `replace` found it gone and crashed its
+    training (two test workers, or two use cases trained on one dataset)."""
+    import threading
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path))
+    both_written = threading.Barrier(2)
+    real_write = data.write_jsonl
+
+    def write_then_wait(path, rows):
+        real_write(path, rows)
+        both_written.wait(timeout=10)
+
+    monkeypatch.setattr(data, "write_jsonl", write_then_wait)
+    errors = []
+
+    def snapshot():
+        try:
+            data.snapshot_rows("sft", [{"messages": []}], "d" * 64)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=snapshot) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert errors == []
+    assert data.replay_rows("sft", "d" * 64) == [{"messages": []}]

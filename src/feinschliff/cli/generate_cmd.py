@@ -41,6 +41,11 @@ def generate(
         raise Failure(f"{recipe}: the recipe has no `generate` section", code=2)
     if mixed_out is not None and feedback is None:
         raise Failure("--mixed-out needs --feedback (the ingest output to mix with)", code=2)
+    if mixed_out is not None and mixed_out.resolve() == out.resolve():
+        # the mix would replace the generated rows it is made from
+        raise Failure(
+            "--mixed-out must differ from --out (the mix reads the generated rows)", code=2
+        )
     fb = None
     if feedback is not None:
         fb = DatasetRef(path=str(feedback.resolve()), sha256=_complete_dir(feedback, "ingest"))

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -131,7 +133,8 @@ def snapshot_rows(method: str, rows: list[dict[str, Any]], dataset_sha256: str) 
     """Keep the rows a training used, keyed by its dataset hash, for later replay."""
     target = snapshot_dir(dataset_sha256) / f"{method}.jsonl"
     if not target.exists():
-        tmp = target.with_suffix(".tmp")
+        # a name of its own: two trainings of one dataset (test workers, two use cases) at once
+        tmp = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
         write_jsonl(tmp, rows)
         tmp.replace(target)
     return target
