@@ -56,6 +56,18 @@ def test_served_adapter_uses_a_per_version_serving_path(setup):
     assert recipe.register.vllm.servers[0].url == "http://vllm-0:8000"
 
 
+def test_a_retired_version_gets_no_serving_config(setup, tmp_path):
+    from feinschliff.registry import RegistryError, retire
+
+    recipe, _, tmp = setup
+    base = Path(recipe.base_model.name)
+    v2 = register_version(recipe, make_train_output(tmp_path / "out2", str(base), seed=2.0), {})
+    retire(tmp / "reg", "support-x", v2, why="bad answers")
+    with pytest.raises(RegistryError, match="support-x/v0002 is retired"):
+        served_adapter(recipe, v2)
+    assert served_adapter(recipe).version == "v0001"
+
+
 def test_vllm_flags(setup):
     a = served_adapter(setup[0])
     text = render(a, "vllm")

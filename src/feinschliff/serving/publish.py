@@ -80,6 +80,8 @@ def served_adapter(recipe: Recipe, version: str | None = None) -> ServedAdapter:
     version = version or registry.read_aliases(root, recipe.use_case).get("production")
     if version is None:
         raise registry.RegistryError(f"{recipe.use_case} has no production version yet")
+    if version in registry.retired(root, recipe.use_case):  # never to be served again
+        raise registry.RegistryError(f"{recipe.use_case}/{version} is retired")
     spec = recipe.register.vllm or _local_spec(
         base_target(recipe).weights_dir, "http://127.0.0.1:8000"
     )
