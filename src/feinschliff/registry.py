@@ -25,6 +25,7 @@ materialised into a local cache, keyed by its content hash, wherever a folder is
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
@@ -73,6 +74,8 @@ VERSION_RE = re.compile(r"^v\d{4,}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 ALIASES = ("candidate", "production", "previous")
 UNSET: Any = object()
+
+log = logging.getLogger(__name__)
 
 
 def _uc(use_case: str) -> str:
@@ -345,7 +348,13 @@ def audit_log(root: Root, use_case: str) -> list[dict[str, Any]]:
     data = store_of(root).read_bytes(f"{_uc(use_case)}/audit.jsonl")
     if data is None:
         return []
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line]
+    entries = []
+    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        try:
+            entries.append(json.loads(line)) if line else None
+        except ValueError:  # torn by a kill mid-append: skipped, not fatal for the registry
+            log.warning("%s audit.jsonl line %d is unreadable (torn write?): skipped", use_case, n)
+    return entries
 
 
 def production_adapter(root: Root, use_case: str) -> AdapterRef | None:

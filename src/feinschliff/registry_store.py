@@ -95,11 +95,17 @@ class LocalStore:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_bytes(data)
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a power cut leaves old or new
         tmp.replace(path)  # readers see the old or the new file, never half of one
 
     def append_line(self, rel: str, line: str) -> None:
-        with (self.root / rel).open("a", encoding="utf-8") as f:
+        path = self.root / rel
+        with path.open("a", encoding="utf-8") as f:
+            if f.tell() and not _ends_with_newline(path):
+                f.write("\n")  # a kill tore the last line: start a fresh one
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -335,3 +341,9 @@ def materialise(st: LocalStore | FsspecStore, rel: str, dest: Path, sha256: str 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"

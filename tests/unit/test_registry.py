@@ -495,3 +495,17 @@ def test_remote_versions_reach_vllm_as_local_paths(tmp_path, base, mem):
     cfg = json.loads((tmp_path / "rs" / "s" / "adapter_config.json").read_text())
     assert cfg["base_model_name_or_path"] == str(base)
     assert not store_of(mem).exists("s/.serve.lock")  # the serve lock object was released
+
+
+def test_an_audit_line_torn_by_a_kill_neither_breaks_the_registry_nor_the_next_entry(tmp_path):
+    """A kill mid-append left half a JSON line: every later read of the audit log (reconcile,
+    promote, production_history) raised, for good."""
+    from feinschliff.registry import audit_log, record_event
+
+    root = tmp_path / "reg"
+    record_event(root, "s", "approval", why="first", approved=True, reviewer="anna")
+    log_file = root / "s" / "audit.jsonl"
+    with log_file.open("a") as f:
+        f.write('{"at": "2026-11-26T00:00:00Z", "event": "al')  # torn
+    record_event(root, "s", "approval", why="second", approved=False, reviewer="ben")
+    assert [e["why"] for e in audit_log(root, "s")] == ["first", "second"]
