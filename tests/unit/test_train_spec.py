@@ -111,6 +111,8 @@ def test_max_steps_is_positive_or_minus_one(tmp_path, hp, why):
         ({"backend": "axolotl", "num_processes": 2}, "Axolotl trains in one process"),
         ({"launcher": "accelerate", "accelerate_config": "fsdp"}, "but num_processes is 1"),
         ({"accelerate_config": "deepspeed-zero3"}, "but num_processes is 1"),
+        # not "set launcher: accelerate", which Axolotl refuses in turn
+        ({"backend": "axolotl", "accelerate_config": "fsdp"}, "use backend: trl to shard"),
     ],
 )
 def test_settings_that_would_be_ignored_are_refused(tmp_path, train, why):

@@ -191,6 +191,11 @@ class _TrainBase(Strict):
                 f"num_processes: {self.num_processes} needs launcher: accelerate "
                 "(launcher: python trains in one process)"
             )
+        if self.accelerate_config in SHARDED_CONFIGS and self.backend == "axolotl":
+            raise ValueError(
+                f"accelerate_config: {self.accelerate_config} is for backend trl: Axolotl "
+                "trains in one process here (use backend: trl to shard the model)"
+            )
         if self.accelerate_config in SHARDED_CONFIGS and self.num_processes == 1:
             raise ValueError(
                 f"accelerate_config: {self.accelerate_config} shards the model over processes, "
