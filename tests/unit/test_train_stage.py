@@ -84,7 +84,32 @@ def test_warm_start_continues_the_version_a_run_recorded(tmp_path, monkeypatch):
     assert find_warm_start(recipe, None) is None  # recorded: there was no production
 
 
-def _warm_recipe(root: Path):
+def test_warm_start_refuses_an_adapter_trained_on_another_base_model(tmp_path, monkeypatch):
+    """After a base model change, init_from: production would continue weights learnt on the
+    old model (or fail deep inside PEFT on shapes)."""
+    from feinschliff.registry import promote, register_adapter
+    from feinschliff.train.warm_start import WarmStartError, find_warm_start
+    from tests.unit.adapter_factory import make_base, make_train_output, target_for
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    base = make_base(tmp_path / "base")
+    root = tmp_path / "registry"
+    lineage = {"base_model": {"name": "old-model", "revision": None, "path": str(base)}}
+    version = register_adapter(
+        root,
+        "support-de-demo",
+        make_train_output(tmp_path / "prod", str(base)),
+        lineage,
+        target=target_for(base),
+    )
+    promote(root, "support-de-demo", version, why="test")
+    with pytest.raises(WarmStartError, match="trained on base model old-model; the recipe trains"):
+        find_warm_start(_warm_recipe(root))  # the demo recipe's smollm2-135m-instruct
+    same_folder = _warm_recipe(root, f"base_model.name={base}")  # the same model by its path
+    assert find_warm_start(same_folder).version == version
+
+
+def _warm_recipe(root: Path, *extra: str):
     """The demo recipe continuing production in ``root``, its LoRA matching the test adapters."""
     return load_recipe(
         ROOT / "recipes" / "demo-de.yaml",
@@ -94,5 +119,6 @@ def _warm_recipe(root: Path):
             "train.lora.r=8",
             "train.lora.alpha=16",
             "train.lora.target_modules=[q_proj, v_proj]",
+            *extra,
         ],
     )

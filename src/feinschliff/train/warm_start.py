@@ -56,6 +56,7 @@ def find_warm_start(recipe: Recipe, production: Any = UNSET) -> WarmStart | None
     manifest = json.loads((ref.dir / "manifest.json").read_text(encoding="utf-8"))
     dataset = manifest.get("dataset") or {}
     adapter_dir = ref.dir / "adapter"
+    check_same_base(recipe, manifest.get("base_model") or {}, ref.dir.name)
     check_compatible(recipe, json.loads((adapter_dir / "adapter_config.json").read_text()))
     start = WarmStart(
         version=manifest.get("version", ref.dir.name),
@@ -66,6 +67,38 @@ def find_warm_start(recipe: Recipe, production: Any = UNSET) -> WarmStart | None
     )
     log.info("warm start from %s:production = %s", recipe.use_case, start.version)
     return start
+
+
+def check_same_base(recipe: Recipe, recorded: dict, version: str) -> None:
+    """The production adapter must have been trained on the recipe's base model: after a base
+    model change, continuing it would fail on tensor shapes or, worse, quietly carry weights
+    learnt on another model. ``recorded``: the registry manifest's ``base_model`` (versions
+    registered without one are not checked). The same model may be named differently (an
+    alias, its local folder, an HF id and a copy named like it)."""
+    from feinschliff.models import ModelFetchError, resolve_model
+
+    name, mine = recorded.get("name"), recipe.base_model.name
+    if not name:
+        return
+    same = name == mine or Path(name).name == Path(mine).name
+    if not same and recorded.get("path"):
+        try:
+            same = (
+                Path(resolve_model(mine, fetch=False)).resolve() == Path(recorded["path"]).resolve()
+            )
+        except ModelFetchError:
+            same = False
+    revision = recorded.get("revision")
+    if same and revision and recipe.base_model.revision and revision != recipe.base_model.revision:
+        same = False
+        name = f"{name}@{revision}"
+        mine = f"{mine}@{recipe.base_model.revision}"
+    if not same:
+        raise WarmStartError(
+            f"init_from: production continues {recipe.use_case}/{version}, which was trained on "
+            f"base model {name}; the recipe trains {mine}. Use init_from: base for the first "
+            "adapter on the new base model."
+        )
 
 
 def check_compatible(recipe: Recipe, adapter_config: dict) -> None:
