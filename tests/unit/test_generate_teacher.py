@@ -326,3 +326,67 @@ def test_a_cap_below_one_requests_worst_case_still_sends_the_first_request(tmp_p
     assert len(sent) == 1 and second["generations"] != ["ok"]  # the budget is spent now
     assert state["tokens"] == 30 and state["refused"] == 1
     assert state["budget_exhausted"] == "budget: max_tokens=30 reached"
+
+
+class _Tokens:
+    """A tokenizer's and a model's surface as ``_local_generate_locked`` uses them."""
+
+    eos_token_id = 2
+    pad_token_id = 0
+
+    def __init__(self, eos_ids, generated):
+        import types
+
+        self.generation_config = types.SimpleNamespace(eos_token_id=eos_ids)
+        self.generated = generated
+
+    def apply_chat_template(self, messages, **kw):
+        import torch
+
+        return {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3)}
+
+    def generate(self, input_ids, attention_mask, **kw):
+        import torch
+
+        return torch.tensor([[*input_ids[0].tolist(), *g] for g in self.generated])
+
+    def decode(self, tokens, skip_special_tokens):
+        return " ".join(str(t) for t in tokens if t not in (0, 2, 9))
+
+
+def test_a_local_teacher_stopping_on_any_eos_id_of_its_generation_config_finished(tmp_path):
+    """Llama 3 / Qwen chat models end a turn on ``<|eot_id|>``, listed in the generation
+    config but not the tokenizer's eos: such answers were all taken as cut off (dropped)."""
+    llm = _llm(tmp_path, None, kind="transformers", constrain="off")
+    fake = _Tokens([2, 9], generated=[[11, 12, 9, 0, 0], [13, 14, 15, 16, 17]])
+    llm._local = (fake, fake)
+    body = {"messages": MSGS, "n": 2, "max_tokens": 5, "temperature": 0.7, "top_p": 1.0}
+    out = llm._local_generate(body)
+    assert out["finish_reasons"] == ["stop", "length"]
+    assert out["generations"] == ["11 12", "13 14 15 16 17"]
+    assert out["output_tokens"] == 3 + 5  # up to the stop token; the padding after it is free
+
+
+def test_a_local_teachers_cache_entries_are_per_dtype(tmp_path):
+    """bfloat16 samples other answers than float32: the cached float32 answer is not reused."""
+    calls = []
+
+    def answer(dtype):
+        def generate(body):
+            calls.append(dtype)
+            return {
+                "generations": [f"Antwort in {dtype}."],
+                "finish_reasons": ["stop"],
+                "input_tokens": 3,
+                "output_tokens": 4,
+            }
+
+        return generate
+
+    for dtype in ("float32", "bfloat16", "float32"):
+        llm = _llm(tmp_path, None, kind="transformers", constrain="off", dtype=dtype)
+        llm._local_generate = answer(dtype)
+        assert _ask(llm)["generations"] == [
+            "Antwort in float32." if dtype == "float32" else "Antwort in bfloat16."
+        ]
+    assert calls == ["float32", "bfloat16"]  # the third ask was the first one's cache hit

@@ -115,7 +115,7 @@ class TeacherLLM(AsyncLLM):
             return _output(_empty(num_generations, None))
 
     async def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
-        key = request_key(body)
+        key = request_key(self._cache_identity(body))
         response = self._cache.get(key)
         hit = response is not None
         reserved = 0
@@ -148,6 +148,14 @@ class TeacherLLM(AsyncLLM):
             reserved=reserved,
         )
         return response
+
+    def _cache_identity(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What a cached answer depends on: the request, and for a local model its dtype too
+        (bfloat16 samples other answers than float32; ``stops`` retires the entries cached
+        before every eos id counted as a stop, when eot-style stops were taken as cut off)."""
+        if self.kind != "transformers":
+            return body
+        return {**body, "local": {"dtype": self.dtype, "stops": "generation_config"}}
 
     def _fail(self, exc: Exception) -> None:
         """Record an unexpected exception as the run's teacher failure (never the API key)."""
@@ -277,17 +285,31 @@ class TeacherLLM(AsyncLLM):
                 pad_token_id=tok.pad_token_id or tok.eos_token_id,
             )
         n_in = ids["input_ids"].shape[1]
-        new = [seq[n_in:].tolist() for seq in out]
+        ends = stop_token_ids(model.generation_config.eos_token_id, tok.eos_token_id)
+        new = [_until_stop(seq[n_in:].tolist(), ends) for seq in out]
         # Like the OpenAI API: "stop" when the model ended the text, "length" when cut off.
-        reasons = ["stop" if tok.eos_token_id in t else "length" for t in new]
         return {
-            "generations": [tok.decode(t, skip_special_tokens=True) for t in new],
-            "finish_reasons": reasons,
+            "generations": [tok.decode(t, skip_special_tokens=True) for t, _ in new],
+            "finish_reasons": ["stop" if stopped else "length" for _, stopped in new],
             "input_tokens": int(n_in),
-            "output_tokens": sum(
-                t.index(tok.eos_token_id) + 1 if tok.eos_token_id in t else len(t) for t in new
-            ),
+            "output_tokens": sum(len(t) for t, _ in new),
         }
+
+
+def stop_token_ids(configured: int | list[int] | None, tokenizer_eos: int | None) -> set[int]:
+    """Every token ``generate`` stops on: the generation config's eos ids (Llama 3 and Qwen
+    list several, e.g. ``<|eot_id|>`` besides ``<|end_of_text|>``) and the tokenizer's."""
+    ids = configured if isinstance(configured, list) else [configured]
+    return {i for i in (*ids, tokenizer_eos) if i is not None}
+
+
+def _until_stop(tokens: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    """The tokens up to and including the first stop token (padding after it dropped), and
+    whether there was one."""
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return tokens[: i + 1], True
+    return tokens, False
 
 
 def _parse_completion(data: dict[str, Any], n: int) -> dict[str, Any]:
