@@ -179,6 +179,24 @@ def test_preference_with_greedy_sampling_is_refused(tmp_path):
     assert load_recipe(_recipe(tmp_path, {**no_pairs, "sampling": {"temperature": 0}}))
 
 
+@pytest.mark.parametrize(
+    "teacher",
+    [
+        {**GENERATE["teacher"], "structured_output": "off"},
+        {"kind": "transformers", "model": "local/teacher"},
+    ],
+)
+def test_answer_max_chars_without_structured_output_is_refused(tmp_path, teacher):
+    """The limit is only enforced through structured output; it used to be ignored."""
+    spec = {**GENERATE, "teacher": teacher, "sampling": {"answer_max_chars": 300}}
+    with pytest.raises(RecipeError) as err:
+        load_recipe(_recipe(tmp_path, spec))
+    [line] = err.value.lines
+    assert ": generate.sampling.answer_max_chars: needs structured output" in line
+    constrained = {**GENERATE, "sampling": {"answer_max_chars": 300}}
+    assert load_recipe(_recipe(tmp_path, constrained)).generate.sampling.answer_max_chars == 300
+
+
 def test_seed_description_says_how_request_seeds_are_made():
     text = SamplingSpec.model_fields["seed"].description
     assert "hash of its messages" in text and "index" not in text

@@ -105,8 +105,9 @@ class SamplingSpec(Strict):
         ge=20,
         description="Constrain each answer to at most this many characters, so that even a "
         "rambling teacher finishes within the token limit (needs structured output: `vllm` "
-        "sends a regex, `response_format` a JSON answer object; None: unconstrained). Answers "
-        "cut at the token limit are always dropped.",
+        "sends a regex, `response_format` a JSON answer object; refused for a local teacher or "
+        "`structured_output: off`; None: unconstrained). Answers cut at the token limit are "
+        "always dropped.",
     )
     judge_max_tokens: int = Field(256, ge=16, description="Token limit of one judge reply.")
 
@@ -227,5 +228,22 @@ class GenerateSpec(Strict):
                 "sampling.temperature: 0 is greedy decoding, which gives the same answer "
                 f"{self.preference.num_generations} times; `preference` needs different "
                 "answers to rate, so set a temperature > 0 (e.g. 0.7) or remove `preference`"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _constrainable_answers(self) -> GenerateSpec:
+        # The limit is enforced by structured output only; ignoring it silently let a rambling
+        # teacher spend the token budget on answers that are then cut off and dropped.
+        teacher = self.teacher
+        if self.sampling.answer_max_chars is not None and (
+            teacher.kind != "openai" or teacher.structured_output == "off"
+        ):
+            how = "a local teacher" if teacher.kind != "openai" else "structured_output: off"
+            raise ValueError(
+                "sampling.answer_max_chars: needs structured output from the teacher, which "
+                f"{how} has not; remove it (answers longer than filters.max_answer_chars are "
+                "dropped after generation either way) or use an OpenAI-compatible teacher with "
+                "`structured_output: response_format` or `vllm`"
             )
         return self
