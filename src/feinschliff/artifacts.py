@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -170,3 +171,21 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one JSONL line and fsync it. A line torn by a kill (no newline at the end of the
+    file) is ended first, so the new entry starts on a line of its own and readers can skip
+    the torn one."""
+    with path.open("a", encoding="utf-8") as f:
+        if f.tell() and not _ends_with_newline(path):
+            f.write("\n")
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"

@@ -25,12 +25,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+
+from feinschliff.artifacts import append_line
 
 T = TypeVar("T")
 State = Literal["new", "intent", "done"]
@@ -140,12 +141,7 @@ class Ledger:
     def _append(self, entry: dict[str, Any]) -> None:
         """One line, flushed and fsync'd before the effect (or the next one) proceeds."""
         line = json.dumps({"at": time.time(), **entry}, default=str, ensure_ascii=False)
-        with self.path.open("a", encoding="utf-8") as f:
-            if f.tell() and not _ends_with_newline(self.path):
-                f.write("\n")  # a kill tore the last line: start a fresh one
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, line)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -156,12 +152,6 @@ class Ledger:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def resume_or_restart(

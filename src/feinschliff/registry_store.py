@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from feinschliff.artifacts import COMPLETE, completed_hash
+from feinschliff.artifacts import COMPLETE, append_line, completed_hash
 from feinschliff.models import feinschliff_home
 
 log = logging.getLogger(__name__)
@@ -102,13 +102,7 @@ class LocalStore:
         tmp.replace(path)  # readers see the old or the new file, never half of one
 
     def append_line(self, rel: str, line: str) -> None:
-        path = self.root / rel
-        with path.open("a", encoding="utf-8") as f:
-            if f.tell() and not _ends_with_newline(path):
-                f.write("\n")  # a kill tore the last line: start a fresh one
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.root / rel, line)
 
     def exists(self, rel: str) -> bool:
         return (self.root / rel).exists()
@@ -341,9 +335,3 @@ def materialise(st: LocalStore | FsspecStore, rel: str, dest: Path, sha256: str 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
