@@ -105,7 +105,9 @@ scores) by `feinschliff ingest`. Rows are in TRL's conversational formats:
 - `preference.jsonl`: `{{"prompt": [...], "chosen": [...], "rejected": [...], "provenance": {{...}}}}`;
 - `kto.jsonl`: `{{"prompt": [...], "completion": [...], "label": true|false, "provenance": {{...}}}}`;
 - `heldout/`: the same three, for prompts kept out of training ({manifest["heldout_fraction"]:.0%}
-  of prompts, split by a hash of the prompt so a prompt never lands on both sides).
+  of conversations, split by a hash of the conversation's opening, i.e. its messages up to the
+  first user message, so neither a prompt nor the later turns of its conversation land on both
+  sides).
 
 Every row's `provenance` names its source, source id, trace/observation id, annotators, times,
 the file position it was read from and the derivation `rule`.

@@ -214,11 +214,23 @@ def _scrub_provenance(prov: dict[str, Any], ctx: Context, found: Counter[str]) -
 
 
 def _heldout(kind: str, row: Row, ctx: Context) -> bool:
-    """A hash of seed + normalised prompt (``RowKeys.heldout_hash``), so one prompt never lands
-    on both sides of the split."""
+    """A hash of seed + the normalised opening of the conversation (``RowKeys.heldout_hash``
+    of ``conversation_opening``), so one prompt never lands on both sides of the split, and
+    neither do the turns of one conversation: a later turn's prompt carries the earlier turns
+    and their answers, so a held-out turn 1 with a trained turn 2 would be evaluated on text
+    the model was trained on."""
     spec = ctx.spec
     if spec.heldout_fraction <= 0:
         return False
     prompt = row["messages"][:-1] if kind == "sft" else row["prompt"]
-    h = ctx.keys.heldout_hash(spec.seed, prompt)
+    h = ctx.keys.heldout_hash(spec.seed, conversation_opening(prompt))
     return int.from_bytes(h[:8], "big") / 2**64 < spec.heldout_fraction
+
+
+def conversation_opening(prompt: list[Any]) -> list[Any]:
+    """The messages up to and including the first user message (the whole prompt when it has
+    none). A single-turn prompt is its own opening, so its split is what it always was."""
+    for i, message in enumerate(prompt):
+        if type(message) is dict and message.get("role") == "user":
+            return prompt[: i + 1]
+    return prompt

@@ -211,7 +211,11 @@ class FeedbackSpec(Strict):
         default_factory=DecontaminationSpec, description="Evaluation-set overlap removal."
     )
     heldout_fraction: float = Field(
-        0.1, ge=0.0, lt=1.0, description="Share of prompts kept out of training for evaluation."
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of conversations kept out of training for evaluation "
+        "(split by their opening messages, so all turns of one land on the same side).",
     )
     max_quarantine_fraction: float = Field(
         0.05,
