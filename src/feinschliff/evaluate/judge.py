@@ -7,6 +7,11 @@ with the answers swapped; the candidate wins a question only if both orders agre
 disagreement counts as a tie (order bias cancels out). The win rate (win 1, tie 0.5, loss 0)
 comes with a bootstrap 95 % confidence interval over questions, and with the number of
 order-consistent verdicts, which the gate's ``min_valid`` counts.
+
+As in FastChat's MT-Bench, a question with a reference answer (the bundled ``reasoning``,
+``math`` and ``coding`` questions) is graded with ``single-math-v1`` and compared with
+``pair-math-v1``, both filled with ``ref_answer_1 = reference[0]``; every other question uses
+``single-v1`` / ``pair-v2``. The math variants ask for the same verdict formats.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ VERDICT_RE = re.compile(r"\[\[([ABC])\]\]")
 # Structured-output patterns for weak judges served by vLLM (FACTS: a 135M judge is 0 % parseable).
 SINGLE_REGEX = r"Bewertung: \[\[([1-9]|10)\]\]"
 PAIR_REGEX = r"\[\[(A|B|C)\]\]"
+# Judge prompt names in evals/judge/prompts_de.jsonl, indexed by "has a reference answer".
+SINGLE_PROMPTS = ("single-v1", "single-math-v1")
+PAIR_PROMPTS = ("pair-v2", "pair-math-v1")
 
 
 class JudgeError(RuntimeError):
@@ -73,6 +81,28 @@ def load_prompts(path: Path) -> dict[str, dict[str, Any]]:
     return {
         p["name"]: p for p in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if p
     }
+
+
+def reference_answer(question: dict[str, Any]) -> str | None:
+    """The reference answer to the question's first turn (FastChat's ``ref_answer_1``), or
+    ``None`` when the question has none."""
+    reference = question.get("reference") or []
+    return reference[0] if reference and reference[0] else None
+
+
+def judge_prompt(
+    prompts: dict[str, dict[str, Any]], kind: str, question: dict[str, Any], **answers: str
+) -> tuple[str, str]:
+    """(system, user) for a ``single`` grade or a ``pair`` comparison of ``question``: with a
+    reference answer ``single-math-v1`` / ``pair-math-v1`` and ``ref_answer_1 = reference[0]``
+    (FastChat's reference-based judges), without one ``single-v1`` / ``pair-v2``."""
+    ref = reference_answer(question)
+    name = {"single": SINGLE_PROMPTS, "pair": PAIR_PROMPTS}[kind][ref is not None]
+    prompt = prompts[name]
+    fields = {"question": question["turns"][0], **answers}
+    if ref is not None:
+        fields["ref_answer_1"] = ref
+    return prompt["system_prompt"], prompt["prompt_template"].format(**fields)
 
 
 def combine(first: str | None, second: str | None) -> tuple[float | None, bool]:
@@ -169,19 +199,16 @@ async def _judge(
     opponent: str,
 ) -> JudgeResult:
     client = JudgeClient(spec)
-    single, pair = prompts["single-v1"], prompts["pair-v2"]
     result = JudgeResult()
     try:
 
         async def grade(role: str, q: dict[str, Any], answer: str) -> tuple[str, float | None]:
-            user = single["prompt_template"].format(question=q["turns"][0], answer=answer)
-            return role, parse_rating(
-                await client.complete(single["system_prompt"], user, SINGLE_REGEX)
-            )
+            system, user = judge_prompt(prompts, "single", q, answer=answer)
+            return role, parse_rating(await client.complete(system, user, SINGLE_REGEX))
 
         async def compare(q: dict[str, Any], a: str, b: str) -> str | None:
-            user = pair["prompt_template"].format(question=q["turns"][0], answer_a=a, answer_b=b)
-            return parse_verdict(await client.complete(pair["system_prompt"], user, PAIR_REGEX))
+            system, user = judge_prompt(prompts, "pair", q, answer_a=a, answer_b=b)
+            return parse_verdict(await client.complete(system, user, PAIR_REGEX))
 
         graded = await asyncio.gather(
             *(grade(role, q, answers[role][i]) for role in answers for i, q in enumerate(questions))
