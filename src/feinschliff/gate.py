@@ -162,91 +162,151 @@ def check_rule(rule: Any, report: dict[str, Any], approval: Approval | None = No
             detail=f"{n} samples, need {rule.threshold}",
         )
     if isinstance(rule, NoRegressionRule):
-        role = rule.baseline
-        base = _lookup(report, role, rule.metric)
-        if base is None and role == "production" and not _has_role(report, "production"):
-            # nothing in production yet: compare against the base model
-            role, base = "base", _lookup(report, "base", rule.metric)
-        if base is None:
-            detail = (
-                "production was evaluated but its value is missing (None/NaN); no fallback to base"
-                if role == "production"
-                else f"no {rule.baseline} value to compare against"
-            )
-            return RuleResult(
-                rule="no_regression",
-                metric=rule.metric,
-                value=value,
-                threshold=None,
-                passed=False,
-                detail=detail,
-            )
-        ref = float(base["value"])
-        limit = ref - rule.tolerance if rule.higher_is_better else ref + rule.tolerance
-        ok = value >= limit - EPS if rule.higher_is_better else value <= limit + EPS
-        delta = value - ref
+        return _check_no_regression(rule, report, cand, value)
+    raise TypeError(f"unknown gate rule {rule!r}")  # pragma: no cover - union is exhaustive
+
+
+def _check_no_regression(
+    rule: NoRegressionRule, report: dict[str, Any], cand: dict[str, Any], value: float
+) -> RuleResult:
+    def result(passed: bool, threshold: float | None, detail: str) -> RuleResult:
         return RuleResult(
             rule="no_regression",
             metric=rule.metric,
             value=value,
-            threshold=limit,
-            passed=ok,
-            detail=f"{delta:+.4f} vs {role} ({ref:.4f}), tolerance {rule.tolerance}",
+            threshold=threshold,
+            passed=passed,
+            detail=detail,
         )
-    raise TypeError(f"unknown gate rule {rule!r}")  # pragma: no cover - union is exhaustive
+
+    # lm-eval knows each metric's direction (the harness writes it into the report): a rule
+    # that compares the other way round would promote regressions and reject improvements
+    says = cand.get("higher_is_better")
+    if isinstance(says, bool) and says != rule.higher_is_better:
+        return result(
+            False,
+            None,
+            f"direction conflict: lm-eval says {'higher' if says else 'lower'} is better for "
+            f"this metric, the rule says {'higher' if rule.higher_is_better else 'lower'}; "
+            f"set higher_is_better: {str(says).lower()}",
+        )
+    role = rule.baseline
+    ref_entry = _lookup(report, role, rule.metric)
+    if ref_entry is None and role == "production" and not _has_role(report, "production"):
+        # nothing in production yet: compare against the base model
+        role, ref_entry = "base", _lookup(report, "base", rule.metric)
+    if ref_entry is None:
+        return result(
+            False,
+            None,
+            "production was evaluated but its value is missing (None/NaN); no fallback to base"
+            if role == "production"
+            else f"no {rule.baseline} value to compare against",
+        )
+    refs = [(role, float(ref_entry["value"]))]
+    note = ""
+    if role == "production":
+        # Against production alone every promotion could lower the bar by `tolerance`, and
+        # weekly runs would drift without bound below the base model: the candidate must also
+        # stay within `tolerance` of the base model, so total drift is bounded by `tolerance`.
+        anchor = _lookup(report, "base", rule.metric)
+        if anchor is not None:
+            refs.append(("base", float(anchor["value"])))
+        elif _has_role(report, "base"):
+            note = "; base value missing, drift below base not checked"
+    limits, shown, failed = [], [], []
+    for name, ref in refs:
+        limit = ref - rule.tolerance if rule.higher_is_better else ref + rule.tolerance
+        ok = value >= limit - EPS if rule.higher_is_better else value <= limit + EPS
+        limits.append(limit)
+        shown.append(f"{value - ref:+.4f} vs {name} ({ref:.4f})")
+        if not ok:
+            failed.append(name)
+    # the binding limit: the stricter of the two
+    threshold = max(limits) if rule.higher_is_better else min(limits)
+    detail = ", ".join(shown) + f", tolerance {rule.tolerance}" + note
+    if failed:
+        detail += f"; regression vs {' and '.join(failed)}"
+        if "base" in failed and role == "production":
+            detail += " (total drift below the base model may not exceed tolerance)"
+    return result(not failed, threshold, detail)
+
+
+def _count(entry: dict[str, Any], key: str) -> int | None:
+    n = entry.get(key)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 def _check_win_rate(rule: WinRateRule, report: dict[str, Any]) -> RuleResult:
     entry = report.get("metrics", {}).get("candidate", {}).get(rule.metric)
-    if not isinstance(entry, dict):
+    value = metric_value(entry.get("value")) if isinstance(entry, dict) else None
+
+    def result(passed: bool, detail: str) -> RuleResult:
         return RuleResult(
             rule="win_rate",
             metric=rule.metric,
-            value=None,
+            value=value,
             threshold=rule.threshold,
-            passed=False,
-            detail="no judge results in the report",
+            passed=passed,
+            detail=detail,
         )
-    # Only order-consistent verdicts count as valid: an order-inconsistent pair (the judge
-    # picked the same position both times) is scored as a tie but carries no information, and
-    # a judge that only ever names one position would otherwise pass with a CI of [0.5, 0.5].
-    valid = entry.get("consistent")
+
+    if not isinstance(entry, dict):
+        return result(False, "no judge results in the report")
+    # Only decisive order-consistent verdicts (the same winner in both orders) count towards
+    # `min_valid`. An order-inconsistent pair (the judge picked the same position both times) is
+    # scored as a tie but carries no information, and neither does a consistent tie: a judge
+    # that only ever names one position, or only ever says "tie", would otherwise pass with a
+    # CI of [0.5, 0.5].
+    consistent = _count(entry, "consistent")
     failures = entry.get("parse_failures") or 0
     inconsistent = entry.get("inconsistent") or 0
-    value = metric_value(entry.get("value"))
-    if not isinstance(valid, int) or isinstance(valid, bool):
-        return RuleResult(
-            rule="win_rate",
-            metric=rule.metric,
-            value=value,
-            threshold=rule.threshold,
-            passed=False,
-            detail="the report lacks the count of order-consistent judgements "
+    if consistent is None:
+        return result(
+            False,
+            "the report lacks the count of order-consistent judgements "
             "('consistent'; re-run evaluate)",
         )
-    if valid < rule.min_valid:
-        return RuleResult(
-            rule="win_rate",
-            metric=rule.metric,
-            value=value,
-            threshold=rule.threshold,
-            passed=False,
-            detail=f"insufficient valid judgements: {valid} order-consistent < {rule.min_valid} "
-            f"({inconsistent} order-inconsistent, {failures} unparseable)",
+    wins, losses, ties = (_count(entry, k) for k in ("wins", "losses", "ties"))
+    if consistent == 0:
+        decisive = 0
+    elif wins is not None and losses is not None:
+        decisive = wins + losses
+    elif ties is not None:  # order-consistent ties
+        decisive = consistent - ties
+    else:
+        return result(
+            False,
+            "the report lacks the counts of decisive verdicts ('wins'/'losses' or 'ties' "
+            f"among the {consistent} order-consistent ones); re-run evaluate",
+        )
+    if not 0 <= decisive <= consistent:
+        return result(
+            False,
+            f"inconsistent verdict counts: {decisive} decisive of {consistent} "
+            "order-consistent; re-run evaluate",
+        )
+    counts = (
+        f"{decisive} decisive, {consistent - decisive} tied, {inconsistent} order-inconsistent, "
+        f"{failures} unparseable"
+    )
+    if decisive < rule.min_valid:
+        return result(
+            False,
+            f"insufficient valid judgements: {decisive} decisive < {rule.min_valid} ({counts})",
         )
     low = metric_value(entry.get("ci_low"))
+    high = metric_value(entry.get("ci_high"))
     ok = low is not None and low >= rule.threshold
+    # a CI that is a single point at exactly the threshold is no evidence of a better candidate
+    point = ok and high is not None and high - low <= EPS and low - rule.threshold <= EPS
+    ok = ok and not point
     shown = "n/a" if low is None else f"{low:.3f}"
-    return RuleResult(
-        rule="win_rate",
-        metric=rule.metric,
-        value=value,
-        threshold=rule.threshold,
-        passed=ok,
-        detail=f"CI low {shown} {'>=' if ok else '<'} {rule.threshold} "
-        f"vs {entry.get('opponent')} ({valid} order-consistent, "
-        f"{inconsistent} order-inconsistent, {failures} unparseable)",
-    )
+    if point:
+        verdict = f"= CI high: a single point at the threshold {rule.threshold} does not pass"
+    else:
+        verdict = f"{'>=' if ok else '<'} {rule.threshold}"
+    return result(ok, f"CI low {shown} {verdict} vs {entry.get('opponent')} ({counts})")
 
 
 def decide_promotion(

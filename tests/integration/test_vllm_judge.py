@@ -51,13 +51,15 @@ def test_constrained_vllm_judge_gives_valid_verdicts(
         json.loads(x) for x in (Path(ref.path) / "judge" / "pairs.jsonl").read_text().splitlines()
     ]
     assert all(p["first"] in "ABC" and p["second"] in "ABC" for p in pairs)  # both orders judged
-    # only order-consistent verdicts count toward min_valid (a 135M judge often picks one
+    # only decisive order-consistent verdicts count toward min_valid (a 135M judge often picks one
     # position both times): the gate either judges the CI or says why it cannot
     detail = decide_promotion(report, recipe.gate).results[0].detail
-    if win["consistent"] >= 3:
+    decisive = win["wins"] + win["losses"]
+    assert decisive + win["ties"] == win["consistent"]
+    if decisive >= 3:
         assert detail.startswith("CI low")
     else:
-        assert f"insufficient valid judgements: {win['consistent']} order-consistent" in detail
+        assert f"insufficient valid judgements: {decisive} decisive" in detail
 
 
 def test_unconstrained_weak_judge_is_counted_never_scored(

@@ -52,10 +52,12 @@ def test_no_regression_prefers_production_and_falls_back_to_base():
     # without production: compared to base
     assert decide_promotion(report(0.49, base=0.5), g).promote
     assert not decide_promotion(report(0.47, base=0.5), g).promote
-    # with production: base no longer matters
+    # with production: compared to production, and still bounded by base (no drift below it)
     d = decide_promotion(report(0.55, base=0.1, production=0.6), g)
-    assert not d.promote and "production" in d.results[0].detail
-    assert decide_promotion(report(0.59, base=0.9, production=0.6), g).promote
+    assert not d.promote and "regression vs production" in d.results[0].detail
+    assert decide_promotion(report(0.59, base=0.5, production=0.6), g).promote
+    d = decide_promotion(report(0.59, base=0.9, production=0.6), g)
+    assert not d.promote and "regression vs base" in d.results[0].detail
 
 
 def test_no_regression_lower_is_better():

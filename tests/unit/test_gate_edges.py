@@ -26,10 +26,22 @@ def _judged(verdicts: list[tuple[str | None, str | None]]) -> dict:
     for i, (first, second) in enumerate(verdicts):
         outcome, consistent = combine(first, second)
         pairs.append(PairOutcome(f"q{i}", first, second, outcome, consistent))
-    return {"metrics": judge_metrics(JudgeResult(pairs=pairs), SPEC, "production")}
+    metrics = judge_metrics(JudgeResult(pairs=pairs), SPEC, "production")
+    return {"metrics": with_verdict_counts(metrics, pairs)}
 
 
-# 1. win_rate: only order-consistent verdicts are valid judgements
+def with_verdict_counts(metrics: dict, pairs: list[PairOutcome]) -> dict:
+    """The judge's win_rate entry with its decisive-verdict counts (wins, losses, order-consistent
+    ties), as the gate needs them; added here when the judge does not write them itself."""
+    entry = metrics["candidate"]["judge/win_rate"]
+    kept = [p.outcome for p in pairs if p.outcome is not None and p.consistent]
+    counts = {"wins": kept.count(1.0), "losses": kept.count(0.0), "ties": kept.count(0.5)}
+    for key, n in counts.items():
+        assert entry.setdefault(key, n) == n, key
+    return metrics
+
+
+# 1. win_rate: only decisive order-consistent verdicts are valid judgements
 
 
 def test_position_biased_judge_fails_win_rate():
@@ -40,7 +52,7 @@ def test_position_biased_judge_fails_win_rate():
     d = decide_promotion(report, gate({"rule": "win_rate"}))
     assert not d.promote
     detail = d.results[0].detail
-    assert "insufficient valid judgements" in detail and "0 order-consistent" in detail
+    assert "insufficient valid judgements" in detail and "0 decisive" in detail
     assert "20 order-inconsistent" in detail
 
 
@@ -50,12 +62,12 @@ def test_min_valid_counts_only_order_consistent_verdicts():
     few = _judged([("A", "B")] * 9 + [("B", "B")] * 30)
     assert few["metrics"]["candidate"]["judge/win_rate"]["samples"] == 39
     d = decide_promotion(few, g)
-    assert not d.promote and "9 order-consistent < 10" in d.results[0].detail
+    assert not d.promote and "9 decisive < 10" in d.results[0].detail
     # 10 consistent wins (and some inconsistent ties) are enough
     enough = _judged([("A", "B")] * 10 + [("A", "A")] * 2)
     d = decide_promotion(enough, g)
     assert d.promote, d.results[0].detail
-    assert "10 order-consistent" in d.results[0].detail
+    assert "10 decisive, 0 tied, 2 order-inconsistent" in d.results[0].detail
 
 
 def test_win_rate_without_consistent_count_fails_closed():
@@ -69,7 +81,8 @@ def test_win_rate_without_consistent_count_fails_closed():
 
 
 def test_win_rate_with_missing_ci_fails_without_crashing():
-    entry = {"value": None, "ci_low": None, "samples": 40, "consistent": 40}
+    entry = {"value": None, "ci_low": None, "samples": 40, "consistent": 40, "wins": 20}
+    entry["losses"] = 20
     d = decide_promotion(
         {"metrics": {"candidate": {"judge/win_rate": entry}}}, gate({"rule": "win_rate"})
     )

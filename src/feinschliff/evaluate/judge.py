@@ -6,7 +6,7 @@ guessed: a reply without ``Bewertung: [[n]]`` (single) or ``[[A]]``/``[[B]]``/``
 with the answers swapped; the candidate wins a question only if both orders agree, a
 disagreement counts as a tie (order bias cancels out). The win rate (win 1, tie 0.5, loss 0)
 comes with a bootstrap 95 % confidence interval over questions, and with the number of
-order-consistent verdicts, which the gate's ``min_valid`` counts.
+decisive order-consistent verdicts (wins and losses), which the gate's ``min_valid`` counts.
 
 As in FastChat's MT-Bench, a question with a reference answer (the bundled ``reasoning``,
 ``math`` and ``coding`` questions) is graded with ``single-math-v1`` and compared with
@@ -270,6 +270,11 @@ def judge_metrics(result: JudgeResult, spec: JudgeSpec, opponent: str) -> dict[s
         # that always names one position yields only inconsistent ties, scored 0.5)
         "consistent": sum(1 for p in result.pairs if p.outcome is not None and p.consistent),
         "inconsistent": sum(1 for p in result.pairs if p.outcome is not None and not p.consistent),
+        # of the consistent ones, only wins and losses are decisive: a judge that always says
+        # [[C]] agrees with itself but tells nothing (the gate's min_valid counts wins + losses)
+        "wins": sum(1 for p in result.pairs if p.consistent and p.outcome == 1.0),
+        "losses": sum(1 for p in result.pairs if p.consistent and p.outcome == 0.0),
+        "ties": sum(1 for p in result.pairs if p.consistent and p.outcome == 0.5),
         "opponent": opponent,
     }
     return out

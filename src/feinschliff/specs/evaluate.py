@@ -95,14 +95,20 @@ class NoRegressionRule(_Rule):
     )
     baseline: Literal["base", "production"] = Field(
         "production",
-        description="Compare against the production adapter; falls back to the base model "
-        "when nothing is in production yet (when production was evaluated but lacks the "
-        "metric's value, the rule fails).",
+        description="Compare against the production adapter, and also against the base model "
+        "(when the report has its value), so that repeated promotions cannot drift more than "
+        "`tolerance` below the base model; falls back to the base model alone when nothing is "
+        "in production yet (when production was evaluated but lacks the metric's value, the "
+        "rule fails).",
     )
     tolerance: float = Field(
         0.0, ge=0, description="Allowed drop (absolute; a drop of exactly `tolerance` passes)."
     )
-    higher_is_better: bool = Field(True, description="Direction of the metric.")
+    higher_is_better: bool = Field(
+        True,
+        description="Direction of the metric; the rule fails when the report's metric entry "
+        "(from lm-eval) states the opposite direction.",
+    )
 
 
 class MinSamplesRule(_Rule):
@@ -113,15 +119,16 @@ class MinSamplesRule(_Rule):
 class WinRateRule(Strict):
     rule: Literal["win_rate"] = Field(
         description="Judge win rate of the candidate vs production (or base): the lower bound "
-        "of its bootstrap 95 % CI must reach `threshold`."
+        "of its bootstrap 95 % CI must reach `threshold` (a CI that is a single point at "
+        "exactly `threshold`, e.g. [0.5, 0.5] from a judge that only says tie, does not pass)."
     )
     metric: str = Field("judge/win_rate", description="Win-rate metric in report.json.")
     threshold: float = Field(0.5, ge=0, le=1, description="Minimum lower CI bound.")
     min_valid: int = Field(
         10,
         ge=1,
-        description="Minimum valid judgements: parseable and order-consistent (the same "
-        "verdict with the answers swapped); fewer fails the rule.",
+        description="Minimum valid judgements: decisive (a win or a loss, not a tie) and "
+        "order-consistent (the same verdict with the answers swapped); fewer fails the rule.",
     )
 
 
