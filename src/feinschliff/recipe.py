@@ -8,12 +8,14 @@ Loading, ``--set`` overrides and error formatting live in ``recipe_loader``.
 
 from __future__ import annotations
 
+import difflib
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
+import yaml
 from pydantic import Field, model_validator
 
-from feinschliff.paths import bundled_task_names
+from feinschliff.paths import bundled_task_names, bundled_tasks_dir
 from feinschliff.specs.base_model import BaseModelSpec
 from feinschliff.specs.common import VLLM_LORA_RANKS, RecipePath, Strict
 from feinschliff.specs.evaluate import (
@@ -40,6 +42,7 @@ from feinschliff.specs.train import (
 )
 
 __all__ = [
+    "USECASE_METRIC_LIST",
     "VLLM_LORA_RANKS",
     "BaseModelSpec",
     "DPOTrain",
@@ -66,6 +69,52 @@ __all__ = [
     "Strict",
     "TrainSpec",
 ]
+
+# --------------------------------------------------------------------------- metric names
+
+# The lm-eval metrics of the use-case task (`usecase_heldout`), whose YAML the harness writes
+# (`feinschliff.evaluate.harness.render_usecase_task`, which says why `acc` is not among them).
+# Here so that recipe validation knows its metric names without importing the harness.
+USECASE_METRIC_LIST: tuple[str, ...] = ("acc_norm",)
+
+
+def task_metric_names(cfg: dict[str, Any]) -> list[str] | None:
+    """The report names of an lm-eval task config's metrics, as ``flatten_results`` writes
+    them: ``task/metric`` under the filter ``none`` (or no ``filter_list``), else
+    ``task/metric[filter]``. None when the config has no ``metric_list`` (lm-eval's defaults
+    for the output type apply: not derived here)."""
+    metric_list = cfg.get("metric_list")
+    if not isinstance(metric_list, list) or not metric_list:
+        return None
+    task = cfg["task"]
+    filters = [f.get("name", "none") for f in cfg.get("filter_list") or []] or ["none"]
+    return [
+        f"{task}/{m['metric']}" if filt == "none" else f"{task}/{m['metric']}[{filt}]"
+        for filt in filters
+        for m in metric_list
+    ]
+
+
+def known_metric_names(tasks: set[str]) -> dict[str, list[str]]:
+    """Task -> the metric names it reports, for the bundled tasks and ``usecase_heldout``
+    among ``tasks`` (upstream tasks are not known here and are left out)."""
+    known: dict[str, list[str]] = {}
+    if USECASE_TASK in tasks:
+        names = task_metric_names(
+            {"task": USECASE_TASK, "metric_list": [{"metric": m} for m in USECASE_METRIC_LIST]}
+        )
+        known[USECASE_TASK] = names or []
+    for yml in sorted(bundled_tasks_dir().glob("*.yaml")):
+        try:
+            cfg = yaml.safe_load(yml.read_text(encoding="utf-8"))
+        except yaml.YAMLError:  # the harness reports it when it runs the task
+            continue
+        if isinstance(cfg, dict) and cfg.get("task") in tasks:
+            names = task_metric_names(cfg)
+            if names is not None:
+                known[cfg["task"]] = names
+    return known
+
 
 # --------------------------------------------------------------------------- recipe
 
@@ -110,6 +159,12 @@ class Recipe(Strict):
         producers |= {"judge"} if evaluate.judge else set()
         # an upstream lm-eval group reports its subtasks under their own names: unknowable here
         upstream = tasks - set(bundled_task_names()) - {USECASE_TASK}
+        # bundled tasks and usecase_heldout: their exact metric names (metric and filter)
+        known = known_metric_names(tasks)
+        # what the contamination metric can check (evaluate.stage.contamination)
+        checkable = bool(tasks & set(bundled_task_names())) or (
+            evaluate.judge is not None and evaluate.judge.questions != "heldout"
+        )
         for i, rule in enumerate(self.gate.rules):
             metric = getattr(rule, "metric", None)
             if metric is None:
@@ -120,11 +175,26 @@ class Recipe(Strict):
                 raise ValueError(f"{where} needs evaluate.judge (no judge is configured)")
             if prefix == "heldout" and not evaluate.heldout:
                 raise ValueError(f"{where} needs evaluate.heldout: true")
+            if prefix == "contamination" and not checkable:
+                raise ValueError(
+                    f"{where} has no eval data to check training rows against: upstream "
+                    "tasks have no local data and usecase_heldout is held out by construction, "
+                    "so the value would be n/a and the rule would reject every run; add a "
+                    "bundled task to evaluate.tasks or a judge with bundled questions"
+                )
             if prefix not in producers and not upstream:
-                known = ", ".join(sorted(producers))
+                sources = ", ".join(sorted(producers))
                 raise ValueError(
                     f"{where} is not computed: its task must be in evaluate.tasks "
-                    f"(metrics come from: {known})"
+                    f"(metrics come from: {sources})"
+                )
+            if prefix in known and metric not in known[prefix]:
+                valid = known[prefix]
+                close = difflib.get_close_matches(metric, valid, n=1, cutoff=0.0)
+                hint = f": did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"{where} is not a metric of task {prefix}{hint} "
+                    f"(it reports {', '.join(valid) or 'nothing'})"
                 )
         return self
 

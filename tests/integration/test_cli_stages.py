@@ -82,7 +82,7 @@ def test_stages_chain_through_the_cli(demo_model, home, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "de_wissen_mc/acc" in p.stdout and (evald / "comparison.png").exists()
     # the use-case task built from ingest's held-out pairs, and the held-out feedback metrics
-    assert "usecase_heldout/acc" in p.stdout and "heldout/preference_accuracy" in p.stdout
+    assert "usecase_heldout/acc_norm" in p.stdout and "heldout/preference_accuracy" in p.stdout
     report = evald / "report.json"
 
     p = cli("gate", DEMO, "--report", str(report), "--set", "gate.rules.1.threshold=1000", env=env)

@@ -129,9 +129,11 @@ def test_rank_above_serving_max_is_refused(tmp_path, demo):
 
 def test_overrides_are_validated_like_the_file(tmp_path, demo):
     path = _write(tmp_path, demo)
-    recipe = load_recipe(path, ["train.hyperparameters.max_steps=3", "evaluate.tasks=[a, b]"])
+    recipe = load_recipe(
+        path, ["train.hyperparameters.max_steps=3", "evaluate.tasks=[a, de_wissen_mc]"]
+    )
     assert recipe.train.hyperparameters.max_steps == 3
-    assert recipe.evaluate.tasks == ["a", "b"]
+    assert recipe.evaluate.tasks == ["a", "de_wissen_mc"]
     with pytest.raises(RecipeError) as err:
         load_recipe(path, ["train.hyperparameters.max_steps=drei"])
     assert ": train.hyperparameters.max_steps: " in err.value.lines[0]
@@ -270,7 +272,8 @@ def test_judge_refuses_a_pasted_key_and_a_url_without_scheme(tmp_path, demo, fie
         ("evaluate.heldout=false", None, None),  # no rule reads heldout/ metrics: fine
         ("feedback.heldout_fraction=0", "evaluate.tasks", "heldout_fraction is 0"),
         ("train.lora.r=32", "train.lora.r", "exceeds register.max_lora_rank"),
-        ("evaluate.tasks=[hellaswag]", None, None),  # upstream: its metric names are unknowable
+        ("evaluate.tasks=[hellaswag, de_wissen_mc]", None, None),  # upstream: names unknowable
+        ("evaluate.tasks=[hellaswag]", "gate.rules.2.metric", "has no eval data to check"),
     ],
 )
 def test_cross_field_mistakes_are_refused_with_their_yaml_path(override, path, says):
@@ -279,7 +282,7 @@ def test_cross_field_mistakes_are_refused_with_their_yaml_path(override, path, s
     failed the evaluation)."""
     demo = ROOT / "recipes" / "demo-de.yaml"
     extra = ["gate.rules.0.metric=hellaswag/acc", "gate.rules.1.metric=hellaswag/acc"]
-    overrides = [override, *extra] if "hellaswag]" in override else [override]
+    overrides = [override, *extra] if "[hellaswag" in override else [override]
     if path is None:
         load_recipe(demo, overrides)
         return

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from feinschliff.paths import bundled_tasks_dir
+from feinschliff.recipe import USECASE_METRIC_LIST
 from feinschliff.specs.evaluate import USECASE_TASK
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,17 @@ def render_usecase_task(data_dir: Path | None, dest: Path) -> str:
         "doc_to_text": "Frage: {{question}}\nAntwort:",
         "doc_to_choice": "{{choices}}",
         "doc_to_target": "answer",
+        # acc_norm only: plain `acc` compares the two answers' *summed* log-likelihoods, and the
+        # chosen answers (users' corrections) are several times longer than the rejected ones,
+        # so every model gives the rejected answer the higher sum: acc was 0.0 for base,
+        # production and candidate alike and could not move. acc_norm divides by the answer's
+        # byte length. The names are USECASE_METRIC_LIST, which recipe validation checks
+        # gate rules against. Version 2: `acc` dropped.
         "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+            {"metric": m, "aggregation": "mean", "higher_is_better": True}
+            for m in USECASE_METRIC_LIST
         ],
-        "metadata": {"version": 1.0},
+        "metadata": {"version": 2.0},
     }
     (dest / f"{USECASE_TASK}.yaml").write_text(
         yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8"
@@ -117,7 +124,8 @@ def run_tasks(
     samples_out: Path | None = None,
     heldout_dir: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate and return ``{"task/metric": {"value", "stderr", "samples"}}``.
+    """Evaluate and return ``{"task/metric": {"value", "stderr", "samples",
+    "higher_is_better"}}`` (``flatten_results``).
 
     ``heldout_dir`` (an ingest output) makes the use-case task ``usecase_heldout`` available.
     """
@@ -167,7 +175,9 @@ def run_tasks(
             with (samples_out / f"{task}.jsonl").open("w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    return flatten_results(out["results"], out.get("n-samples", {}))
+    return flatten_results(
+        out["results"], out.get("n-samples", {}), out.get("higher_is_better") or {}
+    )
 
 
 def _datasets_of(
@@ -210,23 +220,37 @@ def check_offline_datasets(manager: Any, tasks: list[str]) -> None:
 
 
 def flatten_results(
-    results: dict[str, Any], n_samples: dict[str, Any]
+    results: dict[str, Any],
+    n_samples: dict[str, Any],
+    higher_is_better: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """lm-eval's ``results`` as ``{"task/metric": {"value", "stderr", "samples",
+    "higher_is_better"}}``; a metric under a filter other than ``none`` is named
+    ``task/metric[filter]``.
+
+    ``higher_is_better`` is lm-eval's dict of the same name (``{task: {metric: bool}}``, metric
+    names without the filter; a group whose subtasks disagree has None): each entry gets its
+    metric's direction, None when lm-eval does not say.
+    """
     flat: dict[str, dict[str, Any]] = {}
+    directions = higher_is_better or {}
     for task, metrics in results.items():
         n = (n_samples.get(task) or {}).get("effective")
+        task_directions = directions.get(task) or {}
         for key, value in metrics.items():
             if "," not in key or "_stderr" in key or not isinstance(value, int | float):
                 continue
             metric, filt = key.split(",", 1)
             name = f"{task}/{metric}" if filt == "none" else f"{task}/{metric}[{filt}]"
             stderr = metrics.get(f"{metric}_stderr,{filt}")
+            direction = task_directions.get(metric)
             flat[name] = {
                 "value": float(value),
                 "stderr": float(stderr)
                 if isinstance(stderr, int | float) and not math.isnan(stderr)
                 else None,
                 "samples": n,
+                "higher_is_better": direction if isinstance(direction, bool) else None,
             }
     return flat
 

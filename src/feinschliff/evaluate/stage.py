@@ -3,8 +3,10 @@
 Per role: the recipe's lm-eval tasks, held-out feedback metrics (preference accuracy, chrF against
 corrections) and, when configured, LLM-as-judge grades; for the candidate also the judge win rate
 against production (or base). Plus ``contamination/overlaps``: training rows that hold text of the
-evaluated task data (an n-gram, ``feedback.decontamination.ngram`` words, 13 by default, or a
-whole item of 8 to n-1 words; ``feinschliff.ngrams``), and
+evaluated task data and the bundled judge questions (an n-gram,
+``feedback.decontamination.ngram`` words, 13 by default, or a whole item of 8 to n-1 words;
+``feinschliff.ngrams``; upstream tasks have no local data and are listed as ``unchecked``, and
+the value is None when nothing could be checked), and
 ``poisoning/suspicious_rows`` (``feinschliff.poisoning``). Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
 samples, ...}``), ``report.md`` (table with deltas) and ``comparison.png``; per-sample outputs go
 to ``samples/``. The gate reads ``report.json`` only.
@@ -38,6 +40,7 @@ from feinschliff.plots import plot_comparison
 from feinschliff.poisoning import scan_dataset
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
+from feinschliff.specs.evaluate import USECASE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,10 @@ def run_evaluate(
             metrics.setdefault(role, {}).update(entries)
     if data is not None:
         metrics["candidate"]["contamination/overlaps"] = contamination(
-            data.dir, spec.tasks, recipe.feedback.decontamination.ngram
+            data.dir,
+            spec.tasks,
+            recipe.feedback.decontamination.ngram,
+            judge_questions=spec.judge is not None and spec.judge.questions != "heldout",
         )
         metrics["candidate"]["poisoning/suspicious_rows"] = scan_dataset(data.dir)
 
@@ -142,11 +148,37 @@ def _plottable(name: str, v: dict[str, Any]) -> bool:
     )
 
 
-def contamination(data_dir: Path, tasks: list[str], ngram: int = N) -> dict[str, Any]:
-    """Training rows holding text of the evaluated bundled tasks, by the contamination rule
-    ingest and generate apply (``feinschliff.ngrams``), with the recipe's n
-    (``feedback.decontamination.ngram``) as they use it."""
-    files = [f for t, f in bundled_task_files().items() if t in tasks]
+def judge_questions_file() -> Path:
+    """The bundled judge questions (``evaluate.judge.questions``: bundled or both)."""
+    return project_root() / "evals" / "judge" / "questions_de.jsonl"
+
+
+def contamination(
+    data_dir: Path, tasks: list[str], ngram: int = N, *, judge_questions: bool = False
+) -> dict[str, Any]:
+    """Training rows holding text of the evaluated data, by the contamination rule ingest and
+    generate apply (``feinschliff.ngrams``), with the recipe's n
+    (``feedback.decontamination.ngram``) as they use it.
+
+    Checked: the bundled tasks among ``tasks`` and, with ``judge_questions``, the bundled judge
+    questions. ``usecase_heldout`` (and the judge's held-out questions) is ingest's held-out
+    split, kept out of the training rows by construction: listed under ``held_out``, nothing to
+    check. Upstream lm-eval tasks have no local data to check: listed under ``unchecked``. When
+    there was eval data to check and none of it could be, the value is None (not 0): the gate
+    treats that as a missing metric, so its contamination rule fails instead of passing on an
+    unchecked set.
+    """
+    bundled = bundled_task_files()
+    files = [f for t, f in bundled.items() if t in tasks]
+    if judge_questions:
+        files.append(judge_questions_file())
+    held_out = [t for t in tasks if t == USECASE_TASK]
+    unchecked = [t for t in tasks if t not in bundled and t != USECASE_TASK]
+    if unchecked:
+        log.warning(
+            "contamination: cannot check %s (no local eval data: upstream lm-eval tasks)",
+            ", ".join(unchecked),
+        )
     index = index_jsonl(files, ngram)
     rows = []
     for name in ("sft.jsonl", "preference.jsonl", "kto.jsonl"):  # whatever the method trains on
@@ -157,10 +189,12 @@ def contamination(data_dir: Path, tasks: list[str], ngram: int = N) -> dict[str,
             ]
     hits = contaminated(rows, index)
     return {
-        "value": float(len(hits)),
+        "value": float(len(hits)) if files or not unchecked else None,
         "stderr": None,
         "samples": len(rows),
         "eval_files": [str(f.relative_to(project_root())) for f in files],
+        "unchecked": unchecked,
+        "held_out": held_out,
     }
 
 
@@ -179,6 +213,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         ok = base and cand and base.get("value") is not None and cand.get("value") is not None
         delta = f"{cand['value'] - base['value']:+.4f}" if ok else "n/a"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+    unchecked = (metrics.get("candidate", {}).get("contamination/overlaps") or {}).get("unchecked")
+    if unchecked:
+        lines += [
+            "",
+            "Contamination not checked against " + ", ".join(unchecked) + " (no local data).",
+        ]
     win = metrics.get("candidate", {}).get("judge/win_rate")
     if win and win.get("value") is not None:
         lines += [
