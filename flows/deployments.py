@@ -2,7 +2,8 @@
 
 Each deployment runs ``flows/retrain.py:retrain`` from this checkout on a work pool, with the
 recipe path as its parameter and the recipe's ``schedule`` (cron + timezone) as its schedule.
-Re-running the sync updates deployments in place (same name), so it is idempotent.
+Re-running the sync updates deployments in place (same name), so it is idempotent; it keeps
+a deployment's paused state (paused in the UI stays paused) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ def sync_deployments(
     recipes: list[Path],
     work_pool: str,
     *,
-    paused: bool = False,
+    paused: bool | None = None,
     train_pool: str | None = None,
     overrides: list[str] | None = None,
 ) -> list[str]:
     """Returns the deployment names created or updated: `retrain/<use_case>` and, with
-    ``train_pool``, `train-stage/<use_case>` on that pool (retrain then trains through it)."""
+    ``train_pool``, `train-stage/<use_case>` on that pool (retrain then trains through it).
+    ``paused``: None keeps an existing deployment's state (a new one is active)."""
     root = project_root()
     names = []
     for path in recipes:
@@ -65,7 +67,7 @@ def sync_deployments(
             build=False,
             push=False,
             schedules=schedules,
-            paused=paused,
+            paused=_paused_state(f"retrain/{recipe.use_case}") if paused is None else paused,
             parameters={
                 "recipe_path": rel,
                 "overrides": list(overrides or []),
@@ -79,3 +81,16 @@ def sync_deployments(
         )
         names.insert(len(names) - (1 if train_pool else 0), f"retrain/{recipe.use_case}")
     return names
+
+
+def _paused_state(name: str) -> bool:
+    """Whether the deployment ``name`` exists and is paused (someone paused it in the UI: a
+    re-sync must not start its schedule again)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            return bool(client.read_deployment_by_name(name).paused)
+        except ObjectNotFound:
+            return False

@@ -260,3 +260,20 @@ def test_ui_shows_the_deployments(prefect_server, tmp_path):
     if os.environ.get("FEINSCHLIFF_UPDATE_SCREENSHOTS") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copy(shot, ROOT / "docs" / "prefect-ui.png")
+
+
+def test_a_resync_keeps_a_paused_deployment_paused(prefect_server):
+    """Someone paused the schedule in the UI; a plain `deployments sync` must not restart it."""
+    env, api = prefect_server, prefect_server["PREFECT_API_URL"]
+    sync = [sys.executable, "-m", "feinschliff.cli", "deployments", "sync"]
+    sync += ["recipes/support-de-8b.yaml", "--pool", "local"]
+
+    def paused_after(*flags: str) -> bool:
+        done = subprocess.run([*sync, *flags], env=env, cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return httpx.get(f"{api}/deployments/name/retrain/support-de").json()["paused"]
+
+    assert paused_after("--paused") is True
+    assert paused_after() is True  # kept
+    assert paused_after("--active") is False
+    assert paused_after() is False  # kept

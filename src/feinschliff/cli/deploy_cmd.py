@@ -20,7 +20,15 @@ app.add_typer(deployments_app, name="deployments")
 def sync(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.", show_default=False)],
     pool: Annotated[str, typer.Option(help="Work pool the deployments run on.")] = "local",
-    paused: Annotated[bool, typer.Option(help="Create schedules paused.")] = False,
+    paused: Annotated[
+        bool | None,
+        typer.Option(
+            "--paused/--active",
+            help="Pause or activate the schedules. Without either, a new deployment is active "
+            "and an existing one keeps its state (one paused in the UI stays paused).",
+            show_default=False,
+        ),
+    ] = None,
     train_pool: Annotated[
         str | None,
         typer.Option(
