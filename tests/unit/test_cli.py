@@ -19,9 +19,10 @@ COMMANDS = {
     ("train",): ["adapter/", "metrics.json", "loss.png", "resumes"],
     ("evaluate",): ["report.json", "report.md", "comparison.png"],
     ("gate",): ["Exit 0", "Exit 3", "threshold"],
-    ("register",): ["immutable", "manifest", "--promote"],
     ("registry", "list"): ["aliases"],
     ("registry", "show"): ["manifest"],
+    ("registry", "reconcile"): ["--root", "NAME@VERSION"],
+    ("register",): ["immutable", "manifest", "--promote", "--approve"],
     ("run",): ["Prefect", "Exit 0", "3 rejected", "--set"],
 }
 

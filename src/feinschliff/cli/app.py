@@ -77,6 +77,22 @@ def _load(path: Path, overrides: list[str] | None) -> Recipe:
         raise Failure("\n".join(exc.lines), code=2) from exc
 
 
+def _read_report(path: Path) -> dict:
+    """An evaluate report.json; a path that is none is an argument error (exit 2)."""
+    from feinschliff.pipeline import read_report
+
+    try:
+        report = read_report(path)
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not valid JSON"
+        raise Failure(
+            f"--report {path}: {why} (give the report.json that `evaluate` wrote)", code=2
+        ) from exc
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
+        raise Failure(f"--report {path}: not an evaluate report (no metrics)", code=2)
+    return report
+
+
 def _complete_dir(path: Path, what: str) -> str:
     from feinschliff.artifacts import completed_hash
 

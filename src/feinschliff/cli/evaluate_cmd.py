@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _complete_dir, _load, app
+from feinschliff.cli.app import (
+    Failure,
+    RecipeArg,
+    SetOpt,
+    _complete_dir,
+    _load,
+    _read_report,
+    app,
+)
 
 
 @app.command()
@@ -70,11 +78,10 @@ def gate(
     and writes the decision to decision.json next to the report. Exit 0: promote. Exit 3:
     rejected (or awaiting a human approval)."""
     from feinschliff.gate import Approval, decide_promotion, write_decision
-    from feinschliff.pipeline import read_report
 
     cfg = _load(recipe, set_)
     approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
-    decision = decide_promotion(read_report(report), cfg.gate, approval)
+    decision = decide_promotion(_read_report(report), cfg.gate, approval)
     for r in decision.results:
         thr = "-" if r.threshold is None else f"{r.threshold:g}"
         val = "-" if r.value is None else f"{r.value:.4f}"

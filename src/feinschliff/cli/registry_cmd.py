@@ -190,18 +190,18 @@ def registry_retire(
 
 
 @registry_app.command("reconcile")
-def registry_reconcile(recipe: RecipeArg, set_: SetOpt = None) -> None:
+def registry_reconcile(recipe: RecipeArg, root: RootOpt = None, set_: SetOpt = None) -> None:
     """Make the recipe's vLLM servers serve exactly what the registry says (production under the
     use-case name, kept versions as NAME@VERSION): load missing, switch stale, unload extra,
-    verify each change with a completion. Idempotent; prints every action."""
+    verify each change with a completion. Idempotent; prints every action. --root: the
+    registry to follow instead of the recipe's (as with `promote --recipe R --root X`)."""
     from feinschliff.serving.deploy import reconcile
-    from feinschliff.serving.publish import registry_root
 
     cfg = _load(recipe, set_)
     if cfg.register.vllm is None:
         raise Failure("the recipe has no register.vllm servers to reconcile", code=2)
     with _errors():
-        report = reconcile(registry_root(cfg), cfg.use_case, cfg.register.vllm)
+        report = reconcile(_root_for(cfg, root), cfg.use_case, cfg.register.vllm)
     _print_report(report)
 
 

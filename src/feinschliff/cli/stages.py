@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _complete_dir, _load, app
+from feinschliff.cli.app import (
+    Failure,
+    RecipeArg,
+    SetOpt,
+    _complete_dir,
+    _load,
+    _read_report,
+    app,
+)
 from feinschliff.recipe_loader import RecipeError, dump_resolved, load_recipe, recipe_json_schema
 
 
@@ -32,7 +40,9 @@ def validate(
             for line in exc.lines:
                 typer.echo(line, err=True)
             continue
-        typer.echo(f"{path}: ok ({recipe.use_case}, {recipe.train.method}/{recipe.train.backend})")
+        # with --print, stdout is the resolved recipe alone (so it can be saved and used)
+        ok = f"{path}: ok ({recipe.use_case}, {recipe.train.method}/{recipe.train.backend})"
+        typer.echo(ok, err=show)
         if show:
             typer.echo(dump_resolved(recipe))
     if failed:
@@ -61,6 +71,15 @@ def register(
     promote_: Annotated[
         bool, typer.Option("--promote", help="Also move the production alias.")
     ] = False,
+    approve: Annotated[
+        bool | None,
+        typer.Option(
+            "--approve/--reject",
+            help="Answer the gate's `require_approval` rule as a human (as `gate` does).",
+        ),
+    ] = None,
+    by: Annotated[str, typer.Option(help="Who approves or rejects (for the audit log).")] = "cli",
+    comment: Annotated[str, typer.Option(help="Why.")] = "",
     set_: SetOpt = None,
 ) -> None:
     """Preflight an adapter (vLLM's adapter_config rules, base model name and tensor shapes,
@@ -68,22 +87,28 @@ def register(
     immutable version with a lineage manifest and point the `candidate` alias at it
     (`--promote`: also `production`, live on register.vllm servers). Prints the version."""
     from feinschliff.artifacts import AdapterRef
-    from feinschliff.gate import decide_promotion
-    from feinschliff.pipeline import read_report, registry_root
+    from feinschliff.gate import Approval, decide_promotion
+    from feinschliff.pipeline import registry_root
     from feinschliff.registry import InvalidName, RegistryError, set_alias
     from feinschliff.serving.deploy import DeployError
     from feinschliff.serving.preflight import PreflightError
     from feinschliff.serving.publish import publish_version, register_version
 
     cfg = _load(recipe, set_)
+    if approve is not None and report is None:
+        raise Failure("--approve/--reject answer the gate: give --report too", code=2)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
     lineage = {"train": json.loads((adapter / "metrics.json").read_text())}
     decision = None
     if report is not None:
-        decision = decide_promotion(read_report(report), cfg.gate)
+        approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
+        decision = decide_promotion(_read_report(report), cfg.gate, approval)
         lineage["gate"] = decision.model_dump()
         if promote_ and not decision.promote:
-            raise Failure("the gate rejects this adapter; refusing --promote", code=3)
+            waiting = (
+                " (it awaits a human: add --approve --by NAME)" if decision.needs_approval else ""
+            )
+            raise Failure(f"the gate rejects this adapter; refusing --promote{waiting}", code=3)
     root = registry_root(cfg)
     try:
         version = register_version(cfg, ref, lineage)  # preflight first: rejects write nothing

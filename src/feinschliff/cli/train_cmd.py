@@ -25,12 +25,14 @@ def train(
     is refused up front if its memory estimate does not fit that GPU (see `estimate`)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.train import run_train
-    from feinschliff.train.stage import TrainError
+    from feinschliff.train.stage import DoesNotFit, TrainError
 
     cfg = _load(recipe, set_)
     ref = DatasetRef(path=str(data.resolve()), sha256=_complete_dir(data, "ingest"))
     try:
         adapter = run_train(cfg, ref, out)
+    except DoesNotFit as exc:  # as `run` and `estimate`: the recipe asks for too small a GPU
+        raise Failure(str(exc), code=2) from exc
     except TrainError as exc:
         raise Failure(str(exc)) from exc
     typer.echo(json.dumps(adapter.model_dump(), indent=2))

@@ -238,7 +238,7 @@ def _reconcile_locked(root: registry.Root, use_case: str, spec: VllmSpec) -> Dep
         raise DeployError(
             f"registry production of {use_case} is {report.production}, but: "
             + "; ".join(errors)
-            + " (fix the replica, then run `feinschliff registry reconcile`)"
+            + " (fix the replica, then run `feinschliff registry reconcile RECIPE`)"
         )
     return report
 

@@ -44,6 +44,10 @@ class TrainError(RuntimeError):
     """Training cannot start (no GPU for QLoRA, too little memory, empty data) or failed."""
 
 
+class DoesNotFit(TrainError):
+    """The recipe's ``train.gpu`` is too small for the memory estimate: a recipe problem."""
+
+
 def cache_key(recipe: Recipe, data: DatasetRef, production: Any = UNSET) -> str:
     """What a finished training depends on: its recipe sections, the rows, the adapter a warm
     start continues (``production`` as in ``run_train``) and the code."""
@@ -130,7 +134,7 @@ def preflight(recipe: Recipe) -> None:
     try:
         check_training_fits(recipe)
     except EstimateError as exc:
-        raise TrainError(str(exc)) from exc
+        raise DoesNotFit(str(exc)) from exc
 
 
 def _run_backend(
