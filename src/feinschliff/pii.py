@@ -253,8 +253,37 @@ def _scrub(text: str, mode: PiiMode, key: str | None) -> tuple[str, Counter[str]
 
 def _analyze(analyzer: Any, text: str) -> list[Any]:
     return analyzer.analyze(  # type: ignore[no-any-return]
-        text=text, language="de", entities=list(ENTITIES), score_threshold=SCORE_THRESHOLD
+        text=_unescaped_in_place(text),
+        language="de",
+        entities=list(ENTITIES),
+        score_threshold=SCORE_THRESHOLD,
     )
+
+
+_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)", re.S)
+_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/"}
+
+
+def _unescaped_in_place(text: str) -> str:
+    """``text`` with each JSON/Python escape (``\\n``, ``\\"``, ``\\u00e4``) decoded and padded
+    with spaces to its own length. A quarantined raw value is often JSON still encoded as a
+    string (Langfuse's v2 ``input``); there ``\\n0151 1234567`` glued the ``n`` to the number,
+    and the recognizers' word boundaries missed it (a line break, not a blank, must separate
+    two numbers: the phone matcher reads blank-separated digit groups as one number). Offsets
+    stay the same, so findings apply to the original text."""
+    if "\\" not in text:
+        return text
+
+    def decoded(match: re.Match[str]) -> str:
+        escape = match.group()
+        if escape[1] == "u":
+            char = chr(int(escape[2:], 16))
+            char = char if char.isprintable() and not 0xD800 <= ord(char) < 0xE000 else " "
+        else:
+            char = _UNESCAPE.get(escape[1], " ")
+        return char.ljust(len(escape))
+
+    return _ESCAPE.sub(decoded, text)
 
 
 def _anonymize(
