@@ -3,9 +3,9 @@
 An Argilla server cannot run here. The SDK talks to a local HTTP server (a thread on
 127.0.0.1) that replays REST exchanges recorded from the unmodified SDK against the samples'
 fake Argilla 2.8 server (data/fixtures/argilla/live/responses.json, made by
-data/fixtures/_make/make_argilla_formats.py). The replay checks the API key header and emulates
-the one server behaviour the incremental pull relies on: the ``updated_at >=`` range filter of
-``POST /records/search``.
+data/fixtures/_make/make_argilla_formats.py). The replay checks the API key header and can hide
+records from ``POST /records/search`` (a record whose last submitted response was discarded or
+deleted since the previous pull).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Replay(ThreadingHTTPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), Handler)
         self.bodies: list[dict] = []
+        self.hidden: set[str] = set()  # record ids the search no longer finds
 
     @property
     def url(self) -> str:
@@ -61,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
         for ex in EXCHANGES:
             if ex["method"] == self.command and ex["path"] == url.path:
                 if url.path.endswith("/records/search"):  # all records, filtered, then paged
-                    return self._send(200, _search(ex["response"], body, query))
+                    return self._send(200, _search(ex["response"], body, query, self.server.hidden))
                 return self._send(ex["status"], ex["response"])
         self._send(404, {"detail": f"not recorded: {self.command} {url.path} {query}"})
 
@@ -74,13 +75,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _search(first_page: dict, body: dict | None, query: dict) -> dict:
-    """The recorded records (first page holds all 30), with an ``updated_at >=`` range filter
-    of the search body applied, paged by ``offset``/``limit``."""
-    items = first_page["items"]
-    for f in ((body or {}).get("filters") or {}).get("and", []):
-        if f.get("type") == "range" and f["scope"].get("property") == "updated_at":
-            items = [i for i in items if i["record"]["updated_at"] >= f["ge"]]
+def _search(first_page: dict, body: dict | None, query: dict, hidden: set[str]) -> dict:
+    """The recorded records (first page holds all 30) but the hidden ones, paged by
+    ``offset``/``limit``."""
+    items = [i for i in first_page["items"] if i["record"]["id"] not in hidden]
     offset, limit = int(query.get("offset", 0)), int(query.get("limit", 256))
     return {"items": items[offset : offset + limit], "total": len(items)}
 
@@ -97,7 +95,10 @@ def argilla_server(monkeypatch, home):
     srv.server_close()
 
 
-def test_argilla_pull_keeps_only_submitted_responses_and_is_incremental(argilla_server, tmp_path):
+def test_argilla_pull_keeps_only_submitted_responses_and_takes_snapshots(argilla_server, tmp_path):
+    """Each pull is a full snapshot that replaces the previous one: Argilla keeps a record's
+    ``updated_at`` when a response changes, so an ``updated_at`` watermark missed responses
+    given after a record's first pull, and an older mirror copy kept withdrawn answers."""
     from feinschliff.ingest import run_ingest
     from feinschliff.recipe import FeedbackSpec
 
@@ -119,16 +120,36 @@ def test_argilla_pull_keeps_only_submitted_responses_and_is_incremental(argilla_
     assert (first["counts"]["sft.jsonl"], first["counts"]["preference.jsonl"]) == (25, 31)
     assert first["drops"]["argilla_response_discarded"] == 3
     assert argilla_server.bodies[0]["filters"]["and"][0]["scope"]["property"] == "status"
-    mark = first["sources"][0]["pull"]["watermark_after"]["records"]
+    assert first["sources"][0]["pull"]["watermark_after"]["records"]  # newest updated_at
 
+    # one record's submitted answers were withdrawn on the server since
+    records = [json.loads(line) for f in _mirror_files(spec) for line in f.read_text().splitlines()]
+    gone = records[0]["id"]  # the record's id in the rows' provenance
+    argilla_server.hidden.add(records[0]["_server_id"])  # the server's id of it
     argilla_server.bodies.clear()
     run_ingest(spec, tmp_path / "second")
     second = json.loads((tmp_path / "second" / "manifest.json").read_text())
-    ranges = [f for f in argilla_server.bodies[0]["filters"]["and"] if f["type"] == "range"]
-    assert ranges and ranges[0]["ge"].startswith(mark[:19])
-    assert second["sources"][0]["pull"]["fetched"]["records"] < 30
-    assert second["sources"][0]["records"] == 30  # the mirror still holds every record, once
-    assert second["counts"] == first["counts"]
+    assert not [f for f in argilla_server.bodies[0]["filters"]["and"] if f["type"] == "range"]
+    assert second["sources"][0]["pull"]["fetched"]["records"] == 29
+    assert second["sources"][0]["records"] == 29  # the withdrawn record is gone
+    assert len(_mirror_files(spec)) == 1  # the snapshot replaced the older one
+    rows = (tmp_path / "second" / "sft.jsonl").read_text() + (
+        tmp_path / "second" / "preference.jsonl"
+    ).read_text()
+    assert (
+        gone not in rows
+        and gone
+        in (tmp_path / "first" / "sft.jsonl").read_text()
+        + (tmp_path / "first" / "preference.jsonl").read_text()
+    )
+
+
+def _mirror_files(spec) -> list[Path]:
+    from feinschliff.ingest.pull import source_key, state_dir
+
+    source = spec.sources[0]
+    key = source_key(source, os.environ["ARGILLA_API_URL"])
+    return sorted((state_dir() / "mirror" / key).glob("records-*.jsonl"))
 
 
 def test_adhoc_cli_reads_every_format_and_redacts(tmp_path):

@@ -1,6 +1,6 @@
 """Live pulls: Langfuse over its public REST API (cursor paging), Argilla through its SDK.
 
-A pull is incremental. Each source has a watermark in the cache dir
+A Langfuse pull is incremental. Each source has a watermark in the cache dir
 (``$FEINSCHLIFF_HOME/ingest/watermarks/<source>.json``): a scheduled run fetches only what is
 newer, and appends it to the source's local mirror (``$FEINSCHLIFF_HOME/ingest/mirror/<source>/``),
 which the ingest then reads in full, so the dataset always covers all feedback pulled so far.
@@ -14,8 +14,15 @@ are deduplicated by id when read).
   stored as returned. A watermark never passes the time the pull started: one client with a
   clock ahead must not hide everyone else's newer rows. Rows that appear more than the lookback
   late, and score *updates* that keep their timestamp, are not re-fetched.
-- Argilla: records with at least one submitted response, ``updated_at >=`` watermark, with
-  responses (status kept per response); stored as nested JSONL beside the dataset settings.
+- Argilla: a full snapshot on every pull: the records with at least one submitted response,
+  with responses (status kept per response), as nested JSONL beside the dataset settings; the
+  snapshot replaces the mirror's older ones once it is complete. Not incremental on purpose:
+  Argilla's search index keeps a record's ``updated_at`` when a response is submitted, edited
+  or discarded (the server updates only the ``responses`` of the indexed record), so an
+  ``updated_at`` watermark lost every response given after the record's first pull, and an
+  older copy in the mirror kept answers that were since discarded or deleted. Annotated
+  datasets are human-sized; a snapshot costs one paged search per run. The newest record
+  ``updated_at`` is still recorded as the watermark, for the manifest.
 
 Credentials: environment variables or Prefect Secret blocks only (``credentials``).
 """
@@ -219,12 +226,9 @@ def _pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
         raise ValueError(f"Argilla dataset {pull.dataset!r} not found on {url}")
     mirror, mark_file = _paths(source, url)
     before = _load_watermark(mark_file)
-    conditions: list[tuple[str, str, Any]] = [("response.status", "==", "submitted")]
-    if "records" in before:
-        conditions.append(("updated_at", ">=", before["records"]))
-    query = rg.Query(filter=rg.Filter(conditions))
+    query = rg.Query(filter=rg.Filter([("response.status", "==", "submitted")]))
     _save_json(mirror / ".argilla" / "settings.json", dataset.settings.serialize())
-    after, count = dict(before), 0
+    after, count = {}, 0
     target = mirror / f"records-{_stamp()}.jsonl"
     tmp = target.with_name(target.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -241,8 +245,11 @@ def _pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
     tmp.replace(target)
+    for older in mirror.glob("records-*.jsonl"):  # superseded by the complete snapshot
+        if older.name < target.name:
+            older.unlink()
     _save_json(mark_file, after)
-    log.info("argilla pull %s/%s: %d records", url, pull.dataset, count)
+    log.info("argilla pull %s/%s: %d records (full snapshot)", url, pull.dataset, count)
     return PullResult(mirror, before, after, {"records": count})
 
 

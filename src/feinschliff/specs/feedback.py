@@ -81,9 +81,11 @@ class FeedbackSource(Strict):
         | None
     ) = Field(
         None,
-        description="Pull from a live server instead of reading `path` (incremental: only "
-        "feedback newer than the stored watermark is fetched; everything pulled so far is "
-        "kept in a local mirror under the cache dir and ingested).",
+        description="Pull from a live server instead of reading `path`. Langfuse is "
+        "incremental (only feedback newer than the stored watermark is fetched; everything "
+        "pulled so far is kept in a local mirror under the cache dir and ingested); Argilla "
+        "takes a full snapshot of the submitted records each time (its records keep their "
+        "`updated_at` when a response changes).",
     )
 
     @model_validator(mode="before")
