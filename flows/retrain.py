@@ -16,7 +16,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from feinschliff import notify
-from feinschliff.artifacts import input_key
+from feinschliff.artifacts import input_key, rows_sha256
 from feinschliff.estimate import check_training_fits
 from feinschliff.gate import Approval, Decision
 from feinschliff.ledger import Ledger, effect_key, resume_or_restart
@@ -45,6 +45,8 @@ from flows.tasks import (
     train_task,
     train_via_deployment,
 )
+
+PASSED_NOT_REGISTERED = "PASSED the gate (not registered: register=false)"
 
 
 class ApprovalInput(RunInput):
@@ -98,10 +100,19 @@ def _retrain(
     train_deployment: str | None,
 ) -> dict:
     logger = get_run_logger()
+    artifacts.publish_recipe(recipe)
+
+    data = fresh(ingest_task, recipe=recipe, out=work / "ingest")
+    artifacts.publish_ingest(recipe, data)
+    fault_point("after-ingest")
+
     # Side effects (registry, servers, notifications) go through the run's ledger: a rerun after
-    # a crash resumes this run and does each of them once (see feinschliff.ledger).
+    # a crash resumes this run and does each of them once (see feinschliff.ledger). A run is
+    # keyed by the recipe AND the feedback it trains on: new feedback is a new run, so a run
+    # that broke after its own promotion is resumed (to finish it) only with its own data, and
+    # never trains a new candidate against the production it recorded before promoting.
     ledger = Ledger(work / "ledger.jsonl")
-    inputs = input_key(recipe_hash(recipe), register)
+    inputs = input_key(recipe_hash(recipe), register, rows_sha256(data))
     run, abandoned = resume_or_restart(ledger, inputs, lambda: production_version(recipe))
     if abandoned:
         logger.warning(
@@ -120,11 +131,6 @@ def _retrain(
             effect="production",
         )
 
-    artifacts.publish_recipe(recipe)
-
-    data = fresh(ingest_task, recipe=recipe, out=work / "ingest")
-    artifacts.publish_ingest(recipe, data)
-    fault_point("after-ingest")
     if recipe.generate is not None:
         synthetic = fresh(generate_task, recipe=recipe, feedback=data, out=work / "generate")
         data = fresh(
@@ -174,30 +180,45 @@ def _retrain(
         fault_point("after-register")
     artifacts.publish_decision(recipe, decision, version)
 
+    promoted = decision.promote and version is not None
     summary = summary_text(read_report(report), decision, version)
+    if decision.promote and not register:  # evaluate only: nothing was registered or promoted
+        summary = summary.replace("decision: PROMOTED", f"decision: {PASSED_NOT_REGISTERED}")
     logger.info("run summary\n%s", summary)
-    event = "promoted" if decision.promote else "rejected"
+    if promoted and (now := production_version(recipe)) != version:
+        # a rerun after a crash mid-promotion found the promotion done and moved away since:
+        # it does not promote again (that would undo someone's rollback)
+        logger.warning(
+            "%s was promoted by this run, but production has since been moved to %s "
+            "(rolled back or replaced by someone else): not promoting it again",
+            version,
+            now or "nothing",
+        )
     candidate = read_report(report)["metrics"].get("candidate", {})
     fault_point("before-notify")
-    notify.send_once(
-        ledger,
-        run,
-        event,
-        recipe.use_case,
-        {
-            "version": version,
-            "rules": [r.model_dump() for r in decision.results],
-            "metrics": {
-                k: v["value"] for k, v in candidate.items() if isinstance(v.get("value"), float)
+    # notify.Event has no "passed the gate, not registered" kind: an evaluate-only run that
+    # passes announces nothing (it is neither a promotion nor a rejection)
+    event = "promoted" if promoted else "rejected"
+    if promoted or not decision.promote:
+        notify.send_once(
+            ledger,
+            run,
+            event,
+            recipe.use_case,
+            {
+                "version": version,
+                "rules": [r.model_dump() for r in decision.results],
+                "metrics": {
+                    k: v["value"] for k, v in candidate.items() if isinstance(v.get("value"), float)
+                },
             },
-        },
-    )
+        )
     fault_point("after-notify")
     ledger.close_run(run)
 
     return {
         "use_case": recipe.use_case,
-        "promoted": decision.promote,
+        "promoted": promoted,
         "version": version,
         "workdir": str(work),
         "report": str(Path(report.path) / "report.json"),

@@ -10,7 +10,9 @@ A cached ref whose directory was deleted or changed is recomputed (see ``fresh``
 
 from __future__ import annotations
 
+import calendar
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -44,7 +46,7 @@ from feinschliff.pipeline import (
 )
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
-from feinschliff.registry import RegistryError, read_aliases, version_adapter
+from feinschliff.registry import RegistryError, audit_log, read_aliases, version_adapter
 from feinschliff.serving.deploy import reconcile
 from feinschliff.serving.preflight import PreflightError
 from feinschliff.serving.publish import publish_version, register_version
@@ -105,7 +107,8 @@ class _TrainProgress(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args if isinstance(record.args, tuple) else ()
-        if record.msg.startswith("step ") and len(args) >= 2 and args[1]:
+        # exactly the trainer's `step %d/%d ...`: `step %d eval loss %.4f` has two numbers too
+        if str(record.msg).startswith("step %d/%d") and len(args) >= 2 and args[1]:
             update_progress_artifact(self.artifact_id, min(100.0, 100.0 * args[0] / args[1]))
 
 
@@ -225,11 +228,12 @@ def register_task(
     fault_point("register:after-version")
     # Keyed by the version only: a rerun after a kill mid-promotion sees production already at
     # `version` (another expected_production) and must land in `recover`, not promote anew.
+    promote_key = effect_key(run, "promote", recipe.use_case, version)
     ledger.perform(
-        effect_key(run, "promote", recipe.use_case, version),
+        promote_key,
         lambda: _promote(recipe, version, expected_production, decision),
         what=f"promote {recipe.use_case} {expected_production} -> {version}",
-        recover=lambda: _already_production(recipe, version),
+        recover=lambda: _already_promoted(recipe, version, ledger.intent_at(promote_key)),
     )
     fault_point("register:after-promote")
     return version
@@ -247,15 +251,41 @@ def _promote(recipe: Recipe, version: str, expected: str | None, decision: Decis
     return version
 
 
-def _already_production(recipe: Recipe, version: str) -> str | None:
-    """After a crash mid-promotion: production already moved to ``version`` -> only let the
-    servers converge (reconcile loads nothing that is loaded already) and count it as done."""
+def _already_promoted(recipe: Recipe, version: str, since: float | None) -> str | None:
+    """After a crash mid-promotion (intent recorded at ``since``): ``version`` when the
+    promotion already happened, so it counts as done; None when it did not (promote now).
+
+    - production is ``version``: only let the servers converge (reconcile loads nothing that
+      is loaded already).
+    - production moved to ``version`` after ``since`` and away again since (an operator's
+      rollback, another promotion): the promotion happened, and doing it again would undo
+      that later move. The flow says so when it ends (production is not ``version``).
+    """
     root = registry_root(recipe)
-    if read_aliases(root, recipe.use_case).get("production") != version:
-        return None
-    if recipe.register.vllm is not None:
-        reconcile(root, recipe.use_case, recipe.register.vllm)
-    return version
+    if read_aliases(root, recipe.use_case).get("production") == version:
+        if recipe.register.vllm is not None:
+            reconcile(root, recipe.use_case, recipe.register.vllm)
+        return version
+    if since is not None and _promoted_since(root, recipe.use_case, version, since):
+        return version
+    return None
+
+
+def _promoted_since(root: Any, use_case: str, version: str, since: float) -> bool:
+    """Whether the audit log shows production moved to ``version`` at or after ``since``."""
+    floor = int(since)  # the audit log's times are whole UTC seconds
+    for entry in audit_log(root, use_case):
+        if entry.get("event") != "alias" or entry.get("alias") != "production":
+            continue
+        if entry.get("new") != version:
+            continue
+        try:
+            at = calendar.timegm(time.strptime(entry.get("at", ""), "%Y-%m-%dT%H:%M:%SZ"))
+        except (TypeError, ValueError):
+            continue
+        if at >= floor:
+            return True
+    return False
 
 
 def production_version(recipe: Recipe) -> str | None:

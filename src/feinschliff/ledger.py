@@ -15,7 +15,10 @@ file (one fsync'd line per record, appended under a file lock) with two records 
 
 Keys are scoped to a *run*: :meth:`Ledger.open_run` returns the unfinished run with the same
 inputs (a rerun after a kill resumes it) or starts a new one once the last was closed, so an
-intentional second run with identical inputs does its effects (and notifications) again.
+intentional second run with identical inputs does its effects (and notifications) again. The
+retrain flow's inputs are the recipe *and* the feedback rows it trains on: a run that broke after
+its own promotion is resumed (to finish: notify, close) by a rerun on the same data only; new
+feedback starts a new run against the production of now.
 :func:`resume_or_restart` abandons an unfinished run whose recorded view of the registry
 someone else has changed since (a failed run must not pin every later scheduled run to it).
 """
@@ -100,6 +103,14 @@ class Ledger:
                 found = "intent"
         return found, result
 
+    def intent_at(self, key: str) -> float | None:
+        """When the effect's ``intent`` was first recorded (``time.time()``), None if never: a
+        ``recover`` can tell what happened after the interrupted effect started."""
+        return next(
+            (r.get("at") for r in self.records() if r.get("key") == key and r["state"] == "intent"),
+            None,
+        )
+
     def perform(
         self,
         key: str,
@@ -162,7 +173,8 @@ def resume_or_restart(
 
     A resumed run trains, evaluates and promotes against the production version it recorded
     (its ``production`` effects). That is right after a crash, including one after its own
-    promotion (production is then a version it ``register``-ed). When production is neither,
+    promotion (production is then a version it ``register``-ed): the rerun on the same inputs
+    (same data) reuses its training and evaluation and only finishes. When production is neither,
     another promotion or a rollback moved it since: the run's recorded view is stale, and
     resuming would fail its compare-and-swap on every later run with the same recipe.
     """

@@ -145,3 +145,16 @@ def test_a_run_whose_last_recorded_production_was_rolled_back_is_abandoned(tmp_p
     )
     new, why = resume_or_restart(ledger, "inputs", lambda: "v0001")
     assert new != run and why == "production moved to v0001 since the run recorded v0002"
+
+
+def test_intent_at_is_when_an_interrupted_effect_started(tmp_path):
+    """What a ``recover`` compares the registry's audit log with (was it promoted since?)."""
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    key = effect_key("run-1", "promote", "support-de", "v0002")
+    assert ledger.intent_at(key) is None
+    ledger._record(key, "intent", "promote")  # a kill during the effect
+    started = ledger.intent_at(key)
+    assert started == ledger.records()[0]["at"]
+    ledger.perform(key, lambda: "v0002", recover=lambda: None)  # the rerun: no second intent
+    assert ledger.intent_at(key) == started
+    assert [r["state"] for r in ledger.records()] == ["intent", "done"]
