@@ -31,6 +31,26 @@ class RecipeError(ValueError):
         self.lines = lines
 
 
+class _RecipeYaml(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1's yes/no/on/off turned documented string
+    values into booleans (`pii: {mode: off}` failed with "got False"); a boolean field still
+    accepts them, as pydantic reads "off" as False there."""
+
+
+_RecipeYaml.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_RecipeYaml.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """A recipe's YAML (or a ``--set`` value), with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_RecipeYaml)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override and validate a recipe file.
 
@@ -43,7 +63,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from exc
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
         lines_by_path = _line_numbers(text)
     except yaml.YAMLError as exc:
         raise RecipeError([f"{path}: (yaml): {_one_line(str(exc))}"]) from exc
@@ -77,7 +97,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not all(parts):
         raise ValueError(f"bad path {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ValueError(f"invalid YAML value: {_one_line(str(exc))}") from None
     node: Any = data

@@ -388,3 +388,20 @@ def test_an_override_index_outside_the_list_says_so(index):
         load_recipe(ROOT / "recipes" / "demo-de.yaml", [f"gate.rules.{index}.rule=min"])
     assert f"{index!r} is not an index of a list of 4" in err.value.lines[0], err.value.lines
     assert "4 appends one" in err.value.lines[0]
+
+
+def test_documented_string_values_that_yaml_1_1_calls_booleans_stay_strings(tmp_path, demo):
+    """`pii: {mode: off}` is the documented value; YAML 1.1 read it as False ("got False")."""
+    demo["feedback"]["pii"] = {"mode": "off"}
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        yaml.safe_dump(demo, sort_keys=False).replace("mode: 'off'", "mode: off"),
+        encoding="utf-8",
+    )
+    assert "mode: off\n" in path.read_text(encoding="utf-8")
+    assert load_recipe(path).feedback.pii.mode == "off"
+    assert load_recipe(path, ["feedback.pii.mode=off"]).feedback.pii.mode == "off"
+    # booleans still read as booleans, yes/no/on/off included where the field is a boolean
+    assert load_recipe(path, ["evaluate.heldout=false"]).evaluate.heldout is False
+    assert load_recipe(path, ["evaluate.heldout=no"]).evaluate.heldout is False
+    assert load_recipe(path, ["evaluate.heldout=on"]).evaluate.heldout is True

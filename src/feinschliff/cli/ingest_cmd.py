@@ -48,19 +48,21 @@ def ingest(
     value), manifest.json (counts per source/output/drop reason, PII findings, input sha256,
     watermarks, output sha256) and README.md (dataset card). PII is scrubbed before writing.
 
-    With a RECIPE its `feedback` section is used (and its evaluate.tasks for decontamination).
+    With a RECIPE its `feedback` section is used; rows holding eval data that `evaluate` reads
+    (its tasks; the bundled judge questions when the judge asks them) are dropped.
     Ad hoc: `--source argilla:PATH --source langfuse:PATH [--pii MODE]`, decontaminated against
     every bundled eval set; `--set feedback.rules.min_rating=3` overrides work in both modes.
     Exit 2: invalid arguments or an export that matches no known format; 1: other failures
     (e.g. more quarantined than feedback.max_quarantine_fraction).
     """
     from feinschliff.ingest.stage import IngestError, InvalidSource, run_ingest
+    from feinschliff.recipe import evaluated_sets
 
     if (recipe is None) == (not source):
         raise Failure("give either a RECIPE or one or more --source KIND:PATH", code=2)
     if recipe is not None:
-        loaded = _load(recipe, [*(set_ or []), *([f"feedback.pii.mode={pii}"] if pii else [])])
-        spec, tasks = loaded.feedback, list(loaded.evaluate.tasks)
+        loaded = _load(recipe, [*(set_ or []), *([f"feedback.pii.mode={pii!r}"] if pii else [])])
+        spec, tasks = loaded.feedback, evaluated_sets(loaded)
     else:
         spec, tasks = _adhoc_spec(source or [], pii, set_ or []), _bundled_tasks()
     try:
