@@ -44,7 +44,7 @@ from feinschliff.pipeline import (
     read_report,
     registry_root,
 )
-from feinschliff.recipe import Recipe
+from feinschliff.recipe import Recipe, evaluated_sets
 from feinschliff.recipe_loader import section_hash
 from feinschliff.registry import RegistryError, audit_log, read_aliases, version_adapter
 from feinschliff.serving.deploy import reconcile
@@ -94,7 +94,7 @@ def _production(recipe: Recipe, candidate: AdapterRef, version: str | None) -> A
 
 @task(name="ingest", cache_key_fn=_ingest_key, retries=2, retry_delay_seconds=[5, 30], **CACHE)
 def ingest_task(recipe: Recipe, out: Path) -> DatasetRef:
-    return run_ingest(recipe.feedback, out, eval_tasks=recipe.evaluate.tasks)
+    return run_ingest(recipe.feedback, out, eval_tasks=evaluated_sets(recipe))
 
 
 class _TrainProgress(logging.Handler):

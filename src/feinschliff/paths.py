@@ -31,3 +31,8 @@ def bundled_task_names() -> list[str]:
             if line.startswith("task:"):
                 names.append(line.partition(":")[2].strip().strip("'\""))
     return names
+
+
+def judge_questions_file() -> Path:
+    """The bundled judge questions (``evaluate.judge.questions``: bundled or both)."""
+    return project_root() / "evals" / "judge" / "questions_de.jsonl"

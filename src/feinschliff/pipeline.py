@@ -28,7 +28,7 @@ from feinschliff.artifacts import (
 )
 from feinschliff.gate import Decision, metric_value
 from feinschliff.models import feinschliff_home
-from feinschliff.recipe import FeedbackSpec, Recipe
+from feinschliff.recipe import FeedbackSpec, Recipe, evaluated_sets
 from feinschliff.recipe_loader import dump_resolved, recipe_hash
 from feinschliff.registry import open_root
 
@@ -105,7 +105,7 @@ def ingest_fingerprint(recipe: Recipe) -> dict[str, Any]:
     from feinschliff.pii import PiiError, key_fingerprint, load_key
 
     spec = recipe.feedback
-    names = [*recipe.evaluate.tasks, *spec.decontamination.eval_sets]
+    names = [*evaluated_sets(recipe), *spec.decontamination.eval_sets]
     sets = find_eval_sets(names if spec.decontamination.enabled else [])
     key = None
     if spec.pii.mode == "pseudonymize":

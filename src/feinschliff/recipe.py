@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from feinschliff.paths import bundled_task_names, bundled_tasks_dir
+from feinschliff.paths import bundled_task_names, bundled_tasks_dir, judge_questions_file
 from feinschliff.specs.base_model import BaseModelSpec
 from feinschliff.specs.common import VLLM_LORA_RANKS, RecipePath, Strict
 from feinschliff.specs.evaluate import (
@@ -206,3 +206,15 @@ class Recipe(Strict):
                 "feedback.heldout_fraction is 0 (nothing is held out)"
             )
         return self
+
+
+def evaluated_sets(recipe: Recipe) -> list[str]:
+    """The eval data ``evaluate`` reads, as eval-set names for decontamination: its tasks and,
+    when the judge asks the bundled questions, their file. Ingest and generate drop rows
+    holding any of it (besides ``feedback.decontamination.eval_sets``), the same data the
+    gate's ``contamination`` metric checks: a row they kept would fail that rule."""
+    names = list(recipe.evaluate.tasks)
+    judge = recipe.evaluate.judge
+    if judge is not None and judge.questions != "heldout":
+        names.append(str(judge_questions_file()))
+    return names

@@ -106,6 +106,12 @@ def test_stages_chain_through_the_cli(demo_model, home, tmp_path):
     p = cli("registry", "list", env=env)
     assert "support-de-demo" in p.stdout and "v0001" in p.stdout and "candidate" in p.stdout
 
+    # A second train call with the same inputs reuses the finished adapter.
+    t0 = time.perf_counter()
+    p = cli("train", DEMO, "--data", str(data), "--out", str(adapter), *FAST, env=env)
+    assert p.returncode == 0 and "reusing finished adapter" in p.stderr
+    assert time.perf_counter() - t0 < 30
+
     # a require_approval rule: `register --promote` waits for a human, who answers as in `gate`
     passing = ["gate.rules.0.tolerance=1", "gate.rules.1.threshold=8"]
     passing += ["gate.rules.4={rule: require_approval}"]
@@ -115,17 +121,11 @@ def test_stages_chain_through_the_cli(demo_model, home, tmp_path):
     assert p.returncode == 3 and "it awaits a human: add --approve --by NAME" in p.stderr
     p = cli(*args, *sets, "--approve", "--by", "alice", env=env)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == "support-de-demo/v0002"
-    p = cli("registry", "show", "support-de-demo", env=env)
-    assert "production" in p.stdout and "v0002" in p.stdout, p.stdout
+    assert p.stdout.strip() == "support-de-demo/v0001"  # the same adapter: the same version
+    p = cli("registry", "audit", "support-de-demo", env=env)
+    assert "production" in p.stdout and "-> v0001 gate=pass" in p.stdout, p.stdout
     p = cli("gate", DEMO, "--report", str(evald), env=env)  # a folder, not the report
     assert p.returncode == 2 and "--report" in p.stderr and "Traceback" not in p.stderr
-
-    # A second train call with the same inputs reuses the finished adapter.
-    t0 = time.perf_counter()
-    p = cli("train", DEMO, "--data", str(data), "--out", str(adapter), *FAST, env=env)
-    assert p.returncode == 0 and "reusing finished adapter" in p.stderr
-    assert time.perf_counter() - t0 < 30
 
 
 def test_train_refuses_incomplete_data(home, tmp_path):

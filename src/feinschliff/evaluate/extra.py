@@ -14,7 +14,7 @@ from typing import Any
 
 from feinschliff.evaluate.heldout import correction_chrf, preference_accuracy, read_jsonl
 from feinschliff.evaluate.inference import generate_answers, load_model
-from feinschliff.paths import project_root
+from feinschliff.paths import judge_questions_file, project_root
 from feinschliff.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def judge_questions(recipe: Recipe, data_dir: Path) -> list[dict[str, Any]]:
     assert spec is not None
     questions: list[dict[str, Any]] = []
     if spec.questions in ("bundled", "both"):
-        path = project_root() / "evals" / "judge" / "questions_de.jsonl"
+        path = judge_questions_file()
         questions += [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
     if spec.questions in ("heldout", "both"):
         for i, row in enumerate(read_jsonl(data_dir / "heldout" / "sft.jsonl")):

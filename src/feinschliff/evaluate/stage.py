@@ -34,7 +34,7 @@ from feinschliff.artifacts import (
 from feinschliff.evaluate.harness import bundled_task_files, run_tasks
 from feinschliff.models import resolve_model
 from feinschliff.ngrams import N, contaminated, index_jsonl
-from feinschliff.paths import project_root
+from feinschliff.paths import judge_questions_file, project_root
 from feinschliff.pipeline import eval_data_fingerprint
 from feinschliff.plots import plot_comparison
 from feinschliff.poisoning import scan_dataset
@@ -146,11 +146,6 @@ def _plottable(name: str, v: dict[str, Any]) -> bool:
         and 0.0 <= value <= 1.0
         and not name.startswith(("contam", "poison"))
     )
-
-
-def judge_questions_file() -> Path:
-    """The bundled judge questions (``evaluate.judge.questions``: bundled or both)."""
-    return project_root() / "evals" / "judge" / "questions_de.jsonl"
 
 
 def contamination(

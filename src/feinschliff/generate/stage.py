@@ -46,7 +46,7 @@ from feinschliff.artifacts import (
 from feinschliff.generate.postprocess import FILTERS_VERSION
 from feinschliff.generate.templates import TEMPLATE_VERSION
 from feinschliff.ngrams import EvalIndex, N
-from feinschliff.recipe import Recipe
+from feinschliff.recipe import Recipe, evaluated_sets
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ def eval_set_names(recipe: Recipe) -> list[str]:
     """The eval sets generated rows are decontaminated against: ingest's, the recipe's
     ``evaluate.tasks`` and ``feedback.decontamination.eval_sets`` (task names or JSONL paths).
     Generate's own switch is ``generate.filters.decontaminate``."""
-    return [*recipe.evaluate.tasks, *recipe.feedback.decontamination.eval_sets]
+    return [*evaluated_sets(recipe), *recipe.feedback.decontamination.eval_sets]
 
 
 def reusable_output(out: Path, key: str) -> str | None:
