@@ -9,30 +9,40 @@ that fits, GPU-hours and EUR for the dataset, rent-vs-buy break-even). ``run_tra
 Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
 
 - Weights: every parameter in ``base_model.dtype``; QLoRA: linear layers in NF4 with double
-  quantization (4.127 bits), embeddings and head in 16 bit.
+  quantization (4.127 bits), embeddings and head in 16 bit. Attention widths use the config's
+  ``head_dim`` where it has one (Qwen3-4B: 32 x 128 = 4096 query width on a 2560 hidden size).
 - LoRA (PEFT keeps adapter weights in fp32): 4 bytes weights + 4 bytes gradients + 8 bytes
   AdamW moments (m and v, fp32) per trainable parameter. Frozen weights get no gradient.
-- Activations of a Llama-style decoder, per token and layer, in the weight dtype: the tensors the
-  backward pass keeps (norm inputs/outputs, q/k/v after RoPE, attention output, residual,
-  SwiGLU gate/up/activation/product = 7h + 3·kv + 4·I values), plus one dropout copy of each
-  adapted linear's input when LoRA dropout > 0. Attention runs as SDPA (no s² score matrix).
-  With gradient checkpointing only each layer's input (h values) stays, plus one layer's set.
-  Logits: three fp32 copies of batch x length x vocab (logits, log-softmax, gradient).
+- Activations of a Llama-style decoder with PEFT LoRA, per token and layer: the tensors autograd
+  keeps, as measured on the saved-tensor hooks (``layer_activation_bytes``; all-linear, 16-bit
+  weights: 24h + 4·kv + 8·I bytes). Attention runs as SDPA (no s² score matrix). With gradient
+  checkpointing only each layer's input (h values) stays, plus one layer's set.
+- Logits: TRL's SFT, DPO and KTO trainers patch the model with a fused LM head
+  (``trl.trainer.utils.add_fused_lm_head``, always on) that projects 4096 tokens x 32768 vocab
+  entries at a time: one tile, the gathered final hidden states and their fp32 gradient. ORPO
+  (``trl.experimental.orpo``) and the Axolotl backend build the whole batch x length x vocab
+  logits: three fp32 copies (logits, log-softmax, gradient).
   Preference methods (DPO, ORPO) run chosen and rejected together: twice the sequences.
   Sequences are counted at ``max_length`` (the worst case; real batches are often shorter).
 - Runtime overhead: 1.0 GiB on GPU (CUDA context and kernels). On CPU 0.75 GiB (Python, torch,
   transformers, TRL, datasets and the model-loading transient: a 1-step, 16-token run of the
-  demo model peaked at 1.30 GiB, 0.57 of it weights and LoRA states), and the activations count
-  1.35x: glibc keeps freed intermediates in its heap, so peak RSS exceeds the live tensors (the
-  factor is calibrated on the demo model: 1.2-1.6x across SFT/DPO/ORPO/KTO runs).
+  demo model peaked at 1.30 GiB, 0.57 of it weights and LoRA states). The activations count 1x
+  on CPU: the 1.35x allocator factor used before made up for the fp32 copies the old per-layer
+  count missed; with the measured layout the demo's 4 x 256 runs peaked at 4.33 (SFT), 6.33
+  (DPO), 5.72 (ORPO) and 4.15 GiB (KTO) against estimates of 4.31, 7.29, 6.41 and 4.31 GiB.
 - Sharding: with ``launcher: accelerate`` and ``accelerate_config`` fsdp or deepspeed-zero3, the
-  weights, LoRA parameters, gradients and optimizer states are split evenly over
-  ``num_processes`` devices (ideal sharding; the all-gather buffer of one layer is not counted);
-  activations and runtime overhead stay per device. DDP keeps a full copy on every device.
-- KV cache for serving (vLLM): 2 (K and V) x layers x kv_heads x head_dim x bytes per token.
+  decoder layers' weights, LoRA parameters, gradients and optimizer states are split evenly over
+  ``num_processes`` devices; the embedding and LM head stay whole (FSDP's root unit keeps them
+  gathered for the forward and backward, TRL's fused head gathers the head), and two layers'
+  weights are gathered at a time (the running one and the prefetched next). Activations and
+  runtime overhead stay per device. DDP keeps a full copy on every device.
+- Serving (vLLM): the base model in ``base_model.dtype`` (feinschliff passes vLLM no
+  quantization, so a QLoRA adapter is served on the 16-bit base) plus the adapter and the KV
+  cache: 2 (K and V) x layers x kv_heads x head_dim x bytes per token.
 - Cost: FLOPs per trained token = 2N forward + 2N backward to the inputs (+ 2N weight gradients
   in full fine-tuning, + 2N recomputation with checkpointing, + 2N reference forward for DPO and
-  KTO); GPU throughput = dense bf16 peak x MFU (default 35 %).
+  KTO, + 4N for KTO's KL term: policy and reference forwards on the mismatched KL pairs, TRL's
+  default ``loss_type="kto"``); GPU throughput = dense bf16 peak x MFU (default 35 %).
 
 ``reference_table`` reproduces the 8B table of the talk "LLMs im Selbstbetrieb" (slide "Speicherbedarf") under *its*
 assumptions (those of the LLM System Requirements calculator it links), which differ.
@@ -56,9 +66,19 @@ GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 NF4_BYTES = 4.127 / 8
 CPU_OVERHEAD_GIB = 0.75
-CPU_ALLOCATOR_FACTOR = 1.35
+CPU_ALLOCATOR_FACTOR = 1.0  # see the module docstring: peak RSS matches the counted tensors
 GPU_OVERHEAD_GIB = 1.0
 LOGIT_COPIES = 3
+# TRL's chunked log-prob kernel (trl/kernels/chunked_logprob.py): TOKEN_CHUNK_SIZE tokens x
+# _CHUNKED_LOGPROB_CHUNK_SIZE vocabulary entries per projection tile.
+FUSED_TILE_TOKENS = 4096
+FUSED_TILE_VOCAB = 32768
+# Without Triton (CPU) the kernel's torch fallback holds fp32 temporaries of the tile (exp, log-p,
+# p, gradient, ...): a fp32 forward+backward of 1024 tokens peaked at 8.3 tiles of RSS.
+CPU_FUSED_TILE_FP32_COPIES = 7
+# Per-token fp32 statistics of the fused head (running max, sums, log Z, entropy, target logit).
+FUSED_STATS_BYTES = 8 * 4
+FSDP_GATHERED_LAYERS = 2
 DEFAULT_MFU = 0.35
 ADAM_BYTES = 8
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -82,10 +102,16 @@ class ModelShape:
     intermediate: int
     vocab: int
     tied_embeddings: bool = False
+    # config.json's head_dim; 0: hidden / heads. Qwen3 and Gemma set it independently of hidden.
+    explicit_head_dim: int = 0
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.explicit_head_dim or self.hidden // self.heads
+
+    @property
+    def q_width(self) -> int:
+        return self.heads * self.head_dim
 
     @property
     def kv_width(self) -> int:
@@ -93,12 +119,12 @@ class ModelShape:
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each adaptable linear layer in one decoder block."""
-        h, kv, i = self.hidden, self.kv_width, self.intermediate
+        h, q, kv, i = self.hidden, self.q_width, self.kv_width, self.intermediate
         return {
-            "q_proj": (h, h),
+            "q_proj": (h, q),
             "k_proj": (h, kv),
             "v_proj": (h, kv),
-            "o_proj": (h, h),
+            "o_proj": (q, h),
             "gate_proj": (h, i),
             "up_proj": (h, i),
             "down_proj": (i, h),
@@ -109,9 +135,12 @@ class ModelShape:
         return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
 
     @property
+    def layer_params(self) -> int:
+        return sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
+
+    @property
     def n_params(self) -> int:
-        per_layer = sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
-        return self.layers * per_layer + self.embedding_params + self.hidden
+        return self.layers * self.layer_params + self.embedding_params + self.hidden
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
@@ -124,6 +153,7 @@ class ModelShape:
             intermediate=cfg["intermediate_size"],
             vocab=cfg["vocab_size"],
             tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            explicit_head_dim=cfg.get("head_dim") or 0,
         )
 
 
@@ -171,10 +201,16 @@ def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
 # --------------------------------------------------------------------------- components
 
 
-def lora_params(shape: ModelShape, r: int, targets: str | list[str]) -> int:
+def adapted_linears(shape: ModelShape, targets: str | list[str]) -> dict[str, tuple[int, int]]:
+    """(in, out) features of the linear layers of one block that LoRA adapts."""
     names = LINEAR_MODULES if targets == "all-linear" else targets
     linears = shape.linear_shapes()
-    return shape.layers * sum(r * (linears[n][0] + linears[n][1]) for n in names if n in linears)
+    return {n: linears[n] for n in names if n in linears}
+
+
+def lora_params(shape: ModelShape, r: int, targets: str | list[str]) -> int:
+    linears = adapted_linears(shape, targets)
+    return shape.layers * sum(r * (n_in + n_out) for n_in, n_out in linears.values())
 
 
 def weight_bytes(shape: ModelShape, dtype: str, qlora: bool = False) -> float:
@@ -189,13 +225,46 @@ def kv_cache_bytes(layers: int, kv_width: int, tokens: int, bytes_per_value: flo
     return 2 * layers * kv_width * tokens * bytes_per_value
 
 
-def layer_activation_values(shape: ModelShape, lora_dropout: bool) -> int:
-    """Values per token one decoder layer keeps for the backward pass (see module docstring)."""
+def layer_activation_bytes(
+    shape: ModelShape,
+    bytes_per_value: float,
+    targets: str | list[str],
+    lora_dropout: bool,
+    *,
+    on_gpu: bool = True,
+) -> float:
+    """Bytes per token one decoder layer keeps for the backward pass.
+
+    Measured on autograd's saved tensors (Llama, PEFT LoRA, SDPA; all-linear with 16-bit weights
+    under autocast: 24h + 4·kv + 8·I bytes, 1.28x the 7h + 3·kv + 4·I values counted before):
+    - each RMSNorm upcasts its input to fp32 and keeps that copy (2 x 4h bytes);
+    - SDPA keeps q, k, v and its output (2h + 2·kv values); SwiGLU keeps the gate projection
+      (SiLU's input), SiLU(gate) and the up projection (3·I values);
+    - every adapted linear keeps its input for the adapter's weight gradient. With 16-bit weights
+      PEFT casts that input to the fp32 adapter dtype and autocast casts it back: a fresh 16-bit
+      copy per adapter (q/k/v/o/gate/up: h each, down: I). With fp32 weights both casts are
+      no-ops, so q/k/v share the norm output, gate/up the other one, o SDPA's output, unless
+      LoRA dropout gives each adapter its own input;
+    - LoRA dropout keeps its mask per adapter: bool on CUDA (fused dropout), a fp32 tensor on
+      CPU (ATen multiplies by a mask in the input's dtype, fp32 after PEFT's cast).
+    The frozen base linears keep nothing: their weight needs no gradient.
+    """
     h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
-    values = 7 * h + 3 * kv + 4 * i
+    adapted = adapted_linears(shape, targets)
+    adapter_inputs = sum(n_in for n_in, _ in adapted.values())
+    kept = 2 * h * 4 + (2 * h + 2 * kv + 3 * i) * bytes_per_value
+    if bytes_per_value < 4 or lora_dropout:
+        kept += adapter_inputs * bytes_per_value
+    else:
+        shared = (
+            h * bool(adapted.keys() & {"q_proj", "k_proj", "v_proj"})
+            + h * bool(adapted.keys() & {"gate_proj", "up_proj"})
+            + i * ("down_proj" in adapted)
+        )
+        kept += shared * bytes_per_value
     if lora_dropout:
-        values += 6 * h + i  # a dropout copy of q/k/v/o/gate/up inputs (h) and down's (I)
-    return values
+        kept += adapter_inputs * (1 if on_gpu else 4)
+    return kept
 
 
 def activation_bytes(
@@ -205,13 +274,41 @@ def activation_bytes(
     *,
     checkpointing: bool,
     lora_dropout: bool,
+    targets: str | list[str] = "all-linear",
+    on_gpu: bool = True,
 ) -> float:
-    per_layer = layer_activation_values(shape, lora_dropout) * tokens * bytes_per_value
+    """What the decoder layers keep for the backward pass (the LM head: ``logit_bytes``)."""
+    per_layer = layer_activation_bytes(shape, bytes_per_value, targets, lora_dropout, on_gpu=on_gpu)
+    per_layer *= tokens
     if checkpointing:
-        kept = shape.layers * shape.hidden * tokens * bytes_per_value + per_layer
-    else:
-        kept = shape.layers * per_layer
-    return kept + LOGIT_COPIES * tokens * shape.vocab * 4
+        return shape.layers * shape.hidden * tokens * bytes_per_value + per_layer
+    return shape.layers * per_layer
+
+
+def uses_fused_lm_head(train) -> bool:
+    """TRL 1.16's SFT, DPO and KTO trainers always patch the model with a chunked LM head
+    (``add_fused_lm_head`` in their ``__init__``; they refuse Liger's fused cross-entropy, and
+    feinschliff sets neither ``compute_loss_func`` nor label smoothing, the SFT paths that build
+    the logits). ORPO (``trl.experimental.orpo``) and Axolotl build the full logits."""
+    return train.backend == "trl" and train.method in ("sft", "dpo", "kto")
+
+
+def logit_bytes(
+    shape: ModelShape, tokens: int, bytes_per_value: float, *, fused: bool, on_gpu: bool = True
+) -> float:
+    """The LM head's memory: a fused head's projection tile and per-token tensors, or the logits.
+
+    Fused (trl/kernels/chunked_logprob.py): one tile of 4096 tokens x 32768 vocabulary entries in
+    the compute dtype (plus, without Triton, the torch fallback's fp32 temporaries of it), the
+    final hidden states it keeps (gathered to the labelled positions: a copy), their fp32
+    gradient accumulator and a few fp32 statistics per token. Otherwise three fp32 copies of
+    batch x length x vocab.
+    """
+    if not fused:
+        return LOGIT_COPIES * tokens * shape.vocab * 4
+    tile = min(tokens, FUSED_TILE_TOKENS) * min(shape.vocab, FUSED_TILE_VOCAB)
+    tile_bytes = tile * (bytes_per_value + (0 if on_gpu else CPU_FUSED_TILE_FP32_COPIES * 4))
+    return tile_bytes + tokens * (shape.hidden * (bytes_per_value + 4) + FUSED_STATS_BYTES)
 
 
 def korthikanti_layer_bytes(batch: int, seq: int, hidden: int, heads: int, bpv: float) -> float:
@@ -219,8 +316,13 @@ def korthikanti_layer_bytes(batch: int, seq: int, hidden: int, heads: int, bpv: 
     return batch * seq * hidden * (34 + 5 * heads * seq / hidden) * bpv
 
 
-def flops_per_token(n_params: int, *, full: bool, checkpointing: bool, reference: bool) -> float:
+def flops_per_token(
+    n_params: int, *, full: bool, checkpointing: bool, reference: bool, kl: bool = False
+) -> float:
+    """2N per pass: forward, backward to the inputs, and the optional ones (``kl``: KTO's policy
+    and reference forwards on the KL pairs, without gradient, so not recomputed)."""
     passes = 2 + (1 if full else 0) + (1 if checkpointing else 0) + (1 if reference else 0)
+    passes += 2 if kl else 0
     return 2 * n_params * passes
 
 
@@ -283,6 +385,26 @@ def shards(train) -> int:
     return train.num_processes if sharded else 1
 
 
+def sharded_weight_bytes(
+    shape: ModelShape, weights: float, dtype: str, qlora: bool, n_shards: int
+) -> float:
+    """Weights on one device: the decoder layers split ``n_shards`` ways, the embedding and LM
+    head whole (FSDP's root unit holds them gathered through forward and backward)."""
+    if n_shards == 1:
+        return weights
+    embedding = shape.embedding_params * (2 if qlora else DTYPE_BYTES[dtype])
+    return weights / n_shards + embedding * (1 - 1 / n_shards)
+
+
+def gathered_layer_bytes(shape: ModelShape, dtype: str, qlora: bool, trainable: int) -> float:
+    """All-gather buffers of a sharded training: the running layer and the prefetched next one,
+    with their LoRA weights (fp32)."""
+    norms = 2 * shape.hidden
+    linear = shape.layer_params - norms
+    layer = linear * NF4_BYTES + norms * 2 if qlora else shape.layer_params * DTYPE_BYTES[dtype]
+    return FSDP_GATHERED_LAYERS * (layer + trainable / shape.layers * 4)
+
+
 def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = None) -> Estimate:
     """Training and serving memory for ``recipe`` (a ``Recipe``) on one device."""
     spec = recipe.train
@@ -296,26 +418,40 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
     trainable = lora_params(shape, spec.lora.r, spec.lora.target_modules)
     n_shards = shards(spec)
     weights = weight_bytes(shape, dtype, spec.qlora)
+    allocator = 1.0 if on_gpu else CPU_ALLOCATOR_FACTOR
+    fused = uses_fused_lm_head(spec)
+    logits = logit_bytes(shape, tokens, bpv, fused=fused, on_gpu=on_gpu)
     rows = {
-        "weights": weights / n_shards,
+        "weights": sharded_weight_bytes(shape, weights, dtype, spec.qlora, n_shards),
         "lora_parameters": trainable * 4.0 / n_shards,
         "gradients": trainable * 4.0 / n_shards,
         "optimizer_states": trainable * float(ADAM_BYTES) / n_shards,
+        **(
+            {"gathered_layers": gathered_layer_bytes(shape, dtype, spec.qlora, trainable)}
+            if n_shards > 1
+            else {}
+        ),
         "activations": activation_bytes(
             shape,
             tokens,
             bpv,
             checkpointing=hp.gradient_checkpointing,
             lora_dropout=spec.lora.dropout > 0,
+            targets=spec.lora.target_modules,
+            on_gpu=on_gpu,
         )
-        * (1.0 if on_gpu else CPU_ALLOCATOR_FACTOR),
+        * allocator,
+        # The fused head's CPU figure is measured RSS already; full logits get the allocator too.
+        "logits": logits if fused else logits * allocator,
         "runtime_overhead": (GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB) * GIB,
     }
     serve_tokens = hp.max_length  # one request of max_length in vLLM's KV cache
     rows["kv_cache_serving"] = kv_cache_bytes(shape.layers, shape.kv_width, serve_tokens, bpv)
     training = sum(v for k, v in rows.items() if k != "kv_cache_serving")
-    # Serving loads the whole model on one device, however the training was sharded.
-    inference = weights + trainable * 2.0 + rows["kv_cache_serving"] + rows["runtime_overhead"]
+    # Serving loads the whole model on one device, however the training was sharded, and in
+    # base_model.dtype even after QLoRA: vLLM is given no quantization.
+    served = weight_bytes(shape, dtype)
+    inference = served + trainable * 2.0 + rows["kv_cache_serving"] + rows["runtime_overhead"]
     return Estimate(
         rows=rows,
         training=training,
@@ -332,13 +468,26 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             + (", gradient checkpointing" if hp.gradient_checkpointing else ""),
             f"on {'GPU' if on_gpu else 'CPU'}: runtime overhead "
             f"{GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB} GiB"
-            + ("" if on_gpu else f", activations x{CPU_ALLOCATOR_FACTOR} (allocator)"),
-            f"KV cache for serving: one {serve_tokens}-token request",
+            + (
+                ""
+                if on_gpu or CPU_ALLOCATOR_FACTOR == 1
+                else f", activations x{CPU_ALLOCATOR_FACTOR} (allocator)"
+            ),
+            (
+                f"logits: TRL's fused LM head ({spec.method}), one "
+                f"{FUSED_TILE_TOKENS} x {FUSED_TILE_VOCAB} tile, not batch x length x vocab"
+                if fused
+                else f"logits: full batch x length x vocab, {LOGIT_COPIES} fp32 copies "
+                f"({spec.method} on {spec.backend} builds them)"
+            ),
+            f"KV cache for serving: one {serve_tokens}-token request"
+            + (f"; served on the {dtype} base (vLLM gets no quantization)" if spec.qlora else ""),
             *(
                 [
                     f"training sharded by {spec.accelerate_config} over {n_shards} devices: "
-                    "weights, LoRA, gradients and optimizer states / "
-                    f"{n_shards} per device (ideal split); activations per device"
+                    "decoder weights, LoRA, gradients and optimizer states / "
+                    f"{n_shards} per device; embedding and LM head whole, "
+                    f"{FSDP_GATHERED_LAYERS} layers gathered; activations per device"
                 ]
                 if n_shards > 1
                 else []
@@ -366,6 +515,8 @@ def training_cost(recipe, gpu: GPU, tokens: int, mfu: float = DEFAULT_MFU) -> di
         full=False,
         checkpointing=spec.hyperparameters.gradient_checkpointing,
         reference=spec.method in ("dpo", "kto"),
+        # TRL 1.16's default loss_type "kto" (feinschliff sets no other) computes the KL term
+        kl=spec.method == "kto",
     )
     hours = tokens * fpt / (gpu.bf16_tflops * 1e12 * mfu) / 3600
     return {
@@ -449,7 +600,8 @@ def dataset_tokens(recipe, data_dir: Path) -> tuple[int, str]:
     """Tokens one training run processes over an ingest output; returns (tokens, how counted).
 
     Counted with the base model's tokenizer and chat template when the model is local, else
-    estimated at 4 characters per token. Epochs or ``max_steps`` x batch x accumulation apply.
+    estimated at 4 characters per token. Epochs or ``max_steps`` x batch x accumulation x
+    processes apply.
     """
     from feinschliff.train.data import method_rows
 
@@ -474,7 +626,10 @@ def dataset_tokens(recipe, data_dir: Path) -> tuple[int, str]:
         how = "4 characters per token"
     epoch = sum(per_row)
     if hp.max_steps > 0:
-        rows_seen = hp.max_steps * hp.batch_size * hp.gradient_accumulation_steps
+        # every data-parallel process (DDP, FSDP, ZeRO-3) takes its own micro-batches per step
+        rows_seen = (
+            hp.max_steps * hp.batch_size * hp.gradient_accumulation_steps * spec.num_processes
+        )
         total = round(rows_seen * epoch / len(per_row))
     else:
         total = round(epoch * hp.epochs)

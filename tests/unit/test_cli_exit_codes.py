@@ -61,9 +61,8 @@ def test_train_on_too_small_a_gpu_exits_2_like_run(tmp_path, monkeypatch):
     run_ingest(FeedbackSpec.model_validate({**spec, "pii": {"mode": "off"}}), data)
     recipe = str(ROOT / "recipes" / "support-de-8b.yaml")
     out = tmp_path / "o"
-    code, said = _run(
-        "train", recipe, "--data", str(data), "--out", str(out), "--set", "train.gpu=rtx-4090"
-    )
+    sets = ["--set", "train.gpu=rtx-4090", "--set", "train.hyperparameters.batch_size=8"]
+    code, said = _run("train", recipe, "--data", str(data), "--out", str(out), *sets)
     assert code == 2 and "does not fit train.gpu=rtx-4090" in said
     assert not out.exists()  # refused before anything was written
 

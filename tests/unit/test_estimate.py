@@ -66,12 +66,16 @@ def test_checkpointing_and_qlora_shrink_the_estimate():
 
 
 def test_fit_check_refuses_with_the_numbers_and_a_batch_that_fits():
-    recipe = load_recipe(EIGHT_B, ["train.gpu=rtx-4090"])
+    # 8B bf16 with checkpointing: micro-batch 4 (21.0 GiB) fits 24 GiB, up to 6; 8 does not
+    recipe = load_recipe(EIGHT_B, ["train.gpu=rtx-4090", "train.hyperparameters.batch_size=8"])
     with pytest.raises(est.EstimateError) as err:
         est.check_training_fits(recipe)
     msg = str(err.value)
     assert "does not fit train.gpu=rtx-4090" in msg and "> 24 GiB" in msg
-    assert "activations" in msg and "a micro-batch of 1 fits" in msg
+    assert "activations" in msg and "a micro-batch of 6 fits" in msg
+    assert est.check_training_fits(load_recipe(EIGHT_B, ["train.gpu=rtx-4090"])) is not None
+    with pytest.raises(est.EstimateError, match="no micro-batch fits"):  # 15 GiB of weights
+        est.check_training_fits(load_recipe(EIGHT_B, ["train.gpu=a16"]))
     assert est.check_training_fits(load_recipe(EIGHT_B, ["train.gpu=h100-pcie"])) is not None
     assert est.check_training_fits(load_recipe(EIGHT_B)) is None  # no target GPU: no check
 
@@ -112,12 +116,14 @@ def test_estimate_command_prints_components_fit_and_assumptions():
     from feinschliff.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["estimate", str(EIGHT_B), "--gpu", "rtx-4090"])
+    batch8 = ["--set", "train.hyperparameters.batch_size=8"]
+    res = runner.invoke(app, ["estimate", str(EIGHT_B), "--gpu", "rtx-4090", *batch8])
     assert res.exit_code == 0, res.output
-    for word in ("weights", "optimizer_states", "activations", "kv_cache_serving", "= training"):
+    words = ("weights", "optimizer_states", "activations", "logits", "kv_cache_serving")
+    for word in (*words, "= training"):
         assert word in res.output
     row = next(line for line in res.output.splitlines() if line.startswith("rtx-4090"))
-    assert row.split()[2] == "NO" and row.split()[3] == "1"  # does not fit; micro-batch 1 does
+    assert row.split()[2] == "NO" and row.split()[3] == "6"  # 8 does not fit; 6 does
     assert "assumptions:" in res.output and "MFU 35%" in res.output
     ref = runner.invoke(app, ["estimate", "--reference"])
     assert "training     fp32  124.77" in ref.output and "int4    3.73" in ref.output
@@ -132,9 +138,11 @@ def test_sharded_training_counts_a_share_of_the_model_state_per_device():
     one = est.estimate_recipe(load_recipe(EIGHT_B))
     multi = ["train.launcher=accelerate", "train.num_processes=4"]
     fsdp = est.estimate_recipe(load_recipe(EIGHT_B, [*multi, "train.accelerate_config=fsdp"]))
-    for row in ("weights", "lora_parameters", "gradients", "optimizer_states"):
+    for row in ("lora_parameters", "gradients", "optimizer_states"):
         assert fsdp.rows[row] == pytest.approx(one.rows[row] / 4), row
-    for row in ("activations", "runtime_overhead", "kv_cache_serving"):
+    # the embedding and LM head stay whole (test_estimate_calibration checks the figure)
+    assert one.rows["weights"] / 4 < fsdp.rows["weights"] < one.rows["weights"] / 2
+    for row in ("activations", "logits", "runtime_overhead", "kv_cache_serving"):
         assert fsdp.rows[row] == one.rows[row], row
     assert fsdp.inference == pytest.approx(one.inference)  # serving holds the whole model
     assert any("sharded by fsdp over 4 devices" in a for a in fsdp.assumptions)
@@ -145,8 +153,9 @@ def test_sharded_training_counts_a_share_of_the_model_state_per_device():
 
 
 def test_a_sharded_recipe_that_fits_its_gpus_is_not_refused():
-    # 8B in bf16: 32.3 GiB on one device (15 of it weights); 20.6 GiB on each of four with FSDP
-    sets = ["train.gpu=rtx-4090"]
+    # 8B in bf16, micro-batch 8: 25.1 GiB on one device (15 of it weights); 15.7 GiB on each
+    # of four with FSDP (embedding and head whole, two layers gathered)
+    sets = ["train.gpu=rtx-4090", "train.hyperparameters.batch_size=8"]
     with pytest.raises(est.EstimateError, match="does not fit"):
         est.check_training_fits(load_recipe(EIGHT_B, sets))
     sharded = sets + [

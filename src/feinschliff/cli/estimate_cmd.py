@@ -90,7 +90,7 @@ def estimate(
     if not cpu:
         typer.echo(
             f"  - cost: tokens x FLOPs/token ({'6' if cfg.train.hyperparameters.gradient_checkpointing else '4'}N"
-            f"{' + 2N reference' if cfg.train.method in ('dpo', 'kto') else ''}) / (bf16 peak x MFU "
+            f"{_extra_forwards(cfg.train.method)}) / (bf16 peak x MFU "
             f"{mfu:.0%}); break-even = purchase price / hourly rent"
         )
     if tokens is None and not cpu:
@@ -106,3 +106,10 @@ def _print_reference(est) -> None:
         typer.echo(f"  {name:<12} fp32 {fp32[name]:7.2f}   int4 {int4[name]:7.2f}")
     doc = (est.reference_table.__doc__ or "").split("\n\n")[1]
     typer.echo("assumptions: " + " ".join(doc.split()))
+
+
+def _extra_forwards(method: str) -> str:
+    """The FLOPs per token beyond the policy's forward and backward (``estimate.flops``)."""
+    if method == "kto":  # TRL's default KTO loss also runs both models on the KL pairs
+        return " + 2N reference + 4N KL pairs"
+    return " + 2N reference" if method == "dpo" else ""
