@@ -47,8 +47,46 @@ DATASET_BOOKKEEPING = ("manifest.json", "README.md", "quarantine.jsonl")
 
 def rows_sha256(data: DatasetRef) -> str:
     """sha256 of the rows a dataset gives training and evaluation (every file but the
-    bookkeeping): what later stages' cache keys use, so unchanged rows reuse their results."""
-    return hash_tree(data.dir, exclude=(COMPLETE, ".inputs", *DATASET_BOOKKEEPING))
+    bookkeeping), without where each row was read (``provenance.location``): what later
+    stages' cache keys and the flow's run key use, so unchanged rows reuse their results. A
+    live pull writes every pull to a new mirror file (an Argilla snapshot, a Langfuse batch
+    re-fetching its lookback window), which moved the locations of unchanged rows: every
+    scheduled run retrained, and a rerun after a crash never resumed its run."""
+    skip = {COMPLETE, ".inputs", *DATASET_BOOKKEEPING}
+    files = sorted(p for p in data.dir.rglob("*") if p.is_file())
+    stamp = tuple(
+        (p.relative_to(data.dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in files
+        if not skip & set(p.relative_to(data.dir).parts)
+    )
+    return _rows_sha256(str(data.dir), stamp)
+
+
+@functools.lru_cache(maxsize=32)
+def _rows_sha256(root: str, files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for rel, _, _ in files:
+        path = Path(root) / rel
+        digest = _rows_digest(path) if rel.endswith(".jsonl") else sha256_file(path)
+        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
+    return h.hexdigest()
+
+
+def _rows_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                h.update(line)
+                continue
+            prov = row.get("provenance") if isinstance(row, dict) else None
+            if isinstance(prov, dict) and "location" in prov:
+                row = {**row, "provenance": {k: v for k, v in prov.items() if k != "location"}}
+                line = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+            h.update(line)
+    return h.hexdigest()
 
 
 class AdapterRef(Ref):
