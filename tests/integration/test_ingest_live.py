@@ -142,6 +142,20 @@ def test_argilla_pull_keeps_only_submitted_responses_and_takes_snapshots(argilla
         in (tmp_path / "first" / "sft.jsonl").read_text()
         + (tmp_path / "first" / "preference.jsonl").read_text()
     )
+    # a third pull of the same server data: new mirror file, same rows, same key for training
+    from feinschliff.artifacts import rows_sha256
+    from feinschliff.ingest.stage import IngestError
+
+    third = run_ingest(spec, tmp_path / "third")
+    assert rows_sha256(third) == rows_sha256(run_ingest(spec, tmp_path / "fourth"))
+
+    # the server suddenly finds nothing (wrong workspace, a key without permissions): refused,
+    # and the mirror keeps the last snapshot
+    kept = _mirror_files(spec)
+    argilla_server.hidden.update(r["_server_id"] for r in records)
+    with pytest.raises(IngestError, match="kept the previous snapshot"):
+        run_ingest(spec, tmp_path / "fifth")
+    assert _mirror_files(spec) == kept and len(kept[0].read_text().splitlines()) == 29
 
 
 def _mirror_files(spec) -> list[Path]:

@@ -21,7 +21,9 @@ are deduplicated by id when read).
   or discarded (the server updates only the ``responses`` of the indexed record), so an
   ``updated_at`` watermark lost every response given after the record's first pull, and an
   older copy in the mirror kept answers that were since discarded or deleted. Annotated
-  datasets are human-sized; a snapshot costs one paged search per run. The newest record
+  datasets are human-sized; a snapshot costs one paged search per run. An empty snapshot
+  where the last one had records is refused (the previous one is kept): a wrong workspace or
+  a key that lost its permissions must not wipe the mirror. The newest record
   ``updated_at`` is still recorded as the watermark, for the manifest.
 
 Credentials: environment variables or Prefect Secret blocks only (``credentials``).
@@ -55,6 +57,10 @@ class PullResult:
     watermark_before: dict[str, str]
     watermark_after: dict[str, str]
     fetched: dict[str, int] = field(default_factory=dict)
+
+
+class EmptySnapshot(RuntimeError):
+    """An Argilla pull found nothing where the previous one found records (kept)."""
 
 
 def state_dir() -> Path:
@@ -244,8 +250,17 @@ def _pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
                 after["records"] = max(after.get("records", ""), row["updated_at"])
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             count += 1
+    previous = sorted(mirror.glob("records-*.jsonl"))
+    if count == 0 and any(f.stat().st_size for f in previous):
+        tmp.unlink()
+        raise EmptySnapshot(
+            f"Argilla dataset {pull.dataset!r} on {url} returned no record with a submitted "
+            f"response, but the last pull had some: kept the previous snapshot ({previous[-1]}). "
+            "Check the workspace, the API key's permissions and the dataset; to accept an "
+            f"empty dataset, delete {mirror}"
+        )
     tmp.replace(target)
-    for older in mirror.glob("records-*.jsonl"):  # superseded by the complete snapshot
+    for older in previous:  # superseded by the complete snapshot
         if older.name < target.name:
             older.unlink()
     _save_json(mark_file, after)
