@@ -260,8 +260,10 @@ def _analyze(analyzer: Any, text: str) -> list[Any]:
     )
 
 
-_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)", re.S)
-_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/"}
+# JSON's escapes only: another backslash pair (``FIRMA\\max@...``, ``\\\\10.0.0.1``) is text, and
+# blanking its second character would cut the first one off an identifier
+_ESCAPE = re.compile(r'\\(?:u[0-9a-fA-F]{4}|[nrt"\\/bf])')
+_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/", "b": " ", "f": " "}
 
 
 def _unescaped_in_place(text: str) -> str:

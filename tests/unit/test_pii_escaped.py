@@ -88,3 +88,16 @@ def test_no_canary_reaches_the_quarantine_of_a_redacting_ingest(tmp_path: Path):
     for entity, canary in CANARIES.items():
         assert canary not in quarantine, entity
         assert canary.replace(" ", "") not in quarantine.replace(" ", ""), entity
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Login: FIRMA\\max.mustermann@stadtwerke.de", "FIRMA\\"),
+        ("Ablage \\\\10.20.30.40 bitte", "Ablage \\\\"),
+    ],
+)
+def test_a_backslash_that_is_no_json_escape_is_text(text, kept):
+    """Only JSON's escapes are decoded: ``\\m`` must not cut the ``m`` off an address."""
+    out = scrub_value(text, "redact", None, Counter())
+    assert kept + "<" in out, out
