@@ -109,7 +109,8 @@ def known_metric_names(tasks: set[str]) -> dict[str, list[str]]:
             cfg = yaml.safe_load(yml.read_text(encoding="utf-8"))
         except yaml.YAMLError:  # the harness reports it when it runs the task
             continue
-        if isinstance(cfg, dict) and cfg.get("task") in tasks:
+        # a group YAML lists its tasks (`task: [a, b]`): not a task of its own here
+        if isinstance(cfg, dict) and isinstance(cfg.get("task"), str) and cfg["task"] in tasks:
             names = task_metric_names(cfg)
             if names is not None:
                 known[cfg["task"]] = names

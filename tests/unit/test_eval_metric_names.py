@@ -296,3 +296,15 @@ def test_a_contamination_rule_with_nothing_to_check_is_refused():
     )
     judged = ["evaluate.judge={base_url: 'http://127.0.0.1:8000/v1', model: judge}"]
     assert load_recipe(DEMO, ["register.registry=/tmp/reg", "evaluate.tasks=[arc_de]", *judged])
+
+
+def test_a_group_yaml_among_the_bundled_tasks_does_not_break_validation(tmp_path, monkeypatch):
+    """An lm-eval group lists its tasks (``task: [a, b]``); validation crashed with a
+    TypeError (unhashable list) on such a file."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for f in bundled_tasks_dir().iterdir():
+        (tasks / f.name).write_bytes(f.read_bytes())
+    (tasks / "de_gruppe.yaml").write_text("group: de_gruppe\ntask: [de_wissen_mc]\n")
+    monkeypatch.setattr(recipe, "bundled_tasks_dir", lambda: tasks)
+    assert "de_wissen_mc" in recipe.known_metric_names({"de_wissen_mc", "de_gruppe"})
