@@ -196,23 +196,21 @@ def _retrain(
         )
     candidate = read_report(report)["metrics"].get("candidate", {})
     fault_point("before-notify")
-    # notify.Event has no "passed the gate, not registered" kind: an evaluate-only run that
-    # passes announces nothing (it is neither a promotion nor a rejection)
-    event = "promoted" if promoted else "rejected"
-    if promoted or not decision.promote:
-        notify.send_once(
-            ledger,
-            run,
-            event,
-            recipe.use_case,
-            {
-                "version": version,
-                "rules": [r.model_dump() for r in decision.results],
-                "metrics": {
-                    k: v["value"] for k, v in candidate.items() if isinstance(v.get("value"), float)
-                },
+    # an evaluate-only run (register=false) that passes is neither promoted nor rejected
+    event = "promoted" if promoted else "passed" if decision.promote else "rejected"
+    notify.send_once(
+        ledger,
+        run,
+        event,
+        recipe.use_case,
+        {
+            "version": version,
+            "rules": [r.model_dump() for r in decision.results],
+            "metrics": {
+                k: v["value"] for k, v in candidate.items() if isinstance(v.get("value"), float)
             },
-        )
+        },
+    )
     fault_point("after-notify")
     ledger.close_run(run)
 

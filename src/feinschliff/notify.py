@@ -1,4 +1,5 @@
-"""Notifications on promotion, gate rejection and failure, through apprise URLs.
+"""Notifications on promotion, gate rejection, a passed evaluate-only run, an approval
+needed and failure, through apprise URLs.
 
 Targets come from the environment (``FEINSCHLIFF_NOTIFY_URLS``: apprise URLs separated by
 commas or whitespace, e.g. a Slack or Teams webhook, ``mailtos://``, or ``json://host:port`` for
@@ -19,7 +20,7 @@ from feinschliff.ledger import Ledger, effect_key
 
 log = logging.getLogger(__name__)
 
-Event = Literal["promoted", "rejected", "failed", "approval_needed"]
+Event = Literal["promoted", "passed", "rejected", "failed", "approval_needed"]
 ENV = "FEINSCHLIFF_NOTIFY_URLS"
 
 
@@ -30,6 +31,7 @@ def notify_urls() -> list[str]:
 def format_message(event: Event, use_case: str, details: dict[str, Any]) -> tuple[str, str]:
     title = {
         "promoted": f"feinschliff: {use_case} promoted",
+        "passed": f"feinschliff: {use_case} passed the gate (not registered: register=false)",
         "rejected": f"feinschliff: {use_case} rejected by the gate",
         "failed": f"feinschliff: {use_case} run failed",
         "approval_needed": f"feinschliff: {use_case} awaits approval",

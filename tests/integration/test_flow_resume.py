@@ -203,7 +203,8 @@ def test_an_evaluate_only_run_that_passes_the_gate_announces_no_promotion(
     assert result["decision"]["promote"] is True  # the gate passed
     assert result["promoted"] is False and result["version"] is None
     assert versions(home / "registry", USE_CASE) == []
-    assert fake.sent == []  # notify has no "passed, not registered" event
+    [(event, details)] = fake.sent  # announced as what it is, not as a promotion
+    assert event == "passed" and details["version"] is None
     assert "decision: PASSED the gate (not registered: register=false)" in caplog.text
     assert "PROMOTED" not in caplog.text
 
