@@ -46,7 +46,13 @@ from feinschliff.pipeline import (
 )
 from feinschliff.recipe import Recipe, evaluated_sets
 from feinschliff.recipe_loader import section_hash
-from feinschliff.registry import RegistryError, audit_log, read_aliases, version_adapter
+from feinschliff.registry import (
+    AUDIT_TIME,
+    RegistryError,
+    audit_log,
+    read_aliases,
+    version_adapter,
+)
 from feinschliff.serving.deploy import reconcile
 from feinschliff.serving.preflight import PreflightError
 from feinschliff.serving.publish import publish_version, register_version
@@ -280,7 +286,7 @@ def _promoted_since(root: Any, use_case: str, version: str, since: float) -> boo
         if entry.get("new") != version:
             continue
         try:
-            at = calendar.timegm(time.strptime(entry.get("at", ""), "%Y-%m-%dT%H:%M:%SZ"))
+            at = calendar.timegm(time.strptime(entry.get("at", ""), AUDIT_TIME))
         except (TypeError, ValueError):
             continue
         if at >= floor:

@@ -66,7 +66,6 @@ GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 NF4_BYTES = 4.127 / 8
 CPU_OVERHEAD_GIB = 0.75
-CPU_ALLOCATOR_FACTOR = 1.0  # see the module docstring: peak RSS matches the counted tensors
 GPU_OVERHEAD_GIB = 1.0
 LOGIT_COPIES = 3
 # TRL's chunked log-prob kernel (trl/kernels/chunked_logprob.py): TOKEN_CHUNK_SIZE tokens x
@@ -418,7 +417,6 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
     trainable = lora_params(shape, spec.lora.r, spec.lora.target_modules)
     n_shards = shards(spec)
     weights = weight_bytes(shape, dtype, spec.qlora)
-    allocator = 1.0 if on_gpu else CPU_ALLOCATOR_FACTOR
     fused = uses_fused_lm_head(spec)
     logits = logit_bytes(shape, tokens, bpv, fused=fused, on_gpu=on_gpu)
     rows = {
@@ -439,10 +437,8 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             lora_dropout=spec.lora.dropout > 0,
             targets=spec.lora.target_modules,
             on_gpu=on_gpu,
-        )
-        * allocator,
-        # The fused head's CPU figure is measured RSS already; full logits get the allocator too.
-        "logits": logits if fused else logits * allocator,
+        ),
+        "logits": logits,
         "runtime_overhead": (GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB) * GIB,
     }
     serve_tokens = hp.max_length  # one request of max_length in vLLM's KV cache
@@ -467,12 +463,7 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             + (" x 2 (chosen + rejected)" if seqs > batch else "")
             + (", gradient checkpointing" if hp.gradient_checkpointing else ""),
             f"on {'GPU' if on_gpu else 'CPU'}: runtime overhead "
-            f"{GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB} GiB"
-            + (
-                ""
-                if on_gpu or CPU_ALLOCATOR_FACTOR == 1
-                else f", activations x{CPU_ALLOCATOR_FACTOR} (allocator)"
-            ),
+            f"{GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB} GiB",
             (
                 f"logits: TRL's fused LM head ({spec.method}), one "
                 f"{FUSED_TILE_TOKENS} x {FUSED_TILE_VOCAB} tile, not batch x length x vocab"

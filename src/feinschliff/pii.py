@@ -267,7 +267,7 @@ _UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/", "b
 
 
 def _unescaped_in_place(text: str) -> str:
-    """``text`` with each JSON/Python escape (``\\n``, ``\\"``, ``\\u00e4``) decoded and padded
+    """``text`` with each JSON escape (``\\n``, ``\\"``, ``\\u00e4``) decoded and padded
     with spaces to its own length. A quarantined raw value is often JSON still encoded as a
     string (Langfuse's v2 ``input``); there ``\\n0151 1234567`` glued the ``n`` to the number,
     and the recognizers' word boundaries missed it (a line break, not a blank, must separate
@@ -282,7 +282,7 @@ def _unescaped_in_place(text: str) -> str:
             char = chr(int(escape[2:], 16))
             char = char if char.isprintable() and not 0xD800 <= ord(char) < 0xE000 else " "
         else:
-            char = _UNESCAPE.get(escape[1], " ")
+            char = _UNESCAPE[escape[1]]
         return char.ljust(len(escape))
 
     return _ESCAPE.sub(decoded, text)

@@ -164,7 +164,7 @@ class Recipe(Strict):
         known = known_metric_names(tasks)
         # what the contamination metric can check (evaluate.stage.contamination)
         checkable = bool(tasks & set(bundled_task_names())) or (
-            evaluate.judge is not None and evaluate.judge.questions != "heldout"
+            evaluate.judge is not None and evaluate.judge.asks_bundled
         )
         for i, rule in enumerate(self.gate.rules):
             metric = getattr(rule, "metric", None)
@@ -216,6 +216,6 @@ def evaluated_sets(recipe: Recipe) -> list[str]:
     gate's ``contamination`` metric checks: a row they kept would fail that rule."""
     names = list(recipe.evaluate.tasks)
     judge = recipe.evaluate.judge
-    if judge is not None and judge.questions != "heldout":
+    if judge is not None and judge.asks_bundled:
         names.append(str(judge_questions_file()))
     return names

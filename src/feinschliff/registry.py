@@ -459,5 +459,8 @@ def _audit(st: LocalStore | FsspecStore, uc: str, event: str, **fields: Any) -> 
     st.append_line(f"{uc}/audit.jsonl", json.dumps(entry, ensure_ascii=False, default=str))
 
 
+AUDIT_TIME = "%Y-%m-%dT%H:%M:%SZ"  # UTC, whole seconds
+
+
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return time.strftime(AUDIT_TIME, time.gmtime())

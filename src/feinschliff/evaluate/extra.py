@@ -24,7 +24,7 @@ def judge_questions(recipe: Recipe, data_dir: Path) -> list[dict[str, Any]]:
     spec = recipe.evaluate.judge
     assert spec is not None
     questions: list[dict[str, Any]] = []
-    if spec.questions in ("bundled", "both"):
+    if spec.asks_bundled:
         path = judge_questions_file()
         questions += [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
     if spec.questions in ("heldout", "both"):

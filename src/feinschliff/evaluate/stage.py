@@ -90,7 +90,7 @@ def run_evaluate(
             data.dir,
             spec.tasks,
             recipe.feedback.decontamination.ngram,
-            judge_questions=spec.judge is not None and spec.judge.questions != "heldout",
+            judge_questions=spec.judge is not None and spec.judge.asks_bundled,
         )
         metrics["candidate"]["poisoning/suspicious_rows"] = scan_dataset(data.dir)
 

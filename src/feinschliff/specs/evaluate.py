@@ -33,6 +33,13 @@ class JudgeSpec(Strict):
     max_questions: int | None = Field(
         None, ge=1, description="Judge at most this many questions (first N, bundled first)."
     )
+
+    @property
+    def asks_bundled(self) -> bool:
+        """Whether the bundled questions are asked (their text is eval data to keep out of
+        training)."""
+        return self.questions != "heldout"
+
     max_new_tokens: int = Field(256, ge=1, description="Answer length for our own inference.")
     judge_max_tokens: int = Field(512, ge=8, description="Token limit for the judge's verdict.")
     concurrency: int = Field(4, ge=1, description="Judge requests in flight at once.")
