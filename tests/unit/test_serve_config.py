@@ -3,6 +3,7 @@ production version, plus the recipe's `register.vllm` validation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -123,6 +124,17 @@ def test_tgi_and_ollama(setup):
     assert f"LORA_ADAPTERS=support-x={a.path}\n" in render(a, "tgi")
     lines = render(a, "ollama").splitlines()
     assert "FROM /models/base" in lines and f"ADAPTER {a.path}" in lines
+
+
+def test_ollama_from_is_a_folder_not_a_hub_id(setup):
+    """Ollama's FROM cannot pull a Hugging Face id: the Modelfile names a download folder."""
+    a = dataclasses.replace(served_adapter(setup[0]), base_model="HuggingFaceTB/SmolLM2-135M")
+    text = render(a, "ollama")
+    lines = text.splitlines()
+    assert "FROM ./SmolLM2-135M" in lines and f"ADAPTER {a.path}" in lines
+    assert "download HuggingFaceTB/SmolLM2-135M (safetensors) into ./SmolLM2-135M" in text
+    relative = dataclasses.replace(a, base_model="./weights/base")
+    assert "FROM ./weights/base" in render(relative, "ollama").splitlines()
 
 
 def test_cli_serve_config(setup):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 Target = Literal["vllm", "vllm-k8s", "tgi", "ollama"]
@@ -121,9 +122,26 @@ def render_tgi(a: ServedAdapter) -> str:
 
 
 def render_ollama(a: ServedAdapter) -> str:
-    """An Ollama Modelfile: the base model plus the safetensors adapter directory."""
-    return (
+    """An Ollama Modelfile: the base model plus the safetensors adapter directory.
+
+    Ollama's ``FROM`` takes a local weights folder (or GGUF file) or an Ollama model name, not a
+    Hugging Face id: a base served by id gets a folder to download it into, said in a comment.
+    """
+    head = (
         f"# ollama create {a.name} -f Modelfile  ({a.version}; Llama/Mistral/Gemma architectures)\n"
-        f"FROM {a.base_model}\n"
-        f"ADAPTER {a.path}\n"
     )
+    base = a.base_model
+    if not _is_local_path(base):
+        folder = "./" + base.rstrip("/").rsplit("/", 1)[-1]
+        head += (
+            f"# FROM needs the base weights on disk: download {base} (safetensors) into {folder}\n"
+            f"# (e.g. `hf download {base} --local-dir {folder}`), or name an Ollama model built\n"
+            "# from exactly that base; the adapter was trained on it\n"
+        )
+        base = folder
+    return f"{head}FROM {base}\nADAPTER {a.path}\n"
+
+
+def _is_local_path(model: str) -> bool:
+    """A path as vLLM's --model takes it (absolute, relative or ~), not a hub ``org/name`` id."""
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
