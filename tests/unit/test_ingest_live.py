@@ -183,6 +183,35 @@ def test_second_pull_fetches_only_new_feedback(server, creds, tmp_path):
     assert m["drops"]["langfuse_observation_seen_twice"] >= 1  # overlap re-fetched, counted once
 
 
+def _first_requests(server) -> dict[str, dict[str, str]]:
+    return {p.rsplit("/", 1)[-1]: q for p, q in server.requests if "cursor" not in q}
+
+
+def test_transport_settings_keep_the_mirror_and_its_watermark(server, creds, tmp_path):
+    """A new page size or timeout is no new source: the next pull stays incremental."""
+    from feinschliff.ingest.pull import _legacy_key, source_key, state_dir
+
+    run_ingest(pull_spec(), tmp_path / "first")
+    server.requests.clear()
+    run_ingest(pull_spec(page_limit=5, timeout_s=30), tmp_path / "second")
+    assert "fromStartTime" in _first_requests(server)["observations"]
+    assert len(list((state_dir() / "mirror").iterdir())) == 1
+
+    # A mirror named by the old key (transport settings in it) is taken over, not re-pulled.
+    source = pull_spec(page_limit=5, timeout_s=30).sources[0]
+    new, old = source_key(source, server.url), _legacy_key(source, server.url)
+    assert new != old
+    (state_dir() / "mirror" / new).rename(state_dir() / "mirror" / old)
+    marks = state_dir() / "watermarks"
+    (marks / f"{new}.json").rename(marks / f"{old}.json")
+    server.requests.clear()
+    run_ingest(pull_spec(page_limit=5, timeout_s=30), tmp_path / "third")
+    assert "fromStartTime" in _first_requests(server)["observations"]
+    assert [p.name for p in (state_dir() / "mirror").iterdir()] == [new]
+    third = json.loads((tmp_path / "third" / "manifest.json").read_text())
+    assert third["counts"]["kto.jsonl"] == 27  # the old mirror's rows are all still read
+
+
 def test_credentials_come_only_from_the_environment(server, home, monkeypatch, tmp_path):
     monkeypatch.delenv("LANGFUSE_PUBLIC_KEY", raising=False)
     monkeypatch.delenv("LANGFUSE_SECRET_KEY", raising=False)

@@ -69,10 +69,24 @@ def state_dir() -> Path:
     return feinschliff_home() / "ingest"
 
 
+# How a pull fetches, not what: changing one must not start a new mirror and a full re-pull.
+TRANSPORT_FIELDS = frozenset({"page_limit", "timeout_s", "batch_size"})
+
+
 def source_key(source: FeedbackSource, url: str) -> str:
+    """The mirror's name: the tool, the server and what is asked for (dataset, filters)."""
     assert source.pull is not None
-    ident = json.dumps([source.kind, url, source.pull.model_dump()], sort_keys=True)
-    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return _digest([source.kind, url, source.pull.model_dump(exclude=set(TRANSPORT_FIELDS))])
+
+
+def _legacy_key(source: FeedbackSource, url: str) -> str:
+    """The name mirrors had before transport settings left the key (moved on first use)."""
+    assert source.pull is not None
+    return _digest([source.kind, url, source.pull.model_dump()])
+
+
+def _digest(ident: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def pull_source(source: FeedbackSource) -> PullResult:
@@ -83,7 +97,18 @@ def pull_source(source: FeedbackSource) -> PullResult:
 
 
 def _paths(source: FeedbackSource, url: str) -> tuple[Path, Path]:
-    key = source_key(source, url)
+    mirror, mark = _key_paths(source_key(source, url))
+    old_mirror, old_mark = _key_paths(_legacy_key(source, url))
+    if not mirror.exists() and not mark.exists() and old_mirror != mirror:
+        # A mirror named by the old key (transport settings included): keep pulling into it.
+        if old_mirror.exists():
+            old_mirror.rename(mirror)
+        if old_mark.exists():
+            old_mark.rename(mark)
+    return mirror, mark
+
+
+def _key_paths(key: str) -> tuple[Path, Path]:
     return state_dir() / "mirror" / key, state_dir() / "watermarks" / f"{key}.json"
 
 
