@@ -210,9 +210,11 @@ def register_adapter(
         for v in versions(root, use_case):
             if manifest(root, use_case, v).get("adapter_sha256") == adapter_sha:
                 return v  # a rerun of the same training: no duplicate version
-        _remove_stale_temps(st, uc)
+        # numbered before leftovers go: a stalled writer still copying into its folder must
+        # not share a number with this one
         existing = [int(n[1:]) for n in st.listdir(uc) if VERSION_RE.match(n)]
         version = f"v{max(existing, default=0) + 1:04d}"
+        _remove_stale_temps(st, uc)
 
         def fill(tmp: Path) -> None:
             shutil.copytree(src, tmp / "adapter", symlinks=False)
@@ -234,9 +236,9 @@ def register_adapter(
                 },
             )
             mark_complete(tmp, stage="registry")
-            lease.check()  # the version becomes visible only while we still hold the lock
 
-        st.write_version(uc, version, fill)
+        # the version becomes visible only while we still hold the lock
+        st.write_version(uc, version, fill, commit=lease.check)
         _audit(st, uc, "register", alias=None, old=None, new=version, why="registered")
     return version
 
@@ -447,9 +449,12 @@ def _move(
 
 
 def _remove_stale_temps(st: LocalStore | FsspecStore, uc: str) -> None:
-    """Temp dirs of killed writers (only called under the lock, so none is in use)."""
+    """Leftovers of killed writers (only called under the lock, so none is in use): temp dirs,
+    and version folders without their marker (an object store copies file by file)."""
     for name in st.listdir(uc):
-        if name.startswith(".v") and "-" in name and st.isdir(f"{uc}/{name}"):
+        temp = name.startswith(".v") and "-" in name
+        unmarked = VERSION_RE.match(name) and not st.exists(f"{uc}/{name}/{COMPLETE}")
+        if (temp or unmarked) and st.isdir(f"{uc}/{name}"):
             st.remove_tree(f"{uc}/{name}")
 
 

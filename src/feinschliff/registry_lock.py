@@ -44,7 +44,10 @@ def object_lock(store: FsspecStore, rel: str, *, lease_s: float) -> Iterator[Lea
     token = uuid.uuid4().hex
     deadline = time.monotonic() + store.wait_s
     delay = 0.02
-    while not _create(fs, path, _body(token, lease_s)):
+    while True:
+        created = time.monotonic()  # before the body's expiry is stamped: errs on the safe side
+        if _create(fs, path, _body(token, lease_s)):
+            break
         holder = _read(fs, path)
         if holder is not None and holder.get("expires", 0) < time.time():
             _break_stale(fs, path, holder)
@@ -56,13 +59,13 @@ def object_lock(store: FsspecStore, rel: str, *, lease_s: float) -> Iterator[Lea
             )
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 1.0)
-    lease = _Heartbeat(fs, path, token, lease_s)
+    lease = _Heartbeat(fs, path, token, lease_s, renewed=created)
     lease.start()
     try:
         yield lease
     finally:
         lease.stop()
-        if not lease.lost and (_read(fs, path) or {}).get("token") == token:
+        if (_read(fs, path) or {}).get("token") == token:
             with contextlib.suppress(FileNotFoundError):
                 fs.rm_file(path)
 
@@ -116,12 +119,29 @@ def _break_stale(fs: Any, path: str, seen: dict[str, Any]) -> None:
 
 
 class _Heartbeat(Lease):
-    """Renews the lease every ``lease_s / 3`` seconds while the lock is held."""
+    """Renews the lease every ``lease_s / 3`` seconds while the lock is held.
 
-    def __init__(self, fs: Any, path: str, token: str, lease_s: float):
+    A beat that fails (any store error: botocore's are no OSError) is retried on the next one;
+    once no renewal has succeeded for ``lease_s`` the lease may have run out and another writer
+    may hold the lock, so it counts as lost (:meth:`check` raises), also when the heartbeat
+    thread itself stalled or died.
+    """
+
+    def __init__(self, fs: Any, path: str, token: str, lease_s: float, *, renewed: float):
         self.fs, self.path, self.token, self.lease_s = fs, path, token, lease_s
+        self._renewed = renewed  # monotonic time before the current lease was stamped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="registry-lease")
+
+    @property
+    def lost(self) -> bool:  # type: ignore[override]
+        return self._lost or time.monotonic() - self._renewed >= self.lease_s
+
+    @lost.setter
+    def lost(self, value: bool) -> None:
+        self._lost = value
+
+    _lost = False
 
     def start(self) -> None:
         self._thread.start()
@@ -132,12 +152,21 @@ class _Heartbeat(Lease):
 
     def _run(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
-            held = _read(self.fs, self.path)
-            if held is None or held.get("token") != self.token:
+            try:
+                held = self.fs.cat_file(self.path)
+                if json.loads(held).get("token") != self.token:
+                    raise FileNotFoundError(self.path)
+            except (FileNotFoundError, ValueError):
                 self.lost = True
                 log.error("lost the registry lock %s (lease expired)", self.path)
                 return
+            except Exception as exc:  # a transient store error: the next beat tries again
+                log.warning("could not read the lease on %s: %s", self.path, exc)
+                continue
+            stamped = time.monotonic()
             try:
                 self.fs.pipe_file(self.path, _body(self.token, self.lease_s))
-            except OSError as exc:  # a transient store error: the next beat tries again
+            except Exception as exc:  # a transient store error: the next beat tries again
                 log.warning("could not renew the lease on %s: %s", self.path, exc)
+                continue
+            self._renewed = stamped

@@ -129,13 +129,21 @@ class LocalStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def write_version(self, uc_rel: str, version: str, fill: Callable[[Path], None]) -> None:
-        """``fill`` a hidden temp dir next to the version, then rename it into place."""
+    def write_version(
+        self,
+        uc_rel: str,
+        version: str,
+        fill: Callable[[Path], None],
+        commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``fill`` a hidden temp dir next to the version, then rename it into place.
+        ``commit`` runs just before the version becomes visible (and may raise to stop it)."""
         uc = self.root / uc_rel
         uc.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=uc))
         try:
             fill(tmp)
+            commit()
             os.rename(tmp, uc / version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -226,8 +234,16 @@ class FsspecStore:
         strip = self.fs._strip_protocol(base).rstrip("/") + "/"
         return sorted(f[len(strip) :] for f in found if f.startswith(strip))
 
-    def write_version(self, uc_rel: str, version: str, fill: Callable[[Path], None]) -> None:
-        """Build locally, upload under a temp prefix, copy to ``version/``, marker last."""
+    def write_version(
+        self,
+        uc_rel: str,
+        version: str,
+        fill: Callable[[Path], None],
+        commit: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Build locally, upload under a temp prefix, copy to ``version/``, marker last.
+        ``commit`` runs just before the marker is written (and may raise to stop it): an upload
+        can outlast the lock's lease."""
         tmp_rel = f"{uc_rel}/.{version}-{uuid.uuid4().hex[:12]}"
         final_rel = f"{uc_rel}/{version}"
         with tempfile.TemporaryDirectory(prefix="feinschliff-upload-") as work:
@@ -244,6 +260,7 @@ class FsspecStore:
                     self.write_bytes(f"{tmp_rel}/{rel}", (build / rel).read_bytes())
                 for rel in rels:
                     self.fs.copy(self._p(f"{tmp_rel}/{rel}"), self._p(f"{final_rel}/{rel}"))
+                commit()
                 self.write_bytes(f"{final_rel}/{COMPLETE}", (build / COMPLETE).read_bytes())
             except BaseException:
                 if not self.exists(f"{final_rel}/{COMPLETE}"):

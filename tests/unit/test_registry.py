@@ -139,6 +139,7 @@ def test_killed_writer_leftovers_are_invisible_and_cleaned(reg):
     assert read_aliases(reg.root, "s") == {"production": "v0001"}
     assert reg(2.0) == "v0004"
     assert not st.exists("s/.v0002-abc123")
+    assert not st.exists("s/v0003")  # the unmarked copy is removed too; its number stays skipped
 
 
 def test_promote_moves_previous_in_one_step_and_audits(reg):
@@ -375,6 +376,44 @@ def test_a_lost_lease_is_detected_before_writing(mem):
         with pytest.raises(LockLost):
             lease.check()
     assert json.loads(st.read_bytes("s/.lock"))["token"] == "other"  # theirs is not removed
+
+
+def test_a_heartbeat_that_cannot_renew_loses_the_lease(mem, monkeypatch):
+    """A store error on a beat (here not even an OSError) must not leave the holder believing
+    it still holds a lock whose lease ran out and that another writer then took."""
+    st = FsspecStore(mem, lease_s=0.3, wait_s=2)
+    real_cat = st.fs.cat_file
+
+    def flaky(path, *a, **kw):
+        if threading.current_thread().name == "registry-lease":
+            raise RuntimeError("injected: botocore-style error while renewing")
+        return real_cat(path, *a, **kw)
+
+    monkeypatch.setattr(st.fs, "cat_file", flaky)
+    with st.lock("s/.lock") as lease:
+        time.sleep(0.5)  # no renewal got through: the lease has run out
+        other = FsspecStore(mem, lease_s=0.3, wait_s=2)
+        # the expired lock is broken by the next writer
+        with other.lock("s/.lock"), pytest.raises(LockLost):
+            lease.check()
+
+
+def test_an_upload_that_outlasts_the_lease_publishes_no_version(tmp_path, base, mem, monkeypatch):
+    """The lease is checked again after the (possibly long) upload, before the marker."""
+    st = open_root(mem)
+    real_copy = st.fs.copy
+
+    def slow(src, dst, **kw):
+        time.sleep(0.4)  # longer than the lease, and no heartbeat renews it
+        return real_copy(src, dst, **kw)
+
+    monkeypatch.setattr(st.fs, "copy", slow)
+    monkeypatch.setattr("feinschliff.registry_lock._Heartbeat._run", lambda self: None)
+    short = FsspecStore(mem, lease_s=0.3, wait_s=2)
+    ref = make_train_output(tmp_path / "a", str(base), seed=1.0)
+    with pytest.raises(LockLost):
+        register_adapter(short, "s", ref, {}, target=target_for(base))
+    assert versions(mem, "s") == []
 
 
 def test_remote_version_is_materialised_by_content_hash(tmp_path, base, mem):
