@@ -6,16 +6,28 @@ import os
 from pathlib import Path
 
 
+class ProjectRootMissing(RuntimeError):
+    """The bundled evals/, configs/ and scripts/ are not where the package looks for them."""
+
+
 def project_root() -> Path:
-    """The checkout (or image) root that holds evals/ and recipes/.
+    """The checkout (or image) root that holds evals/, recipes/, configs/ and scripts/.
 
     ``FEINSCHLIFF_PROJECT_ROOT`` wins; otherwise the directory two levels above the package
-    (the src layout of a checkout or an editable install).
+    (the src layout of a checkout or an editable install). The wheel carries the library only:
+    a plain ``pip install`` outside a checkout finds no bundled tasks, which would surface as
+    misleading errors much later (a gate metric "has no eval data"), so it fails here instead.
     """
     env = os.environ.get("FEINSCHLIFF_PROJECT_ROOT")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2]
+    root = Path(env) if env else Path(__file__).resolve().parents[2]
+    if not (root / "evals").is_dir():
+        where = "FEINSCHLIFF_PROJECT_ROOT" if env else "the package's checkout"
+        raise ProjectRootMissing(
+            f"no evals/ folder in {root} ({where}): feinschliff runs from a checkout of its "
+            "repository (or the Docker image); install it there with `make install` or "
+            "`pip install -e .`, or set FEINSCHLIFF_PROJECT_ROOT to the checkout"
+        )
+    return root
 
 
 def bundled_tasks_dir() -> Path:

@@ -46,7 +46,8 @@ def test_image_has_the_install_scripts_and_a_lean_build_context():
     text = (ROOT / "Dockerfile").read_text()
     assert "COPY scripts ./scripts" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".venv", ".git", ".env"} <= set(ignored)
+    # `**/` also matches at the top (Docker: `**` is any number of folders, zero included)
+    assert {".venv", ".git", "**/.env", "**/*.safetensors", "**/*.gguf"} <= set(ignored)
 
 
 def test_the_base_images_uid_1000_user_is_removed_before_ours_is_made():

@@ -36,6 +36,10 @@ def test_kubernetes_template_renders_a_gpu_job():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert container["image"] == "feinschliff:latest"
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "feinschliff-cache"
+    # the image runs as uid 1000 (Dockerfile USER): the cache volume must be writable for it
+    assert pod["securityContext"]["fsGroup"] == 1000
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "USER 1000:1000" in dockerfile
 
 
 def test_docker_template_requests_gpus():

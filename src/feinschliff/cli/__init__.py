@@ -25,6 +25,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     train_cmd,
 )
 from feinschliff.cli.app import Failure, _setup_logging, app
+from feinschliff.paths import ProjectRootMissing
 
 __all__ = ["app", "main"]
 
@@ -36,6 +37,6 @@ def main() -> None:
     except Failure as exc:
         typer.echo(f"error: {exc}" if exc.code != 2 else str(exc), err=True)
         sys.exit(exc.code)
-    except OutputInUse as exc:
+    except (OutputInUse, ProjectRootMissing) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
