@@ -6,9 +6,7 @@ import json
 
 from feinschliff.generate.select import select_instructions
 from feinschliff.generate.templates import (
-    answer_schema,
     instructions_schema,
-    parse_answer,
     parse_instructions,
     parse_ratings,
     ratings_schema,
@@ -32,13 +30,6 @@ def test_instructions_from_lines_strip_bullets_and_numbers():
 def test_no_reply_gives_no_instructions():
     assert parse_instructions(None) == []
     assert parse_instructions("") == []
-
-
-def test_answer_object_parses_and_garbage_does_not():
-    assert parse_answer('{"antwort": " Gerne helfe ich. "}') == "Gerne helfe ich."
-    assert parse_answer('{"antwort": "   "}') is None
-    assert parse_answer('{"antwort": "abgeschnit') is None
-    assert parse_answer(None) is None
 
 
 def test_ratings_from_json():
@@ -76,7 +67,6 @@ def test_schemas_bound_sizes_so_replies_fit_their_token_limit():
     r = ratings_schema(2)["properties"]["bewertungen"]
     assert (r["minItems"], r["maxItems"]) == (2, 2)
     assert r["items"]["properties"]["note"]["enum"] == [1, 2, 3, 4, 5]
-    assert answer_schema(200)["properties"]["antwort"]["maxLength"] == 200
 
 
 def test_select_counts_every_drop_reason_and_keeps_order():
@@ -95,3 +85,18 @@ def test_select_counts_every_drop_reason_and_keeps_order():
         "instruction_duplicate": 1,
         "instruction_over_limit": 1,
     }
+
+
+def test_ratings_from_markdown_and_out_of_five_text_blocks():
+    """Judges write "Note: 4/5" or markdown; those used to parse to None (pair dropped)."""
+    reply = (
+        "**Note:** 4\n**Begründung:** korrekt\n\n"
+        "Note: 2/5\nBegründung: ungenau\n\n"
+        "__Note__: **5** von 5\n*Begründung:* vollständig"
+    )
+    assert parse_ratings(reply, 3) == ([4, 2, 5], ["korrekt", "ungenau", "vollständig"])
+
+
+def test_ambiguous_text_ratings_stay_unparseable():
+    for note in ("4/10", "3 oder 4", "45", "4 von 10"):
+        assert parse_ratings(f"Note: {note}\nBegründung: x", 1) == ([None], [None]), note

@@ -341,3 +341,21 @@ def test_merge_mixes_weighted_sources_and_keeps_feedback_heldout(tmp_path):
     assert (out / "heldout" / "sft.jsonl").exists()
     assert completed_hash(out) == ref.sha256
     assert merge_datasets(fb, gen, MixSpec(feedback=2.0, synthetic=1.0), out) == ref
+
+
+def test_feedback_prompts_include_kto_rows_training_and_heldout(tmp_path):
+    """kto.jsonl is feedback too: a generated question equal to a thumbs-rated prompt leaked
+    into training (or, from heldout/, into the evaluation)."""
+    (tmp_path / "heldout").mkdir()
+
+    def kto(question: str) -> str:
+        row = {
+            "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": "x"}],
+            "label": True,
+        }
+        return json.dumps(row) + "\n"
+
+    (tmp_path / "kto.jsonl").write_text(kto("Wie melde ich  den Zählerstand?"))
+    (tmp_path / "heldout" / "kto.jsonl").write_text(kto("Was kostet Ökostrom?"))
+    assert feedback_prompts(tmp_path) == {"wie melde ich den zählerstand?", "was kostet ökostrom?"}

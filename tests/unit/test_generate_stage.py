@@ -22,7 +22,7 @@ from feinschliff.generate.stage import (
     run_generate,
 )
 from feinschliff.recipe_loader import RecipeError, load_recipe
-from feinschliff.specs.generate import SamplingSpec
+from feinschliff.specs.generate import OpenAITeacher, PreferenceSpec, SamplingSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATE = {
@@ -183,18 +183,61 @@ def test_preference_with_greedy_sampling_is_refused(tmp_path):
     "teacher",
     [
         {**GENERATE["teacher"], "structured_output": "off"},
+        {**GENERATE["teacher"], "structured_output": "response_format"},
         {"kind": "transformers", "model": "local/teacher"},
     ],
 )
-def test_answer_max_chars_without_structured_output_is_refused(tmp_path, teacher):
-    """The limit is only enforced through structured output; it used to be ignored."""
+def test_answer_max_chars_without_length_constrained_output_is_refused(tmp_path, teacher):
+    """The limit is only enforced through vLLM's structured output (a regex); it used to be
+    ignored. OpenAI's strict json_schema (`response_format`) refuses string lengths, so there it
+    would be ignored too."""
     spec = {**GENERATE, "teacher": teacher, "sampling": {"answer_max_chars": 300}}
     with pytest.raises(RecipeError) as err:
         load_recipe(_recipe(tmp_path, spec))
     [line] = err.value.lines
     assert ": generate.sampling.answer_max_chars: needs structured output" in line
-    constrained = {**GENERATE, "sampling": {"answer_max_chars": 300}}
+    assert "structured_output: vllm" in line
+    vllm = {**GENERATE["teacher"], "structured_output": "vllm"}
+    constrained = {**GENERATE, "teacher": vllm, "sampling": {"answer_max_chars": 300}}
     assert load_recipe(_recipe(tmp_path, constrained)).generate.sampling.answer_max_chars == 300
+
+
+def test_descriptions_say_tgi_ignores_n_and_response_format_has_no_string_lengths():
+    kind = OpenAITeacher.model_fields["kind"].description
+    assert "TGI" in kind and "`n`" in kind and "vLLM or OpenAI" in kind
+    assert "not TGI" in PreferenceSpec.model_fields["num_generations"].description
+    assert "no string lengths" in SamplingSpec.model_fields["answer_max_chars"].description
+
+
+def test_a_lone_leaf_saved_as_default_is_read_under_its_own_name(tmp_path, monkeypatch):
+    """distilabel names the only subset "default": when no question survived, only
+    instructions_raw had rows, and its drops went uncounted while the error pointed at them."""
+    from datasets import Dataset
+    from distilabel.distiset import create_distiset
+
+    def child(spec, out, plan, teacher, judge):
+        steps = tmp_path / "buffer" / "steps_outputs"
+        (steps / "instructions_raw").mkdir(parents=True)
+        (steps / "answers").mkdir()  # a leaf that wrote nothing
+        rows = [{"seed_id": "s0", "instructions": ["kurz", "kurz?"]}]
+        Dataset.from_list(rows).to_parquet(steps / "instructions_raw" / "00001.parquet")
+        create_distiset(tmp_path / "buffer").save_to_disk(
+            out / "distiset", save_card=False, save_pipeline_config=False, save_pipeline_log=False
+        )
+        status = {k: 0 for k in ("requests", "tokens", "cache_hits", "rejected", "refused")}
+        return {**status, "truncated": 0, "budget_exhausted": None}
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(stage, "_run_child", child)
+    no_pairs = {k: v for k, v in GENERATE.items() if k != "preference"}
+    spec = {**no_pairs, "seeds": {"topics": "themen.txt", "pii": "off"}}
+    spec["filters"] = {"decontaminate": False}
+    recipe = load_recipe(_recipe(tmp_path, spec))
+    out = tmp_path / "out"
+    with pytest.raises(GenerateError, match="no rows survived"):
+        run_generate(recipe, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["drops"]["instructions"] == {"instruction_too_short": 2}
 
 
 def test_seed_description_says_how_request_seeds_are_made():

@@ -390,3 +390,126 @@ def test_a_local_teachers_cache_entries_are_per_dtype(tmp_path):
             "Antwort in float32." if dtype == "float32" else "Antwort in bfloat16."
         ]
     assert calls == ["float32", "bfloat16"]  # the third ask was the first one's cache hit
+
+
+def _keywords(schema) -> set[str]:
+    """Every keyword used in ``schema``, at any depth (property names excluded)."""
+    if isinstance(schema, list):
+        return set().union(*(_keywords(v) for v in schema)) if schema else set()
+    if not isinstance(schema, dict):
+        return set()
+    found = set(schema)
+    for k, v in schema.items():
+        subs = v.values() if k == "properties" and isinstance(v, dict) else [v]
+        found |= set().union(*(_keywords(s) for s in subs)) if subs else set()
+    return found
+
+
+def test_strict_response_format_leaves_out_the_string_lengths_openai_refuses(tmp_path):
+    """OpenAI's strict json_schema answers every request carrying minLength/maxLength with 400
+    (it used to be sent, so no row survived, run after run); vLLM's own field keeps them."""
+    from feinschliff.generate.templates import instructions_schema, ratings_schema
+
+    for schema in (instructions_schema(3, 150), ratings_schema(2)):
+        sent = _llm(tmp_path).request_body(MSGS, 1, 8, 0.7, 1.0, 3, {"json": schema})
+        fmt = sent["response_format"]["json_schema"]
+        assert fmt["strict"] is True
+        assert not _keywords(fmt["schema"]) & {"minLength", "maxLength"}, fmt["schema"]
+    items = instructions_schema(3, 150)
+    strict = _llm(tmp_path).request_body(MSGS, 1, 8, 0.7, 1.0, 3, {"json": items})
+    anfragen = strict["response_format"]["json_schema"]["schema"]["properties"]["anfragen"]
+    assert (anfragen["minItems"], anfragen["maxItems"]) == (3, 3)  # allowed in strict mode
+    assert items["properties"]["anfragen"]["items"]["maxLength"] == 150  # the caller's intact
+    vllm = _llm(tmp_path, constrain="vllm").request_body(MSGS, 1, 8, 0.7, 1.0, 3, {"json": items})
+    assert vllm["structured_outputs"]["json"]["properties"]["anfragen"]["items"]["maxLength"] == 150
+
+
+def test_a_run_whose_every_request_is_refused_alike_fails_with_the_endpoints_error(
+    tmp_path, monkeypatch
+):
+    """Every request refused with the same 400 is the request's shape, not a row: the run says
+    so, quoting the endpoint, instead of "no rows survived"."""
+    from feinschliff.generate import stage
+    from feinschliff.generate.stage import GenerateError, run_generate
+
+    body = "Invalid schema for response_format 'feinschliff': 'maxLength' is not permitted."
+    llm = _llm(tmp_path, lambda r: httpx.Response(400, text=body))
+    assert _ask(llm)["generations"] == [None]
+    assert _ask(llm, temperature=0.1)["generations"] == [None]  # another request, same answer
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert state["failed"] is None and state["rejected"] == state["requests"] == 2
+
+    recipe = _recipe(tmp_path)
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(stage, "_run_child", lambda *a: state)
+    monkeypatch.setattr(stage, "_load_leaves", lambda p: {"instructions_raw": []})
+    with pytest.raises(GenerateError) as err:
+        run_generate(recipe, tmp_path / "out")
+    message = str(err.value)
+    assert "every one of the 2 request(s)" in message and f"HTTP 400: {body}" in message
+
+    # a different refusal among them: per-row problems (a prompt too long), dropped and counted
+    def mixed(request):
+        long = json.loads(request.content)["temperature"] > 0.5
+        return httpx.Response(400, text="prompt too long" if long else body)
+
+    llm = _llm(tmp_path, mixed)
+    _ask(llm)
+    _ask(llm, temperature=0.1)
+    mixed_state = Ledger(tmp_path / "ledger.json", None, None).read()
+    monkeypatch.setattr(stage, "_run_child", lambda *a: mixed_state)
+    with pytest.raises(GenerateError, match="no rows survived"):
+        run_generate(recipe, tmp_path / "out2")
+
+    # some requests answered: the refused ones are rows, not the run
+    answers = iter([httpx.Response(400, text=body), httpx.Response(200, json=_completion(["x"]))])
+    llm = _llm(tmp_path, lambda r: next(answers))
+    _ask(llm)
+    _ask(llm, temperature=0.1)
+    partial = Ledger(tmp_path / "ledger.json", None, None).read()
+    assert partial["requests"] == 2 and partial["rejected"] == 1
+    monkeypatch.setattr(stage, "_run_child", lambda *a: partial)
+    with pytest.raises(GenerateError, match="no rows survived"):
+        run_generate(recipe, tmp_path / "out3")
+
+
+def _recipe(tmp_path: Path):
+    """The demo recipe with a small `generate` section (seeds in ``tmp_path``)."""
+    import yaml
+
+    from feinschliff.recipe_loader import load_recipe
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "recipes" / "demo-de.yaml").read_text())
+    for src in data["feedback"]["sources"]:
+        src["path"] = str((root / "recipes" / src["path"]).resolve())
+    data["generate"] = {
+        "seeds": {"topics": "themen.txt", "pii": "off"},
+        "teacher": {"kind": "openai", "base_url": "http://t.invalid/v1", "model": "teacher"},
+        "filters": {"decontaminate": False},
+    }
+    (tmp_path / "themen.txt").write_text("Tarifwechsel\n", encoding="utf-8")
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_recipe(tmp_path / "recipe.yaml")
+
+
+def test_an_endpoint_ignoring_n_is_named_in_the_error(tmp_path):
+    """TGI's chat API ignores `n` and returns one choice; preference mode needs n of them."""
+    llm = _llm(tmp_path, lambda r: httpx.Response(200, json=_completion(["nur eine"])))
+    assert _ask(llm, n=2)["generations"] == [None, None]
+    failed = Ledger(tmp_path / "ledger.json", None, None).read()["failed"]
+    assert "1 choice(s) for n=2" in failed and "TGI" in failed and "vLLM or OpenAI" in failed
+
+
+def test_an_entry_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    """A kill tore the last line: the next reply must not be glued onto the fragment (both
+    would be lost, and a paid reply asked again)."""
+    path = tmp_path / "requests.jsonl"
+    RequestCache(path).put("k1", {"generations": ["a"]})
+    with path.open("a") as f:
+        f.write('{"key": "k2", "respo')
+    RequestCache(path).put("k3", {"generations": ["c"]})
+    reloaded = RequestCache(path)
+    assert reloaded.get("k1") == {"generations": ["a"]}
+    assert reloaded.get("k3") == {"generations": ["c"]}
+    assert reloaded.get("k2") is None and len(reloaded) == 2

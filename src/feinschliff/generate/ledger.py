@@ -6,7 +6,8 @@ those processes under an ``flock``:
 - ``RequestCache``: one JSONL line per completed request, keyed by the sha256 of the request
   body (model, messages, sampling, schema). Lines are flushed as each response arrives, so a
   run that dies midway (teacher outage, kill) loses nothing it was already given; the rerun
-  sends only the requests that had not completed. A torn last line is ignored.
+  sends only the requests that had not completed. A torn last line is ignored, and the next
+  entry starts on a line of its own (``artifacts.append_line``).
 - ``Ledger``: this run's spending and state: live requests and tokens against the budget, and
   the first fatal teacher error. Once the budget is spent or the teacher has failed, every
   further request is refused at once instead of hitting the endpoint again. A request
@@ -24,6 +25,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from feinschliff.artifacts import append_line
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -64,9 +67,11 @@ class RequestCache:
 
     def put(self, key: str, response: dict[str, Any]) -> None:
         self._entries[key] = response
-        with _locked(self.path), self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n")
-            f.flush()
+        with _locked(self.path):
+            # ends a line torn by a kill first: glued onto it, this entry would be lost too
+            append_line(
+                self.path, json.dumps({"key": key, "response": response}, ensure_ascii=False)
+            )
 
 
 class Ledger:
@@ -82,6 +87,8 @@ class Ledger:
         "truncated": 0,
         "budget_exhausted": None,
         "failed": None,
+        "first_rejection": None,  # the endpoint's first 400/413/422 ("HTTP 400: body")
+        "rejections_differ": False,  # a later rejection said something else
     }
 
     def __init__(self, path: Path, max_requests: int | None, max_tokens: int | None):
@@ -130,13 +137,26 @@ class Ledger:
             return reason
 
     def record(
-        self, *, cache_hit: bool, tokens: int, truncated: int, rejected: int, reserved: int
+        self,
+        *,
+        cache_hit: bool,
+        tokens: int,
+        truncated: int,
+        rejected: int,
+        reserved: int,
+        rejection: str | None = None,
     ) -> None:
         """One answered request: from the cache or live (``tokens`` spent, ``reserved`` of them
         reserved before sending; a failed request records 0 tokens to release them), and how
-        many of its replies hit the token limit or were refused by the endpoint as invalid."""
+        many of its replies hit the token limit or were refused by the endpoint as invalid
+        (``rejection``: the endpoint's error for a refused one)."""
         with _locked(self.path):
             state = self.read()
+            if rejected:
+                if state["first_rejection"] is None:
+                    state["first_rejection"] = rejection
+                elif rejection != state["first_rejection"]:
+                    state["rejections_differ"] = True
             state["cache_hits"] += int(cache_hit)
             state["tokens"] += tokens
             state["reserved_tokens"] -= reserved

@@ -60,8 +60,9 @@ def is_german(text: str) -> bool:
 
 
 # in generate's cache key: outputs filtered by older rules are not reused (2: language per text,
-# identical pairs dropped, seeds scrubbed before cutting)
-FILTERS_VERSION = 2
+# identical pairs dropped, seeds scrubbed before cutting; 3: kto prompts are feedback too, and
+# text ratings in markdown or as "4/5" parse)
+FILTERS_VERSION = 3
 
 
 def row_is_german(texts: list[str]) -> bool:
@@ -206,11 +207,13 @@ def filter_rows(
 
 
 def feedback_prompts(data_dir: Path) -> set[str]:
-    """Normalised user prompts of an ingest output (training and held-out rows)."""
+    """Normalised user prompts of an ingest output (training and held-out rows, every kind:
+    sft, preference and kto)."""
     import json
 
     prompts: set[str] = set()
-    for name in ("sft.jsonl", "preference.jsonl", "heldout/sft.jsonl", "heldout/preference.jsonl"):
+    kinds = ("sft", "preference", "kto")
+    for name in [f"{kind}.jsonl" for kind in kinds] + [f"heldout/{kind}.jsonl" for kind in kinds]:
         path = data_dir / name
         if not path.exists():
             continue

@@ -146,6 +146,9 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     write_json(out / "manifest.json", manifest)
     shutil.rmtree(out / ".work", ignore_errors=True)
     if not sft and not pref:  # not marked complete: a rerun tries again (replies are cached)
+        refused = uniform_rejection(status)
+        if refused is not None:
+            raise GenerateError(refused)
         raise GenerateError(
             f"no rows survived generation and filtering; see {out / 'manifest.json'} drops"
         )
@@ -320,11 +323,37 @@ def _run_child(
     return status
 
 
+def uniform_rejection(status: dict[str, Any]) -> str | None:
+    """The error for a run whose every live request the endpoint refused with the same answer
+    (a 400 about the request's shape, e.g. a schema feature or parameter it does not support:
+    no row will ever pass); None when there was none, or some requests were answered or refused
+    differently (per-row problems, e.g. a prompt too long, are dropped and counted instead)."""
+    first, requests = status.get("first_rejection"), status.get("requests", 0)
+    if not first or status.get("rejections_differ") or status.get("rejected") != requests:
+        return None
+    return (
+        f"the teacher refused every one of the {requests} request(s) of this run with the same "
+        f"error, so the requests themselves do not fit the endpoint: {first}. Check "
+        "generate.teacher (model, structured_output: `off` sends no JSON schema) and the "
+        "sampling settings against what the endpoint supports."
+    )
+
+
+# A Distiset with one subset names it "default" (distilabel's create_distiset); the column
+# that tells which leaf it is, checked in this order.
+_LEAF_COLUMNS = (("chosen", "preferences"), ("instructions", "instructions_raw"))
+
+
 def _load_leaves(path: Path) -> dict[str, list[dict[str, Any]]]:
     from distilabel.distiset import Distiset
 
     distiset = Distiset.load_from_disk(str(path))
-    return {name: list(ds["train"]) for name, ds in distiset.items()}
+    leaves = {name: list(ds["train"]) for name, ds in distiset.items()}
+    if set(leaves) == {"default"}:
+        columns = set(distiset["default"]["train"].column_names)
+        name = next((leaf for col, leaf in _LEAF_COLUMNS if col in columns), "answers")
+        leaves = {name: leaves["default"]}
+    return leaves
 
 
 # --------------------------------------------------------------------------- helpers

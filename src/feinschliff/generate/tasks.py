@@ -61,12 +61,10 @@ class GermanSelfInstruct(SelfInstruct):
 
 
 class GermanTextGeneration(TextGeneration):
-    json_answer: bool = False
-
     def format_output(
         self, output: str | None, input: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        return {"generation": templates.parse_answer(output) if self.json_answer else output}
+        return {"generation": output}
 
 
 class SelectInstructions(GlobalStep):
@@ -258,7 +256,6 @@ def build_pipeline(job: "GenerateJob") -> Pipeline:
                 **sampling,
             ),
             system_prompt=spec.system_prompt,
-            json_answer=answer_constraint is not None and "json" in answer_constraint,
             num_generations=n,
             group_generations=n > 1,
             # Grouped answers are lists: name them as UltraFeedback/FormatTextGenerationDPO expect.
@@ -301,9 +298,8 @@ def _answer_constraint(job: "GenerateJob") -> dict[str, Any] | None:
     limit = job.spec.sampling.answer_max_chars
     if limit is None:
         return None
-    if job.spec.teacher.structured_output == "vllm":  # plain text, bounded length
-        return {"regex": f"[\\s\\S]{{1,{limit}}}"}
-    return {"json": templates.answer_schema(limit)}
+    # plain text, bounded length: the spec allows the limit only with `structured_output: vllm`
+    return {"regex": f"[\\s\\S]{{1,{limit}}}"}
 
 
 def _structured(job: "GenerateJob", which: str) -> bool:

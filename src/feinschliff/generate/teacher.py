@@ -3,7 +3,8 @@
 ``TeacherLLM`` talks to an OpenAI-compatible ``/chat/completions`` endpoint itself (httpx)
 instead of wrapping distilabel's ``OpenAILLM``, because every request has to pass through the
 run's ``RequestCache`` and ``Ledger`` (see ``ledger``), and JSON constraints must be sent the
-way the endpoint understands them (OpenAI ``response_format`` or vLLM ``structured_outputs``).
+way the endpoint understands them (OpenAI ``response_format`` or vLLM ``structured_outputs``;
+strict ``response_format`` refuses string lengths, so they are left out there: ``strict_schema``).
 A ``transformers`` teacher generates locally with the same cache and budget (no constraints).
 
 Failure handling, per request:
@@ -14,6 +15,8 @@ Failure handling, per request:
   are used up the ledger records the outage and the run ends with that message;
 - 400/413/422 (this prompt is invalid, e.g. too long): output ``None``, counted as rejected and
   not cached, so the next run asks again (the server's limits may have been raised meanwhile);
+  the ledger keeps the first error and whether all were the same, so a run in which every
+  request was refused alike (the request's shape, not a row) fails with that error;
 - any other status (401, 403, 404: wrong key, model or URL): fatal at once;
 - anything else raised (a 200 whose body is no chat completion, a transformers error of a local
   teacher): fatal at once, with the exception's type and message. distilabel would otherwise
@@ -146,6 +149,7 @@ class TeacherLLM(AsyncLLM):
             truncated=reasons.count("length"),
             rejected=int("rejected" in reasons),
             reserved=reserved,
+            rejection=response.get("error"),
         )
         return response
 
@@ -193,7 +197,7 @@ class TeacherLLM(AsyncLLM):
                     "type": "json_schema",
                     "json_schema": {
                         "name": "feinschliff",
-                        "schema": constraint["json"],
+                        "schema": strict_schema(constraint["json"]),
                         "strict": True,
                     },
                 }
@@ -240,7 +244,7 @@ class TeacherLLM(AsyncLLM):
             error = f"HTTP {r.status_code}: {r.text[:300]}"
             if r.status_code in ROW_ERRORS:  # this prompt is invalid; not cached (see agenerate)
                 self._logger.warning(f"teacher rejected a request ({error})")
-                return _empty(body["n"], "rejected")
+                return {**_empty(body["n"], "rejected"), "error": error}
             if r.status_code not in RETRYABLE and r.status_code < 500:
                 self._ledger.fail(f"teacher {url} refused the request: {error}")
                 return None
@@ -312,10 +316,40 @@ def _until_stop(tokens: list[int], stops: set[int]) -> tuple[list[int], bool]:
     return tokens, False
 
 
+# JSON-schema keywords OpenAI's strict structured outputs refuse with HTTP 400 (the string
+# lengths; pydantic-ai's OpenAIJsonSchemaTransformer strips the same ones). minItems, maxItems
+# and enum are accepted.
+STRICT_INCOMPATIBLE = frozenset({"minLength", "maxLength"})
+
+
+def strict_schema(schema: Any) -> Any:
+    """``schema`` without the keywords strict ``response_format`` refuses, at every depth.
+
+    The lengths are not enforced then; the length filters still drop what is too long. vLLM's
+    own ``structured_outputs`` (``structured_output: vllm``) keeps them."""
+    if isinstance(schema, dict):
+        return {
+            k: {name: strict_schema(sub) for name, sub in v.items()}
+            if k == "properties" and isinstance(v, dict)  # names, not keywords
+            else strict_schema(v)
+            for k, v in schema.items()
+            if k not in STRICT_INCOMPATIBLE
+        }
+    if isinstance(schema, list):
+        return [strict_schema(v) for v in schema]
+    return schema
+
+
 def _parse_completion(data: dict[str, Any], n: int) -> dict[str, Any]:
     choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
     if len(choices) != n:
-        raise ValueError(f"{len(choices)} choice(s) for n={n}")
+        hint = (
+            " (the endpoint ignores the request's `n`, as TGI does: answers to rate need an "
+            "endpoint that returns n choices per request, e.g. vLLM or OpenAI)"
+            if len(choices) == 1 and n > 1
+            else ""
+        )
+        raise ValueError(f"{len(choices)} choice(s) for n={n}{hint}")
     usage = data.get("usage") or {}
     return {
         "generations": [(c.get("message") or {}).get("content") for c in choices],

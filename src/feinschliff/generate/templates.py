@@ -7,7 +7,9 @@ with older prompts are not reused.
 
 Each step has a JSON schema that the teacher is asked to follow (OpenAI ``response_format``
 json_schema or vLLM ``structured_outputs``); string lengths and list sizes are bounded so that a
-constrained reply fits its token limit. Without constraints the replies are parsed from text.
+constrained reply fits its token limit. Strict ``response_format`` refuses string lengths, so
+there only the list sizes are sent (``teacher.strict_schema``); the length filters run on the
+replies either way. Without constraints the replies are parsed from text.
 """
 
 from __future__ import annotations
@@ -96,15 +98,6 @@ def instructions_schema(n: int, max_chars: int) -> dict[str, Any]:
     }
 
 
-def answer_schema(max_chars: int) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": {"antwort": {"type": "string", "minLength": 1, "maxLength": max_chars}},
-        "required": ["antwort"],
-        "additionalProperties": False,
-    }
-
-
 def ratings_schema(n: int) -> dict[str, Any]:
     return {
         "type": "object",
@@ -132,7 +125,14 @@ def ratings_schema(n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- parsing
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
-_RATING_BLOCK = re.compile(r"Note:\s*(\d)\D*?(?:\n|$)\s*Begr(?:ü|ue)ndung:\s*(.+)", re.IGNORECASE)
+# "Note: 4", "**Note:** 4", "Note: **4**", "Note: 4/5", "Note: 4 von 5", then the rationale on the
+# next line ("Begründung:", bold or not). One digit only: "4/10", "3 oder 4" or "45" are refused.
+_EM = r"[*_]{0,2}"
+_RATING_BLOCK = re.compile(
+    rf"{_EM}Note{_EM}\s*:{_EM}\s*{_EM}(\d){_EM}(?:\s*(?:/|von)\s*5)?\D*?(?:\n|$)"
+    rf"\s*{_EM}Begr(?:ü|ue)ndung{_EM}\s*:{_EM}\s*(.+)",
+    re.IGNORECASE,
+)
 
 
 def parse_instructions(text: str | None) -> list[str]:
@@ -148,16 +148,6 @@ def parse_instructions(text: str | None) -> list[str]:
     else:
         items = [_BULLET.sub("", line) for line in text.splitlines()]
     return [s.strip() for s in items if s.strip()]
-
-
-def parse_answer(text: str | None) -> str | None:
-    """The answer text of a JSON answer object; None when the reply is not one."""
-    try:
-        data = json.loads(text) if text else None
-    except ValueError:
-        return None
-    answer = data.get("antwort") if isinstance(data, dict) else None
-    return answer.strip() or None if isinstance(answer, str) else None
 
 
 def parse_ratings(text: str | None, n: int) -> tuple[list[int | None], list[str | None]]:

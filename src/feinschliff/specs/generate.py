@@ -50,9 +50,14 @@ class SeedsSpec(Strict):
 
 
 class OpenAITeacher(Strict):
-    """An OpenAI-compatible chat completions endpoint (vLLM, OpenAI, TGI, ...)."""
+    """An OpenAI-compatible chat completions endpoint (vLLM, OpenAI, TGI, ...). `preference`
+    needs one that honours the request's `n` (vLLM, OpenAI); TGI ignores it and returns one
+    answer, which fails the run."""
 
-    kind: Literal["openai"] = Field(description="An OpenAI-compatible HTTP endpoint.")
+    kind: Literal["openai"] = Field(
+        description="An OpenAI-compatible HTTP endpoint (vLLM, OpenAI, TGI, ...; `preference` "
+        "needs `n` answers per request, which TGI does not give: use vLLM or OpenAI there)."
+    )
     base_url: str = Field(
         pattern=r"^https?://",
         description="Base URL including the API prefix, e.g. http://127.0.0.1:8000/v1.",
@@ -65,9 +70,10 @@ class OpenAITeacher(Strict):
     )
     structured_output: Literal["response_format", "vllm", "off"] = Field(
         "response_format",
-        description="How outputs are constrained to JSON: `response_format` (OpenAI json_schema, "
-        "also understood by vLLM), `vllm` (vLLM's `structured_outputs` body field), `off` "
-        "(free text, parsed line by line; small teachers then often fail to parse).",
+        description="How outputs are constrained to JSON: `response_format` (OpenAI json_schema "
+        "in strict mode, also understood by vLLM; without string lengths, which strict mode "
+        "refuses), `vllm` (vLLM's `structured_outputs` body field, string lengths included), "
+        "`off` (free text, parsed line by line; small teachers then often fail to parse).",
     )
     timeout_s: float = Field(120.0, gt=0, description="HTTP timeout per request.")
 
@@ -104,17 +110,21 @@ class SamplingSpec(Strict):
         None,
         ge=20,
         description="Constrain each answer to at most this many characters, so that even a "
-        "rambling teacher finishes within the token limit (needs structured output: `vllm` "
-        "sends a regex, `response_format` a JSON answer object; refused for a local teacher or "
-        "`structured_output: off`; None: unconstrained). Answers cut at the token limit are "
-        "always dropped.",
+        "rambling teacher finishes within the token limit (needs `structured_output: vllm`, "
+        "which sends a regex; refused for a local teacher and for `response_format` or `off`: "
+        "OpenAI's strict json_schema has no string lengths; None: unconstrained). Answers cut "
+        "at the token limit are always dropped.",
     )
     judge_max_tokens: int = Field(256, ge=16, description="Token limit of one judge reply.")
 
 
 class PreferenceSpec(Strict):
     num_generations: int = Field(
-        2, ge=2, le=8, description="Answers per question, rated against each other."
+        2,
+        ge=2,
+        le=8,
+        description="Answers per question, rated against each other; asked in one request with "
+        "`n`, which the teacher endpoint must honour (vLLM, OpenAI; not TGI).",
     )
     judge: OpenAITeacher | LocalTeacher | None = Field(
         None, discriminator="kind", description="The judge model (None: the teacher)."
@@ -233,17 +243,25 @@ class GenerateSpec(Strict):
 
     @model_validator(mode="after")
     def _constrainable_answers(self) -> GenerateSpec:
-        # The limit is enforced by structured output only; ignoring it silently let a rambling
-        # teacher spend the token budget on answers that are then cut off and dropped.
+        # The limit is enforced by vLLM's structured output only (a regex); ignoring it silently
+        # let a rambling teacher spend the token budget on answers that are then cut off and
+        # dropped. OpenAI's strict json_schema (`response_format`) refuses string lengths.
         teacher = self.teacher
         if self.sampling.answer_max_chars is not None and (
-            teacher.kind != "openai" or teacher.structured_output == "off"
+            teacher.kind != "openai" or teacher.structured_output != "vllm"
         ):
-            how = "a local teacher" if teacher.kind != "openai" else "structured_output: off"
+            how = {
+                "response_format": "structured_output: response_format has not (OpenAI's strict "
+                "json_schema refuses string lengths)",
+                "off": "structured_output: off has not",
+            }.get(
+                teacher.structured_output if teacher.kind == "openai" else "",
+                "a local teacher has not",
+            )
             raise ValueError(
-                "sampling.answer_max_chars: needs structured output from the teacher, which "
-                f"{how} has not; remove it (answers longer than filters.max_answer_chars are "
-                "dropped after generation either way) or use an OpenAI-compatible teacher with "
-                "`structured_output: response_format` or `vllm`"
+                "sampling.answer_max_chars: needs structured output with string lengths from "
+                f"the teacher, which {how}; remove it (answers longer than "
+                "filters.max_answer_chars are dropped after generation either way) or, with a "
+                "vLLM teacher, use `structured_output: vllm`"
             )
         return self
