@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,131 @@ def test_broken_symlinks_oversized_files_and_floods(tmp_path, base):
     for i in range(300):
         (flood / f"f{i}").touch()
     _rejects(flood, target_for(base), "more than 256 files")
+
+
+# ---------------------------------------------------------------- register.vllm.model vs base
+
+DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo-de.yaml"
+
+
+def _vllm_recipe(tmp_path, base_name, model):
+    from feinschliff.recipe_loader import load_recipe
+
+    vllm = {"servers": [{"url": "http://vllm-0:8000"}], "model": model}
+    return load_recipe(
+        DEMO,
+        [
+            "use_case=support-x",
+            f"base_model.name={base_name}",
+            f"register.registry={tmp_path / 'reg'}",
+            f"register.vllm={json.dumps(vllm)}",
+        ],
+    )
+
+
+def test_register_vllm_model_must_name_the_recipe_base_model(tmp_path, base):
+    """A llama-shaped base served as Qwen 72B used to register and promote (the servers' --model
+    was simply added to the accepted names); now refused before anything is registered."""
+    from feinschliff.registry import versions
+    from feinschliff.serving.preflight import base_target
+    from feinschliff.serving.publish import register_version
+    from tests.unit.adapter_factory import make_train_output
+
+    recipe = _vllm_recipe(tmp_path, base, "Qwen/Qwen2.5-72B-Instruct")
+    with pytest.raises(PreflightError) as err:
+        base_target(recipe)
+    text = str(err.value)
+    assert "register.vllm.model 'Qwen/Qwen2.5-72B-Instruct'" in text
+    assert f"recipe's base model '{base}'" in text
+    with pytest.raises(PreflightError, match="register.vllm.model"):
+        register_version(recipe, make_train_output(tmp_path / "out", str(base)), {})
+    assert not (tmp_path / "reg").exists() or versions(tmp_path / "reg", "support-x") == []
+
+
+@pytest.mark.parametrize("model", ["{base}", "/models/base", "org/base"])
+def test_register_vllm_model_naming_the_base_passes(tmp_path, base, model):
+    """The same folder, or the base under the server's own path (a pod's mount) or an HF id."""
+    from feinschliff.serving.preflight import base_target
+
+    target = base_target(_vllm_recipe(tmp_path, base, model.format(base=base)))
+    assert model.format(base=base) in target.names
+
+
+def test_demo_alias_served_from_its_local_folder_passes(tmp_path, monkeypatch):
+    """`make demo` / the integration tests: base_model.name is the alias, vLLM runs with
+    --model <the alias's dequantized folder>."""
+    from feinschliff.models import MARKER, model_dir
+    from feinschliff.serving.preflight import base_target
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    folder = make_base(model_dir("smollm2-135m-instruct"))
+    (folder / MARKER).write_text("{}")
+    target = base_target(_vllm_recipe(tmp_path, "smollm2-135m-instruct", str(folder)))
+    assert target.weights_dir == folder
+    with pytest.raises(PreflightError, match="register.vllm.model"):
+        base_target(_vllm_recipe(tmp_path, "smollm2-135m-instruct", "Qwen/Qwen3-8B"))
+
+
+def test_two_different_local_folders_with_the_same_last_name_do_not_match(tmp_path):
+    """The last path component alone matched /m/llama-8b/hf with /m/llama-8b-instruct/hf."""
+    a, b = tmp_path / "llama-8b" / "hf", tmp_path / "llama-8b-instruct" / "hf"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    assert check_base_name(str(a), (str(b),))
+    assert check_base_name(str(a), (str(a) + "/",)) == []
+    (tmp_path / "link").symlink_to(a)
+    assert check_base_name(str(tmp_path / "link"), (str(a),)) == []
+    # a path that does not exist here (training node, server pod) still matches by its name
+    assert check_base_name("/train/llama-8b-instruct/hf", (str(b),)) == []
+
+
+# ---------------------------------------------------------------- LoRA on embed_tokens / lm_head
+
+
+def _embedding_adapter(tmp_path, base, modules):
+    from tests.unit.adapter_factory import HIDDEN, VOCAB
+
+    extra = {}
+    if "embed_tokens" in modules:
+        extra["base_model.model.model.embed_tokens.lora_embedding_A"] = np.ones((8, VOCAB), "f4")
+        extra["base_model.model.model.embed_tokens.lora_embedding_B"] = np.ones((HIDDEN, 8), "f4")
+    if "lm_head" in modules:
+        extra["base_model.model.lm_head.lora_A.weight"] = np.ones((8, HIDDEN), "f4")
+        extra["base_model.model.lm_head.lora_B.weight"] = np.ones((VOCAB, 8), "f4")
+    cfg = adapter_config(str(base))
+    adapter = make_adapter(tmp_path / "a", str(base), config=cfg, extra_tensors=extra)
+    full = adapter_config(str(base), target_modules=["q_proj", "v_proj", *modules])
+    (adapter / "adapter_config.json").write_text(json.dumps(full))
+    return adapter
+
+
+def _architecture(base, *archs):
+    config = {"tie_word_embeddings": True} | ({"architectures": list(archs)} if archs else {})
+    (base / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    "arch", ["Qwen2ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "MistralForCausalLM"]
+)
+@pytest.mark.parametrize("modules", [["embed_tokens"], ["lm_head"]])
+def test_embedding_lora_is_refused_where_vllm_cannot_load_it(tmp_path, base, arch, modules):
+    """vLLM 0.32's classes without embedding_modules answer 500 when such an adapter loads."""
+    _architecture(base, arch)
+    problems = _rejects(_embedding_adapter(tmp_path, base, modules), target_for(base), arch)
+    assert any(f"LoRA on {modules}" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"])
+def test_embedding_lora_passes_where_vllm_loads_it(tmp_path, base, arch):
+    _architecture(base, arch)
+    adapter = _embedding_adapter(tmp_path, base, ["embed_tokens", "lm_head"])
+    assert "embed_tokens" in preflight(adapter, target_for(base)).target_modules
+
+
+def test_embedding_lora_unknown_architecture_is_refused(tmp_path, base):
+    """Unknown (or no) architecture: refused, the default of vLLM's SupportsLoRA is {}; an
+    adapter without these modules still passes on it."""
+    for archs in (("SomeNewForCausalLM",), ()):
+        _architecture(base, *archs)
+        _rejects(_embedding_adapter(tmp_path, base, ["embed_tokens"]), target_for(base), "LoRA on")
+        preflight(make_adapter(tmp_path / "plain", str(base)), target_for(base))

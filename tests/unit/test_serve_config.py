@@ -18,6 +18,7 @@ from feinschliff.recipe_loader import RecipeError, load_recipe
 from feinschliff.registry import RegistryError, manifest, promote
 from feinschliff.serving.publish import register_version, served_adapter
 from feinschliff.serving.serve_config import render
+from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmSpec
 from tests.unit.adapter_factory import make_base, make_train_output
 
@@ -177,3 +178,111 @@ def test_registry_url_in_recipe(tmp_path):
     assert recipe.register.registry == f"file://{tmp_path}/reg"
     with pytest.raises(RecipeError):
         load_recipe(DEMO, ["register.vllm={servers: [], model: m}"])
+
+
+def _with_model(recipe, model):
+    vllm = recipe.register.vllm.model_copy(update={"model": model})
+    return recipe.model_copy(update={"register": recipe.register.model_copy(update={"vllm": vllm})})
+
+
+def test_serving_config_for_another_base_model_is_refused(setup):
+    """register.vllm.model naming another model than base_model printed a config that serves
+    the adapter on it; now a clear error naming the YAML path and both models."""
+    from feinschliff.serving.preflight import PreflightError
+
+    recipe, sets, tmp_path = setup
+    with pytest.raises(PreflightError) as err:
+        served_adapter(_with_model(recipe, "Qwen/Qwen2.5-72B-Instruct"))
+    assert "register.vllm.model 'Qwen/Qwen2.5-72B-Instruct'" in str(err.value)
+    assert f"base model '{tmp_path / 'base'}'" in str(err.value)
+    bad = [s.replace('"/models/base"', '"Qwen/Qwen2.5-72B-Instruct"') for s in sets]
+    res = CliRunner().invoke(
+        app, ["serve-config", str(DEMO), *[x for s in bad for x in ("--set", s)]]
+    )
+    assert res.exit_code != 0 and "register.vllm.model" in str(res.exception)
+
+
+@pytest.mark.parametrize("cmd", ["reconcile", "retire"])
+def test_registry_commands_refuse_servers_of_another_base_model(setup, cmd):
+    """`registry reconcile` / `retire --recipe` load adapters into the recipe's servers too:
+    the same check as register/promote, before any server or registry change."""
+    _, sets, tmp_path = setup
+    bad = [s.replace('"/models/base"', '"Qwen/Qwen2.5-72B-Instruct"') for s in sets]
+    flags = [x for s in bad for x in ("--set", s)]
+    args = (
+        ["registry", "reconcile", str(DEMO), *flags]
+        if cmd == "reconcile"
+        else ["registry", "retire", "support-x", "v0001", "--why", "t", "--recipe", str(DEMO)]
+        + flags
+    )
+    res = CliRunner().invoke(app, args)
+    assert getattr(res.exception, "code", None) == 2, res.output  # bad input: exit 2
+    assert "register.vllm.model" in str(res.exception)
+    assert "retired" not in json.dumps(manifest(tmp_path / "reg", "support-x", "v0001"))
+    from feinschliff.registry import retired
+
+    assert retired(tmp_path / "reg", "support-x") == {}
+
+
+def _fake_server(monkeypatch, model):
+    """Every VllmClient talks to one stand-in replica whose --model is ``model``."""
+    import httpx
+
+    from feinschliff.serving import deploy, vllm_client
+
+    def handle(request):
+        if request.url.path == "/v1/models":
+            cards = [{"id": model, "root": model, "parent": None}]
+            return httpx.Response(200, json={"object": "list", "data": cards})
+        if "lora_adapter" in request.url.path:
+            return httpx.Response(200, text="Success")
+        asked = json.loads(request.content)["model"]
+        answer = {"model": asked, "choices": [{"text": " ok", "message": {"content": "ok"}}]}
+        return httpx.Response(200, json=answer)
+
+    def client(server, **kw):
+        return VllmClient(server, transport=httpx.MockTransport(handle), backoff_s=0, **kw)
+
+    monkeypatch.setattr(vllm_client, "VllmClient", client)
+    monkeypatch.setattr(deploy, "VllmClient", client)
+
+
+def test_serve_demo_refuses_a_server_running_another_model(setup, monkeypatch):
+    from feinschliff.serving.preflight import PreflightError
+    from feinschliff.serving.publish import serve_demo
+
+    recipe, _, tmp_path = setup
+    _fake_server(monkeypatch, "Qwen/Qwen2.5-72B-Instruct")
+    with pytest.raises(PreflightError, match="http://vllm-9:8000 runs --model"):
+        serve_demo(recipe, url="http://vllm-9:8000")
+    _fake_server(monkeypatch, str(tmp_path / "base"))
+    assert serve_demo(recipe, url="http://vllm-9:8000").adapter == "ok"
+
+
+@pytest.mark.parametrize("command", ["serve-config", "serve-demo"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(13, "Permission denied", "/reg/support-x/aliases.json"),
+        type("EndpointConnectionError", (Exception,), {"__module__": "botocore.exceptions"})(
+            "Could not connect to the endpoint URL"
+        ),
+    ],
+)
+def test_store_failures_are_one_line_cli_errors(setup, monkeypatch, command, error):
+    """As the `registry` commands: an OSError or a cloud SDK's error of the registry store is
+    exit 1 with one line, no traceback."""
+    import feinschliff.registry
+    from feinschliff.cli.app import Failure
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(feinschliff.registry, "read_aliases", broken)
+    _, sets, _ = setup
+    flags = [x for s in sets for x in ("--set", s)]
+    extra = ["--url", "http://vllm-9:8000"] if command == "serve-demo" else []
+    res = CliRunner().invoke(app, [command, str(DEMO), *extra, *flags])
+    assert isinstance(res.exception, Failure), res.exception
+    assert res.exception.code == 1
+    assert str(res.exception) == f"registry store failed: {error}"

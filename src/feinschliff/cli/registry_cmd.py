@@ -179,9 +179,12 @@ def registry_retire(
     candidate/previous aliases on it. With a recipe's vLLM servers, reconciles them after."""
     from feinschliff import registry
     from feinschliff.serving.deploy import reconcile
+    from feinschliff.serving.preflight import check_recipe_served_model
 
     cfg = _recipe_for(recipe, set_, use_case)
     with _errors():
+        if cfg is not None:  # before retiring: the servers it reconciles must serve base_model
+            check_recipe_served_model(cfg)
         r = _root_for(cfg, root)
         registry.retire(r, use_case, version, why=why)
         if cfg is not None and cfg.register.vllm is not None:
@@ -196,11 +199,13 @@ def registry_reconcile(recipe: RecipeArg, root: RootOpt = None, set_: SetOpt = N
     verify each change with a completion. Idempotent; prints every action. --root: the
     registry to follow instead of the recipe's (as with `promote --recipe R --root X`)."""
     from feinschliff.serving.deploy import reconcile
+    from feinschliff.serving.preflight import check_recipe_served_model
 
     cfg = _load(recipe, set_)
     if cfg.register.vllm is None:
         raise Failure("the recipe has no register.vllm servers to reconcile", code=2)
     with _errors():
+        check_recipe_served_model(cfg)  # adapters were checked on base_model, not on another
         report = reconcile(_root_for(cfg, root), cfg.use_case, cfg.register.vllm)
     _print_report(report)
 

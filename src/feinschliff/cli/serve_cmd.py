@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _load, app
+from feinschliff.cli.registry_cmd import _errors
 from feinschliff.serving.serve_config import TARGETS
 
 
@@ -33,10 +34,12 @@ def serve_config(
     if target not in TARGETS:
         raise Failure(f"--target must be one of {', '.join(TARGETS)}", code=2)
     cfg = _load(recipe, set_)
-    try:
-        typer.echo(render(served_adapter(cfg, version), target), nl=False)  # type: ignore[arg-type]
-    except (RegistryError, PreflightError) as exc:
-        raise Failure(str(exc)) from exc
+    with _errors():  # as the registry commands: a store's OSError / cloud SDK error -> exit 1
+        try:
+            text = render(served_adapter(cfg, version), target)  # type: ignore[arg-type]
+        except (RegistryError, PreflightError) as exc:
+            raise Failure(str(exc)) from exc
+    typer.echo(text, nl=False)
 
 
 @app.command("serve-demo")
@@ -64,10 +67,11 @@ def serve_demo(
     from feinschliff.serving.vllm_server import VllmStartError
 
     cfg = _load(recipe, set_)
-    try:
-        answer = run_demo(cfg, prompt=prompt or DEMO_PROMPT, url=url, workdir=workdir)
-    except (RegistryError, DeployError, PreflightError, VllmError, VllmStartError) as exc:
-        raise Failure(str(exc)) from exc
+    with _errors():  # as the registry commands: a store's OSError / cloud SDK error -> exit 1
+        try:
+            answer = run_demo(cfg, prompt=prompt or DEMO_PROMPT, url=url, workdir=workdir)
+        except (RegistryError, DeployError, PreflightError, VllmError, VllmStartError) as exc:
+            raise Failure(str(exc)) from exc
     typer.echo(f"vLLM {answer.url}: {cfg.use_case} = {answer.version}")
     typer.echo(f"prompt:  {answer.prompt}")
     typer.echo(f"base:    {answer.base.strip()}")

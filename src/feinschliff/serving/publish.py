@@ -17,7 +17,12 @@ from feinschliff import registry
 from feinschliff.artifacts import AdapterRef
 from feinschliff.recipe import Recipe
 from feinschliff.serving import deploy
-from feinschliff.serving.preflight import base_target
+from feinschliff.serving.preflight import (
+    base_names,
+    base_target,
+    check_recipe_served_model,
+    check_served_model,
+)
 from feinschliff.serving.serve_config import ServedAdapter
 from feinschliff.specs.register import VllmServer, VllmSpec
 
@@ -82,6 +87,7 @@ def served_adapter(recipe: Recipe, version: str | None = None) -> ServedAdapter:
         raise registry.RegistryError(f"{recipe.use_case} has no production version yet")
     if version in registry.retired(root, recipe.use_case):  # never to be served again
         raise registry.RegistryError(f"{recipe.use_case}/{version} is retired")
+    check_recipe_served_model(recipe)  # by name only: no local weights needed here
     spec = recipe.register.vllm or _local_spec(
         base_target(recipe).weights_dir, "http://127.0.0.1:8000"
     )
@@ -143,6 +149,8 @@ def serve_demo(
     try:
         with VllmClient(VllmServer(url=url)) as client:
             served_model = client.base_model_root()
+        names = tuple(dict.fromkeys([*base_names(recipe), str(target.weights_dir)]))
+        check_served_model(served_model, names, f"the server at {url} runs --model")
         # The recipe's serving settings (adapter_dir, keep_versions), this one server, runtime.
         spec = (recipe.register.vllm or _local_spec(target.weights_dir, url)).model_copy(
             update={"servers": [VllmServer(url=url)], "model": served_model, "mode": "runtime"}
