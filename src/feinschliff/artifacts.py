@@ -211,6 +211,13 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The non-blank lines of JSONL text, split at ``\n`` only: ``str.splitlines`` also splits
+    at U+2028/U+2029/U+0085, which JSON writers with ``ensure_ascii=False`` (and orjson) leave
+    raw inside strings, so a record holding one would be cut in two and lost."""
+    return [line for line in text.split("\n") if line.strip()]
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one JSONL line and fsync it. A line torn by a kill (no newline at the end of the
     file) is ended first, so the new entry starts on a line of its own and readers can skip

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from feinschliff.artifacts import append_line
+from feinschliff.artifacts import append_line, jsonl_lines
 
 T = TypeVar("T")
 State = Literal["new", "intent", "done"]
@@ -57,7 +57,7 @@ class Ledger:
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(self.path.read_text(encoding="utf-8")):
             try:
                 out.append(json.loads(line))
             except ValueError:

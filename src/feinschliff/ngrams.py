@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from feinschliff.artifacts import jsonl_lines
+
 N = 13
 MIN_WORDS = 8  # GPT-3 used 8..13-grams; shorter texts (answers, choices) are too common
 ANCHOR = 3  # <= MIN_WORDS: every indexed sequence has an anchor
@@ -135,7 +137,7 @@ def index_jsonl(paths: Iterable[Path], n: int = N) -> EvalIndex:
     """The index of JSONL eval sets, each named by its file stem."""
     index = EvalIndex(n)
     for path in paths:
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             if line.strip():
                 index.add_row(json.loads(line), path.stem)
     return index

@@ -351,7 +351,7 @@ def audit_log(root: Root, use_case: str) -> list[dict[str, Any]]:
     if data is None:
         return []
     entries = []
-    for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    for n, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), start=1):
         try:
             entries.append(json.loads(line)) if line else None
         except ValueError:  # torn by a kill mid-append: skipped, not fatal for the registry

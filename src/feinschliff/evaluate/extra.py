@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from feinschliff.artifacts import jsonl_lines
 from feinschliff.evaluate.heldout import correction_chrf, preference_accuracy, read_jsonl
 from feinschliff.evaluate.inference import generate_answers, load_model
 from feinschliff.paths import judge_questions_file, project_root
@@ -26,7 +27,7 @@ def judge_questions(recipe: Recipe, data_dir: Path) -> list[dict[str, Any]]:
     questions: list[dict[str, Any]] = []
     if spec.asks_bundled:
         path = judge_questions_file()
-        questions += [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
+        questions += [json.loads(x) for x in jsonl_lines(path.read_text(encoding="utf-8"))]
     if spec.questions in ("heldout", "both"):
         for i, row in enumerate(read_jsonl(data_dir / "heldout" / "sft.jsonl")):
             user = [m["content"] for m in row["messages"] if m["role"] == "user"]

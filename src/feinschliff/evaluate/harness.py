@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from feinschliff.artifacts import jsonl_lines
 from feinschliff.paths import bundled_tasks_dir
 from feinschliff.recipe import USECASE_METRIC_LIST
 from feinschliff.specs.evaluate import USECASE_TASK
@@ -53,7 +54,7 @@ def render_usecase_task(data_dir: Path | None, dest: Path) -> str:
     path = data_dir / "heldout" / "preference.jsonl" if data_dir else None
     rows = []
     if path is not None and path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             if line.strip():
                 row = json.loads(line)
                 user = [m["content"] for m in row["prompt"] if m["role"] == "user"]

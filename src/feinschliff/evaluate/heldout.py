@@ -12,13 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from feinschliff.artifacts import jsonl_lines
 from feinschliff.evaluate.inference import answer_logprob, generate_answers
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8"))]
 
 
 def preference_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]]) -> dict[str, Any] | None:

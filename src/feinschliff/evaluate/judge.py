@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from feinschliff.artifacts import jsonl_lines
 from feinschliff.specs.evaluate import JudgeSpec
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ def parse_verdict(text: str) -> str | None:
 
 
 def load_prompts(path: Path) -> dict[str, dict[str, Any]]:
-    return {
-        p["name"]: p for p in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if p
-    }
+    return {p["name"]: p for p in map(json.loads, jsonl_lines(path.read_text(encoding="utf-8")))}
 
 
 def reference_answer(question: dict[str, Any]) -> str | None:

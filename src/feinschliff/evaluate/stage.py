@@ -25,6 +25,7 @@ from feinschliff.artifacts import (
     ReportRef,
     code_version,
     input_key,
+    jsonl_lines,
     mark_complete,
     prepare_out,
     reusable,
@@ -179,9 +180,7 @@ def contamination(
     for name in ("sft.jsonl", "preference.jsonl", "kto.jsonl"):  # whatever the method trains on
         path = data_dir / name
         if path.exists():
-            rows += [
-                json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line
-            ]
+            rows += [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8"))]
     hits = contaminated(rows, index)
     return {
         "value": float(len(hits)) if files or not unchecked else None,

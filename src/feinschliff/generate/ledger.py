@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from feinschliff.artifacts import append_line
+from feinschliff.artifacts import append_line, jsonl_lines
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -52,7 +52,7 @@ class RequestCache:
         self.path = path
         self._entries: dict[str, dict[str, Any]] = {}
         if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in jsonl_lines(path.read_text(encoding="utf-8")):
                 try:
                     entry = json.loads(line)
                     self._entries[entry["key"]] = entry["response"]

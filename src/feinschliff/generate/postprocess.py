@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from feinschliff.artifacts import jsonl_lines
 from feinschliff.generate.select import normalize, select_instructions
 from feinschliff.ngrams import EvalIndex, contaminated
 from feinschliff.specs.generate import GenerateSpec
@@ -217,7 +218,7 @@ def feedback_prompts(data_dir: Path) -> set[str]:
         path = data_dir / name
         if not path.exists():
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             if line.strip():
                 prompts.add(normalize(prompt_text(json.loads(line))))
     return prompts
