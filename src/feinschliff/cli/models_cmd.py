@@ -29,8 +29,10 @@ def models_fetch(
 @models_app.command("list")
 def models_list() -> None:
     """List model aliases and whether each is cached."""
-    from feinschliff.models import MARKER, PACKAGED_MODELS, model_dir
+    from feinschliff.models import MARKER, PACKAGED_MODELS, is_current, model_dir
 
     for alias, spec in PACKAGED_MODELS.items():
-        state = "cached" if (model_dir(alias) / MARKER).exists() else "not fetched"
+        state = "cached" if is_current(alias) else "not fetched"
+        if state != "cached" and (model_dir(alias) / MARKER).exists():
+            state = "outdated"  # converted from another pin: fetched again on first use
         typer.echo(f"{alias:<24} {state:<12} {spec.package}=={spec.version}  {spec.description}")
