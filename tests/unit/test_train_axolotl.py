@@ -37,7 +37,12 @@ def test_sft_config_maps_the_recipe_and_adds_the_cpu_overrides(tmp_path):
 def test_every_generated_key_is_one_we_know_axolotl_reads(tmp_path):
     for sets in (
         ["train.method=dpo", "train.lora.target_modules=[q_proj, v_proj]"],
-        ["train.method=orpo", "train.qlora=true", "train.hyperparameters.eval_steps=1"],
+        [
+            "train.method=orpo",
+            "train.qlora=true",
+            "train.hyperparameters.eval_fraction=0.2",
+            "train.hyperparameters.eval_steps=1",
+        ],
         ["train.packing=true", "train.hyperparameters.gradient_checkpointing=true"],
     ):
         files = {"train": tmp_path / "t.jsonl", "eval": tmp_path / "e.jsonl"}
@@ -146,7 +151,14 @@ def test_axolotl_evaluates_at_the_end_without_eval_steps(tmp_path):
     files = {"train": tmp_path / "t.jsonl", "eval": tmp_path / "e.jsonl"}
     cfg = ax.build_config(recipe, "m", files, tmp_path, on_cpu=True)
     assert (cfg["eval_strategy"], cfg["eval_steps"]) == ("steps", ax.EVAL_AT_END_ONLY)
-    every = load_recipe(DEMO, ["train.backend=axolotl", "train.hyperparameters.eval_steps=5"])
+    every = load_recipe(
+        DEMO,
+        [
+            "train.backend=axolotl",
+            "train.hyperparameters.eval_fraction=0.2",
+            "train.hyperparameters.eval_steps=5",
+        ],
+    )
     assert ax.build_config(every, "m", files, tmp_path, on_cpu=True)["eval_steps"] == 5
 
     # what Axolotl 0.19 hands transformers for this config (_configure_save_and_eval_strategy)
@@ -178,3 +190,87 @@ def test_the_axolotl_adapter_keeps_the_chat_template_it_was_trained_with(tmp_pat
     (ckpt / "chat_template.jinja").write_text("{{ messages }}")  # Axolotl's saved tokenizer
     adapter = axolotl_backend.collect_adapter(ckpt, tmp_path / "adapter")
     assert (adapter / "chat_template.jinja").read_text() == "{{ messages }}"
+
+
+# --------------------------------------------------------------------------- train_axolotl (no venv)
+
+
+def _checkpoint(ckpt_dir: Path, step: int, *, max_steps: int, tokens: int) -> Path:
+    """What Axolotl leaves in a checkpoint: adapter, trainer state, its token counters."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = ckpt_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text(json.dumps({"r": 2, "bias": "none"}))
+    save_file({"w": np.full((2, 3), step, np.float32)}, str(path / "adapter_model.safetensors"))
+    history = [
+        {"step": s, "loss": 1.0 / s, "tokens/total": tokens * s // step} for s in range(1, step + 1)
+    ]
+    state = {"global_step": step, "max_steps": max_steps, "log_history": history}
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    (path / "tokens_state.json").write_text(json.dumps({"total": tokens, "trainable": tokens // 2}))
+    return path
+
+
+def _fake_axolotl(monkeypatch, tmp_path: Path, stream):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(axolotl_backend, "axolotl_venv", lambda: tmp_path / "venv")
+    monkeypatch.setattr(axolotl_backend, "validate_in_venv", lambda venv, cfg, work: None)
+    monkeypatch.setattr(axolotl_backend, "_stream", stream)
+    clock = iter([100.0, 110.0])  # every run takes 10 s
+    monkeypatch.setattr(axolotl_backend, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    recipe = load_recipe(DEMO, ["train.backend=axolotl", "train.hyperparameters.max_steps=4"])
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": []}) + "\n")
+    return recipe, {"train": rows}
+
+
+def test_a_rerun_after_the_final_axolotl_checkpoint_does_not_train_on(tmp_path, monkeypatch):
+    """Killed after Axolotl finished (its checkpoints marked) but before the stage did: the
+    rerun resumes from checkpoint-<max_steps>; Axolotl would train one more batch from there."""
+    out = tmp_path / "out"
+    final = _checkpoint(out / "checkpoints", 4, max_steps=4, tokens=400)
+    (final / ".complete").write_text("4")
+    ran = []
+    recipe, files = _fake_axolotl(monkeypatch, tmp_path, lambda *a: ran.append(a))
+    metrics = axolotl_backend.train_axolotl(recipe, "/models/smol", files, out)
+    assert ran == []
+    assert (metrics["global_step"], metrics["resumed_from"]) == (4, "checkpoint-4")
+    assert metrics["trained_tokens"] == 400 and metrics["tokens_per_second"] is None
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        final / "adapter_model.safetensors"
+    ).read_bytes()
+
+
+def test_axolotl_tokens_per_second_counts_only_this_runs_tokens(tmp_path, monkeypatch):
+    """Axolotl restores its token counter on resume: 400 of the 1000 were counted before."""
+    out = tmp_path / "out"
+    ckpt_dir = out / "checkpoints"
+    (_checkpoint(ckpt_dir, 2, max_steps=4, tokens=400) / ".complete").write_text("2")
+
+    def stream(cmd, log_path, ckpt):
+        _checkpoint(ckpt, 4, max_steps=4, tokens=1000)
+        return {"losses": [0.5, 0.25]}
+
+    recipe, files = _fake_axolotl(monkeypatch, tmp_path, stream)
+    metrics = axolotl_backend.train_axolotl(recipe, "/models/smol", files, out)
+    assert (metrics["global_step"], metrics["resumed_from"]) == (4, "checkpoint-2")
+    assert metrics["trained_tokens"] == 1000
+    assert metrics["tokens_per_second"] == 60.0  # (1000 - 400) / 10 s, not 1000 / 10 s
+
+
+def test_a_constant_schedule_keeps_its_warmup_on_axolotl(tmp_path):
+    """Axolotl hands lr_scheduler to transformers, whose "constant" ignores the warm-up: the
+    same recipe must warm up as on the TRL backend."""
+    warm = _cfg(
+        tmp_path,
+        "train.hyperparameters.lr_scheduler=constant",
+        "train.hyperparameters.warmup_ratio=0.1",
+    )
+    assert (warm["lr_scheduler"], warm["warmup_ratio"]) == ("constant_with_warmup", 0.1)
+    assert _cfg(tmp_path, "train.hyperparameters.lr_scheduler=constant")["lr_scheduler"] == (
+        "constant"
+    )
+    assert _cfg(tmp_path, "train.hyperparameters.lr_scheduler=cosine")["lr_scheduler"] == "cosine"

@@ -204,3 +204,21 @@ def test_two_trainings_snapshotting_one_dataset_at_once_both_succeed(tmp_path, m
         t.join(timeout=20)
     assert errors == []
     assert data.replay_rows("sft", "d" * 64) == [{"messages": []}]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kto_eval_prompts_stay_out_of_training(tmp_path, seed):
+    """KTO rows derived from preferences are pairs: with the eval split by row, the other
+    answer to an eval prompt was trained on (and replay must not bring it back either)."""
+    prefs = [_pref(i) for i in range(10)]
+    _write(tmp_path / "preference.jsonl", prefs)
+    replay = data.kto_from_preferences(prefs)
+    prepared = data.prepare_rows(
+        "kto", tmp_path, eval_fraction=0.2, seed=seed, replay=replay, replay_fraction=0.5
+    )
+
+    def prompts(rows):
+        return {json.dumps(r["prompt"]) for r in rows}
+
+    assert len(prepared["eval"]) == 4 and len(prompts(prepared["eval"])) == 2
+    assert not prompts(prepared["eval"]) & prompts(prepared["train"])

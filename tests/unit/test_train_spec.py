@@ -141,3 +141,11 @@ def test_a_local_base_model_is_found_next_to_the_recipe_from_any_cwd(tmp_path, m
     assert resolve_model(recipe.base_model.name) == str(tmp_path / "mymodel")
     for name in ("smollm2-135m-instruct", "meta-llama/Llama-3.1-8B-Instruct"):  # not paths
         assert load_recipe(tmp_path / "r.yaml", [f"base_model.name={name}"]).base_model.name == name
+
+
+def test_eval_steps_without_an_eval_split_are_refused(tmp_path):
+    """eval_steps with eval_fraction 0 would be dropped without a word (nothing to evaluate)."""
+    msg = _error(tmp_path, hyperparameters={"eval_steps": 5})
+    assert ": train.hyperparameters.eval_steps: " in msg and "eval_fraction > 0" in msg
+    hp = _load(tmp_path, hyperparameters={"eval_steps": 5, "eval_fraction": 0.1}).train
+    assert hp.hyperparameters.eval_steps == 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from feinschliff.artifacts import DatasetRef
 from feinschliff.recipe_loader import load_recipe
 from feinschliff.train.stage import TrainError, run_train
+from tests.unit.adapter_factory import SHAPES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,6 +121,69 @@ def _warm_recipe(root: Path, *extra: str):
             "train.lora.r=8",
             "train.lora.alpha=16",
             "train.lora.target_modules=[q_proj, v_proj]",
+            "train.lora.dropout=0.0",
             *extra,
         ],
     )
+
+
+def _tiny_llama(path: Path) -> Path:
+    """config.json of a one-layer Llama: enough to build it on the meta device."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    ).save_pretrained(path)
+    return path
+
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "adapter", "field"),
+    [
+        ([], {"lora_dropout": 0.1}, "train.lora.dropout=0.0"),
+        # the recipe's default is all-linear: every linear layer, not just q and v
+        (["train.lora.target_modules=all-linear"], {}, "train.lora.target_modules=all-linear"),
+        (["train.lora.target_modules=[q_proj]"], {}, "train.lora.target_modules=['q_proj']"),
+        (
+            ["train.lora.target_modules=all-linear"],
+            {"target_modules": "q_proj|v_proj"},
+            "train.lora.target_modules='all-linear'",
+        ),
+    ],
+)
+def test_warm_start_refuses_lora_fields_peft_would_ignore(tmp_path, sets, adapter, field):
+    """PEFT continues the production adapter with its own config: a recipe field that differs
+    would be dropped without a word."""
+    from feinschliff.train.warm_start import WarmStartError, check_compatible
+    from tests.unit.adapter_factory import adapter_config
+
+    base = _tiny_llama(tmp_path / "base")
+    recipe = _warm_recipe(tmp_path / "registry", f"base_model.name={base}", *sets)
+    with pytest.raises(WarmStartError, match=re.escape(field)):
+        check_compatible(recipe, adapter_config(str(base), **adapter))
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        ALL_LINEAR,  # as PEFT saves all-linear for a larger model: the module names
+        [f"model.layers.0.{m}" for m in SHAPES],  # for a small one: the module paths
+    ],
+)
+def test_warm_start_accepts_all_linear_as_peft_expands_it(tmp_path, targets):
+    from feinschliff.train.warm_start import check_compatible
+    from tests.unit.adapter_factory import adapter_config
+
+    base = _tiny_llama(tmp_path / "base")
+    recipe = _warm_recipe(
+        tmp_path / "registry", f"base_model.name={base}", "train.lora.target_modules=all-linear"
+    )
+    check_compatible(recipe, adapter_config(str(base), target_modules=targets))

@@ -207,3 +207,133 @@ def test_the_chatml_adapter_carries_its_template_and_says_so(tmp_path, monkeypat
         "ChatML, not the base model's own: render prompts with `chat_template.jinja`"
         in (adapter / "README.md").read_text()
     )
+
+
+def _sft_files(tmp_path: Path, n: int = 8, *, eval_rows: int = 0) -> dict[str, Path]:
+    msgs = [
+        {"role": "user", "content": "Frage Frage"},
+        {"role": "assistant", "content": "Antwort Antwort Antwort"},
+    ]
+    line = json.dumps({"messages": msgs}) + "\n"
+    files = {"train": tmp_path / "rows" / "train.jsonl"}
+    files["train"].parent.mkdir(parents=True, exist_ok=True)
+    files["train"].write_text(line * n)
+    if eval_rows:
+        files["eval"] = tmp_path / "rows" / "eval.jsonl"
+        files["eval"].write_text(line * eval_rows)
+    return files
+
+
+def test_a_rerun_after_the_final_checkpoint_finishes_without_training_on(tmp_path):
+    """A kill after the checkpoint at max_steps was marked complete, before the adapter was
+    saved: the rerun resumes from that checkpoint. Training on from it would take one more
+    batch (3 steps of a 4-step epoch; constant LR: a different adapter); it must only finish."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from feinschliff.train.trl_backend import train_trl
+
+    model = _tiny_model(tmp_path / "model")
+    recipe = _recipe(
+        model,
+        "train.hyperparameters.max_steps=3",
+        "train.hyperparameters.save_steps=1",
+        "train.hyperparameters.lr_scheduler=constant",
+        "train.hyperparameters.learning_rate=0.01",
+        "train.hyperparameters.eval_fraction=0.2",
+    )
+    files = _sft_files(tmp_path, eval_rows=2)
+    out = tmp_path / "out"
+    whole = train_trl(recipe, str(model), files, out)
+    assert whole["global_step"] == 3 and whole["resumed_from"] is None
+    shutil.copytree(out / "adapter", tmp_path / "whole-adapter")
+    shutil.rmtree(out / "adapter")  # killed in the window: checkpoint-3 complete, no adapter
+
+    rerun = train_trl(recipe, str(model), files, out)
+    assert rerun["resumed_from"] == "checkpoint-3"
+    assert rerun["global_step"] == 3
+    assert rerun["loss_curve"] == whole["loss_curve"]
+    assert rerun["eval_curve"] == whole["eval_curve"]
+    assert rerun["eval_loss"] == pytest.approx(whole["eval_loss"])
+    assert rerun["trained_tokens"] == whole["trained_tokens"]
+    before = load_file(str(tmp_path / "whole-adapter" / "adapter_model.safetensors"))
+    after = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch_equal(before[k], after[k]) for k in before)
+    assert not (out / "checkpoints" / "checkpoint-4").exists()
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def _pref_files(tmp_path: Path, n: int = 4) -> dict[str, Path]:
+    row = {
+        "prompt": [{"role": "user", "content": "Frage Frage"}],
+        "chosen": [{"role": "assistant", "content": "Antwort"}],
+        "rejected": [{"role": "assistant", "content": "Frage Antwort Antwort"}],
+    }
+    path = tmp_path / "pref" / "train.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text((json.dumps(row) + "\n") * n)
+    return {"train": path}
+
+
+def test_orpo_counts_its_trained_tokens_as_dpo_does(tmp_path):
+    """ORPO batches hold chosen_/rejected_input_ids, no input_ids: transformers counted
+    nothing, and metrics.json (and the registry's lineage) said 0 tokens."""
+    from feinschliff.train.trl_backend import train_trl
+
+    model = _tiny_model(tmp_path / "model")
+    files = _pref_files(tmp_path)
+    counts = {}
+    for method in ("orpo", "dpo"):
+        recipe = _recipe(model, f"train.method={method}", "train.hyperparameters.max_length=32")
+        metrics = train_trl(recipe, str(model), files, tmp_path / method)
+        assert metrics["global_step"] == 1 and metrics["tokens_per_second"] is not None
+        counts[method] = metrics["trained_tokens"]
+    assert counts["orpo"] == counts["dpo"] > 0
+
+
+def _init_adapter(model: Path, path: Path) -> Path:
+    """A fresh PEFT LoRA on the tiny model, as a production adapter to continue."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = LoraConfig(r=2, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model), lora).save_pretrained(path)
+    return path
+
+
+def test_a_warm_started_dpo_adapter_leaves_trls_reference_copy_behind(tmp_path):
+    """TRL trains a warm-started DPO/KTO against a frozen "ref" copy of the production
+    adapter; the registry must get the trained adapter only, not adapter/ref/ too."""
+    from feinschliff.train.trl_backend import train_trl
+
+    model = _tiny_model(tmp_path / "model")
+    recipe = _recipe(model, "train.method=dpo", "train.hyperparameters.max_length=32")
+    init = _init_adapter(model, tmp_path / "production")
+    train_trl(recipe, str(model), _pref_files(tmp_path), tmp_path / "out", init_adapter=init)
+    adapter = tmp_path / "out" / "adapter"
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert [p.name for p in adapter.iterdir() if p.is_dir()] == []  # no ref/
+
+
+def test_eval_steps_evaluate_the_final_step_once(tmp_path):
+    """transformers evaluates the last step itself when eval_steps is set: the stage's final
+    evaluation would run a second time and add a duplicate to the eval curve."""
+    from feinschliff.train.trl_backend import train_trl
+
+    model = _tiny_model(tmp_path / "model")
+    recipe = _recipe(
+        model,
+        "train.hyperparameters.max_steps=2",
+        "train.hyperparameters.eval_fraction=0.2",
+        "train.hyperparameters.eval_steps=1",
+    )
+    metrics = train_trl(recipe, str(model), _sft_files(tmp_path, eval_rows=2), tmp_path / "out")
+    assert [e["step"] for e in metrics["eval_curve"]] == [1, 2]
+    assert metrics["eval_loss"] == metrics["eval_curve"][-1]["loss"]

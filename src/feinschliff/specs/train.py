@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from feinschliff.specs.common import Strict
 
@@ -106,7 +106,10 @@ class Hyperparameters(Strict):
         description="Share of the training rows held out to report an eval loss (0 = no eval split).",
     )
     eval_steps: int | None = Field(
-        None, ge=1, description="Compute the eval loss every N steps; default: at the end only."
+        None,
+        ge=1,
+        description="Compute the eval loss every N steps (needs eval_fraction > 0); default: at "
+        "the end only.",
     )
 
     @field_validator("max_steps")
@@ -115,6 +118,16 @@ class Hyperparameters(Strict):
         if max_steps == 0:
             raise ValueError("max_steps 0 trains nothing: use >= 1, or -1 to train `epochs`")
         return max_steps
+
+    @field_validator("eval_steps")
+    @classmethod
+    def _eval_steps_need_a_split(cls, eval_steps: int | None, info: ValidationInfo) -> int | None:
+        if eval_steps is not None and not info.data.get("eval_fraction"):
+            raise ValueError(
+                "evaluates nothing without an eval split: set "
+                "train.hyperparameters.eval_fraction > 0, or remove eval_steps"
+            )
+        return eval_steps
 
 
 class _TrainBase(Strict):

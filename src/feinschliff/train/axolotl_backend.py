@@ -166,11 +166,19 @@ def train_axolotl(
     validate_in_venv(venv, cfg, work)
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    if resume is not None:
-        log.info("resuming from %s", resume)
     cmd = [str(venv / "bin" / "axolotl"), "train", str(cfg_path), "--launcher", "python"]
     start = time.perf_counter()
-    tail = _stream(cmd, work / "train.log", ckpt_dir)
+    # Restored by Axolotl on resume and counted on from there: not this run's work.
+    tokens_before = checkpoint_tokens(resume) if resume is not None else 0
+    if resume is not None and reached_max_steps(resume):
+        # Killed after the final checkpoint was marked, before the stage finished: resumed,
+        # transformers would train one more batch. Its adapter is the result.
+        log.info("%s is the final checkpoint: finishing without training on", resume)
+        tail: dict[str, Any] = {"losses": []}
+    else:
+        if resume is not None:
+            log.info("resuming from %s", resume)
+        tail = _stream(cmd, work / "train.log", ckpt_dir)
     wall = time.perf_counter() - start
     mark_finished_checkpoints(ckpt_dir, all_done=True)
     adapter = collect_adapter(ckpt_dir, out / "adapter")
@@ -178,8 +186,10 @@ def train_axolotl(
     (ckpt_dir / "model.safetensors").unlink(missing_ok=True)
     state = _trainer_state(ckpt_dir)
     history = state.get("log_history", [])
-    # Axolotl logs cumulative non-padding tokens as "tokens/total" with each loss.
-    tokens = int(next((e["tokens/total"] for e in reversed(history) if "tokens/total" in e), 0))
+    # Axolotl logs "tokens/total" with each loss: the cumulative token slots of the training
+    # batches (labels.numel(): padding included, unlike the TRL backend's non-padding count).
+    tokens = _last_logged_tokens(history)
+    run_tokens = tokens - tokens_before
     if not history:
         log.warning("no trainer_state.json found; loss curve from the log lines only")
         history = [{"step": i + 1, "loss": v} for i, v in enumerate(tail["losses"])]
@@ -197,7 +207,7 @@ def train_axolotl(
         "eval_rows": sum(1 for _ in ax_files["eval"].open()) if "eval" in ax_files else 0,
         "trained_tokens": tokens or None,  # Axolotl logs no token counts for DPO/ORPO
         "wall_seconds": round(wall, 2),
-        "tokens_per_second": round(tokens / wall, 2) if tokens and wall > 0 else None,
+        "tokens_per_second": round(run_tokens / wall, 2) if run_tokens > 0 and wall > 0 else None,
         "trainable_parameters": _adapter_parameters(adapter),
         "chat_template": cfg["chat_template"],
         "world_size": 1,
@@ -284,6 +294,32 @@ def final_eval_loss(history: list[dict[str, Any]], global_step: int | None) -> f
     if evals:
         log.warning("no eval loss at the final step %s; metrics.json has none", global_step)
     return None
+
+
+def reached_max_steps(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` was saved at the run's last step (its ``trainer_state.json``)."""
+    state = _read_json(checkpoint / "trainer_state.json")
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def checkpoint_tokens(checkpoint: Path) -> int:
+    """The "tokens/total" count Axolotl restores when it resumes from ``checkpoint``: its
+    ``tokens_state.json``, else the last count logged before it."""
+    saved = _read_json(checkpoint / "tokens_state.json")
+    if "total" in saved:
+        return int(saved["total"])
+    return _last_logged_tokens(_read_json(checkpoint / "trainer_state.json").get("log_history", []))
+
+
+def _last_logged_tokens(history: list[dict[str, Any]]) -> int:
+    return int(next((e["tokens/total"] for e in reversed(history) if "tokens/total" in e), 0))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
 
 
 def _trainer_state(ckpt_dir: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from feinschliff.recipe import DPOTrain, ORPOTrain, Recipe, SFTTrain
 from feinschliff.train.data import read_jsonl, write_jsonl
+from feinschliff.train.schedule import scheduler_type
 
 # Every key the generator may emit; each is a field of Axolotl 0.19.0's AxolotlInputConfig
 # (checked again against the installed schema before training).
@@ -135,7 +136,8 @@ def build_config(
         "gradient_accumulation_steps": hp.gradient_accumulation_steps,
         "num_epochs": hp.epochs,
         "learning_rate": hp.learning_rate,
-        "lr_scheduler": hp.lr_scheduler,
+        # Axolotl hands it to transformers, whose "constant" ignores warmup_ratio
+        "lr_scheduler": scheduler_type(hp.lr_scheduler, hp.warmup_ratio),
         "warmup_ratio": hp.warmup_ratio,
         "optimizer": "adamw_torch",
         "gradient_checkpointing": hp.gradient_checkpointing,

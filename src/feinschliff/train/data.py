@@ -8,6 +8,7 @@ Method -> file and row shape (TRL conversational shapes, FACTS 10.6):
   derived from ``preference.jsonl`` (each chosen answer -> label true, each rejected -> label
   false). KTO training rows are shuffled once (seeded): TRL estimates KTO's KL term from
   completions rotated by one within a batch, which needs neighbours with different prompts.
+  The eval split of KTO rows is by prompt: an eval prompt's other answers are not trained on.
 
 Replay: every training run snapshots the rows it trained on under
 ``$FEINSCHLIFF_HOME/datasets/<dataset sha256>/``, so a warm start can mix in a share of the data
@@ -21,7 +22,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +90,39 @@ def _read_if(path: Path) -> list[dict[str, Any]]:
 
 
 def split_eval(
-    rows: list[dict[str, Any]], fraction: float, seed: int
+    rows: list[dict[str, Any]],
+    fraction: float,
+    seed: int,
+    *,
+    group: Callable[[dict[str, Any]], str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, eval): a seeded shuffle; at least one eval row when fraction > 0, never all rows."""
+    """(train, eval): a seeded shuffle; at least one eval row when fraction > 0, never all rows.
+
+    ``group``: rows with the same key go to the same side, ``fraction`` then counts groups
+    (KTO: the answers to one prompt, or an eval prompt's other answer would be trained on).
+    """
     if fraction <= 0 or len(rows) < 2:
         return rows, []
-    shuffled = rows[:]
-    random.Random(seed).shuffle(shuffled)
-    n_eval = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
-    return shuffled[n_eval:], shuffled[:n_eval]
+    if group is None:
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        n_eval = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
+        return shuffled[n_eval:], shuffled[:n_eval]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(group(row), []).append(row)
+    if len(groups) < 2:
+        log.warning("eval split skipped: all %d rows share one prompt", len(rows))
+        return rows, []
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    n_eval = min(max(1, round(len(keys) * fraction)), len(keys) - 1)
+    train = [r for k in keys[n_eval:] for r in groups[k]]
+    return train, [r for k in keys[:n_eval] for r in groups[k]]
+
+
+def prompt_key(row: dict[str, Any]) -> str:
+    return json.dumps(row["prompt"], sort_keys=True, ensure_ascii=False)
 
 
 def mix_replay(
@@ -106,17 +131,23 @@ def mix_replay(
     fraction: float,
     seed: int,
     held_out: Sequence[dict[str, Any]] = (),
+    group: Callable[[dict[str, Any]], str] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Add old rows so that about ``fraction`` of the result is replayed; returns (rows, n_old).
 
     Rows identical to a new row are not replayed twice, and rows identical to a ``held_out``
-    (eval) row are not replayed at all: the eval loss must stay on rows training never saw.
-    Fewer old rows than wanted are all used.
+    (eval) row (with ``group``: of the same group) are not replayed at all: the eval loss must
+    stay on rows training never saw. Fewer old rows than wanted are all used.
     """
     if fraction <= 0 or not old:
         return new, 0
     seen = {json.dumps(r, sort_keys=True) for r in [*new, *held_out]}
-    candidates = [r for r in old if json.dumps(r, sort_keys=True) not in seen]
+    held = {group(r) for r in held_out} if group else set()
+    candidates = [
+        r
+        for r in old
+        if json.dumps(r, sort_keys=True) not in seen and not (group and group(r) in held)
+    ]
     wanted = round(fraction / (1 - fraction) * len(new))
     rng = random.Random(seed)
     picked = rng.sample(candidates, min(wanted, len(candidates)))
@@ -162,8 +193,13 @@ def prepare_rows(
 ) -> dict[str, Any]:
     """Everything a backend needs: train/eval rows and counts for metrics.json."""
     rows = method_rows(method, data_dir)
-    train, evals = split_eval(rows, eval_fraction, seed)
-    train, n_replayed = mix_replay(train, replay or [], replay_fraction, seed, held_out=evals)
+    # KTO rows derived from preferences come in pairs (chosen, rejected) of one prompt, and
+    # kto.jsonl may hold several verdicts on one: split by prompt, not by row.
+    group = prompt_key if method == "kto" else None
+    train, evals = split_eval(rows, eval_fraction, seed, group=group)
+    train, n_replayed = mix_replay(
+        train, replay or [], replay_fraction, seed, held_out=evals, group=group
+    )
     if method == "kto":
         train = shuffle_rows(train, seed)
     return {"train": train, "eval": evals, "new_rows": len(rows), "replayed_rows": n_replayed}

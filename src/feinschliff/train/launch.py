@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 
 from feinschliff.paths import project_root
 from feinschliff.recipe import Recipe
+from feinschliff.train.axolotl_backend import _die_with
 
 log = logging.getLogger(__name__)
 CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed-zero3": "deepspeed_zero3.yaml"}
@@ -78,7 +80,14 @@ def launch_accelerate(
     result.unlink(missing_ok=True)
     cmd = launch_command(recipe, job, cuda=torch.cuda.is_available())
     log.info("launching %d processes: %s", recipe.train.num_processes, " ".join(cmd))
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.STDOUT)
+    proc = subprocess.run(
+        cmd,
+        stdout=sys.stderr,
+        stderr=subprocess.STDOUT,
+        # a killed stage must not leave the launcher training on (its rerun would resume into
+        # the same checkpoint folder while the orphan still writes there)
+        preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
+    )
     if proc.returncode != 0 or not result.exists():
         raise LaunchError(f"accelerate launch failed with exit code {proc.returncode}")
     metrics = json.loads(result.read_text())

@@ -11,6 +11,7 @@ saves). It does not pick data files, check memory, or write metrics.json: the st
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from feinschliff.recipe import DPOTrain, KTOTrain, ORPOTrain, Recipe, SFTTrain
+from feinschliff.train.schedule import scheduler_type
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE, CHATML, apply_chat_template_choice
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,43 @@ class _Progress(TrainerCallback):
 def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
     done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / CKPT_MARKER).exists()]
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def reached_max_steps(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` was saved at the run's last step (its ``trainer_state.json``).
+
+    transformers resumed from there does not stop at once: when max_steps is not a multiple of
+    the steps per epoch it trains one more batch before it checks the step count again.
+    """
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def finish_from_checkpoint(trainer, checkpoint: Path) -> None:
+    """Take the adapter weights and trainer state (step, log history, tokens seen) of the final
+    ``checkpoint`` instead of training: a run killed after saving it, before its adapter, ends
+    as the uninterrupted run did."""
+    from transformers import TrainerState
+
+    weights = checkpoint / "adapter_model.safetensors"
+    if weights.exists():  # PEFT's save, also of sharded (FSDP, ZeRO-3) runs: the main process
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(trainer.model, load_file(str(weights)), adapter_name="default")
+    else:
+        trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+
+
+def final_eval_loss(trainer) -> float:
+    """The eval loss of the trained adapter: the one logged at the final step (with eval_steps
+    transformers evaluates there itself), else a final evaluation now."""
+    history = trainer.state.log_history
+    last = next((e for e in reversed(history) if "eval_loss" in e), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
 
 
 def check_qlora_available() -> None:
@@ -136,11 +175,6 @@ def _common_args(recipe: Recipe, ckpt_dir: Path, has_eval: bool) -> dict[str, An
     }
 
 
-def scheduler_type(schedule: str, warmup_ratio: float) -> str:
-    """The transformers scheduler: its 'constant' ignores warm-up, so warm-up needs its own."""
-    return "constant_with_warmup" if schedule == "constant" and warmup_ratio > 0 else schedule
-
-
 def lora_config(recipe: Recipe):
     """The PEFT config; the spec validators already refused what vLLM cannot serve."""
     from peft import LoraConfig
@@ -182,7 +216,7 @@ def _trainer_setup(recipe: Recipe, args: dict[str, Any]):
     if isinstance(spec, ORPOTrain):
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        return ORPOConfig(**args, beta=spec.beta, max_length=hp.max_length), ORPOTrainer
+        return ORPOConfig(**args, beta=spec.beta, max_length=hp.max_length), _counting(ORPOTrainer)
     if isinstance(spec, KTOTrain):
         from trl import KTOConfig, KTOTrainer
 
@@ -195,6 +229,27 @@ def _trainer_setup(recipe: Recipe, args: dict[str, Any]):
         )
         return config, KTOTrainer
     raise TypeError(f"unsupported method {spec.method}")  # pragma: no cover
+
+
+def _counting(trainer_cls):
+    """``trainer_cls`` counting the tokens of chosen/rejected batches, which have no
+    ``input_ids`` (ORPO's: ``prompt_``/``chosen_``/``rejected_input_ids``): transformers counts
+    nothing there, and trained_tokens would read 0.
+
+    Counted as DPO's batches are: the non-padding tokens of prompt + chosen and of prompt +
+    rejected (the prompt twice), summed over processes into ``num_input_tokens_seen``, which a
+    checkpoint saves and a resume restores."""
+
+    class CountingTrainer(trainer_cls):
+        def _track_num_input_tokens(self, inputs):
+            if "input_ids" in inputs or "chosen_attention_mask" not in inputs:
+                return super()._track_num_input_tokens(inputs)
+            n = inputs["chosen_attention_mask"].sum() + inputs["rejected_attention_mask"].sum()
+            n = torch.as_tensor(n, device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += self.accelerator.gather(n).sum().item()
+
+    CountingTrainer.__name__ = CountingTrainer.__qualname__ = trainer_cls.__name__
+    return CountingTrainer
 
 
 def _truncates_itself(spec) -> bool:
@@ -309,14 +364,23 @@ def train_trl(
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; _Progress logs instead
     resume = last_complete_checkpoint(ckpt_dir)
-    if resume is not None:
-        log.info("resuming from %s", resume)
     start, cpu_start = time.perf_counter(), time.process_time()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if resume is not None and reached_max_steps(resume):
+        log.info("%s is the final checkpoint: finishing without training on", resume)
+        finish_from_checkpoint(trainer, resume)
+        progress.tokens_at_start = int(trainer.state.num_input_tokens_seen or 0)
+    else:
+        if resume is not None:
+            log.info("resuming from %s", resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    eval_loss = trainer.evaluate()["eval_loss"] if "eval" in raw else None
+    eval_loss = final_eval_loss(trainer) if "eval" in raw else None
     if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+        # Only the trained adapter: a warm-started DPO/KTO also holds TRL's frozen "ref" copy
+        # of the production adapter, which save_pretrained would write into adapter/ref/.
+        trainer.model.save_pretrained(
+            str(out / "adapter"), safe_serialization=True, selected_adapters=["default"]
+        )
         save_chat_template(rendered, out / "adapter")
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     run_tokens = tokens - progress.tokens_at_start

@@ -8,8 +8,10 @@ production version yet (the first run of a use case) training starts from a fres
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +104,10 @@ def check_same_base(recipe: Recipe, recorded: dict, version: str) -> None:
 
 
 def check_compatible(recipe: Recipe, adapter_config: dict) -> None:
-    """The recipe's LoRA must describe the adapter being continued (rank, alpha, modules)."""
+    """The recipe's LoRA must describe the adapter being continued: PEFT loads the production
+    adapter with its own config (rank, alpha, dropout, target modules), so a recipe field that
+    differs would be silently ignored. ``target_modules: all-linear`` is compared as PEFT
+    expands it: every linear layer of the base model but the output head."""
     lora = recipe.train.lora
     problems = []
     if adapter_config.get("r") != lora.r:
@@ -111,12 +116,60 @@ def check_compatible(recipe: Recipe, adapter_config: dict) -> None:
         problems.append(
             f"alpha {adapter_config.get('lora_alpha')} vs train.lora.alpha={lora.alpha}"
         )
-    if isinstance(lora.target_modules, list):
-        have = set(adapter_config.get("target_modules") or [])
-        if have != set(lora.target_modules):
-            problems.append(f"target modules {sorted(have)} vs {sorted(lora.target_modules)}")
+    dropout = float(adapter_config.get("lora_dropout") or 0.0)
+    if not math.isclose(dropout, lora.dropout, abs_tol=1e-9):
+        problems.append(f"dropout {dropout} vs train.lora.dropout={lora.dropout}")
+    have = adapter_config.get("target_modules")
+    if isinstance(have, str):  # a pattern PEFT matched against the model: kept only if unchanged
+        if have != lora.target_modules:
+            problems.append(
+                f"target modules {have!r} vs train.lora.target_modules={lora.target_modules!r}"
+            )
+    else:
+        want = lora.target_modules
+        wanted = all_linear_modules(recipe) if want == "all-linear" else set(want)
+        if _short_names(have or []) != _short_names(wanted):
+            shown = (
+                f"all-linear = {sorted(_short_names(wanted))}"
+                if want == "all-linear"
+                else sorted(wanted)
+            )
+            problems.append(
+                f"target modules {sorted(_short_names(have or []))} vs "
+                f"train.lora.target_modules={shown}"
+            )
     if problems:
         raise WarmStartError(
             "init_from: production continues the production adapter, which differs from the "
             f"recipe's LoRA ({'; '.join(problems)}). Match the recipe to it, or use init_from: base."
         )
+
+
+def _short_names(modules) -> set[str]:
+    """Module names as PEFT matches them (by their last part): it saves all-linear as the set
+    of those names, or as full module paths when the model has few layers."""
+    return {m.rsplit(".", 1)[-1] for m in modules}
+
+
+def all_linear_modules(recipe: Recipe) -> set[str]:
+    """What PEFT's ``target_modules="all-linear"`` targets in the recipe's base model (built on
+    the meta device from its config: no weights are loaded)."""
+    from feinschliff.models import resolve_model
+
+    return _all_linear(resolve_model(recipe.base_model.name), recipe.base_model.revision)
+
+
+@functools.lru_cache(maxsize=8)
+def _all_linear(model_path: str, revision: str | None) -> frozenset[str]:
+    import torch
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, revision=revision)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    lora = _maybe_include_all_linear_layers(
+        LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM"), model
+    )
+    return frozenset(lora.target_modules)
