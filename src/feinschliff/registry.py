@@ -272,9 +272,16 @@ def promote(
     """
     current = read_aliases(root, use_case).get("production") if expected is UNSET else expected
     if current == version:
-        with lock(root, use_case):
-            if read_aliases(root, use_case).get("production") == version:
-                return read_aliases(root, use_case)
+        with lock(root, use_case) as lease:
+            aliases = read_aliases(root, use_case)
+            if aliases.get("production") == version:
+                if decision is not None:  # no move, but the gate's decision is still recorded
+                    lease.check()
+                    gate = {"alias": "production", "old": version, "new": version}
+                    _audit(
+                        store_of(root), _uc(use_case), "gate", why=why, **gate, decision=decision
+                    )
+                return aliases
     moves: dict[str, str | None] = {"production": version}
     if current is not None:
         moves["previous"] = current

@@ -55,10 +55,17 @@ def sync(
     if errors:
         raise Failure("\n".join(errors), code=2)
     sys.path.insert(0, str(project_root()))
-    from flows.deployments import sync_deployments
+    import httpx
 
-    names = sync_deployments(
-        recipes, pool, paused=paused, train_pool=train_pool, overrides=set_ or []
-    )
+    from flows.deployments import PrefectSetupError, sync_deployments
+
+    try:
+        names = sync_deployments(
+            recipes, pool, paused=paused, train_pool=train_pool, overrides=set_ or []
+        )
+    except PrefectSetupError as exc:
+        raise Failure(str(exc), code=exc.code) from exc
+    except httpx.TransportError as exc:  # the server went away after the check
+        raise Failure(f"lost the Prefect API while syncing: {exc}") from exc
     for name in names:
         typer.echo(name)

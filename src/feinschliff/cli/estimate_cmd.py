@@ -24,7 +24,12 @@ def estimate(
         typer.Option(help="An ingest output: count its tokens for GPU-hours and EUR."),
     ] = None,
     cpu: Annotated[
-        bool, typer.Option("--cpu", help="Estimate for this CPU instead of a GPU.")
+        bool,
+        typer.Option(
+            "--cpu",
+            help="Estimate a CPU training (in RAM) instead of a GPU one, against this "
+            "machine's total RAM.",
+        ),
     ] = False,
     mfu: Annotated[
         float, typer.Option(help="Model FLOPs utilisation assumed for the cost.", min=0.01, max=1)
@@ -64,9 +69,21 @@ def estimate(
     for name, value in result.rows.items():
         typer.echo(f"  {name:<20} {est.fmt_gib(value):>12}")
     typer.echo(f"  {'= training':<20} {est.fmt_gib(result.training):>12}")
+    overhead = est.fmt_gib(result.rows["runtime_overhead"])
     typer.echo(
-        f"  {'= inference':<20} {est.fmt_gib(result.inference):>12}  (weights + adapter + KV)"
+        f"  {'= inference':<20} {est.fmt_gib(result.inference):>12}  "
+        f"(weights + adapter + KV + {overhead} runtime)"
     )
+    if cpu:
+        ram = est.total_ram_bytes()
+        if ram is None:
+            typer.echo("  (this machine's RAM is unknown: no fit verdict)")
+        else:
+            fits = "fits" if result.training <= ram else "does NOT fit"
+            typer.echo(
+                f"  {'this machine':<20} {est.fmt_gib(ram):>12}  total RAM: training {fits}"
+                " (before what else runs)"
+            )
     if tokens is not None:
         typer.echo(f"dataset: {tokens:,} trained tokens ({how})")
     if not cpu:

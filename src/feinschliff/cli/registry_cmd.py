@@ -46,11 +46,16 @@ WhyOpt = Annotated[str, typer.Option(help="Reason, recorded in the audit log.")]
 def registry_list(root: ReadRootOpt = None) -> None:
     """List registered adapter versions with their aliases (and `retired`)."""
     from feinschliff.registry import list_registry, open_root
+    from feinschliff.registry_store import location, store_of
 
     with _errors():
-        rows = list_registry(open_root(root))
+        r = open_root(root)
+        there = store_of(r).exists("")
+        if not there and root is not None:  # a typo, not an empty registry
+            raise Failure(f"no registry at {location(r)} (--root)", code=2)
+        rows = list_registry(r) if there else []
     if not rows:
-        typer.echo("registry is empty")
+        typer.echo(f"registry is empty ({location(r)})")
         return
     typer.echo(
         f"{'use case':<20} {'version':<8} {'aliases':<22} {'method':<6} {'created':<21} sha256"
@@ -74,6 +79,7 @@ def registry_show(
 
     with _errors():
         r = registry.open_root(root)
+        _known_use_case(r, use_case)
         if version is not None:
             out: Any = registry.manifest(r, use_case, version)
         else:
@@ -96,7 +102,9 @@ def registry_audit(
     from feinschliff import registry
 
     with _errors():
-        entries = registry.audit_log(registry.open_root(root), use_case)
+        r = registry.open_root(root)
+        _known_use_case(r, use_case)
+        entries = registry.audit_log(r, use_case)
     for e in entries:
         if as_json:
             typer.echo(json.dumps(e, ensure_ascii=False))
@@ -208,6 +216,23 @@ def registry_reconcile(recipe: RecipeArg, root: RootOpt = None, set_: SetOpt = N
         check_recipe_served_model(cfg)  # adapters were checked on base_model, not on another
         report = reconcile(_root_for(cfg, root), cfg.use_case, cfg.register.vllm)
     _print_report(report)
+
+
+def _known_use_case(root: Any, use_case: str) -> None:
+    """A read of a use case the registry does not have is a wrong argument (exit 2), not an
+    empty answer. Object stores have no empty folders: a use case exists once it holds a file."""
+    from feinschliff.registry import NAME_RE, use_case_dir
+    from feinschliff.registry_store import location, store_of
+
+    use_case_dir(root, use_case)  # an invalid name: InvalidName, exit 2
+    st, where = store_of(root), location(root)
+    if st.exists(use_case):
+        return
+    if not st.exists(""):
+        raise Failure(f"no registry at {where} (so no use case {use_case!r})", code=2)
+    known = [n for n in st.listdir("") if NAME_RE.match(n) and st.isdir(n)]
+    has = f"it has {', '.join(known)}" if known else "it has no use cases yet"
+    raise Failure(f"no use case {use_case!r} in the registry at {where} ({has})", code=2)
 
 
 def _recipe_for(path: Path | None, overrides: list[str] | None, use_case: str) -> Recipe | None:

@@ -89,7 +89,7 @@ def register(
     from feinschliff.artifacts import AdapterRef
     from feinschliff.gate import Approval, decide_promotion
     from feinschliff.pipeline import registry_root
-    from feinschliff.registry import InvalidName, RegistryError, set_alias
+    from feinschliff.registry import InvalidName, RegistryError, read_aliases, set_alias, versions
     from feinschliff.serving.deploy import DeployError
     from feinschliff.serving.preflight import PreflightError
     from feinschliff.serving.publish import publish_version, register_version
@@ -111,7 +111,20 @@ def register(
             raise Failure(f"the gate rejects this adapter; refusing --promote{waiting}", code=3)
     root = registry_root(cfg)
     try:
+        known = versions(root, cfg.use_case)
         version = register_version(cfg, ref, lineage)  # preflight first: rejects write nothing
+        if version in known:  # registration is idempotent by adapter content
+            typer.echo(
+                f"{cfg.use_case}: this adapter is already registered as {version} "
+                "(same content; no new version, its manifest stays as it was)",
+                err=True,
+            )
+            if promote_ and read_aliases(root, cfg.use_case).get("production") == version:
+                typer.echo(
+                    f"{cfg.use_case}: {version} is production already"
+                    + (" (the gate decision is recorded in the audit log)" if decision else ""),
+                    err=True,
+                )
         set_alias(root, cfg.use_case, "candidate", version, why="registered via CLI")
         if promote_:
             report_ = publish_version(

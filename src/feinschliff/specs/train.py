@@ -182,6 +182,17 @@ class _TrainBase(Strict):
         "training whose memory estimate does not fit it.",
     )
 
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, gpu: str | None) -> str | None:
+        # the check `train`/`run` make (estimate.check_training_fits), here already; estimate
+        # imports nothing heavy (yaml, pydantic), lazily: it imports this module
+        if gpu is not None:
+            from feinschliff.estimate import find_gpu
+
+            find_gpu(gpu)
+        return gpu
+
     @model_validator(mode="after")
     def _replay_needs_warm_start(self) -> _TrainBase:
         if self.replay_fraction > 0 and self.init_from != "production":
