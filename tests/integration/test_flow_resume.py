@@ -73,18 +73,41 @@ class FakeStages:
 
 @pytest.fixture()
 def fake(prefect_harness, home, monkeypatch):
-    """The real flow with fake slow stages, artifacts off, any adapter accepted by preflight."""
+    """The real flow with fake slow stages, artifacts off, any adapter accepted by preflight.
+
+    What is replaced, and why (every test here runs the flow two or three times):
+    - ingest, train, evaluate: the real stages take minutes per run on the demo model, and the
+      tests need a chosen gate outcome and new feedback between runs (``ingest_fingerprint``
+      follows ``feedback`` instead of the demo's source files). The real stages through the
+      real flow, killed and rerun: tests/reliability/test_task_boundaries.py
+      (test_kill_at_every_task_boundary_then_rerun_does_each_side_effect_once, and
+      test_kill_at_vllm_boundaries_then_rerun_loads_each_adapter_once for the
+      register:after-alias-before-vllm hook used below); failed runs and their reruns in
+      tests/integration/test_flow_orchestration.py
+      (test_a_rerun_after_its_own_promotion_decides_as_the_first_attempt_did,
+      test_a_failed_run_whose_production_moved_meanwhile_is_not_resumed). An operator's
+      rollback between the kill and the rerun is covered only here.
+    - the Prefect artifacts: they read files only the real stages write (loss.png, the
+      report), and no test here checks them; the real ones are read back from a real Prefect
+      server in test_prefect_server.py::test_deployment_sync_trigger_and_complete.
+    - notify.send: records the event and details the flow announces, which is what these tests
+      check (a webhook receives only apprise's rendered title and message); the real send
+      through apprise: tests/integration/test_notify.py, and once per run with the real flow
+      in test_flow_orchestration.py::test_rejection_notifies_exactly_once.
+    - preflight and base_target: the fake adapters are no LoRA adapters of a base model, so
+      the real preflight refuses them; it runs on real adapters in the real-stage flow tests
+      above and in tests/integration/test_vllm_registry.py.
+    """
     import feinschliff.notify
     import feinschliff.registry
     import feinschliff.serving.publish
-    from flows import artifacts, faults, retrain, tasks
+    from flows import artifacts, faults, tasks
 
     stages = FakeStages()
     monkeypatch.setattr(tasks, "run_ingest", stages.ingest)
     monkeypatch.setattr(tasks, "ingest_fingerprint", lambda recipe: stages.feedback)
     monkeypatch.setattr(tasks, "run_train", stages.train)
     monkeypatch.setattr(tasks, "run_evaluate", stages.evaluate)
-    monkeypatch.setattr(retrain, "check_training_fits", lambda recipe: None)
     for name in ("recipe", "ingest", "training", "evaluation", "decision"):
         monkeypatch.setattr(artifacts, f"publish_{name}", lambda *a, **k: None)
     monkeypatch.setattr(feinschliff.notify, "send", stages.send)
@@ -211,7 +234,12 @@ def test_an_evaluate_only_run_that_passes_the_gate_announces_no_promotion(
 
 def test_training_progress_follows_step_lines_only(monkeypatch):
     """The trainer logs `step 10/200 loss ...` and, at evaluations, `step 10 eval loss ...`:
-    the second has two numbers too, but is no step/total (it pushed 10/2.41 -> 100 %)."""
+    the second has two numbers too, but is no step/total (it pushed 10/2.41 -> 100 %).
+
+    ``update_progress_artifact`` is replaced by a recorder because the test checks every value
+    pushed: a Prefect progress artifact keeps only its latest value, so a wrong 100 % between
+    two step lines would be overwritten unseen. The real artifact, created and finished by the
+    real flow: test_flow_orchestration.py::test_identical_rerun_is_served_from_cache."""
     from flows import tasks
 
     pushed: list[float] = []

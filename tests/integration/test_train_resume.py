@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,21 +51,26 @@ def test_kill_9_then_rerun_resumes_from_the_last_complete_checkpoint(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL and not completed_hash(out)
-    # What a kill during the next save leaves behind: a checkpoint without its marker.
-    half = out / "checkpoints" / "checkpoint-4"
-    if not (half / ".complete").exists():
-        half.mkdir(parents=True, exist_ok=True)
-        (half / "trainer_state.json").write_text("{truncated")
+    # What a kill during the next save leaves behind: checkpoint-4 without its marker and with a
+    # half-written trainer_state.json, nothing later. Laid out the same whichever step the kill
+    # landed on (it races the training), so the rerun must always skip checkpoint-4.
+    ckpts = out / "checkpoints"
+    for later in ckpts.glob("checkpoint-*"):
+        if int(later.name.split("-")[1]) > 4:
+            shutil.rmtree(later)
+    half = ckpts / "checkpoint-4"
+    half.mkdir(exist_ok=True)
+    (half / ".complete").unlink(missing_ok=True)
+    (half / "trainer_state.json").write_text("{truncated")
+    assert (ckpts / "checkpoint-2" / ".complete").exists()
 
     p = subprocess.run(
         _train_cmd(demo_ingest.dir, out), capture_output=True, text=True, timeout=900
     )
     assert p.returncode == 0, p.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    resumed = metrics["resumed_from"]
-    assert resumed in ("checkpoint-2", "checkpoint-4") and "resuming from" in p.stderr
-    if (half / "trainer_state.json").exists() and resumed == "checkpoint-4":
-        pytest.fail("resumed from a checkpoint without its completeness marker")
+    assert metrics["resumed_from"] == "checkpoint-2", p.stderr[-3000:]
+    assert re.search(r"resuming from \S*checkpoint-2\b", p.stderr), p.stderr[-3000:]
     assert metrics["global_step"] == 6
     assert [e["step"] for e in metrics["loss_curve"]] == [1, 2, 3, 4, 5, 6]
     assert completed_hash(out)

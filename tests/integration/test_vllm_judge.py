@@ -70,8 +70,29 @@ def test_unconstrained_weak_judge_is_counted_never_scored(
     report = json.loads((Path(ref.path) / "report.json").read_text())
     win = report["metrics"]["candidate"]["judge/win_rate"]
     assert win["samples"] + win["parse_failures"] == 3
+    pairs = [
+        json.loads(x) for x in (Path(ref.path) / "judge" / "pairs.jsonl").read_text().splitlines()
+    ]
+    unparsed = [p for p in pairs if p["first"] is None or p["second"] is None]
+    # counted: every pair with an unparseable verdict (either order) is a parse failure ...
+    assert len(pairs) == 3 and len(unparsed) == win["parse_failures"]
+    # ... never scored: it has no outcome (not a 0.5 tie) and is not in the win rate
+    assert all(p["outcome"] is None for p in unparsed)
+    scored = [p["outcome"] for p in pairs if p["outcome"] is not None]
+    assert len(scored) == win["samples"]
+    if scored:
+        assert win["value"] == pytest.approx(sum(scored) / len(scored))
     decision = decide_promotion(report, recipe.gate)
+    detail = decision.results[0].detail
     if win["samples"] < 3:  # the usual case for a 135M judge (FACTS: 0 % parseable)
-        assert (
-            not decision.promote and "insufficient valid judgements" in decision.results[0].detail
-        )
+        assert not decision.promote and "insufficient valid judgements" in detail
+    else:  # every verdict parsed: all three scored, and only decisive consistent ones count
+        assert win["parse_failures"] == 0 and win["consistent"] + win["inconsistent"] == 3
+        assert 0 <= win["ci_low"] <= win["value"] <= win["ci_high"] <= 1
+        decisive = win["wins"] + win["losses"]
+        assert decisive + win["ties"] == win["consistent"]
+        if decisive >= 3:
+            assert detail.startswith("CI low")
+        else:
+            assert not decision.promote
+            assert f"insufficient valid judgements: {decisive} decisive" in detail

@@ -26,7 +26,7 @@ import pytest
 
 from feinschliff.gate import decide_promotion
 from feinschliff.recipe_loader import load_recipe
-from tests.reliability.conftest import LONG, trials
+from tests.reliability.conftest import trials
 from tests.reliability.feedback_factory import Pair, support_pair, write_export
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,10 +93,10 @@ def _accuracies(recipe, adapter_dir: Path, held: list[dict]) -> tuple[dict, dict
     return base, candidate
 
 
-@pytest.mark.integration
-def test_swapped_preferences_fail_the_gate(
-    demo_model, demo_ingest, tmp_path, monkeypatch, reliability
-):
+@pytest.fixture()
+def dpo_setup(demo_model, demo_ingest, tmp_path, monkeypatch):
+    """(recipe with the preference rule, held-out pairs, training pairs) on the demo data, with
+    a FEINSCHLIFF_HOME of this test's own that shares the converted demo model."""
     from feinschliff.models import feinschliff_home
 
     home = tmp_path / "home"
@@ -111,38 +111,61 @@ def test_swapped_preferences_fail_the_gate(
     assert {json.dumps(r["prompt"]) for r in held}.isdisjoint(
         json.dumps(r["prompt"]) for r in train
     )
-    swapped = [r | {"chosen": r["rejected"], "rejected": r["chosen"]} for r in train]
     hp = "{max_steps: 4, learning_rate: 1.0e-3, batch_size: 4, max_length: 128, save_steps: 100}"
     recipe = load_recipe(
         DEMO, [f"train={{method: dpo, beta: 0.1, hyperparameters: {hp}}}", PREF_RULE]
     )
-    poisoned = _train_dpo(recipe, swapped, tmp_path / "poisoned")
-    base, cand = _accuracies(recipe, poisoned.dir / "adapter", held)
-    decision = decide_promotion(
+    return recipe, held, train
+
+
+def _pref_decision(recipe, base: dict, cand: dict):
+    return decide_promotion(
         _report({"heldout/preference_accuracy": cand}, {"heldout/preference_accuracy": base}),
         recipe.gate,
     )
+
+
+@pytest.mark.integration
+def test_swapped_preferences_fail_the_gate(dpo_setup, tmp_path, reliability):
+    """The swapped-pairs adapter is rejected, by the preference rule alone. Control in the same
+    run (free: no second training): the same gate given the candidate at the base's own accuracy
+    (an adapter that changed nothing) promotes, so a gate that rejects everything fails here.
+    The full control (DPO on the unswapped pairs passes the same rule) costs a second ~2 min
+    training and runs in `make reliability` only: test_clean_preferences_pass_the_same_gate."""
+    recipe, held, train = dpo_setup
+    swapped = [r | {"chosen": r["rejected"], "rejected": r["chosen"]} for r in train]
+    poisoned = _train_dpo(recipe, swapped, tmp_path / "poisoned")
+    base, cand = _accuracies(recipe, poisoned.dir / "adapter", held)
+    decision = _pref_decision(recipe, base, cand)
+    unchanged = _pref_decision(recipe, base, base)
     failed = [r.metric for r in decision.failed]
-    figure = (
-        f"swapped DPO: held-out pref acc {cand['value']:.2f} vs base {base['value']:.2f} "
-        f"(n={n_held}, gate tolerance 0.1) -> {'rejected' if not decision.promote else 'PROMOTED'}"
+    reliability(
+        trials=1,
+        figure=f"swapped DPO: held-out pref acc {cand['value']:.2f} vs base {base['value']:.2f} "
+        f"(n={len(held)}, gate tolerance 0.1) -> "
+        f"{'rejected' if not decision.promote else 'PROMOTED'}; candidate at base accuracy -> "
+        f"{'promoted' if unchanged.promote else 'REJECTED'}",
     )
-    if LONG:  # the control: the same training on the unswapped pairs passes the same rule
-        clean = _train_dpo(recipe, train, tmp_path / "clean")
-        base_c, cand_c = _accuracies(recipe, clean.dir / "adapter", held)
-        control = decide_promotion(
-            _report(
-                {"heldout/preference_accuracy": cand_c}, {"heldout/preference_accuracy": base_c}
-            ),
-            recipe.gate,
-        )
-        figure += (
-            f"; clean DPO {cand_c['value']:.2f} -> {'promoted' if control.promote else 'REJECTED'}"
-        )
-        assert control.promote, control.failed
-    reliability(trials=1, figure=figure)
     assert not decision.promote and failed == ["heldout/preference_accuracy"], decision.failed
     assert cand["value"] < base["value"] - 0.1
+    assert unchanged.promote, unchanged.failed
+
+
+@pytest.mark.long
+@pytest.mark.integration
+def test_clean_preferences_pass_the_same_gate(dpo_setup, tmp_path, reliability):
+    """The control of test_swapped_preferences_fail_the_gate: the same training on the
+    unswapped pairs passes the same rule (a second DPO run, so `make reliability` only)."""
+    recipe, held, train = dpo_setup
+    clean = _train_dpo(recipe, train, tmp_path / "clean")
+    base, cand = _accuracies(recipe, clean.dir / "adapter", held)
+    control = _pref_decision(recipe, base, cand)
+    reliability(
+        trials=1,
+        figure=f"clean DPO: held-out pref acc {cand['value']:.2f} vs base {base['value']:.2f} "
+        f"(n={len(held)}, gate tolerance 0.1) -> {'promoted' if control.promote else 'REJECTED'}",
+    )
+    assert control.promote, control.failed
 
 
 # --------------------------------------------------------------------------- (b) trigger

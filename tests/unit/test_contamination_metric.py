@@ -107,7 +107,15 @@ def test_run_evaluate_checks_the_judge_questions_it_uses(
     tmp_path, data, monkeypatch, judge, expected
 ):
     """The stage passes the judge's bundled questions to the metric exactly when the judge
-    asks them (lm-eval, the judge and the poisoning scan stubbed out)."""
+    asks them.
+
+    Stubbed: the model lookup and lm-eval (the unit suite runs without the demo model, and
+    lm-eval on it takes minutes per case), and the judge and held-out metrics (the judge URL
+    here is no server; they would need the model too). The poisoning scan, the report and the
+    plot are the real ones. The real stage with real lm-eval, model and judge path:
+    tests/integration/test_evaluate.py::test_report_has_heldout_metrics_and_position_biased_judge
+    (it sees a contamination entry of 0 on the clean demo data; the judge-questions branch is
+    checked only here)."""
     import feinschliff.evaluate.extra as extra
 
     overrides = ["register.registry=" + str(tmp_path / "registry")]
@@ -116,8 +124,6 @@ def test_run_evaluate_checks_the_judge_questions_it_uses(
     recipe = load_recipe(DEMO, overrides)
     monkeypatch.setattr(stage, "resolve_model", lambda name: "model")
     monkeypatch.setattr(stage, "run_tasks", lambda *a, **k: {})
-    monkeypatch.setattr(stage, "scan_dataset", lambda d: {"value": 0.0})
-    monkeypatch.setattr(stage, "plot_comparison", lambda *a, **k: None)
     monkeypatch.setattr(extra, "judge_and_heldout", lambda *a, **k: {})
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -132,6 +138,8 @@ def test_run_evaluate_checks_the_judge_questions_it_uses(
     assert entry["value"] == expected
     assert (JUDGE_FILE in entry["eval_files"]) is (expected == 2.0)
     assert entry["held_out"] == ["usecase_heldout"]  # the demo recipe evaluates it
+    assert report["metrics"]["candidate"]["poisoning/suspicious_rows"]["value"] == 0
+    assert (Path(ref.path) / "comparison.png").is_file()
 
 
 def test_the_report_says_what_was_not_checked(data):

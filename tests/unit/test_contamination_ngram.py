@@ -96,22 +96,18 @@ def test_generate_cache_key_follows_the_n(tmp_path):
     assert cache_key(off, None, ngram=13) == cache_key(off, None, ngram=20)
 
 
-def test_evaluate_cache_key_follows_the_n(tmp_path, monkeypatch):
+def test_evaluate_cache_key_follows_the_n(tmp_path):
+    """run_evaluate reuses a finished report only under ``stage.cache_key`` of its inputs."""
     from feinschliff.evaluate import stage
 
-    keys: list[str] = []
-
-    def reusable(out: Path, key: str) -> str:
-        keys.append(key)
-        return "0" * 64  # "finished": run_evaluate returns before evaluating anything
-
-    monkeypatch.setattr(stage, "reusable", reusable)
     adapter = AdapterRef(path=str(tmp_path / "adapter"), sha256="a" * 64)
     demo = ROOT / "recipes" / "demo-de.yaml"
-    for overrides in (
-        (),
-        ("feedback.decontamination.ngram=13",),
-        ("feedback.decontamination.ngram=20",),
-    ):
-        stage.run_evaluate(load_recipe(demo, overrides), adapter, tmp_path / "out")
+    keys = [
+        stage.cache_key(load_recipe(demo, overrides), adapter)
+        for overrides in (
+            (),
+            ("feedback.decontamination.ngram=13",),
+            ("feedback.decontamination.ngram=20",),
+        )
+    ]
     assert keys[0] == keys[1] != keys[2]

@@ -163,7 +163,21 @@ def test_a_sharded_recipe_that_fits_its_gpus_is_not_refused():
         "train.num_processes=4",
         "train.accelerate_config=fsdp",
     ]
-    assert est.check_training_fits(load_recipe(EIGHT_B, sharded)) is not None
+    fits = est.check_training_fits(load_recipe(EIGHT_B, sharded))
+    one = est.estimate_recipe(load_recipe(EIGHT_B, sets))
+    # Per device, from the one-device figure: the decoder layers' bf16 weights (all but the
+    # embedding and LM head) and the LoRA state (fp32 weights + grads + AdamW m, v: 16 bytes per
+    # parameter) shrink to a quarter; two layers are gathered (bf16, with their fp32 LoRA);
+    # activations, logits and overhead stay as they are.
+    shape = est.KNOWN_SHAPES["meta-llama/Llama-3.1-8B-Instruct"]
+    decoder = one.rows["weights"] - shape.embedding_params * 2
+    lora_state = one.trainable * 16
+    layer = shape.layer_params * 2 + one.trainable / shape.layers * 4
+    want = one.training - 3 / 4 * (decoder + lora_state) + 2 * layer
+    assert fits is not None and fits.training == pytest.approx(want)
+    assert one.training / est.GIB == pytest.approx(25.1, abs=0.05)
+    assert one.rows["weights"] / est.GIB == pytest.approx(15.0, abs=0.05)
+    assert fits.training / est.GIB == pytest.approx(15.7, abs=0.05)  # < 24 GiB per RTX 4090
 
 
 def test_a_local_model_next_to_the_recipe_is_estimated_from_any_cwd(tmp_path, monkeypatch):

@@ -211,7 +211,13 @@ def test_descriptions_say_tgi_ignores_n_and_response_format_has_no_string_length
 
 def test_a_lone_leaf_saved_as_default_is_read_under_its_own_name(tmp_path, monkeypatch):
     """distilabel names the only subset "default": when no question survived, only
-    instructions_raw had rows, and its drops went uncounted while the error pointed at them."""
+    instructions_raw had rows, and its drops went uncounted while the error pointed at them.
+
+    The distilabel child process is replaced by one that saves a real Distiset (distilabel's
+    own create_distiset) in exactly that shape: a real teacher cannot be made on demand to
+    write only questions that all fail the length filter. The real child against a real vLLM
+    teacher: tests/integration/test_generate_vllm.py::test_generate_writes_sft_and_preference_rows
+    (the "default"-subset case is checked only here)."""
     from datasets import Dataset
     from distilabel.distiset import create_distiset
 
@@ -294,7 +300,10 @@ def test_generated_rows_are_decontaminated_against_the_recipes_own_eval_sets(tmp
             for q, a in rows
         ],
     }
-    # the distilabel child process and the saved Distiset stand in as their results
+    # the distilabel child process and the saved Distiset stand in as their results: a real
+    # teacher cannot be made to quote the private eval item on demand. The real child and
+    # Distiset against a real vLLM teacher (filters included, on what it wrote):
+    # tests/integration/test_generate_vllm.py::test_generate_writes_sft_and_preference_rows
     status = {k: 0 for k in ("requests", "tokens", "cache_hits", "rejected", "refused")}
     monkeypatch.setattr(
         stage, "_run_child", lambda *a: {**status, "truncated": 0, "budget_exhausted": None}

@@ -428,7 +428,15 @@ def test_a_run_whose_every_request_is_refused_alike_fails_with_the_endpoints_err
     tmp_path, monkeypatch
 ):
     """Every request refused with the same 400 is the request's shape, not a row: the run says
-    so, quoting the endpoint, instead of "no rows survived"."""
+    so, quoting the endpoint, instead of "no rows survived".
+
+    The real TeacherLLM records the refusals in its ledger against the MockTransport endpoint
+    (a stand-in for the remote teacher API); the generation child process, which would talk to
+    the endpoint from another process where a MockTransport cannot reach, is replaced by that
+    ledger state, and the Distiset by an empty one. A real vLLM teacher cannot be made to refuse
+    every request alike on demand; the real child against it, failing on a teacher outage:
+    tests/integration/test_generate_vllm.py::test_teacher_outage_fails_clearly_and_the_rerun_repeats_no_completed_request
+    (the all-alike refusal itself is checked only here)."""
     from feinschliff.generate import stage
     from feinschliff.generate.stage import GenerateError, run_generate
 

@@ -1,4 +1,10 @@
-"""Judge HTTP handling: transient statuses are retried, every other failure is a JudgeError."""
+"""Judge HTTP handling: transient statuses are retried, every other failure is a JudgeError.
+
+The judge is a local HTTP stub (tests/http_stub.py), not a vLLM: these tests need replies on
+demand (429/408/503 then 200, a 401 echoing the API key, a body without choices), which a real
+vLLM cannot be made to give. The real JudgeClient against a real vLLM judge runs in
+tests/integration/test_vllm_judge.py; the connection-refused case below uses no stand-in.
+"""
 
 from __future__ import annotations
 

@@ -31,7 +31,14 @@ NO_REF = {
 
 
 def _run(questions, monkeypatch, reply=None):
-    """Judge ``questions`` with a fake client; returns the result and every (system, user)."""
+    """Judge ``questions`` with a fake client; returns the result and every (system, user).
+
+    ``JudgeClient.complete`` is replaced because these tests check which prompts reach the judge
+    and how chosen verdicts are combined: a real judge (a vLLM serving the demo model, which the
+    unit suite runs without) cannot be made to return a given verdict on demand. The real client
+    against a real vLLM judge runs in tests/integration/test_vllm_judge.py, its HTTP handling in
+    tests/unit/test_judge_http.py; the reference answers in the prompts are checked only here.
+    """
     seen: list[tuple[str, str, str | None]] = []
 
     async def fake_complete(self, system: str, user: str, regex: str | None) -> str:

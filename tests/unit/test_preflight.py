@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from feinschliff.serving.adapter_files import base_model_shapes
 from feinschliff.serving.preflight import (
     WEIGHTS,
     PreflightError,
@@ -195,7 +196,10 @@ def test_sharded_base_model_shapes_are_read(tmp_path, base):
             {k: np.zeros(shapes[k], np.float32) for k in part}, str(sharded / f"m-{i}.safetensors")
         )
     (sharded / "config.json").write_text((base / "config.json").read_text())
-    preflight(make_adapter(tmp_path / "a", str(sharded)), target_for(sharded))
+    # every shard is read: the union of both equals the unsharded base's shapes
+    assert len(keys) >= 2
+    assert base_model_shapes(sharded) == base_model_shapes(base)
+    assert preflight(make_adapter(tmp_path / "a", str(sharded)), target_for(sharded)).rank == 8
 
 
 def test_base_name_matching():
@@ -392,12 +396,14 @@ def test_register_vllm_model_naming_the_base_passes(tmp_path, base, model):
 def test_demo_alias_served_from_its_local_folder_passes(tmp_path, monkeypatch):
     """`make demo` / the integration tests: base_model.name is the alias, vLLM runs with
     --model <the alias's dequantized folder>."""
-    from feinschliff.models import MARKER, model_dir
+    from feinschliff.models import MARKER, PACKAGED_MODELS, model_dir
     from feinschliff.serving.preflight import base_target
 
     monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
     folder = make_base(model_dir("smollm2-135m-instruct"))
-    (folder / MARKER).write_text("{}")
+    spec = PACKAGED_MODELS["smollm2-135m-instruct"]
+    marker = {"package": f"{spec.package}=={spec.version}", "wheel_sha256": spec.wheel_sha256}
+    (folder / MARKER).write_text(json.dumps(marker))  # as fetch_model writes it
     target = base_target(_vllm_recipe(tmp_path, "smollm2-135m-instruct", str(folder)))
     assert target.weights_dir == folder
     with pytest.raises(PreflightError, match="register.vllm.model"):

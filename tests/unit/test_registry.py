@@ -343,25 +343,37 @@ def test_stale_lock_of_a_killed_writer_is_broken(tmp_path, base, mem, caplog):
 
 
 def test_live_lock_waits_and_its_lease_is_renewed(mem):
-    holder = FsspecStore(mem, lease_s=0.2)
-    other = FsspecStore(mem, lease_s=0.2, wait_s=0.4)
+    """A live holder's lock is waited for, never broken: its heartbeat renews the lease (every
+    lease_s / 3) for far longer than one lease. Lease 1 s and a 3 s wait leave a loaded 2-core
+    runner room for a late beat, yet without renewals the lock would expire and be broken."""
+    holder = FsspecStore(mem, lease_s=1.0)
+    other = FsspecStore(mem, lease_s=1.0, wait_s=3)
     inside, done = threading.Event(), threading.Event()
+    held_to_the_end: list[bool] = []
 
     def hold():
-        with holder.lock("s/.lock"):
+        with holder.lock("s/.lock") as lease:
             inside.set()
-            done.wait(2)
+            done.wait(10)
+            held_to_the_end.append(not lease.lost)
 
     t = threading.Thread(target=hold)
     t.start()
-    inside.wait(2)
+    assert inside.wait(5), "the holder never got the free lock"
+    first = json.loads(store_of(mem).read_bytes("s/.lock"))
     start = time.monotonic()
-    # 2x the lease: renewed by the holder's heartbeat, so waited for and never broken
+    # 3x the lease: renewed by the holder's heartbeat, so waited for and never broken
     with pytest.raises(LockTimeout, match="is held by"), other.lock("s/.lock"):
         pass
-    assert time.monotonic() - start >= 0.4
+    assert time.monotonic() - start >= 3
+    later = json.loads(store_of(mem).read_bytes("s/.lock"))
     done.set()
-    t.join()
+    t.join(10)
+    assert not t.is_alive()
+    assert later["token"] == first["token"]  # still the holder's lock, not a breaker's
+    assert later["expires"] > first["expires"] + 1.0  # renewed while held (beats every ~0.33 s)
+    assert later["expires"] > time.time()  # and not expired when the waiter gave up
+    assert held_to_the_end == [True]
     with other.lock("s/.lock"):  # released: free again at once
         assert json.loads(store_of(mem).read_bytes("s/.lock"))["expires"] > time.time()
     assert not store_of(mem).exists("s/.lock")

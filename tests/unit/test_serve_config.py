@@ -225,7 +225,15 @@ def test_registry_commands_refuse_servers_of_another_base_model(setup, cmd):
 
 
 def _fake_server(monkeypatch, model):
-    """Every VllmClient talks to one stand-in replica whose --model is ``model``."""
+    """Every VllmClient talks to one stand-in replica whose --model is ``model``.
+
+    A stand-in, though vLLM runs on this machine: the test needs a replica serving a model
+    other than the recipe's (a 72B one no vLLM here can load), then one serving the synthetic
+    make_base folder (zero weights and a config.json, no tokenizer), which vLLM cannot be
+    started on; and the unit suite runs without vLLM. serve_demo against a real vLLM:
+    tests/integration/test_vllm_registry.py::test_serve_demo_answers_a_german_prompt (the
+    matching model only; the refusal of another model is checked only here).
+    """
     import httpx
 
     from feinschliff.serving import deploy, vllm_client

@@ -7,6 +7,20 @@ kept ``load_inplace=True`` re-reads the adapter from disk on every engine step,
 vllm-project/vllm#33791), refuses a second load of a name without ``load_inplace`` (400) and
 answers 404 for unknown models. The happy paths run against a real vLLM in
 tests/integration/test_vllm_registry.py.
+
+Why a stand-in, though vLLM runs on this machine: a real vLLM keeps the stored load request to
+itself (its /v1/models cards carry no ``load_inplace``), so whether a switch left
+``load_inplace=True`` on the stable name can only be read off a stand-in; a real vLLM cannot be
+made to refuse, on demand, the load of an adapter that preflight passed and that it loaded a
+moment before (test_a_failed_switch_loads_the_old_version_back); and the unit suite (`make
+unit`) runs without vLLM and the demo model. The real server: promote, rollback and retire live
+in test_register_promote_rollback_live, drift repair in
+test_keep_versions_and_reconcile_repairs_drift, a dead replica in
+test_a_dead_replica_moves_nothing, concurrent promotions in
+test_two_concurrent_promotions_exactly_one_wins, the resolver layout in
+test_resolver_mode_writes_layout_the_server_loads (all tests/integration/test_vllm_registry.py),
+and vLLM unreachable mid-promotion in
+tests/reliability/test_vllm_reliability.py::test_vllm_unreachable_during_promotion.
 """
 
 from __future__ import annotations
