@@ -31,6 +31,7 @@ from feinschliff.models import feinschliff_home
 from feinschliff.recipe import FeedbackSpec, Recipe, evaluated_sets
 from feinschliff.recipe_loader import dump_resolved, recipe_hash
 from feinschliff.registry import open_root
+from feinschliff.specs.evaluate import USECASE_TASK
 
 EXIT_PROMOTED = 0
 EXIT_REJECTED = 3
@@ -106,6 +107,7 @@ def ingest_fingerprint(recipe: Recipe) -> dict[str, Any]:
 
     spec = recipe.feedback
     names = [*evaluated_sets(recipe), *spec.decontamination.eval_sets]
+    names = [n for n in names if n != USECASE_TASK]  # ingest's own held-out split, no eval set
     sets = find_eval_sets(names if spec.decontamination.enabled else [])
     key = None
     if spec.pii.mode == "pseudonymize":

@@ -52,8 +52,9 @@ def test_a_malformed_score_is_quarantined_alone(tmp_path):
 
     quarantined = read_jsonl(out / "quarantine.jsonl")
     assert [q["raw"]["id"] for q in quarantined] == ["empty-fix"]
-    assert "has no text" in quarantined[0]["reason"]
-    assert quarantined[0]["location"].endswith("observations-page-1.json#data[0] score empty-fix")
+    assert quarantined[0]["reason"] == "CORRECTION score has no text"  # a fixed drop key
+    assert "empty-fix" in quarantined[0]["detail"]
+    assert quarantined[0]["location"].endswith("scores-extra.json#data[0]")  # the score's own
     for name in ("sft", "kto", "preference"):  # the generation's own votes still count
         assert _content(out / f"{name}.jsonl") == _content(base / f"{name}.jsonl")
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from feinschliff.cli.app import Failure, SetOpt, _load, app
+from feinschliff.cli.app import Failure, SetOpt, _complete_dir, _load, app
 
 
 @app.command()
@@ -55,6 +55,8 @@ def estimate(
     if recipe is None:
         raise Failure("give a RECIPE (or --reference)", code=2)
     cfg = _load(recipe, set_)
+    if data:  # a failed or half-written ingest output (no .complete) is not a dataset
+        _complete_dir(data, "ingest")
     try:
         result = est.estimate_recipe(cfg, on_gpu=not cpu)
         gpus = [est.find_gpu(gpu)] if gpu else est.load_gpus()

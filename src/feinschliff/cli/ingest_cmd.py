@@ -24,7 +24,8 @@ PiiOpt = Annotated[
     typer.Option(
         "--pii",
         help="off | redact | pseudonymize (key from env FEINSCHLIFF_PII_KEY). Default: the "
-        "recipe's feedback.pii.mode, ad hoc: redact.",
+        "recipe's feedback.pii.mode, ad hoc: redact. off: rows are not scanned and may "
+        "contain PII (the dataset card says so).",
         show_default=False,
     ),
 ]
@@ -52,9 +53,15 @@ def ingest(
     (its tasks; the bundled judge questions when the judge asks them) are dropped.
     Ad hoc: `--source argilla:PATH --source langfuse:PATH [--pii MODE]`, decontaminated against
     every bundled eval set; `--set feedback.rules.min_rating=3` overrides work in both modes.
-    Exit 2: invalid arguments or an export that matches no known format; 1: other failures
-    (e.g. more quarantined than feedback.max_quarantine_fraction).
+    OUT must be new, empty or an earlier ingest output (which is replaced); any other folder is
+    refused and nothing in it is touched. A failed run leaves manifest.json with
+    "status": "failed" and the error, a README.md whose first line says so, and no .complete
+    (train, evaluate, generate and estimate --data refuse it).
+    Exit 2: invalid arguments, an output folder in use or an export that matches no known
+    format; 1: other failures (e.g. more quarantined than feedback.max_quarantine_fraction, or
+    an export file that cannot be read to its end, such as a truncated page).
     """
+    from feinschliff.artifacts import OutputInUse
     from feinschliff.ingest.stage import IngestError, InvalidSource, run_ingest
     from feinschliff.recipe import evaluated_sets
 
@@ -67,7 +74,7 @@ def ingest(
         spec, tasks = _adhoc_spec(source or [], pii, set_ or []), _bundled_tasks()
     try:
         ref = run_ingest(spec, out, eval_tasks=tasks)
-    except InvalidSource as exc:
+    except (InvalidSource, OutputInUse) as exc:
         raise Failure(str(exc), code=2) from exc
     except IngestError as exc:
         raise Failure(str(exc)) from exc

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from feinschliff.ingest.records import FeedbackRecord, Message, ReadLog, Vote, finite
+from feinschliff.ingest.records import FeedbackRecord, Message, ReadLog, Unusable, Vote, finite
 
 PROMPT_NAMES = ("prompt", "instruction", "question", "input")
 ANSWER_PREFIXES = ("response", "answer", "output", "completion", "generation", "chosen", "rejected")
@@ -196,17 +196,18 @@ def to_record(
     for question, entries in responses.items():
         kind = layout.questions.get(question)
         if kind is None:
-            raise ValueError(f"response to unknown question {question!r}")
+            raise Unusable("response to a question the dataset does not have", repr(question)[:200])
         if not isinstance(entries, list):
             raise ValueError(f"responses to {question!r} are not a list")
         for entry in entries:
             if not isinstance(entry, Mapping) or "value" not in entry:
-                raise ValueError(f"malformed response to {question!r}: {entry!r}")
+                raise Unusable(f"malformed response to {question!r}", repr(entry)[:300])
             status = entry.get("status")
             if status is None:
                 log.note(NO_STATUS_NOTE)
-            elif status != "submitted":
-                log.stats[f"argilla_response_{status}"] += 1
+            elif status != "submitted":  # draft, discarded (a key per status Argilla has)
+                known = status in ("draft", "discarded", "pending")
+                log.stats[f"argilla_response_{status if known else 'other_status'}"] += 1
                 continue
             vote = _vote(kind, question, entry, answers, first)
             if vote is not None:
@@ -242,7 +243,7 @@ def _vote(
     if kind == "rating":
         target = question.removeprefix("rating_") if question.startswith("rating_") else first
         if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ValueError(f"rating {value!r} is not a number")
+            raise Unusable("rating is not a number", repr(value)[:200])
         return Vote(
             kind="rating", annotator=user, answer=target, value=finite(value), timestamp=stamp
         )
@@ -255,7 +256,7 @@ def _vote(
         order = _ranking(value)
         if all(v in answers for v in order) and len(order) >= 2:
             return Vote(kind="ranking", annotator=user, value=order, timestamp=stamp)
-        raise ValueError(f"ranking {value!r} does not rank the answer fields")
+        raise Unusable("ranking does not rank the answer fields", repr(value)[:200])
     if kind == "text":
         if isinstance(value, str) and value.strip():
             return Vote(
@@ -275,4 +276,4 @@ def _ranking(value: Any) -> list[str]:
             items = sorted(value, key=lambda v: v.get("rank") or 0)
             return [str(v["value"]) for v in items]
         return [str(v) for v in value]
-    raise ValueError(f"ranking {value!r} is not a list")
+    raise Unusable("ranking is not a list", repr(value)[:200])

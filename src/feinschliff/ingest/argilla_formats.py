@@ -35,14 +35,16 @@ from feinschliff.ingest.jsonio import (
     iter_parquet,
     read_json,
 )
-from feinschliff.ingest.records import FeedbackRecord, Quarantined, ReadLog, reason_of
+from feinschliff.ingest.records import (
+    FeedbackRecord,
+    Quarantined,
+    ReadLog,
+    broken_entry,
+    quarantined_exc,
+)
 
 Item = FeedbackRecord | Quarantined
 ERRORS = (ValueError, TypeError, KeyError, ValidationError)
-
-
-def quarantine(where: str, reason: str, raw: Any) -> Quarantined:
-    return Quarantined(source="argilla", location=where, reason=reason, raw=raw)
 
 
 def settings_file(path: Path) -> Path | None:
@@ -149,7 +151,7 @@ def _convert(
     for i, raw in rows:
         where = f"{f}#{i}" if f.suffix != ".jsonl" else f"{f}:{i}"
         if isinstance(raw, Broken):
-            yield quarantine(where, raw.reason, raw.raw)
+            yield broken_entry("argilla", where, raw)
             continue
         try:
             current = inferred
@@ -162,7 +164,7 @@ def _convert(
             stamp = raw.get("updated_at") if isinstance(raw, dict) else None
             record = to_record(nested, current, log, where, timestamp=stamp)
         except ERRORS as exc:
-            yield quarantine(where, reason_of(exc), raw)
+            yield quarantined_exc("argilla", where, exc, raw)
             continue
         inferred = current  # only a usable row teaches the layout: a bad one changes nothing
         yield record

@@ -30,7 +30,9 @@ from feinschliff.ingest.records import ReadLog
 from feinschliff.ingest.scratch import Scratch
 from feinschliff.specs.feedback import DerivationRules
 
-JOINED = {"observation", "score"}
+# An unreadable file (a truncated page) is read with the observations: its quarantine entry
+# fails the stage, instead of the file being left out as "not an export file".
+JOINED = {"observation", "score", "unreadable"}
 SELF_CONTAINED = {"trace_full", "trace_export", "dataset_item", "trace_ids"}
 
 

@@ -85,12 +85,43 @@ MAX_ELEMENT = 256 << 20  # a single array element larger than this is treated as
 _WS = " \t\r\n"
 
 
+HEAD_CHARS = 2000  # of an unreadable file, kept in its quarantine entry
+
+
 @dataclass(frozen=True)
 class Broken:
-    """A value that could not be decoded, with the reason and a prefix of the raw text."""
+    """A value that could not be decoded, with the reason and a prefix of the raw text.
+
+    ``unreadable``: the reader stopped here (a JSON array, page or CSV cannot be read past a
+    syntax error), so the rest of the file, with an unknown number of records, is lost; ``raw``
+    then describes the file (size, its first bytes) and ``detail`` holds the parser's message.
+    """
 
     reason: str
-    raw: str
+    raw: Any
+    detail: str | None = None
+    unreadable: bool = False
+
+
+WHOLE_FILE_LOST = "unreadable file: none of its records could be read"
+REST_LOST = "file unreadable from here on: the records after this point were not read"
+
+
+def unreadable(path: Path, why: str, *, read: int = 0, near: str = "") -> Broken:
+    """A file the reader cannot go on with after ``read`` elements: its size and first
+    ``HEAD_CHARS`` characters (and the text at the error) as the raw value."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(HEAD_CHARS * 4).decode("utf-8", errors="replace")[:HEAD_CHARS]
+    except OSError:
+        size, head = None, ""
+    raw: dict[str, Any] = {"file": str(path), "bytes": size, "head": head}
+    if near:
+        raw["near_error"] = near[:200]
+    if read:
+        return Broken(REST_LOST, raw, f"after {read} elements: {why}", unreadable=True)
+    return Broken(WHOLE_FILE_LOST, raw, why, unreadable=True)
 
 
 class HashingReader(io.RawIOBase):
@@ -190,7 +221,7 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
         try:
             skip(_WS)
             if buf[pos : pos + 1] != "[":
-                yield 0, Broken("not a JSON array", buf[pos : pos + 200])
+                yield 0, unreadable(path, "not a JSON array", near=buf[pos : pos + 200])
                 return
             pos += 1
             while True:
@@ -209,13 +240,22 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
                             value = Broken("JSON nested too deeply", buf[pos : pos + 200])
                             break
                         if eof or len(buf) - pos > MAX_ELEMENT:
-                            yield index, Broken("JSON nested too deeply", buf[pos : pos + 200])
+                            near = buf[pos : pos + 200]
+                            yield (
+                                index,
+                                unreadable(path, "JSON nested too deeply", read=index, near=near),
+                            )
                             return
                         eof = not fill()
                     except json.JSONDecodeError as exc:
                         if eof or len(buf) - pos > MAX_ELEMENT:
-                            yield index, Broken(f"invalid JSON: {exc.msg}", buf[pos : pos + 200])
-                            return  # the array cannot be resynchronised after a syntax error
+                            # the array cannot be resynchronised after a syntax error
+                            why = f"invalid JSON: {exc.msg}"
+                            yield (
+                                index,
+                                unreadable(path, why, read=index, near=buf[pos : pos + 200]),
+                            )
+                            return
                         eof = not fill()
                 yield index, value
                 index += 1
@@ -224,13 +264,11 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
                 if buf[pos : pos + 1] == ",":
                     pos += 1
                 elif buf[pos : pos + 1] != "]":
-                    yield (
-                        index,
-                        Broken("expected ',' or ']' between elements", buf[pos : pos + 200]),
-                    )
+                    why = "expected ',' or ']' between elements"
+                    yield index, unreadable(path, why, read=index, near=buf[pos : pos + 200])
                     return
         except UnicodeDecodeError as exc:
-            yield index, Broken(f"not UTF-8: {exc}", "")
+            yield index, unreadable(path, f"not UTF-8: {exc}", read=index)
         except GeneratorExit:  # a caller that only peeked: no fingerprint, no full read
             peeked = True
             raise
@@ -285,11 +323,14 @@ def iter_csv(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, dict[str
         hashing = HashingReader(raw)
         text = io.TextIOWrapper(io.BufferedReader(hashing, CHUNK), encoding="utf-8-sig", newline="")
         reader = csv.DictReader(text)
+        read = 0
         try:
             for row in reader:
                 yield reader.line_num, row
+                read += 1
         except (csv.Error, UnicodeDecodeError) as exc:
-            yield reader.line_num, Broken(f"unreadable CSV: {exc}", "")  # type: ignore[misc]
+            broken = unreadable(path, f"unreadable CSV: {exc}", read=read)
+            yield reader.line_num, broken  # type: ignore[misc]
         except GeneratorExit:
             return
         inputs[str(path)] = hashing.drain()
@@ -305,14 +346,19 @@ def csv_header(path: Path) -> list[str]:
 
 def iter_parquet(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of a parquet file, read in record batches of 1024 rows."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     inputs[str(path)] = _sha256(path)
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            yield index, row
-            index += 1
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield index, row
+                index += 1
+    except (OSError, pa.ArrowException) as exc:
+        broken = unreadable(path, f"unreadable parquet: {exc}", read=index)
+        yield index, broken  # type: ignore[misc]
 
 
 def parquet_columns(path: Path) -> list[str]:

@@ -40,9 +40,11 @@ from feinschliff.ingest.langfuse_rows import (
     iter_rows,
     messages,
     quarantine,
+    quarantine_broken,
+    quarantine_exc,
     row_kind,
 )
-from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote, finite, reason_of, vote
+from feinschliff.ingest.records import FeedbackRecord, ReadLog, Unusable, Vote, finite, vote
 from feinschliff.ingest.scratch import Scratch, create_index
 from feinschliff.specs.feedback import DerivationRules
 
@@ -255,9 +257,10 @@ class _Join:
                 (trace,),
             ).fetchall()
             on_trace = [
-                loads(p)
-                for (p,) in self.sdb.execute(
-                    "SELECT payload FROM scores WHERE obs IS NULL AND trace = ? ORDER BY ts, id",
+                (w, loads(p))
+                for w, p in self.sdb.execute(
+                    "SELECT location, payload FROM scores WHERE obs IS NULL AND trace = ? "
+                    "ORDER BY ts, id",
                     (trace,),
                 )
             ]
@@ -320,26 +323,27 @@ class _Join:
                 keys,
             )
             return found
-        grouped: dict[str, list[dict[str, Any]]] = {}
-        query = "SELECT obs, payload FROM scores WHERE obs IN ({}) ORDER BY ts, id"
-        for obs, payload in select_in(self.sdb, query, keys):  # an id's scores: one chunk
-            grouped.setdefault(obs, []).append(loads(payload))
+        grouped: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        query = "SELECT obs, location, payload FROM scores WHERE obs IN ({}) ORDER BY ts, id"
+        for obs, where, payload in select_in(self.sdb, query, keys):  # an id's scores: one chunk
+            grouped.setdefault(obs, []).append((where, loads(payload)))
         return grouped
 
     def _emit(
         self,
         where: str,
         row: dict[str, Any],
-        attached: list[dict[str, Any]],
+        attached: list[tuple[str, dict[str, Any]]],
         stats: list[str],
     ) -> Iterator[Item]:
+        """``attached``: the observation's scores, each with where it was read."""
         votes, broken = _score_votes(attached, row, stats)
-        for score, reason in broken:  # quarantined alone: the other votes still count
-            yield quarantine(f"{where} score {score.get('id')}", reason, score)
+        for at, score, exc in broken:  # quarantined alone, where it was read: the rest count
+            yield quarantine_exc(at, exc, score)
         try:
             votes += column_votes(row, self.rules)
         except ERRORS as exc:
-            yield quarantine(where, reason_of(exc), row)
+            yield quarantine_exc(where, exc, row)
             return
         if not votes:
             stats.append("langfuse_generation_without_feedback")
@@ -347,12 +351,12 @@ class _Join:
         try:
             yield observation_record(row, votes, where)
         except ERRORS as exc:
-            yield quarantine(where, reason_of(exc), row)
+            yield quarantine_exc(where, exc, row)
 
 
 def _unknown(where: str, row: Any) -> Item:
     if isinstance(row, Broken):
-        return quarantine(where, row.reason, row.raw)
+        return quarantine_broken(where, row)
     return quarantine(where, "not a Langfuse observation or score row", row)
 
 
@@ -376,15 +380,16 @@ def _score_row(where: str, score: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _score_votes(
-    scores: list[dict[str, Any]], row: dict[str, Any], stats: list[str]
-) -> tuple[list[Vote], list[tuple[dict[str, Any], str]]]:
-    """The votes of an observation's scores, and the scores that cannot be read (with why)."""
+    scores: list[tuple[str, dict[str, Any]]], row: dict[str, Any], stats: list[str]
+) -> tuple[list[Vote], list[tuple[str, dict[str, Any], Exception]]]:
+    """The votes of an observation's scores (each with where it was read), and the scores
+    that cannot be read (where, score, why)."""
     votes, broken = [], []
-    for s in scores:
+    for where, s in scores:
         try:
             v = score_vote(s, row.get("userId"))
         except ERRORS as exc:
-            broken.append((s, reason_of(exc)))
+            broken.append((where, s, exc))
             continue
         if v is None:
             stats.append(f"langfuse_score_{s.get('dataType')}_not_used")
@@ -407,14 +412,18 @@ def score_vote(score: dict[str, Any], end_user: Any) -> Vote | None:
         elif isinstance(value, int | float):
             up = finite(value) >= 0.5
         else:
-            raise ValueError(f"BOOLEAN score {score.get('id')} has no usable value")
+            raise Unusable("BOOLEAN score has no usable value", _score_detail(score))
         return vote("thumbs", annotator=who, answer="output", value=up, timestamp=stamp)
     if kind == "CORRECTION":
         text = value if isinstance(value, str) else score.get("stringValue")
         if isinstance(text, str) and text.strip():
             return vote("correction", annotator=who, answer="output", value=text, timestamp=stamp)
-        raise ValueError(f"CORRECTION score {score.get('id')} has no text")
+        raise Unusable("CORRECTION score has no text", _score_detail(score))
     return None
+
+
+def _score_detail(score: dict[str, Any]) -> str:
+    return f"score {score.get('id')}, value {score.get('value')!r}"[:300]
 
 
 def observation_record(row: dict[str, Any], votes: list[Vote], where: str) -> FeedbackRecord:

@@ -31,9 +31,11 @@ from feinschliff.ingest.langfuse_rows import (
     iter_rows,
     messages,
     quarantine,
+    quarantine_broken,
+    quarantine_exc,
     row_kind,
 )
-from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote, reason_of
+from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote
 from feinschliff.specs.feedback import DerivationRules
 
 
@@ -41,7 +43,7 @@ def read_exports(files: list[Path], log: ReadLog, rules: DerivationRules) -> Ite
     for f in files:
         for where, row in iter_rows(f, log):
             if isinstance(row, Broken):
-                yield quarantine(where, row.reason, row.raw)
+                yield quarantine_broken(where, row)
                 continue
             kind = row_kind(row)
             try:
@@ -61,7 +63,7 @@ def read_exports(files: list[Path], log: ReadLog, rules: DerivationRules) -> Ite
                 else:
                     yield quarantine(where, "not a Langfuse trace, export or dataset-item row", row)
             except ERRORS as exc:
-                yield quarantine(where, reason_of(exc), row)
+                yield quarantine_exc(where, exc, row)
 
 
 def _trace(trace: dict[str, Any], where: str, log: ReadLog) -> Iterator[Item]:
@@ -70,13 +72,13 @@ def _trace(trace: dict[str, Any], where: str, log: ReadLog) -> Iterator[Item]:
     ]
     last = max(generations, key=lambda o: str(o.get("startTime")), default=None)
     attached: dict[str, list[Vote]] = {str(o.get("id")): [] for o in generations}
-    for score in trace.get("scores") or []:
+    for n, score in enumerate(trace.get("scores") or []):
         if not isinstance(score, dict):
             raise ValueError(f"score is a {type(score).__name__}, not an object")
         try:
             vote = score_vote(score, trace.get("userId"))
         except ERRORS as exc:  # quarantined alone: the other scores still count
-            yield quarantine(f"{where} score {score.get('id')}", reason_of(exc), score)
+            yield quarantine_exc(f"{where}/scores[{n}]", exc, score)
             continue
         if vote is None:
             log.stats[f"langfuse_score_{score.get('dataType')}_not_used"] += 1
@@ -100,7 +102,7 @@ def _trace(trace: dict[str, Any], where: str, log: ReadLog) -> Iterator[Item]:
         try:
             yield observation_record({"traceId": trace.get("id"), **obs}, votes, here)
         except ERRORS as exc:
-            yield quarantine(here, reason_of(exc), obs)
+            yield quarantine_exc(here, exc, obs)
 
 
 def _trace_export(

@@ -26,14 +26,18 @@ from feinschliff.ingest.jsonio import (
     iter_jsonl,
     loads,
     read_json,
+    unreadable,
 )
 from feinschliff.ingest.records import (
     FeedbackRecord,
     Message,
     Quarantined,
     ReadLog,
+    Unusable,
     Vote,
+    broken_entry,
     message,
+    quarantined_exc,
     vote,
 )
 from feinschliff.specs.feedback import DerivationRules
@@ -43,8 +47,16 @@ SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
 ROLES = {"developer": "system", "human": "user", "ai": "assistant", "function": "tool"}
 
 
-def quarantine(where: str, reason: str, raw: Any) -> Quarantined:
-    return Quarantined(source="langfuse", location=where, reason=reason, raw=raw)
+def quarantine(where: str, reason: str, raw: Any, detail: str | None = None) -> Quarantined:
+    return Quarantined(source="langfuse", location=where, reason=reason, raw=raw, detail=detail)
+
+
+def quarantine_exc(where: str, exc: Exception, raw: Any) -> Quarantined:
+    return quarantined_exc("langfuse", where, exc, raw)
+
+
+def quarantine_broken(where: str, broken: Broken) -> Quarantined:
+    return broken_entry("langfuse", where, broken)
 
 
 def iter_rows(path: Path, log: ReadLog) -> Iterator[tuple[str, Any]]:
@@ -62,8 +74,8 @@ def iter_rows(path: Path, log: ReadLog) -> Iterator[tuple[str, Any]]:
     else:
         try:
             page = read_json(path, log.inputs)
-        except (ValueError, UnicodeDecodeError) as exc:
-            yield str(path), Broken(f"not JSON: {exc}", "")
+        except (ValueError, UnicodeDecodeError) as exc:  # a truncated page: all its rows lost
+            yield str(path), unreadable(path, f"not JSON: {exc}")
             return
         if isinstance(page, dict) and isinstance(page.get("data"), list):
             for i, row in enumerate(page["data"]):
@@ -91,11 +103,14 @@ def row_kind(row: Any) -> str | None:
 
 def file_kind(path: Path, log: ReadLog, peek: int = 50) -> tuple[str | None, str]:
     """The kind of the first recognisable row among a file's first ``peek`` rows, and a
-    description of what was found (for the error when nothing matches)."""
+    description of what was found (for the error when nothing matches). ``unreadable``: the
+    file cannot be parsed before any row is recognised (e.g. a truncated API page)."""
     first = None
     for n, (_, row) in enumerate(_peek(path)):
         if n >= peek:
             break
+        if isinstance(row, Broken) and row.unreadable:
+            return "unreadable", f"{path.name}: {row.reason} ({row.detail})"
         kind = row_kind(row) if not isinstance(row, Broken) else None
         if kind is not None:
             return kind, f"{path.name}: {kind}"
@@ -207,4 +222,4 @@ def _thumb(value: Any) -> bool | None:
         return None if value == 0.5 else value > 0.5
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
-    raise ValueError(f"thumbs score value {value!r} is neither boolean nor 0/1")
+    raise Unusable("thumbs score value is neither boolean nor 0/1", f"value {value!r}")

@@ -52,8 +52,31 @@ class JsonlSink:
         self._tmp.unlink(missing_ok=True)
 
 
+FAILED_TITLE = "# INGEST FAILED: not a usable dataset"
+NO_STATUS_NOTE_START = "Argilla to_disk (nested) export carries no response status"
+
+
 def write_card(out: Path, manifest: dict[str, Any]) -> None:
-    """A dataset card (Hugging Face conventions: YAML metadata block, then prose)."""
+    """A dataset card (Hugging Face conventions: YAML metadata block, then prose). A failed
+    run's card starts with ``FAILED_TITLE`` and the error, and has no metadata block (it is
+    not a dataset to publish)."""
+    if manifest.get("status") == "failed":
+        head = f"{FAILED_TITLE}\n\n`feinschliff ingest` failed:\n\n```\n{manifest['error']}\n```\n"
+        if "counts" not in manifest:  # failed before any row was written
+            text = head + "\nNo rows were written. See `manifest.json`.\n"
+        else:
+            text = head + (
+                "\nThe files below were written for inspection only: there is no `.complete` "
+                "marker, and `train`, `evaluate`, `generate` and `estimate --data` refuse this "
+                "folder.\n\n"
+                + _body(manifest).replace("# Feedback dataset", "## Feedback dataset", 1)
+            )
+        (out / "README.md").write_text(text, encoding="utf-8")
+        return
+    (out / "README.md").write_text(_front_matter(manifest) + _body(manifest), encoding="utf-8")
+
+
+def _front_matter(manifest: dict[str, Any]) -> str:
     counts = manifest["counts"]
     total = sum(counts[f] for f in OUTPUTS if f != "quarantine.jsonl")
     size = "n<1K" if total < 1000 else "1K<n<10K" if total < 10_000 else "10K<n<100K"
@@ -69,16 +92,7 @@ def write_card(out: Path, manifest: dict[str, Any]) -> None:
         f"  - split: test\n    path: {test}"
         for name, train, test in configs
     )
-    pii = manifest["pii"]
-    found = ", ".join(f"{k} {v}" for k, v in sorted(pii["found"].items())) or "none"
-    drops = "\n".join(f"| {k} | {v} |" for k, v in manifest["drops"].items()) or "| - | 0 |"
-    sources = "\n".join(
-        f"| {s['kind']} | {s['format']} | `{s['path']}` | {s['records']} | {s['quarantined']} |"
-        for s in manifest["sources"]
-    )
-    rows = "\n".join(f"| `{name}` | {counts[name]} |" for name in OUTPUTS)
-    unchecked = manifest["decontamination"]["unchecked"]
-    card = f"""---
+    return f"""---
 language:
 - de
 pretty_name: feinschliff feedback dataset
@@ -96,7 +110,58 @@ configs:
 {yaml_configs}
 ---
 
-# Feedback dataset (feinschliff ingest)
+"""
+
+
+def _pii_line(pii: dict[str, Any]) -> str:
+    if pii["mode"] == "off":
+        return (
+            "- PII: not scanned (mode off): rows may contain PII (e-mail addresses, phone "
+            "numbers, IBANs, IP addresses, names, ...)."
+        )
+    found = ", ".join(f"{k} {v}" for k, v in sorted(pii["found"].items())) or "none"
+    return (
+        f"- PII (Presidio, pattern recognizers, German identifiers): mode `{pii['mode']}`; "
+        f"findings: {found}.\n  Person names and addresses are not detected (no NER model)."
+    )
+
+
+def _argilla_line(manifest: dict[str, Any]) -> str:
+    """What counted of Argilla's responses, as read: a ``to_disk`` export keeps no status."""
+    if not any(s["kind"] == "argilla" for s in manifest["sources"]):
+        return ""
+    if any(n.startswith(NO_STATUS_NOTE_START) for n in manifest.get("notes", [])):
+        return (
+            "\n  Argilla responses without a status (a `to_disk` export keeps none) were all "
+            "counted as submitted: drafts and discarded responses in it cannot be told apart "
+            "and are included; where a status was present, only submitted responses count."
+        )
+    return (
+        "\n  Only submitted Argilla responses count (drafts and discarded ones are counted "
+        "as drops)."
+    )
+
+
+def _decontamination_lines(decontam: dict[str, Any]) -> str:
+    lines = []
+    if decontam["unchecked"]:
+        lines.append("Not checked (no local data): " + ", ".join(decontam["unchecked"]) + ".")
+    for name, why in decontam.get("own_heldout", {}).items():
+        lines.append(f"Not checked, `{name}`: {why}.")
+    return "".join(f"\n  {line}" for line in lines)
+
+
+def _body(manifest: dict[str, Any]) -> str:
+    counts = manifest["counts"]
+    drops = "\n".join(f"| {k} | {v} |" for k, v in manifest["drops"].items()) or "| - | 0 |"
+    sources = "\n".join(
+        f"| {s['kind']} | {s['format']} | `{s['path']}` | {s['records']} | {s['quarantined']} |"
+        for s in manifest["sources"]
+    )
+    rows = "\n".join(f"| `{name}` | {counts[name]} |" for name in OUTPUTS)
+    notes = "".join(f"- {n}\n" for n in manifest.get("notes", []))
+    notes_section = f"\n## Notes (from `manifest.json`)\n\n{notes}" if notes else ""
+    return f"""# Feedback dataset (feinschliff ingest)
 
 Training data derived from production feedback (Argilla annotations, Langfuse traces and
 scores) by `feinschliff ingest`. Rows are in TRL's conversational formats:
@@ -133,21 +198,17 @@ Rows and records not used, by reason:
 - Derivation rules (`feinschliff.ingest.derive`): corrections and accepted answers -> SFT;
   corrections vs originals, annotated preferences/rankings and thumbs-up vs thumbs-down answers
   to the same prompt -> preference; thumbs up/down -> KTO. Aggregation over annotators:
-  `{manifest["rules"]["aggregation"]}`; minimum rating {manifest["rules"]["min_rating"]}.
-  Only submitted Argilla responses count.
+  `{manifest["rules"]["aggregation"]}`; minimum rating {manifest["rules"]["min_rating"]}.{_argilla_line(manifest)}
 - Deduplication: exact (normalised content) and near-duplicate (MinHash LSH, threshold
   {manifest["dedup"]["threshold"]}), across all sources, before any PII pseudonymization.
 - Decontamination against {", ".join(manifest["decontamination"]["eval_sets"]) or "no eval sets"}:
   rows holding a {manifest["decontamination"]["ngram"]}-gram of an eval text, or a whole eval
-  text of 8 words or more that is shorter than that, are dropped (`feinschliff.ngrams`).
-  {"Not checked (no local data): " + ", ".join(unchecked) if unchecked else ""}
-- PII (Presidio, pattern recognizers, German identifiers): mode `{pii["mode"]}`; findings: {found}.
-  Person names and addresses are not detected (no NER model).
-
+  text of 8 words or more that is shorter than that, are dropped (`feinschliff.ngrams`).{_decontamination_lines(manifest["decontamination"])}
+{_pii_line(manifest["pii"])}
+{notes_section}
 ## Limitations
 
 Feedback reflects the judgement of a few annotators and of end users' thumbs; it is biased
 towards the prompts users happened to send. Check `manifest.json` (`disagreements`) for how
 often annotators disagreed, and `quarantine.jsonl` for records that could not be used.
 """
-    (out / "README.md").write_text(card, encoding="utf-8")

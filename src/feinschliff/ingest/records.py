@@ -176,12 +176,52 @@ def _valid_fields(f: dict[str, Any]) -> bool:
 
 
 class Quarantined(BaseModel):
-    """A record that could not be used, kept with the reason and its raw value."""
+    """A record that could not be used, kept with the reason and its raw value.
+
+    ``reason`` is fixed text (the manifest counts drops by it); what varies (ids, values, the
+    parser's message) goes to ``detail``. ``unreadable``: the reader stopped here, so the rest
+    of the file (or all of it) was lost with an unknown number of records: the stage fails
+    whatever the quarantined share (the flag is not written to ``quarantine.jsonl``)."""
 
     source: str
     location: str
     reason: str
     raw: Any
+    detail: str | None = None
+    unreadable: bool = Field(False, exclude=True)
+
+
+class Unusable(ValueError):
+    """A value that cannot be used: a fixed ``reason`` and a ``detail`` naming what varies
+    (an id, the value), so that drop counts do not split per id."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def quarantined(
+    source: str, where: str, reason: str, raw: Any, detail: str | None = None
+) -> Quarantined:
+    return Quarantined(source=source, location=where, reason=reason, raw=raw, detail=detail)
+
+
+def broken_entry(source: str, where: str, broken: Any) -> Quarantined:
+    """The quarantine entry of a ``jsonio.Broken`` value (an undecodable row or file)."""
+    return Quarantined(
+        source=source,
+        location=where,
+        reason=broken.reason,
+        raw=broken.raw,
+        detail=broken.detail,
+        unreadable=broken.unreadable,
+    )
+
+
+def quarantined_exc(source: str, where: str, exc: Exception, raw: Any) -> Quarantined:
+    """The quarantine entry for a record that raised ``exc`` (see ``reason_of``)."""
+    reason, detail = reason_and_detail(exc)
+    return quarantined(source, where, reason, raw, detail)
 
 
 @dataclass
@@ -211,12 +251,25 @@ def finite(value: int | float) -> float:
 
 def reason_of(exc: Exception) -> str:
     """A short reason for a quarantine entry (pydantic errors: the first message and its path)."""
+    return reason_and_detail(exc)[0]
+
+
+def reason_and_detail(exc: Exception) -> tuple[str, str | None]:
+    """A fixed reason for a quarantine entry, and the variable part (ids, values, list
+    positions) as its detail. Pydantic errors: the first message and its path, positions in
+    lists as ``*`` (``prompt.*.content``) with the exact path in the detail."""
+    if isinstance(exc, Unusable):
+        return exc.reason, exc.detail
     errors = getattr(exc, "errors", None)
     if callable(errors):
         try:
             first = errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            return f"{where}: {first['msg']}" if where else str(first["msg"])
+            loc = [str(p) for p in first.get("loc", ())]
+            where = ".".join("*" if p.isdigit() else p for p in loc)
+            exact = ".".join(loc)
+            if not where:
+                return str(first["msg"]), None
+            return f"{where}: {first['msg']}", (f"at {exact}" if exact != where else None)
         except (IndexError, KeyError, TypeError):
             pass
-    return str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__, None

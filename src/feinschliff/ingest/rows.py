@@ -105,6 +105,10 @@ class RowPipeline:
         found: Counter[str] = Counter()
         entry["reason"] = scrub_value(entry["reason"], self.mode, self.key, found)
         entry["raw"] = scrub_value(entry["raw"], self.mode, self.key, found)
+        if entry["detail"] is None:  # only entries with a variable part (ids, values) have one
+            del entry["detail"]
+        else:
+            entry["detail"] = scrub_value(entry["detail"], self.mode, self.key, found)
         self._count_pii("quarantine.jsonl", found)
         self.drops[f"quarantined: {_short(entry['reason'])}"] += 1
         self.sinks["quarantine.jsonl"].write(entry)

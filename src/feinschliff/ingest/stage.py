@@ -9,11 +9,15 @@ watermarks of live pulls; sha256 of each output) and ``README.md`` (a dataset ca
 Everything streams: readers yield one record at a time, rows are written as they are derived,
 and what must be remembered across records (joins, duplicate keys) lives in a scratch database.
 PII is scrubbed before anything is written. Outputs are complete before the quarantine threshold
-is checked, so a failing run still leaves everything for inspection (without ``.complete``).
+is checked, so a failing run still leaves everything for inspection: without ``.complete``,
+with ``"status": "failed"`` and the error in ``manifest.json`` and a card that starts with it.
+A file that cannot be read to its end (a truncated page) fails the stage whatever the
+quarantined share: how many records it held is unknown.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -21,16 +25,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from feinschliff.artifacts import COMPLETE, DatasetRef, mark_complete, write_json
+from feinschliff.artifacts import COMPLETE, DatasetRef, OutputInUse, mark_complete, write_json
 from feinschliff.ingest.credentials import MissingCredentials
 from feinschliff.ingest.decontam import MissingEvalSet, find_eval_sets
 from feinschliff.ingest.detect import UnknownExport, open_export
 from feinschliff.ingest.langfuse_parallel import PreparedRecords
-from feinschliff.ingest.outputs import write_card
+from feinschliff.ingest.outputs import OUTPUTS, write_card
 from feinschliff.ingest.records import FeedbackRecord, ReadLog
 from feinschliff.ingest.rows import RowPipeline
 from feinschliff.ingest.scratch import Scratch
 from feinschliff.pii import PiiError, key_fingerprint, load_key
+from feinschliff.specs.evaluate import USECASE_TASK
 from feinschliff.specs.feedback import FeedbackSource, FeedbackSpec, LangfusePull
 
 log = logging.getLogger(__name__)
@@ -47,30 +52,47 @@ class InvalidSource(IngestError):
 
 def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ()) -> DatasetRef:
     """Run the stage; ``eval_tasks`` (the recipe's ``evaluate.tasks``) join the eval sets that
-    rows are decontaminated against."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / COMPLETE).unlink(missing_ok=True)
+    rows are decontaminated against.
+
+    ``out`` must be new, empty or an earlier ingest output (replaced); anything else raises
+    ``OutputInUse`` before a file is touched. A failed run leaves a ``manifest.json`` with
+    ``"status": "failed"`` and the error, a dataset card that says so in its first line, and
+    no ``.complete``."""
+    _check_out(out)
     try:
         key = load_key(spec.pii.key_secret) if spec.pii.mode == "pseudonymize" else None
     except PiiError as exc:
         raise IngestError(str(exc)) from exc
     names = [*eval_tasks, *spec.decontamination.eval_sets]
+    # the use-case task is built from this stage's own held-out split: no data to check against
+    own = [n for n in dict.fromkeys(names) if n == USECASE_TASK]
     try:
-        eval_sets = find_eval_sets(names if spec.decontamination.enabled else [])
+        checked = [n for n in names if n != USECASE_TASK] if spec.decontamination.enabled else []
+        eval_sets = find_eval_sets(checked)
     except MissingEvalSet as exc:
         raise IngestError(str(exc)) from exc
+    if spec.pii.mode == "off":
+        log.warning(
+            "feedback.pii.mode is off: rows are not scanned for PII and may contain it "
+            "(e-mail addresses, phone numbers, IBANs, IP addresses, ...); the dataset card says so"
+        )
+    _replace_earlier_output(out)
 
     sources: list[dict[str, Any]] = []
-    with Scratch() as scratch:
-        pipeline = RowPipeline(out, spec, scratch, key, eval_sets)
-        try:
-            for source in spec.sources:
-                sources.append(_ingest_source(source, spec, scratch, pipeline))
-            pipeline.finish()
-        except BaseException:
-            pipeline.abort()
-            raise
-        digests = pipeline.close()
+    try:
+        with Scratch() as scratch:
+            pipeline = RowPipeline(out, spec, scratch, key, eval_sets)
+            try:
+                for source in spec.sources:
+                    sources.append(_ingest_source(source, spec, scratch, pipeline))
+                pipeline.finish()
+            except BaseException:
+                pipeline.abort()
+                raise
+            digests = pipeline.close()
+    except BaseException as exc:
+        _record_failure(out, {"stage": "ingest", "status": "failed", "error": _error_text(exc)})
+        raise
 
     counts = pipeline.counts()
     records = sum(s["records"] for s in sources)
@@ -78,6 +100,7 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
     total = records + quarantined
     manifest: dict[str, Any] = {
         "stage": "ingest",
+        "status": "complete",
         "sources": sources,
         "counts": counts,
         "drops": dict(sorted((pipeline.drops + _source_stats(sources)).items())),
@@ -85,6 +108,7 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
         "quarantined_share": round(quarantined / total, 4) if total else 0.0,
         "pii": {
             "mode": spec.pii.mode,
+            "scanned": spec.pii.mode != "off",
             "key_fingerprint": key_fingerprint(key) if key else None,
             "found": dict(sorted(pipeline.pii_found.items())),
             "by_file": {
@@ -96,6 +120,8 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
             "ngram": spec.decontamination.ngram,
             "eval_sets": sorted(eval_sets.files),
             "unchecked": eval_sets.unchecked,
+            # not external eval data: evaluate builds it from this output's heldout/ files
+            "own_heldout": {name: OWN_HELDOUT_NOTE for name in own},
             "inputs": decontam.inputs if (decontam := pipeline.context.decontaminator) else {},
             "dropped_by_eval_set": dict(sorted(pipeline.contamination.items())),
         },
@@ -104,18 +130,107 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
         "notes": [n for s in sources for n in s["notes"]],
         "sha256": digests,
     }
+    problems = _failures(sources, counts, quarantined, total, spec, out)
+    if problems:
+        error = "\n".join(problems)
+        rest = {k: v for k, v in manifest.items() if k not in ("stage", "status")}
+        _record_failure(out, {"stage": "ingest", "status": "failed", "error": error, **rest})
+        raise IngestError(error)
     write_json(out / "manifest.json", manifest)
     write_card(out, manifest)
+    digest = mark_complete(out, stage="ingest")
+    return DatasetRef(path=str(out), sha256=digest)
+
+
+OWN_HELDOUT_NOTE = (
+    "ingest's own held-out split (heldout/), kept out of the training files by construction: "
+    "there is nothing to decontaminate against"
+)
+
+
+def _failures(
+    sources: list[dict[str, Any]],
+    counts: dict[str, int],
+    quarantined: int,
+    total: int,
+    spec: FeedbackSpec,
+    out: Path,
+) -> list[str]:
+    """Why the written output must not be used; empty when it may."""
+    problems = []
+    lost = [u for s in sources for u in s["unreadable"]]
+    if lost:
+        where = "; ".join(f"{u['location']}: {u['reason']} ({u['detail']})" for u in lost)
+        problems.append(
+            f"{len(lost)} export file(s) could not be read to the end, so an unknown number of "
+            f"records is missing (a truncated download or a damaged file?): {where}. Repair or "
+            "export them again, or remove them from the source to ingest without them"
+        )
     if total and quarantined / total > spec.max_quarantine_fraction:
-        raise IngestError(
+        problems.append(
             f"{quarantined} of {total} records quarantined ({quarantined / total:.1%} > "
             f"max_quarantine_fraction {spec.max_quarantine_fraction:.1%}); "
             f"see {out / 'quarantine.jsonl'}"
         )
     if not any(counts[f] for f in ("sft.jsonl", "preference.jsonl", "kto.jsonl")):
-        raise IngestError("no training rows derived from the feedback; see manifest.json drops")
-    digest = mark_complete(out, stage="ingest")
-    return DatasetRef(path=str(out), sha256=digest)
+        problems.append("no training rows derived from the feedback; see manifest.json drops")
+    return problems
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output folder ingest did not write (someone's files, a project root), before
+    anything in it is touched; an earlier ingest output is replaced."""
+    if out.exists() and not out.is_dir():
+        raise OutputInUse(f"{out} is a file, not a folder: choose a new or empty output folder")
+    if out.is_dir() and not _earlier_output(out) and any(not _empty_dir(p) for p in out.iterdir()):
+        raise OutputInUse(
+            f"{out} is not empty and is not an earlier ingest output (no manifest.json written "
+            "by ingest): choose a new or empty output folder (nothing was deleted or overwritten)"
+        )
+
+
+def _earlier_output(out: Path) -> bool:
+    """A folder ingest wrote: its manifest (complete, failed or of a run still in progress
+    when it was killed) or its completeness marker says so."""
+    for name in ("manifest.json", COMPLETE):
+        try:
+            data = json.loads((out / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("stage") == "ingest":
+            return True
+    return False
+
+
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def _replace_earlier_output(out: Path) -> None:
+    """Remove what an earlier run wrote (a failed rerun must not leave its rows next to a new
+    manifest) and claim the folder with a manifest of a run in progress."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (COMPLETE, "manifest.json", "README.md", *OUTPUTS):
+        (out / name).unlink(missing_ok=True)
+        (out / f"{name}.tmp").unlink(missing_ok=True)
+    _remove_if_empty(out / "heldout")
+    write_json(out / "manifest.json", {"stage": "ingest", "status": "running"})
+
+
+def _remove_if_empty(folder: Path) -> None:
+    if _empty_dir(folder):
+        folder.rmdir()
+
+
+def _record_failure(out: Path, manifest: dict[str, Any]) -> None:
+    """A failed run's manifest and card; ``.complete`` stays absent, so nothing uses it."""
+    _remove_if_empty(out / "heldout")  # a run that failed before writing rows
+    write_json(out / "manifest.json", manifest)
+    write_card(out, manifest)
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _ingest_source(
@@ -155,6 +270,7 @@ def _ingest_source(
     except UnknownExport as exc:
         raise InvalidSource(str(exc)) from exc
     n_records = n_quarantined = 0
+    unreadable: list[dict[str, Any]] = []
     started = last = time.monotonic()
     for item in read.items:
         if isinstance(item, FeedbackRecord):
@@ -165,6 +281,11 @@ def _ingest_source(
             pipeline.add_prepared(item.batch)
         else:
             n_quarantined += 1
+            if item.unreadable:  # the rest of a file lost: the stage fails (see _failures)
+                log.warning("%s: %s (%s)", item.location, item.reason, item.detail)
+                unreadable.append(
+                    {"location": item.location, "reason": item.reason, "detail": item.detail}
+                )
             pipeline.add_quarantined(item)
         if time.monotonic() - last >= PROGRESS_SECONDS:  # large exports take minutes
             last = time.monotonic()
@@ -188,6 +309,7 @@ def _ingest_source(
         "format": read.format,
         "records": n_records,
         "quarantined": n_quarantined,
+        "unreadable": unreadable,
         "skipped": dict(sorted(read_log.stats.items())),
         "notes": read_log.notes,
         "pull": pulled,
