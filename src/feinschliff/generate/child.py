@@ -1,17 +1,25 @@
-"""Child-process entry point: ``python -m feinschliff.generate.child JOB.json``.
+"""Child-process entry point: ``python -m feinschliff.generate.child JOB.json [PARENT_PID]``.
 
 distilabel installs signal handlers and its own logging queue, which break inside Prefect task
 threads (FACTS section 2), so the pipeline runs here, in a process of its own: it reads the job
 (scrubbed seeds, the recipe section, paths; never an API key), runs the pipeline, saves the
 Distiset to ``job.distiset`` and writes ``job.status`` with the ledger's verdict. Exit code 0
 means the pipeline ran (the status says whether it stopped on budget or teacher failure).
+
+The stage starts it as the leader of a process group of its own, which distilabel's worker
+processes join; given the stage's pid, it ends that whole group when the stage is gone (killed,
+or dead by a signal it did not handle), so no worker is left behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -62,7 +70,27 @@ def run_job(job: GenerateJob) -> dict[str, object]:
     return status
 
 
+def _die_with_parent(parent: int) -> None:
+    """End this process and every distilabel worker (the whole process group, when this
+    process leads it) as soon as the stage process ``parent`` is gone.
+
+    A thread that watches the parent, not a signal handler: a Python SIGTERM handler would be
+    inherited by the forked workers, where it runs only once their main thread wakes up, so
+    the pool's own SIGTERM at the end of a run could leave a worker alive and the run hung."""
+    if os.getpgid(0) != os.getpid():  # started by hand, in someone else's group: leave it be
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        _die_with_parent(int(argv[1]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     job = GenerateJob.model_validate_json(Path(argv[0]).read_text(encoding="utf-8"))
     status = run_job(job)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from feinschliff.artifacts import jsonl_lines
-from feinschliff.generate.select import normalize, select_instructions
+from feinschliff.generate.select import is_placeholder, normalize, select_instructions
 from feinschliff.ngrams import EvalIndex, contaminated
 from feinschliff.specs.generate import GenerateSpec
 
@@ -102,6 +102,8 @@ def rows_from_distiset(
     result.drops["instructions"].update(drops)
     result.selected_instructions = len(selected)
     prov = {"source": "generate", "teacher": teacher}
+    # `select`'s placeholder (no question was left) is no row; its drops are counted above.
+    leaves = {name: [r for r in rows if not _placeholder(name, r)] for name, rows in leaves.items()}
     if spec.preference is None:
         for row in leaves.get("answers", []):
             answer = row.get("generation")
@@ -145,6 +147,10 @@ def rows_from_distiset(
             }
         )
     return result
+
+
+def _placeholder(leaf: str, row: Row) -> bool:
+    return leaf in ("answers", "preferences") and is_placeholder(row)
 
 
 def _sft(instruction: str, answer: str, provenance: dict[str, Any]) -> Row:

@@ -10,6 +10,16 @@ from __future__ import annotations
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
+
+# What ``select`` sends on when no question is left: distilabel 1.5 never passes an empty last
+# batch on, so the steps after it would wait forever. It is answered by nobody and is no row of
+# the output (``feinschliff.generate.tasks``, ``postprocess``).
+PLACEHOLDER: dict[str, Any] = {"seed_id": None, "instruction": None}
+
+
+def is_placeholder(row: dict[str, Any]) -> bool:
+    return row.get("instruction") is None
 
 
 def normalize(text: str) -> str:

@@ -21,16 +21,19 @@ Not here: mixing with the feedback data (``feinschliff.generate.mix``), held-out
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from feinschliff.artifacts import (
     COMPLETE,
@@ -50,6 +53,7 @@ from feinschliff.recipe import Recipe, evaluated_sets
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
 
 if TYPE_CHECKING:
+    from feinschliff.generate.ledger import Ledger
     from feinschliff.ingest.decontam import EvalSets
 
 log = logging.getLogger(__name__)
@@ -299,28 +303,108 @@ def _run_child(
         log_path,
     )
     with log_path.open("wb") as log_file:
-        proc = subprocess.run(
-            [sys.executable, "-m", "feinschliff.generate.child", str(work / "job.json")],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            check=False,
+        code, failed = _watch_child(
+            [
+                sys.executable,
+                "-m",
+                "feinschliff.generate.child",
+                str(work / "job.json"),
+                str(os.getpid()),
+            ],
+            log_file,
+            log_path,
+            Ledger(Path(job.ledger), None, None),
         )
+    if failed is not None:  # the teacher failed and the child was stopped
+        raise _teacher_failure(failed, job.teacher_cache)
     status_path = Path(job.status)
-    if proc.returncode != 0 or not status_path.exists():
+    if code != 0 or not status_path.exists():
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise GenerateError(
-            f"the generation process failed (exit {proc.returncode}); log {log_path}:\n{tail}"
-        )
+        raise GenerateError(f"the generation process failed (exit {code}); log {log_path}:\n{tail}")
     status = json.loads(status_path.read_text())
     if status["error"]:
         raise GenerateError(f"the generation pipeline failed: {status['error']}; log {log_path}")
     if status["failed"]:
-        raise GenerateError(
-            f"teacher failure: {status['failed']}. {status['requests']} request(s) were sent in "
-            f"this run; every completed reply is kept in {job.teacher_cache}, so rerunning the "
-            "same command continues without repeating them."
-        )
+        raise _teacher_failure(status, job.teacher_cache)
     return status
+
+
+# Once the ledger records a teacher failure, every later request is refused at once and the
+# child's output is of no use (the run fails): it may still end by itself, or finish a request
+# already in flight (its reply is cached), but after this many seconds without progress (its log
+# and the ledger unchanged), or this many in all, it is stopped.
+FAILED_QUIET_S = 5.0
+FAILED_MAX_S = 60.0
+_POLL_S = 0.5
+
+
+def _watch_child(
+    cmd: list[str], log_file: IO[bytes], log_path: Path, ledger: Ledger
+) -> tuple[int, dict[str, Any] | None]:
+    """Run the child in a process group of its own (distilabel starts worker processes) and
+    wait for it: its exit code and None, or, when it was stopped after a teacher failure,
+    the ledger's state. However this returns or raises (KeyboardInterrupt included), the whole
+    group is gone afterwards; the child itself ends its group when this process dies
+    (``child._die_with_parent``)."""
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        failed_at = quiet_since = 0.0
+        seen: tuple[Any, ...] = ()
+        while True:
+            try:
+                return proc.wait(timeout=_POLL_S), None
+            except subprocess.TimeoutExpired:
+                pass
+            state = _ledger_state(ledger)
+            if not state.get("failed"):
+                continue
+            now = time.monotonic()
+            progress = (_stamp(log_path), _stamp(ledger.path))
+            if not failed_at or progress != seen:
+                failed_at = failed_at or now
+                seen, quiet_since = progress, now
+            if now - quiet_since >= FAILED_QUIET_S or now - failed_at >= FAILED_MAX_S:
+                log.info("generate: teacher failed; stopping the generation process")
+                _stop_group(proc)
+                return proc.returncode, _ledger_state(ledger)
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM the child's process group, SIGKILL whatever is left of it after ``timeout``
+    seconds (and any worker that outlived a child that has exited)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _ledger_state(ledger: Ledger) -> dict[str, Any]:
+    try:
+        return ledger.read()
+    except (OSError, ValueError):  # not written yet (the writer replaces it atomically)
+        return {}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _teacher_failure(state: dict[str, Any], cache: str) -> GenerateError:
+    return GenerateError(
+        f"teacher failure: {state['failed']}. {state['requests']} request(s) were sent in "
+        f"this run; every completed reply is kept in {cache}, so rerunning the "
+        "same command continues without repeating them."
+    )
 
 
 def uniform_rejection(status: dict[str, Any]) -> str | None:

@@ -11,6 +11,10 @@ seeds ─▶ self_instruct ─┬─▶ instructions_raw                      (l
 - ``SelectInstructions`` (global): flattens the questions, drops empty, too short/long and
   repeated ones, keeps the first ``limit``; the same pure function ``select_instructions``
   recounts the drops from ``instructions_raw`` afterwards, so no side channel is needed.
+  When nothing is left (a failed teacher, a spent budget, every reply filtered) it sends one
+  ``PLACEHOLDER`` row: distilabel 1.5 never passes an empty last batch on, so the steps after
+  it would wait for input forever and the run would never end. The placeholder is sent to no
+  teacher and is not a row of the output (``postprocess`` skips it).
 - ``answers``: distilabel's TextGeneration (N answers per question when rating).
 - ``GermanUltraFeedback``: UltraFeedback's overall rating with a German template and JSON
   reply; rows with a missing answer are not sent to the judge at all.
@@ -29,7 +33,7 @@ from distilabel.steps.tasks import SelfInstruct, TextGeneration, UltraFeedback
 from jinja2 import Template
 
 from feinschliff.generate import templates
-from feinschliff.generate.select import select_instructions
+from feinschliff.generate.select import PLACEHOLDER, is_placeholder, select_instructions
 from feinschliff.generate.teacher import TeacherLLM
 from feinschliff.specs.generate import LocalTeacher, OpenAITeacher
 
@@ -66,6 +70,13 @@ class GermanTextGeneration(TextGeneration):
     ) -> dict[str, Any]:
         return {"generation": output}
 
+    def process(self, inputs: StepInput) -> StepOutput:  # type: ignore[override]
+        # The placeholder has no question: it is passed on unanswered, nothing is asked.
+        real = [r for r in inputs if not is_placeholder(r)]
+        answered = next(super().process(real)) if real else []
+        empty = {"generation": None, "model_name": self.llm.model_name}
+        yield answered + [{**r, **empty} for r in inputs if is_placeholder(r)]
+
 
 class SelectInstructions(GlobalStep):
     limit: int
@@ -87,7 +98,8 @@ class SelectInstructions(GlobalStep):
             self.min_chars,
             self.max_chars,
         )
-        yield [{"seed_id": seed_id, "instruction": text} for seed_id, text in selected]
+        rows = [{"seed_id": seed_id, "instruction": text} for seed_id, text in selected]
+        yield rows or [dict(PLACEHOLDER)]
 
 
 class GermanUltraFeedback(UltraFeedback):
