@@ -169,10 +169,29 @@ def _run_backend(
 
 
 def _peak_rss_mb(process: str | None) -> float:
-    """Peak RSS of the process that trained: this one, or the largest finished child."""
+    """Peak RSS of the process that trained: this one, or the largest finished child.
+
+    For this process, Linux's ``VmHWM``: ``ru_maxrss`` survives ``execve``, so a stage started
+    by a large process (a test worker, a Prefect worker that trained before) reported the
+    parent's size at fork instead of its own peak."""
+    if process == "self":
+        hwm = _vm_hwm_mb()
+        if hwm is not None:
+            return hwm
     who = resource.RUSAGE_SELF if process == "self" else resource.RUSAGE_CHILDREN
     peak = resource.getrusage(who).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _vm_hwm_mb() -> float | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None  # not Linux
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
 
 
 def write_model_card(recipe: Recipe, data: DatasetRef, metrics: dict[str, Any], path: Path) -> None:
