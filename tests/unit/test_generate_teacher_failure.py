@@ -268,7 +268,17 @@ def _stage(tmp_path: Path, mark: str, fail: bool) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_from_a_terminal,
     )
+
+
+def _as_from_a_terminal() -> None:
+    """The stage as a user starts it: Ctrl-C interrupts it. A test runner's worker (or a CI job
+    started in the background) may pass SIGINT on ignored or blocked; the child would inherit
+    that and never see the signal this test sends."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str], within: float = 30.0) -> None:

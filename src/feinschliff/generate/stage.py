@@ -50,6 +50,7 @@ from feinschliff.generate.postprocess import FILTERS_VERSION
 from feinschliff.generate.templates import TEMPLATE_VERSION
 from feinschliff.ngrams import EvalIndex, N
 from feinschliff.recipe import Recipe, evaluated_sets
+from feinschliff.specs.evaluate import USECASE_TASK
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
 
 if TYPE_CHECKING:
@@ -200,8 +201,10 @@ def recipe_cache_key(recipe: Recipe, feedback: DatasetRef | None) -> str:
 def eval_set_names(recipe: Recipe) -> list[str]:
     """The eval sets generated rows are decontaminated against: ingest's, the recipe's
     ``evaluate.tasks`` and ``feedback.decontamination.eval_sets`` (task names or JSONL paths).
-    Generate's own switch is ``generate.filters.decontaminate``."""
-    return [*evaluated_sets(recipe), *recipe.feedback.decontamination.eval_sets]
+    Generate's own switch is ``generate.filters.decontaminate``. ``usecase_heldout`` is left
+    out: ingest's own held-out split, no eval set (as in ingest and the pipeline)."""
+    names = [*evaluated_sets(recipe), *recipe.feedback.decontamination.eval_sets]
+    return [n for n in names if n != USECASE_TASK]
 
 
 def reusable_output(out: Path, key: str) -> str | None:
@@ -381,7 +384,10 @@ def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
             proc.wait(timeout=timeout)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # bounded: an interrupt at the wrong moment can leave Popen's wait lock taken, and this
+    # runs in a `finally`; a SIGKILLed child not reaped here is reaped by init after we exit
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
 
 
 def _ledger_state(ledger: Ledger) -> dict[str, Any]:
