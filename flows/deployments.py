@@ -44,7 +44,7 @@ def sync_deployments(
     """Returns the deployment names created or updated: `retrain/<use_case>` and, with
     ``train_pool``, `train-stage/<use_case>` on that pool (retrain then trains through it).
     ``paused``: None keeps an existing deployment's state (a new one is active)."""
-    check_prefect_api([work_pool, *([train_pool] if train_pool else [])])
+    check_prefect_api([work_pool, *([train_pool] if train_pool else [])], train_pool=train_pool)
     root = project_root()
     names = []
     for path in recipes:
@@ -94,10 +94,11 @@ def sync_deployments(
     return names
 
 
-def check_prefect_api(pools: list[str]) -> None:
+def check_prefect_api(pools: list[str], train_pool: str | None = None) -> None:
     """Before any deployment changes: the API is configured (PREFECT_API_URL, environment or
     Prefect profile; without it Prefect would start a throwaway server and the deployments
-    would vanish with it), answers, and has every work pool in ``pools``."""
+    would vanish with it), answers, and has every work pool in ``pools``. ``train_pool``
+    (one of them): the GPU pool, whose missing-pool hint points to the GPU pool templates."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import get_current_settings
@@ -122,10 +123,18 @@ def check_prefect_api(pools: list[str]) -> None:
             try:
                 client.read_work_pool(pool)
             except ObjectNotFound:
+                if pool == train_pool:  # a GPU pool: kubernetes/docker with a base job template
+                    how = (
+                        f"a GPU pool with a base job template from configs/prefect/README.md, "
+                        f"e.g. `prefect work-pool create {pool} --type kubernetes "
+                        "--base-job-template configs/prefect/kubernetes-gpu.json`"
+                    )
+                else:
+                    how = f"`prefect work-pool create {pool} --type process`"
                 hint = " (`make ui` creates it and starts its worker)" if pool == "local" else ""
                 raise PrefectSetupError(
-                    f"no work pool '{pool}' on the Prefect server at {url}: create it with "
-                    f"`prefect work-pool create {pool} --type process`{hint}",
+                    f"no work pool '{pool}' on the Prefect server at {url}: create it as "
+                    f"{how}{hint}",
                     code=2,
                 ) from None
 

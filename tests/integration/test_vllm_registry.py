@@ -403,6 +403,20 @@ def test_serve_demo_answers_a_german_prompt(vllm_server, adapters, tmp_path):
     assert _served(vllm_server, "live-demo", tmp_path / "serving" / "live-demo")["live-demo"] == v1
 
 
+def test_serve_demo_refuses_a_real_server_running_another_model(vllm_server, adapters, tmp_path):
+    """The session's server runs the demo model; a recipe for another base (the tiny Llama its
+    "other-base" adapter was made on) must not get that adapter loaded there."""
+    tiny = adapters["other-base"][0].parent / "tiny-base"
+    sets = ["use_case=live-other", f"base_model.name={tiny}", f"register.registry={tmp_path}"]
+    recipe = load_recipe(DEMO, sets)
+    version = register_version(recipe, _ref(adapters, "other-base"), {})
+    registry.promote(tmp_path, "live-other", version, why="registry only")
+    posts = _posts(vllm_server)
+    with pytest.raises(PreflightError, match="runs --model"):
+        serve_demo(recipe, url=vllm_server.url)
+    assert _posts(vllm_server) == posts  # nothing was loaded
+
+
 KEY_ENV = "FEINSCHLIFF_TEST_VLLM_KEY"
 
 

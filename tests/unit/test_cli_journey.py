@@ -100,7 +100,14 @@ def test_deployments_sync_to_a_missing_work_pool_says_how_to_create_it(monkeypat
         code, said = run_cli("deployments", "sync", DEMO, "--pool", "local", *args)
     assert code == 2, said
     assert f"no work pool '{missing}'" in said and "http://127.0.0.1:9/api" in said
-    assert f"prefect work-pool create {missing} --type process" in said
+    if args:  # the GPU pool: kubernetes/docker with a base job template, not `process`
+        assert "--type process" not in said and "configs/prefect/README.md" in said
+        assert (
+            "prefect work-pool create gpu --type kubernetes "
+            "--base-job-template configs/prefect/kubernetes-gpu.json"
+        ) in said
+    else:
+        assert f"prefect work-pool create {missing} --type process" in said
     assert ("make ui" in said) == (missing == "local")  # `make ui` creates pool 'local'
 
 

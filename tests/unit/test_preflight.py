@@ -384,6 +384,42 @@ def test_register_vllm_model_must_name_the_recipe_base_model(tmp_path, base):
     assert not (tmp_path / "reg").exists() or versions(tmp_path / "reg", "support-x") == []
 
 
+def test_a_server_mount_path_cannot_be_named_and_is_accepted_with_a_warning(tmp_path, base, caplog):
+    """KServe/OpenShift start vLLM with --model /mnt/models: a path only the servers have says
+    nothing about the model, so it is not refused (no workaround existed); an HF id or a local
+    folder of another name still is."""
+    from feinschliff.serving.preflight import base_target, check_recipe_served_model
+
+    recipe = _vllm_recipe(tmp_path, base, "/mnt/models")
+    assert "/mnt/models" in base_target(recipe).names
+    check_recipe_served_model(recipe)
+    assert "cannot be checked against base_model" in caplog.text
+    other = tmp_path / "other-model"
+    other.mkdir()
+    with pytest.raises(PreflightError, match="register.vllm.model"):
+        check_recipe_served_model(_vllm_recipe(tmp_path, base, str(other)))
+
+
+def test_the_hf_cache_copy_of_an_hf_id_base_is_accepted_by_every_check(tmp_path, monkeypatch):
+    """base_target accepted the HF-cache snapshot folder as the served model, serve-config and
+    reconcile (base_names) refused the same recipe."""
+    from huggingface_hub import constants
+
+    from feinschliff.serving.preflight import base_names, base_target, check_recipe_served_model
+
+    # read at call time (the environment variable only at import, which may have happened)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--org--base-7b"
+    snap = repo / "snapshots" / ("a" * 40)
+    make_base(snap)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    recipe = _vllm_recipe(tmp_path, "org/base-7b", str(snap))
+    assert str(snap) in base_names(recipe)
+    assert base_target(recipe).weights_dir == snap
+    check_recipe_served_model(recipe)
+
+
 @pytest.mark.parametrize("model", ["{base}", "/models/base", "org/base"])
 def test_register_vllm_model_naming_the_base_passes(tmp_path, base, model):
     """The same folder, or the base under the server's own path (a pod's mount) or an HF id."""

@@ -199,7 +199,8 @@ def test_serving_config_for_another_base_model_is_refused(setup):
     res = CliRunner().invoke(
         app, ["serve-config", str(DEMO), *[x for s in bad for x in ("--set", s)]]
     )
-    assert res.exit_code != 0 and "register.vllm.model" in str(res.exception)
+    assert getattr(res.exception, "code", None) == 2, res.output  # a recipe error: exit 2
+    assert "register.vllm.model" in str(res.exception)
 
 
 @pytest.mark.parametrize("cmd", ["reconcile", "retire"])
@@ -259,10 +260,14 @@ def test_serve_demo_refuses_a_server_running_another_model(setup, monkeypatch):
     from feinschliff.serving.preflight import PreflightError
     from feinschliff.serving.publish import serve_demo
 
-    recipe, _, tmp_path = setup
+    recipe, sets, tmp_path = setup
     _fake_server(monkeypatch, "Qwen/Qwen2.5-72B-Instruct")
     with pytest.raises(PreflightError, match="http://vllm-9:8000 runs --model"):
         serve_demo(recipe, url="http://vllm-9:8000")
+    flags = [x for s in sets for x in ("--set", s)]
+    res = CliRunner().invoke(app, ["serve-demo", str(DEMO), "--url", "http://vllm-9:8000", *flags])
+    assert getattr(res.exception, "code", None) == 2, res.output  # as register: exit 2
+    assert "http://vllm-9:8000 runs --model" in str(res.exception)
     _fake_server(monkeypatch, str(tmp_path / "base"))
     assert serve_demo(recipe, url="http://vllm-9:8000").adapter == "ok"
 

@@ -262,5 +262,5 @@ def test_cli_unreachable_registry_and_unprovisioned_base_are_clear_errors(live, 
     sets = _sets(tmp_path, spec, root)
     sets[sets.index(f"base_model.name={spec.model}")] = "base_model.name=/nonexistent/base"
     code, out = _cli("serve-demo", str(DEMO), "--url", URL, *sets)
-    assert code == 1 and out.startswith("cannot check adapters against base model"), out
+    assert code == 2 and out.startswith("cannot check adapters against base model"), out
     assert "adapter /nonexistent" not in out

@@ -27,17 +27,18 @@ def serve_config(
     resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with ADAPTER). Copies the version to
     its serving path (register.vllm.adapter_dir) so the printed path exists; writes nothing else."""
     from feinschliff.registry import RegistryError
-    from feinschliff.serving.preflight import PreflightError
     from feinschliff.serving.publish import served_adapter
     from feinschliff.serving.serve_config import render
 
     if target not in TARGETS:
         raise Failure(f"--target must be one of {', '.join(TARGETS)}", code=2)
     cfg = _load(recipe, set_)
-    with _errors():  # as the registry commands: a store's OSError / cloud SDK error -> exit 1
+    # as the registry commands: a store's OSError / cloud SDK error -> exit 1; a PreflightError
+    # (served model is not the recipe's base model: a recipe error) -> exit 2, in _errors
+    with _errors():
         try:
             text = render(served_adapter(cfg, version), target)  # type: ignore[arg-type]
-        except (RegistryError, PreflightError) as exc:
+        except RegistryError as exc:
             raise Failure(str(exc)) from exc
     typer.echo(text, nl=False)
 
@@ -60,17 +61,18 @@ def serve_demo(
     the base model's and the adapter's answer to one German prompt. Writes vllm.log."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.deploy import DeployError
-    from feinschliff.serving.preflight import PreflightError
     from feinschliff.serving.publish import DEMO_PROMPT
     from feinschliff.serving.publish import serve_demo as run_demo
     from feinschliff.serving.vllm_client import VllmError
     from feinschliff.serving.vllm_server import VllmStartError
 
     cfg = _load(recipe, set_)
-    with _errors():  # as the registry commands: a store's OSError / cloud SDK error -> exit 1
+    # as the registry commands: a store's OSError / cloud SDK error -> exit 1; a PreflightError
+    # (served model is not the recipe's base model: a recipe error) -> exit 2, in _errors
+    with _errors():
         try:
             answer = run_demo(cfg, prompt=prompt or DEMO_PROMPT, url=url, workdir=workdir)
-        except (RegistryError, DeployError, PreflightError, VllmError, VllmStartError) as exc:
+        except (RegistryError, DeployError, VllmError, VllmStartError) as exc:
             raise Failure(str(exc)) from exc
     typer.echo(f"vLLM {answer.url}: {cfg.use_case} = {answer.version}")
     typer.echo(f"prompt:  {answer.prompt}")

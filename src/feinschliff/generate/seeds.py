@@ -87,7 +87,9 @@ def _document_seeds(path: Path, max_chars: int, scrub: Callable[[str], str]) -> 
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         seeds = []
-        for n, line in enumerate(text.splitlines(), start=1):
+        # split at "\n" only (as ``artifacts.jsonl_lines``): ``splitlines`` also cuts at a raw
+        # U+2028/U+2029/U+0085 inside a JSON string
+        for n, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -66,7 +66,7 @@ def open_export(
     if kind == "argilla":
         found = _argilla(path, log)
         if found is None:
-            hint = "; it looks like a Langfuse export" if any(_langfuse_files(path)[:2]) else ""
+            hint = "; it looks like a Langfuse export" if _looks_like_langfuse(path) else ""
             raise UnknownExport(
                 f"{path}: not an Argilla export (a to_disk folder, a flat to_list JSON/JSONL, "
                 f"to_datasets/Hub parquet, or a 1.x argilla.yaml + parquet folder); "
@@ -131,6 +131,13 @@ def _newest_pull_first(files: list[Path]) -> list[Path]:
     """Files of a pull mirror, the newest pull's folder first, pages in order within one.
     (Scores stay oldest first: a score stored again replaces the older copy.)"""
     return sorted(files, key=lambda f: f.parent.name, reverse=True)  # stable: pages keep order
+
+
+def _looks_like_langfuse(path: Path) -> bool:
+    """Langfuse rows were recognised: an unreadable file (counted with the joined ones so
+    Langfuse ingest quarantines it) says nothing about which tool wrote it."""
+    joined, exports, _, _ = _langfuse_files(path)
+    return bool(exports) or any(file_kind(f, ReadLog())[0] != "unreadable" for f in joined)
 
 
 def _langfuse_files(path: Path) -> tuple[list[Path], list[Path], list[str], set[Path]]:

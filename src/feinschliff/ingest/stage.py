@@ -182,7 +182,9 @@ def _check_out(out: Path) -> None:
     anything in it is touched; an earlier ingest output is replaced."""
     if out.exists() and not out.is_dir():
         raise OutputInUse(f"{out} is a file, not a folder: choose a new or empty output folder")
-    if out.is_dir() and not _earlier_output(out) and any(not _empty_dir(p) for p in out.iterdir()):
+    # a `.gitkeep` placeholder counts as empty (and stays)
+    held = (p for p in out.iterdir() if p.name != ".gitkeep") if out.is_dir() else ()
+    if out.is_dir() and not _earlier_output(out) and any(not _empty_dir(p) for p in held):
         raise OutputInUse(
             f"{out} is not empty and is not an earlier ingest output (no manifest.json written "
             "by ingest): choose a new or empty output folder (nothing was deleted or overwritten)"

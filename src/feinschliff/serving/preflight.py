@@ -21,6 +21,7 @@ All problems are collected and raised together in one :class:`PreflightError`.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ ALLOWED_MODULES_TO_SAVE = ({"classifier", "score"}, set())
 REJECTED_INIT = ("pissa", "olora", "corda", "loftq")
 _NO_BASE = "cannot check adapters against base model {name}"
 SAFE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+log = logging.getLogger(__name__)
 _TENSOR_RE = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>.+)\."
     r"(?P<kind>lora_A\.weight|lora_B\.weight|lora_embedding_A|lora_embedding_B"
@@ -267,30 +269,57 @@ def check_served_model(model: str, base_names: tuple[str, ...], what: str) -> No
     """The servers' ``--model`` (``what`` says where it came from) must name the recipe's base
     model by the rule of :func:`check_base_name`: adapters are checked against the recipe's base,
     so serving them on another model must be refused before anything is registered or loaded."""
-    if not any(same_model_name(model, ok) for ok in base_names):
-        raise PreflightError(
+    if any(same_model_name(model, ok) for ok in base_names):
+        return
+    if model.startswith(("/", "./", "../", "~")) and _local_dir(model) is None:
+        # a path on the servers only (KServe and OpenShift mount every model at /mnt/models):
+        # its name says nothing; the adapter's shapes were checked against base_model
+        log.warning(
+            "%s %r is a path on the servers that does not exist here: it cannot be checked "
+            "against base_model %s by name; make sure the servers run that model",
+            what,
             model,
-            [
-                f"{what} {model!r} does not name the recipe's base model "
-                f"{' = '.join(map(repr, base_names))} (base_model.name): adapters are trained "
-                "and checked on base_model, the servers would apply them to another model. "
-                "Serve base_model (the same HF id, folder name, or local folder: two folders "
-                "here must be the same one or a symlink to it)"
-            ],
-            headline=f"{what} is not the recipe's base model",
+            base_names[0],
         )
+        return
+    raise PreflightError(
+        model,
+        [
+            f"{what} {model!r} does not name the recipe's base model "
+            f"{' = '.join(map(repr, base_names))} (base_model.name): adapters are trained "
+            "and checked on base_model, the servers would apply them to another model. "
+            "Serve base_model (the same HF id, folder name, or local folder: two folders "
+            "here must be the same one or a symlink to it)"
+        ],
+        headline=f"{what} is not the recipe's base model",
+    )
 
 
 def base_names(recipe: Recipe) -> tuple[str, ...]:
     """The recipe's base model as named in it, plus its local folder when that is known (no
-    download, no local weights needed)."""
+    download, no local weights needed): the names :func:`base_target` accepts."""
     from feinschliff.models import ModelFetchError, resolve_model
 
     name = recipe.base_model.name
     try:
-        return tuple(dict.fromkeys([name, resolve_model(name, fetch=False)]))
+        resolved = resolve_model(name, fetch=False)
     except ModelFetchError:  # an alias not provisioned yet: its name is all there is
         return (name,)
+    weights = _local_weights(resolved, recipe.base_model.revision)
+    return tuple(dict.fromkeys([name, resolved, *([str(weights)] if weights else [])]))
+
+
+def _local_weights(resolved: str, revision: str | None) -> Path | None:
+    """The folder with the base model's weights on this machine: the path itself, or for an HF
+    id the copy already in the local HF cache (never downloaded here); None if there is none."""
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(resolved, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any miss means: no local weights
+        return None
 
 
 def check_recipe_served_model(recipe: Recipe) -> None:
@@ -489,22 +518,16 @@ def base_target(recipe: Recipe) -> BaseTarget:
         resolved = resolve_model(name, fetch=False)
     except ModelFetchError as exc:
         raise PreflightError(name, [str(exc)], _NO_BASE.format(name=name)) from exc
-    weights = Path(resolved)
-    if not weights.is_dir():  # an HF id: only a copy already in the local HF cache is used
-        try:
-            from huggingface_hub import snapshot_download
-
-            weights = Path(
-                snapshot_download(
-                    resolved, revision=recipe.base_model.revision, local_files_only=True
-                )
-            )
-        except Exception as exc:  # noqa: BLE001 - any miss means: no local weights
-            raise PreflightError(
-                name,
-                [f"base model {name} is not available locally to compare shapes: {exc}"],
-                _NO_BASE.format(name=name),
-            ) from exc
+    weights = _local_weights(resolved, recipe.base_model.revision)
+    if weights is None:  # an HF id: only a copy already in the local HF cache is used
+        raise PreflightError(
+            name,
+            [
+                f"base model {name} is not available locally to compare shapes (not a folder, "
+                "and not in the local Hugging Face cache)"
+            ],
+            _NO_BASE.format(name=name),
+        )
     names = list(dict.fromkeys([name, resolved, str(weights)]))
     if recipe.register.vllm is not None:
         model = recipe.register.vllm.model

@@ -82,7 +82,10 @@ def check_same_base(recipe: Recipe, recorded: dict, version: str) -> None:
     name, mine = recorded.get("name"), recipe.base_model.name
     if not name:
         return
-    same = name == mine or Path(name).name == Path(mine).name
+    from feinschliff.serving.preflight import same_model_name
+
+    # the registry's rule: two folders here must be the same one, else the same last name
+    same = same_model_name(name, mine)
     if not same and recorded.get("path"):
         try:
             same = (
