@@ -17,6 +17,11 @@ Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
   keeps, as measured on the saved-tensor hooks (``layer_activation_bytes``; all-linear, 16-bit
   weights: 24h + 4·kv + 8·I bytes). Attention runs as SDPA (no s² score matrix). With gradient
   checkpointing only each layer's input (h values) stays, plus one layer's set.
+- Backward working set (GPU): while autograd runs one layer's backward, the gradients of that
+  layer's tensors exist next to its saved ones: 0.6 x one layer's saved set per token, measured
+  on an H100 (``bench/gpu_train.py``, support-de-8b: 1.33 GiB per extra 2048-token sequence
+  against 1.04 counted from the saved tensors alone; ``bench/results/``). Not added on CPU,
+  where the demo's measured peaks already agree without it (see below).
 - Logits: TRL's SFT, DPO and KTO trainers patch the model with a fused LM head
   (``trl.trainer.utils.add_fused_lm_head``, always on) that projects 4096 tokens x 32768 vocab
   entries at a time: one tile, the gathered final hidden states and their fp32 gradient. ORPO
@@ -42,7 +47,10 @@ Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
 - Cost: FLOPs per trained token = 2N forward + 2N backward to the inputs (+ 2N weight gradients
   in full fine-tuning, + 2N recomputation with checkpointing, + 2N reference forward for DPO and
   KTO, + 4N for KTO's KL term: policy and reference forwards on the mismatched KL pairs, TRL's
-  default ``loss_type="kto"``); GPU throughput = dense bf16 peak x MFU (default 35 %).
+  default ``loss_type="kto"``); GPU throughput = dense bf16 peak x MFU (default 31 %: measured
+  on an H100 SXM for the 8B recipe's full-length 4 x 2048 batches, TRL 1.16, SDPA). Short
+  unpacked rows run far lower (4.5 % for the ~170-token support rows at micro-batch 4; 19.5 %
+  packed): ``estimate --data`` says so when a dataset's rows are short.
 
 ``reference_table`` reproduces the 8B table of the talk "LLMs im Selbstbetrieb" (slide "Speicherbedarf") under *its*
 assumptions (those of the LLM System Requirements calculator it links), which differ.
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +87,12 @@ CPU_FUSED_TILE_FP32_COPIES = 7
 # Per-token fp32 statistics of the fused head (running max, sums, log Z, entropy, target logit).
 FUSED_STATS_BYTES = 8 * 4
 FSDP_GATHERED_LAYERS = 2
-DEFAULT_MFU = 0.35
+DEFAULT_MFU = 0.31  # H100 SXM, 8B SFT, 4 x 2048 tokens: 0.310 (bench/results/, session 9)
+# A layer's backward holds gradients next to its saved tensors: share of one layer's saved set
+# per token (H100, 8B SFT with checkpointing: 696 KB/token measured vs 543 KB/token counted).
+GPU_BACKWARD_SHARE = 0.6
+# Below this share of max_length per row, unpacked micro-batches leave a GPU mostly idle.
+SHORT_ROW_SHARE = 0.25
 ADAM_BYTES = 8
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -453,6 +467,17 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             targets=spec.lora.target_modules,
             on_gpu=on_gpu,
         ),
+        **(
+            {
+                "backward_working_set": GPU_BACKWARD_SHARE
+                * tokens
+                * layer_activation_bytes(
+                    shape, bpv, spec.lora.target_modules, spec.lora.dropout > 0, on_gpu=True
+                )
+            }
+            if on_gpu
+            else {}
+        ),
         "logits": logits,
         "runtime_overhead": (GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB) * GIB,
     }
@@ -478,7 +503,13 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             + (" x 2 (chosen + rejected)" if seqs > batch else "")
             + (", gradient checkpointing" if hp.gradient_checkpointing else ""),
             f"on {'GPU' if on_gpu else 'CPU'}: runtime overhead "
-            f"{GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB} GiB",
+            f"{GPU_OVERHEAD_GIB if on_gpu else CPU_OVERHEAD_GIB} GiB"
+            + (
+                f"; backward working set {GPU_BACKWARD_SHARE} x one layer's saved tensors "
+                "(measured on an H100)"
+                if on_gpu
+                else ""
+            ),
             (
                 f"logits: TRL's fused LM head ({spec.method}), one "
                 f"{FUSED_TILE_TOKENS} x {FUSED_TILE_VOCAB} tile, not batch x length x vocab"
@@ -621,11 +652,16 @@ def fmt_gib(value: float) -> str:
 
 
 def dataset_tokens(recipe, data_dir: Path) -> tuple[int, str]:
-    """Tokens one training run processes over an ingest output; returns (tokens, how counted).
+    """Tokens one training run processes over an ingest output; returns (tokens, how counted)."""
+    per_row, how = row_tokens(recipe, data_dir)
+    return trained_tokens(recipe, per_row), how
+
+
+def row_tokens(recipe, data_dir: Path) -> tuple[list[int], str]:
+    """Tokens of each training row of an ingest output (capped at max_length), and how counted.
 
     Counted with the base model's tokenizer and chat template when the model is local, else
-    estimated at 4 characters per token. Epochs or ``max_steps`` x batch x accumulation x
-    processes apply.
+    estimated at 4 characters per token.
     """
     from feinschliff.train.data import method_rows
 
@@ -648,16 +684,46 @@ def dataset_tokens(recipe, data_dir: Path) -> tuple[int, str]:
         per_row.append(n)
     if tokenizer is None:
         how = "4 characters per token"
+    return per_row, how
+
+
+def trained_tokens(recipe, per_row: list[int]) -> int:
+    """Tokens of one training run over rows of these lengths: epochs, or ``max_steps`` x batch x
+    accumulation x processes."""
+    spec = recipe.train
+    hp = spec.hyperparameters
     epoch = sum(per_row)
+    if not per_row:
+        return 0
     if hp.max_steps > 0:
         # every data-parallel process (DDP, FSDP, ZeRO-3) takes its own micro-batches per step
         rows_seen = (
             hp.max_steps * hp.batch_size * hp.gradient_accumulation_steps * spec.num_processes
         )
-        total = round(rows_seen * epoch / len(per_row))
-    else:
-        total = round(epoch * hp.epochs)
-    return total, how
+        return round(rows_seen * epoch / len(per_row))
+    return round(epoch * hp.epochs)
+
+
+def short_rows_note(recipe, per_row: list[int], mfu: float) -> str | None:
+    """A warning when unpacked rows are so short that the assumed MFU is far too high.
+
+    Measured on an H100 (bench/README.md, ``bench/gpu_train.py``): the 8B recipe on the
+    support sample rows (~170 tokens) at micro-batch 4 trained at 4.5 % MFU unpacked and 19.5 %
+    with packing, against 31 % for full 2048-token rows."""
+    spec = recipe.train
+    hp = spec.hyperparameters
+    if not per_row or getattr(spec, "packing", False):
+        return None
+    median = statistics.median(per_row)
+    if median > SHORT_ROW_SHARE * hp.max_length:
+        return None
+    advice = "; set train.packing: true" if hasattr(spec, "packing") else ""
+    return (
+        f"rows are short (median {median:.0f} of max_length {hp.max_length} tokens): unpacked "
+        f"micro-batches of {hp.batch_size} leave a GPU far below MFU {mfu:.0%}. Measured on an "
+        "H100: ~170-token support rows at micro-batch 4 ran at 4.5 % MFU unpacked and 19.5 % "
+        f"packed (bench/README.md), so expect several times the GPU-hours above{advice}"
+    )
 
 
 def _row_conversations(method: str, row: dict[str, Any]) -> list[list[dict[str, str]]]:

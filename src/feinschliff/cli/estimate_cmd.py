@@ -32,8 +32,15 @@ def estimate(
         ),
     ] = False,
     mfu: Annotated[
-        float, typer.Option(help="Model FLOPs utilisation assumed for the cost.", min=0.01, max=1)
-    ] = 0.35,
+        float | None,
+        typer.Option(
+            help="Model FLOPs utilisation assumed for the cost (default: 0.31, measured on an "
+            "H100 for full-length batches).",
+            min=0.01,
+            max=1,
+            show_default=False,
+        ),
+    ] = None,
     reference: Annotated[
         bool,
         typer.Option(
@@ -49,6 +56,7 @@ def estimate(
     assumptions. Writes nothing."""
     from feinschliff import estimate as est
 
+    mfu = mfu or est.DEFAULT_MFU
     if reference:
         _print_reference(est)
         return
@@ -60,7 +68,8 @@ def estimate(
     try:
         result = est.estimate_recipe(cfg, on_gpu=not cpu)
         gpus = [est.find_gpu(gpu)] if gpu else est.load_gpus()
-        tokens, how = est.dataset_tokens(cfg, data) if data else (None, "")
+        per_row, how = est.row_tokens(cfg, data) if data else ([], "")
+        tokens = est.trained_tokens(cfg, per_row) if data else None
     except (est.EstimateError, ValueError) as exc:
         raise Failure(str(exc), code=2) from exc
 
@@ -112,6 +121,9 @@ def estimate(
             f"{_extra_forwards(cfg.train.method)}) / (bf16 peak x MFU "
             f"{mfu:.0%}); break-even = purchase price / hourly rent"
         )
+    note = est.short_rows_note(cfg, per_row, mfu) if data and not cpu else None
+    if note:
+        typer.echo(f"\nnote: {note}")
     if tokens is None and not cpu:
         typer.echo("  - pass --data INGEST_DIR for GPU-hours and EUR")
 
