@@ -160,13 +160,14 @@ class OutputInUse(RuntimeError):
     """An output folder that holds files no stage wrote: it is never deleted."""
 
 
-def prepare_out(root: Path, key: str) -> None:
-    """Make ``root`` ready for a stage run with inputs ``key``.
+def prepare_out(root: Path, key: str, stage: str | None = None) -> None:
+    """Make ``root`` ready for a run of ``stage`` with inputs ``key``.
 
     Leftovers of the *same* inputs are kept (a killed training resumes from its checkpoints);
     leftovers of other inputs are removed, so nothing from an older configuration leaks in.
     A non-empty folder without a stage's ``.inputs`` stamp (someone's data, an ingest output
-    given as ``--out``) is refused, not wiped.
+    given as ``--out``) is refused, not wiped, and so is a finished output of another stage
+    (``evaluate --out`` given the train output would have deleted the adapter it evaluates).
     """
     stamp = root / ".inputs"
     if root.exists() and not root.is_dir():
@@ -174,6 +175,12 @@ def prepare_out(root: Path, key: str) -> None:
     if root.exists() and not stamp.exists() and any(root.iterdir()):
         raise OutputInUse(
             f"{root} is not empty and no feinschliff stage wrote it (no .inputs stamp): "
+            "choose a new or empty output folder (nothing was deleted)"
+        )
+    other = _finished_stage(root)
+    if stage is not None and other is not None and other != stage:
+        raise OutputInUse(
+            f"{root} holds a finished {other} output; {stage} would replace it: "
             "choose a new or empty output folder (nothing was deleted)"
         )
     if root.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
@@ -184,6 +191,15 @@ def prepare_out(root: Path, key: str) -> None:
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n")
+
+
+def _finished_stage(root: Path) -> str | None:
+    """The stage named by ``root``'s ``.complete`` marker (None: no marker, or none readable)."""
+    try:
+        stage = json.loads((root / COMPLETE).read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stage if isinstance(stage, str) else None
 
 
 @functools.cache

@@ -56,8 +56,10 @@ class Decision(BaseModel):
 
 def metric_value(value: Any) -> float | None:
     """A report value as a number, or None when there is none (missing, not a number, a bool,
-    NaN): what the gate, the run summary and the comparison plot treat as "n/a"."""
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+    NaN, ±inf): what the gate, the run summary and the comparison plot treat as "n/a". An
+    infinite value is no measurement either: it passed `min` rules and crashed `int()` in the
+    contamination rule."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         return None
     return float(value)
 
@@ -201,7 +203,8 @@ def _check_no_regression(
             None,
             "production was evaluated but its value is missing (None/NaN); no fallback to base"
             if role == "production"
-            else f"no {rule.baseline} value to compare against",
+            else f"no {role} value to compare against"
+            + (" (no production evaluated yet)" if role != rule.baseline else ""),
         )
     refs = [(role, float(ref_entry["value"]))]
     note = ""

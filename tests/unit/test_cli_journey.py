@@ -222,10 +222,12 @@ def test_an_empty_registry_is_still_empty(tmp_path, monkeypatch):
 def test_register_of_a_registered_adapter_says_so_and_a_promote_records_the_gate(tmp_path):
     base = make_base(tmp_path / "base")
     out = tmp_path / "train-out"
-    make_train_output(out, str(base))
+    ref = make_train_output(out, str(base))
     report = tmp_path / "report.json"
     metric = {"value": 0.5, "stderr": 0.01, "samples": 100}
-    report.write_text(json.dumps({"metrics": {"candidate": {"de_wissen_mc/acc_norm": metric}}}))
+    models = {"candidate": {"adapter": ref.path, "adapter_sha256": ref.sha256}}
+    metrics = {"candidate": {"de_wissen_mc/acc_norm": metric}}
+    report.write_text(json.dumps({"models": models, "metrics": metrics}))
     reg = tmp_path / "reg"
     sets = [
         *("--set", f"base_model.name={base}"),

@@ -93,10 +93,22 @@ def _read_report(path: Path) -> dict:
     return report
 
 
+# Stages whose outputs a command takes as ``what``: train reads a mixed or generated dataset
+# as it reads an ingest output.
+_TAKES = {"ingest": ("ingest", "generate", "mix")}
+
+
 def _complete_dir(path: Path, what: str) -> str:
-    from feinschliff.artifacts import completed_hash
+    """The content hash of a finished ``what`` output; exit 2 when ``path`` is none, or the
+    output of another stage (an ingest output given as ``--adapter``)."""
+    import json
+
+    from feinschliff.artifacts import COMPLETE, completed_hash
 
     digest = completed_hash(path)
     if digest is None:
         raise Failure(f"{path} is not a complete {what} output (no valid .complete marker)", code=2)
+    stage = json.loads((path / COMPLETE).read_text()).get("stage")
+    if isinstance(stage, str) and stage not in _TAKES.get(what, (what,)):
+        raise Failure(f"{path} is a {stage} output, not a {what} output", code=2)
     return digest

@@ -46,6 +46,11 @@ def evaluate(
 
     cfg = _load(recipe, set_)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
+    # checked now, not after the base model's whole evaluation has run
+    if not (adapter / "adapter" / "adapter_config.json").is_file():
+        raise Failure(
+            f"--adapter {adapter}: no adapter/adapter_config.json (give a train output)", code=2
+        )
     dref = None
     if data is not None:
         dref = DatasetRef(path=str(data.resolve()), sha256=_complete_dir(data, "ingest"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from feinschliff.cli.app import (
     app,
 )
 from feinschliff.recipe_loader import RecipeError, dump_resolved, load_recipe, recipe_json_schema
+
+if TYPE_CHECKING:
+    from feinschliff.artifacts import AdapterRef
 
 
 @app.command()
@@ -102,7 +105,9 @@ def register(
     decision = None
     if report is not None:
         approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
-        decision = decide_promotion(_read_report(report), cfg.gate, approval)
+        evaluated = _read_report(report)
+        _check_report_is_about(evaluated, report, ref)
+        decision = decide_promotion(evaluated, cfg.gate, approval)
         lineage["gate"] = decision.model_dump()
         if promote_ and not decision.promote:
             waiting = (
@@ -140,6 +145,28 @@ def register(
     except (RegistryError, DeployError) as exc:
         raise Failure(str(exc)) from exc
     typer.echo(f"{cfg.use_case}/{version}")
+
+
+def _check_report_is_about(evaluated: dict, report: Path, adapter: AdapterRef) -> None:
+    """Refuse a report whose candidate is another adapter: its gate decision would be recorded
+    for (and with --promote put into production) an adapter it never evaluated. A report
+    without the hash (written before evaluate recorded it) is refused too, not trusted with a
+    warning: nothing else ties it to this adapter, and a warning is lost in automation."""
+    candidate = (evaluated.get("models") or {}).get("candidate") or {}
+    recorded = candidate.get("adapter_sha256") if isinstance(candidate, dict) else None
+    if recorded is None:
+        raise Failure(
+            f"--report {report}: it does not record which adapter it evaluated (written by an "
+            "older evaluate): re-run `evaluate` on this adapter",
+            code=2,
+        )
+    if recorded != adapter.sha256:
+        where = candidate.get("adapter") or "another adapter"
+        raise Failure(
+            f"--report {report} evaluated another adapter ({where}, sha256 {str(recorded)[:12]}), "
+            f"not {adapter.path} (sha256 {adapter.sha256[:12]}): give that adapter's report",
+            code=2,
+        )
 
 
 @app.command()

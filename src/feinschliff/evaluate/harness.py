@@ -149,7 +149,7 @@ def run_tasks(
             pretrained=model_path,
             peft=adapter,
             dtype=dtype,
-            device="cpu" if not _cuda() else "cuda",
+            device=device(),
             batch_size=batch_size,
         )
         try:
@@ -236,11 +236,19 @@ def flatten_results(
     flat: dict[str, dict[str, Any]] = {}
     directions = higher_is_better or {}
     for task, metrics in results.items():
+        # lm-eval fills n-samples for leaf tasks only; a group row counts its samples per metric
+        # (sample_count) and in all (sample_len), else its min_samples rules always failed
         n = (n_samples.get(task) or {}).get("effective")
+        counts = metrics.get("sample_count")
         task_directions = directions.get(task) or {}
         for key, value in metrics.items():
             if "," not in key or "_stderr" in key or not isinstance(value, int | float):
                 continue
+            samples = n
+            if samples is None and isinstance(counts, dict):
+                samples = counts.get(key)
+            if samples is None:
+                samples = metrics.get("sample_len")
             metric, filt = key.split(",", 1)
             name = f"{task}/{metric}" if filt == "none" else f"{task}/{metric}[{filt}]"
             stderr = metrics.get(f"{metric}_stderr,{filt}")
@@ -250,7 +258,7 @@ def flatten_results(
                 "stderr": float(stderr)
                 if isinstance(stderr, int | float) and not math.isnan(stderr)
                 else None,
-                "samples": n,
+                "samples": samples if isinstance(samples, int) else None,
                 "higher_is_better": direction if isinstance(direction, bool) else None,
             }
     return flat
@@ -260,3 +268,9 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def device() -> str:
+    """Where evaluation runs: lm-eval and our own inference (held-out metrics, judge answers)
+    use the same device."""
+    return "cuda" if _cuda() else "cpu"

@@ -6,6 +6,7 @@ with or without a PEFT adapter through transformers; small batches, left padding
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,10 @@ Messages = list[dict[str, str]]
 
 
 def load_model(model_path: str, dtype: str, adapter: str | None = None) -> tuple[Any, Any]:
+    """The model (on lm-eval's device: the GPU when there is one) and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from feinschliff.evaluate.harness import device
 
     tok = AutoTokenizer.from_pretrained(model_path)
     if tok.pad_token is None:
@@ -28,6 +32,7 @@ def load_model(model_path: str, dtype: str, adapter: str | None = None) -> tuple
 
         model = PeftModel.from_pretrained(model, adapter)
         use_adapter_template(tok, adapter)
+    model.to(device())
     model.eval()
     return model, tok
 
@@ -53,6 +58,7 @@ def generate_answers(
     for i in range(0, len(prompts), batch_size):
         texts = [_prompt_text(tok, p) for p in prompts[i : i + batch_size]]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(model.device)
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
@@ -69,16 +75,39 @@ def answer_logprob(model: Any, tok: Any, prompt: Messages, answer: str) -> float
     """Mean log-probability per token of ``answer`` after the chat-templated ``prompt``.
 
     Per token, not summed: a sum favours short answers, and a curt rejected answer ("Geht
-    nicht.") would beat every helpful chosen one whatever the model learned.
+    nicht.") would beat every helpful chosen one whatever the model learned. Only the answer's
+    own tokens count: the template's closing tokens (``<|im_end|>``, a newline) are nearly
+    certain and would pull short answers' means up.
     """
     full = tok.apply_chat_template(
         [*prompt, {"role": "assistant", "content": answer}], tokenize=False
     )
-    head = _prompt_text(tok, prompt)
-    ids = tok(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    n_head = len(tok(head, add_special_tokens=False)["input_ids"])
+    enc = tok(full, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
+    ids = enc["input_ids"].to(model.device)
+    start, end = _answer_span(full, _prompt_text(tok, prompt), answer)
+    # the answer's tokens: those overlapping its characters (never the first token, which has
+    # no prediction)
+    keep = [
+        i
+        for i, (s, e) in enumerate(enc["offset_mapping"][0].tolist())
+        if i > 0 and e > s and s < end and e > start
+    ]
+    if not keep:
+        raise ValueError(f"nothing of the answer {answer[:40]!r} is left to score")
     logits = model(input_ids=ids).logits[0, :-1].float()
     logp = torch.log_softmax(logits, dim=-1)
     targets = ids[0, 1:]
     picked = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
-    return float(picked[n_head - 1 :].mean())
+    return float(picked[[i - 1 for i in keep]].mean())
+
+
+def _answer_span(full: str, head: str, answer: str) -> tuple[int, int]:
+    """Where ``answer`` sits in the templated conversation ``full``: after the prompt's text
+    (``head``; the answer may repeat words of the prompt), stripped as templates often do. A
+    template that rewrites the answer (or an empty one): everything after the prompt."""
+    after = len(os.path.commonprefix([full, head]))
+    text = answer if answer in full[after:] else answer.strip()
+    start = full.find(text, after) if text else -1
+    if start < 0:
+        return after, len(full)
+    return start, start + len(text)

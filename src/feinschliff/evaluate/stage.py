@@ -22,6 +22,7 @@ from typing import Any
 from feinschliff.artifacts import (
     AdapterRef,
     DatasetRef,
+    OutputInUse,
     ReportRef,
     code_version,
     input_key,
@@ -54,17 +55,21 @@ def run_evaluate(
     production: AdapterRef | None = None,
     data: DatasetRef | None = None,
 ) -> ReportRef:
+    refuse_overlap(out, adapter=adapter, data=data)
     key = cache_key(recipe, adapter, production, data)
     if digest := reusable(out, key):
         log.info("evaluate: reusing finished report in %s", out)
         return ReportRef(path=str(out), sha256=digest)
-    prepare_out(out, key)
+    prepare_out(out, key, "evaluate")
     spec = recipe.evaluate
     model_path = resolve_model(recipe.base_model.name)
     roles: dict[str, str | None] = {"base": None}
+    hashes: dict[str, str | None] = {"base": None}
     if production is not None:
         roles["production"] = str(production.dir / "adapter")
+        hashes["production"] = production.sha256
     roles["candidate"] = str(adapter.dir / "adapter")
+    hashes["candidate"] = adapter.sha256
 
     metrics: dict[str, dict[str, Any]] = {}
     for role, adapter_dir in roles.items():
@@ -100,8 +105,14 @@ def run_evaluate(
         "use_case": recipe.use_case,
         "tasks": spec.tasks,
         "limit": spec.limit,
+        # the adapter's content hash (its train output's .complete hash): `register --report`
+        # checks it, so a report about another adapter cannot promote this one
         "models": {
-            role: {"base_model": recipe.base_model.name, "adapter": path}
+            role: {
+                "base_model": recipe.base_model.name,
+                "adapter": path,
+                "adapter_sha256": hashes[role],
+            }
             for role, path in roles.items()
         },
         "metrics": metrics,
@@ -118,6 +129,21 @@ def run_evaluate(
     )
     digest = mark_complete(out, stage="evaluate", key=key)
     return ReportRef(path=str(out), sha256=digest)
+
+
+def refuse_overlap(out: Path, *, adapter: AdapterRef, data: DatasetRef | None) -> None:
+    """Refuse an output folder that is, holds or lies inside the adapter or the data being
+    evaluated: writing the report there would change (or, replacing leftovers, delete) them."""
+    target = out.resolve()
+    for what, ref in (("adapter", adapter), ("data", data)):
+        if ref is None:
+            continue
+        src = ref.dir.resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise OutputInUse(
+                f"--out {out} overlaps the {what} folder {ref.dir}: "
+                "choose a separate output folder (nothing was written)"
+            )
 
 
 def cache_key(

@@ -63,7 +63,7 @@ def merge_datasets(
     digest = reusable(out, key)
     if digest is not None:
         return DatasetRef(path=str(out), sha256=digest)
-    prepare_out(out, key)
+    prepare_out(out, key, "mix")
     counts: dict[str, dict[str, int]] = {}
     for name in MIXED:
         fb = _read(feedback.dir / name)

@@ -92,7 +92,7 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     started = time.monotonic()
     teacher = _model_string(spec.teacher, "generate.teacher")
     judge = _model_string(_judge(spec), _judge_path(spec))
-    prepare_out(out, key)
+    prepare_out(out, key, "generate")
     try:
         seeds = read_seeds(spec.seeds)
     except SeedError as exc:

@@ -82,7 +82,7 @@ def run_train(
         log.info("train: reusing finished adapter in %s", out)
         return AdapterRef(path=str(out), sha256=digest)
     preflight(recipe)
-    prepare_out(out, key)
+    prepare_out(out, key, "train")
     model_path = resolve_model(recipe.base_model.name)
     spec = recipe.train
     try:
