@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,21 @@ def jsonl_lines(text: str) -> list[str]:
     at U+2028/U+2029/U+0085, which JSON writers with ``ensure_ascii=False`` (and orjson) leave
     raw inside strings, so a record holding one would be cut in two and lost."""
     return [line for line in text.split("\n") if line.strip()]
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created, with its folder) while the block runs; the
+    kernel drops it when the holder dies, so a killed process never leaves a stale lock."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def append_line(path: Path, line: str) -> None:

@@ -25,16 +25,14 @@ someone else has changed since (a failed run must not pin every later scheduled 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from feinschliff.artifacts import append_line, jsonl_lines
+from feinschliff.artifacts import append_line, file_lock, jsonl_lines
 
 T = TypeVar("T")
 State = Literal["new", "intent", "done"]
@@ -154,15 +152,8 @@ class Ledger:
         line = json.dumps({"at": time.time(), **entry}, default=str, ensure_ascii=False)
         append_line(self.path, line)
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.with_name(self.path.name + ".lock").open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self):
+        return file_lock(self.path.with_name(self.path.name + ".lock"))
 
 
 def resume_or_restart(

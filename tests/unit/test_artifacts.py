@@ -69,3 +69,34 @@ def test_an_output_path_that_is_a_file_is_refused_not_a_traceback(tmp_path):
     with pytest.raises(OutputInUse, match="is a file"):
         prepare_out(tmp_path / "out", "k")
     assert (tmp_path / "out").read_text() == "my notes"
+
+
+def test_file_lock_excludes_other_processes_until_the_holder_dies(tmp_path):
+    """One flock helper serves the registry, both ledgers and model fetches: a second process
+    waits while the lock is held and gets it once the holder is killed (no stale lock)."""
+    import subprocess
+    import sys
+    import time
+
+    from feinschliff.artifacts import file_lock
+
+    lock = tmp_path / "sub" / "x.lock"  # the folder is created
+    take = (
+        "import sys, time; from pathlib import Path; from feinschliff.artifacts import file_lock\n"
+        "with file_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", take, str(lock)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        probe = (
+            "import fcntl, sys\nf = open(sys.argv[1], 'a')\n"
+            "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n"
+            "    sys.exit(3)"
+        )
+        assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 3
+    finally:
+        holder.kill()
+        holder.wait()
+    start = time.monotonic()
+    with file_lock(lock):
+        assert time.monotonic() - start < 5

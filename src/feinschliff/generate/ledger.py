@@ -18,15 +18,12 @@ those processes under an ``flock``:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from feinschliff.artifacts import append_line, jsonl_lines
+from feinschliff.artifacts import append_line, file_lock, jsonl_lines
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -34,15 +31,8 @@ def request_key(body: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _locked(path: Path):
+    return file_lock(path.with_name(path.name + ".lock"))
 
 
 class RequestCache:
