@@ -225,6 +225,20 @@ def long_rows(tokenizer: Path, n: int, min_tokens: int, seed: int = 0) -> list[d
     return rows
 
 
+def as_preferences(rows: list[dict], seed: int = 1) -> list[dict]:
+    """Preference rows (dpo, orpo, kto) from long conversations: the answer as chosen, the
+    answer's words shuffled as rejected, both as long as the chosen one."""
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        user, answer = row["messages"]
+        words = answer["content"].split()
+        rng.shuffle(words)
+        rejected = {"role": "assistant", "content": " ".join(words)}
+        out.append({"prompt": [user], "chosen": [answer], "rejected": [rejected]})
+    return out
+
+
 def sample_rows(ingest: Path, repeat: int, dest: Path) -> Path:
     """The ingest output's SFT rows, ``repeat`` times over, as a training data folder."""
     dest.mkdir()
@@ -352,8 +366,9 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         db = b["batch"] - a["batch"]
         measured = (b["gpu"]["max_allocated_mb"] - a["gpu"]["max_allocated_mb"]) / 1024 / db
         predicted = (b["estimate"]["training_gib"] - a["estimate"]["training_gib"]) / db
+        unit = "sequence" if "train.method=dpo" not in a["sets"] else "pair (2 sequences)"
         print(
-            f"\nmemory per extra sequence of {a['estimate']['max_length']} tokens: measured "
+            f"\nmemory per extra {unit} of {a['estimate']['max_length']} tokens: measured "
             f"{measured:.3f} GiB, estimated {predicted:.3f} GiB (ratio {measured / predicted:.2f})"
         )
 
@@ -412,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from feinschliff.recipe_loader import load_recipe
 
-    base = load_recipe(args.recipe)
+    base = load_recipe(args.recipe, overrides=args.set)
     hp = base.train.hyperparameters
     max_length = args.max_length or hp.max_length
     work = Path(tempfile.mkdtemp(prefix="fs-gpu-bench-"))
@@ -438,7 +453,10 @@ def main(argv: list[str] | None = None) -> None:
         long_dir.mkdir()
         need = max(seqs_per_step, *args.batch) * args.steps + 8
         rows = long_rows(Path(model), need, max_length + 16)
-        (long_dir / "sft.jsonl").write_text(
+        name = "sft.jsonl"
+        if base.train.method != "sft":
+            rows, name = as_preferences(rows), "preference.jsonl"
+        (long_dir / name).write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
         )
         print(f"{len(rows)} rows of >= {max_length} tokens", flush=True)

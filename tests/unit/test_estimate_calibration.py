@@ -253,6 +253,17 @@ def test_gpu_estimate_matches_the_h100_measurement_within_5_percent():
         assert _estimate_like(run).training == pytest.approx(used, rel=0.05), label
 
 
+def test_dpo_gpu_estimate_matches_the_h100_measurement_within_5_percent():
+    """DPO (chosen + rejected in one batch, the reference pass through the disabled adapter) at
+    micro-batch 2 and 4 pairs of 2048-token sequences."""
+    runs = _h100("h100-support-de-8b-dpo.json")
+    for label in ("long-b2-ga4", "long-b4-ga4"):
+        run = runs[label]
+        assert "train.method=dpo" in run["sets"]
+        used = run["gpu"]["device_used_at_end_mb"] * 2**20
+        assert _estimate_like(run).training == pytest.approx(used, rel=0.05), label
+
+
 def test_gpu_memory_per_sequence_matches_the_h100_slope():
     """The activation model apart from the weights: allocated bytes per extra 2048-token
     sequence between micro-batch 4 and 16 (the saved tensors alone gave 1.04 of 1.33 GiB)."""
