@@ -16,6 +16,7 @@ from feinschliff.recipe import GateSpec
 from feinschliff.recipe_loader import load_recipe
 from tests.cli_helpers import run_cli
 from tests.unit.adapter_factory import make_base, make_train_output
+from tests.unit.tiny_llama import make_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "recipes" / "demo-de.yaml")
@@ -211,27 +212,7 @@ def test_evaluate_refuses_an_adapter_that_is_no_train_output_before_running(tmp_
 
 def _tiny_model(path: Path) -> Path:
     """A word-level tokenizer with a ChatML-like template and a one-layer Llama (kilobytes)."""
-    import torch
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tk = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, "[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>")
-    tok.chat_template = CHATML
-    tok.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(WORDS),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return make_tiny_llama(path, WORDS, chat_template=CHATML)
 
 
 PROMPT = [{"role": "user", "content": "Frage Frage"}]

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from feinschliff.train.trl_backend import set_pad_token
+from tests.unit.tiny_llama import make_tiny_llama
 
 
 def _tok(pad, eos="<|im_end|>", unk="<|endoftext|>"):
@@ -44,24 +45,7 @@ DEMO = ROOT / "recipes" / "demo-de.yaml"
 
 def _tiny_model(path: Path, *, eos: str | None = "<|im_end|>") -> Path:
     """A word-level tokenizer and a one-layer Llama (kilobytes; trains a step in a second)."""
-    from tokenizers import Tokenizer, pre_tokenizers
-    from tokenizers.models import WordLevel
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tk = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, "[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos)
-    tok.save_pretrained(path)
-    config = LlamaConfig(
-        vocab_size=len(WORDS),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+    return make_tiny_llama(path, WORDS, eos=eos)
 
 
 def _sft_rows(path: Path, n: int = 8, words: int = 30) -> Path:

@@ -1,0 +1,39 @@
+"""A word-level tokenizer and a one-layer Llama on disk (kilobytes; a training step or a
+forward pass takes well under a second), for unit tests of code that loads real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_tiny_llama(
+    path: Path,
+    words: list[str],
+    *,
+    eos: str | None = "<|im_end|>",
+    chat_template: str | None = None,
+) -> Path:
+    """Save the tokenizer (``words`` are its vocabulary, split at whitespace) and a randomly
+    initialised one-layer Llama (seeded) into ``path``."""
+    import torch
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tk = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, "[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos)
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
