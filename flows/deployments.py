@@ -28,8 +28,10 @@ class PrefectSetupError(Exception):
         self.code = code
 
 
-# One run per use case at a time (they share a work directory and a registry alias): a
-# scheduled run that outlasts its interval, or a UI run during it, waits in the queue.
+# One training per use case at a time (train-stage runs share checkpoints): a second waits in
+# the queue. Not for `retrain`: the server frees a deployment slot when a run pauses for
+# approval and the paused run then crashes; retrain queues on a global concurrency limit
+# of its own instead (flows/retrain.py: _one_run_per_use_case).
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
@@ -55,28 +57,24 @@ def sync_deployments(
             trainer: Flow = Flow.from_source(
                 source=str(root), entrypoint="flows/train_stage.py:train_stage"
             )
-            trainer.deploy(
+            # to_deployment + apply, not deploy(): deploy() prints a table to stdout, where
+            # the command promises one deployment name per line
+            trainer.to_deployment(
                 name=recipe.use_case,
                 work_pool_name=train_pool,
-                build=False,
-                push=False,
                 description=f"Training stage of {recipe.use_case} (GPU pool)",
                 tags=["feinschliff", recipe.use_case, "train"],
                 concurrency_limit=ONE_AT_A_TIME,
-                print_next_steps=False,
-                ignore_warnings=True,  # "use .serve for local dev": we deploy on purpose
-            )
+            ).apply()
             train_deployment = f"train-stage/{recipe.use_case}"
             names.append(train_deployment)
         flow: Flow = Flow.from_source(source=str(root), entrypoint="flows/retrain.py:retrain")
         schedules = []
         if recipe.schedule is not None:
             schedules.append(Cron(recipe.schedule.cron, timezone=recipe.schedule.timezone))
-        flow.deploy(
+        flow.to_deployment(
             name=recipe.use_case,
             work_pool_name=work_pool,
-            build=False,
-            push=False,
             schedules=schedules,
             paused=_paused_state(f"retrain/{recipe.use_case}") if paused is None else paused,
             parameters={
@@ -86,10 +84,8 @@ def sync_deployments(
             },
             description=recipe.description or f"Retrain {recipe.use_case}",
             tags=["feinschliff", recipe.use_case, recipe.train.method],
-            concurrency_limit=ONE_AT_A_TIME,
-            print_next_steps=False,
-            ignore_warnings=True,
-        )
+            # no deployment concurrency limit: see ONE_AT_A_TIME
+        ).apply()
         names.insert(len(names) - (1 if train_pool else 0), f"retrain/{recipe.use_case}")
     return names
 

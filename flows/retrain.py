@@ -8,12 +8,19 @@ Secrets never travel as parameters: the UI shows parameters in plain text.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.exceptions import FlowPauseTimeout
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
+from prefect.exceptions import FlowPauseTimeout, ObjectAlreadyExists, ObjectNotFound
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
+from prefect.states import Running
 
 from feinschliff import notify
 from feinschliff.artifacts import input_key, rows_sha256
@@ -47,6 +54,10 @@ from flows.tasks import (
 )
 
 PASSED_NOT_REGISTERED = "PASSED the gate (not registered: register=false)"
+# An evaluate-only run registers nothing: a human is not asked to approve it.
+NOT_ASKED = Approval(
+    approved=True, by="nobody", comment="not asked: evaluate only (register=false)"
+)
 
 
 class ApprovalInput(RunInput):
@@ -66,7 +77,41 @@ def _notify_failure(flow, flow_run, state) -> None:
     notify.send("failed", name, {"error": str(state.message)[:500]})
 
 
-@flow(name="retrain", on_failure=[_notify_failure])
+def limit_name(use_case: str) -> str:
+    """The global concurrency limit (1 slot) that deployed runs of ``use_case`` queue on."""
+    return f"retrain-{use_case}"
+
+
+@contextmanager
+def _one_run_per_use_case(use_case: str) -> Iterator[None]:
+    """Deployed runs of a use case run one at a time: a second one waits here (Running, its
+    work not started) until the first ends. A global concurrency limit, not the deployment's
+    own limit: the server frees a deployment slot (and revokes its lease, crashing the run
+    minutes later) when a run pauses for approval; this slot is held through the pause.
+    Direct calls (`feinschliff run`) keep to ``run_lock`` alone: no queue, no lease that
+    outlives a killed run."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None or ctx.flow_run.deployment_id is None:
+        yield
+        return
+    name = limit_name(use_case)
+    with get_client(sync_client=True) as client:  # created on first use: no sync step needed
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with suppress(ObjectAlreadyExists):  # a concurrent first run created it
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+    get_run_logger().info(
+        "taking concurrency limit %r: waits while another run of %s holds it", name, use_case
+    )
+    # a failed renewal must not kill an hours-long training; run_lock still guards the workdir
+    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+        yield
+
+
+@flow(name="retrain", on_failure=[_notify_failure], on_crashed=[_notify_failure])
 def retrain(
     recipe_path: str,
     overrides: list[str] | None = None,
@@ -76,18 +121,25 @@ def retrain(
 ) -> dict:
     """Retrain one use case's adapter from its recipe and promote it if the gate passes.
 
+    Deployed runs of a use case run one at a time (a later one waits, see
+    `_one_run_per_use_case`); a failed or crashed run (e.g. SIGTERM on pod eviction) notifies.
+
     Args:
         recipe_path: recipe YAML, absolute or relative to the worker's working directory.
         overrides: `dotted.path=value` recipe overrides, validated like the file.
         workdir: where stage outputs go (default `$FEINSCHLIFF_HOME/runs/<use_case>`).
-        register: register and promote when the gate passes (off: evaluate only).
+        register: register and promote when the gate passes (off: evaluate only, and a
+            `require_approval` rule passes without asking anyone: nothing would be registered).
         train_deployment: run training through this deployment (e.g. on a GPU work pool)
             instead of in this flow run; set by `feinschliff deployments sync --train-pool`.
     """
     recipe = load_recipe(recipe_path, overrides or [])
     check_training_fits(recipe)  # a training that cannot fit train.gpu: refused before any stage
     work = Path(workdir) if workdir else default_workdir(recipe)
-    with run_lock(work):  # one run per workdir: a second one would wipe this one's outputs
+    with (
+        _one_run_per_use_case(recipe.use_case),  # deployed runs queue here
+        run_lock(work),  # one run per workdir: a second one would wipe this one's outputs
+    ):
         return _retrain(recipe, recipe_path, overrides or [], work, register, train_deployment)
 
 
@@ -163,7 +215,9 @@ def _retrain(
     decision = gate_task(recipe, report)
     fault_point("after-gate")
 
-    if decision.needs_approval:
+    if decision.needs_approval and not register:
+        decision = gate_task(recipe, report, NOT_ASKED)
+    elif decision.needs_approval:
         # asked once per run and report: a rerun after a crash reuses the recorded answer
         answer = ledger.perform(
             effect_key(run, "approval", recipe.use_case, report.sha256),
@@ -226,7 +280,8 @@ def _retrain(
 
 def _ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
     """Notify, pause for the reviewer's form in the Prefect UI, record the answer in the
-    registry's audit log; no answer within the rule's timeout counts as a rejection."""
+    registry's audit log; no answer within the rule's timeout counts as a rejection (the run
+    is set Running again, so it ends Completed, not Failed as a never-resumed pause)."""
     rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
     notify.send(
         "approval_needed", recipe.use_case, {"rules": [r.model_dump() for r in decision.results]}
@@ -239,6 +294,9 @@ def _ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
             approved=answer.approve, by=answer.reviewer or "prefect-ui", comment=answer.comment
         )
     except FlowPauseTimeout:
+        # the server still has the run Paused: without this Prefect fails it at the end
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(FlowRunContext.get().flow_run.id, Running(), force=True)
         approval = Approval(
             approved=False, by="timeout", comment=f"no answer in {rule.timeout_s} s"
         )

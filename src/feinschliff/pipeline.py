@@ -49,7 +49,7 @@ class RunInProgress(RuntimeError):
 def run_lock(workdir: Path, name: str = ".run.lock") -> Iterator[None]:
     """Hold ``workdir`` for one run: runs of a use case share its stage directories, ledger
     and checkpoints, and a second run would wipe outputs the first is using. A second run fails
-    at once naming the holder (deployments queue their runs instead: concurrency limit 1). The
+    at once naming the holder (deployed retrain runs queue on a concurrency limit first). The
     lock is an ``flock``: it dies with its process, so a rerun after a kill is not blocked."""
     workdir.mkdir(parents=True, exist_ok=True)
     with (workdir / name).open("a+", encoding="utf-8") as f:

@@ -120,9 +120,12 @@ def test_deployment_sync_trigger_and_complete(prefect_server):
     trainer = httpx.get(f"{api}/deployments/name/train-stage/support-de-demo").json()
     assert trainer["work_pool_name"] == "gpu"
     assert "recipe_path" in dep["parameter_openapi_schema"]["properties"]  # the UI form
-    for d in (dep, trainer):  # one run per use case at a time; another waits in the queue
-        assert d["global_concurrency_limit"]["limit"] == 1
-        assert d["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    # training: one run per use case at a time, another waits in the queue; retrain has no
+    # deployment limit (a pause for approval frees its slot): its runs queue on a global
+    # concurrency limit inside the flow
+    assert trainer["global_concurrency_limit"]["limit"] == 1
+    assert trainer["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    assert dep.get("global_concurrency_limit") is None
 
     overrides = [
         "train.hyperparameters.max_steps=3",
