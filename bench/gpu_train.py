@@ -45,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "support-de-8b.yaml"
 LLAMA_8B = ROOT / "bench" / "configs" / "llama-3.1-8b.json"
+# Everything the runs write (model folder, rows, outputs, FEINSCHLIFF_HOME); removed at the end.
+WORK = Path(tempfile.mkdtemp(prefix="fs-gpu-bench-"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 # Dense bf16 peaks (TFLOP/s) of cards whose name torch reports; others come from --peak-tflops
 # or configs/hardware.yaml. H100 SXM and H200 share the H100 SXM tensor cores.
@@ -133,13 +135,10 @@ def run_child(args: argparse.Namespace) -> None:
 
     trl_backend._Progress = StepTimer  # bench: per-step timestamps; training unchanged
     if args.random_weights:
-        real_load = trl_backend.load_model
 
         def random_model(recipe, model_path):
             from transformers import AutoConfig, AutoModelForCausalLM
 
-            if recipe.train.qlora:  # 4-bit weights come from a checkpoint
-                return real_load(recipe, model_path)
             config = AutoConfig.from_pretrained(model_path)
             device = "cuda" if torch.cuda.is_available() else "cpu"
             with torch.device(device):
@@ -308,7 +307,7 @@ def _env() -> dict[str, str]:
     env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env.setdefault("FEINSCHLIFF_HOME", tempfile.mkdtemp(prefix="fs-bench-home-"))
+    env.setdefault("FEINSCHLIFF_HOME", str(WORK / "home"))  # the replay snapshots, etc.
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p
     )
@@ -361,8 +360,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             line += f", steady {b / a:.2f}"
         print(line)
     sweep = [r for r in results if r.get("sweep") and "gpu" in r]
-    if len(sweep) == 2:
-        (a, b) = sorted(sweep, key=lambda r: r["batch"])
+    if len(sweep) >= 2:  # the smallest and the largest micro-batch
+        a, *_, b = sorted(sweep, key=lambda r: r["batch"])
         db = b["batch"] - a["batch"]
         measured = (b["gpu"]["max_allocated_mb"] - a["gpu"]["max_allocated_mb"]) / 1024 / db
         predicted = (b["estimate"]["training_gib"] - a["estimate"]["training_gib"]) / db
@@ -430,7 +429,11 @@ def main(argv: list[str] | None = None) -> None:
     base = load_recipe(args.recipe, overrides=args.set)
     hp = base.train.hyperparameters
     max_length = args.max_length or hp.max_length
-    work = Path(tempfile.mkdtemp(prefix="fs-gpu-bench-"))
+    if args.random_weights and base.train.qlora:
+        p.error(
+            "--random-weights builds 16-bit weights: QLoRA loads its 4-bit ones from a checkpoint"
+        )
+    work = WORK
     model = str(
         build_model_dir(
             Path(args.random_weights) if args.random_weights else None,
@@ -496,4 +499,7 @@ def _save(results: list[dict], args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)

@@ -294,9 +294,12 @@ def _ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
             approved=answer.approve, by=answer.reviewer or "prefect-ui", comment=answer.comment
         )
     except FlowPauseTimeout:
-        # the server still has the run Paused: without this Prefect fails it at the end
+        # the server still has the run Paused: without this Prefect fails it at the end. Only
+        # a paused run: a cancellation that arrived meanwhile must not be overwritten.
+        run_id = FlowRunContext.get().flow_run.id
         with get_client(sync_client=True) as client:
-            client.set_flow_run_state(FlowRunContext.get().flow_run.id, Running(), force=True)
+            if client.read_flow_run(run_id).state.is_paused():
+                client.set_flow_run_state(run_id, Running(), force=True)
         approval = Approval(
             approved=False, by="timeout", comment=f"no answer in {rule.timeout_s} s"
         )

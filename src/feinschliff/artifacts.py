@@ -184,14 +184,34 @@ def prepare_out(root: Path, key: str, stage: str | None = None) -> None:
             f"{root} holds a finished {other} output; {stage} would replace it: "
             "choose a new or empty output folder (nothing was deleted)"
         )
-    if root.exists() and (not stamp.exists() or stamp.read_text().strip() != key):
+    recorded_key, recorded_stage = _read_stamp(stamp)
+    if stage is not None and recorded_stage is not None and recorded_stage != stage:
+        # a killed training has no .complete yet, but its checkpoints are what its rerun
+        # resumes from
+        raise OutputInUse(
+            f"{root} holds an unfinished {recorded_stage} run; {stage} would delete it: "
+            "choose a new or empty output folder (nothing was deleted)"
+        )
+    if root.exists() and recorded_key != key:
         # Loud, because this is where a killed training's checkpoints go when the recipe, the
         # data or the code (a hotfix between crash and rerun) changed in the meantime.
         if any(root.iterdir()):
             log.warning("%s: discarding leftovers of a run with other inputs or code", root)
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key + "\n")
+    stamp.write_text(key + "\n" + (f"{stage}\n" if stage else ""))
+
+
+def _read_stamp(stamp: Path) -> tuple[str | None, str | None]:
+    """(inputs key, stage) of a ``.inputs`` stamp: the key on its first line, the stage that
+    wrote it on the second (stamps of older versions have none)."""
+    try:
+        lines = stamp.read_text().splitlines()
+    except OSError:
+        return None, None
+    key = lines[0].strip() if lines else None
+    stage = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
+    return key, stage
 
 
 def _finished_stage(root: Path) -> str | None:

@@ -714,9 +714,11 @@ def short_rows_note(recipe, per_row: list[int], mfu: float) -> str | None:
     with packing, against 31 % for full 2048-token rows."""
     spec = recipe.train
     hp = spec.hyperparameters
-    if not per_row or getattr(spec, "packing", False):
+    # padding-free batches are flattened like packed ones: no padding, one long row
+    if not per_row or getattr(spec, "packing", False) or getattr(spec, "padding_free", False):
         return None
-    median = statistics.median(per_row)
+    # a preference row holds two conversations (chosen and rejected), each a sequence
+    median = statistics.median(per_row) / (2 if spec.method in ("dpo", "orpo") else 1)
     if median > SHORT_ROW_SHARE * hp.max_length:
         return None
     advice = "; set train.packing: true" if hasattr(spec, "packing") else ""

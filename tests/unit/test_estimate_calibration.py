@@ -298,9 +298,12 @@ def test_short_unpacked_rows_get_a_note_and_packed_or_long_rows_none():
     packed = load_recipe(EIGHT_B, ["train.packing=true"])
     assert est.short_rows_note(packed, short, est.DEFAULT_MFU) is None
     assert est.short_rows_note(recipe, [1800] * 40, est.DEFAULT_MFU) is None
+    assert (
+        est.short_rows_note(load_recipe(EIGHT_B, ["train.padding_free=true"]), short, 0.31) is None
+    )
     dpo = load_recipe(EIGHT_B, ["train.method=dpo"])
-    note = est.short_rows_note(dpo, short, est.DEFAULT_MFU)
-    assert note is not None and "packing" not in note  # DPO has no packing switch
+    note = est.short_rows_note(dpo, short, est.DEFAULT_MFU)  # two 85-token sequences a row
+    assert note is not None and "median 85 of" in note and "packing" not in note  # no switch
     # the measured H100 runs behind the note: unpacked far below packed
     runs = _h100("h100-support-de-8b-packing.json")
     plain = runs["sample-rows"]["summary"]["steady_tokens_per_second"]

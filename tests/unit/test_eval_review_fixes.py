@@ -295,3 +295,41 @@ def test_no_regression_names_the_base_it_fell_back_to():
     (r,) = decide_promotion(report, g).results
     assert not r.passed and "no base value to compare against" in r.detail
     assert "production" not in r.detail.split("(")[0]
+
+
+def test_prepare_out_refuses_another_stages_unfinished_run_and_keeps_its_checkpoints(tmp_path):
+    """A killed training has its .inputs stamp but no .complete: evaluate/generate/mix --out
+    pointed at it deleted the checkpoints its rerun resumes from."""
+    out = tmp_path / "train-out"
+    prepare_out(out, "train-key", "train")
+    (out / "checkpoints" / "checkpoint-200").mkdir(parents=True)
+    with pytest.raises(OutputInUse, match="unfinished train run"):
+        prepare_out(out, "evaluate-key", "evaluate")
+    assert (out / "checkpoints" / "checkpoint-200").is_dir()
+    prepare_out(out, "train-key-2", "train")  # its own stage with new inputs still replaces it
+    assert not (out / "checkpoints").exists()
+
+
+def test_answer_logprob_finds_the_answer_where_the_template_puts_it(tmp_path):
+    """A template that renders earlier turns differently once an assistant turn follows (here
+    its first word) shares no prefix with the prompt's rendering: the answer's text searched
+    from there was found in the user's turn, which repeats it."""
+    import torch
+
+    from feinschliff.evaluate.inference import answer_logprob, load_model
+
+    template = "{% if messages[-1].role == 'assistant' %}Antwort {% else %}Frage {% endif %}"
+    path = make_tiny_llama(tmp_path / "m", WORDS, chat_template=template + CHATML)
+    model, tok = load_model(str(path), "float32")
+    prompt = [{"role": "user", "content": "ja"}]
+    full = tok.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": "ja"}], tokenize=False
+    )
+    words = full.split()
+    assert words[0] == "Antwort" and words.count("ja") == 2
+    at = len(words) - 2  # the answer: the last "ja", before <|im_end|>
+    ids = tok(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    want = float(logp[at - 1, ids[0, at]])
+    assert math.isclose(answer_logprob(model, tok, prompt, "ja"), want, rel_tol=1e-5)

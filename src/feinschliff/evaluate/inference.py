@@ -82,18 +82,29 @@ def answer_logprob(model: Any, tok: Any, prompt: Messages, answer: str) -> float
     full = tok.apply_chat_template(
         [*prompt, {"role": "assistant", "content": answer}], tokenize=False
     )
-    enc = tok(full, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"].to(model.device)
-    start, end = _answer_span(full, _prompt_text(tok, prompt), answer)
-    # the answer's tokens: those overlapping its characters (never the first token, which has
-    # no prediction)
-    keep = [
-        i
-        for i, (s, e) in enumerate(enc["offset_mapping"][0].tolist())
-        if i > 0 and e > s and s < end and e > start
-    ]
+    head = _prompt_text(tok, prompt)
+    try:
+        enc = tok(full, return_tensors="pt", add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):  # no offsets (a slow tokenizer)
+        enc = None
+    if enc is None:
+        # everything after the prompt's tokens, the template's closing tokens included
+        ids = tok(full, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        keep = list(range(len(tok(head, add_special_tokens=False)["input_ids"]), ids.shape[1]))
+    else:
+        ids = enc["input_ids"]
+        start, end = _answer_span(tok, prompt, full, head, answer)
+        # the answer's tokens: those overlapping its characters (never the first token, which
+        # has no prediction)
+        keep = [
+            i
+            for i, (s, e) in enumerate(enc["offset_mapping"][0].tolist())
+            if i > 0 and e > s and s < end and e > start
+        ]
+    keep = [i for i in keep if i > 0]
     if not keep:
         raise ValueError(f"nothing of the answer {answer[:40]!r} is left to score")
+    ids = ids.to(model.device)
     logits = model(input_ids=ids).logits[0, :-1].float()
     logp = torch.log_softmax(logits, dim=-1)
     targets = ids[0, 1:]
@@ -101,13 +112,29 @@ def answer_logprob(model: Any, tok: Any, prompt: Messages, answer: str) -> float
     return float(picked[[i - 1 for i in keep]].mean())
 
 
-def _answer_span(full: str, head: str, answer: str) -> tuple[int, int]:
-    """Where ``answer`` sits in the templated conversation ``full``: after the prompt's text
-    (``head``; the answer may repeat words of the prompt), stripped as templates often do. A
-    template that rewrites the answer (or an empty one): everything after the prompt."""
-    after = len(os.path.commonprefix([full, head]))
-    text = answer if answer in full[after:] else answer.strip()
-    start = full.find(text, after) if text else -1
+# Stands in for the answer when the template is rendered to find where the answer goes;
+# invisible separators around a name no real answer contains.
+_PLACEHOLDER = "\u2063feinschliff-answer\u2063"
+
+
+def _answer_span(tok: Any, prompt: Messages, full: str, head: str, answer: str) -> tuple[int, int]:
+    """Where ``answer`` sits in the templated conversation ``full``: what the template renders
+    around a placeholder answer is what surrounds the real one (also when it trims the answer
+    or renders earlier turns differently once an assistant turn follows). Failing that (a
+    template that rewrites the answer), the answer's text searched after the prompt's, else
+    everything after the prompt."""
+    marked = tok.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": _PLACEHOLDER}], tokenize=False
+    )
+    at = marked.find(_PLACEHOLDER)
+    if at >= 0:
+        before, after = marked[:at], marked[at + len(_PLACEHOLDER) :]
+        end = len(full) - len(after)
+        if full.startswith(before) and full.endswith(after) and end > len(before):
+            return len(before), end
+    after_prompt = len(os.path.commonprefix([full, head]))
+    text = answer if answer in full[after_prompt:] else answer.strip()
+    start = full.find(text, after_prompt) if text else -1
     if start < 0:
-        return after, len(full)
+        return after_prompt, len(full)
     return start, start + len(text)
