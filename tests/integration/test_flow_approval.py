@@ -64,7 +64,7 @@ def paused_deployed_run_keeps_its_slot(tmp_path: Path, survive_s: float) -> None
     from prefect.exceptions import ObjectAlreadyExists
     from prefect.flow_runs import resume_flow_run
     from prefect.settings import get_current_settings
-    from prefect.states import Pending
+    from prefect.states import Cancelled, Pending
 
     from flows.deployments import sync_deployments
 
@@ -78,13 +78,14 @@ def paused_deployed_run_keeps_its_slot(tmp_path: Path, survive_s: float) -> None
         PREFECT_HOME=str(settings.home),
         PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(settings.results.local_storage_path),
     )
-    procs = []
+    procs, run_ids = [], []
 
     def start(tag: str):
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("retrain/support-de-demo")
             run = client.create_flow_run_from_deployment(dep.id)
             client.set_flow_run_state(run.id, Pending())  # what a worker does before starting
+        run_ids.append(run.id)
         with (tmp_path / f"{tag}.log").open("w") as log:
             procs.append(
                 subprocess.Popen(
@@ -133,6 +134,12 @@ def paused_deployed_run_keeps_its_slot(tmp_path: Path, survive_s: float) -> None
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
+        # killed runs keep their last state on the shared server (a run that reached its own
+        # pause would stay Paused, and another test's reviewer would answer it): end them
+        with get_client(sync_client=True) as client:
+            for run_id in run_ids:
+                if not client.read_flow_run(run_id).state.is_final():
+                    client.set_flow_run_state(run_id, Cancelled(), force=True)
 
 
 def test_an_evaluate_only_run_does_not_ask_for_approval(

@@ -102,24 +102,18 @@ def test_approval_timeout_rejects_and_is_audited(prefect_harness, demo_model, ho
 
 def test_approval_from_the_ui_promotes(prefect_harness, demo_model, home, workdir):
     """A reviewer answers the paused run's form (the same API call the UI makes)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateType
     from prefect.flow_runs import resume_flow_run
 
     from flows.retrain import retrain
 
+    earlier = _paused_run_ids()  # paused runs another test left on the shared server
+
     def approve():
         deadline = time.time() + 600
         while time.time() < deadline:
-            with get_client(sync_client=True) as client:
-                paused = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        state={"type": FlowRunFilterStateType(any_=["PAUSED"])}
-                    )
-                )
-            if paused:
+            if paused := _paused_run_ids() - earlier:
                 resume_flow_run(
-                    paused[0].id,
+                    paused.pop(),
                     run_input={"approve": True, "reviewer": "anna", "comment": "sieht gut aus"},
                 )
                 return
@@ -135,21 +129,25 @@ def test_approval_from_the_ui_promotes(prefect_harness, demo_model, home, workdi
     assert approval["approved"] is True and approval["reviewer"] == "anna"
 
 
-def _approve_when_paused(stop: threading.Event) -> None:
-    """The reviewer: approve the first paused run (the same API call the UI makes)."""
+def _paused_run_ids() -> set:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateType
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state={"type": FlowRunFilterStateType(any_=["PAUSED"])})
+        )
+    return {r.id for r in runs}
+
+
+def _approve_when_paused(stop: threading.Event, earlier: frozenset = frozenset()) -> None:
+    """The reviewer: approve the first run that pauses, not one of ``earlier`` (runs another
+    test left paused on the shared server), with the same API call the UI makes."""
     from prefect.flow_runs import resume_flow_run
 
     while not stop.is_set():
-        with get_client(sync_client=True) as client:
-            paused = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state={"type": FlowRunFilterStateType(any_=["PAUSED"])}
-                )
-            )
-        if paused:
-            resume_flow_run(paused[0].id, run_input={"approve": True, "reviewer": "anna"})
+        if paused := _paused_run_ids() - earlier:
+            resume_flow_run(paused.pop(), run_input={"approve": True, "reviewer": "anna"})
             return
         time.sleep(1)
 
@@ -178,7 +176,8 @@ def test_a_rerun_after_its_own_promotion_decides_as_the_first_attempt_did(
     monkeypatch.setenv("FEINSCHLIFF_FAULT_AT", "after-register:raise-once")
     monkeypatch.setattr(faults, "_raised", set())
     stop = threading.Event()
-    reviewer = threading.Thread(target=_approve_when_paused, args=(stop,), daemon=True)
+    earlier = frozenset(_paused_run_ids())
+    reviewer = threading.Thread(target=_approve_when_paused, args=(stop, earlier), daemon=True)
     reviewer.start()
     with pytest.raises(faults.InjectedFault):
         retrain(**args)
