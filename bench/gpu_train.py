@@ -247,24 +247,16 @@ def sample_rows(ingest: Path, repeat: int, dest: Path) -> Path:
 
 
 def estimate_for(recipe_path: Path, model: str, sets: list[str], batch: int) -> dict:
-    from feinschliff.estimate import GIB, estimate_recipe, flops_per_token, model_shape
+    from feinschliff.estimate import GIB, estimate_recipe, recipe_flops_per_token
     from feinschliff.recipe_loader import load_recipe
 
     recipe = load_recipe(recipe_path, overrides=[f"base_model.name={model}", *sets])
     est = estimate_recipe(recipe, batch_size=batch)
-    spec = recipe.train
-    fpt = flops_per_token(
-        model_shape(recipe.base_model.name).n_params,
-        full=False,
-        checkpointing=spec.hyperparameters.gradient_checkpointing,
-        reference=spec.method in ("dpo", "kto"),
-        kl=spec.method == "kto",
-    )
     return {
         "training_gib": round(est.training / GIB, 2),
         "rows_gib": {k: round(v / GIB, 3) for k, v in est.rows.items()},
-        "flops_per_token": fpt,
-        "max_length": spec.hyperparameters.max_length,
+        "flops_per_token": recipe_flops_per_token(recipe),
+        "max_length": recipe.train.hyperparameters.max_length,
     }
 
 

@@ -178,7 +178,7 @@ def prepare_out(root: Path, key: str, stage: str | None = None) -> None:
             f"{root} is not empty and no feinschliff stage wrote it (no .inputs stamp): "
             "choose a new or empty output folder (nothing was deleted)"
         )
-    other = _finished_stage(root)
+    other = finished_stage(root)
     if stage is not None and other is not None and other != stage:
         raise OutputInUse(
             f"{root} holds a finished {other} output; {stage} would replace it: "
@@ -214,7 +214,7 @@ def _read_stamp(stamp: Path) -> tuple[str | None, str | None]:
     return key, stage
 
 
-def _finished_stage(root: Path) -> str | None:
+def finished_stage(root: Path) -> str | None:
     """The stage named by ``root``'s ``.complete`` marker (None: no marker, or none readable)."""
     try:
         stage = json.loads((root / COMPLETE).read_text()).get("stage")

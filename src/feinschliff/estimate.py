@@ -545,18 +545,22 @@ def largest_fitting_batch(recipe, gpu: GPU, limit: int = 256) -> int:
     return best
 
 
-def training_cost(recipe, gpu: GPU, tokens: int, mfu: float = DEFAULT_MFU) -> dict[str, float]:
-    """GPU-hours and EUR to train ``tokens`` tokens (all epochs) on one ``gpu``."""
+def recipe_flops_per_token(recipe) -> float:
+    """Model FLOPs per trained token of ``recipe``'s LoRA training (``flops_per_token``)."""
     spec = recipe.train
-    n = model_shape(recipe.base_model.name).n_params
-    fpt = flops_per_token(
-        n,
+    return flops_per_token(
+        model_shape(recipe.base_model.name).n_params,
         full=False,
         checkpointing=spec.hyperparameters.gradient_checkpointing,
         reference=spec.method in ("dpo", "kto"),
         # TRL 1.16's default loss_type "kto" (feinschliff sets no other) computes the KL term
         kl=spec.method == "kto",
     )
+
+
+def training_cost(recipe, gpu: GPU, tokens: int, mfu: float = DEFAULT_MFU) -> dict[str, float]:
+    """GPU-hours and EUR to train ``tokens`` tokens (all epochs) on one ``gpu``."""
+    fpt = recipe_flops_per_token(recipe)
     hours = tokens * fpt / (gpu.bf16_tflops * 1e12 * mfu) / 3600
     return {
         "flops_per_token": fpt,

@@ -15,16 +15,9 @@ from pathlib import Path
 import pytest
 
 from feinschliff.registry import audit_log
+from tests.integration.test_flow_orchestration import DEMO, FAST
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = str(ROOT / "recipes" / "demo-de.yaml")
-FAST = [
-    "train.hyperparameters.max_steps=2",
-    "train.hyperparameters.save_steps=1",
-    "train.hyperparameters.max_length=128",
-    "evaluate.limit=6",
-    "evaluate.heldout=false",
-]
 PASSING = ["gate.rules.0.tolerance=1.0", "gate.rules.1.threshold=6"]
 
 pytestmark = pytest.mark.integration

@@ -101,14 +101,12 @@ _TAKES = {"ingest": ("ingest", "generate", "mix")}
 def _complete_dir(path: Path, what: str) -> str:
     """The content hash of a finished ``what`` output; exit 2 when ``path`` is none, or the
     output of another stage (an ingest output given as ``--adapter``)."""
-    import json
-
-    from feinschliff.artifacts import COMPLETE, completed_hash
+    from feinschliff.artifacts import completed_hash, finished_stage
 
     digest = completed_hash(path)
     if digest is None:
         raise Failure(f"{path} is not a complete {what} output (no valid .complete marker)", code=2)
-    stage = json.loads((path / COMPLETE).read_text()).get("stage")
-    if isinstance(stage, str) and stage not in _TAKES.get(what, (what,)):
+    stage = finished_stage(path)
+    if stage is not None and stage not in _TAKES.get(what, (what,)):
         raise Failure(f"{path} is a {stage} output, not a {what} output", code=2)
     return digest
