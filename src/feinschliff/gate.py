@@ -5,13 +5,13 @@ missing from the report fails its rule, it never passes silently.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
+from feinschliff.artifacts import write_json
 from feinschliff.recipe import GateSpec, MaxRule, MinRule, MinSamplesRule, NoRegressionRule
 from feinschliff.specs.evaluate import (
     ContaminationRule,
@@ -330,5 +330,5 @@ def decide_promotion(
 def write_decision(report_dir: Path, decision: Decision) -> Path:
     """Store the decision next to its report (excluded from the report's content hash)."""
     path = report_dir / "decision.json"
-    path.write_text(json.dumps(decision.model_dump(), indent=2) + "\n", encoding="utf-8")
+    write_json(path, decision.model_dump())  # atomic: a crash mid-write leaves the old file
     return path

@@ -184,3 +184,30 @@ def test_poisoning_rule_fails_on_suspicious_rows_and_names_the_phrase():
     ok = {"metrics": {"candidate": {"poisoning/suspicious_rows": scan_rows(_rows(300, 0))}}}
     assert decide_promotion(ok, g).promote
     assert not decide_promotion({"metrics": {"candidate": {}}}, g).promote  # missing: fails
+
+
+def test_a_crash_while_writing_the_decision_keeps_the_previous_one(tmp_path, monkeypatch):
+    """decision.json is replaced atomically: a write cut short (disk full, a kill) leaves the
+    previous decision readable, never half a JSON document."""
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from feinschliff.gate import write_decision
+
+    g = gate({"rule": "min", "metric": "t/acc", "threshold": 0.5})
+    write_decision(tmp_path, decide_promotion(report(0.9), g))
+    before = (tmp_path / "decision.json").read_text()
+
+    def cut_short(self, text, *args, **kwargs):
+        with open(self, "w", encoding="utf-8") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    with pytest.raises(OSError):
+        write_decision(tmp_path, decide_promotion(report(0.1), g))
+    monkeypatch.undo()
+    assert (tmp_path / "decision.json").read_text() == before
+    assert json.loads(before)["promote"] is True
