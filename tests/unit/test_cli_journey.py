@@ -205,6 +205,8 @@ def test_registry_reads_of_a_wrong_location_or_use_case_are_argument_errors(root
         assert said == f"no use case 'nosuch' in the registry at {reg} (it has s)"
     assert run_cli("registry", "show", "s", "--root", reg)[0] == 0
     assert run_cli("registry", "audit", "s", "--root", reg) == (0, "")  # known, nothing logged yet
+    code, said = run_cli("registry", "show", "s", "v0007", "--root", reg)
+    assert (code, said) == (2, "no version 'v0007' of 's' in the registry (it has no versions yet)")
 
 
 def test_an_empty_registry_is_still_empty(tmp_path, monkeypatch):

@@ -314,6 +314,10 @@ def test_registry_cli_without_servers(reg):  # runs on a directory and on a memo
         "retired": {v2: json.loads(out)["retired"][v2]},
     }
     assert json.loads(cli("registry", "show", "s", v1)[1])["version"] == v1
+    assert cli("registry", "show", "s", "v0009") == (
+        2,
+        f"no version 'v0009' of 's' in the registry (it has {v1}, {v2})",
+    )
     code, out = cli("registry", "audit", "s")
     assert "v0002 -> v0001" in out and "regressed" in out
     assert "retired" in cli("registry", "list")[1]

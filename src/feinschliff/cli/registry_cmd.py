@@ -81,6 +81,7 @@ def registry_show(
         r = registry.open_root(root)
         _known_use_case(r, use_case)
         if version is not None:
+            _known_version(r, use_case, version)
             out: Any = registry.manifest(r, use_case, version)
         else:
             out = {
@@ -233,6 +234,16 @@ def _known_use_case(root: Any, use_case: str) -> None:
     known = [n for n in st.listdir("") if NAME_RE.match(n) and st.isdir(n)]
     has = f"it has {', '.join(known)}" if known else "it has no use cases yet"
     raise Failure(f"no use case {use_case!r} in the registry at {where} ({has})", code=2)
+
+
+def _known_version(root: Any, use_case: str, version: str) -> None:
+    """An unknown version is a wrong argument (exit 2) that names the versions there are."""
+    from feinschliff import registry
+
+    known = registry.versions(root, use_case)
+    if version not in known:
+        has = f"it has {', '.join(known)}" if known else "it has no versions yet"
+        raise Failure(f"no version {version!r} of {use_case!r} in the registry ({has})", code=2)
 
 
 def _recipe_for(path: Path | None, overrides: list[str] | None, use_case: str) -> Recipe | None:
