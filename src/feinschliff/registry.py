@@ -96,6 +96,12 @@ def use_case_dir(root: Root, use_case: str) -> Path | str:
     return root / rel if isinstance(root, Path) else f"{root.url}/{rel}"
 
 
+def has_use_case(root: Root, use_case: str) -> bool:
+    """Whether the registry holds the use case (on object stores: once it holds a file).
+    Checked before taking a lock, which would create the folder of a mistyped root."""
+    return store_of(root).exists(_uc(use_case))
+
+
 def version_dir(root: Root, use_case: str, version: str) -> Path | str:
     rel = _vrel(use_case, version)
     return root / rel if isinstance(root, Path) else f"{root.url}/{rel}"
@@ -181,6 +187,13 @@ def checked_sha256(m: dict[str, Any], use_case: str, version: str) -> str:
 def adapter_sha256(root: Root, use_case: str, version: str) -> str:
     """A registered version's adapter content hash, checked (safe in a folder name)."""
     return checked_sha256(manifest(root, use_case, version), use_case, version)
+
+
+def version_hash(root: Root, use_case: str, version: str) -> str | None:
+    """The hash of a version's marker, as ``version_adapter(...).sha256`` (what evaluate
+    reports record for production), read without materialising a remote version."""
+    marker = store_of(root).read_bytes(f"{_vrel(use_case, version)}/{COMPLETE}")
+    return None if marker is None else json.loads(marker).get("sha256")
 
 
 def adapter_path(root: Root, use_case: str, version: str) -> Path:

@@ -2,9 +2,10 @@
 
 Alias changes are compare-and-swap: `--expect` names the production version you saw (default:
 the one read when the command starts); if it moved meanwhile the command fails with a conflict
-(exit 1) and changes nothing. With `--recipe` whose `register.vllm` lists servers, promote and
-rollback go live: the version is loaded and verified on every replica before the alias moves
-(on the registry `--root` names when given, else the recipe's).
+(exit 1) and changes nothing. With `--recipe`, promote and rollback preflight the version against
+its serving settings; if its `register.vllm` lists servers they go live: the version is loaded
+and verified on every replica before the alias moves (on the registry `--root` names when given,
+else the recipe's).
 The registry may live on any fsspec URL (see the README's registry section for lock semantics).
 """
 
@@ -130,9 +131,10 @@ def registry_promote(
     root: RootOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Make VERSION production (previous := old production). With a recipe that lists vLLM
-    servers: preflight, load + verify on every replica, move the alias, switch the served name
-    and unload superseded versions. Exit 1 on a conflict (the alias moved meanwhile)."""
+    """Make VERSION production (previous := old production). With a recipe: preflight against
+    its serving settings (exit 2 if VERSION does not fit); if it lists vLLM servers, load +
+    verify on every replica, move the alias, switch the served name and unload superseded
+    versions. Exit 1 on a conflict (the alias moved meanwhile)."""
     from feinschliff import registry
     from feinschliff.serving.publish import publish_version
 
@@ -156,19 +158,18 @@ def registry_rollback(
     root: RootOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Swap production and previous. With a recipe that lists vLLM servers the previous
-    version is loaded and verified on every replica first, then the served name switches."""
+    """Swap production and previous. With a recipe the previous version is preflighted against
+    its serving settings (max_lora_rank, base model); if it lists vLLM servers, it is loaded and
+    verified on every replica first, then the served name switches."""
     from feinschliff import registry
-    from feinschliff.serving.deploy import rollback_live
-    from feinschliff.serving.preflight import base_target
+    from feinschliff.serving.publish import rollback_version
 
     cfg = _recipe_for(recipe, set_, use_case)
     with _errors():
         expected = _expected(expect)
         r = _root_for(cfg, root)
-        if cfg is not None and cfg.register.vllm is not None:
-            spec, target = cfg.register.vllm, base_target(cfg)
-            _print_report(rollback_live(r, use_case, spec, target, why=why, expected=expected))
+        if cfg is not None:
+            _print_report(rollback_version(cfg, why=why, expected=expected, root=r))
             aliases = registry.read_aliases(r, use_case)
         else:
             aliases = registry.rollback(r, use_case, why=why, expected=expected)
@@ -202,11 +203,24 @@ def registry_retire(
 
 
 @registry_app.command("reconcile")
-def registry_reconcile(recipe: RecipeArg, root: RootOpt = None, set_: SetOpt = None) -> None:
+def registry_reconcile(
+    recipe: RecipeArg,
+    root: RootOpt = None,
+    allow_unserve: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unserve",
+            help="Unload the use-case name even though the registry has no production version "
+            "(refused otherwise: a wrong registry must not take it away from clients).",
+        ),
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
     """Make the recipe's vLLM servers serve exactly what the registry says (production under the
     use-case name, kept versions as NAME@VERSION): load missing, switch stale, unload extra,
     verify each change with a completion. Idempotent; prints every action. --root: the
-    registry to follow instead of the recipe's (as with `promote --recipe R --root X`)."""
+    registry to follow instead of the recipe's (as with `promote --recipe R --root X`); a
+    registry without the use case is refused (exit 2), no server is touched."""
     from feinschliff.serving.deploy import reconcile
     from feinschliff.serving.preflight import check_recipe_served_model
 
@@ -215,7 +229,9 @@ def registry_reconcile(recipe: RecipeArg, root: RootOpt = None, set_: SetOpt = N
         raise Failure("the recipe has no register.vllm servers to reconcile", code=2)
     with _errors():
         check_recipe_served_model(cfg)  # adapters were checked on base_model, not on another
-        report = reconcile(_root_for(cfg, root), cfg.use_case, cfg.register.vllm)
+        r = _root_for(cfg, root)
+        _known_use_case(r, cfg.use_case)  # before the lock, which would create the folder
+        report = reconcile(r, cfg.use_case, cfg.register.vllm, allow_unserve=allow_unserve)
     _print_report(report)
 
 

@@ -24,8 +24,10 @@ def serve_config(
     """Print a serving config for the production adapter: vllm (server flags with --enable-lora
     --max-lora-rank --max-loras, and --lora-modules in runtime mode; in resolver mode the
     resolver serves the use case), vllm-k8s (a production-stack LoraAdapter
-    resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with ADAPTER). Copies the version to
-    its serving path (register.vllm.adapter_dir) so the printed path exists; writes nothing else."""
+    resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with ADAPTER). A version that does not
+    fit the recipe's serving settings now (register.max_lora_rank, base model) is refused, exit 2.
+    Copies the version to its serving path (register.vllm.adapter_dir) so the printed path
+    exists; writes nothing else."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.publish import served_adapter
     from feinschliff.serving.serve_config import render

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -92,7 +92,15 @@ def register(
     from feinschliff.artifacts import AdapterRef
     from feinschliff.gate import Approval, decide_promotion
     from feinschliff.pipeline import registry_root
-    from feinschliff.registry import InvalidName, RegistryError, read_aliases, set_alias, versions
+    from feinschliff.registry import (
+        UNSET,
+        AliasConflict,
+        InvalidName,
+        RegistryError,
+        read_aliases,
+        set_alias,
+        versions,
+    )
     from feinschliff.serving.deploy import DeployError
     from feinschliff.serving.preflight import PreflightError
     from feinschliff.serving.publish import publish_version, register_version
@@ -116,6 +124,9 @@ def register(
             raise Failure(f"the gate rejects this adapter; refusing --promote{waiting}", code=3)
     root = registry_root(cfg)
     try:
+        expected: Any = UNSET
+        if promote_ and report is not None:  # the decision holds only against its baseline
+            expected = _report_baseline(evaluated, report, root, cfg.use_case, ref)
         known = versions(root, cfg.use_case)
         version = register_version(cfg, ref, lineage)  # preflight first: rejects write nothing
         if version in known:  # registration is idempotent by adapter content
@@ -137,14 +148,53 @@ def register(
                 version,
                 why="promoted via CLI",
                 decision=decision.model_dump() if decision else None,
+                expected=expected,  # compare-and-swap: a production moved meanwhile conflicts
             )
             for line in report_.lines() if report_ else []:
                 typer.echo(line, err=True)
     except (InvalidName, PreflightError) as exc:
         raise Failure(str(exc), code=2) from exc
+    except AliasConflict as exc:
+        raise Failure(f"conflict: {exc}") from exc
     except (RegistryError, DeployError) as exc:
         raise Failure(str(exc)) from exc
     typer.echo(f"{cfg.use_case}/{version}")
+
+
+def _report_baseline(
+    evaluated: dict, report: Path, root: Any, use_case: str, adapter: AdapterRef
+) -> str | None:
+    """The production version the report's gate decision was made against, which must still be
+    production (returned, for the compare-and-swap). Reports record the production adapter's
+    hash (a registry version's marker hash), not its version. An adapter that already is
+    production passes whatever the report compared with: nothing moves, the decision is only
+    recorded."""
+    from feinschliff.artifacts import hash_tree
+    from feinschliff.registry import manifest, read_aliases, version_hash, versions
+
+    current = read_aliases(root, use_case).get("production")
+    prod = (evaluated.get("models") or {}).get("production")
+    compared = prod.get("adapter_sha256") if isinstance(prod, dict) else None
+    if prod is None and current is None:
+        return None
+    if current is not None and (
+        (compared is not None and compared == version_hash(root, use_case, current))
+        # the registry's dedup key: the same adapter registers as the current production
+        or manifest(root, use_case, current).get("adapter_sha256")
+        == hash_tree(adapter.dir / "adapter")
+    ):
+        return current
+    if prod is None:
+        was = "no production (only with the base model)"
+    else:
+        named = [v for v in versions(root, use_case) if version_hash(root, use_case, v) == compared]
+        was = f"production {named[0]}" if named else f"production sha256 {str(compared)[:12]}"
+    is_now = f"production is now {current}" if current else "there is no production now"
+    raise Failure(
+        f"--report {report} compared the candidate with {was}, but {is_now}: its gate decision "
+        "does not hold any more; re-run `evaluate` and give its report",
+        code=2,
+    )
 
 
 def _check_report_is_about(evaluated: dict, report: Path, adapter: AdapterRef) -> None:

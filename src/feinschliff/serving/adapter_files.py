@@ -1,9 +1,9 @@
 """An adapter folder's files as a loader sees them: folder contents, safetensors headers, values.
 
 :func:`check_files`: config and safetensors weights present; no pickle weights (``.bin``/``.pt``/...:
-loading them runs arbitrary code); no symlink that leaves the folder, dangles or loops; no FIFOs or
-devices (a copy would hang or read a device); no oversized files or file floods (the registry
-copies and hashes everything).
+loading them runs arbitrary code); no symlink that leaves the folder, dangles, loops or names a
+directory; no FIFOs or devices (a copy would hang or read a device); no oversized files or file
+floods (the registry copies and hashes everything).
 
 :func:`read_index`: the safetensors header, validated the way the ``safetensors`` loader will.
 The preflight reads only the JSON header for shapes; a header that lies (duplicate names, offsets
@@ -71,6 +71,12 @@ def check_files(adapter_dir: Path) -> list[str]:
                 continue
             if target != root and root not in target.parents:
                 problems.append(f"{rel} is a symlink that leaves the adapter directory")
+                continue
+            if target.is_dir():
+                # The registry's copy follows it, rglob (these checks) does not: its files would
+                # go unchecked, and a link to the folder or one above it (`loop -> .`) recurses
+                # until the copy crashes. File links are fine (copied as the file).
+                problems.append(f"{rel} is a symlink to a directory (only file links are allowed)")
                 continue
         try:
             info = path.stat()

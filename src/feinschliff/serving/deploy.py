@@ -34,25 +34,25 @@ the stable name after a (rolling) restart. The report says so.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from feinschliff import registry
-from feinschliff.artifacts import COMPLETE, completed_hash, mark_complete
-from feinschliff.models import feinschliff_home
+from feinschliff.artifacts import completed_hash
 from feinschliff.serving.preflight import BaseTarget, preflight
+from feinschliff.serving.staging import copy_complete, read_marker, resolver_loadable
+from feinschliff.serving.staging import stage_files as stage_files  # callers use deploy's
 from feinschliff.serving.vllm_client import VllmClient, VllmError
 from feinschliff.specs.register import VllmSpec
 
 log = logging.getLogger(__name__)
 PIN = "@"
+Stable = Literal["unload", "keep", "refuse"]
 
 
 class DeployError(RuntimeError):
@@ -133,7 +133,7 @@ def promote_live(
     """
     if expected is registry.UNSET:  # read before the lock: the compare of compare-and-swap
         expected = registry.read_aliases(root, use_case).get("production")
-    _preflight_version(root, use_case, version, target)
+    preflight_version(root, use_case, version, target)
     _require_keys(spec)
     with registry.lock(root, use_case, ".serve.lock"):
         _check_expected(root, use_case, {"production": expected})
@@ -170,7 +170,7 @@ def rollback_live(
     previous = aliases.get("previous")
     if previous is None:
         raise registry.RegistryError(f"{use_case} has no previous version to roll back to")
-    _preflight_version(root, use_case, previous, target)
+    preflight_version(root, use_case, previous, target)
     _require_keys(spec)
     with registry.lock(root, use_case, ".serve.lock"):
         _check_expected(root, use_case, {"production": expected, "previous": previous})
@@ -187,14 +187,27 @@ def rollback_live(
     return report
 
 
-def reconcile(root: registry.Root, use_case: str, spec: VllmSpec) -> DeployReport:
+def reconcile(
+    root: registry.Root, use_case: str, spec: VllmSpec, *, allow_unserve: bool = False
+) -> DeployReport:
     """Load, switch and unload until every replica serves exactly what the registry says.
 
     Idempotent: a second run finds nothing to do (it only lists the servers' adapters).
+    A registry without the use case raises RegistryError (a wrong root, not an empty
+    registry). One with no production, while a replica serves the stable name, raises
+    DeployError before any server is changed unless ``allow_unserve``: unloading what
+    clients call is never the silent result of reading the wrong registry.
     """
     _require_keys(spec)
+    if not registry.has_use_case(root, use_case):
+        raise registry.RegistryError(
+            f"no use case {use_case!r} in the registry at {registry.location(root)}: "
+            "nothing to reconcile with (wrong registry?); no server was touched"
+        )
     with registry.lock(root, use_case, ".serve.lock"):
-        return _reconcile_locked(root, use_case, spec)
+        return _reconcile_locked(
+            root, use_case, spec, stable="unload" if allow_unserve else "refuse"
+        )
 
 
 def _check_expected(root: registry.Root, use_case: str, expected: dict[str, Any]) -> None:
@@ -210,28 +223,35 @@ def _check_expected(root: registry.Root, use_case: str, expected: dict[str, Any]
 
 def _reconcile_after_failure(root: registry.Root, use_case: str, spec: VllmSpec) -> None:
     """Unload what a failed or lost promotion staged; the original error is what matters."""
-    try:
-        _reconcile_locked(root, use_case, spec)
+    try:  # "keep": a stable name this change did not load is not this cleanup's to unload
+        _reconcile_locked(root, use_case, spec, stable="keep")
     except Exception as exc:  # noqa: BLE001 - reported, then the caller re-raises its own error
         log.warning("could not reconcile %s after a failed change: %s", use_case, exc)
 
 
-def _reconcile_locked(root: registry.Root, use_case: str, spec: VllmSpec) -> DeployReport:
+def _reconcile_locked(
+    root: registry.Root, use_case: str, spec: VllmSpec, stable: Stable = "unload"
+) -> DeployReport:
+    """``stable``: what to do with the stable name when the registry has no production for
+    it (see :func:`reconcile`): unload it, keep it, or refuse before any change."""
     desired = desired_names(root, use_case, spec)
     report = DeployReport(
         use_case=use_case,
         production=registry.read_aliases(root, use_case).get("production"),
         desired=desired,
     )
+    keep = set() if use_case in desired or stable == "unload" else {use_case}
+    if keep and stable == "refuse":
+        _refuse_unserve(root, use_case, spec)
     if spec.mode == "resolver":
-        _write_resolver_layout(root, use_case, spec, desired, report)
+        _write_resolver_layout(root, use_case, spec, desired, report, keep)
         return report
     paths = {v: stage_files(root, use_case, v, spec) for v in set(desired.values())}
     errors = []
     for server in spec.servers:
         try:
             with VllmClient(server, timeout_s=spec.timeout_s, retries=spec.retries) as client:
-                _reconcile_server(client, use_case, spec, desired, paths, report)
+                _reconcile_server(client, use_case, spec, desired, paths, report, keep)
         except (VllmError, DeployError) as exc:  # one broken replica must not stop the others
             errors.append(str(exc))
     if errors:
@@ -243,6 +263,29 @@ def _reconcile_locked(root: registry.Root, use_case: str, spec: VllmSpec) -> Dep
     return report
 
 
+def _refuse_unserve(root: registry.Root, use_case: str, spec: VllmSpec) -> None:
+    """No production, but a replica (or the resolver folder) serves the stable name: refuse
+    before any change; a wrong or recreated registry must not take it away from clients."""
+    if spec.mode == "resolver":
+        serving = [spec.resolver_dir] if (Path(spec.resolver_dir or "") / use_case).exists() else []
+    else:
+        serving = []
+        for server in spec.servers:
+            try:
+                with VllmClient(server, timeout_s=spec.timeout_s, retries=spec.retries) as client:
+                    if use_case in client.adapters():
+                        serving.append(client.url)
+            except VllmError as exc:  # unknown, so not safe to go on either
+                raise DeployError(f"{server.url}: {exc}; no server was changed") from exc
+    if serving:
+        raise DeployError(
+            f"the registry at {registry.location(root)} has no production version of "
+            f"{use_case}, but {', '.join(map(str, serving))} serve(s) {use_case}: refusing to "
+            "unload it (wrong registry?); no server was changed. To unload it anyway: "
+            "`feinschliff registry reconcile RECIPE --allow-unserve`"
+        )
+
+
 def _reconcile_server(
     client: VllmClient,
     use_case: str,
@@ -250,6 +293,7 @@ def _reconcile_server(
     desired: dict[str, str],
     paths: dict[str, str],
     report: DeployReport,
+    keep: set[str],
 ) -> None:
     _check_base(client, spec)
     loaded = {n: p for n, p in client.adapters().items() if is_managed(n, use_case)}
@@ -262,7 +306,7 @@ def _reconcile_server(
         report.actions.append(Action(client.url, op, name, f"{desired[name]} from {path}"))
         client.complete(name, spec.verify_prompt, max_tokens=4)
         report.actions.append(Action(client.url, "verify", name, "answers"))
-    for name in sorted(set(loaded) - set(desired)):
+    for name in sorted(set(loaded) - set(desired) - keep):
         client.unload(name)
         report.actions.append(Action(client.url, "unload", name))
 
@@ -335,26 +379,13 @@ def _check_base(client: VllmClient, spec: VllmSpec) -> None:
         )
 
 
-def stage_files(root: registry.Root, use_case: str, version: str, spec: VllmSpec) -> str:
-    """Copy a registry version to its own serving path; returns that path as servers see it."""
-    base = Path(spec.adapter_dir) if spec.adapter_dir else feinschliff_home() / "serving"
-    # The content hash in the name: another registry's (or a recreated registry's) v0001 of
-    # the same use case can never be mistaken for this one.
-    sha = registry.adapter_sha256(root, use_case, version)
-    leaf = f"{version}-{sha[:12]}"
-    dest = base / use_case / leaf
-    if completed_hash(dest) is None:
-        _copy_complete(registry.adapter_path(root, use_case, version), dest, version, sha)
-    server_base = spec.server_adapter_dir or str(base)
-    return f"{server_base.rstrip('/')}/{use_case}/{leaf}"
-
-
 def _write_resolver_layout(
     root: registry.Root,
     use_case: str,
     spec: VllmSpec,
     desired: dict[str, str],
     report: DeployReport,
+    keep: set[str],
 ) -> None:
     """<resolver_dir>/<name>/ per desired name, base_model_name_or_path = the --model string."""
     rdir = Path(spec.resolver_dir or "")
@@ -363,68 +394,24 @@ def _write_resolver_layout(
         dest = rdir / name
         sha = registry.adapter_sha256(root, use_case, version)
         # The base model too: the resolver loads only if it equals the server's --model.
-        marker = _marker(dest)
+        marker = read_marker(dest)
         current = (marker.get("adapter_sha256"), marker.get("base_model")) == (sha, spec.model)
-        if current and completed_hash(dest) is not None and _resolver_loadable(dest):
+        if current and completed_hash(dest) is not None and resolver_loadable(dest):
             continue
         src = registry.adapter_path(root, use_case, version)
-        _copy_complete(src, dest, version, sha, base_model=spec.model)
+        copy_complete(src, dest, version, sha, base_model=spec.model)
         report.actions.append(Action(str(rdir), "write", name, version))
         if name == use_case:
             report.restart_needed = True
     for stale in sorted(p for p in rdir.iterdir() if is_managed(p.name, use_case)):
-        if stale.name not in desired:
+        if stale.name not in desired and stale.name not in keep:
             shutil.rmtree(stale)
             report.actions.append(Action(str(rdir), "remove", stale.name))
 
 
-def _copy_complete(
-    src: Path, dest: Path, version: str, sha: str, base_model: str | None = None
-) -> None:
-    """Copy into a temp dir next to ``dest``, mark complete, swap in (old one removed after)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=False)
-        if base_model is not None:
-            cfg_path = tmp / "adapter_config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["base_model_name_or_path"] = base_model
-            # vLLM's filesystem resolver reads cfg["peft_type"] without a default (KeyError);
-            # PEFT always writes it, preflight accepts it missing (vLLM's loader defaults LORA)
-            cfg.setdefault("peft_type", "LORA")
-            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        mark_complete(tmp, version=version, adapter_sha256=sha, base_model=base_model)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
-            os.rename(dest, old)
-            os.rename(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _resolver_loadable(path: Path) -> bool:
-    """A resolver folder written before peft_type was added is rewritten once."""
-    try:
-        return "peft_type" in json.loads((path / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return False
-
-
-def _marker(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / COMPLETE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _preflight_version(
-    root: registry.Root, use_case: str, version: str, target: BaseTarget
-) -> None:
+def preflight_version(root: registry.Root, use_case: str, version: str, target: BaseTarget) -> None:
+    """A registered version against the serving settings of now (``target``), which may differ
+    from those it was registered under (e.g. a lower ``max_lora_rank``); retired ones refused."""
     if version in registry.retired(root, use_case):
         raise registry.RegistryError(f"{use_case}/{version} is retired")
     preflight(registry.adapter_path(root, use_case, version), target)

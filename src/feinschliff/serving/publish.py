@@ -2,7 +2,10 @@
 serving configs, and the local demo server.
 
 With ``register.vllm`` in the recipe a promotion goes through the servers
-(:func:`~feinschliff.serving.deploy.promote_live`); without it only the registry changes.
+(:func:`~feinschliff.serving.deploy.promote_live`); without it only the registry changes. Either
+way the version is preflighted against the recipe's serving settings as they are now
+(``register.max_lora_rank``, the base model): it was checked against those of its
+registration, which may have changed since.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from feinschliff.artifacts import AdapterRef
 from feinschliff.recipe import Recipe
 from feinschliff.serving import deploy
 from feinschliff.serving.preflight import (
+    PreflightError,
     base_names,
     base_target,
+    check_base_name,
+    check_config,
     check_recipe_served_model,
     check_served_model,
+    read_config,
 )
 from feinschliff.serving.serve_config import ServedAdapter
 from feinschliff.specs.register import VllmServer, VllmSpec
@@ -60,6 +67,7 @@ def publish_version(
     """
     root = registry_root(recipe) if root is None else root
     if recipe.register.vllm is None:
+        deploy.preflight_version(root, recipe.use_case, version, base_target(recipe))
         registry.promote(
             root, recipe.use_case, version, why=why, expected=expected, decision=decision
         )
@@ -79,15 +87,37 @@ def publish_version(
     )
 
 
+def rollback_version(
+    recipe: Recipe, *, why: str, expected: Any = registry.UNSET, root: registry.Root | None = None
+) -> deploy.DeployReport | None:
+    """production := previous, on the recipe's vLLM servers first when it has any; the version
+    rolled back to is preflighted against the recipe's serving settings either way."""
+    root = registry_root(recipe) if root is None else root
+    target = base_target(recipe)
+    if recipe.register.vllm is not None:
+        return deploy.rollback_live(
+            root, recipe.use_case, recipe.register.vllm, target, why=why, expected=expected
+        )
+    previous = registry.read_aliases(root, recipe.use_case).get("previous")
+    if previous is None:
+        raise registry.RegistryError(f"{recipe.use_case} has no previous version to roll back to")
+    deploy.preflight_version(root, recipe.use_case, previous, target)
+    # expected_previous: the version checked here is the one production moves to
+    registry.rollback(root, recipe.use_case, why=why, expected=expected, expected_previous=previous)
+    return None
+
+
 def served_adapter(recipe: Recipe, version: str | None = None) -> ServedAdapter:
-    """The production (or given) version as the serving-config renderers need it."""
+    """The production (or given) version as the serving-config renderers need it, refused
+    (PreflightError) when it does not fit the recipe's servers as configured now."""
     root = registry_root(recipe)
     version = version or registry.read_aliases(root, recipe.use_case).get("production")
     if version is None:
         raise registry.RegistryError(f"{recipe.use_case} has no production version yet")
     if version in registry.retired(root, recipe.use_case):  # never to be served again
         raise registry.RegistryError(f"{recipe.use_case}/{version} is retired")
-    check_recipe_served_model(recipe)  # by name only: no local weights needed here
+    check_recipe_served_model(recipe)  # by name first: no local weights needed for that
+    _check_fits(recipe, root, version)
     spec = recipe.register.vllm or _local_spec(
         base_target(recipe).weights_dir, "http://127.0.0.1:8000"
     )
@@ -101,6 +131,26 @@ def served_adapter(recipe: Recipe, version: str | None = None) -> ServedAdapter:
         mode=spec.mode,
         resolver_dir=spec.resolver_dir,
     )
+
+
+def _check_fits(recipe: Recipe, root: registry.Root, version: str) -> None:
+    """Preflight ``version`` against the recipe's serving settings. A config for remote servers
+    may be printed where the base model's weights are not: then without the shape check (the
+    version's shapes were checked on the base model when it was registered)."""
+    try:
+        target = base_target(recipe)
+    except PreflightError:
+        if recipe.register.vllm is None:
+            raise
+        adapter = registry.adapter_path(root, recipe.use_case, version)
+        config = read_config(adapter)
+        names = (*base_names(recipe), recipe.register.vllm.model)
+        problems = check_config(config, recipe.register.max_lora_rank)
+        problems += check_base_name(config.get("base_model_name_or_path"), names)
+        if problems:
+            raise PreflightError(adapter, problems) from None
+        return
+    deploy.preflight_version(root, recipe.use_case, version, target)
 
 
 @dataclass
@@ -135,6 +185,8 @@ def serve_demo(
             f"{recipe.use_case} has no production version; run `make demo` first"
         )
     target = base_target(recipe)
+    deploy.preflight_version(root, recipe.use_case, version, target)  # before a server starts
+    settings = recipe.register.vllm or _local_spec(target.weights_dir, "http://127.0.0.1:8000")
     server = None
     if url is None:
         workdir = workdir or feinschliff_home() / "serve-demo"
@@ -143,16 +195,19 @@ def serve_demo(
             venv=install_vllm(),
             log_path=workdir / "vllm.log",
             max_lora_rank=recipe.register.max_lora_rank,
+            max_loras=settings.max_loras,  # keep_versions + 2 adapters are loaded at once
         )
         url = server.url
         log.info("vLLM ready in %.0f s, %.0f MB RSS", server.ready_s, server.rss_mb())
+        # a server on this machine reads adapter_dir itself, not the pods' mount path
+        settings = settings.model_copy(update={"server_adapter_dir": None})
     try:
         with VllmClient(VllmServer(url=url)) as client:
             served_model = client.base_model_root()
         names = tuple(dict.fromkeys([*base_names(recipe), str(target.weights_dir)]))
         check_served_model(served_model, names, f"the server at {url} runs --model")
         # The recipe's serving settings (adapter_dir, keep_versions), this one server, runtime.
-        spec = (recipe.register.vllm or _local_spec(target.weights_dir, url)).model_copy(
+        spec = settings.model_copy(
             update={"servers": [VllmServer(url=url)], "model": served_model, "mode": "runtime"}
         )
         deploy.reconcile(root, recipe.use_case, spec)
