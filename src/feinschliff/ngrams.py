@@ -57,7 +57,12 @@ class _WordHashes(dict[str, int]):
         if len(self) >= self.LIMIT:
             self.clear()
         # Tokens are whitespace-split; punctuation around a word does not make it another word.
-        value = self[token] = zlib.crc32(token.strip(_PUNCT).encode("utf-8"))
+        word = token.strip(_PUNCT)
+        try:
+            data = word.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (legal in JSON text) must not stop a stage
+            data = word.encode("utf-8", "surrogatepass")
+        value = self[token] = zlib.crc32(data)
         return value
 
 

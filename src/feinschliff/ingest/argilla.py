@@ -26,7 +26,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from feinschliff.ingest.records import FeedbackRecord, Message, ReadLog, Unusable, Vote, finite
+from feinschliff.ingest.records import (
+    FeedbackRecord,
+    Message,
+    ReadLog,
+    Unusable,
+    Vote,
+    detail_of,
+    finite,
+)
 
 PROMPT_NAMES = ("prompt", "instruction", "question", "input")
 ANSWER_PREFIXES = ("response", "answer", "output", "completion", "generation", "chosen", "rejected")
@@ -196,12 +204,12 @@ def to_record(
     for question, entries in responses.items():
         kind = layout.questions.get(question)
         if kind is None:
-            raise Unusable("response to a question the dataset does not have", repr(question)[:200])
+            raise Unusable("response to a question the dataset does not have", detail_of(question))
         if not isinstance(entries, list):
             raise ValueError(f"responses to {question!r} are not a list")
         for entry in entries:
             if not isinstance(entry, Mapping) or "value" not in entry:
-                raise Unusable(f"malformed response to {question!r}", repr(entry)[:300])
+                raise Unusable(f"malformed response to {question!r}", detail_of(entry))
             status = entry.get("status")
             if status is None:
                 log.note(NO_STATUS_NOTE)
@@ -243,7 +251,7 @@ def _vote(
     if kind == "rating":
         target = question.removeprefix("rating_") if question.startswith("rating_") else first
         if not isinstance(value, int | float) or isinstance(value, bool):
-            raise Unusable("rating is not a number", repr(value)[:200])
+            raise Unusable("rating is not a number", detail_of(value))
         return Vote(
             kind="rating", annotator=user, answer=target, value=finite(value), timestamp=stamp
         )
@@ -256,7 +264,7 @@ def _vote(
         order = _ranking(value)
         if all(v in answers for v in order) and len(order) >= 2:
             return Vote(kind="ranking", annotator=user, value=order, timestamp=stamp)
-        raise Unusable("ranking does not rank the answer fields", repr(value)[:200])
+        raise Unusable("ranking does not rank the answer fields", detail_of(value))
     if kind == "text":
         if isinstance(value, str) and value.strip():
             return Vote(
@@ -276,4 +284,4 @@ def _ranking(value: Any) -> list[str]:
             items = sorted(value, key=lambda v: v.get("rank") or 0)
             return [str(v["value"]) for v in items]
         return [str(v) for v in value]
-    raise Unusable("ranking is not a list", repr(value)[:200])
+    raise Unusable("ranking is not a list", detail_of(value))

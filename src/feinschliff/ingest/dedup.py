@@ -1,7 +1,8 @@
 """Exact and near-duplicate removal over training rows, within and across sources.
 
-- **Exact**: sha256 of the row's content (messages, label) after Unicode/whitespace/case
-  normalisation; the first occurrence wins.
+- **Exact**: sha256 of the row's content (messages, label) with every text normalised
+  (Unicode NFKC, case, any run of whitespace incl. newlines and tabs is one space, stripped);
+  the first occurrence wins.
 - **Near** (MinHash LSH): word shingles of the row's user/assistant text; signatures use
   datasketch's ``affine32`` MinHash (its permutations and its fmix pre-mix), computed for a
   batch of rows at once with numpy; the LSH band/row split is datasketch's optimum for the
@@ -45,44 +46,75 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def normalized_texts(value: Any) -> Any:
+    """``value`` (a row field: messages, a label) with every string normalised, so a newline,
+    a tab or a trailing space in a text is whitespace like any other (``normalize`` of the
+    serialised JSON saw them as the escapes ``\\n``/``\\t`` and before the closing quote)."""
+    if isinstance(value, str):
+        return normalize(value)
+    if isinstance(value, list):
+        return [normalized_texts(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalized_texts(v) for k, v in value.items()}
+    return value
+
+
 def content_key(row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
-    """16-byte key of a row's normalised content (``provenance`` never takes part)."""
-    parts = [row[f] for f in fields]
-    blob = normalize(dumps(parts).decode("utf-8"))
-    return hashlib.sha256(blob.encode("utf-8")).digest()[:16]
+    """16-byte exact-dedup key of a row's normalised content (``provenance`` never takes
+    part): sha256 of the JSON of its fields with every text normalised."""
+    blob = dumps([normalized_texts(row[f]) for f in fields])
+    return hashlib.sha256(blob).digest()[:16]
 
 
-MEMO_LIMIT = 1 << 12  # messages remembered (cleared when full: a record's rows share them)
+def heldout_text(value: Any) -> str:
+    """``normalize`` of the JSON text of ``value``: what held-out hashes are made of. Frozen:
+    a prompt once held out must stay held out (the next training would otherwise see former
+    evaluation prompts), so this stays as it was although ``content_key`` changed."""
+    return normalize(dumps(value).decode("utf-8"))
+
+
+MEMO_LIMIT = 1 << 12  # messages remembered per memo (cleared when full: rows share them)
 
 
 class RowKeys:
-    """Exact-dedup keys and held-out hashes of rows, each message normalised once.
+    """Exact-dedup keys and held-out hashes of rows, each message normalised once per scheme.
 
-    ``content_key`` hashes ``normalize(dumps(parts))``; ``prepare._heldout`` hashes the
-    normalised prompt. A record's rows (SFT, preference, KTO, thumbs) share their prompt
-    messages, so the same texts were normalised up to seven times per record. ``RowKeys``
-    normalises the JSON of each message once (memoised) and joins the pieces with the JSON
-    punctuation around them. That is the same string, because:
+    A record's rows (SFT, preference, KTO, thumbs) share their prompt messages, so the same
+    texts were normalised up to seven times per record. ``RowKeys`` normalises each message
+    once (memoised) and joins the pieces with the JSON punctuation around them:
 
-    - ``dumps`` of a list is ``[`` + the elements' ``dumps`` joined by ``,`` + ``]`` (orjson
-      writes no whitespace; its json fallback writes the same bytes for every character);
-    - ``normalize`` (NFKC, ``lower``, whitespace collapsed) works piece by piece when every cut
-      lies next to one of ``[]{},"`` on both sides: ASCII punctuation never composes under NFKC,
-      is no whitespace, and is neither cased nor case-ignorable, so it also ends the context of
-      ``lower``'s final-sigma rule.
+    - ``content_key``: the JSON of each message with its texts normalised
+      (``normalized_texts``); ``dumps`` of a list is ``[`` + the elements' ``dumps`` joined by
+      ``,`` + ``]`` (orjson writes no whitespace; its json fallback writes the same bytes);
+    - ``heldout_hash``: ``heldout_text`` of the prompt, i.e. ``normalize`` of its JSON text.
+      ``normalize`` (NFKC, ``lower``, whitespace collapsed) works piece by piece when every cut
+      lies next to one of ``[]{},"`` on both sides: ASCII punctuation never composes under
+      NFKC, is no whitespace, and is neither cased nor case-ignorable, so it also ends the
+      context of ``lower``'s final-sigma rule.
 
-    Unit tests compare the keys with ``content_key`` / ``_heldout`` on hostile Unicode.
+    Unit tests compare the keys with ``content_key`` / ``heldout_text`` on hostile Unicode.
     """
 
     def __init__(self) -> None:
-        self._memo: dict[Any, str] = {}
+        self._memo: dict[Any, str] = {}  # held-out pieces
+        self._content_memo: dict[Any, str] = {}  # exact-dedup pieces
 
     def normalized(self, value: Any) -> str:
-        """``normalize(dumps(value).decode())`` for a row field: a list is joined from its
-        elements (messages), each normalised whole (memoised)."""
+        """``heldout_text(value)`` for a row field: a list is joined from its elements
+        (messages), each normalised whole (memoised)."""
+        return self._joined(value, self._memo, heldout_text)
+
+    def content(self, value: Any) -> str:
+        """``dumps(normalized_texts(value)).decode()``, joined the same way."""
+        return self._joined(value, self._content_memo, _content_piece)
+
+    @staticmethod
+    def _joined(value: Any, memo: dict[Any, str], piece: Any) -> str:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
         if type(value) is not list:
-            return self._element(value)
-        memo, parts = self._memo, []
+            return piece(value)
+        parts = []
         for element in value:
             # a message's items as the key: its strings' hashes are cached, unlike dumps' bytes;
             # only all-str messages (True == 1 would alias keys, lists are unhashable)
@@ -91,25 +123,26 @@ class RowKeys:
                 items = tuple(element.items())
             text = memo.get(items) if items is not None else None
             if text is None:
-                text = self._element(element)
+                text = piece(element)
                 if items is not None:
                     memo[items] = text
             parts.append(text)
         return "[" + ",".join(parts) + "]"
 
-    def _element(self, value: Any) -> str:
-        if len(self._memo) >= MEMO_LIMIT:
-            self._memo.clear()
-        return normalize(dumps(value).decode("utf-8"))
-
     def content_key(self, row: dict[str, Any], fields: tuple[str, ...]) -> bytes:
         """``dedup.content_key(row, fields)``."""
-        blob = "[" + ",".join([self.normalized(row[f]) for f in fields]) + "]"
+        blob = "[" + ",".join([self.content(row[f]) for f in fields]) + "]"
         return hashlib.sha256(blob.encode("utf-8")).digest()[:16]
 
     def heldout_hash(self, seed: int, prompt: list[Any]) -> bytes:
-        """sha256 of ``f"{seed}:{normalize(dumps(prompt))}"`` (``prepare._heldout``)."""
+        """sha256 of ``f"{seed}:{heldout_text(prompt)}"`` (``prepare._heldout``)."""
         return hashlib.sha256(f"{seed}:{self.normalized(prompt)}".encode()).digest()
+
+
+def _content_piece(value: Any) -> str:
+    if type(value) is dict and all(type(v) is str for v in value.values()):  # a message: fast
+        return dumps({k: normalize(v) for k, v in value.items()}).decode("utf-8")
+    return dumps(normalized_texts(value)).decode("utf-8")
 
 
 def affine32_permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -8,15 +8,19 @@ SFT (TRL conversational ``messages``), at most one row per record:
     under the same aggregation.
 Preference (TRL explicit-prompt ``prompt``/``chosen``/``rejected``):
   - a correction (chosen) against the answer it corrects (rejected);
-  - preference labels and rankings over two answers: each submitted label and each ranking's
-    first place is one vote; ``majority``/``mean`` need a strict majority, ``unanimous`` all
-    votes; a draw gives no pair; ``tie`` labels do not vote;
+  - preference labels and rankings: each submitted label or ranking is one vote placing the
+    answers; ``majority`` takes the answer more than half of the votes place first (chosen) and
+    the one more than half place last (rejected), ``unanimous`` needs every vote for both,
+    ``mean`` takes the best and the worst mean place; otherwise no pair (a counted drop:
+    ``preference_draw``, ``preference_no_majority``, ``preference_not_unanimous``,
+    ``preference_no_worst``); ``tie`` labels do not vote (``preferred_pair``);
   - across records (``pair_thumbs``): a thumbs-up answer against a thumbs-down answer to the
-    same prompt (identical message list), paired in reading order.
+    same prompt (the same message list up to case and whitespace), paired in reading order.
 KTO (TRL unpaired ``prompt``/``completion``/``label``): each answer with a thumbs verdict.
 
-When annotators disagree (ratings on both sides of ``min_rating``, labels for different answers,
-mixed thumbs, different corrections) the record is counted under ``disagreements``. A record that
+When annotators disagree (ratings on both sides of ``min_rating``, labels or rankings with
+different best or worst answers, mixed thumbs, different corrections) the record is counted
+under ``disagreements``. A record that
 yields nothing is counted under a drop reason; nothing is dropped silently.
 """
 
@@ -128,27 +132,76 @@ def _correction(rec: FeedbackRecord, out: Derived) -> str | None:
 def preferred_pair(
     rec: FeedbackRecord, rules: DerivationRules, out: Derived
 ) -> tuple[str, str] | None:
-    """(chosen, rejected) from preference labels and ranking first places; None on a draw."""
-    tally: Counter[str] = Counter()
-    for v in rec.votes:
-        if v.kind == "preference" and v.value:
-            tally[v.value] += 1
-        elif v.kind == "ranking":
-            tally[v.value[0]] += 1
-    if not tally:
+    """(chosen, rejected) from preference labels and rankings; None when the votes do not
+    single out a best and a worst answer under ``rules.aggregation`` (counted drop reason).
+
+    Each submitted ranking and label is one vote that places the answers (1 = best): a ranking
+    in its order, a label its answer first and the other answers after it; answers a vote
+    leaves out share the places after the ones it names (their mean place). ``majority``: the
+    answer more than half of the votes place first is chosen, the one more than half place
+    last is rejected; ``unanimous``: every vote; ``mean``: the best and the worst mean place.
+    A ``tie`` label does not vote. The answers compared are those the rankings name, and all
+    of the record's answers when a label votes (labels choose among the answer fields)."""
+    votes = [v for v in rec.votes if v.kind == "ranking" or (v.kind == "preference" and v.value)]
+    if not votes:
         return None
-    if len(tally) > 1:
+    labelled = list(rec.answers) if any(v.kind == "preference" for v in votes) else []
+    pool = list(
+        dict.fromkeys(labelled + [a for v in votes if v.kind == "ranking" for a in v.value])
+    )
+    if len(pool) < 2:  # one answer: nothing to prefer it to
+        return None
+    places = [_places(v, pool) for v in votes]
+    firsts = [_single(p, min) for p in places]
+    lasts = [_single(p, max) for p in places]
+    if len(set(firsts)) > 1 or len(set(lasts) - {None}) > 1:
         out.disagreements["preference"] += 1
-    ranked = tally.most_common()
-    if rules.aggregation == "unanimous" and len(ranked) > 1:
-        out.drops["preference_not_unanimous"] += 1
+    if rules.aggregation == "mean":
+        totals = {a: sum(p[a] for p in places) for a in pool}  # mean order; halves: exact
+        chosen, rejected = _single(totals, min), _single(totals, max)
+        missing = "preference_draw" if chosen is None else "preference_no_worst"
+    elif rules.aggregation == "unanimous":
+        chosen = firsts[0] if len(set(firsts)) == 1 else None
+        rejected = lasts[0] if len(set(lasts)) == 1 else None
+        agreed = chosen is not None and len(set(lasts)) == 1  # all name no worst answer
+        missing = "preference_no_worst" if agreed else "preference_not_unanimous"
+    else:
+        chosen, rejected = _over_half(firsts), _over_half(lasts)
+        top = Counter(firsts).most_common(2)
+        draw = len(top) > 1 and top[0][1] == top[1][1]
+        missing = (
+            ("preference_draw" if draw else "preference_no_majority")
+            if chosen is None
+            else "preference_no_worst"
+        )
+    if chosen is None or rejected is None or chosen == rejected:
+        out.drops[missing] += 1
         return None
-    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
-        out.drops["preference_draw"] += 1
+    return chosen, rejected
+
+
+def _places(vote: Vote, pool: list[str]) -> dict[str, float]:
+    """Answer -> place in one vote (1 = best); the answers it does not name share the rest."""
+    named = [vote.value] if vote.kind == "preference" else list(dict.fromkeys(vote.value))
+    rest = [a for a in pool if a not in named]
+    shared = (len(named) + 1 + len(pool)) / 2  # the mean of places len(named)+1 .. len(pool)
+    return {**{a: float(i) for i, a in enumerate(named, start=1)}, **dict.fromkeys(rest, shared)}
+
+
+def _single(places: dict[str, float], pick: Any) -> str | None:
+    """The one answer at the best (``min``) or worst (``max``) place; None when several share
+    it, or when there is only one answer."""
+    if len(places) < 2:
         return None
-    chosen = ranked[0][0]
-    others = [k for k in rec.answers if k != chosen]
-    return (chosen, others[0]) if others else None
+    target = pick(places.values())
+    found = [a for a, p in places.items() if p == target]
+    return found[0] if len(found) == 1 else None
+
+
+def _over_half(names: list[str | None]) -> str | None:
+    """The name more than half of the entries hold (None entries count, but never win)."""
+    name, n = Counter(names).most_common(1)[0]
+    return name if name is not None and n * 2 > len(names) else None
 
 
 def pair_thumbs(ups: list[Row], downs: list[Row]) -> tuple[list[Row], list[int], list[int]]:

@@ -66,7 +66,9 @@ def open_export(
     if kind == "argilla":
         found = _argilla(path, log)
         if found is None:
-            hint = "; it looks like a Langfuse export" if _looks_like_langfuse(path) else ""
+            hint = _argilla_part(path) or (
+                "; it looks like a Langfuse export" if _looks_like_langfuse(path) else ""
+            )
             raise UnknownExport(
                 f"{path}: not an Argilla export (a to_disk folder, a flat to_list JSON/JSONL, "
                 f"to_datasets/Hub parquet, or a 1.x argilla.yaml + parquet folder); "
@@ -125,6 +127,43 @@ def _argilla(path: Path, log: ReadLog) -> SourceRead | None:
             if any(k.endswith(".responses") for k in row):
                 return SourceRead("argilla-2-flat", read_flat(path, log))
     return None
+
+
+def _argilla_part(path: Path) -> str:
+    """What is missing when ``path`` is part of an Argilla export (as a hint), else ''."""
+    if path.is_dir():
+        if settings_file(path) or v1_config_file(path):
+            return ""
+        nested = [f.name for f in nested_files(path) if _nested(f)]
+        flat = [f.name for f in parquet_files(path)[:1] if _flat_parquet(f)]
+        if not nested + flat:
+            return ""
+        return (
+            f"; {path / '.argilla' / 'settings.json'} is missing next to "
+            f"{', '.join(nested + flat)} (copied without the hidden .argilla folder?)"
+        )
+    if not _nested(path):
+        return ""
+    if settings_file(path):  # a to_disk folder's records: read with the settings beside them
+        return (
+            f"; this is the {path.name} of an Argilla to_disk export: pass its folder {path.parent}"
+        )
+    return (
+        f"; {path.name} holds nested Argilla records, which are read with their dataset's "
+        "settings: pass the to_disk folder holding it and .argilla/settings.json"
+    )
+
+
+def _nested(f: Path) -> bool:
+    rows = peek_rows(f, 1) if f.suffix.lower() in (".json", ".jsonl") else []
+    return bool(rows) and isinstance(rows[0], dict) and {"fields", "responses"} <= rows[0].keys()
+
+
+def _flat_parquet(f: Path) -> bool:
+    try:
+        return any(c.endswith(".responses") for c in parquet_columns(f))
+    except (OSError, ValueError, ImportError):
+        return False
 
 
 def _newest_pull_first(files: list[Path]) -> list[Path]:

@@ -3,7 +3,8 @@
 Every reader yields ``(position, value)`` one element at a time, so memory stays flat however
 large the export is, and computes the file's sha256 from the bytes it reads (one pass, no second
 read for the manifest). A broken element becomes a ``Broken`` value with the parser's message, so
-callers can quarantine it and go on with the next one.
+callers can quarantine it and go on with the next one. No reader returns a string holding a lone
+surrogate (``"\\ud83d"``: legal JSON, no UTF-8 text): ``loads`` raises ``LoneSurrogate`` instead.
 
 - ``iter_json_array``: the elements of a top-level JSON array, decoded incrementally (Argilla's
   ``records.json`` and Langfuse UI JSON exports are one array of the whole export);
@@ -19,11 +20,24 @@ import hashlib
 import io
 import json
 import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from feinschliff.ingest.records import (
+    EXTRA_CELLS,
+    HEAD_CHARS,
+    INVALID_JSON,
+    LONE_SURROGATE,
+    RAW_CHARS,
+    SCRUB_MARGIN,
+    LoneSurrogate,
+    lone_surrogate_at,
+    window,
+)
 
 try:  # orjson is several times faster than json for whole pages; json is the fallback
     import orjson
@@ -31,7 +45,7 @@ try:  # orjson is several times faster than json for whole pages; json is the fa
     def loads(data: bytes | str) -> Any:
         try:
             return orjson.loads(data)
-        except orjson.JSONDecodeError:  # NaN/Infinity, ints beyond 64 bit, nesting > 1024
+        except orjson.JSONDecodeError:  # NaN/Infinity, big ints, nesting > 1024, surrogates
             return _json_loads(data)
 
     def dumps(value: Any) -> bytes:
@@ -50,16 +64,26 @@ except ImportError:  # pragma: no cover - orjson ships with the lock
 
 
 def _json_loads(data: bytes | str) -> Any:
+    # The slow path only (orjson refused the text): checking here keeps every string that
+    # ``loads`` returns encodable, so no writer or tokenizer downstream meets a surrogate.
     try:
-        return json.loads(data)
+        value = json.loads(data)
     except RecursionError:  # hostile nesting must be a parse error, not a crash
         raise ValueError("JSON nested too deeply") from None
+    at = lone_surrogate_at(value)
+    if at is not None:
+        raise LoneSurrogate(value, at)
+    return value
 
 
 def _json_dumps(value: Any) -> bytes:
-    return json.dumps(
+    text = json.dumps(
         _plain(value, 200), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-    ).encode("utf-8", errors="surrogatepass")
+    )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (only inside strings): as a JSON escape
+        return text.encode("utf-8", errors="backslashreplace")
 
 
 def _plain(value: Any, depth: int) -> Any:
@@ -80,12 +104,20 @@ def _plain(value: Any, depth: int) -> Any:
     return str(value)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _lone_escape(text: str) -> bool:
+    """May JSON ``text`` decode to a lone surrogate? Python's json decodes ``"\\ud83d"``
+    alone; emojis are escaped pairs, which are no cause. An escaped backslash before a ``u``
+    (``\\\\u``) can look like an escape: the caller checks the decoded value then."""
+    return "\\\\u" in text or bool(_SURROGATE_ESCAPE.search(_SURROGATE_PAIR.sub("", text)))
+
+
 CHUNK = 1 << 20
 MAX_ELEMENT = 256 << 20  # a single array element larger than this is treated as broken
 _WS = " \t\r\n"
-
-
-HEAD_CHARS = 2000  # of an unreadable file, kept in its quarantine entry
 
 
 @dataclass(frozen=True)
@@ -95,12 +127,14 @@ class Broken:
     ``unreadable``: the reader stopped here (a JSON array, page or CSV cannot be read past a
     syntax error), so the rest of the file, with an unknown number of records, is lost; ``raw``
     then describes the file (size, its first bytes) and ``detail`` holds the parser's message.
+    ``clip``: ``raw`` is a ``window`` of the text, to be cut by ``shown`` after scrubbing.
     """
 
     reason: str
     raw: Any
     detail: str | None = None
     unreadable: bool = False
+    clip: bool = False
 
 
 WHOLE_FILE_LOST = "unreadable file: none of its records could be read"
@@ -110,18 +144,19 @@ REST_LOST = "file unreadable from here on: the records after this point were not
 def unreadable(path: Path, why: str, *, read: int = 0, near: str = "") -> Broken:
     """A file the reader cannot go on with after ``read`` elements: its size and first
     ``HEAD_CHARS`` characters (and the text at the error) as the raw value."""
+    keep = HEAD_CHARS + SCRUB_MARGIN
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
-            head = f.read(HEAD_CHARS * 4).decode("utf-8", errors="replace")[:HEAD_CHARS]
+            head = f.read(keep * 4).decode("utf-8", errors="replace")[:keep]
     except OSError:
         size, head = None, ""
     raw: dict[str, Any] = {"file": str(path), "bytes": size, "head": head}
     if near:
-        raw["near_error"] = near[:200]
+        raw["near_error"] = window(near)
     if read:
-        return Broken(REST_LOST, raw, f"after {read} elements: {why}", unreadable=True)
-    return Broken(WHOLE_FILE_LOST, raw, why, unreadable=True)
+        why = f"after {read} elements: {why}"
+    return Broken(REST_LOST if read else WHOLE_FILE_LOST, raw, why, unreadable=True, clip=True)
 
 
 class HashingReader(io.RawIOBase):
@@ -218,10 +253,13 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
                     return
                 eof = not fill()
 
+        def near() -> str:
+            return buf[pos : pos + RAW_CHARS + SCRUB_MARGIN]
+
         try:
             skip(_WS)
             if buf[pos : pos + 1] != "[":
-                yield 0, unreadable(path, "not a JSON array", near=buf[pos : pos + 200])
+                yield 0, unreadable(path, "not a JSON array", near=near())
                 return
             pos += 1
             while True:
@@ -237,26 +275,25 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
                     except RecursionError:  # hostile nesting: skip the element, go on
                         end = _value_end(buf, pos)
                         if end is not None:
-                            value = Broken("JSON nested too deeply", buf[pos : pos + 200])
+                            value = Broken("JSON nested too deeply", near(), clip=True)
                             break
                         if eof or len(buf) - pos > MAX_ELEMENT:
-                            near = buf[pos : pos + 200]
-                            yield (
-                                index,
-                                unreadable(path, "JSON nested too deeply", read=index, near=near),
-                            )
+                            why = "JSON nested too deeply"
+                            yield index, unreadable(path, why, read=index, near=near())
                             return
                         eof = not fill()
                     except json.JSONDecodeError as exc:
                         if eof or len(buf) - pos > MAX_ELEMENT:
                             # the array cannot be resynchronised after a syntax error
                             why = f"invalid JSON: {exc.msg}"
-                            yield (
-                                index,
-                                unreadable(path, why, read=index, near=buf[pos : pos + 200]),
-                            )
+                            yield index, unreadable(path, why, read=index, near=near())
                             return
                         eof = not fill()
+                if _SURROGATE_ESCAPE.search(buf, pos, end) and _lone_escape(buf[pos:end]):
+                    at = lone_surrogate_at(value)
+                    if at is not None:  # the element's own text, not the next ones'
+                        text = buf[pos : min(end, pos + RAW_CHARS + SCRUB_MARGIN)]
+                        value = Broken(LONE_SURROGATE, text, f"at {at}", clip=True)
                 yield index, value
                 index += 1
                 pos = end
@@ -265,7 +302,7 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
                     pos += 1
                 elif buf[pos : pos + 1] != "]":
                     why = "expected ',' or ']' between elements"
-                    yield index, unreadable(path, why, read=index, near=buf[pos : pos + 200])
+                    yield index, unreadable(path, why, read=index, near=near())
                     return
         except UnicodeDecodeError as exc:
             yield index, unreadable(path, f"not UTF-8: {exc}", read=index)
@@ -307,10 +344,14 @@ def iter_jsonl(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield lineno, loads(line)
+                    value = loads(line)
                 except ValueError as exc:
-                    text = line.decode("utf-8", errors="replace")[:200]
-                    yield lineno, Broken(f"invalid JSON: {exc}", text)
+                    text = window(line.decode("utf-8", errors="replace"))
+                    if isinstance(exc, LoneSurrogate):
+                        value = Broken(LONE_SURROGATE, text, f"at {exc.at}", clip=True)
+                    else:  # the parser's message (with its position) as the detail
+                        value = Broken(INVALID_JSON, text, str(exc), clip=True)
+                yield lineno, value
         except GeneratorExit:
             return
     inputs[str(path)] = h.hexdigest()
@@ -326,6 +367,8 @@ def iter_csv(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, dict[str
         read = 0
         try:
             for row in reader:
+                if None in row:  # DictReader puts the cells past the header under key None
+                    row = _extra_cells(row, len(reader.fieldnames or ()))  # type: ignore[assignment]
                 yield reader.line_num, row
                 read += 1
         except (csv.Error, UnicodeDecodeError) as exc:
@@ -334,6 +377,12 @@ def iter_csv(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, dict[str
         except GeneratorExit:
             return
         inputs[str(path)] = hashing.drain()
+
+
+def _extra_cells(row: dict[Any, Any], header: int) -> Broken:
+    extra = row.pop(None)
+    row["(cells past the header)"] = extra
+    return Broken(EXTRA_CELLS, row, f"{header + len(extra)} cells, the header has {header}")
 
 
 def csv_header(path: Path) -> list[str]:

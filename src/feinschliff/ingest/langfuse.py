@@ -44,7 +44,16 @@ from feinschliff.ingest.langfuse_rows import (
     quarantine_exc,
     row_kind,
 )
-from feinschliff.ingest.records import FeedbackRecord, ReadLog, Unusable, Vote, finite, vote
+from feinschliff.ingest.records import (
+    DETAIL_CHARS,
+    FeedbackRecord,
+    ReadLog,
+    Unusable,
+    Vote,
+    finite,
+    vote,
+    window,
+)
 from feinschliff.ingest.scratch import Scratch, create_index
 from feinschliff.specs.feedback import DerivationRules
 
@@ -423,7 +432,8 @@ def score_vote(score: dict[str, Any], end_user: Any) -> Vote | None:
 
 
 def _score_detail(score: dict[str, Any]) -> str:
-    return f"score {score.get('id')}, value {score.get('value')!r}"[:300]
+    # cut to its shown length only after scrubbing (quarantine): half an e-mail is not found
+    return window(f"score {score.get('id')}, value {score.get('value')!r}", DETAIL_CHARS)
 
 
 def observation_record(row: dict[str, Any], votes: list[Vote], where: str) -> FeedbackRecord:

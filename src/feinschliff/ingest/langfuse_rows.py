@@ -29,16 +29,21 @@ from feinschliff.ingest.jsonio import (
     unreadable,
 )
 from feinschliff.ingest.records import (
+    LONE_SURROGATE,
     FeedbackRecord,
+    LoneSurrogate,
     Message,
     Quarantined,
     ReadLog,
     Unusable,
     Vote,
     broken_entry,
+    detail_of,
+    lone_surrogate_at,
     message,
     quarantined_exc,
     vote,
+    without_surrogates,
 )
 from feinschliff.specs.feedback import DerivationRules
 
@@ -73,15 +78,25 @@ def iter_rows(path: Path, log: ReadLog) -> Iterator[tuple[str, Any]]:
             yield f"{path}#{i}", row
     else:
         try:
-            page = read_json(path, log.inputs)
+            page, bad = read_json(path, log.inputs), False
+        except LoneSurrogate as exc:  # only the rows holding one are quarantined
+            page, bad = exc.value, True
         except (ValueError, UnicodeDecodeError) as exc:  # a truncated page: all its rows lost
             yield str(path), unreadable(path, f"not JSON: {exc}")
             return
         if isinstance(page, dict) and isinstance(page.get("data"), list):
             for i, row in enumerate(page["data"]):
-                yield f"{path}#data[{i}]", row
+                yield f"{path}#data[{i}]", _checked(row) if bad else row
         else:
-            yield str(path), page
+            yield str(path), _checked(page) if bad else page
+
+
+def _checked(row: Any) -> Any:
+    """A row of a page holding a lone surrogate somewhere: the row, or ``Broken`` if it is in it."""
+    at = lone_surrogate_at(row)
+    if at is None:
+        return row
+    return Broken(LONE_SURROGATE, without_surrogates(row), f"at {at}")
 
 
 def row_kind(row: Any) -> str | None:
@@ -115,7 +130,7 @@ def file_kind(path: Path, log: ReadLog, peek: int = 50) -> tuple[str | None, str
         if kind is not None:
             return kind, f"{path.name}: {kind}"
         if first is None:
-            keys = sorted(row)[:8] if isinstance(row, dict) else type(row).__name__
+            keys = sorted(map(str, row))[:8] if isinstance(row, dict) else type(row).__name__
             first = (
                 f"{path.name}: {row.reason}"
                 if isinstance(row, Broken)
@@ -142,6 +157,8 @@ def decode(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("{", "[", '"'):
         try:
             return loads(value)
+        except LoneSurrogate as exc:  # JSON after all, but its text cannot be written
+            raise Unusable(LONE_SURROGATE, f"in the JSON of a field, at {exc.at}") from None
         except ValueError:
             return value
     return value
@@ -222,4 +239,4 @@ def _thumb(value: Any) -> bool | None:
         return None if value == 0.5 else value > 0.5
     if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
         return value.strip().lower() in ("true", "1")
-    raise Unusable("thumbs score value is neither boolean nor 0/1", f"value {value!r}")
+    raise Unusable("thumbs score value is neither boolean nor 0/1", f"value {detail_of(value)}")

@@ -151,15 +151,43 @@ def _decontamination_lines(decontam: dict[str, Any]) -> str:
     return "".join(f"\n  {line}" for line in lines)
 
 
+def _cell(value: Any) -> str:
+    """A markdown table cell: a ``|`` would end the cell and a line break the table (reasons,
+    formats and paths come from the data)."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _code(value: Any) -> str:
+    text = _cell(value)
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def _dedup_line(dedup: dict[str, Any]) -> str:
+    """What deduplication ran (``feedback.dedup.exact`` / ``near`` can switch either off)."""
+    exact = "exact (normalised content)" if dedup.get("exact", True) else None
+    near = (
+        f"near-duplicate (MinHash LSH, threshold\n  {dedup['threshold']})"
+        if dedup.get("near", True)
+        else None
+    )
+    if not (exact or near):
+        return "- Deduplication: none (`feedback.dedup.exact` and `near` are off): rows may repeat."
+    off = "" if exact and near else f"; {'exact' if near else 'near-duplicate'} removal was off"
+    ran = " and ".join(x for x in (exact, near) if x)
+    return f"- Deduplication: {ran}{off}, across all sources, before any PII pseudonymization."
+
+
 def _body(manifest: dict[str, Any]) -> str:
     counts = manifest["counts"]
-    drops = "\n".join(f"| {k} | {v} |" for k, v in manifest["drops"].items()) or "| - | 0 |"
+    drops = "\n".join(f"| {_cell(k)} | {v} |" for k, v in manifest["drops"].items()) or "| - | 0 |"
     sources = "\n".join(
-        f"| {s['kind']} | {s['format']} | `{s['path']}` | {s['records']} | {s['quarantined']} |"
+        f"| {_cell(s['kind'])} | {_cell(s['format'])} | {_code(s['path'])} | {s['records']} | "
+        f"{s['quarantined']} |"
         for s in manifest["sources"]
     )
     rows = "\n".join(f"| `{name}` | {counts[name]} |" for name in OUTPUTS)
-    notes = "".join(f"- {n}\n" for n in manifest.get("notes", []))
+    # a note of several lines stays one list item
+    notes = "".join(f"- {n}".replace("\n", "\n  ") + "\n" for n in manifest.get("notes", []))
     notes_section = f"\n## Notes (from `manifest.json`)\n\n{notes}" if notes else ""
     return f"""# Feedback dataset (feinschliff ingest)
 
@@ -199,8 +227,7 @@ Rows and records not used, by reason:
   corrections vs originals, annotated preferences/rankings and thumbs-up vs thumbs-down answers
   to the same prompt -> preference; thumbs up/down -> KTO. Aggregation over annotators:
   `{manifest["rules"]["aggregation"]}`; minimum rating {manifest["rules"]["min_rating"]}.{_argilla_line(manifest)}
-- Deduplication: exact (normalised content) and near-duplicate (MinHash LSH, threshold
-  {manifest["dedup"]["threshold"]}), across all sources, before any PII pseudonymization.
+{_dedup_line(manifest["dedup"])}
 - Decontamination against {", ".join(manifest["decontamination"]["eval_sets"]) or "no eval sets"}:
   rows holding a {manifest["decontamination"]["ngram"]}-gram of an eval text, or a whole eval
   text of 8 words or more that is shorter than that, are dropped (`feinschliff.ngrams`).{_decontamination_lines(manifest["decontamination"])}

@@ -82,7 +82,7 @@ class Context:
         self.decontaminator = (
             Decontaminator(self.eval_sets, decon.ngram) if self.eval_sets.files else None
         )
-        self.keys = RowKeys()  # exact-dedup and held-out hashes, each message normalised once
+        self.keys = RowKeys()  # exact-dedup keys and held-out hashes, memoised per message
 
 
 _CONTEXT: Context | None = None

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,11 @@ class PullResult:
     watermark_before: dict[str, str]
     watermark_after: dict[str, str]
     fetched: dict[str, int] = field(default_factory=dict)
+
+
+class PullFailed(RuntimeError):
+    """A live pull's server could not be reached, answered with an error, or answered with
+    something that is no API response (a login page); the watermark is left as it was."""
 
 
 class EmptySnapshot(RuntimeError):
@@ -93,7 +99,9 @@ def pull_source(source: FeedbackSource) -> PullResult:
     if isinstance(source.pull, LangfusePull):
         return _pull_langfuse(source, source.pull)
     assert isinstance(source.pull, ArgillaPull)
-    return _pull_argilla(source, source.pull)
+    from feinschliff.ingest.pull_argilla import pull_argilla
+
+    return pull_argilla(source, source.pull)
 
 
 def _paths(source: FeedbackSource, url: str) -> tuple[Path, Path]:
@@ -119,7 +127,12 @@ def _load_watermark(path: Path) -> dict[str, str]:
 def _save_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+    try:
+        raw = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (legal JSON) stays an escape: its row is
+        raw = (json.dumps(data, indent=2) + "\n").encode()  # quarantined when read, not the pull
+    tmp.write_bytes(raw)
     tmp.replace(path)
 
 
@@ -139,10 +152,23 @@ def langfuse_url(pull: LangfusePull) -> str:
     return url.rstrip("/")
 
 
+def _langfuse_hint(pull: LangfusePull) -> str:
+    """Where the server URL came from, for error messages."""
+    if pull.base_url:
+        origin = "feedback.sources[].pull.base_url"
+    else:
+        origin = "LANGFUSE_BASE_URL" if os.environ.get("LANGFUSE_BASE_URL") else "LANGFUSE_HOST"
+    return (
+        f"Check the server URL (set by {origin}), that Langfuse is up and reachable from here, "
+        "and the keys (LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY); the watermark is unchanged"
+    )
+
+
 def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
     import httpx
 
     url = langfuse_url(pull)
+    hint = _langfuse_hint(pull)
     auth = (
         require_secret("LANGFUSE_PUBLIC_KEY", "Langfuse pull"),
         require_secret("LANGFUSE_SECRET_KEY", "Langfuse pull"),
@@ -166,12 +192,16 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
     if since := _since(before.get("scores")):
         score_params["fromTimestamp"] = since
 
-    with httpx.Client(base_url=url, auth=auth, timeout=pull.timeout_s) as client:
+    try:
+        client = httpx.Client(base_url=url, auth=auth, timeout=pull.timeout_s)
+    except httpx.InvalidURL as exc:
+        raise PullFailed(f"Langfuse pull: {url!r} is no valid URL ({exc}). {hint}") from exc
+    with client:
         for kind, path, params, stamp_key in (
             ("observations", "/api/public/v2/observations", obs_params, "startTime"),
             ("scores", "/api/public/v3/scores", score_params, "timestamp"),
         ):
-            for n, page in enumerate(_cursor_pages(client, path, params), start=1):
+            for n, page in enumerate(_cursor_pages(client, path, params, hint), start=1):
                 rows = page.get("data") or []
                 fetched[kind] += len(rows)
                 stamps = [r.get(stamp_key) for r in rows if isinstance(r, dict)]
@@ -208,106 +238,74 @@ def _advance(watermark: str | None, stamps: list[Any], started: datetime) -> str
     return _iso(min(max(moments), started)) if moments else watermark
 
 
-def _cursor_pages(client: Any, path: str, params: dict[str, Any]) -> Any:
+def _cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> Any:
     cursor = None
     while True:
         query = {**params, **({"cursor": cursor} if cursor else {})}
-        page = _get(client, path, query)
+        page = _get(client, path, query, hint)
         yield page
         cursor = (page.get("meta") or {}).get("cursor")
         if not cursor or not page.get("data"):
             return
 
 
-def _get(client: Any, path: str, params: dict[str, Any]) -> dict[str, Any]:
+def _get(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[str, Any]:
+    """One API page. Transport errors and 429/5xx are retried with backoff; anything else that
+    is no page (a 404, an HTML login page answered with 200, a server that stays down) raises
+    ``PullFailed`` naming the server, the endpoint and the cause, or ``MissingCredentials``."""
     import httpx
 
+    where = f"{str(client.base_url).rstrip('/')} (GET {path})"
     for attempt in range(RETRIES):
         try:
             response = client.get(path, params=params)
-        except httpx.TransportError:
-            if attempt == RETRIES - 1:
-                raise
+        except httpx.TransportError as exc:
+            # a URL without http(s):// fails the same way every time
+            if attempt == RETRIES - 1 or isinstance(exc, httpx.UnsupportedProtocol):
+                raise PullFailed(
+                    f"Langfuse pull: cannot reach {where}: {type(exc).__name__}: "
+                    f"{exc or 'no detail'} ({attempt + 1} tries). {hint}"
+                ) from exc
         else:
-            if response.status_code in (401, 403):
+            status = response.status_code
+            if status in (401, 403):
                 raise MissingCredentials(
-                    f"Langfuse refused the credentials ({response.status_code}) for {path}"
+                    f"Langfuse at {where} refused the credentials ({status}): check "
+                    "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (the project's API keys)"
                 )
-            if response.status_code not in (429, 500, 502, 503, 504):
-                response.raise_for_status()
-                return response.json()
-            if attempt == RETRIES - 1:
-                response.raise_for_status()
+            if status not in (429, 500, 502, 503, 504) or attempt == RETRIES - 1:
+                return _page(response, where, hint, attempt + 1)
         time.sleep(min(2**attempt, 10))
     raise RuntimeError("unreachable")
 
 
-# --------------------------------------------------------------------------- argilla
+def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
+    """The JSON page of a response that will not be retried, or ``PullFailed`` saying why it
+    is none."""
+    status, page = response.status_code, None
+    if status < 300:
+        with suppress(ValueError):  # not JSON: said below
+            page = response.json()
+        if isinstance(page, dict) and isinstance(page.get("data", []), list):
+            return page
+    body = _snippet(response.text)
+    if 300 <= status < 400:
+        where_to = response.headers.get("location") or "nowhere"
+        why = f"a redirect to {where_to} (a login page or proxy in front of the API?)"
+    elif status == 404:
+        why = "no Langfuse API there (the base URL is the server's root, without /api/public)"
+    elif status >= 400:
+        why = (f"{tries} times, " if tries > 1 else "") + body
+    elif page is None:
+        kind = response.headers.get("content-type") or "no content type"
+        why = f"a body that is no JSON ({kind}: {body}; a login page or proxy?)"
+    else:
+        why = f"JSON that is no API page (no `data` list): {body}"
+    said = f"{status} {response.reason_phrase}".strip()
+    raise PullFailed(f"Langfuse pull: {where} answered {said}: {why}. {hint}")
 
 
-def _pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
-    import argilla as rg
-
-    url = pull.api_url or os.environ.get("ARGILLA_API_URL")
-    if not url:
-        raise MissingCredentials("Argilla pull needs api_url or the ARGILLA_API_URL variable")
-    client = rg.Argilla(api_url=url, api_key=require_secret("ARGILLA_API_KEY", "Argilla pull"))
-    dataset = client.datasets(name=pull.dataset, workspace=pull.workspace)
-    if dataset is None:
-        raise ValueError(f"Argilla dataset {pull.dataset!r} not found on {url}")
-    mirror, mark_file = _paths(source, url)
-    before = _load_watermark(mark_file)
-    query = rg.Query(filter=rg.Filter([("response.status", "==", "submitted")]))
-    _save_json(mirror / ".argilla" / "settings.json", dataset.settings.serialize())
-    after, count = {}, 0
-    target = mirror / f"records-{_stamp()}.jsonl"
-    tmp = target.with_name(target.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for record in dataset.records(
-            query=query,
-            with_responses=True,
-            with_suggestions=False,
-            with_vectors=False,
-            batch_size=pull.batch_size,
-        ):
-            row = argilla_row(record)
-            if row["updated_at"]:
-                after["records"] = max(after.get("records", ""), row["updated_at"])
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    previous = sorted(mirror.glob("records-*.jsonl"))
-    if count == 0 and any(f.stat().st_size for f in previous):
-        tmp.unlink()
-        raise EmptySnapshot(
-            f"Argilla dataset {pull.dataset!r} on {url} returned no record with a submitted "
-            f"response, but the last pull had some: kept the previous snapshot ({previous[-1]}). "
-            "Check the workspace, the API key's permissions and the dataset; to accept an "
-            f"empty dataset, delete {mirror}"
-        )
-    tmp.replace(target)
-    for older in previous:  # superseded by the complete snapshot
-        if older.name < target.name:
-            older.unlink()
-    _save_json(mark_file, after)
-    log.info("argilla pull %s/%s: %d records (full snapshot)", url, pull.dataset, count)
-    return PullResult(mirror, before, after, {"records": count})
-
-
-def argilla_row(record: Any) -> dict[str, Any]:
-    """An SDK record in the nested form of ``to_disk``, with each response's status kept."""
-    model = record._model  # the record's server timestamps; the SDK keeps none per response
-    updated = model.updated_at.isoformat() if model.updated_at else None
-    responses: dict[str, list[dict[str, Any]]] = {}
-    for r in record.responses:
-        status = getattr(r.status, "value", r.status)
-        responses.setdefault(r.question_name, []).append(
-            {"value": r.value, "user_id": str(r.user_id), "status": status, "updated_at": updated}
-        )
-    return {
-        "id": record.id,
-        "_server_id": str(record._server_id) if record._server_id else None,
-        "status": record.status,
-        "fields": record.fields.to_dict(),
-        "responses": responses,
-        "updated_at": updated,
-    }
+def _snippet(text: str) -> str:
+    """The start of a response body on one line (error pages can be long HTML)."""
+    flat = " ".join(text.split())
+    return repr(flat[:160] + ("..." if len(flat) > 160 else "")) if flat else "an empty body"

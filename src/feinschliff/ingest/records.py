@@ -9,7 +9,9 @@ Readers yield records and ``Quarantined`` entries one at a time and note what th
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -181,7 +183,8 @@ class Quarantined(BaseModel):
     ``reason`` is fixed text (the manifest counts drops by it); what varies (ids, values, the
     parser's message) goes to ``detail``. ``unreadable``: the reader stopped here, so the rest
     of the file (or all of it) was lost with an unknown number of records: the stage fails
-    whatever the quarantined share (the flag is not written to ``quarantine.jsonl``)."""
+    whatever the quarantined share. ``clip``: ``raw`` is a ``window`` of undecodable text, cut
+    by ``shown`` after PII scrubbing. (Neither flag is written to ``quarantine.jsonl``.)"""
 
     source: str
     location: str
@@ -189,6 +192,7 @@ class Quarantined(BaseModel):
     raw: Any
     detail: str | None = None
     unreadable: bool = Field(False, exclude=True)
+    clip: bool = Field(False, exclude=True)
 
 
 class Unusable(ValueError):
@@ -215,6 +219,7 @@ def broken_entry(source: str, where: str, broken: Any) -> Quarantined:
         raw=broken.raw,
         detail=broken.detail,
         unreadable=broken.unreadable,
+        clip=broken.clip,
     )
 
 
@@ -267,9 +272,110 @@ def reason_and_detail(exc: Exception) -> tuple[str, str | None]:
             loc = [str(p) for p in first.get("loc", ())]
             where = ".".join("*" if p.isdigit() else p for p in loc)
             exact = ".".join(loc)
+            if first.get("type") == "string_unicode":  # pydantic's words for it say less
+                return LONE_SURROGATE, f"at {exact}" if exact else None
             if not where:
                 return str(first["msg"]), None
             return f"{where}: {first['msg']}", (f"at {exact}" if exact != where else None)
         except (IndexError, KeyError, TypeError):
             pass
     return str(exc) or type(exc).__name__, None
+
+
+# --------------------------------------------------------------------------- quarantine text
+
+LONE_SURROGATE = "text is not valid Unicode (lone surrogate)"
+INVALID_JSON = "invalid JSON"
+EXTRA_CELLS = "CSV row has more cells than the header"
+HEAD_CHARS = 2000  # of an unreadable file, kept in its quarantine entry
+RAW_CHARS = 200  # of an undecodable element's text, kept in its quarantine entry
+DETAIL_CHARS = 300  # of a quarantine entry's detail
+# Text is kept this far past what is shown and cut only after PII scrubbing: an e-mail or
+# IBAN cut in half is no longer recognised, and its first half would be written.
+SCRUB_MARGIN = 1000
+
+
+class LoneSurrogate(ValueError):
+    """JSON that decodes to a string holding half of a UTF-16 pair (``"\\ud83d"``: legal
+    JSON, but no UTF-8 text); ``value`` is the decoded value, ``at`` the path to the string."""
+
+    def __init__(self, value: Any, at: str):
+        super().__init__(f"{LONE_SURROGATE} at {at}")
+        self.value, self.at = value, at
+
+
+def window(text: str, shown: int = RAW_CHARS) -> str:
+    """The part of ``text`` to keep for a quarantine entry that shows ``shown`` characters."""
+    return text[: shown + SCRUB_MARGIN]
+
+
+def detail_of(value: Any) -> str:
+    """``repr(value)`` for a detail, long enough to be cut only after scrubbing."""
+    return window(repr(value), DETAIL_CHARS)
+
+
+def shown(raw: Any) -> Any:
+    """The raw value of a ``clip`` entry cut to what is shown (after scrubbing)."""
+    if isinstance(raw, str):
+        return raw[:RAW_CHARS]
+    if isinstance(raw, dict):  # an unreadable file: its head and the text at the error
+        cut = {"head": HEAD_CHARS, "near_error": RAW_CHARS}
+        return {k: v[: cut[k]] if k in cut and isinstance(v, str) else v for k, v in raw.items()}
+    return raw
+
+
+def lone_surrogate_at(value: Any) -> str | None:
+    """The path (``data[3].output``) to the first string or key holding a lone surrogate
+    (which Python's json decodes from ``"\\ud83d"``, and no UTF-8 writer accepts)."""
+    try:  # in C, for the usual answer (none); the walk below builds a path per value
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    except (TypeError, ValueError, RecursionError):  # not JSON data: walk it
+        pass
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:  # iterative: values nest as deep as the parser allows
+        path, v = stack.pop()
+        if isinstance(v, str):
+            if not _encodable(v):
+                return path or "the top level"
+        elif isinstance(v, dict):
+            for k, item in reversed(v.items()):
+                if isinstance(k, str) and not _encodable(k):
+                    return f"{path}.<key>".lstrip(".")
+                stack.append((f"{path}.{k}".lstrip("."), item))
+        elif isinstance(v, list | tuple):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(v))))
+    return None
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` with each lone surrogate replaced by U+FFFD (``value`` itself when it has
+    none), so that it can be scrubbed and written as UTF-8."""
+    if lone_surrogate_at(value) is None:
+        return value
+    text = json.dumps(_plain(value), ensure_ascii=False)
+    return json.loads(re.sub("[\ud800-\udfff]", "\ufffd", text))
+
+
+def _plain(value: Any, depth: int = 200) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth - 1) for k, v in value.items()} if depth else "..."
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth - 1) for v in value] if depth else "..."
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    return str(value)
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

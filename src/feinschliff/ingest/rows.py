@@ -41,7 +41,13 @@ from feinschliff.ingest.prepare import (
     prepare_rows,
     prepare_rows_in_worker,
 )
-from feinschliff.ingest.records import FeedbackRecord, Quarantined
+from feinschliff.ingest.records import (
+    DETAIL_CHARS,
+    FeedbackRecord,
+    Quarantined,
+    shown,
+    without_surrogates,
+)
 from feinschliff.ingest.scratch import Scratch, create_index
 from feinschliff.pii import scrub_value
 from feinschliff.specs.feedback import FeedbackSpec
@@ -101,14 +107,18 @@ class RowPipeline:
         return None if pool is None else pool.submit(fn, *args)
 
     def add_quarantined(self, item: Quarantined) -> None:
-        entry = item.model_dump()
+        # A lone surrogate (in the raw value of some entries) stops the scrubber and UTF-8.
+        entry = without_surrogates(item.model_dump())
         found: Counter[str] = Counter()
         entry["reason"] = scrub_value(entry["reason"], self.mode, self.key, found)
         entry["raw"] = scrub_value(entry["raw"], self.mode, self.key, found)
+        if item.clip:  # cut only now: PII across the cut was seen whole by the scrubber
+            entry["raw"] = shown(entry["raw"])
         if entry["detail"] is None:  # only entries with a variable part (ids, values) have one
             del entry["detail"]
         else:
-            entry["detail"] = scrub_value(entry["detail"], self.mode, self.key, found)
+            detail = scrub_value(entry["detail"], self.mode, self.key, found)
+            entry["detail"] = detail[:DETAIL_CHARS]
         self._count_pii("quarantine.jsonl", found)
         self.drops[f"quarantined: {_short(entry['reason'])}"] += 1
         self.sinks["quarantine.jsonl"].write(entry)

@@ -240,11 +240,11 @@ def _ingest_source(
 ) -> dict[str, Any]:
     pulled: dict[str, Any] | None = None
     if source.pull is not None:
-        from feinschliff.ingest.pull import EmptySnapshot, pull_source
+        from feinschliff.ingest.pull import EmptySnapshot, PullFailed, pull_source
 
         try:
             result = pull_source(source)
-        except (MissingCredentials, EmptySnapshot) as exc:
+        except (MissingCredentials, EmptySnapshot, PullFailed) as exc:
             raise IngestError(str(exc)) from exc
         path = result.mirror
         pulled = {

@@ -122,8 +122,12 @@ class DerivationRules(Strict):
         "mean",
         description="How several annotators' judgements of one record combine. Ratings: "
         "`mean` (mean >= min_rating), `majority` (more than half rate >= min_rating), "
-        "`unanimous` (all do). Labels, rankings, thumbs: `majority`/`mean` need a strict "
-        "majority, `unanimous` needs all votes to agree. Disagreements are counted.",
+        "`unanimous` (all do). Thumbs: `majority`/`mean` need more ups than downs or the "
+        "reverse, `unanimous` all alike. Preference labels and rankings (each vote places the "
+        "answers): `majority` chooses the answer more than half of the votes place first and "
+        "rejects the one more than half place last, `unanimous` needs every vote for both, "
+        "`mean` takes the best and the worst mean place; otherwise the record gives no pair "
+        "(counted in the manifest's drops). Disagreements are counted.",
     )
     corrections_as_sft: bool = Field(
         True,

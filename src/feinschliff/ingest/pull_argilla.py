@@ -1,0 +1,160 @@
+"""Argilla live pull: a full snapshot of the submitted records through the SDK (see
+``feinschliff.ingest.pull`` for why it is not incremental)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from feinschliff.ingest.credentials import MissingCredentials, require_secret
+from feinschliff.ingest.pull import (
+    EmptySnapshot,
+    PullFailed,
+    PullResult,
+    _load_watermark,
+    _paths,
+    _save_json,
+    _stamp,
+)
+from feinschliff.specs.feedback import ArgillaPull, FeedbackSource
+
+log = logging.getLogger(__name__)
+
+
+def pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
+    import argilla as rg
+
+    url = pull.api_url or os.environ.get("ARGILLA_API_URL")
+    if not url:
+        raise MissingCredentials("Argilla pull needs api_url or the ARGILLA_API_URL variable")
+    key = require_secret("ARGILLA_API_KEY", "Argilla pull")
+    with _argilla_errors(url):
+        client = rg.Argilla(api_url=url, api_key=key)
+        dataset = _argilla_dataset(client, pull, url)
+        mirror, mark_file = _paths(source, url)
+        before = _load_watermark(mark_file)
+        settings = dataset.settings.serialize()
+        mirror.mkdir(parents=True, exist_ok=True)
+        target = mirror / f"records-{_stamp()}.jsonl"
+        tmp = target.with_name(target.name + ".tmp")
+        after, count = _argilla_snapshot(rg, dataset, pull, tmp)
+    previous = sorted(mirror.glob("records-*.jsonl"))
+    if count == 0 and any(f.stat().st_size for f in previous):
+        tmp.unlink()
+        raise EmptySnapshot(
+            f"Argilla dataset {pull.dataset!r} on {url} returned no record with a submitted "
+            f"response, but the last pull had some: kept the previous snapshot ({previous[-1]}). "
+            "Check the workspace, the API key's permissions and the dataset; to accept an "
+            f"empty dataset, delete {mirror}"
+        )
+    # the settings with their snapshot: a failed or refused pull keeps the older records
+    # readable with the settings they were annotated under
+    _save_json(mirror / ".argilla" / "settings.json", settings)
+    tmp.replace(target)
+    for older in previous:  # superseded by the complete snapshot
+        if older.name < target.name:
+            older.unlink()
+    _save_json(mark_file, after)
+    log.info("argilla pull %s/%s: %d records (full snapshot)", url, pull.dataset, count)
+    return PullResult(mirror, before, after, {"records": count})
+
+
+@contextmanager
+def _argilla_errors(url: str) -> Iterator[None]:
+    """The SDK's errors as one line: its API errors, httpx transport errors, and the JSON or
+    pydantic ``ValueError`` of a server that answers with no Argilla API (a login page)."""
+    import httpx
+    from argilla._exceptions import ArgillaAPIError, ArgillaCredentialsError, ArgillaError
+
+    try:
+        yield
+    except ArgillaCredentialsError as exc:
+        raise MissingCredentials(f"Argilla at {url} refused ARGILLA_API_KEY") from exc
+    except (ArgillaError, httpx.HTTPError, ValueError) as exc:
+        endpoint = ""
+        for e in (exc, exc.__cause__, exc.__context__):  # the SDK wraps httpx's errors
+            if isinstance(e, httpx.HTTPStatusError | httpx.RequestError) and not endpoint:
+                with suppress(RuntimeError):  # an error raised without its request
+                    endpoint = f" ({e.request.method} {e.request.url.path})"
+        cause = str(exc) if isinstance(exc, ArgillaError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ArgillaAPIError):
+            cause = f"HTTP {exc.status_code}, {cause}"
+        elif isinstance(exc, ValueError):
+            cause += " (an answer that is no Argilla API JSON: a login page or proxy?)"
+        raise PullFailed(
+            f"Argilla pull: {url}{endpoint} failed: {' '.join(cause.split())[:300]}. Check the "
+            "server URL (api_url or ARGILLA_API_URL), that Argilla is up and reachable from "
+            "here, and ARGILLA_API_KEY; an earlier snapshot is kept"
+        ) from exc
+
+
+def _argilla_dataset(client: Any, pull: ArgillaPull, url: str) -> Any:
+    # the SDK warns and returns None for a missing workspace or dataset (and fails on a None
+    # workspace): said here in one line instead
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        workspace = client.workspaces(pull.workspace) if pull.workspace else None
+        if pull.workspace and workspace is None:
+            raise PullFailed(
+                f"Argilla pull: no workspace {pull.workspace!r} on {url} that ARGILLA_API_KEY "
+                "can see: check feedback.sources[].pull.workspace and the key's user"
+            )
+        dataset = client.datasets(name=pull.dataset, workspace=workspace)
+    if dataset is None:
+        raise PullFailed(
+            f"Argilla pull: no dataset {pull.dataset!r} in workspace "
+            f"{pull.workspace or '(default)'} on {url}: check feedback.sources[].pull.dataset "
+            "and .workspace, and that ARGILLA_API_KEY's user may read it"
+        )
+    return dataset
+
+
+def _argilla_snapshot(rg: Any, dataset: Any, pull: ArgillaPull, tmp: Path) -> tuple[dict, int]:
+    """Every record with a submitted response into ``tmp`` (removed when the pull fails)."""
+    query = rg.Query(filter=rg.Filter([("response.status", "==", "submitted")]))
+    after: dict[str, str] = {}
+    count = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for record in dataset.records(
+                query=query,
+                with_responses=True,
+                with_suggestions=False,
+                with_vectors=False,
+                batch_size=pull.batch_size,
+            ):
+                row = argilla_row(record)
+                if row["updated_at"]:
+                    after["records"] = max(after.get("records", ""), row["updated_at"])
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return after, count
+
+
+def argilla_row(record: Any) -> dict[str, Any]:
+    """An SDK record in the nested form of ``to_disk``, with each response's status kept."""
+    model = record._model  # the record's server timestamps; the SDK keeps none per response
+    updated = model.updated_at.isoformat() if model.updated_at else None
+    responses: dict[str, list[dict[str, Any]]] = {}
+    for r in record.responses:
+        status = getattr(r.status, "value", r.status)
+        responses.setdefault(r.question_name, []).append(
+            {"value": r.value, "user_id": str(r.user_id), "status": status, "updated_at": updated}
+        )
+    return {
+        "id": record.id,
+        "_server_id": str(record._server_id) if record._server_id else None,
+        "status": record.status,
+        "fields": record.fields.to_dict(),
+        "responses": responses,
+        "updated_at": updated,
+    }
