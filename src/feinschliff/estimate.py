@@ -666,25 +666,31 @@ def dataset_tokens(recipe, data_dir: Path) -> tuple[int, str]:
 def row_tokens(recipe, data_dir: Path) -> tuple[list[int], str]:
     """Tokens of each training row of an ingest output (capped at max_length), and how counted.
 
-    Counted with the base model's tokenizer and chat template when the model is local, else
-    estimated at 4 characters per token.
+    Counted with the base model's tokenizer and the chat template training uses (ChatML with
+    ``train.chat_template: chatml``) when the model is local, else estimated at 4 characters
+    per token.
     """
     from feinschliff.train.data import method_rows
+    from feinschliff.train.templates import CHATML
 
     spec = recipe.train
     hp = spec.hyperparameters
     rows = method_rows(spec.method, data_dir)
     texts = [_row_conversations(spec.method, r) for r in rows]
     tokenizer, how = _local_tokenizer(recipe), "tokenizer"
+    template = CHATML if spec.chat_template == "chatml" else None
+    if tokenizer is not None and template is None and not tokenizer.chat_template:
+        raise EstimateError(
+            f"train.chat_template: model, but {recipe.base_model.name} has no chat template: "
+            "set train.chat_template: chatml"
+        )
     per_row = []
     for convs in texts:
         n = 0
         for conv in convs:
             if tokenizer is not None:
-                n += min(
-                    len(tokenizer.apply_chat_template(conv, tokenize=True)["input_ids"]),
-                    hp.max_length,
-                )
+                ids = tokenizer.apply_chat_template(conv, tokenize=True, chat_template=template)
+                n += min(len(ids["input_ids"]), hp.max_length)
             else:
                 n += min(sum(len(m["content"]) for m in conv) // 4, hp.max_length)
         per_row.append(n)

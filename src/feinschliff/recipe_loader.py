@@ -67,11 +67,17 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError([f"{path}: cannot read: {_not_utf8(exc)}"]) from None
     try:
         data = parse_yaml(text)
-        lines_by_path = _line_numbers(text)
+        lines_by_path, duplicates = _line_numbers(text)
     except yaml.YAMLError as exc:
         raise RecipeError([f"{path}: (yaml): {_one_line(str(exc))}"]) from exc
+    if duplicates:  # the YAML parser keeps the last one: a whole section could vanish unseen
+        raise RecipeError(
+            [f"{path}: {d}: duplicate key (line {n}; first at line {f})" for d, n, f in duplicates]
+        )
     if not isinstance(data, dict):
         raise RecipeError([f"{path}: (root): a recipe must be a YAML mapping"])
     errors = []
@@ -103,8 +109,11 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ValueError(f"bad path {key!r}")
     try:
         value = parse_yaml(raw) if raw.strip() else ""
+        duplicates = _line_numbers(raw)[1] if raw.strip() else []
     except yaml.YAMLError as exc:
         raise ValueError(f"invalid YAML value: {_one_line(str(exc))}") from None
+    if duplicates:
+        raise ValueError(f"duplicate key {duplicates[0][0]!r} in the value")
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = _child(node, part)
@@ -213,16 +222,26 @@ def yaml_path(loc: Sequence[int | str], data: Any, kind: str = "missing") -> str
     return ".".join(parts)
 
 
-def _line_numbers(text: str) -> dict[str, int]:
-    """Dotted path -> 1-based line number, from the YAML node tree."""
+def _line_numbers(text: str) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
+    """Dotted path -> 1-based line number, from the YAML node tree; and the keys given twice
+    in one mapping as (dotted path, line, first line). A key next to a merge (``<<:``)
+    overrides the merged one, as YAML means it: not a duplicate."""
     out: dict[str, int] = {}
+    duplicates: list[tuple[str, int, int]] = []
     root = yaml.compose(text)
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
             for key, val in node.value:
                 name = f"{prefix}.{key.value}" if prefix else str(key.value)
-                out[name] = key.start_mark.line + 1
+                line = key.start_mark.line + 1
+                if key.tag != "tag:yaml.org,2002:merge" and isinstance(key, yaml.ScalarNode):
+                    if (key.tag, key.value) in seen:
+                        duplicates.append((name, line, seen[(key.tag, key.value)]))
+                    else:
+                        seen[(key.tag, key.value)] = line
+                out[name] = line
                 walk(val, name)
         elif isinstance(node, yaml.SequenceNode):
             for i, val in enumerate(node.value):
@@ -232,7 +251,16 @@ def _line_numbers(text: str) -> dict[str, int]:
 
     if root is not None:
         walk(root, "")
-    return out
+    return out, duplicates
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    where = exc.start
+    line = exc.object[:where].count(b"\n") + 1
+    return (
+        f"not UTF-8 (byte 0x{exc.object[where]:02x} at offset {where}, line {line}): "
+        "save the recipe as UTF-8"
+    )
 
 
 def _one_line(text: str) -> str:

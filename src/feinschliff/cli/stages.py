@@ -234,10 +234,12 @@ def run(
     cfg = _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
     from feinschliff.estimate import EstimateError, check_training_fits
     from feinschliff.paths import project_root
+    from feinschliff.train.checks import RecipeRefused, refuse_missing_base_model
 
     try:
         check_training_fits(cfg)  # a training that cannot fit the configured GPU: refuse now
-    except EstimateError as exc:
+        refuse_missing_base_model(cfg)  # `run` trains here: a mistyped folder before the ingest
+    except (EstimateError, RecipeRefused) as exc:
         raise Failure(str(exc), code=2) from exc
 
     sys.path.insert(0, str(project_root()))

@@ -21,17 +21,19 @@ def train(
     """Train a LoRA adapter (SFT, DPO, ORPO or KTO; backend TRL or Axolotl; optionally on several
     processes with accelerate) and write OUT/adapter/ (PEFT + README.md model card),
     OUT/metrics.json (loss curve, eval loss, tokens/s, peak memory, wall time) and OUT/loss.png.
-    A killed run resumes from its last complete checkpoint when rerun; a recipe with train.gpu
-    is refused up front if its memory estimate does not fit that GPU (see `estimate`)."""
+    A killed run resumes from its last complete checkpoint when rerun; refused up front (exit 2,
+    nothing written): a recipe with train.gpu whose memory estimate does not fit that GPU (see
+    `estimate`), a base model folder that is not there, LoRA target modules the model does not
+    have, and an OUT inside DATA (or holding it)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.train import run_train
-    from feinschliff.train.stage import DoesNotFit, TrainError
+    from feinschliff.train.stage import RecipeRefused, TrainError
 
     cfg = _load(recipe, set_)
     ref = DatasetRef(path=str(data.resolve()), sha256=_complete_dir(data, "ingest"))
     try:
         adapter = run_train(cfg, ref, out)
-    except DoesNotFit as exc:  # as `run` and `estimate`: the recipe asks for too small a GPU
+    except RecipeRefused as exc:  # too small a train.gpu (as `run`, `estimate`), no such model
         raise Failure(str(exc), code=2) from exc
     except TrainError as exc:
         raise Failure(str(exc)) from exc

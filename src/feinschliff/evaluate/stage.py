@@ -131,7 +131,7 @@ def run_evaluate(
     return ReportRef(path=str(out), sha256=digest)
 
 
-def refuse_overlap(out: Path, *, adapter: AdapterRef, data: DatasetRef | None) -> None:
+def refuse_overlap(out: Path, *, adapter: AdapterRef | None, data: DatasetRef | None) -> None:
     """Refuse an output folder that is, holds or lies inside the adapter or the data being
     evaluated: writing the report there would change (or, replacing leftovers, delete) them."""
     target = out.resolve()
@@ -155,8 +155,11 @@ def cache_key(
     """What a finished report depends on: its recipe sections, the contamination metric's n,
     the candidate, the production adapter it is compared with, the rows, the bundled eval and
     judge data and the code."""
+    from feinschliff.train.checks import base_model_fingerprint
+
     return input_key(
         section_hash(recipe, "base_model", "evaluate"),
+        base_model_fingerprint(recipe),  # a base folder replaced by another model: evaluate again
         recipe.feedback.decontamination.ngram,
         adapter.sha256,
         production.sha256 if production else None,

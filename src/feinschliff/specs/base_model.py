@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
-from feinschliff.specs.common import Strict
+from feinschliff.specs.common import ModelName, Strict, is_local_path
+
+__all__ = ["BaseModelSpec", "is_local_path"]
 
 # --------------------------------------------------------------------------- base model
 
-# Names that are paths by their spelling; anything else is an alias or a Hugging Face id
-# ("org/model" also contains a slash, so a slash alone does not make a path).
-_PATH_PREFIXES = ("./", "../", "/", "~")
-
-
-def is_local_path(name: str) -> bool:
-    """True for ``./x``, ``../x``, ``/abs``, ``~/x`` (and ``.``/``..``): a folder, not an id."""
-    return name in (".", "..") or name.startswith(_PATH_PREFIXES)
-
 
 class BaseModelSpec(Strict):
-    name: str = Field(
+    name: ModelName = Field(
         description="Model to fine-tune: a feinschliff alias (e.g. smollm2-135m-instruct, see "
         "`feinschliff models list`), a Hugging Face id, or a local HF folder written as a path "
         "(./x, ../x, /abs or ~/x; relative paths are relative to the recipe file).",
@@ -35,14 +27,3 @@ class BaseModelSpec(Strict):
         "bfloat16",
         description="Weight dtype for training and evaluation. Use float32 on CPU.",
     )
-
-    @field_validator("name")
-    @classmethod
-    def _resolve_local_path(cls, name: str, info: ValidationInfo) -> str:
-        # Every stage (train, evaluate, serving) reads this name, whatever its working directory;
-        # resolving here, like RecipePath, makes them all find the folder next to the recipe.
-        base = (info.context or {}).get("base_dir")
-        if base is None or not is_local_path(name):
-            return name
-        path = Path(name).expanduser()
-        return str((path if path.is_absolute() else Path(base) / path).resolve())

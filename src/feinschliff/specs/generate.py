@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from feinschliff.specs.common import RecipePath, Strict
+from feinschliff.specs.common import ModelName, RecipePath, Strict
 
 # --------------------------------------------------------------------------- seeds
 
@@ -82,7 +82,11 @@ class LocalTeacher(Strict):
     """A transformers model on this machine (slow: one prompt at a time, no constrained output)."""
 
     kind: Literal["transformers"] = Field(description="A local transformers model.")
-    model: str = Field(description="Local model folder or a model alias (`feinschliff models`).")
+    model: ModelName = Field(
+        description="A model alias (`feinschliff models`), a Hugging Face id, or a local HF "
+        "folder written as a path (./x, ../x, /abs or ~/x; relative paths are relative to the "
+        "recipe file)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype (CPU: float32)."
     )

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from feinschliff.specs.common import Strict
+from feinschliff.specs.common import Count, Number, Strict
 
 # --------------------------------------------------------------------------- train
 
@@ -22,17 +22,18 @@ SHARDED_CONFIGS = ("fsdp", "deepspeed-zero3")
 
 
 class LoraSpec(Strict):
-    r: int = Field(
+    r: Count = Field(
         16,
         gt=0,
         description="LoRA rank: any positive integer up to register.max_lora_rank (vLLM pads "
         "lower ranks to its --max-lora-rank and refuses only higher ones).",
     )
-    alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    alpha: Count = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: Number = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear",
-        description="Modules to adapt: 'all-linear' or a list such as [q_proj, v_proj].",
+        description="Modules to adapt: 'all-linear' or a list of the model's module names such "
+        "as [q_proj, v_proj] (training refuses a name the model does not have).",
     )
     use_dora: bool = Field(False, description="Must stay false: vLLM cannot serve DoRA adapters.")
     bias: Literal["none", "all", "lora_only"] = Field(
@@ -43,6 +44,14 @@ class LoraSpec(Strict):
         description="Must stay empty: vLLM refuses adapters with fully trained extra modules "
         "(e.g. embed_tokens, lm_head).",
     )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, modules: str | list[str]) -> str | list[str]:
+        # PEFT refuses an empty list only when training starts, minutes later
+        if not modules:
+            raise ValueError("an empty list adapts nothing: name modules, or use all-linear")
+        return modules
 
     @field_validator("use_dora")
     @classmethod
@@ -73,21 +82,21 @@ class LoraSpec(Strict):
 
 
 class Hyperparameters(Strict):
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    max_steps: int = Field(
+    learning_rate: Number = Field(2e-4, gt=0, description="Peak learning rate.")
+    max_steps: Count = Field(
         -1,
         ge=-1,
         description="Stop after this many optimizer steps (>= 1); -1 trains `epochs` epochs.",
     )
-    epochs: float = Field(
+    epochs: Number = Field(
         1.0, gt=0, description="Epochs over the training data (if max_steps is -1)."
     )
-    batch_size: int = Field(4, ge=1, description="Micro-batch size per device.")
-    gradient_accumulation_steps: int = Field(
+    batch_size: Count = Field(4, ge=1, description="Micro-batch size per device.")
+    gradient_accumulation_steps: Count = Field(
         1, ge=1, description="Micro-batches per optimizer step."
     )
-    max_length: int = Field(512, ge=16, description="Maximum tokens per training example.")
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Share of steps for LR warm-up.")
+    max_length: Count = Field(512, ge=16, description="Maximum tokens per training example.")
+    warmup_ratio: Number = Field(0.0, ge=0.0, lt=1.0, description="Share of steps for LR warm-up.")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
         "linear",
         description="Learning-rate schedule after the warm-up (warmup_ratio > 0 warms up first, "
@@ -96,16 +105,16 @@ class Hyperparameters(Strict):
     gradient_checkpointing: bool = Field(
         False, description="Trade ~30 % more compute for less activation memory."
     )
-    seed: int = Field(42, description="Training seed.")
-    logging_steps: int = Field(1, ge=1, description="Record the loss every N steps.")
-    save_steps: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
-    eval_fraction: float = Field(
+    seed: Count = Field(42, description="Training seed.")
+    logging_steps: Count = Field(1, ge=1, description="Record the loss every N steps.")
+    save_steps: Count = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
+    eval_fraction: Number = Field(
         0.0,
         ge=0.0,
         lt=0.5,
         description="Share of the training rows held out to report an eval loss (0 = no eval split).",
     )
-    eval_steps: int | None = Field(
+    eval_steps: Count | None = Field(
         None,
         ge=1,
         description="Compute the eval loss every N steps (needs eval_fraction > 0); default: at "
@@ -153,7 +162,7 @@ class _TrainBase(Strict):
         description="'base': a fresh LoRA. 'production': continue training the adapter the "
         "registry currently aliases `production` (falls back to a fresh LoRA if there is none).",
     )
-    replay_fraction: float = Field(
+    replay_fraction: Number = Field(
         0.0,
         ge=0.0,
         le=0.9,
@@ -170,7 +179,7 @@ class _TrainBase(Strict):
         description="Launcher config from configs/accelerate/ (launcher: accelerate). fsdp and "
         "deepspeed-zero3 shard weights, gradients and optimizer states over num_processes >= 2.",
     )
-    num_processes: int = Field(
+    num_processes: Count = Field(
         1,
         ge=1,
         description="Training processes (one per GPU) with launcher: accelerate; 1 trains in "
@@ -262,14 +271,14 @@ class DPOTrain(_TrainBase):
     method: Literal["dpo"] = Field(
         description="Direct preference optimisation on `preference.jsonl`."
     )
-    beta: float = Field(0.1, gt=0, description="DPO temperature: how far the policy may drift.")
+    beta: Number = Field(0.1, gt=0, description="DPO temperature: how far the policy may drift.")
 
 
 class ORPOTrain(_TrainBase):
     method: Literal["orpo"] = Field(
         description="Odds-ratio preference optimisation (no reference model)."
     )
-    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term (ORPO lambda).")
+    beta: Number = Field(0.1, gt=0, description="Weight of the odds-ratio term (ORPO lambda).")
 
 
 class KTOTrain(_TrainBase):
@@ -277,11 +286,11 @@ class KTOTrain(_TrainBase):
         description="Kahneman-Tversky optimisation on unpaired good/bad answers (`kto.jsonl`, "
         "or derived from `preference.jsonl`)."
     )
-    beta: float = Field(0.1, gt=0, description="KTO temperature: how far the policy may drift.")
-    desirable_weight: float = Field(
+    beta: Number = Field(0.1, gt=0, description="KTO temperature: how far the policy may drift.")
+    desirable_weight: Number = Field(
         1.0, gt=0, description="Loss weight of good answers (raise it when they are rarer)."
     )
-    undesirable_weight: float = Field(1.0, gt=0, description="Loss weight of bad answers.")
+    undesirable_weight: Number = Field(1.0, gt=0, description="Loss weight of bad answers.")
 
     @model_validator(mode="after")
     def _kto_runs_on_trl(self) -> KTOTrain:

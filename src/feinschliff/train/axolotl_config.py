@@ -28,7 +28,7 @@ TOP_KEYS = frozenset(
         "eval_strategy", "eval_steps", "sample_packing", "pad_to_sequence_len", "rl", "rl_beta",
         "orpo_alpha", "remove_unused_columns", "resume_from_checkpoint", "dataloader_num_workers",
         "save_safetensors", "bf16", "fp16", "lora_mlp_kernel", "lora_qkv_kernel",
-        "lora_o_kernel", "lora_embedding_kernel", "lora_model_dir",
+        "lora_o_kernel", "lora_embedding_kernel", "lora_model_dir", "revision_of_model",
     }
 )  # fmt: skip
 DATASET_KEYS = frozenset(
@@ -151,6 +151,9 @@ def build_config(
         "bf16": dtype == "bfloat16",
         "fp16": dtype == "float16",
     }
+    if recipe.base_model.revision:
+        # Axolotl's name for it (alias model_revision): passed to every from_pretrained
+        cfg["revision_of_model"] = recipe.base_model.revision
     if lora.target_modules == "all-linear":
         cfg["lora_target_linear"] = True
     else:

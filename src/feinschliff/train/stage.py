@@ -3,9 +3,10 @@
 ``out/adapter/`` (PEFT: adapter_config.json + adapter_model.safetensors + README.md model
 card), ``out/metrics.json`` (loss curve, tokens/s, peak memory, wall time, trained tokens) and
 ``out/loss.png``. A finished output made from the same inputs is reused, not retrained; a killed
-one resumes from its last complete checkpoint. Before anything is loaded, a recipe with a
-target ``train.gpu`` is refused if its memory estimate does not fit that GPU, and QLoRA is
-refused where no CUDA GPU exists.
+one resumes from its last complete checkpoint. Before anything is written, a recipe with a
+target ``train.gpu`` is refused if its memory estimate does not fit that GPU, QLoRA where no
+CUDA GPU exists, and a base model folder, LoRA targets or chat template the model does not
+have (``train.checks``); so is an output folder inside the data or holding it.
 """
 
 from __future__ import annotations
@@ -28,35 +29,39 @@ from feinschliff.artifacts import (
     rows_sha256,
     write_json,
 )
-from feinschliff.models import resolve_model
 from feinschliff.plots import plot_loss
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
 from feinschliff.registry import UNSET
 from feinschliff.train import data as train_data
+from feinschliff.train.checks import (
+    DoesNotFit,
+    RecipeRefused,
+    TrainError,
+    base_model_fingerprint,
+    base_model_path,
+    check_model_fits_recipe,
+    refuse_out_overlap,
+)
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE
 from feinschliff.train.warm_start import WarmStart, WarmStartError, find_warm_start
+
+__all__ = ["DoesNotFit", "RecipeRefused", "TrainError", "cache_key", "preflight", "run_train"]
 
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
-    """Training cannot start (no GPU for QLoRA, too little memory, empty data) or failed."""
-
-
-class DoesNotFit(TrainError):
-    """The recipe's ``train.gpu`` is too small for the memory estimate: a recipe problem."""
-
-
 def cache_key(recipe: Recipe, data: DatasetRef, production: Any = UNSET) -> str:
-    """What a finished training depends on: its recipe sections, the rows, the adapter a warm
-    start continues (``production`` as in ``run_train``) and the code."""
+    """What a finished training depends on: its recipe sections, the base model's content
+    (``checks.base_model_fingerprint``), the rows, the adapter a warm start continues
+    (``production`` as in ``run_train``) and the code."""
     return _key(recipe, rows_sha256(data), _warm_start(recipe, production))
 
 
 def _key(recipe: Recipe, rows: str, warm: WarmStart | None) -> str:
     return input_key(
         section_hash(recipe, "base_model", "train"),
+        base_model_fingerprint(recipe),  # the same name may hold another model later
         rows,
         warm.adapter_sha256 if warm else None,
         code_version(),
@@ -75,6 +80,7 @@ def run_train(
 ) -> AdapterRef:
     """Train (or reuse a finished training of the same inputs). ``production``: the version a
     warm start continues, as the caller recorded it (default: the registry's production now)."""
+    refuse_out_overlap(out, data)
     warm = _warm_start(recipe, production)
     rows = rows_sha256(data)
     key = _key(recipe, rows, warm)
@@ -82,8 +88,9 @@ def run_train(
         log.info("train: reusing finished adapter in %s", out)
         return AdapterRef(path=str(out), sha256=digest)
     preflight(recipe)
+    model_path = base_model_path(recipe)
+    check_model_fits_recipe(recipe, model_path)
     prepare_out(out, key, "train")
-    model_path = resolve_model(recipe.base_model.name)
     spec = recipe.train
     try:
         replay = train_data.replay_rows(spec.method, warm.dataset_sha256) if warm else []

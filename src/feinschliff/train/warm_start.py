@@ -164,15 +164,41 @@ def all_linear_modules(recipe: Recipe) -> set[str]:
 
 @functools.lru_cache(maxsize=8)
 def _all_linear(model_path: str, revision: str | None) -> frozenset[str]:
-    import torch
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    lora = _maybe_include_all_linear_layers(
+        LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM"),
+        _meta_model(model_path, revision),
+    )
+    return frozenset(lora.target_modules)
+
+
+@functools.lru_cache(maxsize=8)
+def adaptable_modules(model_path: str, revision: str | None) -> frozenset[str]:
+    """The dotted names of the base model's modules that LoRA can adapt (linear, embedding and
+    convolution layers: PEFT refuses others), built on the meta device like ``_all_linear``."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    nn = torch.nn
+    kinds = (
+        nn.Linear,
+        nn.Embedding,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.MultiheadAttention,
+        Conv1D,
+    )
+    model = _meta_model(model_path, revision)
+    return frozenset(name for name, mod in model.named_modules() if isinstance(mod, kinds))
+
+
+def _meta_model(model_path: str, revision: str | None):
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model_path, revision=revision)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    lora = _maybe_include_all_linear_layers(
-        LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM"), model
-    )
-    return frozenset(lora.target_modules)
+        return AutoModelForCausalLM.from_config(config)
