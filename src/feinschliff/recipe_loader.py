@@ -228,19 +228,34 @@ def _line_numbers(text: str) -> tuple[dict[str, int], list[tuple[str, int, int]]
     overrides the merged one, as YAML means it: not a duplicate."""
     out: dict[str, int] = {}
     duplicates: list[tuple[str, int, int]] = []
-    root = yaml.compose(text)
+    # the recipe's own resolvers (YAML 1.2 booleans), and keys compared by their loaded value:
+    # `1:` and `01:`, `~:` and `null:` are one key to the loader, so the last one would win
+    loader = _RecipeYaml(text)
+    try:
+        root = loader.get_single_node()
+    finally:
+        loader.dispose()
+
+    def identity(key: Any) -> Any:
+        try:
+            value = loader.construct_object(key, deep=True)
+            hash(value)
+        except Exception:  # an unhashable or odd key: its tag and text
+            return (key.tag, key.value)
+        return (type(value).__name__, value)
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
-            seen: dict[tuple[str, str], int] = {}
+            seen: dict[Any, int] = {}
             for key, val in node.value:
                 name = f"{prefix}.{key.value}" if prefix else str(key.value)
                 line = key.start_mark.line + 1
                 if key.tag != "tag:yaml.org,2002:merge" and isinstance(key, yaml.ScalarNode):
-                    if (key.tag, key.value) in seen:
-                        duplicates.append((name, line, seen[(key.tag, key.value)]))
+                    ident = identity(key)
+                    if ident in seen:
+                        duplicates.append((name, line, seen[ident]))
                     else:
-                        seen[(key.tag, key.value)] = line
+                        seen[ident] = line
                 out[name] = line
                 walk(val, name)
         elif isinstance(node, yaml.SequenceNode):

@@ -100,3 +100,22 @@ def test_file_lock_excludes_other_processes_until_the_holder_dies(tmp_path):
     start = time.monotonic()
     with file_lock(lock):
         assert time.monotonic() - start < 5
+
+
+def test_write_json_writes_utf8_whatever_the_locale(tmp_path):
+    """A C/POSIX locale without UTF-8 (some minimal container images) made the approver
+    "Jürgen" in decision.json an UnicodeEncodeError: JSON files are UTF-8 by definition."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "d.json"
+    code = (  # the name as an escape: argv itself is decoded with the locale
+        "from pathlib import Path; from feinschliff.artifacts import write_json; "
+        f"write_json(Path({str(path)!r}), {{'by': 'J\\u00fcrgen'}})"
+    )
+    env = {**os.environ, "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C", "LANG": "C"}
+    env.pop("PYTHONUTF8", None)
+    subprocess.run([sys.executable, "-X", "utf8=0", "-c", code], env=env, check=True)
+    assert json.loads(path.read_bytes().decode("utf-8")) == {"by": "Jürgen"}

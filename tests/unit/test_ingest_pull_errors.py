@@ -250,3 +250,34 @@ def test_a_lone_surrogate_in_a_pulled_page_quarantines_its_row_not_the_pull(serv
     reasons = [q["reason"] for q in quarantined]
     assert "text is not valid Unicode (lone surrogate)" in reasons, reasons
     assert manifest["counts"]["sft.jsonl"] > 0
+
+
+def test_a_lone_surrogate_in_an_argilla_record_is_written_as_an_escape(tmp_path):
+    """The SDK's records come from a remote Argilla server, which cannot run here: the record is
+    a stand-in with the attributes ``argilla_row`` reads. A field holding half an emoji (legal
+    JSON) made the snapshot's UTF-8 write fail, reported as 'no Argilla API JSON', on every
+    scheduled pull; now the line keeps it as an escape and the reader quarantines it."""
+    import types
+
+    import argilla as rg
+
+    from feinschliff.ingest.pull_argilla import _argilla_snapshot
+    from feinschliff.specs.feedback import ArgillaPull
+
+    class Fields(dict):
+        def to_dict(self):
+            return dict(self)
+
+    record = types.SimpleNamespace(
+        _model=types.SimpleNamespace(updated_at=None),
+        responses=[],
+        id="r1",
+        _server_id=None,
+        status="completed",
+        fields=Fields(prompt="Hallo", response="Gern \ud83d geschehen"),
+    )
+    dataset = types.SimpleNamespace(records=lambda **kw: iter([record]))
+    pull = ArgillaPull.model_validate({"dataset": "feedback-de", "api_url": "http://a:6900"})
+    _, count = _argilla_snapshot(rg, dataset, pull, tmp_path / "records.jsonl")
+    line = (tmp_path / "records.jsonl").read_bytes().decode("utf-8")  # strict UTF-8
+    assert count == 1 and json.loads(line)["fields"]["response"] == "Gern \ud83d geschehen"

@@ -12,7 +12,7 @@ from feinschliff.ingest import run_ingest
 from feinschliff.ingest.dedup import RowKeys, content_key, normalize
 from feinschliff.ingest.derive import derive_record
 from feinschliff.ingest.jsonio import dumps
-from feinschliff.ingest.outputs import write_card
+from feinschliff.ingest.outputs import OUTPUTS, write_card
 from feinschliff.ingest.records import FeedbackRecord, Message, Vote
 from feinschliff.recipe import FeedbackSpec
 from feinschliff.specs.feedback import DerivationRules
@@ -194,18 +194,7 @@ def test_a_reexported_record_with_a_trailing_newline_is_an_exact_duplicate(tmp_p
 def manifest(**dedup) -> dict:
     return {
         "status": "complete",
-        "counts": dict.fromkeys(
-            [
-                "sft.jsonl",
-                "preference.jsonl",
-                "kto.jsonl",
-                "heldout/sft.jsonl",
-                "heldout/preference.jsonl",
-                "heldout/kto.jsonl",
-                "quarantine.jsonl",
-            ],
-            1,
-        ),
+        "counts": dict.fromkeys(OUTPUTS, 1),
         "sources": [
             {
                 "kind": "argilla",

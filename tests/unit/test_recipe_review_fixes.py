@@ -79,8 +79,8 @@ def test_a_recipe_that_is_not_utf8_is_an_argument_error_naming_the_byte(tmp_path
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("train.hyperparameters.max_steps=true", "valid integer"),
-        ("train.lora.r=true", "valid integer"),
+        ("train.hyperparameters.max_steps=true", "not true/false"),
+        ("train.lora.r=true", "not true/false"),
         ("train.hyperparameters.batch_size=2.5", "valid integer"),
         ("train.hyperparameters.learning_rate=.inf", "finite number"),
         ("train.hyperparameters.epochs=.inf", "finite number"),
@@ -94,6 +94,20 @@ def test_train_numbers_are_what_they_say(override, message):
         load_recipe(DEMO, [override])
     assert len(err.value.lines) == 1
     assert f": {key}: " in err.value.lines[0] and message in err.value.lines[0]
+
+
+def test_a_whole_number_written_as_a_float_is_a_count():
+    # sweep tools write 1000.0; only a fraction is refused (above)
+    recipe = load_recipe(DEMO, ["train.hyperparameters.max_steps=1000.0", "train.lora.r=16.0"])
+    assert (recipe.train.hyperparameters.max_steps, recipe.train.lora.r) == (1000, 16)
+
+
+@pytest.mark.parametrize("pair", ["on: 1, 'on': 2", "1: 1, 01: 2", "~: 1, null: 2"])
+def test_keys_equal_once_loaded_are_duplicates(pair):
+    """The check composed the YAML with YAML 1.1 resolvers and compared key texts, while the
+    loader (YAML 1.2 booleans) keeps one of `on`/'on', `1`/`01`, `~`/`null`: the last won."""
+    with pytest.raises(RecipeError, match="duplicate key"):
+        load_recipe(DEMO, [f"train.lora={{{pair}}}"])
 
 
 def test_a_learning_rate_pyyaml_reads_as_a_string_still_validates():

@@ -266,6 +266,15 @@ def test_registry_only_promote_rollback_and_serve_config_check_the_current_rank(
     code, said = _cli("serve-config", str(DEMO), *sets())
     assert code == 2 and "LoRA rank 32 is greater than max_lora_rank 16" in said, said
     assert _cli("serve-config", str(DEMO), *sets(), *wide)[0] == 0
+    # an operator's registry-only rollback or promotion from a machine without the weights
+    # (an emergency rollback from a laptop) is checked by the adapter's config alone
+    assert registry.read_aliases(reg, UC)["production"] == "v0001"
+    rollback = ["registry", "rollback", UC, "--recipe", str(DEMO), *sets(vllm=False)]
+    code, said = _cli(*rollback)
+    assert code == 0 and registry.read_aliases(reg, UC)["production"] == "v0002", said
+    code, said = _cli(*promote)
+    assert code == 2 and "LoRA rank 32 is greater than max_lora_rank 16" in said, said
+    assert _cli(*promote, *wide)[0] == 0
 
 
 def _out(env, seed: float, rank: int) -> Path:

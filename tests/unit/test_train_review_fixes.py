@@ -170,6 +170,13 @@ def test_lora_targets_match_as_peft_matches_them(tmp_path):
     for targets in ("[q_proj, v_proj]", "[self_attn.q_proj, mlp.down_proj]", "[lm_head]"):
         recipe = _recipe(model, f"train.lora.target_modules={targets}")
         check_model_fits_recipe(recipe, str(model))  # no error
+    # a name matches a module or a dotted tail of one, never a part of a name
+    from feinschliff.train.stage import TrainError
+
+    for partial in ("proj", "_proj", "attn.q_proj"):
+        recipe = _recipe(model, f"train.lora.target_modules=[q_proj, {partial}]")
+        with pytest.raises(TrainError, match=f"'{partial}'"):
+            check_model_fits_recipe(recipe, str(model))
 
 
 def test_a_model_without_a_chat_template_needs_chat_template_chatml(tmp_path):

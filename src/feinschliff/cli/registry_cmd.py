@@ -211,7 +211,9 @@ def registry_reconcile(
         typer.Option(
             "--allow-unserve",
             help="Unload the use-case name even though the registry has no production version "
-            "(refused otherwise: a wrong registry must not take it away from clients).",
+            "(refused otherwise: a wrong registry must not take it away from clients). A "
+            "registry without the use case is refused even so: to stop serving a use case "
+            "that was removed, unload it on the servers (vLLM's /v1/unload_lora_adapter).",
         ),
     ] = False,
     set_: SetOpt = None,

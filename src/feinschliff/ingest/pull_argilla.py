@@ -132,7 +132,7 @@ def _argilla_snapshot(rg: Any, dataset: Any, pull: ArgillaPull, tmp: Path) -> tu
                 row = argilla_row(record)
                 if row["updated_at"]:
                     after["records"] = max(after.get("records", ""), row["updated_at"])
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(_line(row))
                 count += 1
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -158,3 +158,12 @@ def argilla_row(record: Any) -> dict[str, Any]:
         "responses": responses,
         "updated_at": updated,
     }
+
+
+def _line(row: dict[str, Any]) -> str:
+    text = json.dumps(row, ensure_ascii=False) + "\n"
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate (legal JSON) stays an escape: the reader
+        text = json.dumps(row) + "\n"  # quarantines its record instead of failing the pull
+    return text

@@ -67,7 +67,7 @@ def publish_version(
     """
     root = registry_root(recipe) if root is None else root
     if recipe.register.vllm is None:
-        deploy.preflight_version(root, recipe.use_case, version, base_target(recipe))
+        _check_fits(recipe, root, version, weights_needed=False)
         registry.promote(
             root, recipe.use_case, version, why=why, expected=expected, decision=decision
         )
@@ -93,15 +93,19 @@ def rollback_version(
     """production := previous, on the recipe's vLLM servers first when it has any; the version
     rolled back to is preflighted against the recipe's serving settings either way."""
     root = registry_root(recipe) if root is None else root
-    target = base_target(recipe)
     if recipe.register.vllm is not None:
         return deploy.rollback_live(
-            root, recipe.use_case, recipe.register.vllm, target, why=why, expected=expected
+            root,
+            recipe.use_case,
+            recipe.register.vllm,
+            base_target(recipe),
+            why=why,
+            expected=expected,
         )
     previous = registry.read_aliases(root, recipe.use_case).get("previous")
     if previous is None:
         raise registry.RegistryError(f"{recipe.use_case} has no previous version to roll back to")
-    deploy.preflight_version(root, recipe.use_case, previous, target)
+    _check_fits(recipe, root, previous, weights_needed=False)
     # expected_previous: the version checked here is the one production moves to
     registry.rollback(root, recipe.use_case, why=why, expected=expected, expected_previous=previous)
     return None
@@ -133,18 +137,25 @@ def served_adapter(recipe: Recipe, version: str | None = None) -> ServedAdapter:
     )
 
 
-def _check_fits(recipe: Recipe, root: registry.Root, version: str) -> None:
-    """Preflight ``version`` against the recipe's serving settings. A config for remote servers
-    may be printed where the base model's weights are not: then without the shape check (the
-    version's shapes were checked on the base model when it was registered)."""
+def _check_fits(
+    recipe: Recipe, root: registry.Root, version: str, *, weights_needed: bool | None = None
+) -> None:
+    """Preflight ``version`` against the recipe's serving settings. Where the base model's
+    weights are not on this machine (a config printed for remote servers, an operator's
+    registry-only promotion or emergency rollback from a laptop) without the shape check: the
+    version's shapes were checked on the base model when it was registered. ``weights_needed``
+    (default: without ``register.vllm``, for the local demo server) refuses that case."""
+    if weights_needed is None:
+        weights_needed = recipe.register.vllm is None
     try:
         target = base_target(recipe)
     except PreflightError:
-        if recipe.register.vllm is None:
+        if weights_needed:
             raise
         adapter = registry.adapter_path(root, recipe.use_case, version)
         config = read_config(adapter)
-        names = (*base_names(recipe), recipe.register.vllm.model)
+        served = (recipe.register.vllm.model,) if recipe.register.vllm is not None else ()
+        names = (*base_names(recipe), *served)
         problems = check_config(config, recipe.register.max_lora_rank)
         problems += check_base_name(config.get("base_model_name_or_path"), names)
         if problems:

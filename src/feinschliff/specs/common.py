@@ -13,7 +13,6 @@ from pydantic import (
     ConfigDict,
     ValidationInfo,
 )
-from pydantic import Strict as StrictInput
 
 # vLLM's --max-lora-rank accepts only these values (FACTS 10.3.1); an adapter rank must fit one.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -65,7 +64,8 @@ def _not_a_boolean(value: object) -> object:
     return value
 
 
-# pydantic's lax mode read `max_steps: true` as 1 and accepted `learning_rate: .inf`. Floats
-# stay lax otherwise: PyYAML reads `1e-4` (no dot) as a string, which pydantic converts.
-Count = Annotated[int, StrictInput()]
+# pydantic's lax mode read `max_steps: true` as 1 and accepted `learning_rate: .inf`. Otherwise
+# both stay lax: PyYAML reads `1e-4` (no dot) as a string, and sweep tools write `1000.0`
+# (a fraction such as 2.5 is still refused).
+Count = Annotated[int, BeforeValidator(_not_a_boolean)]
 Number = Annotated[float, BeforeValidator(_not_a_boolean), AllowInfNan(False)]
