@@ -94,12 +94,13 @@ def fake(prefect_harness, home, monkeypatch):
       check (a webhook receives only apprise's rendered title and message); the real send
       through apprise: tests/integration/test_notify.py, and once per run with the real flow
       in test_flow_orchestration.py::test_rejection_notifies_exactly_once.
-    - preflight and base_target: the fake adapters are no LoRA adapters of a base model, so
+    - preflight (at registration and promotion) and base_target: the fake adapters are no LoRA adapters of a base model, so
       the real preflight refuses them; it runs on real adapters in the real-stage flow tests
       above and in tests/integration/test_vllm_registry.py.
     """
     import feinschliff.notify
     import feinschliff.registry
+    import feinschliff.serving.deploy
     import feinschliff.serving.publish
     from flows import artifacts, faults, tasks
 
@@ -113,6 +114,8 @@ def fake(prefect_harness, home, monkeypatch):
     monkeypatch.setattr(feinschliff.notify, "send", stages.send)
     adapter = types.SimpleNamespace(rank=16, target_modules=["q_proj"], base_model="demo")
     monkeypatch.setattr(feinschliff.registry, "preflight", lambda src, target: adapter)
+    # the promotion checks the version against the recipe's serving settings again
+    monkeypatch.setattr(feinschliff.serving.deploy, "preflight_version", lambda *a: adapter)
     monkeypatch.setattr(feinschliff.serving.publish, "base_target", lambda recipe: None)
     monkeypatch.setattr(faults, "_raised", set())
     return stages

@@ -18,7 +18,8 @@ def generate(
     feedback: Annotated[
         Path | None,
         typer.Option(
-            help="An ingest output: generated questions duplicating its prompts are dropped."
+            help="An ingest output: generated rows holding one of its held-out prompts are "
+            "dropped, and (filters.dedup_against_feedback) questions duplicating its prompts."
         ),
     ] = None,
     mixed_out: Annotated[
@@ -31,10 +32,15 @@ def generate(
     self-instruct -> teacher answers -> optional judge ratings) and write OUT/sft.jsonl,
     OUT/preference.jsonl, OUT/manifest.json (teacher, template version, counts, drops, sha256),
     OUT/distiset/ and OUT/generate.log. Identical reruns reuse OUT; every teacher reply is
-    cached, so a rerun after an outage or a budget stop repeats no completed request. With
-    --feedback and --mixed-out, also writes the weighted mix (recipe `generate.mix`)."""
+    cached, so a rerun after an outage or a budget stop repeats no completed request (a run the
+    budget stopped, even before any row, exits 0 with a warning; the rerun continues it). With
+    --feedback and --mixed-out, also writes the weighted mix (recipe `generate.mix`). Exit 2: a
+    seed file that is not UTF-8, no seeds; exit 1: a teacher failure, no row survived, or
+    another run writing OUT (or the mix output)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.generate import GenerateError, merge_datasets, run_generate
+    from feinschliff.generate.outlock import OutputBusy
+    from feinschliff.generate.stage import InputRefused, budget_note
 
     cfg = _load(recipe, set_)
     if cfg.generate is None:
@@ -51,7 +57,9 @@ def generate(
         fb = DatasetRef(path=str(feedback.resolve()), sha256=_complete_dir(feedback, "ingest"))
     try:
         ref = run_generate(cfg, out, feedback=fb)
-    except GenerateError as exc:
+    except InputRefused as exc:  # a seed file that is not UTF-8, no seeds: fix the inputs
+        raise Failure(str(exc), code=2) from exc
+    except GenerateError as exc:  # another run on --out included (exit 1, as train-stage's)
         raise Failure(str(exc)) from exc
     manifest = json.loads((ref.dir / "manifest.json").read_text())
     result = {
@@ -62,8 +70,13 @@ def generate(
         "stopped_by_budget": manifest["stopped_by_budget"],
     }
     if mixed_out is not None and fb is not None:
-        mixed = merge_datasets(fb, ref, cfg.generate.mix, mixed_out)
+        try:
+            mixed = merge_datasets(fb, ref, cfg.generate.mix, mixed_out)
+        except OutputBusy as exc:
+            raise Failure(str(exc)) from exc
         result["mixed"] = mixed.model_dump()
     if manifest["stopped_by_budget"]:
-        typer.echo(f"warning: stopped early ({manifest['stopped_by_budget']})", err=True)
+        rows = manifest["counts"]["sft.jsonl"] + manifest["counts"]["preference.jsonl"]
+        note = budget_note(manifest["stopped_by_budget"], rows, manifest["teacher_usage"])
+        typer.echo(f"warning: {note}", err=True)
     typer.echo(json.dumps(result, indent=2))

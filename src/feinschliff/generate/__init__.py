@@ -4,8 +4,9 @@
 ``merge_datasets(feedback, generated, mix, out)`` mixes it with the feedback-derived data.
 Module map: ``seeds`` (topics, documents, PII), ``templates`` (German prompts, schemas),
 ``teacher`` (the distilabel LLM: cache, budget, retries), ``ledger`` (shared state of a run),
-``tasks`` (the pipeline), ``child`` (its process), ``select``/``postprocess`` (rows, drops,
-filters), ``stage`` (the stage), ``mix`` (the merge).
+``tasks`` (the pipeline), ``child`` (its process), ``watch`` (the stage's watch on it),
+``select``/``postprocess`` (rows, drops, filters), ``keys`` (cache keys), ``outlock`` (one run
+per output folder), ``stage`` (the stage), ``mix`` (the merge).
 """
 
 from __future__ import annotations

@@ -52,10 +52,19 @@ def run_job(job: GenerateJob) -> dict[str, object]:
     distiset = pipeline.run(use_cache=False)
     distiset.save_to_disk(job.distiset, save_card=False, save_pipeline_log=True)
     state = Ledger(Path(job.ledger), None, None).read()
+    leaves = {name: len(ds["train"]) for name, ds in distiset.items()}
     error = None
     if job.seeds and not (state["requests"] or state["cache_hits"] or state["refused"]):
         # distilabel logs a step that fails to load or crashes and returns what it has.
         error = "the pipeline asked the teacher nothing (a step failed; see the log above)"
+    elif job.seeds and not leaves and (state["requests"] or state["cache_hits"]):
+        # e.g. its output thread died writing a batch: the replies were paid for, yet the run
+        # would end "ok" with no rows, and "no rows survived filtering" would blame the filters
+        answered = state["requests"] + state["cache_hits"]
+        error = (
+            f"the pipeline saved no output although {answered} request(s) were answered "
+            "(a step's output could not be written; see the traceback in the log)"
+        )
     status = {
         "state": "failed"
         if state["failed"] or error
@@ -63,7 +72,7 @@ def run_job(job: GenerateJob) -> dict[str, object]:
         if state["budget_exhausted"]
         else "ok",
         "error": error,
-        "leaves": {name: len(ds["train"]) for name, ds in distiset.items()},
+        "leaves": leaves,
         **state,
     }
     Path(job.status).write_text(json.dumps(status, indent=2) + "\n")

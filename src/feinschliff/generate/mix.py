@@ -2,10 +2,12 @@
 
 ``sft.jsonl`` and ``preference.jsonl`` hold both sources, each scaled by its weight in the
 recipe's ``generate.mix``: weight 2 repeats every row twice, 0.5 keeps exactly half of the rows
-(round(0.5 x n), the first in the order of a hash of each row, so reruns pick the same rows), 0
-drops the source. Everything else of the ingest output (``heldout/``, ``kto.jsonl``,
+(half rounded up: floor(0.5 x n + 0.5), the first in the order of a hash of each row, so reruns
+pick the same rows), 0 drops the source; a weight above 0 keeps at least one row of a source
+that has any. Everything else of the ingest output (``heldout/``, ``kto.jsonl``,
 ``quarantine.jsonl``) is copied unchanged: synthetic rows never enter the evaluation split.
-``manifest.json`` records both input refs, the weights and the counts per source.
+``manifest.json`` records both input refs, the weights and the counts per source. A run holds
+its output (``outlock``): a second one on the same folder is refused (``OutputBusy``).
 """
 
 from __future__ import annotations
@@ -27,17 +29,28 @@ from feinschliff.artifacts import (
     sha256_file,
     write_json,
 )
+from feinschliff.generate.outlock import hold_output
 from feinschliff.specs.generate import MixSpec
 
 MIXED = ("sft.jsonl", "preference.jsonl")
-SELECTION = "exact-share"  # in the key: outputs of the former per-row coin flip are not reused
+# in the key: outputs of the former per-row coin flip ("exact-share") and of round()'s banker's
+# rounding ("exact-share": 1 row at 0.5 kept none, 3 rows kept 2) are not reused
+SELECTION = "exact-share-half-up"
 
 
 def weighted(rows: list[dict[str, Any]], weight: float, salt: str) -> list[dict[str, Any]]:
-    """``floor(weight)`` copies of every row plus exactly ``round(n * (weight % 1))`` more: the
-    rows first in the order of a salted hash of their content (reruns pick the same ones)."""
+    """``floor(weight)`` copies of every row plus exactly ``share(n, weight % 1)`` more: the
+    rows first in the order of a salted hash of their content (reruns pick the same ones).
+
+    ``share`` rounds half up (``floor(x + 0.5)``, not ``round``'s half to even: 1 row at 0.5
+    kept none, 3 kept 2), and a weight above 0 keeps at least one row of ``rows`` (a small
+    synthetic set at a small weight is not dropped as if the weight were 0)."""
     whole, frac = int(math.floor(weight)), weight - math.floor(weight)
     out = [row for row in rows for _ in range(whole)]
+    # round(.., 9): 2.05 % 1 is 0.0499999..., and x 10 must still round to 1
+    extra = math.floor(round(frac * len(rows), 9) + 0.5)
+    if weight > 0 and rows and not out:
+        extra = max(extra, 1)
 
     def rank(i: int) -> bytes:
         blob = json.dumps(rows[i], sort_keys=True, ensure_ascii=False).encode()
@@ -45,14 +58,23 @@ def weighted(rows: list[dict[str, Any]], weight: float, salt: str) -> list[dict[
 
     # Independent coin flips per row would keep 62 of 100 at 0.5; a share of a sorted list
     # keeps exactly 50.
-    picked = sorted(sorted(range(len(rows)), key=rank)[: round(frac * len(rows))])
+    picked = sorted(sorted(range(len(rows)), key=rank)[:extra])
     return out + [rows[i] for i in picked]
 
 
 def merge_datasets(
     feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path
 ) -> DatasetRef:
-    """A new dataset in ``out``: the feedback rows and the generated rows, weighted."""
+    """A new dataset in ``out``: the feedback rows and the generated rows, weighted.
+
+    Raises:
+        OutputBusy: another run is writing ``out``.
+    """
+    with hold_output(out):
+        return _merge(feedback, generated, mix, out)
+
+
+def _merge(feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path) -> DatasetRef:
     key = input_key(
         "mix",
         SELECTION,

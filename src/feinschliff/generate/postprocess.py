@@ -2,11 +2,13 @@
 
 distilabel only warns about missing outputs and unparseable ratings and emits ``None``; here
 each such row is dropped and counted, and so is a pair whose two answers are the same text.
-Then the filters: answer length, language (German, by a function-word test on the question and
-on each answer: no model, no download), duplicates (within the generated rows and against
-the feedback data, held-out split included, so a generated question never leaks into the
-evaluation) and evaluation-set text (a 13-gram or a whole 8-12-word item: the contamination
-rule of ``feinschliff.ngrams``, the one ingest and the gate apply).
+An answer holding broken text (an unpaired surrogate in the reply, ``templates.invalid_text``)
+is dropped as ``answer_invalid_text``. Then the filters: answer length, language (German, by a
+function-word test on the question and on each answer: no model, no download), the feedback's
+held-out prompts (always, whatever ``dedup_against_feedback`` says: ``HeldoutGuard``), duplicates
+(within the generated rows and, with ``dedup_against_feedback``, against the feedback's prompts)
+and evaluation-set text (a 13-gram or a whole 8-12-word item: the contamination rule of
+``feinschliff.ngrams``, the one ingest and the gate apply).
 
 Rows (TRL conversational, like ingest):
 - sft: ``{"messages": [user, assistant], "provenance": {...}}``
@@ -15,7 +17,9 @@ Rows (TRL conversational, like ingest):
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +27,8 @@ from typing import Any
 
 from feinschliff.artifacts import jsonl_lines
 from feinschliff.generate.select import is_placeholder, normalize, select_instructions
-from feinschliff.ngrams import EvalIndex, contaminated
+from feinschliff.generate.templates import invalid_text
+from feinschliff.ngrams import EvalIndex, contaminated, word_hashes
 from feinschliff.specs.generate import GenerateSpec
 
 Row = dict[str, Any]
@@ -62,8 +67,9 @@ def is_german(text: str) -> bool:
 
 # in generate's cache key: outputs filtered by older rules are not reused (2: language per text,
 # identical pairs dropped, seeds scrubbed before cutting; 3: kto prompts are feedback too, and
-# text ratings in markdown or as "4/5" parse)
-FILTERS_VERSION = 3
+# text ratings in markdown or as "4/5" parse; 4: fenced JSON parses and a JSON reply is never
+# split into lines, broken text dropped, held-out prompts always excluded, also unpunctuated)
+FILTERS_VERSION = 4
 
 
 def row_is_german(texts: list[str]) -> bool:
@@ -110,6 +116,9 @@ def rows_from_distiset(
             if not answer:
                 result.drops["sft"]["answer_missing"] += 1
                 continue
+            if invalid_text(answer):
+                result.drops["sft"]["answer_invalid_text"] += 1
+                continue
             result.sft.append(_sft(row["instruction"], answer, {**prov, "seed": row["seed_id"]}))
         return result
     for row in leaves.get("preferences", []):
@@ -117,6 +126,10 @@ def rows_from_distiset(
         if len(gens) < spec.preference.num_generations or not all(gens):
             result.drops["sft"]["answer_missing"] += 1
             result.drops["preference"]["answer_missing"] += 1
+            continue
+        if any(invalid_text(g) for g in gens):
+            result.drops["sft"]["answer_invalid_text"] += 1
+            result.drops["preference"]["answer_invalid_text"] += 1
             continue
         seed_prov = {**prov, "seed": row["seed_id"]}
         ratings = row.get("ratings")
@@ -183,8 +196,9 @@ def filter_rows(
     feedback_prompts: set[str],
     eval_index: EvalIndex | None,
     drops: Counter[str],
+    heldout: HeldoutGuard | None = None,
 ) -> list[Row]:
-    """Apply length, language, duplicate and contamination filters, counting drops."""
+    """Apply length, language, held-out, duplicate and contamination filters, counting drops."""
     f = spec.filters
     kept: list[Row] = []
     seen: set[str] = set()
@@ -199,6 +213,8 @@ def filter_rows(
         # useful "answer in German" signal for preference training
         elif f.language == "de" and not row_is_german([prompt_text(row), texts[0]]):
             drops["not_german"] += 1
+        elif heldout is not None and heldout.leaks(row):
+            drops["heldout_prompt"] += 1
         elif key in seen:
             drops["duplicate"] += 1
         elif f.dedup_against_feedback and normalize(prompt_text(row)) in feedback_prompts:
@@ -216,8 +232,6 @@ def filter_rows(
 def feedback_prompts(data_dir: Path) -> set[str]:
     """Normalised user prompts of an ingest output (training and held-out rows, every kind:
     sft, preference and kto)."""
-    import json
-
     prompts: set[str] = set()
     kinds = ("sft", "preference", "kto")
     for name in [f"{kind}.jsonl" for kind in kinds] + [f"heldout/{kind}.jsonl" for kind in kinds]:
@@ -227,4 +241,46 @@ def feedback_prompts(data_dir: Path) -> set[str]:
         for line in jsonl_lines(path.read_text(encoding="utf-8")):
             if line.strip():
                 prompts.add(normalize(prompt_text(json.loads(line))))
+    return prompts
+
+
+# --------------------------------------------------------------------------- held-out split
+
+
+class HeldoutGuard:
+    """The feedback's held-out prompts, which no generated training row may hold: they are the
+    ``usecase_heldout`` evaluation ("not in training by construction").
+
+    A row leaks when its question is a held-out prompt up to case, width, whitespace and
+    punctuation (``ngrams``' words: "Wie kündige ich (fristgerecht)?" is "wie kündige ich
+    fristgerecht."), or when its text holds a held-out prompt by the contamination rule
+    (a 13-gram of a long one, a whole one of 8-12 words, quoted inside a question or answer)."""
+
+    def __init__(self, prompts: list[str], ngram: int):
+        self.count = len(prompts)
+        self.keys = {k for k in map(_words, prompts) if k}
+        self.index = EvalIndex(ngram)
+        for text in prompts:
+            self.index.add(text, "heldout")
+
+    def leaks(self, row: Row) -> bool:
+        if _words(prompt_text(row)) in self.keys:
+            return True
+        return bool(self.index) and self.index.contaminated_by(row) is not None
+
+
+def _words(text: str) -> tuple[int, ...]:
+    # ngrams' word hashes (lowercased, punctuation around each word ignored), NFKC first; words
+    # of punctuation alone hash as the empty word (crc32 0) and are left out ("ab ?" is "ab?")
+    return tuple(h for h in word_hashes(unicodedata.normalize("NFKC", text)) if h)
+
+
+def heldout_prompts(data_dir: Path) -> list[str]:
+    """The user prompts of an ingest output's held-out split (``heldout/*.jsonl``)."""
+    prompts: list[str] = []
+    for path in sorted((data_dir / "heldout").glob("*.jsonl")):
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
+            row = json.loads(line)
+            if isinstance(row, dict) and ("messages" in row or "prompt" in row):
+                prompts.append(prompt_text(row))
     return prompts

@@ -3,7 +3,11 @@
 - topics file: one topic per line; blank lines and ``#`` comments are skipped;
 - documents folder (recursively, sorted): ``.txt``/``.md`` are split into paragraphs at blank
   lines and packed into passages of up to ``passage_chars``; ``.jsonl`` lines are a string or
-  ``{"text": ...}``, cut at ``passage_chars``.
+  ``{"text": ...}``, cut at ``passage_chars``. macOS AppleDouble files (``._name.md``: resource
+  forks a copy from a Mac leaves beside each file, binary) are skipped with a log line.
+
+Every file must be UTF-8: one that is not is a ``SeedError`` naming the file and the first bad
+byte (an argument error, raised before the stage writes anything).
 
 Every seed passes ``feinschliff.pii.scrub_text`` (the same Presidio step as the feedback) in
 this process, so the child process that talks to the teacher only ever sees scrubbed text.
@@ -17,6 +21,7 @@ the manifest.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -25,7 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from feinschliff.artifacts import sha256_file
+from feinschliff.generate.templates import replace_surrogates
 from feinschliff.specs.generate import SeedsSpec
+
+log = logging.getLogger(__name__)
 
 DOC_SUFFIXES = (".txt", ".md", ".jsonl")
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*>")  # what ``redact`` writes in place of a finding
@@ -57,7 +65,7 @@ def read_seeds(spec: SeedsSpec) -> Seeds:
         if not path.is_file():
             raise SeedError(f"seeds.topics: {path} is not a file")
         inputs[str(path)] = sha256_file(path)
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(path, "seeds.topics").splitlines()
         items += [
             (f"{path.name}:{n}", scrub(line.strip()))
             for n, line in enumerate(lines, start=1)
@@ -67,7 +75,10 @@ def read_seeds(spec: SeedsSpec) -> Seeds:
         folder = Path(spec.documents)
         if not folder.is_dir():
             raise SeedError(f"seeds.documents: {folder} is not a directory")
-        for path in sorted(p for p in folder.rglob("*") if p.suffix in DOC_SUFFIXES):
+        files, skipped = document_files(folder)
+        for path in skipped:
+            log.info("generate: skipping %s (a macOS AppleDouble file, no document)", path)
+        for path in files:
             rel = path.relative_to(folder).as_posix()
             inputs[str(path)] = sha256_file(path)
             for n, text in enumerate(_document_seeds(path, spec.passage_chars, scrub), start=1):
@@ -77,6 +88,24 @@ def read_seeds(spec: SeedsSpec) -> Seeds:
     return Seeds(items=items, inputs=inputs, pii_findings=findings)
 
 
+def document_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The seed documents below ``folder`` (sorted), and the AppleDouble files left out."""
+    found = sorted(p for p in folder.rglob("*") if p.suffix in DOC_SUFFIXES and p.is_file())
+    skipped = [p for p in found if p.name.startswith("._")]
+    return [p for p in found if not p.name.startswith("._")], skipped
+
+
+def _read_text(path: Path, field: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise SeedError(
+            f"{field}: {path} is not UTF-8 (byte 0x{byte:02x} at offset {exc.start}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def _scrub(text: str, mode: str) -> tuple[str, Counter[str]]:
     from feinschliff.pii import scrub_text
 
@@ -84,7 +113,7 @@ def _scrub(text: str, mode: str) -> tuple[str, Counter[str]]:
 
 
 def _document_seeds(path: Path, max_chars: int, scrub: Callable[[str], str]) -> list[str]:
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path, "seeds.documents")
     if path.suffix == ".jsonl":
         seeds = []
         # split at "\n" only (as ``artifacts.jsonl_lines``): ``splitlines`` also cuts at a raw
@@ -99,6 +128,7 @@ def _document_seeds(path: Path, max_chars: int, scrub: Callable[[str], str]) -> 
             value = value.get("text") if isinstance(value, dict) else value
             if not isinstance(value, str):
                 raise SeedError(f"{path}:{n}: expected a string or an object with `text`")
+            value = replace_surrogates(value)  # "\ud83d" alone: no UTF-8, no prompt
             if value.strip():
                 seeds.append(cut(scrub(value.strip()), max_chars)[0])
         return seeds

@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from feinschliff.generate.templates import invalid_text
+
 # What ``select`` sends on when no question is left: distilabel 1.5 never passes an empty last
 # batch on, so the steps after it would wait forever. It is answered by nobody and is no row of
 # the output (``feinschliff.generate.tasks``, ``postprocess``).
@@ -45,7 +47,9 @@ def select_instructions(
         for question in questions:
             text = question.strip() if isinstance(question, str) else ""
             key = normalize(text)
-            if len(text) < min_chars:
+            if invalid_text(text):  # an unpaired surrogate in the reply (parse_instructions)
+                drops["instruction_invalid_text"] += 1
+            elif len(text) < min_chars:
                 drops["instruction_too_short"] += 1
             elif len(text) > max_chars:
                 drops["instruction_too_long"] += 1

@@ -3,79 +3,100 @@
 Writes into ``out``: ``sft.jsonl``, ``preference.jsonl``, ``manifest.json`` (teacher, judge,
 prompt template version, seed fingerprints, PII findings, request/token/cache counts, drops by
 reason, sha256 of each output), ``distiset/`` (the saved Distiset, for inspection),
-``generate.log`` (the child's log) and the ``.complete`` marker last.
+``generate.log`` (the child's log) and the ``.complete`` marker last. A run holds ``out``
+(``outlock``): a second run on it fails at once, naming the holder.
 
-Caching, two levels:
+Caching, two levels (``keys``):
 - output: ``out`` complete and made from the same inputs (seed file hashes, the section minus
   operational knobs, template version, feedback and eval-set fingerprints: the eval sets ingest
-  decontaminates against, ``eval_set_names``) -> reused as is; no PII engine, no child
-  process, no teacher call. An output cut short by the budget is never
-  reused (the rerun continues from the request cache).
+  decontaminates against, ``eval_set_names``; a local teacher's folder content) -> reused as
+  is; no PII engine, no child process, no teacher call. An output cut short by the budget is
+  never reused (the rerun continues from the request cache).
 - request: every teacher reply is kept in ``$FEINSCHLIFF_HOME/cache/generate/`` keyed by the
   request body, so a rerun after an outage, a budget stop or a filter change repeats no
   completed request.
 
+Budget: a run the budget stops is complete, marked ``stopped_by_budget``, and continued by the
+next run; also one stopped before any question was answered (no rows yet), so a flow goes on
+without synthetic rows instead of failing as if the filters had dropped everything.
+
 Not here: mixing with the feedback data (``feinschliff.generate.mix``), held-out splits
-(synthetic rows are never evaluation data).
+(synthetic rows are never evaluation data, and rows holding a held-out prompt of the feedback
+are dropped: ``postprocess.HeldoutGuard``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from feinschliff.artifacts import (
-    COMPLETE,
     DatasetRef,
-    completed_hash,
-    input_key,
     mark_complete,
     prepare_out,
-    rows_sha256,
     sha256_file,
     write_json,
 )
-from feinschliff.generate.postprocess import FILTERS_VERSION
+from feinschliff.generate.keys import (  # noqa: F401  (the stage's cache API, used from here)
+    OPERATIONAL,
+    _eval_fingerprint,
+    _find_eval_sets,
+    cache_key,
+    eval_set_names,
+    recipe_cache_key,
+    request_cache_path,
+    reusable_output,
+    stopped_by_budget,
+)
+from feinschliff.generate.outlock import OutputBusy, hold_output
 from feinschliff.generate.templates import TEMPLATE_VERSION
+from feinschliff.generate.watch import FAILED_MAX_S, FAILED_QUIET_S, _watch_child  # noqa: F401
 from feinschliff.ngrams import EvalIndex, N
-from feinschliff.recipe import Recipe, evaluated_sets
-from feinschliff.specs.evaluate import USECASE_TASK
+from feinschliff.recipe import Recipe
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
 
 if TYPE_CHECKING:
-    from feinschliff.generate.ledger import Ledger
     from feinschliff.ingest.decontam import EvalSets
 
 log = logging.getLogger(__name__)
-
-# Knobs that change how fast or how far a run gets, not what a finished run contains.
-OPERATIONAL = {"concurrency", "retries", "backoff_s", "budget", "mix"}
 
 
 class GenerateError(RuntimeError):
     """Bad seeds, a failed teacher or a crashed generation process; the message says which."""
 
 
+class InputRefused(GenerateError):
+    """An input cannot be used as given (a seed file that is not UTF-8, no seeds): fixed in
+    the inputs, not by a rerun (exit 2); raised before anything is written."""
+
+
 def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) -> DatasetRef:
     """Generate synthetic rows for ``recipe.generate`` into ``out``; see the module docstring.
 
-    ``feedback``: the ingest output of the same run; generated questions that duplicate one of
-    its prompts (training or held-out) are dropped.
+    ``feedback``: the ingest output of the same run; generated rows holding one of its held-out
+    prompts are always dropped (that split is the ``usecase_heldout`` evaluation), and with
+    ``filters.dedup_against_feedback`` so are questions duplicating any of its prompts.
+
+    ``out`` is held for the whole run: a second run on it fails at once naming the holder.
     """
-    spec = recipe.generate
-    if spec is None:
+    if recipe.generate is None:
         raise GenerateError("the recipe has no `generate` section")
+    try:
+        with hold_output(out):
+            return _generate(recipe, recipe.generate, out, feedback)
+    except OutputBusy as exc:
+        raise GenerateError(str(exc)) from None
+
+
+def _generate(
+    recipe: Recipe, spec: GenerateSpec, out: Path, feedback: DatasetRef | None
+) -> DatasetRef:
     ngram = recipe.feedback.decontamination.ngram  # ingest's n, the gate's too
     names = eval_set_names(recipe)
     try:
@@ -92,15 +113,21 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     started = time.monotonic()
     teacher = _model_string(spec.teacher, "generate.teacher")
     judge = _model_string(_judge(spec), _judge_path(spec))
-    prepare_out(out, key, "generate")
-    try:
+    try:  # before prepare_out: a bad seed file leaves no half-made output behind
         seeds = read_seeds(spec.seeds)
     except SeedError as exc:
-        raise GenerateError(str(exc)) from exc
+        raise InputRefused(str(exc)) from exc
+    prepare_out(out, key, "generate")
     plan = plan_requests(seeds.items, spec.num_instructions, spec.instructions_per_seed)
     status = _run_child(spec, out, plan, teacher, judge)
 
-    from feinschliff.generate.postprocess import feedback_prompts, filter_rows, rows_from_distiset
+    from feinschliff.generate.postprocess import (
+        HeldoutGuard,
+        feedback_prompts,
+        filter_rows,
+        heldout_prompts,
+        rows_from_distiset,
+    )
 
     result = rows_from_distiset(_load_leaves(out / "distiset"), spec, teacher, judge)
     prompts = (
@@ -108,14 +135,15 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
         if feedback and spec.filters.dedup_against_feedback
         else set()
     )
+    heldout = HeldoutGuard(heldout_prompts(feedback.dir), ngram) if feedback else None
     sets = _find_eval_sets(names) if spec.filters.decontaminate else None
     index = _eval_index(ngram, sets) if sets is not None else None
-    sft = filter_rows(result.sft, spec, prompts, index, result.drops["sft"])
-    pref = filter_rows(result.preference, spec, prompts, index, result.drops["preference"])
+    sft = filter_rows(result.sft, spec, prompts, index, result.drops["sft"], heldout)
+    pref = filter_rows(result.preference, spec, prompts, index, result.drops["preference"], heldout)
     _write_jsonl(out / "sft.jsonl", sft)
     _write_jsonl(out / "preference.jsonl", pref if spec.preference else [])
 
-    stopped = status["budget_exhausted"]
+    stopped = status.get("budget_exhausted")
     manifest: dict[str, Any] = {
         "stage": "generate",
         "teacher": _describe(spec.teacher),
@@ -129,7 +157,7 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
             "pii_findings": dict(sorted(seeds.pii_findings.items())),
         },
         "teacher_usage": {
-            k: status[k]
+            k: status.get(k, 0)
             for k in ("requests", "tokens", "cache_hits", "rejected", "refused", "truncated")
         },
         "stopped_by_budget": stopped,
@@ -145,109 +173,46 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
             "unchecked": sets.unchecked if sets else [],  # no local data (upstream tasks)
         },
         "feedback": feedback.sha256 if feedback else None,
+        "heldout_prompts_excluded": heldout.count if heldout else 0,
         "seconds": round(time.monotonic() - started, 1),
         "sha256": {n: sha256_file(out / n) for n in ("sft.jsonl", "preference.jsonl")},
     }
     write_json(out / "manifest.json", manifest)
     shutil.rmtree(out / ".work", ignore_errors=True)
-    if not sft and not pref:  # not marked complete: a rerun tries again (replies are cached)
-        refused = uniform_rejection(status)
-        if refused is not None:
-            raise GenerateError(refused)
-        raise GenerateError(
-            f"no rows survived generation and filtering; see {out / 'manifest.json'} drops"
-        )
+    if not sft and not pref:
+        _no_rows(out, status, unanswered=not result.sft and not result.preference)
     digest = mark_complete(out, stage="generate", key=key, stopped_by_budget=stopped)
     if stopped:
-        log.warning(
-            "generate: stopped early, %s; %s rows written (rerun to continue)", stopped, len(sft)
-        )
+        log.warning("generate: %s", budget_note(stopped, len(sft), status))
     return DatasetRef(path=str(out), sha256=digest)
 
 
-# --------------------------------------------------------------------------- cache
-
-
-def cache_key(
-    spec: GenerateSpec,
-    feedback: DatasetRef | None,
-    *,
-    ngram: int = N,
-    eval_sets: Sequence[str] = (),
-) -> str:
-    """Hash of everything a finished output depends on (and of nothing it does not).
-
-    ``ngram``: the decontamination n (the recipe's ``feedback.decontamination.ngram``);
-    ``eval_sets``: the eval sets rows are decontaminated against (``eval_set_names(recipe)``),
-    by name and file content."""
-    return input_key(
-        "generate",
-        TEMPLATE_VERSION,
-        FILTERS_VERSION,
-        spec.model_dump(mode="json", exclude=OPERATIONAL),
-        _seed_fingerprint(spec),
-        rows_sha256(feedback) if feedback and spec.filters.dedup_against_feedback else None,
-        (_eval_fingerprint(eval_sets), ngram) if spec.filters.decontaminate else None,
+def budget_note(stopped: str, rows: int, status: dict[str, Any]) -> str:
+    """What a run cut short by its budget says (the log, the CLI's warning)."""
+    replies = status.get("requests", 0) - status.get("rejected", 0) + status.get("cache_hits", 0)
+    if rows:
+        return f"stopped early ({stopped}); {rows} rows written (rerun to continue)"
+    return (
+        f"stopped early ({stopped}) before any question was answered: no rows yet; rerun to "
+        f"continue ({replies} teacher replies of this run are cached, so none is asked again)"
     )
 
 
-def recipe_cache_key(recipe: Recipe, feedback: DatasetRef | None) -> str:
-    """:func:`cache_key` as ``run_generate`` computes it for ``recipe`` (the flow's key too)."""
-    assert recipe.generate is not None
-    ngram = recipe.feedback.decontamination.ngram  # ingest's n, the gate's too
-    return cache_key(recipe.generate, feedback, ngram=ngram, eval_sets=eval_set_names(recipe))
-
-
-def eval_set_names(recipe: Recipe) -> list[str]:
-    """The eval sets generated rows are decontaminated against: ingest's, the recipe's
-    ``evaluate.tasks`` and ``feedback.decontamination.eval_sets`` (task names or JSONL paths).
-    Generate's own switch is ``generate.filters.decontaminate``. ``usecase_heldout`` is left
-    out: ingest's own held-out split, no eval set (as in ingest and the pipeline)."""
-    names = [*evaluated_sets(recipe), *recipe.feedback.decontamination.eval_sets]
-    return [n for n in names if n != USECASE_TASK]
-
-
-def reusable_output(out: Path, key: str) -> str | None:
-    digest = completed_hash(out)
-    if digest is None:
-        return None
-    marker = json.loads((out / COMPLETE).read_text())
-    if marker.get("key") != key or marker.get("stopped_by_budget"):
-        return None
-    return digest
-
-
-def stopped_by_budget(out: Path) -> bool:
-    """A finished output that stopped on its budget: a rerun continues it."""
-    if completed_hash(out) is None:
-        return False
-    return bool(json.loads((out / COMPLETE).read_text()).get("stopped_by_budget"))
-
-
-def _seed_fingerprint(spec: GenerateSpec) -> dict[str, str]:
-    from feinschliff.generate.seeds import DOC_SUFFIXES
-
-    files = []
-    if spec.seeds.topics and Path(spec.seeds.topics).is_file():
-        files.append(Path(spec.seeds.topics))
-    if spec.seeds.documents and Path(spec.seeds.documents).is_dir():
-        folder = Path(spec.seeds.documents)
-        files += sorted(p for p in folder.rglob("*") if p.suffix in DOC_SUFFIXES)
-    return {str(p): sha256_file(p) for p in files}
-
-
-def _find_eval_sets(names: Sequence[str]) -> EvalSets:
-    from feinschliff.ingest.decontam import find_eval_sets
-
-    return find_eval_sets(names)
-
-
-def _eval_fingerprint(names: Sequence[str]) -> dict[str, Any]:
-    # The eval sets' data files, found as ingest finds them; without importing the evaluate
-    # package (matplotlib, lm-eval): a cache hit must stay instant.
-    sets = _find_eval_sets(names)
-    files = {name: sha256_file(path) for name, path in sets.files.items()}
-    return {"files": files, "unchecked": sets.unchecked}
+def _no_rows(out: Path, status: dict[str, Any], *, unanswered: bool) -> None:
+    """No row survived. A run the budget stopped before any question was answered is complete
+    but stopped (returns): the budget semantics, a rerun continues from the request cache and
+    a flow goes on without synthetic rows, as after any budget stop. Otherwise the run fails
+    and is not marked complete, so a rerun tries again (replies are cached)."""
+    stopped = status.get("budget_exhausted")
+    if stopped and unanswered and not status.get("failed"):
+        return
+    refused = uniform_rejection(status)
+    if refused is not None:
+        raise GenerateError(refused)
+    budget = f" (the run also stopped early: {stopped}; a rerun continues)" if stopped else ""
+    raise GenerateError(
+        f"no rows survived generation and filtering{budget}; see {out / 'manifest.json'} drops"
+    )
 
 
 def _eval_index(ngram: int = N, sets: EvalSets | None = None) -> EvalIndex:
@@ -262,15 +227,6 @@ def _eval_index(ngram: int = N, sets: EvalSets | None = None) -> EvalIndex:
 
 
 # --------------------------------------------------------------------------- child process
-
-
-def request_cache_path(model: OpenAITeacher | LocalTeacher) -> Path:
-    """One request cache per endpoint and model (shared by every recipe that uses them)."""
-    from feinschliff.models import feinschliff_home
-
-    ident = f"{model.base_url}|{model.model}" if model.kind == "openai" else f"local|{model.model}"
-    name = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return feinschliff_home() / "cache" / "generate" / f"requests-{name}.jsonl"
 
 
 def _run_child(
@@ -330,79 +286,6 @@ def _run_child(
     if status["failed"]:
         raise _teacher_failure(status, job.teacher_cache)
     return status
-
-
-# Once the ledger records a teacher failure, every later request is refused at once and the
-# child's output is of no use (the run fails): it may still end by itself, or finish a request
-# already in flight (its reply is cached), but after this many seconds without progress (its log
-# and the ledger unchanged), or this many in all, it is stopped.
-FAILED_QUIET_S = 5.0
-FAILED_MAX_S = 60.0
-_POLL_S = 0.5
-
-
-def _watch_child(
-    cmd: list[str], log_file: IO[bytes], log_path: Path, ledger: Ledger
-) -> tuple[int, dict[str, Any] | None]:
-    """Run the child in a process group of its own (distilabel starts worker processes) and
-    wait for it: its exit code and None, or, when it was stopped after a teacher failure,
-    the ledger's state. However this returns or raises (KeyboardInterrupt included), the whole
-    group is gone afterwards; the child itself ends its group when this process dies
-    (``child._die_with_parent``)."""
-    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        failed_at = quiet_since = 0.0
-        seen: tuple[Any, ...] = ()
-        while True:
-            try:
-                return proc.wait(timeout=_POLL_S), None
-            except subprocess.TimeoutExpired:
-                pass
-            state = _ledger_state(ledger)
-            if not state.get("failed"):
-                continue
-            now = time.monotonic()
-            progress = (_stamp(log_path), _stamp(ledger.path))
-            if not failed_at or progress != seen:
-                failed_at = failed_at or now
-                seen, quiet_since = progress, now
-            if now - quiet_since >= FAILED_QUIET_S or now - failed_at >= FAILED_MAX_S:
-                log.info("generate: teacher failed; stopping the generation process")
-                _stop_group(proc)
-                return proc.returncode, _ledger_state(ledger)
-    finally:
-        _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """SIGTERM the child's process group, SIGKILL whatever is left of it after ``timeout``
-    seconds (and any worker that outlived a child that has exited)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    # bounded: an interrupt at the wrong moment can leave Popen's wait lock taken, and this
-    # runs in a `finally`; a SIGKILLed child not reaped here is reaped by init after we exit
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=timeout)
-
-
-def _ledger_state(ledger: Ledger) -> dict[str, Any]:
-    try:
-        return ledger.read()
-    except (OSError, ValueError):  # not written yet (the writer replaces it atomically)
-        return {}
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 def _teacher_failure(state: dict[str, Any], cache: str) -> GenerateError:

@@ -61,7 +61,8 @@ class GermanSelfInstruct(SelfInstruct):
     def format_output(
         self, output: str | None, input: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        return {"instructions": templates.parse_instructions(output)}
+        # a JSON request's reply is never split into lines (its syntax would become questions)
+        return {"instructions": templates.parse_instructions(output, self.structured)}
 
 
 class GermanTextGeneration(TextGeneration):
@@ -168,8 +169,14 @@ class PairRatedAnswers(FormatTextGenerationDPO):
 
 
 def _answered(row: dict[str, Any]) -> bool:
+    """N usable answers: broken text (an unpaired surrogate in a reply) is not worth judging;
+    ``postprocess`` counts the row as ``answer_invalid_text``."""
     gens = row.get("generations")
-    return isinstance(gens, list) and len(gens) > 1 and all(isinstance(g, str) and g for g in gens)
+    return (
+        isinstance(gens, list)
+        and len(gens) > 1
+        and all(isinstance(g, str) and g and not templates.invalid_text(g) for g in gens)
+    )
 
 
 def _rated(row: dict[str, Any]) -> bool:

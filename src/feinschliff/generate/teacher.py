@@ -43,6 +43,7 @@ from distilabel.typing import FormattedInput, GenerateOutput
 from pydantic import PrivateAttr
 
 from feinschliff.generate.ledger import Ledger, RequestCache, request_key
+from feinschliff.generate.templates import replace_surrogates
 
 RETRYABLE = {408, 409, 425, 429}
 ROW_ERRORS = {400, 413, 422}
@@ -70,6 +71,7 @@ class TeacherLLM(AsyncLLM):
     _gate: Any = PrivateAttr(None)
     _local: Any = PrivateAttr(None)
     _local_lock: Any = PrivateAttr(None)
+    _fingerprint: Any = PrivateAttr(None)
 
     @property
     def model_name(self) -> str:
@@ -140,6 +142,9 @@ class TeacherLLM(AsyncLLM):
                     cache_hit=False, tokens=0, truncated=0, rejected=0, reserved=reserved
                 )
                 return _empty(body["n"], None)
+            # a lone surrogate ("\ud83d" in the JSON body) is no UTF-8: it would fail the cache
+            # write and distilabel's writer; U+FFFD marks the text broken (dropped later)
+            response["generations"] = [g and replace_surrogates(g) for g in response["generations"]]
             if "rejected" not in response["finish_reasons"]:  # a rejection is asked again
                 self._cache.put(key, response)
         reasons = response["finish_reasons"]
@@ -156,10 +161,17 @@ class TeacherLLM(AsyncLLM):
     def _cache_identity(self, body: dict[str, Any]) -> dict[str, Any]:
         """What a cached answer depends on: the request, and for a local model its dtype too
         (bfloat16 samples other answers than float32; ``stops`` retires the entries cached
-        before every eos id counted as a stop, when eot-style stops were taken as cut off)."""
+        before every eos id counted as a stop, when eot-style stops were taken as cut off) and
+        its folder's content (``keys.local_model_fingerprint``: another model copied into the
+        same folder must not be answered from the old one's replies)."""
         if self.kind != "transformers":
             return body
-        return {**body, "local": {"dtype": self.dtype, "stops": "generation_config"}}
+        if self._fingerprint is None:  # once per process: the folder does not change mid-run
+            from feinschliff.generate.keys import local_model_fingerprint
+
+            self._fingerprint = local_model_fingerprint(self.model) or "none"
+        local = {"dtype": self.dtype, "stops": "generation_config", "model": self._fingerprint}
+        return {**body, "local": local}
 
     def _fail(self, exc: Exception) -> None:
         """Record an unexpected exception as the run's teacher failure (never the API key)."""

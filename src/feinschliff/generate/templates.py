@@ -125,6 +125,7 @@ def ratings_schema(n: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- parsing
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+_FENCE = re.compile(r"^\s*```")  # a Markdown code fence line, ```json included
 # "Note: 4", "**Note:** 4", "Note: **4**", "Note: 4/5", "Note: 4 von 5", then the rationale on the
 # next line ("Begründung:", bold or not). One digit only: "4/10", "3 oder 4" or "45" are refused.
 _EM = r"[*_]{0,2}"
@@ -133,36 +134,75 @@ _RATING_BLOCK = re.compile(
     rf"\s*{_EM}Begr(?:ü|ue)ndung{_EM}\s*:{_EM}\s*(.+)",
     re.IGNORECASE,
 )
+# A UTF-16 surrogate code point in a str: JSON may write one alone ("\ud83d", half an emoji),
+# json.loads keeps it, and it cannot be encoded as UTF-8, so distilabel's writer (orjson)
+# crashes on it and loses the whole batch.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+_MAX_OBJECT_TRIES = 20  # "{" positions tried in a reply that is not JSON as a whole
 
 
-def parse_instructions(text: str | None) -> list[str]:
-    """Questions from a reply: the JSON object when it parses, else one per non-empty line."""
+def replace_surrogates(text: str) -> str:
+    """``text`` with every unpaired surrogate replaced by U+FFFD (valid UTF-8 again)."""
+    return _SURROGATE.sub(REPLACEMENT, text)
+
+
+def invalid_text(text: str) -> bool:
+    """Text that held an unpaired surrogate (now U+FFFD) or a replacement character of its
+    own: broken text, never a training row."""
+    return REPLACEMENT in text or _SURROGATE.search(text) is not None
+
+
+def json_object(text: str) -> Any:
+    """The reply's JSON object: the whole text, else the first ``{...}`` that decodes (a reply
+    wrapped in a Markdown code fence or in prose, from an endpoint that ignored
+    ``response_format``); None when there is none."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    for _ in range(_MAX_OBJECT_TRIES):
+        if start < 0:
+            break
+        try:
+            return decoder.raw_decode(text, start)[0]
+        except ValueError:
+            start = text.find("{", start + 1)
+    return None
+
+
+def parse_instructions(text: str | None, structured: bool = False) -> list[str]:
+    """Questions from a reply: its JSON object's ``anfragen`` when there is one; else, only
+    for a free-text request (``structured`` False), one per non-empty line (code fence lines
+    skipped). A reply to a JSON request without that object is unparseable (no question):
+    split into lines, its JSON syntax would become questions. Unpaired surrogates become
+    U+FFFD; ``select`` drops such a question (``instruction_invalid_text``)."""
     if not text:
         return []
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
+    data = json_object(text)
     if isinstance(data, dict) and isinstance(data.get("anfragen"), list):
         items = [s for s in data["anfragen"] if isinstance(s, str)]
+    elif structured:
+        return []
     else:
-        items = [_BULLET.sub("", line) for line in text.splitlines()]
-    return [s.strip() for s in items if s.strip()]
+        lines = [line for line in text.splitlines() if not _FENCE.match(line)]
+        items = [_BULLET.sub("", line) for line in lines]
+    return [replace_surrogates(s.strip()) for s in items if s.strip()]
 
 
 def parse_ratings(text: str | None, n: int) -> tuple[list[int | None], list[str | None]]:
     """Ratings and rationales for ``n`` answers; ``None`` where a rating cannot be read.
 
     A reply with a different number of ratings than answers is unusable as a whole (the order
-    would be ambiguous), so every rating becomes ``None``.
+    would be ambiguous), so every rating becomes ``None``. The JSON object may be wrapped in a
+    code fence; rationales have unpaired surrogates replaced (see ``parse_instructions``).
     """
     empty: tuple[list[int | None], list[str | None]] = ([None] * n, [None] * n)
     if not text:
         return empty
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
+    data = json_object(text)
     if isinstance(data, dict) and isinstance(data.get("bewertungen"), list):
         items = data["bewertungen"]
         if len(items) != n:
@@ -173,10 +213,11 @@ def parse_ratings(text: str | None, n: int) -> tuple[list[int | None], list[str 
             note = item.get("note") if isinstance(item, dict) else None
             ok = isinstance(note, int) and not isinstance(note, bool) and 1 <= note <= 5
             ratings.append(note if ok else None)
-            reasons.append(item.get("begruendung") if isinstance(item, dict) else None)
+            reason = item.get("begruendung") if isinstance(item, dict) else None
+            reasons.append(replace_surrogates(reason) if isinstance(reason, str) else None)
         return ratings, reasons
     blocks = [m for m in _RATING_BLOCK.finditer(text)]
     if len(blocks) != n:
         return empty
     ratings = [int(m.group(1)) if 1 <= int(m.group(1)) <= 5 else None for m in blocks]
-    return ratings, [m.group(2).strip() for m in blocks]
+    return ratings, [replace_surrogates(m.group(2).strip()) for m in blocks]

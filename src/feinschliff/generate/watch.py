@@ -1,0 +1,90 @@
+"""The generation child process, watched: its process group ends with the stage, and a child
+that makes no progress after a teacher failure is stopped (``stage._run_child`` runs it)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from feinschliff.generate.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+# Once the ledger records a teacher failure, every later request is refused at once and the
+# child's output is of no use (the run fails): it may still end by itself, or finish a request
+# already in flight (its reply is cached), but after this many seconds without progress (its log
+# and the ledger unchanged), or this many in all, it is stopped.
+FAILED_QUIET_S = 5.0
+FAILED_MAX_S = 60.0
+_POLL_S = 0.5
+
+
+def _watch_child(
+    cmd: list[str], log_file: IO[bytes], log_path: Path, ledger: Ledger
+) -> tuple[int, dict[str, Any] | None]:
+    """Run the child in a process group of its own (distilabel starts worker processes) and
+    wait for it: its exit code and None, or, when it was stopped after a teacher failure,
+    the ledger's state. However this returns or raises (KeyboardInterrupt included), the whole
+    group is gone afterwards; the child itself ends its group when this process dies
+    (``child._die_with_parent``)."""
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        failed_at = quiet_since = 0.0
+        seen: tuple[Any, ...] = ()
+        while True:
+            try:
+                return proc.wait(timeout=_POLL_S), None
+            except subprocess.TimeoutExpired:
+                pass
+            state = _ledger_state(ledger)
+            if not state.get("failed"):
+                continue
+            now = time.monotonic()
+            progress = (_stamp(log_path), _stamp(ledger.path))
+            if not failed_at or progress != seen:
+                failed_at = failed_at or now
+                seen, quiet_since = progress, now
+            if now - quiet_since >= FAILED_QUIET_S or now - failed_at >= FAILED_MAX_S:
+                log.info("generate: teacher failed; stopping the generation process")
+                _stop_group(proc)
+                return proc.returncode, _ledger_state(ledger)
+    finally:
+        _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM the child's process group, SIGKILL whatever is left of it after ``timeout``
+    seconds (and any worker that outlived a child that has exited)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    # bounded: an interrupt at the wrong moment can leave Popen's wait lock taken, and this
+    # runs in a `finally`; a SIGKILLed child not reaped here is reaped by init after we exit
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+
+
+def _ledger_state(ledger: Ledger) -> dict[str, Any]:
+    try:
+        return ledger.read()
+    except (OSError, ValueError):  # not written yet (the writer replaces it atomically)
+        return {}
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
