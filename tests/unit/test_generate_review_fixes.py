@@ -184,7 +184,6 @@ def test_parsing_never_turns_json_syntax_into_questions_and_cleans_surrogates():
     assert parse_instructions(prose, True) == ["Wie kündige ich?"]
     # a JSON request answered without the object: unparseable, never split into lines
     assert parse_instructions('{"fragen": [\n"Wie kündige ich?"\n]}', True) == []
-    assert parse_instructions("Wie kündige ich?\nWas kostet das?", True) == []
     # a free-text request keeps its lines, fence lines left out
     assert parse_instructions("```\nWie kündige ich?\n```") == ["Wie kündige ich?"]
 
@@ -219,9 +218,9 @@ def test_a_raw_lone_surrogate_in_a_reply_is_cached_and_marked_not_a_teacher_fail
     )
     messages = [{"role": "user", "content": "Hallo"}]
     out = asyncio.run(llm.agenerate(messages, max_new_tokens=8))
-    assert out["generations"] == ["Gerne \ufffd"]
+    assert out["generations"] == ["Gerne \uffff"]  # templates.BROKEN: invalid_text drops it
     assert llm._ledger.read()["failed"] is None
-    assert "Gerne \ufffd" in (tmp_path / "requests.jsonl").read_text("utf-8")  # cached
+    assert "Gerne \uffff" in (tmp_path / "requests.jsonl").read_text("utf-8")  # cached
 
 
 def test_a_child_that_saved_no_output_after_answered_requests_is_a_pipeline_error(
@@ -486,3 +485,141 @@ def test_mix_shares_round_half_up_and_a_weight_above_zero_keeps_a_row():
         (0, 0.5, 0),
     ):
         assert len(weighted(rows[:n], weight, "s")) == expected, (n, weight)
+
+
+# --------------------------------------------------------------------------- second review
+
+
+def test_a_copied_local_model_folder_keeps_its_request_identity(tmp_path, monkeypatch):
+    """``cp -r`` of a local teacher's folder (new mtimes, same bytes) re-asked every cached
+    request; a changed config still gets a new request identity."""
+    import shutil
+
+    from tests.unit.tiny_llama import make_tiny_llama
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    folder = make_tiny_llama(tmp_path / "teacher", ["hallo", "welt"])
+    spec = GenerateSpec.model_validate(
+        {
+            "seeds": {"topics": "t.txt", "pii": "off"},
+            "teacher": {"kind": "transformers", "model": str(folder)},
+        }
+    )
+    body = {"model": str(folder), "messages": [{"role": "user", "content": "x"}], "n": 1}
+
+    def identity():
+        llm = TeacherLLM(kind="transformers", model=str(folder), cache_path="-", ledger_path="-")
+        return request_cache_path(spec.teacher), llm._cache_identity(body)
+
+    before = identity()
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy, copy_function=shutil.copyfile)  # new mtimes
+    for path in copy.iterdir():
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    shutil.rmtree(folder)
+    copy.rename(folder)
+    assert identity() == before
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    after = identity()
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_json_replies_are_never_split_into_lines_and_the_keyed_object_is_taken():
+    fenced_list = "```json\n" + json.dumps(["Wie kündige ich?", "Was gilt?"], indent=2) + "\n```"
+    assert parse_instructions(fenced_list) == ["Wie kündige ich?", "Was gilt?"]
+    assert parse_instructions('{"fragen": ["Wie kündige ich?"]}') == []  # other JSON: no question
+    truncated = '```json\n{"anfragen": ["Wie kündige ich?", "Welche Fristen gel'
+    assert parse_instructions(truncated) == [] and parse_instructions(truncated, True) == []
+    # the object holding the key, not the first that decodes (an example, a schema)
+    reply = 'Format: {} \n{"anfragen": ["Wie kündige ich?"]}'
+    assert parse_instructions(reply, True) == ["Wie kündige ich?"]
+    reply = 'Schema: {"anfragen": "string"}\n```json\n{"anfragen": ["Wie kündige ich?"]}\n```'
+    assert parse_instructions(reply, True) == ["Wie kündige ich?"]
+    judged = '{"beispiel": 1} {"bewertungen": [{"note": 4, "begruendung": "gut"}, '
+    judged += '{"note": 2, "begruendung": "schlecht"}]}'
+    assert parse_ratings(judged, 2) == ([4, 2], ["gut", "schlecht"])
+    # an endpoint that ignored response_format and wrote a numbered list: its questions, as before
+    plain = "1. Wie kündige ich meinen Vertrag?\n2. Welche Fristen gelten?"
+    assert parse_instructions(plain, True) == [
+        "Wie kündige ich meinen Vertrag?",
+        "Welche Fristen gelten?",
+    ]
+
+
+def test_a_replacement_character_of_the_text_itself_is_no_broken_text():
+    pdf = "Was bedeutet \u201eZ\ufffdhlerstandsmeldung\u201c in Ihrem Merkblatt?"
+    questions = parse_instructions(json.dumps({"anfragen": [pdf, "Wie kündige ich? \ud83d"]}))
+    selected, drops = select_instructions([("s", questions)], 10, 3, 300)
+    assert selected == [("s", pdf)] and drops == {"instruction_invalid_text": 1}
+
+
+LONG = "Kann ich meinen monatlichen Abschlag im Kundenportal auch rückwirkend für das letzte Jahr ändern lassen?"
+
+
+def test_heldout_guard_compares_questions_only_with_hashed_ngrams():
+    from feinschliff.generate.postprocess import HeldoutGuard
+
+    kb = (
+        "Der monatliche Abschlag wird anhand Ihres Vorjahresverbrauchs berechnet und kann im "
+        "Kundenportal jederzeit angepasst werden, sofern die Änderung mindestens zehn Euro beträgt."
+    )
+    guard = HeldoutGuard([f"Kontext: {kb}\n\nFrage: Kann ich fünf Euro weniger zahlen?", LONG], 13)
+
+    def row(question: str, answer: str = ANSWER) -> dict:
+        msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return {"messages": msgs}
+
+    # a different question whose grounded answer quotes the knowledge base: kept
+    assert not guard.leaks(row("Wie wird die Höhe meines Abschlags festgelegt?", kb))
+    # a long held-out question quoted inside another question: a leak
+    assert guard.leaks(row(f"Meine Nachbarin fragt: {LONG} Was soll ich ihr sagen?"))
+    assert guard.leaks(row(LONG.upper().replace("?", " !")))  # exact up to case/punctuation
+    # a short held-out-like phrase inside a longer question: no 13-gram rule below 13 words
+    assert not guard.leaks(row("Kann ich fünf Euro weniger zahlen, wenn ich umziehe?"))
+    assert guard.grams and all(type(g) is int for g in guard.grams)  # hashes, not tuples
+
+
+def test_a_local_judge_folder_swap_changes_the_output_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "t.txt").write_text("Tarifwechsel\n")
+    spec = GenerateSpec.model_validate(
+        {
+            "seeds": {"topics": str(tmp_path / "t.txt"), "pii": "off"},
+            "teacher": {"kind": "openai", "base_url": "http://t/v1", "model": "t"},
+            "preference": {"judge": {"kind": "transformers", "model": str(judge)}},
+        }
+    )
+    before = cache_key(spec, None)
+    (judge / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert cache_key(spec, None) != before
+
+
+def test_refused_runs_create_no_folders_and_a_reused_output_needs_no_lock(tmp_path, monkeypatch):
+    recipe = _recipe(tmp_path)
+    (tmp_path / "themen.txt").write_bytes("Tarifwechsel\nZählerstand\n".encode("latin-1"))
+    out = tmp_path / "new" / "deep" / "gen"
+    with pytest.raises(GenerateError, match="not UTF-8"):
+        run_generate(load_recipe(recipe), out)
+    assert not (tmp_path / "new").exists()
+
+    feedback = _ingest_with_heldout(tmp_path / "ingest")
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "sft.jsonl").write_text("")
+    generated = DatasetRef(path=str(gen), sha256=mark_complete(gen, stage="generate", key="g"))
+    mixed = tmp_path / "mixed"
+    first = merge_datasets(feedback, generated, MixSpec(), mixed)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    import feinschliff.pipeline
+
+    monkeypatch.setattr(feinschliff.pipeline, "run_lock", read_only)
+    assert merge_datasets(feedback, generated, MixSpec(), mixed) == first  # reused, no lock
+    with pytest.raises(RuntimeError, match="cannot create the lock .*must be writable"):
+        merge_datasets(feedback, generated, MixSpec(), tmp_path / "m2")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from collections.abc import Sequence
@@ -115,15 +116,59 @@ def local_model_fingerprint(name: str) -> Any:
     return _folder_fingerprint(folder) if folder.is_dir() else None
 
 
+_SMALL_FILE = 16 << 20  # tokenizer and index files are hashed whole; weights by their header
+
+
+def local_model_content_identity(name: str) -> Any:
+    """A local model's content identity for its request cache, without mtimes (a ``cp -r`` of
+    the folder or a re-fetched alias keeps its cached replies). An alias: its pinned package;
+    a folder: ``config.json``'s hash and each weight and tokenizer file's name and size, with
+    the hash of small files whole and of a safetensors file's header (names, dtypes, shapes and
+    offsets of its tensors). None for a hub id or a missing folder."""
+    from feinschliff.models import PACKAGED_MODELS, is_alias
+    from feinschliff.train.checks import _MODEL_FILES
+
+    if is_alias(name):
+        spec = PACKAGED_MODELS[name]
+        return f"{spec.package}=={spec.version}:{spec.wheel_sha256}"
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return None
+    config = folder / "config.json"
+    config_sha = sha256_file(config) if config.is_file() else None
+    files = []
+    for path in sorted(folder.iterdir()):
+        if not any(fnmatch.fnmatch(path.name, p) for p in _MODEL_FILES) or not path.is_file():
+            continue
+        try:
+            files.append([path.name, path.stat().st_size, _content_sha(path)])
+        except OSError:
+            continue
+    return {"config_sha256": config_sha, "files": files}
+
+
+def _content_sha(path: Path) -> str:
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size <= _SMALL_FILE:
+            return hashlib.sha256(f.read()).hexdigest()
+        if path.suffix != ".safetensors":
+            return "large"  # name and size only (hashing gigabytes would take minutes)
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        return hashlib.sha256(head + f.read(min(length, _SMALL_FILE * 8))).hexdigest()
+
+
 def request_cache_path(model: OpenAITeacher | LocalTeacher) -> Path:
     """One request cache per endpoint and model (shared by every recipe that uses them); a
-    local model folder holding another model gets another cache."""
+    local model folder holding another model gets another cache (its content identity,
+    ``local_model_content_identity``: copied files with new mtimes keep the cache)."""
     from feinschliff.models import feinschliff_home
 
     if model.kind == "openai":
         ident = f"{model.base_url}|{model.model}"
     else:
-        fingerprint = model_fingerprint(model)
+        fingerprint = local_model_content_identity(model.model)
         ident = f"local|{model.model}"
         if fingerprint is not None:
             ident += "|" + json.dumps(fingerprint, sort_keys=True)

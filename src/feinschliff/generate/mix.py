@@ -70,11 +70,6 @@ def merge_datasets(
     Raises:
         OutputBusy: another run is writing ``out``.
     """
-    with hold_output(out):
-        return _merge(feedback, generated, mix, out)
-
-
-def _merge(feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path) -> DatasetRef:
     key = input_key(
         "mix",
         SELECTION,
@@ -82,6 +77,13 @@ def _merge(feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path)
         generated.sha256,
         mix.model_dump(mode="json"),
     )
+    with hold_output(out, reuse=reusable(out, key) is not None):
+        return _merge(feedback, generated, mix, out, key)
+
+
+def _merge(
+    feedback: DatasetRef, generated: DatasetRef, mix: MixSpec, out: Path, key: str
+) -> DatasetRef:
     digest = reusable(out, key)
     if digest is not None:
         return DatasetRef(path=str(out), sha256=digest)

@@ -5,7 +5,10 @@ Two runs on one output wreck each other: the second one's ``prepare_out`` and it
 rows. The lock is ``feinschliff.pipeline.run_lock`` (an ``flock``, gone with its process, so a
 rerun after a kill is not blocked) on ``.<name>.lock`` beside the output, as the train-stage flow
 holds its output: inside it, ``prepare_out`` would delete it with the folder. A second run is
-refused at once, naming the holder.
+refused at once, naming the holder. The callers check their arguments and seeds first: a
+refused run creates no folder. A lock that cannot be created (a read-only parent folder) is
+skipped only when the output is complete and simply reused (``reuse``); otherwise it is an
+``OutputLockError`` naming the folder.
 """
 
 from __future__ import annotations
@@ -19,9 +22,16 @@ class OutputBusy(RuntimeError):
     """Another run is writing the output folder (exit 1, as a refused train-stage run)."""
 
 
+class OutputLockError(OutputBusy):
+    """The lock beside the output cannot be created (its parent folder is read-only)."""
+
+
 @contextmanager
-def hold_output(out: Path) -> Iterator[None]:
-    """Hold ``out`` while the block runs; ``OutputBusy`` at once if another run holds it."""
+def hold_output(out: Path, reuse: bool = False) -> Iterator[None]:
+    """Hold ``out`` while the block runs; ``OutputBusy`` at once if another run holds it.
+
+    ``reuse``: ``out`` is complete with the run's key, so the block only reads it: a lock that
+    cannot be created is skipped then (a finished output under a read-only parent)."""
     from feinschliff.pipeline import RunInProgress, run_lock
 
     target = Path(out).resolve()  # ./gen and /abs/gen are one output, one lock
@@ -29,6 +39,12 @@ def hold_output(out: Path) -> Iterator[None]:
     with ExitStack() as stack:
         try:
             stack.enter_context(run_lock(target.parent, name=name))
+        except OSError as exc:
+            if not reuse:
+                raise OutputLockError(
+                    f"cannot create the lock {target.parent / name} for the output {out} "
+                    f"({exc.strerror or exc}): its parent folder must be writable"
+                ) from None
         except RunInProgress:
             try:
                 holder = (target.parent / name).read_text(encoding="utf-8").strip()

@@ -248,25 +248,38 @@ def feedback_prompts(data_dir: Path) -> set[str]:
 
 
 class HeldoutGuard:
-    """The feedback's held-out prompts, which no generated training row may hold: they are the
+    """The feedback's held-out prompts, which no generated question may hold: they are the
     ``usecase_heldout`` evaluation ("not in training by construction").
 
-    A row leaks when its question is a held-out prompt up to case, width, whitespace and
-    punctuation (``ngrams``' words: "Wie kündige ich (fristgerecht)?" is "wie kündige ich
-    fristgerecht."), or when its text holds a held-out prompt by the contamination rule
-    (a 13-gram of a long one, a whole one of 8-12 words, quoted inside a question or answer)."""
+    Only the question is compared (a row's user text, never its answers: a grounded answer
+    quoting the same knowledge base is no leak): it leaks when it is a held-out prompt up to
+    case, width, whitespace and punctuation (``ngrams``' words: "Wie kündige ich
+    (fristgerecht)?" is "wie kündige ich fristgerecht."), or when it shares an ``ngram``-word
+    run with a held-out prompt (one quoted inside a longer question); texts shorter than
+    ``ngram`` words match exactly only. Word runs are kept as hashes (ints), not tuples."""
 
     def __init__(self, prompts: list[str], ngram: int):
         self.count = len(prompts)
-        self.keys = {k for k in map(_words, prompts) if k}
-        self.index = EvalIndex(ngram)
-        for text in prompts:
-            self.index.add(text, "heldout")
+        self.n = ngram
+        self.keys: set[int] = set()
+        self.grams: set[int] = set()
+        for words in map(_words, prompts):
+            if words:
+                self.keys.add(hash(words))
+                self.grams.update(_grams(words, ngram))
 
     def leaks(self, row: Row) -> bool:
-        if _words(prompt_text(row)) in self.keys:
+        words = _words(prompt_text(row))
+        if not words:
+            return False
+        if hash(words) in self.keys:
             return True
-        return bool(self.index) and self.index.contaminated_by(row) is not None
+        return any(g in self.grams for g in _grams(words, self.n))
+
+
+def _grams(words: tuple[int, ...], n: int):
+    # hashes of tuples of ints are the same in every process (no string hash randomisation)
+    return (hash(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 def _words(text: str) -> tuple[int, ...]:

@@ -87,36 +87,60 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     """
     if recipe.generate is None:
         raise GenerateError("the recipe has no `generate` section")
-    try:
-        with hold_output(out):
-            return _generate(recipe, recipe.generate, out, feedback)
-    except OutputBusy as exc:
-        raise GenerateError(str(exc)) from None
-
-
-def _generate(
-    recipe: Recipe, spec: GenerateSpec, out: Path, feedback: DatasetRef | None
-) -> DatasetRef:
-    ngram = recipe.feedback.decontamination.ngram  # ingest's n, the gate's too
-    names = eval_set_names(recipe)
+    spec = recipe.generate
+    # arguments and seeds first: a refused run creates no folder (the lock's parent neither)
     try:
         key = recipe_cache_key(recipe, feedback)
     except FileNotFoundError as exc:  # a JSONL eval set the recipe names is missing
         raise GenerateError(str(exc)) from exc
+    reuse = reusable_output(out, key) is not None
+    models = None if reuse else _models(spec)  # a reused output fetches no alias
+    seeds = None if reuse else _read_seeds(spec)
+    try:
+        with hold_output(out, reuse=reuse):
+            return _generate(recipe, spec, out, feedback, key, models, seeds)
+    except OutputBusy as exc:
+        raise GenerateError(str(exc)) from None
+
+
+def _models(spec: GenerateSpec) -> tuple[str, str]:
+    return (
+        _model_string(spec.teacher, "generate.teacher"),
+        _model_string(_judge(spec), _judge_path(spec)),
+    )
+
+
+def _read_seeds(spec: GenerateSpec) -> Any:
+    from feinschliff.generate.seeds import SeedError, read_seeds
+
+    try:  # before prepare_out: a bad seed file leaves no half-made output behind
+        return read_seeds(spec.seeds)
+    except SeedError as exc:
+        raise InputRefused(str(exc)) from exc
+
+
+def _generate(
+    recipe: Recipe,
+    spec: GenerateSpec,
+    out: Path,
+    feedback: DatasetRef | None,
+    key: str,
+    models: tuple[str, str] | None,
+    seeds: Any,
+) -> DatasetRef:
+    ngram = recipe.feedback.decontamination.ngram  # ingest's n, the gate's too
+    names = eval_set_names(recipe)
     digest = reusable_output(out, key)
     if digest is not None:
         log.info("generate: reusing %s (same inputs, complete)", out)
         return DatasetRef(path=str(out), sha256=digest)
 
-    from feinschliff.generate.seeds import SeedError, plan_requests, read_seeds
+    from feinschliff.generate.seeds import plan_requests
 
     started = time.monotonic()
-    teacher = _model_string(spec.teacher, "generate.teacher")
-    judge = _model_string(_judge(spec), _judge_path(spec))
-    try:  # before prepare_out: a bad seed file leaves no half-made output behind
-        seeds = read_seeds(spec.seeds)
-    except SeedError as exc:
-        raise InputRefused(str(exc)) from exc
+    teacher, judge = models or _models(spec)  # None: reusable when checked, not once held
+    if seeds is None:
+        seeds = _read_seeds(spec)
     prepare_out(out, key, "generate")
     plan = plan_requests(seeds.items, spec.num_instructions, spec.instructions_per_seed)
     status = _run_child(spec, out, plan, teacher, judge)

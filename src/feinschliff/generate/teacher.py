@@ -43,7 +43,7 @@ from distilabel.typing import FormattedInput, GenerateOutput
 from pydantic import PrivateAttr
 
 from feinschliff.generate.ledger import Ledger, RequestCache, request_key
-from feinschliff.generate.templates import replace_surrogates
+from feinschliff.generate.templates import mark_surrogates
 
 RETRYABLE = {408, 409, 425, 429}
 ROW_ERRORS = {400, 413, 422}
@@ -143,8 +143,8 @@ class TeacherLLM(AsyncLLM):
                 )
                 return _empty(body["n"], None)
             # a lone surrogate ("\ud83d" in the JSON body) is no UTF-8: it would fail the cache
-            # write and distilabel's writer; U+FFFD marks the text broken (dropped later)
-            response["generations"] = [g and replace_surrogates(g) for g in response["generations"]]
+            # write and distilabel's writer; templates.BROKEN marks the text broken (dropped later)
+            response["generations"] = [g and mark_surrogates(g) for g in response["generations"]]
             if "rejected" not in response["finish_reasons"]:  # a rejection is asked again
                 self._cache.put(key, response)
         reasons = response["finish_reasons"]
@@ -162,14 +162,15 @@ class TeacherLLM(AsyncLLM):
         """What a cached answer depends on: the request, and for a local model its dtype too
         (bfloat16 samples other answers than float32; ``stops`` retires the entries cached
         before every eos id counted as a stop, when eot-style stops were taken as cut off) and
-        its folder's content (``keys.local_model_fingerprint``: another model copied into the
-        same folder must not be answered from the old one's replies)."""
+        its folder's content (``keys.local_model_content_identity``, without mtimes: another
+        model copied into the same folder must not be answered from the old one's replies, the
+        same files copied anew keep them)."""
         if self.kind != "transformers":
             return body
         if self._fingerprint is None:  # once per process: the folder does not change mid-run
-            from feinschliff.generate.keys import local_model_fingerprint
+            from feinschliff.generate.keys import local_model_content_identity
 
-            self._fingerprint = local_model_fingerprint(self.model) or "none"
+            self._fingerprint = local_model_content_identity(self.model) or "none"
         local = {"dtype": self.dtype, "stops": "generation_config", "model": self._fingerprint}
         return {**body, "local": local}
 

@@ -139,7 +139,12 @@ _RATING_BLOCK = re.compile(
 # crashes on it and loses the whole batch.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
-_MAX_OBJECT_TRIES = 20  # "{" positions tried in a reply that is not JSON as a whole
+# Where a teacher reply held a lone surrogate: U+FFFF, a Unicode noncharacter (valid UTF-8,
+# never in real text), so a U+FFFD of the text's own (a PDF's lost umlaut) is no broken text.
+BROKEN = "\uffff"
+_MAX_OBJECT_TRIES = 50  # "{" / "[" positions tried in a reply that is not JSON as a whole
+# a line opening a JSON array or object: "[", "{", '["Wie', '{"anfragen"' (not "[1] Wie ...")
+_JSON_LINE = re.compile(r'^\s*[\[{]\s*(?:$|["\[{])', re.MULTILINE)
 
 
 def replace_surrogates(text: str) -> str:
@@ -147,49 +152,89 @@ def replace_surrogates(text: str) -> str:
     return _SURROGATE.sub(REPLACEMENT, text)
 
 
+def mark_surrogates(text: str) -> str:
+    """A teacher reply with every unpaired surrogate replaced by ``BROKEN`` (valid UTF-8 for
+    the cache and distilabel's writer; ``invalid_text`` drops what holds it)."""
+    return _SURROGATE.sub(BROKEN, text)
+
+
 def invalid_text(text: str) -> bool:
-    """Text that held an unpaired surrogate (now U+FFFD) or a replacement character of its
-    own: broken text, never a training row."""
-    return REPLACEMENT in text or _SURROGATE.search(text) is not None
+    """Text that held an unpaired surrogate (now ``BROKEN``): broken text, never a training
+    row. A U+FFFD of its own is kept (seed text extracted from a PDF, quoted)."""
+    return BROKEN in text or _SURROGATE.search(text) is not None
 
 
-def json_object(text: str) -> Any:
-    """The reply's JSON object: the whole text, else the first ``{...}`` that decodes (a reply
-    wrapped in a Markdown code fence or in prose, from an endpoint that ignored
-    ``response_format``); None when there is none."""
+def json_object(text: str, key: str) -> Any:
+    """The reply's JSON object holding a list under ``key``: the whole text, else the first
+    ``{...}`` that decodes to such an object (a reply wrapped in a Markdown code fence or in
+    prose, from an endpoint that ignored ``response_format``; an example object or schema
+    before it is skipped); None when there is none."""
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except ValueError:
-        pass
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    for _ in range(_MAX_OBJECT_TRIES):
-        if start < 0:
-            break
-        try:
-            return decoder.raw_decode(text, start)[0]
-        except ValueError:
-            start = text.find("{", start + 1)
+        data = None
+    for value in [data, *(v for _, v in _json_values(text, "{"))]:
+        if isinstance(value, dict) and isinstance(value.get(key), list):
+            return value
     return None
 
 
+def _json_values(text: str, openers: str):
+    """Values that decode at ``openers`` positions, left to right, past each decoded one."""
+    decoder = json.JSONDecoder()
+    pattern = re.compile("[" + re.escape(openers) + "]")
+    match = pattern.search(text)
+    for _ in range(_MAX_OBJECT_TRIES):
+        if match is None:
+            return
+        try:
+            value, end = decoder.raw_decode(text, match.start())
+        except ValueError:
+            match = pattern.search(text, match.start() + 1)
+            continue
+        yield match.start(), value
+        match = pattern.search(text, end)
+
+
+def _string_list(text: str) -> list[str] | None:
+    """The strings of the reply's JSON array of strings that opens a line (fenced or whole;
+    never one inside an object: an object's list counts under its key only)."""
+    for start, value in _json_values(text, "[{"):
+        at_line_start = not text[text.rfind("\n", 0, start) + 1 : start].strip()
+        strings = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if strings and value and at_line_start:
+            return value
+    return None
+
+
+def _looks_like_json(text: str) -> bool:
+    if _JSON_LINE.search(text):  # truncated JSON too
+        return True
+    return any(isinstance(v, dict) and v for _, v in _json_values(text, "{"))
+
+
 def parse_instructions(text: str | None, structured: bool = False) -> list[str]:
-    """Questions from a reply: its JSON object's ``anfragen`` when there is one; else, only
-    for a free-text request (``structured`` False), one per non-empty line (code fence lines
-    skipped). A reply to a JSON request without that object is unparseable (no question):
-    split into lines, its JSON syntax would become questions. Unpaired surrogates become
-    U+FFFD; ``select`` drops such a question (``instruction_invalid_text``)."""
+    """Questions from a reply: its JSON object's ``anfragen``, else the strings of a JSON
+    array of strings; a reply holding other JSON (another object, truncated JSON) is
+    unparseable (no question: split into lines, its JSON syntax would become questions). A
+    reply without JSON is split into one question per non-empty line (code fence lines
+    skipped), for a free-text request and for an endpoint that ignored ``response_format``.
+    Unpaired surrogates become ``BROKEN``; ``select`` drops such a question
+    (``instruction_invalid_text``)."""
     if not text:
         return []
-    data = json_object(text)
-    if isinstance(data, dict) and isinstance(data.get("anfragen"), list):
+    data = json_object(text, "anfragen")
+    strings = _string_list(text) if data is None else None
+    if data is not None:
         items = [s for s in data["anfragen"] if isinstance(s, str)]
-    elif structured:
+    elif strings is not None:
+        items = strings
+    elif _looks_like_json(text):
         return []
     else:
         lines = [line for line in text.splitlines() if not _FENCE.match(line)]
         items = [_BULLET.sub("", line) for line in lines]
-    return [replace_surrogates(s.strip()) for s in items if s.strip()]
+    return [mark_surrogates(s.strip()) for s in items if s.strip()]
 
 
 def parse_ratings(text: str | None, n: int) -> tuple[list[int | None], list[str | None]]:
@@ -202,8 +247,8 @@ def parse_ratings(text: str | None, n: int) -> tuple[list[int | None], list[str 
     empty: tuple[list[int | None], list[str | None]] = ([None] * n, [None] * n)
     if not text:
         return empty
-    data = json_object(text)
-    if isinstance(data, dict) and isinstance(data.get("bewertungen"), list):
+    data = json_object(text, "bewertungen")
+    if data is not None:
         items = data["bewertungen"]
         if len(items) != n:
             return empty
@@ -214,10 +259,15 @@ def parse_ratings(text: str | None, n: int) -> tuple[list[int | None], list[str 
             ok = isinstance(note, int) and not isinstance(note, bool) and 1 <= note <= 5
             ratings.append(note if ok else None)
             reason = item.get("begruendung") if isinstance(item, dict) else None
-            reasons.append(replace_surrogates(reason) if isinstance(reason, str) else None)
+            reasons.append(_clean(reason) if isinstance(reason, str) else None)
         return ratings, reasons
     blocks = [m for m in _RATING_BLOCK.finditer(text)]
     if len(blocks) != n:
         return empty
     ratings = [int(m.group(1)) if 1 <= int(m.group(1)) <= 5 else None for m in blocks]
-    return ratings, [replace_surrogates(m.group(2).strip()) for m in blocks]
+    return ratings, [_clean(m.group(2).strip()) for m in blocks]
+
+
+def _clean(reason: str) -> str:
+    """A rationale (kept in preference rows): a lone surrogate as U+FFFD, no ``BROKEN``."""
+    return replace_surrogates(reason).replace(BROKEN, REPLACEMENT)
