@@ -7,6 +7,7 @@ server answers; this module only reads bodies, writes replies and runs the serve
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -27,6 +28,19 @@ class StubHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+    def respond_completion(self, body: dict, content: str) -> None:
+        """An OpenAI chat completion: ``content`` as each of the request's ``n`` choices."""
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+            for i in range(body.get("n", 1))
+        ]
+        usage = {"prompt_tokens": 10, "completion_tokens": 5}
+        self.respond(200, json.dumps({"choices": choices, "usage": usage}).encode())
 
 
 def serve(handler: type[BaseHTTPRequestHandler], port: int = 0) -> ThreadingHTTPServer:

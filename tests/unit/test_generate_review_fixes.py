@@ -100,16 +100,7 @@ class Misbehaving(StubHandler):
             content = ANSWER + " \ud83d"  # a real lone surrogate once the body is decoded
         else:
             content = ANSWER
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }
-            for i in range(body.get("n", 1))
-        ]
-        usage = {"prompt_tokens": 10, "completion_tokens": 5}
-        self.respond(200, json.dumps({"choices": choices, "usage": usage}).encode())
+        self.respond_completion(body, content)
 
 
 @pytest.fixture()
@@ -456,12 +447,15 @@ def test_a_generate_run_on_an_output_another_run_holds_is_refused_at_once(tmp_pa
     assert not out.exists()
 
 
-def test_a_mix_into_an_output_another_run_holds_is_refused(tmp_path):
-    feedback = _ingest_with_heldout(tmp_path / "ingest")
-    gen = tmp_path / "gen"
+def _empty_generate_output(gen: Path) -> DatasetRef:
     gen.mkdir()
     (gen / "sft.jsonl").write_text("")
-    generated = DatasetRef(path=str(gen), sha256=mark_complete(gen, stage="generate", key="g"))
+    return DatasetRef(path=str(gen), sha256=mark_complete(gen, stage="generate", key="g"))
+
+
+def test_a_mix_into_an_output_another_run_holds_is_refused(tmp_path):
+    feedback = _ingest_with_heldout(tmp_path / "ingest")
+    generated = _empty_generate_output(tmp_path / "gen")
     out = tmp_path / "mixed"
     with _hold(out), pytest.raises(RuntimeError, match="being written by another run"):
         merge_datasets(feedback, generated, MixSpec(), out)
@@ -607,10 +601,7 @@ def test_refused_runs_create_no_folders_and_a_reused_output_needs_no_lock(tmp_pa
     assert not (tmp_path / "new").exists()
 
     feedback = _ingest_with_heldout(tmp_path / "ingest")
-    gen = tmp_path / "gen"
-    gen.mkdir()
-    (gen / "sft.jsonl").write_text("")
-    generated = DatasetRef(path=str(gen), sha256=mark_complete(gen, stage="generate", key="g"))
+    generated = _empty_generate_output(tmp_path / "gen")
     mixed = tmp_path / "mixed"
     first = merge_datasets(feedback, generated, MixSpec(), mixed)
 

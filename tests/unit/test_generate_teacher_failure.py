@@ -104,16 +104,7 @@ class ShortQuestions(StubHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server API
         body = json.loads(self.read_body())
         reply = json.dumps({"anfragen": ["Wie?", "Was?"]})
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": reply},
-                "finish_reason": "stop",
-            }
-            for i in range(body.get("n", 1))
-        ]
-        usage = {"prompt_tokens": 10, "completion_tokens": 5}
-        self.respond(200, json.dumps({"choices": choices, "usage": usage}).encode())
+        self.respond_completion(body, reply)
 
 
 @pytest.fixture()
