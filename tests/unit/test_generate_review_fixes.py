@@ -399,6 +399,12 @@ def test_a_seed_file_that_is_not_utf8_is_an_argument_error_before_anything_is_wr
         "save it as UTF-8"
     )
     assert not out.exists()  # no .inputs stamp, nothing to clean up
+    # `run`: refused before Prefect starts and the ingest runs (it failed after the ingest)
+    work = tmp_path / "work"
+    result = runner.invoke(app, ["run", str(recipe), "--workdir", str(work)])
+    assert isinstance(result.exception, Failure) and result.exception.code == 2, result.exception
+    assert "seeds.topics:" in str(result.exception) and "is not UTF-8" in str(result.exception)
+    assert not work.exists()
 
 
 def test_macos_appledouble_files_in_documents_are_skipped(tmp_path, caplog):

@@ -233,13 +233,16 @@ def run(
     Exit 0 promoted, 3 rejected."""
     cfg = _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
     from feinschliff.estimate import EstimateError, check_training_fits
+    from feinschliff.generate.seeds import SeedError, read_seeds
     from feinschliff.paths import project_root
     from feinschliff.train.checks import RecipeRefused, refuse_missing_base_model
 
     try:
         check_training_fits(cfg)  # a training that cannot fit the configured GPU: refuse now
         refuse_missing_base_model(cfg)  # `run` trains here: a mistyped folder before the ingest
-    except (EstimateError, RecipeRefused) as exc:
+        if cfg.generate is not None:  # unreadable seeds: before the ingest, not after it
+            read_seeds(cfg.generate.seeds, scrubbed=False)
+    except (EstimateError, RecipeRefused, SeedError) as exc:
         raise Failure(str(exc), code=2) from exc
 
     sys.path.insert(0, str(project_root()))
