@@ -19,7 +19,9 @@ with random weights of exactly that shape directly on the GPU instead of loading
 speed and memory of a training step do not depend on the weights' values (the loss does, and
 is meaningless here). ``--tokenizer DIR`` gives the tokenizer (any chat tokenizer; rows are
 sized in its tokens). Everything else is the stage as a user runs it. Point ``--random-weights
-none`` at a recipe whose base model is available to train the real weights instead.
+none`` at a recipe whose base model is available to train the real weights instead. With
+``--set train.qlora=true`` the random weights are first saved as a 16-bit checkpoint, which the
+stage's own ``load_model`` then loads and quantizes (4-bit NF4), as for a user.
 
     python bench/gpu_train.py --tokenizer DIR [--recipe R] [--steps 8] [--batch 4 16] \
         [--sample-data INGEST_DIR] [--results FILE.json]
@@ -201,6 +203,26 @@ def build_model_dir(config: Path | None, tokenizer: Path, dest: Path) -> Path:
         if (tokenizer / name).exists():
             shutil.copy(tokenizer / name, dest / name)
     return dest
+
+
+def write_random_checkpoint(model_dir: Path, dtype: str, timeout: int) -> None:
+    """Random weights of ``model_dir/config.json``'s shape saved there as a checkpoint (in a
+    child process, so the parent holds no GPU memory)."""
+    print(f"writing a random {dtype} checkpoint to {model_dir}", flush=True)
+    start = time.perf_counter()
+    cmd = [sys.executable, __file__, "--write-checkpoint", str(model_dir), "--dtype", dtype]
+    subprocess.run(cmd, env=_env(), timeout=timeout, check=True)
+    print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run_write_checkpoint(model_dir: Path, dtype: str) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    model.save_pretrained(model_dir)
 
 
 def long_rows(tokenizer: Path, n: int, min_tokens: int, seed: int = 0) -> list[dict]:
@@ -406,7 +428,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--set", action="append", default=[], help="recipe override for every run (KEY=VALUE)"
     )
+    p.add_argument("--write-checkpoint", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.write_checkpoint:
+        return run_write_checkpoint(args.write_checkpoint, args.dtype)
     if args.child:
         args.random_weights = args.random_weights_child
         return run_child(args)
@@ -421,10 +447,6 @@ def main(argv: list[str] | None = None) -> None:
     base = load_recipe(args.recipe, overrides=args.set)
     hp = base.train.hyperparameters
     max_length = args.max_length or hp.max_length
-    if args.random_weights and base.train.qlora:
-        p.error(
-            "--random-weights builds 16-bit weights: QLoRA loads its 4-bit ones from a checkpoint"
-        )
     work = WORK
     model = str(
         build_model_dir(
@@ -433,6 +455,11 @@ def main(argv: list[str] | None = None) -> None:
             work / "model",
         )
     )
+    if args.random_weights and base.train.qlora:
+        # QLoRA quantizes while loading: the children load (the stage's own load_model) a
+        # checkpoint of random weights instead of building them in memory
+        write_random_checkpoint(Path(model), base.base_model.dtype, args.timeout)
+        args.random_weights = None
     common = [
         f"train.hyperparameters.max_steps={args.steps}",
         f"train.hyperparameters.max_length={max_length}",

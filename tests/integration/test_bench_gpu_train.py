@@ -56,3 +56,22 @@ def test_gpu_bench_trains_full_length_rows_and_the_sample_packed_and_not(
     assert plain["metrics"]["trained_tokens"] > 0 and packed["metrics"]["trained_tokens"] > 0
     assert "packing / no packing, real tokens/s" in proc.stdout
     assert "| long-b1-ga4 |" in proc.stdout
+
+
+def test_gpu_bench_writes_a_loadable_random_checkpoint_for_qlora(tmp_path):
+    """QLoRA quantizes while loading, so the bench saves random weights of the config's shape
+    as a checkpoint that the stage's own load_model reads (on a GPU; here the write and a plain
+    load on CPU)."""
+    from transformers import AutoModelForCausalLM
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_train.py"), "--write-checkpoint"]
+    cmd += [str(tmp_path), "--dtype", "bfloat16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config.hidden_size == TINY_LLAMA["hidden_size"]
+    assert model.config.num_hidden_layers == TINY_LLAMA["num_hidden_layers"]
+    assert str(model.dtype) == "torch.bfloat16"
+    assert sum(p.numel() for p in model.parameters()) > 49152 * 64
