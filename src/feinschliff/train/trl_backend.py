@@ -3,15 +3,15 @@
 Turns the typed ``train`` spec into TRL config objects in explicit code (no kwargs passthrough),
 trains on the JSONL rows the stage prepared, and saves the adapter in PEFT format. Checkpoints
 land in ``<out>/checkpoints``; a checkpoint counts only once its ``.complete`` marker exists
-(written after HF's save returns), so a run killed mid-save resumes from the previous one.
-Runs the same in one process and in each process of ``accelerate launch`` (the main process
-saves). It does not pick data files, check memory, or write metrics.json: the stage does.
+(written after HF's save returns), so a run killed mid-save resumes from the previous one
+(``trl_checkpoints``). Runs the same in one process and in each process of ``accelerate
+launch`` (the main process saves). It does not pick data files, check memory, or write
+metrics.json: the stage does.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,9 +23,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, T
 from feinschliff.recipe import DPOTrain, KTOTrain, ORPOTrain, Recipe, SFTTrain
 from feinschliff.train.schedule import scheduler_type
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE, CHATML, apply_chat_template_choice
+from feinschliff.train.trl_checkpoints import (
+    CKPT_MARKER,  # noqa: F401 (still trl_backend.CKPT_MARKER)
+    MarkCheckpoints,
+    final_eval_loss,
+    finish_from_checkpoint,
+    last_complete_checkpoint,
+    reached_max_steps,
+)
 
 log = logging.getLogger(__name__)
-CKPT_MARKER = ".complete"
 
 
 class QLoRAUnavailable(RuntimeError):
@@ -34,15 +41,6 @@ class QLoRAUnavailable(RuntimeError):
 
 class TrainerSetupError(RuntimeError):
     """TRL refused the training configuration while building its config or trainer."""
-
-
-class _MarkCheckpoints(TrainerCallback):
-    """Write a completeness marker into each checkpoint after the Trainer saved it."""
-
-    def on_save(self, args, state, control, **kwargs):  # noqa: D102
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and ckpt.is_dir():
-            (ckpt / CKPT_MARKER).write_text(str(state.global_step))
 
 
 class _Progress(TrainerCallback):
@@ -58,48 +56,6 @@ class _Progress(TrainerCallback):
             log.info("step %d/%d loss %.4f", state.global_step, state.max_steps, logs["loss"])
         if "eval_loss" in logs:
             log.info("step %d eval loss %.4f", state.global_step, logs["eval_loss"])
-
-
-def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / CKPT_MARKER).exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def reached_max_steps(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` was saved at the run's last step (its ``trainer_state.json``).
-
-    transformers resumed from there does not stop at once: when max_steps is not a multiple of
-    the steps per epoch it trains one more batch before it checks the step count again.
-    """
-    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
-
-
-def finish_from_checkpoint(trainer, checkpoint: Path) -> None:
-    """Take the adapter weights and trainer state (step, log history, tokens seen) of the final
-    ``checkpoint`` instead of training: a run killed after saving it, before its adapter, ends
-    as the uninterrupted run did."""
-    from transformers import TrainerState
-
-    weights = checkpoint / "adapter_model.safetensors"
-    if weights.exists():  # PEFT's save, also of sharded (FSDP, ZeRO-3) runs: the main process
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(trainer.model, load_file(str(weights)), adapter_name="default")
-    else:
-        trainer._load_from_checkpoint(str(checkpoint))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-
-
-def final_eval_loss(trainer) -> float:
-    """The eval loss of the trained adapter: the one logged at the final step (with eval_steps
-    transformers evaluates there itself), else a final evaluation now."""
-    history = trainer.state.log_history
-    last = next((e for e in reversed(history) if "eval_loss" in e), None)
-    if last is not None and last.get("step") == trainer.state.global_step:
-        return last["eval_loss"]
-    return trainer.evaluate()["eval_loss"]
 
 
 def check_qlora_available() -> None:
@@ -360,7 +316,7 @@ def train_trl(
     ckpt_dir = out / "checkpoints"
     progress = _Progress()
     trainer = build_trainer(
-        recipe, model, tokenizer, raw, ckpt_dir, peft_config, [_MarkCheckpoints(), progress]
+        recipe, model, tokenizer, raw, ckpt_dir, peft_config, [MarkCheckpoints(), progress]
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; _Progress logs instead
     resume = last_complete_checkpoint(ckpt_dir)
