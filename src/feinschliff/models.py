@@ -13,6 +13,8 @@ and resolved by transformers (from the local HF cache when offline).
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -119,6 +121,84 @@ def is_current(alias: str) -> bool:
         f"{spec.package}=={spec.version}",
         spec.wheel_sha256,
     )
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+# Files whose change makes another model: weights and tokenizer (a README does not).
+_MODEL_FILES = (
+    "*.safetensors",
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.gguf",
+    "*.index.json",
+    "tokenizer*",
+    "*.model",
+    "*.tiktoken",
+    "vocab*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template*",
+    "generation_config.json",
+)
+_SMALL_FILE = 16 << 20  # hashed whole by content; larger weights by their header or size
+
+
+def model_fingerprint(name: str, *, mtimes: bool = True) -> dict | str | None:
+    """What identifies a model's content beyond its name, for a cache key: the train and
+    evaluate keys, generate's output key (``mtimes=True``) and its request cache
+    (``mtimes=False``). A name that now holds another model must not reuse what the old one made.
+
+    - an alias: its pin, ``package==version:wheel_sha256`` (its folder is converted again when
+      the pin changes, and gets new mtimes on every re-fetch);
+    - a local folder: ``config.json``'s sha256 and, per weight and tokenizer file, its name,
+      size and either its mtime (a stat each: hashing an 8B model's 16 GB on every run would
+      take minutes) or, with ``mtimes=False``, its content, so that a ``cp -r`` of the folder
+      keeps the identity: files up to 16 MiB hashed whole, a larger safetensors file by its
+      header (its tensors' names, dtypes, shapes and offsets), any other by its size alone;
+    - None for anything else: a hub id (no hub access here; its revision is the caller's to
+      key on) or a folder that is not there.
+
+    The values are part of every cache key made so far: changing them reruns users' stages.
+    """
+    if is_alias(name):
+        spec = PACKAGED_MODELS[name]
+        return f"{spec.package}=={spec.version}:{spec.wheel_sha256}"
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        return None
+    try:
+        config_sha = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()
+    except OSError:
+        config_sha = None
+    files = []
+    for path in sorted(folder.iterdir()):
+        if not any(fnmatch.fnmatch(path.name, p) for p in _MODEL_FILES):
+            continue
+        try:
+            st = path.stat()  # follows links: an HF cache snapshot links to its blobs
+            if path.is_file():
+                identity = st.st_mtime_ns if mtimes else _content_sha(path, st.st_size)
+                files.append([path.name, st.st_size, identity])
+        except OSError:
+            continue
+    return {"config_sha256": config_sha, "files": files}
+
+
+def _content_sha(path: Path, size: int) -> str:
+    with path.open("rb") as f:
+        if size <= _SMALL_FILE:
+            return hashlib.sha256(f.read()).hexdigest()
+        if path.suffix != ".safetensors":
+            return "large"
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        return hashlib.sha256(head + f.read(min(length, _SMALL_FILE * 8))).hexdigest()
+
+
+# --------------------------------------------------------------------------- provisioning
 
 
 def fetch_model(alias: str, *, force: bool = False) -> Path:

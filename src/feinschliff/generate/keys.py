@@ -12,13 +12,13 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from feinschliff import models
 from feinschliff.artifacts import COMPLETE, completed_hash, input_key, rows_sha256, sha256_file
 from feinschliff.generate.postprocess import FILTERS_VERSION
 from feinschliff.generate.templates import TEMPLATE_VERSION
@@ -97,74 +97,30 @@ def stopped_by_budget(out: Path) -> bool:
 
 def model_fingerprint(model: OpenAITeacher | LocalTeacher) -> Any:
     """What identifies a local model's content beyond its name (None for an endpoint or a hub
-    id: the name is all there is). An alias: its pinned package; a folder: ``config.json``'s
-    hash and the names, sizes and mtimes of its weight and tokenizer files, as the train stage
-    keys its base model (hashing gigabytes of weights on every run would take minutes)."""
+    id: the name is all there is): ``local_model_fingerprint``, as the train stage keys its
+    base model."""
     if model.kind == "openai":
         return None
     return local_model_fingerprint(model.model)
 
 
 def local_model_fingerprint(name: str) -> Any:
-    from feinschliff.models import PACKAGED_MODELS, is_alias
-    from feinschliff.train.checks import _folder_fingerprint
-
-    if is_alias(name):
-        spec = PACKAGED_MODELS[name]
-        return f"{spec.package}=={spec.version}:{spec.wheel_sha256}"
-    folder = Path(name).expanduser()
-    return _folder_fingerprint(folder) if folder.is_dir() else None
-
-
-_SMALL_FILE = 16 << 20  # tokenizer and index files are hashed whole; weights by their header
+    """``models.model_fingerprint`` with mtimes, for the output key (None for a hub id or a
+    missing folder)."""
+    return models.model_fingerprint(name)
 
 
 def local_model_content_identity(name: str) -> Any:
-    """A local model's content identity for its request cache, without mtimes (a ``cp -r`` of
-    the folder or a re-fetched alias keeps its cached replies). An alias: its pinned package;
-    a folder: ``config.json``'s hash and each weight and tokenizer file's name and size, with
-    the hash of small files whole and of a safetensors file's header (names, dtypes, shapes and
-    offsets of its tensors). None for a hub id or a missing folder."""
-    from feinschliff.models import PACKAGED_MODELS, is_alias
-    from feinschliff.train.checks import _MODEL_FILES
-
-    if is_alias(name):
-        spec = PACKAGED_MODELS[name]
-        return f"{spec.package}=={spec.version}:{spec.wheel_sha256}"
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        return None
-    config = folder / "config.json"
-    config_sha = sha256_file(config) if config.is_file() else None
-    files = []
-    for path in sorted(folder.iterdir()):
-        if not any(fnmatch.fnmatch(path.name, p) for p in _MODEL_FILES) or not path.is_file():
-            continue
-        try:
-            files.append([path.name, path.stat().st_size, _content_sha(path)])
-        except OSError:
-            continue
-    return {"config_sha256": config_sha, "files": files}
-
-
-def _content_sha(path: Path) -> str:
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        if size <= _SMALL_FILE:
-            return hashlib.sha256(f.read()).hexdigest()
-        if path.suffix != ".safetensors":
-            return "large"  # name and size only (hashing gigabytes would take minutes)
-        head = f.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else 0
-        return hashlib.sha256(head + f.read(min(length, _SMALL_FILE * 8))).hexdigest()
+    """A local model's content identity for its request cache: ``models.model_fingerprint``
+    without mtimes (a ``cp -r`` of the folder or a re-fetched alias keeps its cached replies).
+    None for a hub id or a missing folder."""
+    return models.model_fingerprint(name, mtimes=False)
 
 
 def request_cache_path(model: OpenAITeacher | LocalTeacher) -> Path:
     """One request cache per endpoint and model (shared by every recipe that uses them); a
     local model folder holding another model gets another cache (its content identity,
     ``local_model_content_identity``: copied files with new mtimes keep the cache)."""
-    from feinschliff.models import feinschliff_home
-
     if model.kind == "openai":
         ident = f"{model.base_url}|{model.model}"
     else:
@@ -173,7 +129,7 @@ def request_cache_path(model: OpenAITeacher | LocalTeacher) -> Path:
         if fingerprint is not None:
             ident += "|" + json.dumps(fingerprint, sort_keys=True)
     name = hashlib.sha256(ident.encode()).hexdigest()[:16]
-    return feinschliff_home() / "cache" / "generate" / f"requests-{name}.jsonl"
+    return models.feinschliff_home() / "cache" / "generate" / f"requests-{name}.jsonl"
 
 
 def _seed_fingerprint(spec: GenerateSpec) -> dict[str, str]:

@@ -44,6 +44,7 @@ from pydantic import PrivateAttr
 
 from feinschliff.generate.ledger import Ledger, RequestCache, request_key
 from feinschliff.generate.templates import mark_surrogates
+from feinschliff.models import model_fingerprint
 
 RETRYABLE = {408, 409, 425, 429}
 ROW_ERRORS = {400, 413, 422}
@@ -159,18 +160,14 @@ class TeacherLLM(AsyncLLM):
         return response
 
     def _cache_identity(self, body: dict[str, Any]) -> dict[str, Any]:
-        """What a cached answer depends on: the request, and for a local model its dtype too
-        (bfloat16 samples other answers than float32; ``stops`` retires the entries cached
-        before every eos id counted as a stop, when eot-style stops were taken as cut off) and
-        its folder's content (``keys.local_model_content_identity``, without mtimes: another
-        model copied into the same folder must not be answered from the old one's replies, the
-        same files copied anew keep them)."""
+        """What a cached answer depends on: the request, and for a local model its dtype
+        (bfloat16 samples other answers than float32), ``stops`` (retires the replies cached when
+        eot-style stops were taken as cut off) and its folder's content without mtimes
+        (``models.model_fingerprint``: another model in that folder is asked anew, a copy not)."""
         if self.kind != "transformers":
             return body
         if self._fingerprint is None:  # once per process: the folder does not change mid-run
-            from feinschliff.generate.keys import local_model_content_identity
-
-            self._fingerprint = local_model_content_identity(self.model) or "none"
+            self._fingerprint = model_fingerprint(self.model, mtimes=False) or "none"
         local = {"dtype": self.dtype, "stops": "generation_config", "model": self._fingerprint}
         return {**body, "local": local}
 

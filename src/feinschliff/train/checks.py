@@ -11,8 +11,6 @@ exists only on the GPU pool that trains it.
 from __future__ import annotations
 
 import difflib
-import fnmatch
-import hashlib
 import logging
 from pathlib import Path
 
@@ -36,65 +34,20 @@ class DoesNotFit(RecipeRefused):
 
 # --------------------------------------------------------------------------- cache key
 
-# Files whose change makes another model: weights and tokenizer. Read by name, size and mtime
-# only (a stat each): hashing an 8B model's 16 GB on every rerun would take minutes.
-_MODEL_FILES = (
-    "*.safetensors",
-    "*.bin",
-    "*.pt",
-    "*.pth",
-    "*.gguf",
-    "*.index.json",
-    "tokenizer*",
-    "*.model",
-    "*.tiktoken",
-    "vocab*",
-    "merges.txt",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template*",
-    "generation_config.json",
-)
-
 
 def base_model_fingerprint(recipe: Recipe) -> dict | str | None:
-    """What identifies the base model's content beyond its name, for a stage's cache key.
-
-    A local folder: its ``config.json`` and the names, sizes and mtimes of its weight and
-    tokenizer files (a folder replaced by another model must not reuse an adapter trained on
-    the old one). An alias: the pinned package its folder is converted from (the conversion
-    is redone when the pin changes; the folder's mtimes would differ after every re-fetch,
-    and it appears only during a first run). A hub id: nothing beyond ``base_model.revision``,
-    which the recipe section's hash holds already (no hub access here)."""
-    from feinschliff.models import PACKAGED_MODELS, is_alias
+    """What identifies the base model's content beyond its name, for the train and evaluate
+    cache keys: ``models.model_fingerprint`` with mtimes (an alias's pin, a local folder's
+    config hash and weight and tokenizer files; a folder replaced by another model must not
+    reuse an adapter trained on the old one), ``"missing"`` for a folder that is not there. A
+    hub id: None, its ``base_model.revision`` is in the recipe section's hash already."""
+    from feinschliff.models import model_fingerprint
 
     name = recipe.base_model.name
-    if is_alias(name):
-        spec = PACKAGED_MODELS[name]
-        return f"{spec.package}=={spec.version}:{spec.wheel_sha256}"
-    folder = Path(name).expanduser()
-    if folder.is_dir():
-        return _folder_fingerprint(folder)
-    return "missing" if is_local_path(name) else None
-
-
-def _folder_fingerprint(folder: Path) -> dict:
-    config = folder / "config.json"
-    try:
-        config_sha = hashlib.sha256(config.read_bytes()).hexdigest()
-    except OSError:
-        config_sha = None
-    files = []
-    for path in sorted(folder.iterdir()):
-        if not any(fnmatch.fnmatch(path.name, p) for p in _MODEL_FILES):
-            continue
-        try:
-            st = path.stat()  # follows links: an HF cache snapshot links to its blobs
-        except OSError:
-            continue
-        if path.is_file():
-            files.append([path.name, st.st_size, st.st_mtime_ns])
-    return {"config_sha256": config_sha, "files": files}
+    fingerprint = model_fingerprint(name)
+    if fingerprint is None and is_local_path(name):
+        return "missing"  # not None: these keys always told it apart from a hub id
+    return fingerprint
 
 
 # --------------------------------------------------------------------------- early checks
