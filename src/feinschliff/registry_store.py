@@ -5,7 +5,11 @@ the registry needs (read/write whole files, list, append, lock, write an immutab
 
 :class:`LocalStore` (a directory or ``file://``): a version is built in a hidden temp directory
 and ``os.rename``-d into place (atomic on one filesystem); locks are ``fcntl.flock``, which the
-kernel drops when the holder dies, so a killed writer never leaves a stale lock.
+kernel drops when the holder dies, so a killed writer never leaves a stale lock. Every write is
+durable before it becomes visible: a version's files and folders are fsynced before the rename
+that publishes it, JSON files are written to a temp file, fsynced and renamed, and the folder
+holding a renamed entry is fsynced after it, so a power cut leaves the old state or the new one,
+never a ``.complete`` marker beside truncated weights or an alias naming an empty version.
 
 :class:`FsspecStore` (``s3://``, ``gs://``, ``memory://``, ...): object stores have neither an
 atomic directory rename nor file locks, so
@@ -99,9 +103,14 @@ class LocalStore:
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename: a power cut leaves old or new
         tmp.replace(path)  # readers see the old or the new file, never half of one
+        fsync_dir(path.parent)  # the rename itself is an entry of the folder
 
     def append_line(self, rel: str, line: str) -> None:
-        append_line(self.root / rel, line)
+        path = self.root / rel
+        new = not path.exists()
+        append_line(path, line)  # fsyncs the file
+        if new:  # a new file is also a new entry of its folder
+            fsync_dir(path.parent)
 
     def exists(self, rel: str) -> bool:
         return (self.root / rel).exists()
@@ -130,23 +139,52 @@ class LocalStore:
         commit: Callable[[], None] = lambda: None,
     ) -> None:
         """``fill`` a hidden temp dir next to the version, then rename it into place.
-        ``commit`` runs just before the version becomes visible (and may raise to stop it)."""
+        ``commit`` runs just before the version becomes visible (and may raise to stop it).
+
+        Everything ``fill`` wrote is fsynced before the rename (marker last) and the folders
+        holding the new entry after it: once this returns, the version survives a power cut,
+        and no cut can publish it with a file missing or short."""
         uc = self.root / uc_rel
         uc.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=uc))
         try:
             fill(tmp)
+            fsync_tree(tmp)
             commit()
             os.rename(tmp, uc / version)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        fsync_dir(uc)
+        fsync_dir(uc.parent)  # a use case registered for the first time is new there too
 
     def local_dir(self, rel: str) -> Path | None:
         return self.root / rel
 
     def download(self, rel: str, dest: Path) -> None:
         shutil.copytree(self.root / rel, dest, symlinks=False, dirs_exist_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a folder (files created, renamed into it) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file below ``root``, then every folder, deepest first. A ``.complete``
+    marker goes last in its folder: it vouches for everything else being on disk."""
+    for here, _, names in os.walk(root, topdown=False):
+        for name in sorted(names, key=lambda n: n == COMPLETE):
+            fd = os.open(os.path.join(here, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(here))
 
 
 class FsspecStore:

@@ -99,7 +99,7 @@ def fake(prefect_harness, home, monkeypatch):
       above and in tests/integration/test_vllm_registry.py.
     """
     import feinschliff.notify
-    import feinschliff.registry
+    import feinschliff.registry_write
     import feinschliff.serving.deploy
     import feinschliff.serving.publish
     from flows import artifacts, faults, tasks
@@ -113,7 +113,7 @@ def fake(prefect_harness, home, monkeypatch):
         monkeypatch.setattr(artifacts, f"publish_{name}", lambda *a, **k: None)
     monkeypatch.setattr(feinschliff.notify, "send", stages.send)
     adapter = types.SimpleNamespace(rank=16, target_modules=["q_proj"], base_model="demo")
-    monkeypatch.setattr(feinschliff.registry, "preflight", lambda src, target: adapter)
+    monkeypatch.setattr(feinschliff.registry_write, "preflight", lambda src, target: adapter)
     # the promotion checks the version against the recipe's serving settings again
     monkeypatch.setattr(feinschliff.serving.deploy, "preflight_version", lambda *a: adapter)
     monkeypatch.setattr(feinschliff.serving.publish, "base_target", lambda recipe: None)

@@ -265,13 +265,12 @@ def test_bad_adapters_rejected_before_any_server_call(vllm_server, adapters, tmp
 
 KILL_DURING_COPY = """
 import os, shutil, sys, time
-from feinschliff import registry
 real = shutil.copytree
 def slow_copy(*a, **k):
     real(*a, **k)
     open(sys.argv[2], "w").close()
     time.sleep(600)
-registry.shutil.copytree = slow_copy
+shutil.copytree = slow_copy  # the registry writer's copy
 """
 
 KILL_BEFORE_ALIAS_MOVE = """

@@ -168,7 +168,7 @@ def test_failure_between_registered_and_gate_passed_leaves_registry_identical(
 ):
     """Failures injected while a new version is being written (copy done, marker not yet) and
     at the alias move: the registry stays byte-identical each time."""
-    import feinschliff.registry as registry
+    import feinschliff.registry_write as registry_write
 
     root = tmp_path / "reg"
     v1 = register_adapter(
@@ -181,17 +181,17 @@ def test_failure_between_registered_and_gate_passed_leaves_registry_identical(
     promote(root, "s", v1, why="first")
     before = _snapshot(root)
     n = trials(5, 30)
-    real_mark = registry.mark_complete
+    real_mark = registry_write.mark_complete
 
     def boom(*a, **k):
         raise OSError("injected: disk full while finishing the version")
 
     for i in range(n):
         ref = make_train_output(tmp_path / f"b{i}", str(base), seed=10.0 + i)
-        monkeypatch.setattr(registry, "mark_complete", boom)
+        monkeypatch.setattr(registry_write, "mark_complete", boom)
         with pytest.raises(OSError, match="injected"):
             register_adapter(root, "s", ref, {}, target=target_for(base))
-        monkeypatch.setattr(registry, "mark_complete", real_mark)
+        monkeypatch.setattr(registry_write, "mark_complete", real_mark)
         with pytest.raises(AliasConflict):
             set_alias(root, "s", "production", "v0001", expected="v0002", why="injected")
         assert _snapshot(root) == before, i

@@ -103,6 +103,24 @@ def test_register_copies_and_is_idempotent(tmp_path, base, reg):
     assert [r["version"] for r in list_registry(reg.root)] == ["v0001", "v0002"]
 
 
+def test_a_hash_the_caller_has_is_not_computed_again(tmp_path, base, monkeypatch):
+    """`register --report --promote` hashes the candidate to recognise it as production
+    already; handed on, registration uses that hash as the version's content key."""
+    import feinschliff.registry_write as registry_write
+    from feinschliff.artifacts import hash_tree
+
+    ref = make_train_output(tmp_path / "out", str(base), seed=1.0)
+    sha = hash_tree(ref.dir / "adapter")
+    hashed = []
+    real = registry_write.hash_tree
+    monkeypatch.setattr(registry_write, "hash_tree", lambda p: hashed.append(p) or real(p))
+    root, target = tmp_path / "reg", target_for(base)
+    v1 = register_adapter(root, "s", ref, {}, target=target, adapter_sha256=sha)
+    assert hashed == [] and manifest(root, "s", v1)["adapter_sha256"] == sha
+    assert register_adapter(root, "s", ref, {}, target=target) == v1  # the same key
+    assert hashed == [ref.dir / "adapter"]
+
+
 def test_rejected_adapter_leaves_registry_byte_identical(tmp_path, base, reg):
     reg(1.0)
     promote(reg.root, "s", "v0001", why="first")

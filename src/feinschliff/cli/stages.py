@@ -89,7 +89,7 @@ def register(
     safetensors only; exit 2 and nothing written if refused), copy it into the registry as a new
     immutable version with a lineage manifest and point the `candidate` alias at it
     (`--promote`: also `production`, live on register.vllm servers). Prints the version."""
-    from feinschliff.artifacts import AdapterRef
+    from feinschliff.artifacts import AdapterRef, hash_tree
     from feinschliff.gate import Approval, decide_promotion
     from feinschliff.pipeline import registry_root
     from feinschliff.registry import (
@@ -125,10 +125,13 @@ def register(
     root = registry_root(cfg)
     try:
         expected: Any = UNSET
+        adapter_sha = None  # hashed once, for the baseline check and the registry's dedup
         if promote_ and report is not None:  # the decision holds only against its baseline
-            expected = _report_baseline(evaluated, report, root, cfg.use_case, ref)
+            adapter_sha = hash_tree(ref.dir / "adapter")
+            expected = _report_baseline(evaluated, report, root, cfg.use_case, adapter_sha)
         known = versions(root, cfg.use_case)
-        version = register_version(cfg, ref, lineage)  # preflight first: rejects write nothing
+        # preflight first: rejects write nothing
+        version = register_version(cfg, ref, lineage, adapter_sha256=adapter_sha)
         if version in known:  # registration is idempotent by adapter content
             typer.echo(
                 f"{cfg.use_case}: this adapter is already registered as {version} "
@@ -162,14 +165,13 @@ def register(
 
 
 def _report_baseline(
-    evaluated: dict, report: Path, root: Any, use_case: str, adapter: AdapterRef
+    evaluated: dict, report: Path, root: Any, use_case: str, adapter_sha256: str
 ) -> str | None:
     """The production version the report's gate decision was made against, which must still be
     production (returned, for the compare-and-swap). Reports record the production adapter's
     hash (a registry version's marker hash), not its version. An adapter that already is
     production passes whatever the report compared with: nothing moves, the decision is only
     recorded."""
-    from feinschliff.artifacts import hash_tree
     from feinschliff.registry import manifest, read_aliases, version_hash, versions
 
     current = read_aliases(root, use_case).get("production")
@@ -180,8 +182,7 @@ def _report_baseline(
     if current is not None and (
         (compared is not None and compared == version_hash(root, use_case, current))
         # the registry's dedup key: the same adapter registers as the current production
-        or manifest(root, use_case, current).get("adapter_sha256")
-        == hash_tree(adapter.dir / "adapter")
+        or manifest(root, use_case, current).get("adapter_sha256") == adapter_sha256
     ):
         return current
     if prod is None:

@@ -42,10 +42,22 @@ def registry_root(recipe: Recipe) -> registry.Root:
     return registry.open_root(recipe.register.registry)
 
 
-def register_version(recipe: Recipe, adapter: AdapterRef, lineage: dict[str, Any]) -> str:
-    """Preflight against the recipe's base model, then add an immutable registry version."""
+def register_version(
+    recipe: Recipe,
+    adapter: AdapterRef,
+    lineage: dict[str, Any],
+    *,
+    adapter_sha256: str | None = None,
+) -> str:
+    """Preflight against the recipe's base model, then add an immutable registry version
+    (``adapter_sha256``: the adapter folder's hash where the caller has it already)."""
     return registry.register_adapter(
-        registry_root(recipe), recipe.use_case, adapter, lineage, target=base_target(recipe)
+        registry_root(recipe),
+        recipe.use_case,
+        adapter,
+        lineage,
+        target=base_target(recipe),
+        adapter_sha256=adapter_sha256,
     )
 
 
