@@ -19,14 +19,8 @@ its plain SHA-256 (``redact``). That is pseudonymous, not anonymous: whoever can
 (an e-mail address) can compute its token, in ``redact`` mode without any key; tokens cannot be
 decrypted (``restore_text`` leaves them as they are). Ids without PII stay as they are.
 
-How it runs offline (FACTS 9): a blank spaCy ``de`` pipeline is saved once into the cache dir and
-handed to Presidio (``AnalyzerEngine()`` alone would download an English model); the e-mail
-recognizer uses tldextract's bundled suffix list instead of fetching one. Gaps it closes: the
-Steuer-ID written in groups (``86 095 742 719``) gets an extra checksum-validated pattern; IBANs
-typed in lower case are found too; the score threshold is 0.4 because phone numbers score
-exactly 0.4 without an NER model; dates and bare digit runs (contract numbers, meter readings),
-which libphonenumber accepts as German numbers, are not phone numbers unless a phone word
-precedes them. Recall on a synthetic German corpus: tests/reliability/test_data_leaks.py.
+How it runs offline, and the recognizers' German gaps closed: ``pii_recognizers``. Recall on a
+synthetic German corpus: tests/reliability/test_data_leaks.py.
 
 Not detected: names, addresses and anything else that needs a language model.
 """
@@ -36,13 +30,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import shutil
-import tempfile
 import threading
 from collections import Counter
 from functools import cache, lru_cache
-from pathlib import Path
 from typing import Any, Literal
+
+from feinschliff.pii_recognizers import build_engines
 
 PiiMode = Literal["off", "redact", "pseudonymize"]
 KEY_ENV = "FEINSCHLIFF_PII_KEY"
@@ -316,153 +309,7 @@ def _anonymize(
 @cache
 def _engines() -> tuple[Any, Any]:
     with _LOCK:
-        return _build_engines()
-
-
-def _build_engines() -> tuple[Any, Any]:
-    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
-    from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer,
-        DeTaxIdRecognizer,
-        DeVatIdRecognizer,
-        IbanRecognizer,
-        IpRecognizer,
-        PhoneRecognizer,
-    )
-    from presidio_anonymizer import AnonymizerEngine
-
-    nlp = NlpEngineProvider(
-        nlp_configuration={
-            "nlp_engine_name": "spacy",
-            "models": [{"lang_code": "de", "model_name": str(blank_spacy_dir())}],
-        }
-    ).create_engine()
-    registry = RecognizerRegistry(supported_languages=["de"])
-    for recognizer in (
-        _iban_recognizer(IbanRecognizer),
-        _email_recognizer(),
-        _phone_recognizer(PhoneRecognizer),
-        CreditCardRecognizer(supported_language="de"),
-        IpRecognizer(supported_language="de"),
-        DeTaxIdRecognizer(supported_language="de"),
-        _grouped_tax_id_recognizer(DeTaxIdRecognizer),
-        DeVatIdRecognizer(supported_language="de"),
-    ):
-        registry.add_recognizer(recognizer)
-    analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["de"])
-    return analyzer, AnonymizerEngine()
-
-
-def blank_spacy_dir() -> Path:
-    """A blank spaCy ``de`` pipeline on disk (created once in the cache; no model download)."""
-    import spacy
-
-    from feinschliff.models import feinschliff_home
-
-    target = feinschliff_home() / "cache" / f"spacy-blank-de-{spacy.__version__}"
-    if (target / "config.cfg").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".spacy-"))
-    spacy.blank("de").to_disk(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race; its copy is as good as ours
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _grouped_tax_id_recognizer(base: type) -> Any:
-    """Steuer-ID written in groups (``86 095 742 719``, ``86/095/742/719``), checksum-validated."""
-    from presidio_analyzer import Pattern, PatternRecognizer
-
-    class GroupedTaxId(PatternRecognizer):
-        def validate_result(self, pattern_text: str) -> bool | None:
-            digits = re.sub(r"\D", "", pattern_text)
-            return base().validate_result(digits)
-
-    return GroupedTaxId(
-        supported_entity="DE_TAX_ID",
-        supported_language="de",
-        name="DeTaxIdGroupedRecognizer",
-        patterns=[Pattern("Steuer-ID grouped", r"\b[1-9]\d(?:[ ./-]\d{3}){3}\b", 0.5)],
-        context=list(base.CONTEXT),
-    )
-
-
-def _iban_recognizer(base: type) -> Any:
-    """Presidio's IBAN recognizer, also for IBANs typed in lower case (``de89 3704 ...``).
-
-    The upstream patterns are upper case only. Lower-case IBAN-shaped spans (compact, or in
-    groups of four) are upper-cased before matching; only those spans, because an upper-cased
-    word after an IBAN would be read as one more group and fail the checksum. Offsets stay
-    valid: only ASCII letters change.
-    """
-
-    class CaseInsensitiveIban(base):  # type: ignore[misc, valid-type]
-        def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
-            if _LOWER_IBAN.search(text):
-                text = _LOWER_IBAN.sub(lambda m: m.group(0).upper(), text)
-            return super().analyze(text, entities, nlp_artifacts, regex_flags)
-
-    return CaseInsensitiveIban(supported_language="de")
-
-
-_LOWER_IBAN = re.compile(
-    r"\b[a-z]{2}\d{2}(?:[a-z0-9]{11,30}|(?: [a-z0-9]{4}){2,7}(?: [a-z0-9]{1,3})?)\b"
-)
-# A date (03.11.2026, 7.7.26) or a bare digit run without trunk prefix (a contract or meter
-# number): libphonenumber accepts both as German numbers, but redacting them would strip
-# useful content from the training data. A bare run still counts right after a phone word.
-_DATE = re.compile(r"\d{1,2}\.\d{1,2}\.(?:\d{2}|\d{4})")
-_BARE = re.compile(r"\(?[1-9]\d*\)?")
-_PHONE_WORDS = re.compile(
-    r"(?i)\b(?:tel|telefon\w*|handy\w*|mobil\w*|rufnummer|nummer|anruf\w*|rufen|"
-    r"erreichbar|fax|whatsapp)\b"
-)
-
-
-def _phone_recognizer(base: type) -> Any:
-    class GermanPhone(base):  # type: ignore[misc, valid-type]
-        def analyze(self, text, entities, nlp_artifacts=None):  # type: ignore[no-untyped-def]
-            return [
-                r
-                for r in super().analyze(text, entities, nlp_artifacts)
-                if _plausible_phone(text, r.start, r.end)
-            ]
-
-    return GermanPhone(supported_regions=("DE",), supported_language="de")
-
-
-def _plausible_phone(text: str, start: int, end: int) -> bool:
-    found = text[start:end]
-    if _DATE.fullmatch(found):
-        return False
-    if _BARE.fullmatch(found):
-        before = text[max(0, start - 30) : start]
-        gap = re.split(r"\d", before)[-1]  # only the words since the previous number
-        return bool(_PHONE_WORDS.search(gap))
-    return True
-
-
-def _email_recognizer() -> Any:
-    """Presidio's e-mail recognizer, validating domains against tldextract's bundled list."""
-    from presidio_analyzer.predefined_recognizers import EmailRecognizer
-
-    class OfflineEmailRecognizer(EmailRecognizer):
-        def validate_result(self, pattern_text: str) -> bool:
-            return _tld_extract()(pattern_text).fqdn != ""
-
-    return OfflineEmailRecognizer(supported_language="de")
-
-
-@cache
-def _tld_extract() -> Any:
-    import tldextract
-
-    # No suffix_list_urls: never fetch the public-suffix list, use the snapshot in the wheel.
-    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+        return build_engines()
 
 
 def warm_up() -> None:

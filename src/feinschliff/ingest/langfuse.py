@@ -9,8 +9,8 @@ The join streams with a bounded memory: score files are read first and their row
 the scratch database; then every observation file is read once, and each chunk of 1000 rows
 fetches its scores with one query. A score attaches to its observation (v3 ``subject.kind ==
 "observation"``, v1/v2 ``observationId``) or, for a trace-level score, to the trace's last
-GENERATION: generations of traces with trace-level scores wait in the scratch database until
-all observations are read. v2 rows carry ``input``/``output`` as JSON *strings* (FACTS 10.2.1), decoded here.
+GENERATION (the latest ``startTime`` as a moment, ``timestamps``): generations of traces with
+trace-level scores wait in the scratch database until all observations are read. v2 rows carry ``input``/``output`` as JSON *strings* (FACTS 10.2.1), decoded here.
 
 Score mapping: BOOLEAN -> thumbs up/down of the observation's output; CORRECTION -> a human
 correction of it (text in ``value`` for v3, ``stringValue`` for v1/v2); NUMERIC, CATEGORICAL
@@ -21,46 +21,42 @@ thumbs. Generations without any feedback are counted, not turned into records.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from feinschliff.ingest.bloom import Bloom
 from feinschliff.ingest.dedup import select_in
 from feinschliff.ingest.jsonio import Broken, dumps, loads
 from feinschliff.ingest.langfuse_rows import (
     Item,
-    answer_text,
     column_votes,
     iter_rows,
-    messages,
     quarantine,
     quarantine_broken,
     quarantine_exc,
     row_kind,
 )
-from feinschliff.ingest.records import (
-    DETAIL_CHARS,
-    FeedbackRecord,
-    ReadLog,
-    Unusable,
-    Vote,
-    finite,
-    vote,
-    window,
+from feinschliff.ingest.langfuse_scores import (
+    ERRORS,
+    INSERT_SCORE,
+    SIGNAL_SCORES,
+    create_scores_db,
+    observation_record,
+    score_row,
+    score_votes,
 )
+from feinschliff.ingest.langfuse_scores import score_vote as score_vote  # callers use langfuse's
+from feinschliff.ingest.records import FeedbackRecord, ReadLog
 from feinschliff.ingest.scratch import Scratch, create_index
+from feinschliff.ingest.timestamps import time_key
 from feinschliff.specs.feedback import DerivationRules
 
-ERRORS = (ValueError, TypeError, KeyError, ValidationError)
 Submit = Callable[..., Any]  # runs fn(*args) in a worker process: a Future, or None (no pool)
 CHUNK = 1000  # observation rows per score lookup
-SIGNAL_SCORES = frozenset(("BOOLEAN", "CORRECTION"))  # the score types that make training rows
 
 
 def read_observations(
@@ -113,21 +109,6 @@ def read_observations(
     scratch.commit()
 
 
-def create_scores_db(path: Path) -> sqlite3.Connection:
-    sdb = sqlite3.connect(path, isolation_level=None)
-    for pragma in ("journal_mode=OFF", "synchronous=OFF", "temp_store=FILE", "cache_size=-16384"):
-        sdb.execute(f"PRAGMA {pragma}")
-    sdb.execute(
-        "CREATE TABLE scores (id TEXT PRIMARY KEY, obs TEXT, trace TEXT, ts TEXT, "
-        "location TEXT, payload BLOB)"
-    )
-    sdb.execute("BEGIN")  # one transaction per phase: a commit per insert batch costs writes
-    return sdb
-
-
-INSERT_SCORE = "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?)"
-
-
 class _Join:
     """Attaches stored scores to observations, a chunk of rows per query."""
 
@@ -160,7 +141,7 @@ class _Join:
         for where, row in iter_rows(f, self.log):
             kind = row_kind(row) if not isinstance(row, Broken) else None
             if kind == "score":
-                stored.append(_score_row(where, row))
+                stored.append(score_row(where, row))
                 if len(stored) >= CHUNK:
                     self.sdb.executemany(INSERT_SCORE, stored)
                     stored = []
@@ -236,7 +217,8 @@ class _Join:
             obs_id = str(row.get("id"))
             stats: list[str] = []  # the counters this row adds to (a list: one per row is cheap)
             if str(row.get("traceId")) in traced:  # wait until the trace's last generation is known
-                value = (str(row.get("traceId")), str(row.get("startTime")), where, dumps(row))
+                start = time_key(row.get("startTime"))  # sorted by time in deferred_traces
+                value = (str(row.get("traceId")), start, where, dumps(row))
                 yield obs_id, "deferred", value, stats
                 continue
             items = [
@@ -346,7 +328,7 @@ class _Join:
         stats: list[str],
     ) -> Iterator[Item]:
         """``attached``: the observation's scores, each with where it was read."""
-        votes, broken = _score_votes(attached, row, stats)
+        votes, broken = score_votes(attached, row, stats)
         for at, score, exc in broken:  # quarantined alone, where it was read: the rest count
             yield quarantine_exc(at, exc, score)
         try:
@@ -367,87 +349,3 @@ def _unknown(where: str, row: Any) -> Item:
     if isinstance(row, Broken):
         return quarantine_broken(where, row)
     return quarantine(where, "not a Langfuse observation or score row", row)
-
-
-def _score_row(where: str, score: dict[str, Any]) -> tuple[Any, ...]:
-    """The scratch-table row of a score: id, observation, trace, time, location, payload."""
-    subject = score.get("subject") if isinstance(score.get("subject"), dict) else {}
-    obs = subject.get("id") if subject.get("kind") == "observation" else None
-    obs = obs or score.get("observationId")
-    trace = subject.get("traceId") or (
-        subject.get("id") if subject.get("kind") == "trace" else None
-    )
-    trace = trace or score.get("traceId")
-    return (
-        str(score.get("id") or where),
-        str(obs) if obs else None,
-        str(trace) if trace else None,
-        str(score.get("timestamp") or ""),
-        where,
-        dumps(score),
-    )
-
-
-def _score_votes(
-    scores: list[tuple[str, dict[str, Any]]], row: dict[str, Any], stats: list[str]
-) -> tuple[list[Vote], list[tuple[str, dict[str, Any], Exception]]]:
-    """The votes of an observation's scores (each with where it was read), and the scores
-    that cannot be read (where, score, why)."""
-    votes, broken = [], []
-    for where, s in scores:
-        try:
-            v = score_vote(s, row.get("userId"))
-        except ERRORS as exc:
-            broken.append((where, s, exc))
-            continue
-        if v is None:
-            stats.append(f"langfuse_score_{s.get('dataType')}_not_used")
-        else:
-            votes.append(v)
-    return votes, broken
-
-
-def score_vote(score: dict[str, Any], end_user: Any) -> Vote | None:
-    """BOOLEAN -> thumbs, CORRECTION -> correction; other data types -> None."""
-    kind, value = score.get("dataType"), score.get("value")
-    who = score.get("authorUserId") or end_user  # an end user's thumbs: the trace's user
-    who = str(who) if who is not None else None
-    stamp = score.get("timestamp")
-    if kind == "BOOLEAN":
-        if isinstance(value, bool):
-            up = value
-        elif isinstance(score.get("stringValue"), str):
-            up = score["stringValue"].strip().lower() in ("true", "1", "1.0")
-        elif isinstance(value, int | float):
-            up = finite(value) >= 0.5
-        else:
-            raise Unusable("BOOLEAN score has no usable value", _score_detail(score))
-        return vote("thumbs", annotator=who, answer="output", value=up, timestamp=stamp)
-    if kind == "CORRECTION":
-        text = value if isinstance(value, str) else score.get("stringValue")
-        if isinstance(text, str) and text.strip():
-            return vote("correction", annotator=who, answer="output", value=text, timestamp=stamp)
-        raise Unusable("CORRECTION score has no text", _score_detail(score))
-    return None
-
-
-def _score_detail(score: dict[str, Any]) -> str:
-    # cut to its shown length only after scrubbing (quarantine): half an e-mail is not found
-    return window(f"score {score.get('id')}, value {score.get('value')!r}", DETAIL_CHARS)
-
-
-def observation_record(row: dict[str, Any], votes: list[Vote], where: str) -> FeedbackRecord:
-    answer = answer_text(row.get("output"))
-    if not answer.strip():
-        raise ValueError("observation output is empty")
-    return FeedbackRecord.build(
-        source="langfuse",
-        source_id=str(row["id"]),
-        location=where,
-        trace_id=str(row["traceId"]) if row.get("traceId") else None,
-        observation_id=str(row["id"]),
-        timestamp=str(row["startTime"]) if row.get("startTime") else None,
-        prompt=messages(row.get("input")),
-        answers={"output": answer},
-        votes=votes,
-    )

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from feinschliff.ingest.jsonio import Broken
-from feinschliff.ingest.langfuse import ERRORS, observation_record, score_vote
 from feinschliff.ingest.langfuse_rows import (
     Item,
     answer_text,
@@ -35,7 +34,9 @@ from feinschliff.ingest.langfuse_rows import (
     quarantine_exc,
     row_kind,
 )
+from feinschliff.ingest.langfuse_scores import ERRORS, observation_record, score_vote
 from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote
+from feinschliff.ingest.timestamps import time_key
 from feinschliff.specs.feedback import DerivationRules
 
 
@@ -70,7 +71,7 @@ def _trace(trace: dict[str, Any], where: str, log: ReadLog) -> Iterator[Item]:
     generations = [
         o for o in trace["observations"] if isinstance(o, dict) and o.get("type") == "GENERATION"
     ]
-    last = max(generations, key=lambda o: str(o.get("startTime")), default=None)
+    last = max(generations, key=lambda o: time_key(o.get("startTime")), default=None)
     attached: dict[str, list[Vote]] = {str(o.get("id")): [] for o in generations}
     for n, score in enumerate(trace.get("scores") or []):
         if not isinstance(score, dict):

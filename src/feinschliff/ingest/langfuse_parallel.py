@@ -28,8 +28,9 @@ from typing import Any
 
 from feinschliff.ingest import prepare
 from feinschliff.ingest.jsonio import Broken
-from feinschliff.ingest.langfuse import CHUNK, INSERT_SCORE, Submit, _Join, _score_row, _unknown
+from feinschliff.ingest.langfuse import CHUNK, Submit, _Join, _unknown
 from feinschliff.ingest.langfuse_rows import iter_rows, row_kind
+from feinschliff.ingest.langfuse_scores import INSERT_SCORE, score_row
 from feinschliff.ingest.prepare import Batch, TaggedBatch, prepare_tagged
 from feinschliff.ingest.records import ReadLog
 
@@ -118,7 +119,7 @@ def parse_scores_in_worker(path: Path) -> ScoreRows:
     for where, row in iter_rows(path, log):
         if isinstance(row, Broken) or row_kind(row) != "score":
             return ScoreRows(mixed=True)
-        result.rows.append(_score_row(where, row))
+        result.rows.append(score_row(where, row))
     result.stats, result.inputs = log.stats, log.inputs
     return result
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from feinschliff.ingest.credentials import MissingCredentials, require_secret
+from feinschliff.ingest.timestamps import parse_time
 from feinschliff.specs.feedback import ArgillaPull, FeedbackSource, LangfusePull
 
 log = logging.getLogger(__name__)
@@ -213,28 +214,22 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
     return PullResult(mirror, before, after, fetched)
 
 
-def _parse_time(stamp: Any) -> datetime | None:
-    try:
-        parsed = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _since(watermark: str | None) -> str | None:
     """The filter value for a stored watermark: the lookback before it."""
-    moment = _parse_time(watermark) if watermark else None
-    return _iso(moment - LOOKBACK) if moment else None
+    moment = parse_time(watermark) if watermark else None
+    if moment is None or moment - datetime.min.replace(tzinfo=UTC) < LOOKBACK:
+        return None  # nothing stored, or a mark at the start of time (a zero-time stamp): all
+    return _iso(moment - LOOKBACK)
 
 
 def _advance(watermark: str | None, stamps: list[Any], started: datetime) -> str | None:
     """The newest of the watermark and the rows' stamps, but never past ``started`` (a
     future-dated row would move it beyond rows that other clients stamp correctly later)."""
-    moments = [m for m in map(_parse_time, [watermark, *stamps]) if m is not None]
+    moments = [m for m in map(parse_time, [watermark, *stamps]) if m is not None]
     return _iso(min(max(moments), started)) if moments else watermark
 
 

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from feinschliff.ingest.timestamps import latest
+
 Source = Literal["argilla", "langfuse"]
 
 
@@ -145,7 +147,7 @@ class FeedbackRecord(BaseModel):
             "observation_id": self.observation_id,
             "annotators": self.annotators,
             "timestamp": self.timestamp,
-            "feedback_at": max(stamps) if stamps else None,
+            "feedback_at": latest(stamps),
             "location": self.location,
         }
 
