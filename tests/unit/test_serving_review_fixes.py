@@ -343,3 +343,34 @@ def test_a_symlink_to_the_adapter_folder_itself_is_refused_before_anything_is_wr
         code, said = _cli("register", str(DEMO), "--adapter", str(out), *sets(vllm=False))
         assert code == 2 and "symlink to a directory" in said, said
         assert not (tmp / "reg").exists()
+
+
+def test_register_report_promote_hashes_the_adapter_once(env, monkeypatch):
+    """The baseline check and the registry's dedup key share one hash of the adapter folder
+    (the report compared with v1, but the candidate itself went into production since)."""
+    import feinschliff.artifacts
+    import feinschliff.registry_write
+
+    base, tmp, _, sets = env
+    reg = tmp / "reg"
+    v1 = _register(env, 1.0, "--promote")
+    cand = make_train_output(tmp / "cand", str(base), seed=5.0)
+    report = _report(tmp, "r", cand, registry.version_adapter(reg, UC, v1).sha256)
+    promoted = ["register", str(DEMO), "--adapter", cand.path, "--promote", *sets(vllm=False)]
+    assert _cli(*promoted)[0] == 0
+    v2 = registry.read_aliases(reg, UC)["production"]
+    real, hashed = feinschliff.artifacts.hash_tree, []
+
+    def counting(path, *a, **kw):
+        hashed.append(Path(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(feinschliff.artifacts, "hash_tree", counting)
+    monkeypatch.setattr(feinschliff.registry_write, "hash_tree", counting)
+    code, said = _cli(
+        "register", str(DEMO), "--adapter", cand.path, "--report", str(report), "--promote",
+        *sets(GATE, vllm=False),
+    )  # fmt: skip
+    assert code == 0, said
+    assert hashed.count(Path(cand.path) / "adapter") == 1, hashed
+    assert v2 != v1 and registry.read_aliases(reg, UC)["production"] == v2

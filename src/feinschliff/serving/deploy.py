@@ -25,7 +25,8 @@ vLLM reads adapters from local paths: a version of a remote registry (``s3://...
 materialised into the local registry cache, keyed by its content hash
 (:func:`feinschliff.registry.local_version`), preflighted there and then copied to its serving path.
 
-Resolver mode writes the ``lora_filesystem_resolver`` layout instead. The resolver always loads
+Resolver mode writes the ``lora_filesystem_resolver`` layout instead
+(:func:`~feinschliff.serving.staging.write_resolver_layout`). The resolver always loads
 ``<resolver_dir>/<name>``, the same path for every version of ``support-de``: a running server
 keeps the adapter it resolved first, and even after an unload its prefix-cache blocks (keyed by
 name + path) could mix in the old weights. So pinned names (immutable folders) are live at once,
@@ -36,22 +37,24 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from feinschliff import registry
-from feinschliff.artifacts import completed_hash
 from feinschliff.serving.preflight import BaseTarget, preflight
-from feinschliff.serving.staging import copy_complete, read_marker, resolver_loadable
-from feinschliff.serving.staging import stage_files as stage_files  # callers use deploy's
+from feinschliff.serving.staging import (  # noqa: F401 - PIN: re-exported
+    PIN,
+    is_managed,
+    pinned_name,
+    stage_files,
+    write_resolver_layout,
+)
 from feinschliff.serving.vllm_client import VllmClient, VllmError
 from feinschliff.specs.register import VllmSpec
 
 log = logging.getLogger(__name__)
-PIN = "@"
 Stable = Literal["unload", "keep", "refuse"]
 
 
@@ -89,10 +92,6 @@ class DeployReport:
         return out or ["servers already match the registry"]
 
 
-def pinned_name(use_case: str, version: str) -> str:
-    return f"{use_case}{PIN}{version}"
-
-
 def desired_names(root: registry.Root, use_case: str, spec: VllmSpec) -> dict[str, str]:
     """Served name -> version the registry wants: stable name + the kept pinned versions."""
     history = registry.production_history(root, use_case)
@@ -101,13 +100,6 @@ def desired_names(root: registry.Root, use_case: str, spec: VllmSpec) -> dict[st
     names = {use_case: history[0]}
     names |= {pinned_name(use_case, v): v for v in history[: spec.keep_versions]}
     return names
-
-
-def is_managed(name: str, use_case: str) -> bool:
-    """Names this module owns on a server (other adapters there are left alone)."""
-    return name == use_case or (
-        name.startswith(use_case + PIN) and registry.VERSION_RE.match(name[len(use_case) + 1 :])
-    )
 
 
 def promote_live(
@@ -244,7 +236,10 @@ def _reconcile_locked(
     if keep and stable == "refuse":
         _refuse_unserve(root, use_case, spec)
     if spec.mode == "resolver":
-        _write_resolver_layout(root, use_case, spec, desired, report, keep)
+        rdir = str(Path(spec.resolver_dir or ""))
+        for op, name, detail in write_resolver_layout(root, use_case, spec, desired, keep):
+            report.actions.append(Action(rdir, op, name, detail))
+            report.restart_needed |= op == "write" and name == use_case
         return report
     paths = {v: stage_files(root, use_case, v, spec) for v in set(desired.values())}
     errors = []
@@ -377,36 +372,6 @@ def _check_base(client: VllmClient, spec: VllmSpec) -> None:
         raise DeployError(
             f"{client.url} serves {served!r}, but register.vllm.model is {spec.model!r}"
         )
-
-
-def _write_resolver_layout(
-    root: registry.Root,
-    use_case: str,
-    spec: VllmSpec,
-    desired: dict[str, str],
-    report: DeployReport,
-    keep: set[str],
-) -> None:
-    """<resolver_dir>/<name>/ per desired name, base_model_name_or_path = the --model string."""
-    rdir = Path(spec.resolver_dir or "")
-    rdir.mkdir(parents=True, exist_ok=True)
-    for name, version in sorted(desired.items()):
-        dest = rdir / name
-        sha = registry.adapter_sha256(root, use_case, version)
-        # The base model too: the resolver loads only if it equals the server's --model.
-        marker = read_marker(dest)
-        current = (marker.get("adapter_sha256"), marker.get("base_model")) == (sha, spec.model)
-        if current and completed_hash(dest) is not None and resolver_loadable(dest):
-            continue
-        src = registry.adapter_path(root, use_case, version)
-        copy_complete(src, dest, version, sha, base_model=spec.model)
-        report.actions.append(Action(str(rdir), "write", name, version))
-        if name == use_case:
-            report.restart_needed = True
-    for stale in sorted(p for p in rdir.iterdir() if is_managed(p.name, use_case)):
-        if stale.name not in desired and stale.name not in keep:
-            shutil.rmtree(stale)
-            report.actions.append(Action(str(rdir), "remove", stale.name))
 
 
 def preflight_version(root: registry.Root, use_case: str, version: str, target: BaseTarget) -> None:

@@ -1,6 +1,9 @@
 """Serving copies of registry versions: one immutable folder per version (runtime mode), and
-the files of the resolver layout. Each is copied into a temp dir next to its destination, marked
-complete and renamed into place, so a server never reads a half-written adapter."""
+the resolver layout, one folder per served name (resolver mode; see
+:mod:`feinschliff.serving.deploy` for why and when a server picks it up). Each is copied into a
+temp dir next to its destination, marked complete and renamed into place, so a server never
+reads a half-written adapter. Served names: ``<use_case>`` (production) and
+``<use_case>@<version>`` (pinned)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,21 @@ from feinschliff import registry
 from feinschliff.artifacts import COMPLETE, completed_hash, mark_complete
 from feinschliff.models import feinschliff_home
 from feinschliff.specs.register import VllmSpec
+
+PIN = "@"
+
+
+def pinned_name(use_case: str, version: str) -> str:
+    """The served name of one kept version: ``support-de@v0003``."""
+    return f"{use_case}{PIN}{version}"
+
+
+def is_managed(name: str, use_case: str) -> bool:
+    """Names feinschliff manages on a server and in the resolver folder (the stable name and
+    its pinned versions; other adapters there are left alone)."""
+    return name == use_case or (
+        name.startswith(use_case + PIN) and registry.VERSION_RE.match(name[len(use_case) + 1 :])
+    )
 
 
 def stage_files(root: registry.Root, use_case: str, version: str, spec: VllmSpec) -> str:
@@ -73,3 +91,34 @@ def read_marker(path: Path) -> dict[str, Any]:
         return json.loads((path / COMPLETE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def write_resolver_layout(
+    root: registry.Root,
+    use_case: str,
+    spec: VllmSpec,
+    desired: dict[str, str],
+    keep: set[str],
+) -> list[tuple[str, str, str]]:
+    """<resolver_dir>/<name>/ per desired name (served name -> version), base_model_name_or_path
+    = the --model string; managed folders neither desired nor in ``keep`` are removed.
+    Returns what changed: (op, name, detail) with op "write" (detail: the version) or "remove"."""
+    done: list[tuple[str, str, str]] = []
+    rdir = Path(spec.resolver_dir or "")
+    rdir.mkdir(parents=True, exist_ok=True)
+    for name, version in sorted(desired.items()):
+        dest = rdir / name
+        sha = registry.adapter_sha256(root, use_case, version)
+        # The base model too: the resolver loads only if it equals the server's --model.
+        marker = read_marker(dest)
+        current = (marker.get("adapter_sha256"), marker.get("base_model")) == (sha, spec.model)
+        if current and completed_hash(dest) is not None and resolver_loadable(dest):
+            continue
+        src = registry.adapter_path(root, use_case, version)
+        copy_complete(src, dest, version, sha, base_model=spec.model)
+        done.append(("write", name, version))
+    for stale in sorted(p for p in rdir.iterdir() if is_managed(p.name, use_case)):
+        if stale.name not in desired and stale.name not in keep:
+            shutil.rmtree(stale)
+            done.append(("remove", stale.name, ""))
+    return done

@@ -4,6 +4,12 @@ Routes and error shapes are those of vLLM 0.32/0.33 (shared FACTS 10.3.2): ``/v1
 answers 200 with plain text, errors as ``{"error": {"message", "type", ...}}``. Connection errors,
 timeouts and 429/502/503/504 are retried with exponential backoff; a 4xx or a 500 (vLLM's answer
 to an adapter it cannot load) is not, because repeating it cannot succeed.
+
+vLLM adds the load/unload routes only when started with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=true``
+(``vllm/entrypoints/serve/lora/api_router.py``: ``attach_router`` returns early otherwise). Without
+them it answers FastAPI's route-not-found, 404 ``{"detail": "Not Found"}``, told apart by its body
+from vLLM's own 404 for unloading an unknown adapter (``{"error": {"type": "NotFoundError", ...}}``)
+and raised as :class:`RuntimeLoraUpdatingOff`, which ``unload(missing_ok=True)`` does not swallow.
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ from feinschliff.specs.register import VllmServer
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {429, 502, 503, 504}
+ADAPTER_ROUTES = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+RUNTIME_UPDATING_OFF = (
+    "404 Not Found: the server has no {path} route, so it was probably started without "
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=true (vLLM adds the adapter load/unload routes only then). "
+    "Restart it with that variable set; `feinschliff serve-config RECIPE` prints a start command "
+    "that sets it"
+)
 
 
 class VllmError(RuntimeError):
@@ -28,6 +41,10 @@ class VllmError(RuntimeError):
     def __init__(self, url: str, message: str, status: int | None = None):
         self.status = status
         super().__init__(f"{url}: {message}")
+
+
+class RuntimeLoraUpdatingOff(VllmError):
+    """The server has no adapter load/unload routes (started without runtime LoRA updating)."""
 
 
 class VllmClient:
@@ -93,7 +110,8 @@ class VllmClient:
             self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
             log.info("%s: unloaded %s", self.url, name)
         except VllmError as exc:
-            if not (missing_ok and exc.status == 404):
+            # vLLM's 404 for an unknown adapter; not a 404 for the route itself
+            if isinstance(exc, RuntimeLoraUpdatingOff) or not (missing_ok and exc.status == 404):
                 raise
 
     def complete(self, model: str, prompt: str, *, max_tokens: int = 16) -> str:
@@ -129,6 +147,9 @@ class VllmClient:
             else:
                 if resp.status_code < 400:
                     return resp
+                if resp.status_code == 404 and path in ADAPTER_ROUTES and _route_missing(resp):
+                    message = RUNTIME_UPDATING_OFF.format(path=path)
+                    raise RuntimeLoraUpdatingOff(self.url, f"{method} {path}: {message}", 404)
                 if resp.status_code not in RETRY_STATUS or attempt == self.retries:
                     message = f"{method} {path}: {_error_message(resp)}"
                     if resp.status_code == 401:
@@ -147,6 +168,15 @@ def _read_key(env: str | None) -> SecretStr | None:
     if not value:
         raise VllmError("-", f"environment variable {env} (the vLLM API key) is not set")
     return SecretStr(value)
+
+
+def _route_missing(resp: httpx.Response) -> bool:
+    """FastAPI's answer for a path no route matches: 404 ``{"detail": "Not Found"}``."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return False
+    return body == {"detail": "Not Found"}
 
 
 def _error_message(resp: httpx.Response) -> str:
