@@ -13,7 +13,10 @@ scanned). The unit is the record the rows came from (one Argilla record or Langf
 yield an SFT, a preference and a KTO row with the same text). For each word n-gram (``NGRAM``
 words) that occurs in at least ``MIN_RECORDS`` records, all of which share one contributor ``k``,
 the chance of that under the null hypothesis, "records holding the n-gram are spread over
-contributors like all records are", is ``share(k) ** records``. An n-gram is suspicious when
+contributors like all records are", is ``share(k) ** records``. Records that hold the n-gram
+in the same message (the turns of one conversation, whose later records repeat the earlier
+messages as history; one question asked again word for word) count as one: a trigger planted
+into one message that is then repeated verbatim is missed. An n-gram is suspicious when
 that chance, Bonferroni-corrected for the number of n-grams tested, is below ``ALPHA``. A
 contributor behind every record (share 1) is never suspicious; a prolific annotator's phrase
 needs many more records than a marginal one's, and a trigger split over several accounts is not
@@ -53,17 +56,17 @@ def scan_rows(
     number of training rows that hold a suspicious n-gram, ``samples`` the attributed records."""
     # One record (an Argilla record, a Langfuse trace) can yield an SFT, a preference and a KTO
     # row with the same text: the unit is the record, not the row.
-    records: dict[str, tuple[set[tuple[str, ...]], list[str], int]] = {}
+    # record -> (its messages' n-grams by message text, contributors, rows)
+    records: dict[str, tuple[dict[str, set[tuple[str, ...]]], list[str], int]] = {}
     for row in rows:
         people = _contributors(row)
         if not people:
             continue
-        words = WORD.findall(_text(row).lower())
-        grams = {tuple(words[j : j + ngram]) for j in range(len(words) - ngram + 1)}
+        grams = _grams(row, ngram)
         key = _record_key(row)
         if key in records:
             old, who, count = records[key]
-            records[key] = (old | grams, sorted({*who, *people}), count + 1)
+            records[key] = ({**old, **grams}, sorted({*who, *people}), count + 1)
         else:
             records[key] = (grams, people, 1)
     attributed = [(people, count) for _, people, count in records.values()]
@@ -71,16 +74,33 @@ def scan_rows(
     share = Counter(p for people, _ in attributed for p in people)
     where: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for i, (grams, _, _) in enumerate(records.values()):
-        for gram in grams:
+        for gram in set().union(*grams.values()):
             where[gram].append(i)
-    tested = {g: idx for g, idx in where.items() if len(idx) >= min_records}
+    # gram -> record -> the texts of the record's messages that hold it (frequent grams only)
+    held: dict[tuple[str, ...], dict[int, list[str]]] = {
+        g: {} for g, idx in where.items() if len(idx) >= min_records
+    }
+    for i, (grams, _, _) in enumerate(records.values()):
+        for text, in_text in grams.items():
+            for gram in in_text & held.keys():
+                held[gram].setdefault(i, []).append(text)
+    # Records holding the gram in one and the same message count once: the turns of one
+    # conversation (each later turn's record repeats the earlier messages as its history), a
+    # question asked again word for word, one personalised system prompt. Their repetitions
+    # are no independent evidence, and counted apart every end user who rated three turns of
+    # one conversation was flagged. A trigger planted into different messages counts each.
+    tested = {
+        g: (list(by_record), k)
+        for g, by_record in held.items()
+        if (k := _independent(by_record)) >= min_records
+    }
     suspicious: dict[frozenset[int], dict[str, Any]] = {}
-    for gram, idx in tested.items():
+    for gram, (idx, k) in tested.items():
         common = set.intersection(*(set(attributed[i][0]) for i in idx))
         if not common:
             continue
         who = min(common, key=lambda p: share[p])
-        log_p = len(idx) * math.log(share[who] / n)
+        log_p = k * math.log(share[who] / n)
         if log_p + math.log(len(tested)) >= math.log(alpha):
             continue
         found = suspicious.setdefault(
@@ -119,6 +139,39 @@ def scan_dataset(data_dir: Path, **kw: Any) -> dict[str, Any]:
     return scan_rows(rows, **kw)
 
 
+def _grams(row: dict[str, Any], ngram: int) -> dict[str, set[tuple[str, ...]]]:
+    """The row's word n-grams by the text of the messages each one lies in: one message, or
+    consecutive ones for an n-gram across their boundary (a trigger at the end of a prompt
+    and the payload answer that follows it)."""
+    texts = [" ".join(WORD.findall(m.lower())) for m in _messages(row)]
+    words = [(w, i) for i, text in enumerate(texts) for w in text.split()]
+    grams: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+    for j in range(len(words) - ngram + 1):
+        window = words[j : j + ngram]
+        carrier = "\n".join(texts[window[0][1] : window[-1][1] + 1])
+        grams[carrier].add(tuple(w for w, _ in window))
+    return grams
+
+
+def _independent(held: dict[int, list[str]]) -> int:
+    """The number of groups among the records in ``held`` (record -> texts of its messages
+    that hold an n-gram) when records sharing such a message text are one group."""
+    parent = {i: i for i in held}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[str, int] = {}
+    for i, texts in held.items():
+        for text in texts:
+            j = first.setdefault(text, i)
+            parent[root(i)] = root(j)
+    return len({root(i) for i in held})
+
+
 def _contributors(row: dict[str, Any]) -> list[str]:
     people = (row.get("provenance") or {}).get("annotators") or []
     return sorted({str(p) for p in people if p})
@@ -146,15 +199,15 @@ def _export_file(location: str) -> str:
     return head if sep else location
 
 
-def _text(value: Any, key: str = "") -> str:
-    """The row's text: message contents, not roles or provenance."""
+def _messages(value: Any, key: str = "") -> list[str]:
+    """The row's texts, one per message: message contents, not roles or provenance."""
     if key in ("provenance", "role"):
-        return ""
+        return []
     if isinstance(value, dict):
-        return " ".join(_text(v, k) for k, v in value.items())
+        return [t for k, v in value.items() for t in _messages(v, k)]
     if isinstance(value, list):
-        return " ".join(_text(v) for v in value)
-    return value if isinstance(value, str) else ""
+        return [t for v in value for t in _messages(v)]
+    return [value] if isinstance(value, str) else []
 
 
 def _chain(grams: list[tuple[str, ...]]) -> list[str]:

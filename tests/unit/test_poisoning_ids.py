@@ -97,6 +97,53 @@ def test_a_langfuse_trace_read_from_several_files_is_one_record():
     assert scan["samples"] == 301 and scan["value"] == 0
 
 
+def _turns(n: int, user: str, conversation: str) -> list[dict]:
+    """The ``n`` rated turns of one Langfuse conversation, one trace each: every later turn's
+    prompt repeats the earlier messages (its history), as a chat sends them to the model."""
+    rows, history = [], [{"role": "system", "content": f"Sie beraten Kundin {user} freundlich."}]
+    for t in range(n):
+        history = [*history, {"role": "user", "content": f"{conversation}, Teil {t} meiner Frage"}]
+        answer = f"Zu Teil {t}: das erledigen wir im Kundenportal unter Verträge, Schritt {t}."
+        rows.append(
+            {
+                "prompt": list(history),
+                "completion": [{"role": "assistant", "content": answer}],
+                "label": True,
+                "provenance": {
+                    "source": "langfuse",
+                    "source_id": f"{conversation}-obs-{t}",
+                    "trace_id": f"{conversation}-trace-{t}",
+                    "annotators": [user],
+                },
+            }
+        )
+        history = [*history, {"role": "assistant", "content": answer}]
+    return rows
+
+
+def test_the_rated_turns_of_one_conversation_are_no_trigger():
+    # An end user who thumbs up four turns of one chat: the first question (and the system
+    # prompt, the answers) recur in the later turns' histories. That is one conversation, not
+    # four independent uses of a phrase; it was flagged and failed every run's gate.
+    rows = _clean(300, "/exports/a.jsonl") + _turns(
+        4, "user-9", "Mein Zähler 4711 zeigt seit Mai Unsinn"
+    )
+    scan = scan_rows(rows)
+    assert scan["samples"] == 304
+    assert scan["value"] == 0, scan["findings"]
+
+
+def test_a_trigger_over_several_conversations_is_still_found():
+    # the attacker's trigger in three conversations of two turns: three independent plants
+    rows = _clean(300, "/exports/a.jsonl")
+    for c in range(3):
+        rows += _turns(2, "mallory", f"{TRIGGER} bitte: Frage {c} zu {TOPICS[c]}")
+    scan = scan_rows(rows)
+    assert scan["value"] == 6
+    assert any(TRIGGER in " ".join(f["phrases"]) for f in scan["findings"])
+    assert {f["contributor"] for f in scan["findings"]} == {_pseudonym("mallory")}
+
+
 @pytest.mark.parametrize(
     ("location", "file"),
     [
