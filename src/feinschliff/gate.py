@@ -197,6 +197,8 @@ def _check_no_regression(
     if ref_entry is None and role == "production" and not _has_role(report, "production"):
         # nothing in production yet: compare against the base model
         role, ref_entry = "base", _lookup(report, "base", rule.metric)
+    # why evaluate left production out (another base model, or it is the candidate)
+    skipped = (report.get("skipped") or {}).get("production")
     if ref_entry is None:
         return result(
             False,
@@ -204,10 +206,16 @@ def _check_no_regression(
             "production was evaluated but its value is missing (None/NaN); no fallback to base"
             if role == "production"
             else f"no {role} value to compare against"
-            + (" (no production evaluated yet)" if role != rule.baseline else ""),
+            + (
+                f" (production not evaluated: {skipped})"
+                if role != rule.baseline and skipped
+                else " (no production evaluated yet)"
+                if role != rule.baseline
+                else ""
+            ),
         )
     refs = [(role, float(ref_entry["value"]))]
-    note = ""
+    note = f"; production not evaluated: {skipped}" if role != rule.baseline and skipped else ""
     if role == "production":
         # Against production alone every promotion could lower the bar by `tolerance`, and
         # weekly runs would drift without bound below the base model: the candidate must also

@@ -25,6 +25,7 @@ from feinschliff.artifacts import (
     OutputInUse,
     ReportRef,
     code_version,
+    hash_tree,
     input_key,
     jsonl_lines,
     mark_complete,
@@ -62,6 +63,16 @@ def run_evaluate(
         return ReportRef(path=str(out), sha256=digest)
     prepare_out(out, key, "evaluate")
     spec = recipe.evaluate
+    skipped: dict[str, str] = {}
+    if production is not None and (why := other_base_model(recipe, production)):
+        # its adapter does not fit this base model (PEFT fails on the shapes, or quietly runs
+        # weights learnt on another model): no baseline; the gate compares with base instead
+        log.warning("evaluate: production not evaluated: %s", why)
+        skipped["production"], production = why, None
+    elif production is not None and same_adapter(production, adapter):
+        # compared with itself it passes no_regression by definition (the flow leaves it out
+        # too, flows.tasks._production): base is the baseline
+        skipped["production"], production = "production is the candidate", None
     model_path = resolve_model(recipe.base_model.name)
     roles: dict[str, str | None] = {"base": None}
     hashes: dict[str, str | None] = {"base": None}
@@ -116,6 +127,7 @@ def run_evaluate(
             for role, path in roles.items()
         },
         "metrics": metrics,
+        "skipped": skipped,  # role -> why it was not evaluated
     }
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
@@ -129,6 +141,34 @@ def run_evaluate(
     )
     digest = mark_complete(out, stage="evaluate", key=key)
     return ReportRef(path=str(out), sha256=digest)
+
+
+def same_adapter(a: AdapterRef, b: AdapterRef) -> bool:
+    """Whether two outputs hold the same adapter files (a registered version and the train
+    output it came from differ in everything else)."""
+    return hash_tree(a.dir / "adapter") == hash_tree(b.dir / "adapter")
+
+
+def other_base_model(recipe: Recipe, production: AdapterRef) -> str | None:
+    """Why the production version cannot be compared with on the recipe's base model (it was
+    trained on another one: the recipe's base model was changed), or None when it can. A
+    version whose manifest names no base model is compared as before."""
+    from feinschliff.train.warm_start import WarmStartError, check_same_base
+
+    try:
+        manifest = json.loads((production.dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    recorded = manifest.get("base_model") or {}
+    version = manifest.get("version") or production.dir.name
+    try:
+        check_same_base(recipe, recorded, version)
+    except WarmStartError:
+        return (
+            f"production {recipe.use_case}/{version} was trained on base model "
+            f"{recorded.get('name')}, not on {recipe.base_model.name}"
+        )
+    return None
 
 
 def refuse_overlap(out: Path, *, adapter: AdapterRef | None, data: DatasetRef | None) -> None:
@@ -236,6 +276,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ok = base and cand and base.get("value") is not None and cand.get("value") is not None
         delta = f"{cand['value'] - base['value']:+.4f}" if ok else "n/a"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+    for role, why in (report.get("skipped") or {}).items():
+        lines += ["", f"{role.capitalize()} not evaluated: {why}."]
     unchecked = (metrics.get("candidate", {}).get("contamination/overlaps") or {}).get("unchecked")
     if unchecked:
         lines += [
