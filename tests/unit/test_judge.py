@@ -29,6 +29,16 @@ def test_parse_rating():
     assert parse_rating("") is None
 
 
+def test_two_different_ratings_are_unparseable_not_the_first():
+    # a judge that repeats the prompt's format example before its grade was scored 5
+    echo = 'Gefordert ist das Format "Bewertung: [[5]]". Sehr gute Antwort. Bewertung: [[9]]'
+    assert parse_rating(echo) is None
+    assert parse_rating("Bewertung: [[7]] ... korrigiert: Bewertung: [[3]]") is None
+    assert parse_rating("Bewertung: [6] oder [[8]]") == 8  # the fallback form only without [[n]]
+    assert parse_rating("Bewertung: [4] ... Bewertung: [7]") is None
+    assert parse_rating("Bewertung: [[7]], also nochmals: [[7]]") == 7
+
+
 def test_parse_verdict():
     assert parse_verdict("Begründung ... [[A]]") == "A"
     assert parse_verdict("[[C]]") == "C"

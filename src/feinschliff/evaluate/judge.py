@@ -66,10 +66,15 @@ class JudgeResult:
 
 
 def parse_rating(text: str) -> float | None:
-    match = RATING_RE.search(text) or RATING_FALLBACK_RE.search(text)
-    if not match:
+    """The judge's grade, or None. Two different grades in one reply (the prompt's example
+    "Bewertung: [[5]]" repeated before the real grade, a revised grade) are unparseable, as two
+    different pairwise verdicts are: taking the first silently scored the example."""
+    found = {float(g) for g in RATING_RE.findall(text)} or {
+        float(g) for g in RATING_FALLBACK_RE.findall(text)
+    }
+    if len(found) != 1:
         return None
-    value = float(match.group(1))
+    value = found.pop()
     return value if 1 <= value <= 10 else None
 
 
