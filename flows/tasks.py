@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from feinschliff.artifacts import (
     AdapterRef,
     DatasetRef,
+    OutputInUse,
     ReportRef,
     code_version,
     completed_hash,
@@ -31,6 +32,8 @@ from feinschliff.artifacts import (
     rows_sha256,
 )
 from feinschliff.evaluate import run_evaluate
+from feinschliff.evaluate.harness import EvalError
+from feinschliff.evaluate.judge import JudgeError
 from feinschliff.evaluate.stage import cache_key as evaluate_cache_key
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
 from feinschliff.generate import merge_datasets, run_generate
@@ -171,7 +174,28 @@ def train_task(recipe: Recipe, data: DatasetRef, out: Path, production: str | No
     return ref
 
 
-@task(name="evaluate", cache_key_fn=_evaluate_key, timeout_seconds=6 * 3600, retries=1, **CACHE)
+def _retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
+    """Retry evaluate after transient errors only. A task lm-eval does not know, a dataset
+    missing offline, an occupied --out or a judge that refused (or stayed down through its own
+    retries with backoff) fail the same way again, after every model has been evaluated anew:
+    hours of GPU time before the same message."""
+    try:
+        state.result()
+    except (EvalError, JudgeError, OutputInUse):
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+@task(
+    name="evaluate",
+    cache_key_fn=_evaluate_key,
+    timeout_seconds=6 * 3600,
+    retries=1,
+    retry_condition_fn=_retry_unless_deterministic,
+    **CACHE,
+)
 def evaluate_task(
     recipe: Recipe, data: DatasetRef, adapter: AdapterRef, out: Path, production: str | None
 ) -> ReportRef:
