@@ -78,6 +78,14 @@ __all__ = [
 USECASE_METRIC_LIST: tuple[str, ...] = ("acc_norm",)
 
 
+FIXED_METRICS: dict[str, list[str]] = {
+    "heldout": ["heldout/preference_accuracy", "heldout/correction_chrf"],
+    "judge": ["judge/score", "judge/win_rate"],
+    "contamination": ["contamination/overlaps"],
+    "poisoning": ["poisoning/suspicious_rows"],
+}
+
+
 def task_metric_names(cfg: dict[str, Any]) -> list[str] | None:
     """The report names of an lm-eval task config's metrics, as ``flatten_results`` writes
     them: ``task/metric`` under the filter ``none`` (or no ``filter_list``), else
@@ -160,8 +168,10 @@ class Recipe(Strict):
         producers |= {"judge"} if evaluate.judge else set()
         # an upstream lm-eval group reports its subtasks under their own names: unknowable here
         upstream = tasks - set(bundled_task_names()) - {USECASE_TASK}
-        # bundled tasks and usecase_heldout: their exact metric names (metric and filter)
-        known = known_metric_names(tasks)
+        # bundled tasks and usecase_heldout: their exact metric names (metric and filter);
+        # the other producers' names are fixed (evaluate.stage, evaluate.extra, judge)
+        known = {**FIXED_METRICS, **known_metric_names(tasks)}
+        local = set(bundled_task_names()) | {USECASE_TASK}
         # what the contamination metric can check (evaluate.stage.contamination)
         checkable = bool(tasks & set(bundled_task_names())) or (
             evaluate.judge is not None and evaluate.judge.asks_bundled
@@ -183,6 +193,8 @@ class Recipe(Strict):
                     "so the value would be n/a and the rule would reject every run; add a "
                     "bundled task to evaluate.tasks or a judge with bundled questions"
                 )
+            if prefix in local - tasks:
+                raise ValueError(f"{where} is not computed: task {prefix} is not in evaluate.tasks")
             if prefix not in producers and not upstream:
                 sources = ", ".join(sorted(producers))
                 raise ValueError(
@@ -197,6 +209,15 @@ class Recipe(Strict):
                     f"{where} is not a metric of task {prefix}{hint} "
                     f"(it reports {', '.join(valid) or 'nothing'})"
                 )
+            # with upstream tasks any prefix may be a group's subtask, but not a near-miss of
+            # a known producer that no upstream name explains
+            near = difflib.get_close_matches(prefix, sorted(producers | local), n=1, cutoff=0.8)
+            typo = (
+                near and prefix not in producers and not any(prefix.startswith(u) for u in upstream)
+            )
+            if "/" not in metric or typo:
+                hint = f": did you mean {near[0]!r}?" if near else ""
+                raise ValueError(f"{where} is not a metric any producer reports{hint}")
         return self
 
     @model_validator(mode="after")

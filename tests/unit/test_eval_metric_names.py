@@ -295,14 +295,16 @@ def test_a_bundled_task_without_metric_list_stays_prefix_checked(tmp_path, monke
 
 def test_a_contamination_rule_with_nothing_to_check_is_refused():
     """Upstream tasks only, no judge: the metric would be n/a and reject every trained run."""
-    line = _refused(["evaluate.tasks=[arc_de]"])
+    upstream = ["evaluate.tasks=[arc_de]"]
+    upstream += [f"gate.rules.{i}.metric=arc_de/acc_norm" for i in (0, 1)]
+    line = _refused(upstream)
     assert "gate.rules.2.metric: 'contamination/overlaps' has no eval data to check" in line
     # a bundled task, or a judge reading the bundled questions, gives it something to check
     assert load_recipe(
         DEMO, ["register.registry=/tmp/reg", "evaluate.tasks=[arc_de, de_wissen_mc]"]
     )
     judged = ["evaluate.judge={base_url: 'http://127.0.0.1:8000/v1', model: judge}"]
-    assert load_recipe(DEMO, ["register.registry=/tmp/reg", "evaluate.tasks=[arc_de]", *judged])
+    assert load_recipe(DEMO, ["register.registry=/tmp/reg", *upstream, *judged])
 
 
 def test_a_group_yaml_among_the_bundled_tasks_does_not_break_validation(tmp_path, monkeypatch):
@@ -315,3 +317,40 @@ def test_a_group_yaml_among_the_bundled_tasks_does_not_break_validation(tmp_path
     (tasks / "de_gruppe.yaml").write_text("group: de_gruppe\ntask: [de_wissen_mc]\n")
     monkeypatch.setattr(recipe, "bundled_tasks_dir", lambda: tasks)
     assert "de_wissen_mc" in recipe.known_metric_names({"de_wissen_mc", "de_gruppe"})
+
+
+@pytest.mark.parametrize(
+    ("tasks", "metric", "said"),
+    [
+        # with an upstream task any prefix could be a group's subtask, but not these
+        (
+            "[de_wissen_mc, arc_de]",
+            "de_kurzantwort/exact_match[strip]",
+            "task de_kurzantwort is not in evaluate.tasks",
+        ),
+        ("[de_wissen_mc, arc_de]", "usecase_heldout/acc_norm", "is not in evaluate.tasks"),
+        ("[de_wissen_mc, arc_de]", "de_wisen_mc/acc", "did you mean 'de_wissen_mc'?"),
+        ("[de_wissen_mc, arc_de]", "de_wissen_mc.acc", "is not a metric any producer reports"),
+        # the fixed names of the other producers, with or without upstream tasks
+        ("[de_wissen_mc]", "poisoning/rows", "did you mean 'poisoning/suspicious_rows'?"),
+        ("[de_wissen_mc, arc_de]", "contamination/overlap", "'contamination/overlaps'?"),
+    ],
+)
+def test_a_gate_metric_no_producer_reports_is_refused_also_beside_upstream_tasks(
+    tasks, metric, said
+):
+    """These passed validation and then rejected every run after training ("metric missing from
+    the candidate's report")."""
+    line = _refused([f"evaluate.tasks={tasks}", f"gate.rules.1.metric={metric}"])
+    assert f"gate.rules.1.metric: '{metric}'" in line and said in line, line
+
+
+def test_the_fixed_heldout_and_judge_names_are_checked():
+    line = _refused(["evaluate.heldout=true", "gate.rules.1.metric=heldout/preference_acc"])
+    assert "did you mean 'heldout/preference_accuracy'?" in line, line
+    r = load_recipe(
+        DEMO,
+        ["register.registry=/tmp/reg", "evaluate.heldout=true"]
+        + ["gate.rules.1.metric=heldout/correction_chrf"],
+    )
+    assert r.gate.rules[1].metric == "heldout/correction_chrf"
