@@ -81,6 +81,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError([f"{path}: (root): a recipe must be a YAML mapping"])
     errors = []
+    if overrides:  # a YAML alias is the same object: --set on one place would change all of them
+        data = _unshare(data)
     for item in overrides:
         try:
             apply_override(data, item)
@@ -122,6 +124,15 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             _set_child(node, part, nxt, ".".join(parts[: i + 1]))
         node = nxt
     _set_child(node, parts[-1], value, key)
+
+
+def _unshare(node: Any) -> Any:
+    """A copy in which no mapping or list appears twice (``copy.deepcopy`` keeps aliases)."""
+    if isinstance(node, dict):
+        return {k: _unshare(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unshare(v) for v in node]
+    return node
 
 
 def _child(node: Any, part: str) -> Any:

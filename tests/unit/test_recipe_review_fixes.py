@@ -154,3 +154,20 @@ def test_local_teacher_and_judge_paths_are_relative_to_the_recipe(
     names = {"dir": recipe_dir, "parent": tmp_path, "home": tmp_path / "home"}
     assert gen.teacher.model == want_teacher.format(**names)
     assert gen.preference.judge.model == want_judge.format(**names)
+
+
+def test_set_on_a_yaml_alias_changes_only_the_place_it_names(tmp_path):
+    """PyYAML gives an alias the anchored object itself: --set on one place changed every
+    place sharing the anchor."""
+    rule = (
+        "    - rule: no_regression          # ~2 standard errors at 60 items: noise must not block\n"
+        "      metric: de_wissen_mc/acc_norm\n"
+        "      baseline: production\n"
+        "      tolerance: 0.1\n"
+    )
+    anchored = rule.replace("- rule:", "- &nr\n      rule:", 1) + "    - *nr\n"
+    path = _demo_with(tmp_path, rule, anchored)
+    recipe = load_recipe(path, ["register.registry=/tmp/reg", "gate.rules.1.tolerance=0.5"])
+    assert recipe.gate.rules[1].tolerance == 0.5
+    assert recipe.gate.rules[0].tolerance == 0.1
+    assert load_recipe(path, ["register.registry=/tmp/reg"]).gate.rules[1].tolerance == 0.1
