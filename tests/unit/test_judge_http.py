@@ -106,3 +106,37 @@ def test_an_unreachable_judge_is_a_judge_error(monkeypatch):
     spec = JudgeSpec(base_url="http://127.0.0.1:1/v1", model="m", retries=1, timeout_s=2)
     with pytest.raises(JudgeError, match="unavailable after 2 attempt"):
         _complete(_client(spec))
+
+
+def test_evaluate_asks_the_judge_once_before_any_model_is_loaded(tmp_path, monkeypatch):
+    """A judge that refuses (a wrong key) fails evaluate in seconds: before, every lm-eval
+    task and all answers of every model ran first, hours on a real model."""
+    from pathlib import Path
+
+    import feinschliff.evaluate.stage as stage
+    from feinschliff.artifacts import AdapterRef, DatasetRef, mark_complete, prepare_out
+    from feinschliff.recipe_loader import load_recipe
+
+    server, _, seen = _judge([(401, b'{"error": "invalid api key"}')], monkeypatch)
+    loaded: list[str] = []
+    monkeypatch.setattr(stage, "resolve_model", lambda name: loaded.append(name) or "/none")
+    monkeypatch.setattr(stage, "run_tasks", lambda *a, **k: loaded.append("lm-eval") or {})
+    demo = Path(__file__).resolve().parents[2] / "recipes" / "demo-de.yaml"
+    url = base_url(server) + "/v1"
+    recipe = load_recipe(
+        demo, [f"evaluate.judge={{base_url: '{url}', model: m, api_key_env: JUDGE_KEY}}"]
+    )
+    train = tmp_path / "train"
+    prepare_out(train, "k")
+    (train / "adapter").mkdir()
+    adapter = AdapterRef(path=str(train), sha256=mark_complete(train, stage="train", key="k"))
+    data = tmp_path / "data"
+    prepare_out(data, "d")
+    (data / "sft.jsonl").write_text("")
+    ref = DatasetRef(path=str(data), sha256=mark_complete(data, stage="ingest", key="d"))
+    try:
+        with pytest.raises(JudgeError, match="refused the request: HTTP 401"):
+            stage.run_evaluate(recipe, adapter, tmp_path / "eval", data=ref)
+    finally:
+        server.shutdown()
+    assert len(seen) == 1 and loaded == []

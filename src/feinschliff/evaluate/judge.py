@@ -239,6 +239,21 @@ async def _judge(
     return result
 
 
+def check_judge(spec: JudgeSpec, *, backoff_s: float = 1.0) -> None:
+    """One small request to the judge before any model is loaded: a wrong URL, key or model
+    name fails in seconds (``JudgeError``), not after hours of lm-eval and answer generation.
+    Retried like every judge request."""
+
+    async def probe() -> None:
+        client = JudgeClient(spec, backoff_s=backoff_s)
+        try:
+            await client.complete("Antworte nur mit: OK", "OK?", None)
+        finally:
+            await client.close()
+
+    asyncio.run(probe())
+
+
 def run_judge(
     spec: JudgeSpec,
     prompts_path: Path,

@@ -35,6 +35,7 @@ from feinschliff.artifacts import (
     write_json,
 )
 from feinschliff.evaluate.harness import bundled_task_files, run_tasks
+from feinschliff.evaluate.judge import check_judge
 from feinschliff.models import resolve_model
 from feinschliff.ngrams import N, contaminated, index_jsonl
 from feinschliff.paths import judge_questions_file, project_root
@@ -73,6 +74,8 @@ def run_evaluate(
         # compared with itself it passes no_regression by definition (the flow leaves it out
         # too, flows.tasks._production): base is the baseline
         skipped["production"], production = "production is the candidate", None
+    if data is not None and spec.judge is not None:
+        check_judge(spec.judge)  # a judge that refuses fails now, not after every model ran
     model_path = resolve_model(recipe.base_model.name)
     roles: dict[str, str | None] = {"base": None}
     hashes: dict[str, str | None] = {"base": None}
