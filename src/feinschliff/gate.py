@@ -137,7 +137,8 @@ def check_rule(rule: Any, report: dict[str, Any], approval: Approval | None = No
             value=value,
             threshold=0.0,
             passed=ok,
-            detail=f"{int(value)} training rows hold eval text (a 13-gram or a whole short item)",
+            detail=f"{int(value)} training rows hold eval text "
+            f"(a {cand.get('ngram', 13)}-gram or a whole short item)",
         )
     if isinstance(rule, PoisoningRule):
         ok = value == 0

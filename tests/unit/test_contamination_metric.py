@@ -125,6 +125,7 @@ def test_run_evaluate_checks_the_judge_questions_it_uses(
     monkeypatch.setattr(stage, "resolve_model", lambda name: "model")
     monkeypatch.setattr(stage, "run_tasks", lambda *a, **k: {})
     monkeypatch.setattr(extra, "judge_and_heldout", lambda *a, **k: {})
+    monkeypatch.setattr(stage, "check_judge", lambda spec: None)  # its early probe
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     ref = stage.run_evaluate(

@@ -55,6 +55,25 @@ def test_the_gate_metric_counts_with_the_recipes_n(own_eval_set, tmp_path):
     assert contamination(data, [own_eval_set])["value"] == 1.0  # default: 13, as ingest's
 
 
+def test_the_gate_names_the_recipes_n(own_eval_set, tmp_path):
+    """The rule's detail said "a 13-gram" whatever n the recipe used."""
+    from feinschliff.evaluate.stage import contamination
+    from feinschliff.gate import decide_promotion
+    from feinschliff.recipe import GateSpec
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "sft.jsonl").write_text(json.dumps(ROW) + "\n", "utf-8")
+    report = {
+        "metrics": {"candidate": {"contamination/overlaps": contamination(data, ["own"], 10)}}
+    }
+    decision = decide_promotion(
+        report, GateSpec.model_validate({"rules": [{"rule": "contamination"}]})
+    )
+    assert not decision.promote
+    assert "a 10-gram or a whole short item" in decision.results[0].detail
+
+
 def test_generate_filters_with_the_recipes_n(own_eval_set):
     from feinschliff.generate.postprocess import filter_rows
     from feinschliff.generate.stage import _eval_index

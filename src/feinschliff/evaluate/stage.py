@@ -261,6 +261,7 @@ def contamination(
         "eval_files": [str(f.relative_to(project_root())) for f in files],
         "unchecked": unchecked,
         "held_out": held_out,
+        "ngram": ngram,
     }
 
 
