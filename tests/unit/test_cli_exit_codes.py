@@ -28,6 +28,22 @@ def test_gate_with_a_missing_or_foreign_report_is_an_argument_error(tmp_path):
     assert code == 2 and "not an evaluate report" in said
 
 
+def test_a_report_of_another_use_case_decides_nothing(tmp_path):
+    """A report of use case A given to the gate (or register --promote) of recipe B decided B's
+    promotion with A's scores."""
+    metric = {"value": 0.9, "stderr": None, "samples": 60}
+    report = {
+        "use_case": "billing-de",
+        "metrics": {"base": {"de_wissen_mc/acc_norm": {**metric, "value": 0.1}},
+                    "candidate": {"de_wissen_mc/acc_norm": metric}},
+    }  # fmt: skip
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    code, said = run_cli("gate", DEMO, "--report", str(path))
+    assert code == 2 and "evaluated use case 'billing-de', the recipe is 'support-de-demo'" in said
+    assert not (tmp_path / "decision.json").exists()
+
+
 def test_validate_print_writes_a_recipe_that_validates(tmp_path):
     """`validate --print > resolved.yaml` gives a usable recipe: the ok line goes to stderr."""
     result = runner.invoke(app, ["validate", DEMO, "--print"])

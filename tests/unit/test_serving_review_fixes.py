@@ -374,3 +374,17 @@ def test_register_report_promote_hashes_the_adapter_once(env, monkeypatch):
     assert code == 0, said
     assert hashed.count(Path(cand.path) / "adapter") == 1, hashed
     assert v2 != v1 and registry.read_aliases(reg, UC)["production"] == v2
+
+
+def test_register_refuses_a_report_of_another_use_case(env):
+    """Its gate decision was made on another use case's scores: nothing is registered."""
+    base, tmp, _, sets = env
+    cand = make_train_output(tmp / "cand", str(base), seed=5.0)
+    report = _report(tmp, "r", cand, None)
+    report.write_text(json.dumps({**json.loads(report.read_text()), "use_case": "billing-de"}))
+    code, said = _cli(
+        "register", str(DEMO), "--adapter", cand.path, "--report", str(report), "--promote",
+        *sets(GATE, vllm=False),
+    )  # fmt: skip
+    assert code == 2 and f"evaluated use case 'billing-de', the recipe is '{UC}'" in said, said
+    assert not (tmp / "reg" / UC).exists()

@@ -77,8 +77,9 @@ def _load(path: Path, overrides: list[str] | None) -> Recipe:
         raise Failure("\n".join(exc.lines), code=2) from exc
 
 
-def _read_report(path: Path) -> dict:
-    """An evaluate report.json; a path that is none is an argument error (exit 2)."""
+def _read_report(path: Path, use_case: str | None = None) -> dict:
+    """An evaluate report.json (of ``use_case``); a path that is none, or a report of another
+    use case, is an argument error (exit 2)."""
     from feinschliff.pipeline import read_report
 
     try:
@@ -90,6 +91,12 @@ def _read_report(path: Path) -> dict:
         ) from exc
     if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
         raise Failure(f"--report {path}: not an evaluate report (no metrics)", code=2)
+    about = report.get("use_case")
+    if use_case is not None and about is not None and about != use_case:
+        # another use case's scores would decide (and with register, promote) this one
+        raise Failure(
+            f"--report {path} evaluated use case {about!r}, the recipe is {use_case!r}", code=2
+        )
     return report
 
 

@@ -86,7 +86,7 @@ def gate(
 
     cfg = _load(recipe, set_)
     approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
-    decision = decide_promotion(_read_report(report), cfg.gate, approval)
+    decision = decide_promotion(_read_report(report, cfg.use_case), cfg.gate, approval)
     for r in decision.results:
         thr = "-" if r.threshold is None else f"{r.threshold:g}"
         val = "-" if r.value is None else f"{r.value:.4f}"

@@ -113,7 +113,7 @@ def register(
     decision = None
     if report is not None:
         approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
-        evaluated = _read_report(report)
+        evaluated = _read_report(report, cfg.use_case)
         _check_report_is_about(evaluated, report, ref)
         decision = decide_promotion(evaluated, cfg.gate, approval)
         lineage["gate"] = decision.model_dump()
