@@ -41,7 +41,7 @@ COPY recipes ./recipes
 COPY evals ./evals
 COPY configs ./configs
 COPY data ./data
-# the Axolotl backend and a local vLLM build their venvs with these
+# a local vLLM builds its venv with these (the Axolotl venv is CPU-only: README "Docker")
 COPY scripts ./scripts
 RUN pip install --no-deps -e .
 

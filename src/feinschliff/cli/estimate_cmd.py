@@ -17,7 +17,10 @@ def estimate(
     ] = None,
     gpu: Annotated[
         str | None,
-        typer.Option(help="Only this GPU from configs/hardware.yaml (default: all of them)."),
+        typer.Option(
+            help="Only this GPU from configs/hardware.yaml or the file FEINSCHLIFF_HARDWARE "
+            "names (default: all of them)."
+        ),
     ] = None,
     data: Annotated[
         Path | None,

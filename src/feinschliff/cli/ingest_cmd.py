@@ -23,7 +23,8 @@ PiiOpt = Annotated[
     str | None,
     typer.Option(
         "--pii",
-        help="off | redact | pseudonymize (key from env FEINSCHLIFF_PII_KEY). Default: the "
+        help="off | redact | pseudonymize (key: the recipe's feedback.pii.key_secret, an "
+        "environment variable or Prefect Secret, default FEINSCHLIFF_PII_KEY). Default: the "
         "recipe's feedback.pii.mode, ad hoc: redact. off: rows are not scanned and may "
         "contain PII (the dataset card says so).",
         show_default=False,
@@ -52,7 +53,7 @@ def ingest(
     With a RECIPE its `feedback` section is used; rows holding eval data that `evaluate` reads
     (its tasks; the bundled judge questions when the judge asks them) are dropped.
     Ad hoc: `--source argilla:PATH --source langfuse:PATH [--pii MODE]`, decontaminated against
-    every bundled eval set; `--set feedback.rules.min_rating=3` overrides work in both modes.
+    every bundled lm-eval task (not the judge questions); `--set feedback.rules.min_rating=3` overrides work in both modes.
     OUT must be new, empty or an earlier ingest output (which is replaced); any other folder is
     refused and nothing in it is touched. A failed run leaves manifest.json with
     "status": "failed" and the error, a README.md whose first line says so, and no .complete

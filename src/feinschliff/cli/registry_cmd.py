@@ -70,7 +70,9 @@ def registry_list(root: ReadRootOpt = None) -> None:
 
 @registry_app.command("show")
 def registry_show(
-    use_case: str,
+    use_case: Annotated[
+        str, typer.Argument(metavar="USE_CASE", help="The use case (a recipe's use_case).")
+    ],
     version: Annotated[str | None, typer.Argument(help="Version; omit for the aliases.")] = None,
     root: ReadRootOpt = None,
 ) -> None:
@@ -95,7 +97,9 @@ def registry_show(
 
 @registry_app.command("audit")
 def registry_audit(
-    use_case: str,
+    use_case: Annotated[
+        str, typer.Argument(metavar="USE_CASE", help="The use case (a recipe's use_case).")
+    ],
     root: ReadRootOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -123,8 +127,12 @@ def registry_audit(
 
 @registry_app.command("promote")
 def registry_promote(
-    use_case: str,
-    version: str,
+    use_case: Annotated[
+        str, typer.Argument(metavar="USE_CASE", help="The use case (a recipe's use_case).")
+    ],
+    version: Annotated[
+        str, typer.Argument(metavar="VERSION", help="A registry version, e.g. v0003.")
+    ],
     expect: ExpectOpt = None,
     why: WhyOpt = "promoted via CLI",
     recipe: RecipeOpt = None,
@@ -151,7 +159,9 @@ def registry_promote(
 
 @registry_app.command("rollback")
 def registry_rollback(
-    use_case: str,
+    use_case: Annotated[
+        str, typer.Argument(metavar="USE_CASE", help="The use case (a recipe's use_case).")
+    ],
     expect: ExpectOpt = None,
     why: WhyOpt = "rollback via CLI",
     recipe: RecipeOpt = None,
@@ -178,8 +188,12 @@ def registry_rollback(
 
 @registry_app.command("retire")
 def registry_retire(
-    use_case: str,
-    version: str,
+    use_case: Annotated[
+        str, typer.Argument(metavar="USE_CASE", help="The use case (a recipe's use_case).")
+    ],
+    version: Annotated[
+        str, typer.Argument(metavar="VERSION", help="A registry version, e.g. v0003.")
+    ],
     why: Annotated[str, typer.Option(help="Reason (required), recorded in the audit log.")],
     recipe: RecipeOpt = None,
     root: RootOpt = None,

@@ -21,7 +21,7 @@ def serve_config(
     ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Print a serving config for the production adapter: vllm (server flags with --enable-lora
+    """Print a serving config for the production adapter (or --version): vllm (server flags with --enable-lora
     --max-lora-rank --max-loras, and --lora-modules in runtime mode; in resolver mode the
     resolver serves the use case), vllm-k8s (a production-stack LoraAdapter
     resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with ADAPTER). A version that does not

@@ -24,7 +24,8 @@ def train(
     A killed run resumes from its last complete checkpoint when rerun; refused up front (exit 2,
     nothing written): a recipe with train.gpu whose memory estimate does not fit that GPU (see
     `estimate`), a base model folder that is not there, LoRA target modules the model does not
-    have, and an OUT inside DATA (or holding it)."""
+    have, chat_template: model on a model without a template, and an OUT inside DATA (or
+    holding it)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.train import run_train
     from feinschliff.train.stage import RecipeRefused, TrainError

@@ -142,8 +142,9 @@ class WinRateRule(Strict):
 class ContaminationRule(Strict):
     rule: Literal["contamination"] = Field(
         description=(
-            "Training data must hold no eval text: no 13-gram of an eval text, no whole eval "
-            "text of 8-12 words (value must be 0)."
+            "Training data must hold no eval text: no n-gram of an eval text (n = "
+            "feedback.decontamination.ngram, default 13), no whole eval text of 8 to n-1 words "
+            "(value must be 0)."
         )
     )
     metric: str = Field("contamination/overlaps", description="Overlap count in report.json.")
