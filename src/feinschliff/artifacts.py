@@ -69,7 +69,7 @@ def _rows_sha256(root: str, files: tuple[tuple[str, int, int], ...]) -> str:
     for rel, _, _ in files:
         path = Path(root) / rel
         digest = _rows_digest(path) if rel.endswith(".jsonl") else sha256_file(path)
-        h.update(rel.encode() + b"\0" + digest.encode() + b"\n")
+        h.update(_name_bytes(rel) + b"\0" + digest.encode() + b"\n")
     return h.hexdigest()
 
 
@@ -124,8 +124,15 @@ def hash_tree(
         rel = path.relative_to(root).as_posix()
         if rel in skip or any(part in skip for part in path.relative_to(root).parts):
             continue
-        h.update(rel.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+        h.update(_name_bytes(rel) + b"\0" + sha256_file(path).encode() + b"\n")
     return h.hexdigest()
+
+
+def _name_bytes(rel: str) -> bytes:
+    """A relative path as hashed: UTF-8; a name that is no UTF-8 on disk (a zip unpacked from
+    elsewhere) as its own bytes instead of a UnicodeEncodeError. Not ``os.fsencode``: the
+    locale must not change a hash."""
+    return rel.encode("utf-8", "surrogateescape")
 
 
 def mark_complete(root: Path, **info: Any) -> str:
@@ -195,11 +202,27 @@ def prepare_out(root: Path, key: str, stage: str | None = None) -> None:
     if root.exists() and recorded_key != key:
         # Loud, because this is where a killed training's checkpoints go when the recipe, the
         # data or the code (a hotfix between crash and rerun) changed in the meantime.
-        if any(root.iterdir()):
+        if any(p != stamp for p in root.iterdir()):
             log.warning("%s: discarding leftovers of a run with other inputs or code", root)
-        shutil.rmtree(root)
+        _discard_all_but(root, stamp)
     root.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n" + (f"{stage}\n" if stage else ""))
+
+
+def _discard_all_but(root: Path, stamp: Path) -> None:
+    """Delete ``root``'s content but its old ``.inputs`` stamp (the caller overwrites it), the
+    ``.complete`` marker first: a run killed while deleting (gigabytes of checkpoints take a
+    while) leaves a folder stamped with the old inputs, which its rerun discards again.
+    Deleting the folder whole could take the stamp first, and the rerun then refused the
+    unstamped leftovers as a folder no stage wrote, until someone deleted them by hand."""
+    (root / COMPLETE).unlink(missing_ok=True)
+    for child in root.iterdir():
+        if child == stamp:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _read_stamp(stamp: Path) -> tuple[str | None, str | None]:

@@ -54,8 +54,11 @@ class Ledger:
         """Every complete record in order; a line torn by a kill mid-append is ignored."""
         if not self.path.exists():
             return []
+        # a line torn inside a multi-byte character (a reviewer's "Grüße") must not make the
+        # whole ledger unreadable: it decodes with a replacement and then fails as JSON
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
         out = []
-        for line in jsonl_lines(self.path.read_text(encoding="utf-8")):
+        for line in jsonl_lines(text):
             try:
                 out.append(json.loads(line))
             except ValueError:

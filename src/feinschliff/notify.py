@@ -24,8 +24,15 @@ Event = Literal["promoted", "passed", "rejected", "failed", "approval_needed"]
 ENV = "FEINSCHLIFF_NOTIFY_URLS"
 
 
+# Between URLs: whitespace, or a comma before the next URL's scheme. Not every comma: apprise
+# URLs list recipients and channels with them (``mailtos://...?to=a@x.de,b@y.de``), and
+# splitting there dropped all but the first recipient.
+_BETWEEN = re.compile(r"\s+|,(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
 def notify_urls() -> list[str]:
-    return [u for u in re.split(r"[\s,]+", os.environ.get(ENV, "")) if u]
+    parts = (u.strip(",") for u in _BETWEEN.split(os.environ.get(ENV, "")))
+    return [u for u in parts if u]
 
 
 def format_message(event: Event, use_case: str, details: dict[str, Any]) -> tuple[str, str]:

@@ -141,15 +141,11 @@ def lineage(
     recipe: Recipe, data: DatasetRef, adapter: AdapterRef, report: ReportRef, decision: Decision
 ) -> dict[str, Any]:
     """What the registry records about where a version came from and why it was accepted."""
-    metrics = json.loads((adapter.dir / "metrics.json").read_text())
+    metrics = json.loads((adapter.dir / "metrics.json").read_text(encoding="utf-8"))
     return {
         "recipe_sha256": recipe_hash(recipe),
         "recipe_resolved": dump_resolved(recipe),
-        "base_model": {
-            "name": recipe.base_model.name,
-            "revision": recipe.base_model.revision,
-            "path": metrics.get("base_model_path"),
-        },
+        "base_model": base_model_lineage(recipe, metrics),
         "dataset": dataset_lineage(data),
         "train": {
             k: metrics.get(k)
@@ -169,10 +165,39 @@ def lineage(
     }
 
 
+def registered_lineage(
+    recipe: Recipe, metrics: dict[str, Any], report: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What `feinschliff register` records about a train output it registers (it has no
+    dataset ref). The base model above all: warm starts and evaluate's production baseline
+    check a version's base model against the recipe's, and skip versions that record none, so
+    a CLI-registered production was continued and compared with on a changed base model."""
+    lineage: dict[str, Any] = {
+        "recipe_sha256": recipe_hash(recipe),
+        "recipe_resolved": dump_resolved(recipe),
+        "base_model": base_model_lineage(recipe, metrics),
+        "train": metrics,
+    }
+    if report is not None:
+        lineage["evaluation"] = {"metrics": report.get("metrics")}
+    return lineage
+
+
+def base_model_lineage(recipe: Recipe, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The base model an adapter was trained on: as its training recorded it (``metrics.json``),
+    the recipe's where the training recorded none."""
+    name = metrics.get("base_model") or recipe.base_model.name
+    return {
+        "name": name,
+        "revision": recipe.base_model.revision if name == recipe.base_model.name else None,
+        "path": metrics.get("base_model_path"),
+    }
+
+
 def dataset_lineage(data: DatasetRef) -> dict[str, Any]:
     """Hashes, counts and feedback sources of the training data. A mix of feedback and
     synthetic rows (a recipe with `generate`) names its parts; the sources are the feedback's."""
-    manifest = json.loads((data.dir / "manifest.json").read_text())
+    manifest = json.loads((data.dir / "manifest.json").read_text(encoding="utf-8"))
     lineage: dict[str, Any] = {
         "sha256": data.sha256,
         "rows_sha256": rows_sha256(data),  # the training snapshot's key (train.data)
@@ -185,7 +210,8 @@ def dataset_lineage(data: DatasetRef) -> dict[str, Any]:
             "generated": manifest["generated"],
             "weights": manifest["weights"],
         }
-        manifest = json.loads((Path(manifest["feedback"]["path"]) / "manifest.json").read_text())
+        feedback = Path(manifest["feedback"]["path"]) / "manifest.json"
+        manifest = json.loads(feedback.read_text(encoding="utf-8"))
     lineage["sources"] = [
         {k: s[k] for k in ("kind", "path", "inputs")} for s in manifest["sources"]
     ]

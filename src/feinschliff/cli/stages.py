@@ -22,6 +22,7 @@ from feinschliff.recipe_loader import RecipeError, dump_resolved, load_recipe, r
 
 if TYPE_CHECKING:
     from feinschliff.artifacts import AdapterRef
+    from feinschliff.recipe import Recipe
 
 
 @app.command()
@@ -91,7 +92,7 @@ def register(
     (`--promote`: also `production`, live on register.vllm servers). Prints the version."""
     from feinschliff.artifacts import AdapterRef, hash_tree
     from feinschliff.gate import Approval, decide_promotion
-    from feinschliff.pipeline import registry_root
+    from feinschliff.pipeline import registered_lineage, registry_root
     from feinschliff.registry import (
         UNSET,
         AliasConflict,
@@ -109,13 +110,15 @@ def register(
     if approve is not None and report is None:
         raise Failure("--approve/--reject answer the gate: give --report too", code=2)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
-    lineage = {"train": json.loads((adapter / "metrics.json").read_text())}
+    metrics = json.loads((adapter / "metrics.json").read_text(encoding="utf-8"))
+    lineage = registered_lineage(cfg, metrics)
     decision = None
     if report is not None:
         approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
         evaluated = _read_report(report, cfg.use_case)
         _check_report_is_about(evaluated, report, ref)
         decision = decide_promotion(evaluated, cfg.gate, approval)
+        lineage = registered_lineage(cfg, metrics, evaluated)
         lineage["gate"] = decision.model_dump()
         if promote_ and not decision.promote:
             waiting = (
@@ -128,7 +131,7 @@ def register(
         adapter_sha = None  # hashed once, for the baseline check and the registry's dedup
         if promote_ and report is not None:  # the decision holds only against its baseline
             adapter_sha = hash_tree(ref.dir / "adapter")
-            expected = _report_baseline(evaluated, report, root, cfg.use_case, adapter_sha)
+            expected = _report_baseline(evaluated, report, root, cfg, adapter_sha)
         known = versions(root, cfg.use_case)
         # preflight first: rejects write nothing
         version = register_version(cfg, ref, lineage, adapter_sha256=adapter_sha)
@@ -165,15 +168,17 @@ def register(
 
 
 def _report_baseline(
-    evaluated: dict, report: Path, root: Any, use_case: str, adapter_sha256: str
+    evaluated: dict, report: Path, root: Any, cfg: Recipe, adapter_sha256: str
 ) -> str | None:
     """The production version the report's gate decision was made against, which must still be
     production (returned, for the compare-and-swap). Reports record the production adapter's
     hash (a registry version's marker hash), not its version. An adapter that already is
     production passes whatever the report compared with: nothing moves, the decision is only
-    recorded."""
+    recorded. A report that left production out because it was trained on another base model
+    holds while evaluate would leave the current production out too."""
     from feinschliff.registry import manifest, read_aliases, version_hash, versions
 
+    use_case = cfg.use_case
     current = read_aliases(root, use_case).get("production")
     prod = (evaluated.get("models") or {}).get("production")
     compared = prod.get("adapter_sha256") if isinstance(prod, dict) else None
@@ -183,6 +188,7 @@ def _report_baseline(
         (compared is not None and compared == version_hash(root, use_case, current))
         # the registry's dedup key: the same adapter registers as the current production
         or manifest(root, use_case, current).get("adapter_sha256") == adapter_sha256
+        or (prod is None and _left_out_by_evaluate(evaluated, root, cfg, current))
     ):
         return current
     if prod is None:
@@ -196,6 +202,19 @@ def _report_baseline(
         "does not hold any more; re-run `evaluate` and give its report",
         code=2,
     )
+
+
+def _left_out_by_evaluate(evaluated: dict, root: Any, cfg: Recipe, version: str) -> bool:
+    """Whether the report skipped production and evaluate would skip ``version`` now: it was
+    trained on another base model than the recipe's. Such a report compared with base alone,
+    as a re-run would: refusing it (advice: re-run `evaluate`) made a promotion after a base
+    model change impossible from the CLI."""
+    from feinschliff.evaluate.stage import other_base_model
+    from feinschliff.registry import version_adapter
+
+    if "production" not in (evaluated.get("skipped") or {}):
+        return False
+    return other_base_model(cfg, version_adapter(root, cfg.use_case, version)) is not None
 
 
 def _check_report_is_about(evaluated: dict, report: Path, adapter: AdapterRef) -> None:
@@ -236,6 +255,7 @@ def run(
     from feinschliff.estimate import EstimateError, check_training_fits
     from feinschliff.generate.seeds import SeedError, read_seeds
     from feinschliff.paths import project_root
+    from feinschliff.pipeline import default_workdir
     from feinschliff.train.checks import RecipeRefused, refuse_missing_base_model
 
     try:
@@ -246,14 +266,20 @@ def run(
     except (EstimateError, RecipeRefused, SeedError) as exc:
         raise Failure(str(exc), code=2) from exc
 
+    _check_workdir_free(workdir or default_workdir(cfg))
     sys.path.insert(0, str(project_root()))
     from flows.retrain import retrain
 
-    result = retrain(
-        recipe_path=str(recipe.resolve()),
-        overrides=set_ or [],
-        workdir=str(workdir) if workdir else None,
-    )
+    try:
+        result = retrain(
+            recipe_path=str(recipe.resolve()),
+            overrides=set_ or [],
+            workdir=str(workdir) if workdir else None,
+        )
+    except Exception as exc:
+        if (failure := _run_failure(exc)) is None:
+            raise  # not a known failure: a bug, with its traceback
+        raise failure from exc
     from feinschliff.gate import Decision
     from feinschliff.pipeline import read_report, summary_text
 
@@ -262,3 +288,55 @@ def run(
         "\n" + summary_text(read_report(Path(result["report"])), decision, result["version"])
     )
     raise typer.Exit(0 if result["promoted"] else 3)
+
+
+def _check_workdir_free(work: Path) -> None:
+    """A workdir another run holds: one line before Prefect starts (10-30 s), instead of a
+    failed flow run, its traceback and a "run failed" notification. The flow takes the lock
+    itself; this only answers the common case early."""
+    from feinschliff.pipeline import RunInProgress, run_lock
+
+    try:
+        with run_lock(work):
+            pass
+    except RunInProgress as exc:
+        raise Failure(str(exc)) from exc
+    except OSError as exc:  # a file, or a folder that cannot be created
+        raise Failure(f"workdir {work}: {exc.strerror or exc}", code=2) from exc
+
+
+def _run_failure(exc: Exception) -> Failure | None:
+    """What `run` says when the flow raised: refused inputs exit 2 as the stage's own command
+    does, a stage's failure is one line naming that stage, exit 1; None for anything else."""
+    from feinschliff.estimate import EstimateError
+    from feinschliff.evaluate.harness import EvalError
+    from feinschliff.evaluate.judge import JudgeError
+    from feinschliff.generate.seeds import SeedError
+    from feinschliff.generate.stage import GenerateError, InputRefused
+    from feinschliff.ingest.stage import IngestError, InvalidSource
+    from feinschliff.pipeline import RunInProgress
+    from feinschliff.registry import AliasConflict, InvalidName, RegistryError
+    from feinschliff.serving.deploy import DeployError
+    from feinschliff.serving.preflight import PreflightError
+    from feinschliff.train.checks import RecipeRefused, TrainError
+
+    # each error type is raised by one stage only (registry errors are not: a warm start reads
+    # the registry too, so they name none)
+    stages = [
+        ((InvalidSource,), "ingest", 2),
+        ((IngestError,), "ingest", 1),
+        ((InputRefused, SeedError), "generate", 2),
+        ((GenerateError,), "generate", 1),
+        ((RecipeRefused, EstimateError), "train", 2),
+        ((TrainError,), "train", 1),
+        ((EvalError, JudgeError), "evaluate", 1),
+        ((PreflightError, InvalidName), "register", 2),
+    ]
+    for types, stage, code in stages:
+        if isinstance(exc, types):
+            return Failure(f"{stage}: {exc}", code=code)
+    if isinstance(exc, AliasConflict):
+        return Failure(f"conflict: {exc}")
+    if isinstance(exc, RunInProgress | RegistryError | DeployError):
+        return Failure(str(exc))
+    return None
