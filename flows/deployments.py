@@ -2,8 +2,9 @@
 
 Each deployment runs ``flows/retrain.py:retrain`` from this checkout on a work pool, with the
 recipe path as its parameter and the recipe's ``schedule`` (cron + timezone) as its schedule.
-Re-running the sync updates deployments in place (same name), so it is idempotent; it keeps
-a deployment's paused state (paused in the UI stays paused) unless told otherwise.
+Re-running the sync updates deployments in place (same name), so it is idempotent: it
+replaces the schedule (a recipe without ``schedule`` clears it) and keeps a deployment paused
+or its schedule switched off in the UI unless told otherwise (``--active``).
 """
 
 from __future__ import annotations
@@ -69,14 +70,22 @@ def sync_deployments(
             train_deployment = f"train-stage/{recipe.use_case}"
             names.append(train_deployment)
         flow: Flow = Flow.from_source(source=str(root), entrypoint="flows/retrain.py:retrain")
+        was_paused, schedule_on = _current_state(f"retrain/{recipe.use_case}")
+        # the update replaces the schedules: an empty list clears a cron the recipe dropped
         schedules = []
         if recipe.schedule is not None:
-            schedules.append(Cron(recipe.schedule.cron, timezone=recipe.schedule.timezone))
+            schedules.append(
+                Cron(
+                    recipe.schedule.cron,
+                    timezone=recipe.schedule.timezone,
+                    active=schedule_on if paused is None else True,  # --paused: see paused
+                )
+            )
         flow.to_deployment(
             name=recipe.use_case,
             work_pool_name=work_pool,
             schedules=schedules,
-            paused=_paused_state(f"retrain/{recipe.use_case}") if paused is None else paused,
+            paused=was_paused if paused is None else paused,
             parameters={
                 "recipe_path": rel,
                 "overrides": list(overrides or []),
@@ -135,14 +144,17 @@ def check_prefect_api(pools: list[str], train_pool: str | None = None) -> None:
                 ) from None
 
 
-def _paused_state(name: str) -> bool:
-    """Whether the deployment ``name`` exists and is paused (someone paused it in the UI: a
-    re-sync must not start its schedule again)."""
+def _current_state(name: str) -> tuple[bool, bool]:
+    """(paused, schedule active) of the deployment ``name``; (False, True) when there is none.
+    Someone may have switched it off in the UI, the whole deployment or its schedule's own
+    toggle: a re-sync (which replaces the schedules) must not start it again."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
-            return bool(client.read_deployment_by_name(name).paused)
+            deployment = client.read_deployment_by_name(name)
         except ObjectNotFound:
-            return False
+            return False, True
+    schedules = deployment.schedules or []
+    return bool(deployment.paused), not schedules or any(s.active for s in schedules)

@@ -17,28 +17,23 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.context import FlowRunContext
-from prefect.exceptions import FlowPauseTimeout, ObjectAlreadyExists, ObjectNotFound
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
-from prefect.states import Running
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from feinschliff import notify
 from feinschliff.artifacts import input_key, rows_sha256
 from feinschliff.estimate import check_training_fits
-from feinschliff.gate import Approval, Decision
+from feinschliff.gate import Approval
 from feinschliff.ledger import Ledger, effect_key, resume_or_restart
 from feinschliff.pipeline import (
     default_workdir,
     read_report,
-    registry_root,
     run_lock,
     summary_text,
 )
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import load_recipe, recipe_hash
-from feinschliff.registry import record_event
-from feinschliff.specs.evaluate import RequireApprovalRule
 from flows import artifacts
+from flows.approval import ask_for_approval
 from flows.faults import fault_point
 from flows.tasks import (
     evaluate_task,
@@ -50,22 +45,14 @@ from flows.tasks import (
     production_version,
     register_task,
     train_task,
-    train_via_deployment,
 )
+from flows.train_stage import train_via_deployment
 
 PASSED_NOT_REGISTERED = "PASSED the gate (not registered: register=false)"
 # An evaluate-only run registers nothing: a human is not asked to approve it.
 NOT_ASKED = Approval(
     approved=True, by="nobody", comment="not asked: evaluate only (register=false)"
 )
-
-
-class ApprovalInput(RunInput):
-    """The form a reviewer fills in the Prefect UI when the gate asks for a human."""
-
-    approve: bool
-    reviewer: str = ""
-    comment: str = ""
 
 
 def _notify_failure(flow, flow_run, state) -> None:
@@ -191,7 +178,7 @@ def _retrain(
     warm_from = production_at("train")  # what init_from: production continues
     if train_deployment:
         adapter = train_via_deployment(
-            train_deployment, recipe_path, overrides, data, work / "train", warm_from
+            train_deployment, recipe, recipe_path, overrides, data, work / "train", warm_from
         )
     else:
         adapter = fresh(
@@ -221,7 +208,7 @@ def _retrain(
         # asked once per run and report: a rerun after a crash reuses the recorded answer
         answer = ledger.perform(
             effect_key(run, "approval", recipe.use_case, report.sha256),
-            lambda: _ask_for_approval(recipe, decision).model_dump(),
+            lambda: ask_for_approval(recipe, decision).model_dump(),
             what=f"approval of {recipe.use_case}",
         )
         decision = gate_task(recipe, report, Approval(**answer))
@@ -276,39 +263,3 @@ def _retrain(
         "report": str(Path(report.path) / "report.json"),
         "decision": decision.model_dump(),
     }
-
-
-def _ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
-    """Notify, pause for the reviewer's form in the Prefect UI, record the answer in the
-    registry's audit log; no answer within the rule's timeout counts as a rejection (the run
-    is set Running again, so it ends Completed, not Failed as a never-resumed pause)."""
-    rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
-    notify.send(
-        "approval_needed", recipe.use_case, {"rules": [r.model_dump() for r in decision.results]}
-    )
-    try:
-        answer = pause_flow_run(
-            wait_for_input=ApprovalInput, timeout=rule.timeout_s, poll_interval=2
-        )
-        approval = Approval(
-            approved=answer.approve, by=answer.reviewer or "prefect-ui", comment=answer.comment
-        )
-    except FlowPauseTimeout:
-        # the server still has the run Paused: without this Prefect fails it at the end. Only
-        # a paused run: a cancellation that arrived meanwhile must not be overwritten.
-        run_id = FlowRunContext.get().flow_run.id
-        with get_client(sync_client=True) as client:
-            if client.read_flow_run(run_id).state.is_paused():
-                client.set_flow_run_state(run_id, Running(), force=True)
-        approval = Approval(
-            approved=False, by="timeout", comment=f"no answer in {rule.timeout_s} s"
-        )
-    record_event(
-        registry_root(recipe),
-        recipe.use_case,
-        "approval",
-        why=approval.comment,
-        approved=approval.approved,
-        reviewer=approval.by,
-    )
-    return approval

@@ -101,7 +101,33 @@ def _production(recipe: Recipe, candidate: AdapterRef, version: str | None) -> A
     return None if same else prod
 
 
-@task(name="ingest", cache_key_fn=_ingest_key, retries=2, retry_delay_seconds=[5, 30], **CACHE)
+def _retry_ingest_after_outages(task: Task, task_run: Any, state: Any) -> bool:
+    """Retry ingest when a live pull failed (its server may be back) or on an unexpected
+    error. An unreadable export, a missing key or credentials, too much quarantined or an
+    occupied --out fail the same way again after reading every record anew (minutes at a
+    million records), and the failure notice waits for all three attempts."""
+    from feinschliff.ingest.pull import PullFailed
+    from feinschliff.ingest.stage import IngestError
+
+    try:
+        state.result()
+    except IngestError as exc:
+        return isinstance(exc.__cause__, PullFailed)
+    except OutputInUse:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+@task(
+    name="ingest",
+    cache_key_fn=_ingest_key,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_retry_ingest_after_outages,
+    **CACHE,
+)
 def ingest_task(recipe: Recipe, out: Path) -> DatasetRef:
     return run_ingest(recipe.feedback, out, eval_tasks=evaluated_sets(recipe))
 
@@ -321,37 +347,6 @@ def _promoted_since(root: Any, use_case: str, version: str, since: float) -> boo
 def production_version(recipe: Recipe) -> str | None:
     """The registry's production version now (the baseline an evaluation compares against)."""
     return read_aliases(registry_root(recipe), recipe.use_case).get("production")
-
-
-def train_via_deployment(
-    deployment: str,
-    recipe_path: str,
-    overrides: list[str],
-    data: DatasetRef,
-    out: Path,
-    production: str | None,
-) -> AdapterRef:
-    """Run the train stage on another work pool through its deployment and wait for it."""
-    from prefect.deployments import run_deployment
-
-    run = run_deployment(
-        deployment,
-        parameters={
-            "recipe_path": recipe_path,
-            "overrides": overrides,
-            "data_path": data.path,
-            "data_sha256": data.sha256,
-            "out": str(out),
-            "production": production,
-            "pinned": True,
-        },
-    )
-    if run.state is None or not run.state.is_completed():
-        raise RuntimeError(f"train deployment {deployment} ended {run.state and run.state.type}")
-    digest = completed_hash(out)
-    if digest is None:
-        raise RuntimeError(f"{deployment} finished but {out} holds no complete adapter")
-    return AdapterRef(path=str(out), sha256=digest)
 
 
 def fresh(stage: Task, **kwargs: Any) -> Any:

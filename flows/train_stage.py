@@ -1,17 +1,21 @@
 """The training stage as a flow of its own, so it can run on a different work pool (GPUs)
-than the rest of the loop. ``retrain`` calls it through its deployment when the recipe's
-deployment was synced with ``--train-pool``; stage outputs live on storage both pools share."""
+than the rest of the loop. ``retrain`` calls it through its deployment
+(``train_via_deployment``) when the recipe's deployment was synced with ``--train-pool``;
+stage outputs live on storage both pools share, at the same path."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
-from feinschliff.artifacts import DatasetRef
+from feinschliff.artifacts import AdapterRef, DatasetRef, completed_hash, reusable
 from feinschliff.pipeline import run_lock
+from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import load_recipe
 from feinschliff.train import run_train
+from feinschliff.train.stage import cache_key as train_cache_key
 
 
 @flow(name="train-stage")
@@ -27,14 +31,75 @@ def train_stage(
     """Train the recipe's adapter from an ingest output; returns the AdapterRef as a dict.
 
     ``pinned``: a warm start continues ``production`` (None: there was none), the version the
-    calling retrain run recorded; otherwise the registry's production now.
+    calling retrain run recorded; otherwise the registry's production now. A ``data_path``
+    this worker cannot see fails first, naming the setup (before ``out`` is created).
     """
     target = Path(out)
     # A retrain rerun after its own crash starts another train-stage run while the first may
     # still be training into the same checkpoints: the second fails at once, naming the first.
     with run_lock(target.parent, name=f".{target.name}.lock"):
+        if not Path(data_path).is_dir():
+            raise FileNotFoundError(
+                f"the training data {data_path} does not exist on this worker "
+                f"({socket.gethostname()}): the training pool must see the retrain run's stage "
+                "outputs at the same path. Mount the shared storage (the cache PVC or volume) at "
+                "the same path on both pools and set FEINSCHLIFF_HOME to it there (the image: "
+                "/cache), and run `deployments sync` where that holds (README: Docker)"
+            )
         recipe = load_recipe(recipe_path, overrides or [])
         data = DatasetRef(path=data_path, sha256=data_sha256)
         kwargs = {"production": production} if pinned else {}
         ref = run_train(recipe, data, target, **kwargs)
     return ref.model_dump()
+
+
+def train_via_deployment(
+    deployment: str,
+    recipe: Recipe,
+    recipe_path: str,
+    overrides: list[str],
+    data: DatasetRef,
+    out: Path,
+    production: str | None,
+) -> AdapterRef:
+    """Run the train stage on another work pool through its deployment and wait for it. A
+    training of the same inputs that already finished in ``out`` is reused without starting
+    the other pool (a GPU node and image pull for nothing, on every unchanged scheduled run)."""
+    from prefect.deployments import run_deployment
+
+    if digest := _finished_training(recipe, data, out, production):
+        get_run_logger().info("train: reusing finished adapter in %s", out)
+        return AdapterRef(path=str(out), sha256=digest)
+    run = run_deployment(
+        deployment,
+        parameters={
+            "recipe_path": recipe_path,
+            "overrides": overrides,
+            "data_path": data.path,
+            "data_sha256": data.sha256,
+            "out": str(out),
+            "production": production,
+            "pinned": True,
+        },
+    )
+    if run.state is None or not run.state.is_completed():
+        # the run's message is the training's error: the failure notice shows it
+        why = f": {run.state.message}" if run.state and run.state.message else ""
+        raise RuntimeError(
+            f"train deployment {deployment} ended {run.state and run.state.type.value}{why}"
+        )
+    digest = completed_hash(out)
+    if digest is None:
+        raise RuntimeError(f"{deployment} finished but {out} holds no complete adapter")
+    return AdapterRef(path=str(out), sha256=digest)
+
+
+def _finished_training(
+    recipe: Recipe, data: DatasetRef, out: Path, production: str | None
+) -> str | None:
+    """The adapter hash when ``out`` holds a finished training of these inputs (the train
+    stage's own reuse rule), else None."""
+    try:
+        return reusable(out, train_cache_key(recipe, data, production))
+    except Exception:  # noqa: BLE001 - e.g. a base model only the training pool has: it decides
+        return None

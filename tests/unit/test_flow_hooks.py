@@ -27,7 +27,8 @@ def test_an_approval_timeout_ends_completed_without_a_failure_notice(
     from feinschliff import notify
     from feinschliff.gate import Decision
     from feinschliff.recipe_loader import load_recipe
-    from flows.retrain import _ask_for_approval, _notify_failure
+    from flows.approval import ask_for_approval
+    from flows.retrain import _notify_failure
 
     sent = []
     monkeypatch.setattr(notify, "send", lambda event, use_case, data: sent.append(event))
@@ -35,12 +36,95 @@ def test_an_approval_timeout_ends_completed_without_a_failure_notice(
 
     @flow(on_failure=[_notify_failure])
     def asks(recipe_path: str) -> bool:  # recipe_path: what the hook reads the use case from
-        return _ask_for_approval(recipe, Decision(promote=False, results=[])).approved
+        return ask_for_approval(recipe, Decision(promote=False, results=[])).approved
 
     state = asks(DEMO, return_state=True)
     assert state.is_completed(), state.message
     assert state.result() is False
     assert sent == ["approval_needed"]
+
+
+def test_an_approval_timeout_never_meets_the_servers_pause_expiration(
+    prefect_harness, home, monkeypatch
+):
+    """A real server's pause-expiration service (every 5 s; the test harness does not run it)
+    fails a run whose pause timed out, often before the flow's own last poll: the run then
+    went on and ended Completed, but after a Failed state and its event (automations that
+    alert on failures fired) for a rejection that is no failure. Emulated here every 0.2 s."""
+    import threading
+    from datetime import UTC, datetime
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Failed
+
+    from feinschliff import notify
+    from feinschliff.gate import Decision
+    from feinschliff.recipe_loader import load_recipe
+    from flows.approval import ask_for_approval
+
+    monkeypatch.setattr(notify, "send", lambda event, use_case, data: None)
+    recipe = load_recipe(DEMO, ["gate.rules.2={rule: require_approval, timeout_s: 2}"])
+    done = threading.Event()
+
+    def expire_pauses(run_id) -> None:  # prefect.server.services.pause_expirations
+        with get_client(sync_client=True) as client:
+            while not done.wait(0.2):
+                state = client.read_flow_run(run_id).state
+                expiry = state.state_details.pause_timeout if state.is_paused() else None
+                if expiry is not None and expiry < datetime.now(UTC):
+                    client.set_flow_run_state(
+                        run_id, Failed(message="The flow was paused and never resumed."), True
+                    )
+
+    @flow
+    def asks(recipe_path: str) -> str:
+        watcher = threading.Thread(target=expire_pauses, args=(FlowRunContext.get().flow_run.id,))
+        watcher.start()
+        try:
+            return ask_for_approval(recipe, Decision(promote=False, results=[])).by
+        finally:
+            done.set()
+            watcher.join()
+
+    state = asks(DEMO, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result() == "timeout"
+    with get_client(sync_client=True) as client:
+        history = client.read_flow_run_states(state.state_details.flow_run_id)
+    assert "FAILED" not in [s.type.value for s in history], history
+
+
+def test_a_reviewers_answer_before_the_deadline_wins(prefect_harness, home, monkeypatch):
+    import threading
+
+    from prefect import flow
+    from prefect.context import FlowRunContext
+    from prefect.flow_runs import resume_flow_run
+
+    from feinschliff import notify
+    from feinschliff.gate import Decision
+    from feinschliff.recipe_loader import load_recipe
+    from flows.approval import ask_for_approval
+
+    monkeypatch.setattr(notify, "send", lambda event, use_case, data: None)
+    recipe = load_recipe(DEMO, ["gate.rules.2={rule: require_approval, timeout_s: 6}"])
+
+    def review(run_id) -> None:
+        for _ in range(50):
+            try:
+                return resume_flow_run(run_id, run_input={"approve": True, "reviewer": "anna"})
+            except Exception:  # noqa: BLE001 - not paused yet
+                threading.Event().wait(0.1)
+
+    @flow
+    def asks(recipe_path: str) -> tuple[bool, str]:
+        threading.Thread(target=review, args=(FlowRunContext.get().flow_run.id,)).start()
+        approval = ask_for_approval(recipe, Decision(promote=False, results=[]))
+        return approval.approved, approval.by
+
+    assert asks(DEMO) == (True, "anna")
 
 
 def test_a_terminated_run_notifies(tmp_path):

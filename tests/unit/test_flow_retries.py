@@ -45,3 +45,43 @@ def test_a_deterministic_failure_is_not_retried(exc):
 @pytest.mark.parametrize("exc", [RuntimeError("CUDA error: unspecified launch failure"), OSError()])
 def test_a_transient_failure_is_retried(exc):
     assert _retries(exc)
+
+
+def _ingest_retries(exc: BaseException) -> bool:
+    from flows.tasks import ingest_task
+
+    condition = ingest_task.retry_condition_fn
+    assert condition is not None, "ingest retries every failure"
+    return condition(ingest_task, None, _Failed(exc))
+
+
+def _wrapped(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        "too much of the feedback was quarantined: 12 % > 5 %",
+        "langfuse/page-3.json: cannot be read to its end (truncated JSON)",
+        "pseudonymize needs FEINSCHLIFF_PII_KEY",
+    ],
+)
+def test_a_deterministic_ingest_failure_is_not_retried(exc):
+    """Reading a million records again, twice, ends with the same message (and the failure
+    notice waited for it)."""
+    from feinschliff.ingest.stage import IngestError, InvalidSource
+
+    assert not _ingest_retries(IngestError(exc))
+    assert not _ingest_retries(InvalidSource("no known export format in data/x"))
+    assert not _ingest_retries(OutputInUse("--out holds another stage's output"))
+
+
+def test_an_ingest_whose_live_pull_failed_is_retried():
+    from feinschliff.ingest.pull import PullFailed
+    from feinschliff.ingest.stage import IngestError
+
+    outage = PullFailed("Langfuse pull: http://lf/api/public/traces answered 503")
+    assert _ingest_retries(_wrapped(IngestError(str(outage)), outage))
+    assert _ingest_retries(OSError("No space left on device"))

@@ -25,7 +25,8 @@ def sync(
         typer.Option(
             "--paused/--active",
             help="Pause or activate the schedules. Without either, a new deployment is active "
-            "and an existing one keeps its state (one paused in the UI stays paused).",
+            "and an existing one keeps its state (one paused in the UI, or whose schedule was "
+            "switched off there, stays so).",
             show_default=False,
         ),
     ] = None,
