@@ -29,7 +29,14 @@ class LoraSpec(Strict):
         "lower ranks to its --max-lora-rank and refuses only higher ones).",
     )
     alpha: Count = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
-    dropout: Number = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    dropout: Number = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on the LoRA path (SFT). DPO, ORPO and KTO train without dropout "
+        "(TRL disables it, on both backends); the value is still recorded in the adapter's "
+        "config and must match the production adapter's for init_from: production.",
+    )
     target_modules: Literal["all-linear"] | list[str] = Field(
         "all-linear",
         description="Modules to adapt: 'all-linear' or a list of the model's module names such "

@@ -8,11 +8,19 @@ Method -> file and row shape (TRL conversational shapes, FACTS 10.6):
   derived from ``preference.jsonl`` (each chosen answer -> label true, each rejected -> label
   false). KTO training rows are shuffled once (seeded): TRL estimates KTO's KL term from
   completions rotated by one within a batch, which needs neighbours with different prompts.
-  The eval split of KTO rows is by prompt: an eval prompt's other answers are not trained on.
+
+The eval split (``hyperparameters.eval_fraction``) is by conversation, for every method: rows
+whose conversations open alike (``conversation_key``) go to the same side. Otherwise an eval
+row's other answers (several preference pairs or KTO verdicts on one prompt), its other turns
+(a later turn's messages hold the earlier ones) or its copies (a ``generate.mix`` weight of 2)
+were trained on, and the eval loss measured memorised text.
 
 Replay: every training run snapshots the rows it trained on under
 ``$FEINSCHLIFF_HOME/datasets/<dataset sha256>/``, so a warm start can mix in a share of the data
-the production adapter was trained on. This module does not tokenize; the backends do.
+the production adapter was trained on; never a prompt the new rows have (their feedback is
+newer), a conversation of the eval split, nor one that ingest now holds out for evaluation
+(``heldout/``: its split may have changed since, with ``feedback.seed`` or
+``heldout_fraction``). This module does not tokenize; the backends do.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Callable, Sequence
+import unicodedata
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +108,7 @@ def split_eval(
     """(train, eval): a seeded shuffle; at least one eval row when fraction > 0, never all rows.
 
     ``group``: rows with the same key go to the same side, ``fraction`` then counts groups
-    (KTO: the answers to one prompt, or an eval prompt's other answer would be trained on).
+    (``prepare_rows``: ``conversation_key``).
     """
     if fraction <= 0 or len(rows) < 2:
         return rows, []
@@ -112,7 +121,7 @@ def split_eval(
     for row in rows:
         groups.setdefault(group(row), []).append(row)
     if len(groups) < 2:
-        log.warning("eval split skipped: all %d rows share one prompt", len(rows))
+        log.warning("eval split skipped: all %d rows open the same conversation", len(rows))
         return rows, []
     keys = list(groups)
     random.Random(seed).shuffle(keys)
@@ -121,8 +130,44 @@ def split_eval(
     return train, [r for k in keys[:n_eval] for r in groups[k]]
 
 
+def conversation_key(row: dict[str, Any]) -> str:
+    """The opening of a row's conversation: its messages (SFT) or prompt (preference, KTO) up
+    to and including the first user message, as normalised JSON (case and whitespace do not
+    make it another conversation). Ingest's held-out split uses the same unit."""
+    messages = row["messages"] if "messages" in row else row["prompt"]
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                messages = messages[: i + 1]
+                break
+    return json.dumps(_normalized(messages), sort_keys=True, ensure_ascii=False)
+
+
+def _normalized(value: Any) -> Any:
+    """Every string in ``value`` NFKC-normalised, lower-cased, whitespace runs one space."""
+    if isinstance(value, str):
+        return " ".join(unicodedata.normalize("NFKC", value).lower().split())
+    if isinstance(value, list):
+        return [_normalized(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalized(v) for k, v in value.items()}
+    return value
+
+
 def prompt_key(row: dict[str, Any]) -> str:
-    return json.dumps(row["prompt"], sort_keys=True, ensure_ascii=False)
+    """A row's whole prompt (SFT: its messages but the answer), as normalised JSON."""
+    prompt = row["messages"][:-1] if "messages" in row else row.get("prompt", row)
+    return json.dumps(_normalized(prompt), sort_keys=True, ensure_ascii=False)
+
+
+def heldout_keys(data_dir: Path) -> set[str]:
+    """``conversation_key`` of every row ingest held out for evaluation (``heldout/``)."""
+    keys: set[str] = set()
+    for name in ("sft.jsonl", "preference.jsonl", "kto.jsonl"):
+        for row in _read_if(data_dir / "heldout" / name):
+            if isinstance(row, dict) and ("messages" in row or "prompt" in row):
+                keys.add(conversation_key(row))
+    return keys
 
 
 def mix_replay(
@@ -132,22 +177,21 @@ def mix_replay(
     seed: int,
     held_out: Sequence[dict[str, Any]] = (),
     group: Callable[[dict[str, Any]], str] | None = None,
+    excluded: Collection[str] = (),
 ) -> tuple[list[dict[str, Any]], int]:
     """Add old rows so that about ``fraction`` of the result is replayed; returns (rows, n_old).
 
-    Rows identical to a new row are not replayed twice, and rows identical to a ``held_out``
-    (eval) row (with ``group``: of the same group) are not replayed at all: the eval loss must
-    stay on rows training never saw. Fewer old rows than wanted are all used.
+    An old row on a prompt the new rows have (``prompt_key``) is not replayed: the newer
+    feedback on it wins (a human correction of an answer once accepted, a verdict turned), and
+    replaying the old one would train both. Rows of a ``held_out`` (eval) row's prompt (with
+    ``group``: of its group, or of a group in ``excluded``) are not replayed at all: the eval
+    loss must stay on rows training never saw. Fewer old rows than wanted are all used.
     """
     if fraction <= 0 or not old:
         return new, 0
-    seen = {json.dumps(r, sort_keys=True) for r in [*new, *held_out]}
-    held = {group(r) for r in held_out} if group else set()
-    candidates = [
-        r
-        for r in old
-        if json.dumps(r, sort_keys=True) not in seen and not (group and group(r) in held)
-    ]
+    seen = {prompt_key(r) for r in [*new, *held_out]}
+    held = ({group(r) for r in held_out} | set(excluded)) if group else set()
+    candidates = [r for r in old if prompt_key(r) not in seen and not (group and group(r) in held)]
     wanted = round(fraction / (1 - fraction) * len(new))
     rng = random.Random(seed)
     picked = rng.sample(candidates, min(wanted, len(candidates)))
@@ -193,12 +237,16 @@ def prepare_rows(
 ) -> dict[str, Any]:
     """Everything a backend needs: train/eval rows and counts for metrics.json."""
     rows = method_rows(method, data_dir)
-    # KTO rows derived from preferences come in pairs (chosen, rejected) of one prompt, and
-    # kto.jsonl may hold several verdicts on one: split by prompt, not by row.
-    group = prompt_key if method == "kto" else None
-    train, evals = split_eval(rows, eval_fraction, seed, group=group)
+    # by conversation, not by row: see the module docstring
+    train, evals = split_eval(rows, eval_fraction, seed, group=conversation_key)
     train, n_replayed = mix_replay(
-        train, replay or [], replay_fraction, seed, held_out=evals, group=group
+        train,
+        replay or [],
+        replay_fraction,
+        seed,
+        held_out=evals,
+        group=conversation_key,
+        excluded=heldout_keys(data_dir) if replay else (),
     )
     if method == "kto":
         train = shuffle_rows(train, seed)

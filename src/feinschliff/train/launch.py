@@ -5,15 +5,18 @@ The parent (the train stage) writes a job file and starts ``accelerate launch ..
 feinschliff.train.launch --job JOB`` as a subprocess, so the stage process stays light and a
 failure in one rank cannot take the flow down. Every rank runs ``train_trl`` on the same rows;
 the main process saves the adapter and writes ``backend-metrics.json`` for the stage. Without
-CUDA the ranks talk over gloo on CPU (how the DDP path is tested here).
+CUDA the ranks talk over gloo on CPU (how the DDP path is tested here). A killed stage takes
+the launcher with it, and the launcher its ranks (``die_with_launcher``).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +29,7 @@ from feinschliff.train.axolotl_backend import _die_with
 
 log = logging.getLogger(__name__)
 CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed-zero3": "deepspeed_zero3.yaml"}
+STAGE_PID = "FEINSCHLIFF_STAGE_PID"  # the stage process that started `accelerate launch`
 
 
 class LaunchError(RuntimeError):
@@ -82,6 +86,7 @@ def launch_accelerate(
     log.info("launching %d processes: %s", recipe.train.num_processes, " ".join(cmd))
     proc = subprocess.run(
         cmd,
+        env=os.environ | {STAGE_PID: str(os.getpid())},
         stdout=sys.stderr,
         stderr=subprocess.STDOUT,
         # a killed stage must not leave the launcher training on (its rerun would resume into
@@ -96,11 +101,34 @@ def launch_accelerate(
     return metrics
 
 
+def die_with_launcher() -> None:
+    """This rank gets SIGKILL when ``accelerate launch`` dies (Linux). torch's elastic agent
+    starts each rank in a session of its own and can do nothing when it is SIGKILLed itself
+    (which a killed stage does to it, ``_die_with``): the ranks trained on as orphans, racing
+    the stage's rerun for the checkpoint folder. A rank whose launcher (or stage) was gone
+    before this took effect exits at once."""
+    if sys.platform != "linux":
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    stage = os.environ.get(STAGE_PID)
+    if stage and _parent_of(os.getppid()) != int(stage):
+        os._exit(1)
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+
+
 def main(argv: list[str] | None = None) -> None:
     """One rank: rebuild the typed recipe from the job file and train."""
     parser = argparse.ArgumentParser(description="feinschliff training rank (accelerate launch)")
     parser.add_argument("--job", required=True, type=Path)
     args = parser.parse_args(argv)
+    die_with_launcher()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     job = json.loads(args.job.read_text())
     from feinschliff.train.trl_backend import train_trl

@@ -205,6 +205,9 @@ def write_model_card(recipe: Recipe, data: DatasetRef, metrics: dict[str, Any], 
     hp = recipe.train.hyperparameters
     lora = recipe.train.lora
     final = metrics["loss_curve"][-1]["loss"] if metrics["loss_curve"] else "n/a"
+    # batch_size is per process: under accelerate launch each step takes world_size of them
+    world = metrics.get("world_size") or 1
+    processes = f" x {world} processes" if world > 1 else ""
     card = f"""---
 base_model: {recipe.base_model.name}
 library_name: peft
@@ -221,9 +224,9 @@ Trained by feinschliff {__version__} from production feedback.
 | Base model | `{recipe.base_model.name}` |
 | Method / backend | {recipe.train.method} / {recipe.train.backend} |
 | Initialised from | {metrics.get("init_from", "base")} |
-| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, targets={lora.target_modules}{", QLoRA 4-bit" if recipe.train.qlora else ""} |
+| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={_dropout_note(recipe)}, targets={lora.target_modules}{", QLoRA 4-bit" if recipe.train.qlora else ""} |
 | Learning rate | {hp.learning_rate} ({hp.lr_scheduler}) |
-| Steps | {metrics["global_step"]} (batch {hp.batch_size} x accumulation {hp.gradient_accumulation_steps}) |
+| Steps | {metrics["global_step"]} (batch {hp.batch_size} x accumulation {hp.gradient_accumulation_steps}{processes}) |
 | Max length | {hp.max_length} |
 | Training rows | {metrics["train_rows"]} ({metrics.get("replayed_rows", 0)} replayed) |
 | Dataset sha256 | `{data.sha256}` |
@@ -236,6 +239,19 @@ Trained by feinschliff {__version__} from production feedback.
 Filled in by `feinschliff evaluate` (see the run's report.md).
 """
     path.write_text(card, encoding="utf-8")
+
+
+def _dropout_note(recipe: Recipe) -> str:
+    """The LoRA dropout training applied: TRL's DPO, ORPO and KTO trainers (also under Axolotl)
+    set every dropout to 0 (``disable_dropout``, on by default), so the policy's and the
+    reference's log-probabilities are not noise; adapter_config.json still records the
+    recipe's value."""
+    dropout = recipe.train.lora.dropout
+    if recipe.train.method == "sft" or not dropout:
+        return str(dropout)
+    return (
+        f"{dropout} in adapter_config.json, 0 in training ({recipe.train.method} disables dropout)"
+    )
 
 
 def _template_note(recipe: Recipe, adapter_dir: Path) -> str:

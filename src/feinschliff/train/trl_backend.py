@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
 
 from feinschliff.recipe import DPOTrain, KTOTrain, ORPOTrain, Recipe, SFTTrain
+from feinschliff.specs.train import SHARDED_CONFIGS
 from feinschliff.train.schedule import scheduler_type
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE, CHATML, apply_chat_template_choice
 from feinschliff.train.trl_checkpoints import (
@@ -31,6 +32,7 @@ from feinschliff.train.trl_checkpoints import (
     last_complete_checkpoint,
     reached_max_steps,
 )
+from feinschliff.train.trl_sharding import kbit_device_map, save_adapter, trainable_parameters
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,8 @@ def load_model(recipe: Recipe, model_path: str):
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
+        if recipe.train.accelerate_config not in SHARDED_CONFIGS:
+            kwargs["device_map"] = kbit_device_map()
     return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
 
 
@@ -331,12 +335,8 @@ def train_trl(
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     eval_loss = final_eval_loss(trainer) if "eval" in raw else None
+    save_adapter(trainer, out / "adapter")
     if trainer.is_world_process_zero():
-        # Only the trained adapter: a warm-started DPO/KTO also holds TRL's frozen "ref" copy
-        # of the production adapter, which save_pretrained would write into adapter/ref/.
-        trainer.model.save_pretrained(
-            str(out / "adapter"), safe_serialization=True, selected_adapters=["default"]
-        )
         save_chat_template(rendered, out / "adapter")
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     run_tokens = tokens - progress.tokens_at_start
@@ -359,9 +359,7 @@ def train_trl(
         # CPU seconds of this process while training: on a shared machine a steadier measure of
         # the work done than wall time (other processes' load does not add to it)
         "train_cpu_seconds": round(cpu, 2),
-        "trainable_parameters": sum(
-            p.numel() for p in trainer.model.parameters() if p.requires_grad
-        ),
+        "trainable_parameters": trainable_parameters(trainer.model),
         "chat_template": template or "model",
         "world_size": trainer.args.world_size,
         "is_main_process": trainer.is_world_process_zero(),
