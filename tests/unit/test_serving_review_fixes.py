@@ -388,3 +388,12 @@ def test_register_refuses_a_report_of_another_use_case(env):
     )  # fmt: skip
     assert code == 2 and f"evaluated use case 'billing-de', the recipe is '{UC}'" in said, said
     assert not (tmp / "reg" / UC).exists()
+
+
+def test_register_promote_without_a_report_says_no_gate_applied(env):
+    base, tmp, _, sets = env
+    out = make_train_output(tmp / "out", str(base), seed=3.0)
+    code, said = _cli("register", str(DEMO), "--adapter", out.path, "--promote", *sets(vllm=False))
+    assert code == 0 and "--promote without --report applies no gate" in said, said
+    code, said = _cli("register", str(DEMO), "--adapter", out.path, *sets(vllm=False))
+    assert code == 0 and "applies no gate" not in said, said

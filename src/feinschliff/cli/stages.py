@@ -73,7 +73,12 @@ def register(
         Path | None, typer.Option(help="report.json; its gate decision is recorded.")
     ] = None,
     promote_: Annotated[
-        bool, typer.Option("--promote", help="Also move the production alias.")
+        bool,
+        typer.Option(
+            "--promote",
+            help="Also move the production alias: with --report only if the gate passes "
+            "(exit 3 if not); without --report no gate is applied.",
+        ),
     ] = False,
     approve: Annotated[
         bool | None,
@@ -110,6 +115,12 @@ def register(
     if approve is not None and report is None:
         raise Failure("--approve/--reject answer the gate: give --report too", code=2)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
+    if promote_ and report is None:  # allowed (an operator's decision), but never unnoticed
+        typer.echo(
+            "warning: --promote without --report applies no gate: promoting by hand, as "
+            "`registry promote` does",
+            err=True,
+        )
     metrics = json.loads((adapter / "metrics.json").read_text(encoding="utf-8"))
     lineage = registered_lineage(cfg, metrics)
     decision = None
