@@ -40,7 +40,7 @@ class MissingCredentials(RuntimeError):
 
 def _prefect_secret(block: str) -> str | None:
     # Without a configured API, Prefect would start a temporary server just to answer "no".
-    if not os.environ.get("PREFECT_API_URL"):
+    if not _prefect_api_url():
         return None
     try:
         from prefect.blocks.system import Secret
@@ -50,4 +50,20 @@ def _prefect_secret(block: str) -> str | None:
         return str(Secret.load(block).get())
     except Exception as exc:  # a missing block raises ValueError; a down API raises httpx errors
         log.debug("no Prefect Secret block %r: %s", block, exc)
+        return None
+
+
+def _prefect_api_url() -> str | None:
+    """The API URL Prefect itself would use: the environment's, else the active profile's
+    (`prefect config set PREFECT_API_URL=...` writes the profile, not the environment)."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    try:
+        from prefect.settings import PREFECT_API_URL
+    except ImportError:
+        return None
+    try:
+        return PREFECT_API_URL.value() or None
+    except Exception as exc:  # noqa: BLE001 - an unreadable profile: no Prefect, as before
+        log.debug("no Prefect API URL: %s", exc)
         return None
