@@ -109,15 +109,19 @@ def _retry_ingest_after_outages(task: Task, task_run: Any, state: Any) -> bool:
     from feinschliff.ingest.pull import PullFailed
     from feinschliff.ingest.stage import IngestError
 
+    exc = _raised(state)
+    if isinstance(exc, IngestError):
+        return isinstance(exc.__cause__, PullFailed)
+    return not isinstance(exc, OutputInUse)
+
+
+def _raised(state: Any) -> BaseException | None:
+    """The exception a failed task state holds (None: none); the retry conditions' input."""
     try:
         state.result()
-    except IngestError as exc:
-        return isinstance(exc.__cause__, PullFailed)
-    except OutputInUse:
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
+    except Exception as exc:  # noqa: BLE001 - each condition sorts them
+        return exc
+    return None
 
 
 @task(
@@ -205,13 +209,7 @@ def _retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
     missing offline, an occupied --out or a judge that refused (or stayed down through its own
     retries with backoff) fail the same way again, after every model has been evaluated anew:
     hours of GPU time before the same message."""
-    try:
-        state.result()
-    except (EvalError, JudgeError, OutputInUse):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
+    return not isinstance(_raised(state), EvalError | JudgeError | OutputInUse)
 
 
 @task(
@@ -239,13 +237,7 @@ def gate_task(recipe: Recipe, report: ReportRef, approval: Approval | None = Non
 
 def _retry_unless_refused(task: Task, task_run: Any, state: Any) -> bool:
     """Retry transient errors only: a refused adapter or a lost compare-and-swap stays refused."""
-    try:
-        state.result()
-    except (RegistryError, PreflightError):
-        return False
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
-    return True
+    return not isinstance(_raised(state), RegistryError | PreflightError)
 
 
 @task(

@@ -85,3 +85,25 @@ def test_an_ingest_whose_live_pull_failed_is_retried():
     outage = PullFailed("Langfuse pull: http://lf/api/public/traces answered 503")
     assert _ingest_retries(_wrapped(IngestError(str(outage)), outage))
     assert _ingest_retries(OSError("No space left on device"))
+
+
+@pytest.mark.parametrize(
+    ("exc", "retried"),
+    [
+        ("conflict", False),
+        ("preflight", False),
+        ("transient", True),
+    ],
+)
+def test_register_retries_only_what_may_succeed_next_time(exc, retried):
+    from feinschliff.registry import AliasConflict
+    from feinschliff.serving.preflight import PreflightError
+    from flows.tasks import register_task
+
+    raised = {
+        "conflict": AliasConflict("production moved meanwhile"),
+        "preflight": PreflightError("adapter", ["rank 64 > max_lora_rank 16"]),
+        "transient": ConnectionError("registry store unreachable"),
+    }[exc]
+    condition = register_task.retry_condition_fn
+    assert condition(register_task, None, _Failed(raised)) is retried
