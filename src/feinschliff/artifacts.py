@@ -246,17 +246,41 @@ def finished_stage(root: Path) -> str | None:
     return stage if isinstance(stage, str) else None
 
 
+# The libraries whose versions change what a stage computes (an lm-eval upgrade changes the
+# scores, a TRL upgrade the training): part of the code version, as our own source is.
+RESULT_LIBRARIES = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "lm_eval",
+    "distilabel",
+    "presidio-analyzer",
+)
+
+
 @functools.cache
 def code_version() -> str:
-    """The package version plus a hash of its source: part of every stage's cache key, so a
-    code change (an editable install, a hotfix without a version bump) never reuses results
+    """The package version plus a hash of its source and of the versions of the libraries
+    that compute results: part of every stage's cache key, so a code change (an editable
+    install, a hotfix without a version bump) or a library upgrade never reuses results
     computed by older code."""
+    from importlib import metadata
+
     from feinschliff import __version__
 
     package = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for path in sorted(package.rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    for name in RESULT_LIBRARIES:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "absent"
+        h.update(f"{name}=={version}\0".encode())
     return f"{__version__}+{h.hexdigest()[:12]}"
 
 

@@ -247,6 +247,25 @@ def test_code_version_changes_with_the_source(tmp_path, monkeypatch):
     assert a != b
 
 
+def test_code_version_changes_with_a_library_that_computes_results(monkeypatch):
+    """An lm-eval or TRL upgrade changes scores and training: its results are not reused."""
+    from importlib import metadata
+
+    import feinschliff.artifacts as artifacts
+
+    artifacts.code_version.cache_clear()
+    before = artifacts.code_version()
+    real = metadata.version
+    monkeypatch.setattr(
+        metadata, "version", lambda name: "0.4.99" if name == "lm_eval" else real(name)
+    )
+    artifacts.code_version.cache_clear()
+    try:
+        assert artifacts.code_version() != before
+    finally:
+        artifacts.code_version.cache_clear()
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("api_key_env", "sk-live-1234567890abcdef"), ("base_url", "localhost:8000")],
