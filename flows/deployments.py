@@ -4,13 +4,16 @@ Each deployment runs ``flows/retrain.py:retrain`` from this checkout on a work p
 recipe path as its parameter and the recipe's ``schedule`` (cron + timezone) as its schedule.
 Re-running the sync updates deployments in place (same name), so it is idempotent: it
 replaces the schedule (a recipe without ``schedule`` clears it) and keeps a deployment paused
-or its schedule switched off in the UI unless told otherwise (``--active``).
+or its schedule switched off in the UI unless told otherwise (``--active``). It deletes nothing:
+``sync --prune`` deletes the ``stale_deployments``, those of use cases no recipe given has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from uuid import UUID
 
 from prefect import Flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -21,8 +24,9 @@ from feinschliff.recipe_loader import load_recipe
 
 
 class PrefectSetupError(Exception):
-    """The Prefect API is not set, not reachable, or lacks a work pool: nothing was deployed.
-    ``code`` follows the CLI's exit codes (2: fix the setup or arguments, 1: other failure)."""
+    """The Prefect API is not set, not reachable, lacks a work pool, or holds a deployment a
+    sync cannot update: nothing was deployed. ``code`` follows the CLI's exit codes (2: fix the
+    setup or arguments, 1: other failure)."""
 
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
@@ -34,6 +38,13 @@ class PrefectSetupError(Exception):
 # approval and the paused run then crashes; retrain queues on a global concurrency limit
 # of its own instead (flows/retrain.py: _one_run_per_use_case).
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+
+# The flows a sync deploys (Prefect flow name: entrypoint). Pruning deletes only deployments of
+# these flows from these entrypoints: another project's flow that is also named `retrain` stays.
+SYNCED_FLOWS = {
+    "retrain": "flows/retrain.py:retrain",
+    "train-stage": "flows/train_stage.py:train_stage",
+}
 
 
 def sync_deployments(
@@ -49,9 +60,11 @@ def sync_deployments(
     ``paused``: None keeps an existing deployment's state (a new one is active)."""
     check_prefect_api([work_pool, *([train_pool] if train_pool else [])], train_pool=train_pool)
     root = project_root()
+    loaded = [load_recipe(path, overrides or []) for path in recipes]
+    # every current state first: a deployment the sync cannot update stops it unchanged
+    states = [_current_state(f"retrain/{recipe.use_case}") for recipe in loaded]
     names = []
-    for path in recipes:
-        recipe = load_recipe(path, overrides or [])
+    for path, recipe, (was_paused, schedule_on) in zip(recipes, loaded, states, strict=True):
         rel = os.path.relpath(Path(path).resolve(), root)
         train_deployment = None
         if train_pool:
@@ -70,7 +83,6 @@ def sync_deployments(
             train_deployment = f"train-stage/{recipe.use_case}"
             names.append(train_deployment)
         flow: Flow = Flow.from_source(source=str(root), entrypoint="flows/retrain.py:retrain")
-        was_paused, schedule_on = _current_state(f"retrain/{recipe.use_case}")
         # the update replaces the schedules: an empty list clears a cron the recipe dropped
         schedules = []
         if recipe.schedule is not None:
@@ -144,6 +156,42 @@ def check_prefect_api(pools: list[str], train_pool: str | None = None) -> None:
                 ) from None
 
 
+def stale_deployments(use_cases: set[str]) -> dict[str, UUID]:
+    """The `retrain/*` and `train-stage/*` deployments (of ``SYNCED_FLOWS``) whose use case is
+    not in ``use_cases``: name -> id, sorted by name (what ``sync --prune`` deletes)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        stale = {
+            f"{flow}/{d.name}": d.id
+            for flow, entrypoint in SYNCED_FLOWS.items()
+            for d in _deployments_of(client, flow)
+            if d.entrypoint == entrypoint and d.name not in use_cases
+        }
+    return dict(sorted(stale.items()))
+
+
+def delete_deployment(deployment_id: UUID) -> None:
+    """Prefect deletes the deployment's scheduled runs with it; a run in progress goes on."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_deployment(deployment_id)  # not found: deleted meanwhile, also gone
+
+
+def _deployments_of(client, flow_name: str) -> list:
+    """Every deployment of the flow ``flow_name``, page by page (the API returns at most
+    ``PREFECT_SERVER_API_DEFAULT_LIMIT`` per request)."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    only = FlowFilter(name=FlowFilterName(any_=[flow_name]))
+    found: list = []
+    while page := client.read_deployments(flow_filter=only, offset=len(found)):
+        found += page
+    return found
+
+
 def _current_state(name: str) -> tuple[bool, bool]:
     """(paused, schedule active) of the deployment ``name``; (False, True) when there is none.
     Someone may have switched it off in the UI, the whole deployment or its schedule's own
@@ -157,4 +205,14 @@ def _current_state(name: str) -> tuple[bool, bool]:
         except ObjectNotFound:
             return False, True
     schedules = deployment.schedules or []
+    if schedules and all(s.slug for s in schedules):
+        # Prefect then updates schedules only by slug (HTTP 422 for a request without) and
+        # would keep a cron the recipe dropped: the sync's schedules carry no slug
+        raise PrefectSetupError(
+            f"deployment {name} has schedules with a `slug` (e.g. from a prefect.yaml "
+            "`schedules: - slug: ...`), which `deployments sync` cannot replace: clear them "
+            f"with `prefect deployment schedule clear {name}` and sync again (the recipe's "
+            "`schedule` is the one to keep); nothing was changed",
+            code=2,
+        )
     return bool(deployment.paused), not schedules or any(s.active for s in schedules)

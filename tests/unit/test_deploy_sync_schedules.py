@@ -1,5 +1,6 @@
 """`deployments sync` against Prefect's test harness: what a re-sync does to a deployment's
-schedule (a cron the recipe dropped, a schedule switched off in the UI, --active/--paused)."""
+schedule (a cron the recipe dropped, a schedule switched off in the UI, --active/--paused, a
+schedule with a prefect.yaml `slug`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "recipes" / "demo-de.yaml"
+SUPPORT_DE = ROOT / "recipes" / "support-de-8b.yaml"
 NAME = "retrain/support-de-demo"
 
 
@@ -67,3 +69,53 @@ def test_paused_and_active_flags_and_a_kept_pause(sync):
     kept = sync()
     assert kept.paused and _crons(kept)[0][2]  # paused as a whole, its schedule untouched
     assert not sync(paused=False).paused
+
+
+def test_a_schedule_with_a_slug_is_one_line_and_nothing_changes(prefect_harness):
+    """`schedules: - slug: weekly` in prefect.yaml (`prefect deploy`): Prefect then refuses a
+    schedule update without slugs (HTTP 422), which came out as a DeploymentApplyError
+    traceback after the recipes before it had been synced; and an update that drops the
+    schedule would have kept the cron."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate, WorkPoolCreate
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    from tests.cli_helpers import run_cli
+
+    name = "retrain/support-de"  # recipes/support-de-8b.yaml, deployed by `prefect deploy`
+    with get_client(sync_client=True) as client:
+        for pool in ("local", "gpu"):
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        for stale in (name, NAME):
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_deployment(client.read_deployment_by_name(stale).id)
+        weekly = DeploymentScheduleCreate(schedule=CronSchedule(cron="0 3 * * 0"), slug="weekly")
+        client.create_deployment(
+            client.create_flow_from_name("retrain"),
+            "support-de",
+            entrypoint="flows/retrain.py:retrain",
+            schedules=[weekly],
+        )
+    try:
+        code, said = run_cli("deployments", "sync", str(DEMO), str(SUPPORT_DE), "--pool", "gpu")
+        assert code == 2, said
+        assert "Traceback" not in said and len(said.strip().splitlines()) == 1
+        assert f"prefect deployment schedule clear {name}" in said
+        with get_client(sync_client=True) as client:
+            kept = client.read_deployment_by_name(name)
+            assert [(s.schedule.cron, s.slug) for s in kept.schedules] == [("0 3 * * 0", "weekly")]
+            with pytest.raises(ObjectNotFound):  # the demo, before it in the command: not synced
+                client.read_deployment_by_name(NAME)
+            for schedule in kept.schedules:  # what the advised `schedule clear` does
+                client.delete_deployment_schedule(kept.id, schedule.id)
+        code, said = run_cli("deployments", "sync", str(SUPPORT_DE), "--pool", "gpu")
+        assert code == 0, said
+        with get_client(sync_client=True) as client:
+            assert _crons(client.read_deployment_by_name(name)) == [
+                ("0 3 * * 0", "Europe/Berlin", True)
+            ]
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(client.read_deployment_by_name(name).id)

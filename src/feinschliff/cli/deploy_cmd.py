@@ -37,20 +37,44 @@ def sync(
             "deployment; the other stages stay on --pool."
         ),
     ] = None,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="After the sync, delete the `retrain/*` and `train-stage/*` deployments whose "
+            "use case none of RECIPES has (a recipe deleted or renamed), with their schedules; "
+            "prints 'deleted NAME' for each. Deployments of other flows stay.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="With --prune: change nothing (no sync either), print 'would delete NAME' "
+            "for each deployment --prune would delete.",
+        ),
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Create or update a Prefect deployment `retrain/<use_case>` per recipe, scheduled by the
     recipe's `schedule` (cron + timezone), against the Prefect API in PREFECT_API_URL.
     Idempotent: rerunning updates the deployments in place. --set overrides apply to every
     recipe given and become the deployments' default `overrides` parameter (a run triggered
-    with its own `overrides` replaces them)."""
+    with its own `overrides` replaces them). Nothing is deleted without --prune."""
     from feinschliff.paths import project_root
     from feinschliff.recipe_loader import RecipeError, load_recipe
 
+    if dry_run and not prune:  # a --dry-run that synced anyway would be worse than none
+        raise Failure(
+            "--dry-run previews what --prune would delete: add --prune (a sync without "
+            "it deletes nothing)",
+            code=2,
+        )
     errors = []  # every recipe valid before any deployment changes
+    use_cases = set()
     for recipe in recipes:
         try:
-            load_recipe(recipe, set_ or [])
+            use_cases.add(load_recipe(recipe, set_ or []).use_case)
         except RecipeError as exc:
             errors += exc.lines
     if errors:
@@ -58,15 +82,28 @@ def sync(
     sys.path.insert(0, str(project_root()))
     import httpx
 
-    from flows.deployments import PrefectSetupError, sync_deployments
+    from flows.deployments import (
+        PrefectSetupError,
+        check_prefect_api,
+        delete_deployment,
+        stale_deployments,
+        sync_deployments,
+    )
 
     try:
-        names = sync_deployments(
-            recipes, pool, paused=paused, train_pool=train_pool, overrides=set_ or []
-        )
+        if dry_run:  # the same checks as a sync, which it skips
+            check_prefect_api([pool, *([train_pool] if train_pool else [])], train_pool)
+        else:
+            for name in sync_deployments(
+                recipes, pool, paused=paused, train_pool=train_pool, overrides=set_ or []
+            ):
+                typer.echo(name)
+        if prune:  # only after every recipe synced: a sync that failed half-way prunes nothing
+            for name, deployment_id in stale_deployments(use_cases).items():
+                if not dry_run:
+                    delete_deployment(deployment_id)
+                typer.echo(f"would delete {name}" if dry_run else f"deleted {name}")
     except PrefectSetupError as exc:
         raise Failure(str(exc), code=exc.code) from exc
     except httpx.TransportError as exc:  # the server went away after the check
         raise Failure(f"lost the Prefect API while syncing: {exc}") from exc
-    for name in names:
-        typer.echo(name)
