@@ -39,6 +39,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,7 +66,7 @@ class DeployError(RuntimeError):
 @dataclass
 class Action:
     server: str
-    op: str  # load | switch | unload | verify | write | remove
+    op: str  # load | switch | unload | verify | write | remove | keep
     name: str
     detail: str = ""
 
@@ -80,7 +81,7 @@ class DeployReport:
 
     @property
     def changed(self) -> bool:
-        return any(a.op != "verify" for a in self.actions)
+        return any(a.op not in ("verify", "keep") for a in self.actions)
 
     def lines(self) -> list[str]:
         out = [f"{a.server}: {a.op} {a.name} {a.detail}".rstrip() for a in self.actions]
@@ -237,7 +238,8 @@ def _reconcile_locked(
         _refuse_unserve(root, use_case, spec)
     if spec.mode == "resolver":
         rdir = str(Path(spec.resolver_dir or ""))
-        for op, name, detail in write_resolver_layout(root, use_case, spec, desired, keep):
+        release = partial(_unload_everywhere, spec)
+        for op, name, detail in write_resolver_layout(root, use_case, spec, desired, keep, release):
             report.actions.append(Action(rdir, op, name, detail))
             report.restart_needed |= op == "write" and name == use_case
         return report
@@ -256,6 +258,19 @@ def _reconcile_locked(
             + " (fix the replica, then run `feinschliff registry reconcile RECIPE`)"
         )
     return report
+
+
+def _unload_everywhere(spec: VllmSpec, name: str) -> list[str]:
+    """Resolver mode: unload ``name`` wherever the resolver loaded it, before its folder goes;
+    returns the servers that could not be asked or refused (there the folder must stay)."""
+    failed = []
+    for server in spec.servers:
+        try:
+            with VllmClient(server, timeout_s=spec.timeout_s, retries=spec.retries) as client:
+                client.unload(name)  # 404 (never resolved there) is fine
+        except VllmError as exc:
+            failed.append(str(exc))
+    return failed
 
 
 def _refuse_unserve(root: registry.Root, use_case: str, spec: VllmSpec) -> None:
