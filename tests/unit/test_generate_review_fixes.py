@@ -378,8 +378,8 @@ def test_rows_all_filtered_while_on_budget_still_fail_and_say_the_budget_stopped
     status = {
         k: 0 for k in ("requests", "tokens", "cache_hits", "rejected", "refused", "truncated")
     }
-    stopped = "budget: max_requests=2 reached"
-    monkeypatch.setattr(stage, "_run_child", lambda *a: {**status, "budget_exhausted": stopped})
+    stopped = {"budget_exhausted": "budget: max_requests=2 reached", "refused": 3}
+    monkeypatch.setattr(stage, "_run_child", lambda *a: {**status, **stopped})
     monkeypatch.setattr(stage, "_load_leaves", lambda p: leaves)
     with pytest.raises(GenerateError, match=r"no rows survived .*stopped early: budget"):
         run_generate(load_recipe(_recipe(tmp_path)), tmp_path / "out")

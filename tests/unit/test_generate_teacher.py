@@ -521,3 +521,50 @@ def test_an_entry_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
     assert reloaded.get("k1") == {"generations": ["a"]}
     assert reloaded.get("k3") == {"generations": ["c"]}
     assert reloaded.get("k2") is None and len(reloaded) == 2
+
+
+@pytest.mark.parametrize("status", [401, 400, 503])
+def test_an_error_body_echoing_the_api_key_never_carries_it(tmp_path, monkeypatch, status):
+    # endpoints and proxies echo the key they refused ("Incorrect API key provided: sk-..."); the
+    # body went verbatim into the ledger's failure or first rejection, so into the run's error;
+    # padded so that the key straddles the 300 characters of the body kept
+    monkeypatch.setenv("TEACHER_KEY", "sk-secret-123")
+
+    def handler(request):
+        key = request.headers["authorization"].removeprefix("Bearer ")
+        message = "Incorrect API key provided: "
+        return httpx.Response(status, text="x" * (295 - len(message)) + message + key)
+
+    llm = _llm(tmp_path, None, api_key_env="TEACHER_KEY", retries=0)
+    transport = httpx.MockTransport(handler)
+    original = httpx.AsyncClient
+    monkeypatch.setattr(httpx, "AsyncClient", lambda **kw: original(transport=transport, **kw))
+    _ask(llm)
+    state = Ledger(tmp_path / "ledger.json", None, None).read()
+    said = state["failed"] or state["first_rejection"]
+    assert f"HTTP {status}" in said and "sk-" not in said
+
+
+def test_a_rate_limit_is_retried_after_the_wait_it_asks_for(tmp_path, monkeypatch):
+    # a 429 "Retry-After: 20" was retried after 1, 2, 4 s (backoff_s 1): a rate limit that
+    # asked for 20 s failed the run as an outage
+    from feinschliff.generate import teacher
+
+    waits = []
+
+    async def sleep(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(teacher.asyncio, "sleep", sleep)
+    replies = iter(
+        [
+            httpx.Response(429, headers={"Retry-After": "20"}, text="slow down"),
+            httpx.Response(503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),
+            httpx.Response(200, json=_completion(["ok"])),
+        ]
+    )
+    llm = _llm(tmp_path, lambda r: next(replies), retries=3)
+    assert _ask(llm)["generations"] == ["ok"]
+    assert waits[0] == 20.0 and waits[1] < 1.0  # an HTTP date is not read: the backoff
+    assert teacher.retry_after("3600") == teacher.MAX_RETRY_AFTER_S
+    assert teacher.retry_after("nan") == teacher.retry_after("-5") == 0.0

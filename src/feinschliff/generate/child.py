@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -45,11 +46,16 @@ class GenerateJob(BaseModel):
 
 
 def run_job(job: GenerateJob) -> dict[str, object]:
-    from feinschliff.generate.ledger import Ledger
+    from feinschliff.generate.ledger import Ledger, budget_stop
     from feinschliff.generate.tasks import build_pipeline
 
     pipeline = build_pipeline(job)
-    distiset = pipeline.run(use_cache=False)
+    done = threading.Event()
+    _stop_on_lost_worker(pipeline, done)
+    try:
+        distiset = pipeline.run(use_cache=False)
+    finally:
+        done.set()
     distiset.save_to_disk(job.distiset, save_card=False, save_pipeline_log=True)
     state = Ledger(Path(job.ledger), None, None).read()
     leaves = {name: len(ds["train"]) for name, ds in distiset.items()}
@@ -66,11 +72,7 @@ def run_job(job: GenerateJob) -> dict[str, object]:
             "(a step's output could not be written; see the traceback in the log)"
         )
     status = {
-        "state": "failed"
-        if state["failed"] or error
-        else "budget"
-        if state["budget_exhausted"]
-        else "ok",
+        "state": "failed" if state["failed"] or error else "budget" if budget_stop(state) else "ok",
         "error": error,
         "leaves": leaves,
         **state,
@@ -95,6 +97,42 @@ def _die_with_parent(parent: int) -> None:
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _stop_on_lost_worker(pipeline: Any, done: threading.Event) -> None:
+    """End this process group when a worker of the pipeline's pool dies mid-run (the kernel's
+    OOM killer, a segfault in a local model): the pool starts a replacement, the lost step's
+    batch is never finished and distilabel waits for it forever, and so would the stage.
+    Pool workers live for the whole run (no ``maxtasksperchild``), so a new worker pid in the
+    running pool means one died. The stage then fails with this log's tail; every reply
+    received is in the request cache, so a rerun repeats none."""
+
+    def watch() -> None:
+        pool, seen = None, set()
+        while not done.wait(0.5):
+            current = getattr(pipeline, "_pool", None)  # distilabel's Pool, set inside run()
+            pids = {w.pid for w in list(getattr(current, "_pool", None) or [])}
+            if current is not pool:
+                pool, seen = current, pids
+            elif lost_worker(seen, pids, getattr(current, "_state", None)):
+                print(LOST_WORKER, file=sys.stderr, flush=True)
+                if os.getpgid(0) == os.getpid():
+                    os.killpg(0, signal.SIGKILL)
+                os._exit(70)
+
+    threading.Thread(target=watch, name="lost-worker", daemon=True).start()
+
+
+LOST_WORKER = (
+    "feinschliff: a worker process of the generation pipeline died mid-run (killed, e.g. out "
+    "of memory, or crashed); distilabel would wait for its batch forever, so the generation "
+    "stops here. Completed teacher replies are cached: a rerun repeats none of them."
+)
+
+
+def lost_worker(seen: set[int], pids: set[int], state: str | None) -> bool:
+    """Whether the running pool (``state`` "RUN") replaced one of its workers ``seen``."""
+    return state == "RUN" and bool(seen) and bool(pids - seen)
 
 
 def main(argv: list[str]) -> int:

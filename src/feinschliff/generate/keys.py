@@ -44,9 +44,13 @@ def cache_key(
     """Hash of everything a finished output depends on (and of nothing it does not).
 
     ``feedback``: the ingest output (a ``DatasetRef``) or None; ``ngram``: the decontamination
-    n (the recipe's ``feedback.decontamination.ngram``); ``eval_sets``: the eval sets rows are
-    decontaminated against (``eval_set_names(recipe)``), by name and file content."""
+    n (the recipe's ``feedback.decontamination.ngram``), the held-out guard's too;
+    ``eval_sets``: the eval sets rows are decontaminated against (``eval_set_names(recipe)``),
+    by name and file content."""
     judge = spec.preference.judge if spec.preference and spec.preference.judge else None
+    # The held-out guard runs on every feedback with the same n-gram length as the eval sets;
+    # without decontamination n is keyed here alone (appended: the other keys stay as they were).
+    guard = ("heldout_ngram", ngram) if feedback and not spec.filters.decontaminate else None
     return input_key(
         "generate",
         TEMPLATE_VERSION,
@@ -58,6 +62,7 @@ def cache_key(
         (_eval_fingerprint(eval_sets), ngram) if spec.filters.decontaminate else None,
         model_fingerprint(spec.teacher),
         model_fingerprint(judge) if judge is not None else None,
+        *([guard] if guard else []),
     )
 
 

@@ -165,3 +165,21 @@ class Ledger:
             if state["failed"] is None:
                 state["failed"] = message
             self._write(state)
+
+
+def budget_stop(status: dict[str, Any]) -> str | None:
+    """Why the budget cut the run short, or None. The request that carries the tokens past
+    ``max_tokens`` marks the budget spent (later ones are not sent); when it was the last one,
+    no request was refused and the output is complete, not stopped (nothing to continue)."""
+    return status.get("budget_exhausted") if status.get("refused") else None
+
+
+def budget_note(stopped: str, rows: int, status: dict[str, Any]) -> str:
+    """What a run cut short by its budget says (the log, the CLI's warning)."""
+    replies = status.get("requests", 0) - status.get("rejected", 0) + status.get("cache_hits", 0)
+    if rows:
+        return f"stopped early ({stopped}); {rows} rows written (rerun to continue)"
+    return (
+        f"stopped early ({stopped}) before any question was answered: no rows yet; rerun to "
+        f"continue ({replies} teacher replies of this run are cached, so none is asked again)"
+    )

@@ -21,6 +21,7 @@ import json
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,9 @@ def is_german(text: str) -> bool:
 # in generate's cache key: outputs filtered by older rules are not reused (2: language per text,
 # identical pairs dropped, seeds scrubbed before cutting; 3: kto prompts are feedback too, and
 # text ratings in markdown or as "4/5" parse; 4: fenced JSON parses and a JSON reply is never
-# split into lines, broken text dropped, held-out prompts always excluded, also unpunctuated)
-FILTERS_VERSION = 4
+# split into lines, broken text dropped, held-out prompts always excluded, also unpunctuated;
+# 5: every user turn of a held-out conversation excluded on its own)
+FILTERS_VERSION = 5
 
 
 def row_is_german(texts: list[str]) -> bool:
@@ -256,9 +258,12 @@ class HeldoutGuard:
     case, width, whitespace and punctuation (``ngrams``' words: "Wie kündige ich
     (fristgerecht)?" is "wie kündige ich fristgerecht."), or when it shares an ``ngram``-word
     run with a held-out prompt (one quoted inside a longer question); texts shorter than
-    ``ngram`` words match exactly only. Word runs are kept as hashes (ints), not tuples."""
+    ``ngram`` words match exactly only. ``turns``: each user message of a held-out conversation
+    with several, matched exactly too (its prompt is the turns joined, so a short first
+    question of it, "Wie hoch ist mein Abschlag?", matched nothing). Word runs are kept as
+    hashes (ints), not tuples."""
 
-    def __init__(self, prompts: list[str], ngram: int):
+    def __init__(self, prompts: list[str], ngram: int, turns: Iterable[str] = ()):
         self.count = len(prompts)
         self.n = ngram
         self.keys: set[int] = set()
@@ -267,6 +272,7 @@ class HeldoutGuard:
             if words:
                 self.keys.add(hash(words))
                 self.grams.update(_grams(words, ngram))
+        self.keys.update(hash(words) for words in map(_words, turns) if words)
 
     def leaks(self, row: Row) -> bool:
         words = _words(prompt_text(row))
@@ -290,10 +296,22 @@ def _words(text: str) -> tuple[int, ...]:
 
 def heldout_prompts(data_dir: Path) -> list[str]:
     """The user prompts of an ingest output's held-out split (``heldout/*.jsonl``)."""
-    prompts: list[str] = []
+    return [prompt_text(row) for row in _heldout_rows(data_dir)]
+
+
+def heldout_turns(data_dir: Path) -> list[str]:
+    """Each user message of the held-out conversations with more than one (``HeldoutGuard``)."""
+    turns: list[str] = []
+    for row in _heldout_rows(data_dir):
+        msgs = row["messages"][:-1] if "messages" in row else row["prompt"]
+        users = [m["content"] for m in msgs if m["role"] == "user"]
+        turns += users if len(users) > 1 else []
+    return turns
+
+
+def _heldout_rows(data_dir: Path) -> Iterator[Row]:
     for path in sorted((data_dir / "heldout").glob("*.jsonl")):
         for line in jsonl_lines(path.read_text(encoding="utf-8")):
             row = json.loads(line)
             if isinstance(row, dict) and ("messages" in row or "prompt" in row):
-                prompts.append(prompt_text(row))
-    return prompts
+                yield row

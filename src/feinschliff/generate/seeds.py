@@ -20,6 +20,7 @@ the manifest.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
@@ -100,14 +101,20 @@ def document_files(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _read_text(path: Path, field: str) -> str:
+    """The file's text; a UTF-8 byte-order mark (Windows editors write one) is no text: it
+    made the first line of a JSONL file invalid JSON and hid a first ``#`` comment."""
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return path.read_text(encoding="utf-8")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start]
         raise SeedError(
-            f"{field}: {path} is not UTF-8 (byte 0x{byte:02x} at offset {exc.start}); "
+            f"{field}: {path} is not UTF-8 (byte 0x{byte:02x} at offset {bom + exc.start}); "
             "save it as UTF-8"
         ) from None
+    # as read_text: universal newlines (a Windows file's blank lines still part paragraphs)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _scrub(text: str, mode: str) -> tuple[str, Counter[str]]:

@@ -54,6 +54,7 @@ from feinschliff.generate.keys import (  # noqa: F401  (the stage's cache API, u
     reusable_output,
     stopped_by_budget,
 )
+from feinschliff.generate.ledger import budget_note, budget_stop  # noqa: F401  (the CLI's)
 from feinschliff.generate.outlock import OutputBusy, hold_output
 from feinschliff.generate.templates import TEMPLATE_VERSION
 from feinschliff.generate.watch import FAILED_MAX_S, FAILED_QUIET_S, _watch_child  # noqa: F401
@@ -150,6 +151,7 @@ def _generate(
         feedback_prompts,
         filter_rows,
         heldout_prompts,
+        heldout_turns,
         rows_from_distiset,
     )
 
@@ -159,7 +161,11 @@ def _generate(
         if feedback and spec.filters.dedup_against_feedback
         else set()
     )
-    heldout = HeldoutGuard(heldout_prompts(feedback.dir), ngram) if feedback else None
+    heldout = (
+        HeldoutGuard(heldout_prompts(feedback.dir), ngram, heldout_turns(feedback.dir))
+        if feedback
+        else None
+    )
     sets = _find_eval_sets(names) if spec.filters.decontaminate else None
     index = _eval_index(ngram, sets) if sets is not None else None
     sft = filter_rows(result.sft, spec, prompts, index, result.drops["sft"], heldout)
@@ -167,7 +173,7 @@ def _generate(
     _write_jsonl(out / "sft.jsonl", sft)
     _write_jsonl(out / "preference.jsonl", pref if spec.preference else [])
 
-    stopped = status.get("budget_exhausted")
+    stopped = budget_stop(status)
     manifest: dict[str, Any] = {
         "stage": "generate",
         "teacher": _describe(spec.teacher),
@@ -211,23 +217,12 @@ def _generate(
     return DatasetRef(path=str(out), sha256=digest)
 
 
-def budget_note(stopped: str, rows: int, status: dict[str, Any]) -> str:
-    """What a run cut short by its budget says (the log, the CLI's warning)."""
-    replies = status.get("requests", 0) - status.get("rejected", 0) + status.get("cache_hits", 0)
-    if rows:
-        return f"stopped early ({stopped}); {rows} rows written (rerun to continue)"
-    return (
-        f"stopped early ({stopped}) before any question was answered: no rows yet; rerun to "
-        f"continue ({replies} teacher replies of this run are cached, so none is asked again)"
-    )
-
-
 def _no_rows(out: Path, status: dict[str, Any], *, unanswered: bool) -> None:
     """No row survived. A run the budget stopped before any question was answered is complete
     but stopped (returns): the budget semantics, a rerun continues from the request cache and
     a flow goes on without synthetic rows, as after any budget stop. Otherwise the run fails
     and is not marked complete, so a rerun tries again (replies are cached)."""
-    stopped = status.get("budget_exhausted")
+    stopped = budget_stop(status)
     if stopped and unanswered and not status.get("failed"):
         return
     refused = uniform_rejection(status)
@@ -297,6 +292,8 @@ def _run_child(
             log_file,
             log_path,
             Ledger(Path(job.ledger), None, None),
+            # self-instruct, then one request per question for its answers (and its rating)
+            planned=len(plan) + spec.num_instructions * (2 if spec.preference else 1),
         )
     if failed is not None:  # the teacher failed and the child was stopped
         raise _teacher_failure(failed, job.teacher_cache)

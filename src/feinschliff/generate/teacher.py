@@ -11,8 +11,9 @@ Failure handling, per request:
 - cache hit: answered from the cache, nothing sent;
 - budget spent or teacher already failed: not sent, output ``None`` (the row is dropped and
   counted later), so a run stops cleanly without hammering the endpoint;
-- connection error, timeout, 429, 5xx: retried with exponential backoff; when the retries
-  are used up the ledger records the outage and the run ends with that message;
+- connection error, timeout, 429, 5xx: retried with exponential backoff, waiting at least
+  what a ``Retry-After`` header asks (up to ``MAX_RETRY_AFTER_S``); when the retries are used
+  up the ledger records the outage and the run ends with that message;
 - 400/413/422 (this prompt is invalid, e.g. too long): output ``None``, counted as rejected and
   not cached, so the next run asks again (the server's limits may have been raised meanwhile);
   the ledger keeps the first error and whether all were the same, so a run in which every
@@ -43,7 +44,7 @@ from distilabel.typing import FormattedInput, GenerateOutput
 from pydantic import PrivateAttr
 
 from feinschliff.generate.ledger import Ledger, RequestCache, request_key
-from feinschliff.generate.templates import mark_surrogates
+from feinschliff.generate.templates import mark_surrogates, strict_schema
 from feinschliff.models import model_fingerprint
 
 RETRYABLE = {408, 409, 425, 429}
@@ -173,9 +174,17 @@ class TeacherLLM(AsyncLLM):
 
     def _fail(self, exc: Exception) -> None:
         """Record an unexpected exception as the run's teacher failure (never the API key)."""
-        message = f"teacher {self.model} raised {type(exc).__name__}: {exc}"
+        self._give_up(f"teacher {self.model} raised {type(exc).__name__}: {exc}")
+
+    def _give_up(self, message: str) -> None:
+        """The run's teacher failure, as the ledger (and so the error and the log) keep it."""
+        self._ledger.fail(self._redact(message)[:600])
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the API key: an endpoint may echo it in an error body (a 401's
+        "Incorrect API key provided: sk-...", a proxy's), which goes into the run's error."""
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        self._ledger.fail((message.replace(key, "***") if key else message)[:600])
+        return text.replace(key, "***") if key else text
 
     def request_body(
         self,
@@ -225,40 +234,42 @@ class TeacherLLM(AsyncLLM):
             if self.api_key_env:
                 key = os.environ.get(self.api_key_env)
                 if not key:
-                    self._ledger.fail(
+                    self._give_up(
                         f"environment variable {self.api_key_env} (teacher API key) is not set"
                     )
                     return None
                 headers["Authorization"] = f"Bearer {key}"
             self._client = httpx.AsyncClient(timeout=self.timeout_s, headers=headers)
         url = f"{(self.base_url or '').rstrip('/')}/chat/completions"
-        error = ""
+        error, asked = "", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
                 delay = self.backoff_s * 2 ** (attempt - 1)
-                await asyncio.sleep(delay * random.uniform(1.0, 1.25))
+                # a 429/503 that says when to come back: retries spent sooner fail the run
+                await asyncio.sleep(max(delay * random.uniform(1.0, 1.25), asked))
             try:
                 r = await self._client.post(url, json=body)
             except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                error, asked = self._redact(f"{type(exc).__name__}: {exc}".rstrip(": ")), 0.0
                 continue
             if r.status_code == 200:
                 try:
                     return _parse_completion(r.json(), body["n"])
                 except (ValueError, TypeError, AttributeError) as exc:
-                    self._ledger.fail(
+                    self._give_up(
                         f"teacher {url} answered HTTP 200 without a chat completion "
-                        f"({type(exc).__name__}: {exc}): {r.text[:300]}"
+                        f"({type(exc).__name__}: {exc}): {self._redact(r.text)[:300]}"
                     )
                     return None
-            error = f"HTTP {r.status_code}: {r.text[:300]}"
+            error = f"HTTP {r.status_code}: {self._redact(r.text)[:300]}"
+            asked = retry_after(r.headers.get("retry-after"))
             if r.status_code in ROW_ERRORS:  # this prompt is invalid; not cached (see agenerate)
                 self._logger.warning(f"teacher rejected a request ({error})")
                 return {**_empty(body["n"], "rejected"), "error": error}
             if r.status_code not in RETRYABLE and r.status_code < 500:
-                self._ledger.fail(f"teacher {url} refused the request: {error}")
+                self._give_up(f"teacher {url} refused the request: {error}")
                 return None
-        self._ledger.fail(f"teacher {url} unavailable after {self.retries + 1} attempt(s): {error}")
+        self._give_up(f"teacher {url} unavailable after {self.retries + 1} attempt(s): {error}")
         return None
 
     # ------------------------------------------------------------------ local
@@ -310,6 +321,19 @@ class TeacherLLM(AsyncLLM):
         }
 
 
+MAX_RETRY_AFTER_S = 120.0
+
+
+def retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` header asks to wait (its delay-seconds form; an HTTP date or
+    garbage: 0), at most ``MAX_RETRY_AFTER_S``."""
+    try:
+        seconds = float(value) if value else 0.0
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S) if seconds == seconds else 0.0
+
+
 def stop_token_ids(configured: int | list[int] | None, tokenizer_eos: int | None) -> set[int]:
     """Every token ``generate`` stops on: the generation config's eos ids (Llama 3 and Qwen
     list several, e.g. ``<|eot_id|>`` besides ``<|end_of_text|>``) and the tokenizer's."""
@@ -324,30 +348,6 @@ def _until_stop(tokens: list[int], stops: set[int]) -> tuple[list[int], bool]:
         if t in stops:
             return tokens[: i + 1], True
     return tokens, False
-
-
-# JSON-schema keywords OpenAI's strict structured outputs refuse with HTTP 400 (the string
-# lengths; pydantic-ai's OpenAIJsonSchemaTransformer strips the same ones). minItems, maxItems
-# and enum are accepted.
-STRICT_INCOMPATIBLE = frozenset({"minLength", "maxLength"})
-
-
-def strict_schema(schema: Any) -> Any:
-    """``schema`` without the keywords strict ``response_format`` refuses, at every depth.
-
-    The lengths are not enforced then; the length filters still drop what is too long. vLLM's
-    own ``structured_outputs`` (``structured_output: vllm``) keeps them."""
-    if isinstance(schema, dict):
-        return {
-            k: {name: strict_schema(sub) for name, sub in v.items()}
-            if k == "properties" and isinstance(v, dict)  # names, not keywords
-            else strict_schema(v)
-            for k, v in schema.items()
-            if k not in STRICT_INCOMPATIBLE
-        }
-    if isinstance(schema, list):
-        return [strict_schema(v) for v in schema]
-    return schema
 
 
 def _parse_completion(data: dict[str, Any], n: int) -> dict[str, Any]:

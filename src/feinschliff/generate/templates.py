@@ -8,7 +8,7 @@ with older prompts are not reused.
 Each step has a JSON schema that the teacher is asked to follow (OpenAI ``response_format``
 json_schema or vLLM ``structured_outputs``); string lengths and list sizes are bounded so that a
 constrained reply fits its token limit. Strict ``response_format`` refuses string lengths, so
-there only the list sizes are sent (``teacher.strict_schema``); the length filters run on the
+there only the list sizes are sent (``strict_schema``); the length filters run on the
 replies either way. Without constraints the replies are parsed from text.
 """
 
@@ -120,6 +120,30 @@ def ratings_schema(n: int) -> dict[str, Any]:
         "required": ["bewertungen"],
         "additionalProperties": False,
     }
+
+
+# JSON-schema keywords OpenAI's strict structured outputs refuse with HTTP 400 (the string
+# lengths; pydantic-ai's OpenAIJsonSchemaTransformer strips the same ones). minItems, maxItems
+# and enum are accepted.
+STRICT_INCOMPATIBLE = frozenset({"minLength", "maxLength"})
+
+
+def strict_schema(schema: Any) -> Any:
+    """``schema`` without the keywords strict ``response_format`` refuses, at every depth.
+
+    The lengths are not enforced then; the length filters still drop what is too long. vLLM's
+    own ``structured_outputs`` (``structured_output: vllm``) keeps them."""
+    if isinstance(schema, dict):
+        return {
+            k: {name: strict_schema(sub) for name, sub in v.items()}
+            if k == "properties" and isinstance(v, dict)  # names, not keywords
+            else strict_schema(v)
+            for k, v in schema.items()
+            if k not in STRICT_INCOMPATIBLE
+        }
+    if isinstance(schema, list):
+        return [strict_schema(v) for v in schema]
+    return schema
 
 
 # --------------------------------------------------------------------------- parsing

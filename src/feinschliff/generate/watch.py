@@ -1,5 +1,7 @@
-"""The generation child process, watched: its process group ends with the stage, and a child
-that makes no progress after a teacher failure is stopped (``stage._run_child`` runs it)."""
+"""The generation child process, watched (``stage._run_child`` runs it): its process group
+ends with the stage, a child that makes no progress after a teacher failure is stopped, and
+the teacher's progress is logged every ``PROGRESS_S`` seconds (the child's own log goes to
+``generate.log`` only: a run of hours said nothing until it ended)."""
 
 from __future__ import annotations
 
@@ -23,20 +25,27 @@ log = logging.getLogger(__name__)
 # and the ledger unchanged), or this many in all, it is stopped.
 FAILED_QUIET_S = 5.0
 FAILED_MAX_S = 60.0
+PROGRESS_S = 60.0
 _POLL_S = 0.5
 
 
 def _watch_child(
-    cmd: list[str], log_file: IO[bytes], log_path: Path, ledger: Ledger
+    cmd: list[str],
+    log_file: IO[bytes],
+    log_path: Path,
+    ledger: Ledger,
+    planned: int | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
     """Run the child in a process group of its own (distilabel starts worker processes) and
     wait for it: its exit code and None, or, when it was stopped after a teacher failure,
-    the ledger's state. However this returns or raises (KeyboardInterrupt included), the whole
-    group is gone afterwards; the child itself ends its group when this process dies
+    the ledger's state. ``planned``: the most teacher requests the run can make (progress
+    lines say "of at most"). However this returns or raises (KeyboardInterrupt included), the
+    whole group is gone afterwards; the child itself ends its group when this process dies
     (``child._die_with_parent``)."""
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         failed_at = quiet_since = 0.0
+        reported = time.monotonic()
         seen: tuple[Any, ...] = ()
         while True:
             try:
@@ -44,9 +53,12 @@ def _watch_child(
             except subprocess.TimeoutExpired:
                 pass
             state = _ledger_state(ledger)
+            now = time.monotonic()
+            if now - reported >= PROGRESS_S:
+                reported = now
+                log.info("generate: %s (log: %s)", progress_line(state, planned), log_path)
             if not state.get("failed"):
                 continue
-            now = time.monotonic()
             progress = (_stamp(log_path), _stamp(ledger.path))
             if not failed_at or progress != seen:
                 failed_at = failed_at or now
@@ -57,6 +69,19 @@ def _watch_child(
                 return proc.returncode, _ledger_state(ledger)
     finally:
         _stop_group(proc)
+
+
+def progress_line(state: dict[str, Any], planned: int | None) -> str:
+    """The teacher's progress so far, from the run's ledger."""
+    handled = sum(state.get(k, 0) for k in ("requests", "cache_hits", "refused"))
+    of = f" of at most {planned}" if planned else ""
+    line = (
+        f"{handled}{of} teacher requests handled: {state.get('requests', 0)} sent, "
+        f"{state.get('cache_hits', 0)} from the cache, {state.get('refused', 0)} not sent; "
+        f"{state.get('tokens', 0)} tokens"
+    )
+    stop = state.get("failed") or state.get("budget_exhausted")
+    return f"{line}; stopping: {stop}" if stop else line
 
 
 def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
