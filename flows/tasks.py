@@ -35,6 +35,7 @@ from feinschliff.evaluate import run_evaluate
 from feinschliff.evaluate.harness import EvalError
 from feinschliff.evaluate.judge import JudgeError
 from feinschliff.evaluate.stage import cache_key as evaluate_cache_key
+from feinschliff.evaluate.stage import same_adapter
 from feinschliff.gate import Approval, Decision, decide_promotion, write_decision
 from feinschliff.generate import merge_datasets, run_generate
 from feinschliff.generate.stage import recipe_cache_key as generate_cache_key
@@ -95,10 +96,7 @@ def _production(recipe: Recipe, candidate: AdapterRef, version: str | None) -> A
     if version is None:
         return None
     prod = version_adapter(registry_root(recipe), recipe.use_case, version)
-    from feinschliff.artifacts import hash_tree
-
-    same = hash_tree(prod.dir / "adapter") == hash_tree(candidate.dir / "adapter")
-    return None if same else prod
+    return None if same_adapter(prod, candidate) else prod
 
 
 def _retry_ingest_after_outages(task: Task, task_run: Any, state: Any) -> bool:

@@ -30,7 +30,6 @@ import logging
 import os
 import random
 import threading
-import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,14 +143,11 @@ def conversation_key(row: dict[str, Any]) -> str:
 
 
 def _normalized(value: Any) -> Any:
-    """Every string in ``value`` NFKC-normalised, lower-cased, whitespace runs one space."""
-    if isinstance(value, str):
-        return " ".join(unicodedata.normalize("NFKC", value).lower().split())
-    if isinstance(value, list):
-        return [_normalized(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _normalized(v) for k, v in value.items()}
-    return value
+    """Every string in ``value`` normalised as ingest's exact dedup does (NFKC, lower-cased,
+    whitespace runs one space). Imported here: ingest's module is heavy for `estimate`."""
+    from feinschliff.ingest.dedup import normalized_texts
+
+    return normalized_texts(value)
 
 
 def prompt_key(row: dict[str, Any]) -> str:
