@@ -19,9 +19,20 @@ class MarkCheckpoints(TrainerCallback):
     """Write a completeness marker into each checkpoint after the Trainer saved it."""
 
     def on_save(self, args, state, control, **kwargs):  # noqa: D102
+        # Every rank writes its own files into the checkpoint (rng_state_<rank>.pth, sharded
+        # optimizer states) and HF does not wait for them: mark only once all ranks are done.
+        wait_for_all_ranks()
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and ckpt.is_dir():
             (ckpt / CKPT_MARKER).write_text(str(state.global_step))
+
+
+def wait_for_all_ranks() -> None:
+    """A barrier across the ranks of a distributed run; nothing in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
