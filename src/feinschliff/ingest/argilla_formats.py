@@ -42,6 +42,7 @@ from feinschliff.ingest.records import (
     broken_entry,
     quarantined_exc,
 )
+from feinschliff.ingest.scratch import Scratch
 
 Item = FeedbackRecord | Quarantined
 ERRORS = (ValueError, TypeError, KeyError, ValidationError)
@@ -73,8 +74,9 @@ def nested_files(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- readers
 
 
-def read_nested(folder: Path, log: ReadLog) -> Iterator[Item]:
-    """``to_disk`` folder (records.json) or a pull mirror (records-*.jsonl, statuses kept)."""
+def read_nested(folder: Path, log: ReadLog, scratch: Scratch | None) -> Iterator[Item]:
+    """``to_disk`` folder (records.json) or a pull mirror (records-*.jsonl, statuses kept;
+    the ids read so far live in ``scratch``: a set of them grew with the mirror)."""
     settings = settings_file(folder)
     assert settings is not None
     layout = layout_from_settings(read_json(settings, log.inputs))
@@ -85,15 +87,16 @@ def read_nested(folder: Path, log: ReadLog) -> Iterator[Item]:
     # A pull mirror: one file per pull, newest first; a record pulled again supersedes itself,
     # also when its newest version is quarantined (the older one no longer says what the
     # annotators answered).
-    seen: set[str] = set()
+    assert scratch is not None, "a mirror is read with a scratch store (detection reads none)"
+    seen = scratch.name("argilla_seen")
+    scratch.db.execute(f"CREATE TABLE {seen} (id TEXT PRIMARY KEY) WITHOUT ROWID")
+    add = f"INSERT OR IGNORE INTO {seen} VALUES (?)"
     for f in reversed(files):
         for item in _convert(iter_jsonl(f, log.inputs), f, layout, log, _same):
             ident = item.source_id if isinstance(item, FeedbackRecord) else _raw_id(item.raw)
-            if ident is not None:
-                if ident in seen:
-                    log.stats["argilla_record_superseded_by_newer_pull"] += 1
-                    continue
-                seen.add(ident)
+            if ident is not None and scratch.db.execute(add, (ident,)).rowcount == 0:
+                log.stats["argilla_record_superseded_by_newer_pull"] += 1
+                continue
             yield item
 
 

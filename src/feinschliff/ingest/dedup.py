@@ -37,6 +37,7 @@ _PAD = np.uint32(0x9E3779B9)  # fills short texts up to one shingle
 _GROUP_ROWS = 256
 LSH_WEIGHTS = (0.1, 0.9)  # false positive, false negative
 VERIFY_PAIRS = 4096  # candidate pairs compared at a time (2 x 1 MiB of signatures)
+EXPAND_PAIRS = 1 << 18  # candidate pairs listed at a time (a few MiB of index arrays)
 
 
 def normalize(text: str) -> str:
@@ -352,8 +353,20 @@ class Deduplicator:
         rows, bands = np.nonzero(maybe)
         lo = np.searchsorted(stored_keys, keys[rows, bands], side="left")
         hi = np.searchsorted(stored_keys, keys[rows, bands], side="right")
-        owner, at = expand_ranges(lo, hi)
-        pairs = np.unique(numbers[at] << 32 | rows[owner].astype(np.int64))  # by signature
+        # pairs made a slice of (row, band) entries at a time: a band key shared by many stored
+        # rows (a long common context) makes millions of pairs per batch
+        start, ends = 0, np.cumsum(hi - lo)
+        while start < len(lo):
+            done = ends[start - 1] if start else 0
+            stop = max(start + 1, int(np.searchsorted(ends, done + EXPAND_PAIRS, "right")))
+            owner, at = expand_ranges(lo[start:stop], hi[start:stop])
+            self._verify(sigs, numbers[at] << 32 | rows[start:stop][owner], need, dup)
+            start = stop
+        return dup
+
+    def _verify(self, sigs: np.ndarray, pairs: np.ndarray, need: int, dup: np.ndarray) -> None:
+        """Marks the rows of ``pairs`` (stored number << 32 | row) that agree enough."""
+        pairs = np.unique(pairs)  # by signature
         # verified a slice at a time: popular texts have many candidates, memory stays bounded
         for part in np.array_split(pairs, max(1, -(-len(pairs) // VERIFY_PAIRS))):
             pair_numbers, pair_rows = part >> 32, part & 0xFFFFFFFF
@@ -362,7 +375,6 @@ class Deduplicator:
             cols = np.searchsorted(wanted, pair_numbers)
             hit = (sigs[pair_rows] == known[cols]).sum(axis=1) >= need
             dup[pair_rows[hit]] = True
-        return dup
 
     def _need(self) -> int:
         """Fewest agreeing values whose share reaches the threshold (``mean >= threshold``)."""
@@ -382,18 +394,3 @@ class Deduplicator:
                 h = (h ^ banded[:, :, j].astype(np.uint64)) * np.uint64(0x100000001B3)
                 h ^= h >> np.uint64(29)
         return h.view(np.int64)
-
-
-def select_in(db: Any, query: str, values: list[Any], size: int = 1000) -> list[Any]:
-    """``query`` (with one ``IN ({})``) over ``values``, in chunks of at most ``size``, each
-    padded with NULL (which matches nothing) to 16, 128 or ``size`` values: a few statement
-    texts per query, so SQLite's statement cache stays small (one cached statement per list
-    length made memory grow with the export)."""
-    rows: list[Any] = []
-    for lo in range(0, len(values), size):
-        part = values[lo : lo + size]
-        n = next(b for b in (16, 128, size) if b >= len(part))
-        sql = query.format(",".join("?" * n))
-        found = db.execute(sql, part + [None] * (n - len(part))).fetchall()
-        rows += [r[0] if len(r) == 1 else r for r in found]
-    return rows

@@ -64,7 +64,7 @@ def open_export(
     if not path.exists():
         raise UnknownExport(f"{path} does not exist")
     if kind == "argilla":
-        found = _argilla(path, log)
+        found = _argilla(path, log, scratch)
         if found is None:
             hint = _argilla_part(path) or (
                 "; it looks like a Langfuse export" if _looks_like_langfuse(path) else ""
@@ -81,7 +81,7 @@ def open_export(
             [f for f in joined if f not in score_files]
         )
     if not joined and not exports:
-        hint = "; it looks like an Argilla export" if _argilla(path, ReadLog()) else ""
+        hint = "; it looks like an Argilla export" if _argilla(path, ReadLog(), None) else ""
         raise UnknownExport(
             f"{path}: no Langfuse observations, scores, traces, UI exports or dataset items "
             f"found ({_describe(path)}{'; ' + '; '.join(seen) if seen else ''}){hint}"
@@ -103,11 +103,12 @@ def open_export(
     return SourceRead(names, items())
 
 
-def _argilla(path: Path, log: ReadLog) -> SourceRead | None:
+def _argilla(path: Path, log: ReadLog, scratch: Scratch | None) -> SourceRead | None:
+    """``scratch``: None when only detecting (the reader is never iterated)."""
     if path.is_dir():
         if settings_file(path) and nested_files(path):
             fmt = "argilla-2-to-disk" if (path / "records.json").is_file() else "argilla-2-mirror"
-            return SourceRead(fmt, read_nested(path, log))
+            return SourceRead(fmt, read_nested(path, log, scratch))
         if settings_file(path) and parquet_files(path):
             return SourceRead("argilla-2-hub-parquet", read_flat(path, log))
         if v1_config_file(path) and parquet_files(path):

@@ -39,6 +39,7 @@ from feinschliff.ingest.records import (
     LoneSurrogate,
     lone_surrogate_at,
     window,
+    without_surrogates,
 )
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -166,8 +167,12 @@ def _skip(text: str, pos: int) -> int:
     return pos
 
 
-def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, Any]]:
-    """Elements of a top-level JSON array, decoded one at a time with ``raw_decode``."""
+def iter_json_array(
+    path: Path, inputs: dict[str, str], start: int | None = None
+) -> Iterator[tuple[int, Any]]:
+    """Elements of a top-level JSON array, decoded one at a time with ``raw_decode``; with
+    ``start`` (``page_data_start``) those of an API page's ``data`` array, what follows it
+    unread, and a lone surrogate reported as ``read_json`` of the page reports it."""
     decoder = json.JSONDecoder()
     with path.open("rb") as raw:
         hashing = HashingReader(raw)
@@ -194,6 +199,9 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
             return buf[pos : pos + RAW_CHARS + SCRUB_MARGIN]
 
         try:
+            while start is not None and len(buf) <= start and fill():
+                pass  # the members before ``data`` fit in the first chunks
+            pos = start or 0
             skip(_WS)
             if buf[pos : pos + 1] != "[":
                 yield 0, unreadable(path, "not a JSON array", near=near())
@@ -228,7 +236,9 @@ def iter_json_array(path: Path, inputs: dict[str, str]) -> Iterator[tuple[int, A
                         eof = not fill()
                 if _SURROGATE_ESCAPE.search(buf, pos, end) and _lone_escape(buf[pos:end]):
                     at = lone_surrogate_at(value)
-                    if at is not None:  # the element's own text, not the next ones'
+                    if at is not None and start is not None:
+                        value = Broken(LONE_SURROGATE, without_surrogates(value), f"at {at}")
+                    elif at is not None:  # the element's own text, not the next ones'
                         text = buf[pos : min(end, pos + RAW_CHARS + SCRUB_MARGIN)]
                         value = Broken(LONE_SURROGATE, text, f"at {at}", clip=True)
                 yield index, value

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from feinschliff.ingest.bloom import Bloom
-from feinschliff.ingest.dedup import select_in
 from feinschliff.ingest.jsonio import Broken, dumps, loads
 from feinschliff.ingest.langfuse_rows import (
     Item,
@@ -51,7 +50,7 @@ from feinschliff.ingest.langfuse_scores import (
 )
 from feinschliff.ingest.langfuse_scores import score_vote as score_vote  # callers use langfuse's
 from feinschliff.ingest.records import FeedbackRecord, ReadLog
-from feinschliff.ingest.scratch import Scratch, create_index
+from feinschliff.ingest.scratch import Scratch, create_index, select_in
 from feinschliff.ingest.timestamps import time_key
 from feinschliff.specs.feedback import DerivationRules
 
@@ -239,30 +238,41 @@ class _Join:
         )
 
     def deferred_traces(self) -> Iterator[Item]:  # rows were deferred after a lookup: indexed
-        traces = self.db.execute(
-            f"SELECT DISTINCT trace FROM {self.deferred} ORDER BY trace"
-        ).fetchall()
-        for (trace,) in traces:
-            rows = self.db.execute(
-                f"SELECT where_, row FROM {self.deferred} WHERE trace = ? ORDER BY start, seq",
-                (trace,),
-            ).fetchall()
-            on_trace = [
-                (w, loads(p))
-                for w, p in self.sdb.execute(
-                    "SELECT location, payload FROM scores WHERE obs IS NULL AND trace = ? "
-                    "ORDER BY ts, id",
-                    (trace,),
-                )
-            ]
+        """Each deferred trace's generations in time order, a chunk at a time (one agent trace
+        can hold 100k generations); the last one also gets the trace-level scores."""
+        traces = self.db.execute(f"SELECT DISTINCT trace FROM {self.deferred} ORDER BY trace")
+        while part := traces.fetchmany(CHUNK):  # streamed: many traces may wait
+            for (trace,) in part:
+                yield from self._deferred_trace(trace)
+
+    def _deferred_trace(self, trace: str) -> Iterator[Item]:
+        cursor = self.db.execute(
+            f"SELECT where_, row FROM {self.deferred} WHERE trace = ? ORDER BY start, seq",
+            (trace,),
+        )
+        rows = cursor.fetchmany(CHUNK)
+        while rows:
+            following = cursor.fetchmany(CHUNK)  # read ahead: is this chunk's last row the last?
             parsed = [(w, loads(r)) for w, r in rows]
             by_obs = self._lookup("obs", [str(r.get("id")) for _, r in parsed])
             for i, (where, row) in enumerate(parsed):
-                own = by_obs.get(str(row.get("id")), [])
-                attached = own + (on_trace if i == len(parsed) - 1 else [])
+                attached = by_obs.get(str(row.get("id")), [])
+                if not following and i == len(parsed) - 1:
+                    attached = attached + self._trace_scores(trace)
                 stats: list[str] = []
                 yield from self._emit(where, row, attached, stats)
                 self.log.stats.update(stats)
+            rows = following
+
+    def _trace_scores(self, trace: str) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (w, loads(p))
+            for w, p in self.sdb.execute(
+                "SELECT location, payload FROM scores WHERE obs IS NULL AND trace = ? "
+                "ORDER BY ts, id",
+                (trace,),
+            )
+        ]
 
     def orphans(self) -> Iterator[Item]:
         """Scores whose observation (or, trace-level, whose trace) never came, by location.

@@ -13,6 +13,7 @@ Shared by the observation/score join (``langfuse``) and the self-contained expor
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from feinschliff.specs.feedback import DerivationRules
 
 Item = FeedbackRecord | Quarantined
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+STREAM_PAGE_BYTES = 16 << 20  # smaller pages are parsed whole (as a worker reads one)
 ROLES = {"developer": "system", "human": "user", "ai": "assistant", "function": "tool"}
 
 
@@ -76,6 +78,9 @@ def iter_rows(path: Path, log: ReadLog) -> Iterator[tuple[str, Any]]:
     elif first_char(path) == "[":
         for i, row in iter_json_array(path, log.inputs):
             yield f"{path}#{i}", row
+    elif (start := _large_page(path)) is not None:  # read whole, it would fill the memory
+        for i, row in iter_json_array(path, log.inputs, start):
+            yield f"{path}#data[{i}]", row
     else:
         try:
             page, bad = read_json(path, log.inputs), False
@@ -89,6 +94,47 @@ def iter_rows(path: Path, log: ReadLog) -> Iterator[tuple[str, Any]]:
                 yield f"{path}#data[{i}]", _checked(row) if bad else row
         else:
             yield str(path), _checked(page) if bad else page
+
+
+def _large_page(path: Path) -> int | None:
+    """Where the ``data`` rows of a page over ``STREAM_PAGE_BYTES`` start (``iter_json_array``
+    streams them); None for any other file. API pages hold at most 1000 rows; a whole export
+    saved as one page would be parsed at once (~3x its size in memory)."""
+    return page_data_start(path) if path.stat().st_size > STREAM_PAGE_BYTES else None
+
+
+def page_data_start(path: Path, size: int = 1 << 20) -> int | None:
+    """The position (in characters) of the ``[`` of a JSON object's top-level ``data`` array,
+    when the members before it fit in the first ``size`` bytes; else None."""
+    with path.open("rb") as f:
+        head = f.read(size).decode("utf-8-sig", errors="replace")  # a cut character: at the end
+    head = head.replace("\r\n", "\n").replace("\r", "\n")  # as the text reader reads it
+    decoder, pos = json.JSONDecoder(), _skip_ws(head, 0)
+    if head[pos : pos + 1] != "{":
+        return None
+    pos += 1
+    while True:
+        try:
+            key, pos = decoder.raw_decode(head, _skip_ws(head, pos))
+            pos = _skip_ws(head, pos)
+            if not isinstance(key, str) or head[pos : pos + 1] != ":":
+                return None
+            pos = _skip_ws(head, pos + 1)
+            if key == "data":
+                return pos if head[pos : pos + 1] == "[" else None
+            _, pos = decoder.raw_decode(head, pos)  # a member before the rows (meta)
+        except json.JSONDecodeError:
+            return None
+        pos = _skip_ws(head, pos)
+        if head[pos : pos + 1] != ",":
+            return None
+        pos += 1
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
 def _checked(row: Any) -> Any:

@@ -15,6 +15,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 CACHE_PAGES_KIB = 32 * 1024  # SQLite page cache bound (32 MiB)
 
@@ -71,3 +72,18 @@ class Scratch:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def select_in(db: Any, query: str, values: list[Any], size: int = 1000) -> list[Any]:
+    """``query`` (with one ``IN ({})``) over ``values``, in chunks of at most ``size``, each
+    padded with NULL (which matches nothing) to 16, 128 or ``size`` values: a few statement
+    texts per query, so SQLite's statement cache stays small (one cached statement per list
+    length made memory grow with the export)."""
+    rows: list[Any] = []
+    for lo in range(0, len(values), size):
+        part = values[lo : lo + size]
+        n = next(b for b in (16, 128, size) if b >= len(part))
+        sql = query.format(",".join("?" * n))
+        found = db.execute(sql, part + [None] * (n - len(part))).fetchall()
+        rows += [r[0] if len(r) == 1 else r for r in found]
+    return rows
