@@ -7,7 +7,9 @@ Steuer-ID written in groups (``86 095 742 719``) gets an extra checksum-validate
 typed in lower case are found too; the score threshold is 0.4 because phone numbers score
 exactly 0.4 without an NER model; dates and bare digit runs (contract numbers, meter readings),
 which libphonenumber accepts as German numbers, are not phone numbers unless a phone word
-precedes them. Recall on a synthetic German corpus: tests/reliability/test_data_leaks.py.
+precedes them; an e-mail address whose local part holds "/", "?" or "#" (a path
+``exports/max@example.de``) is checked by its domain alone (tldextract read it as a URL and
+let it through). Recall on a synthetic German corpus: tests/reliability/test_data_leaks.py.
 """
 
 from __future__ import annotations
@@ -154,7 +156,10 @@ def _email_recognizer() -> Any:
 
     class OfflineEmailRecognizer(EmailRecognizer):
         def validate_result(self, pattern_text: str) -> bool:
-            return _tld_extract()(pattern_text).fqdn != ""
+            # The domain alone: tldextract reads the whole match as a URL, so a local part
+            # with "/", "?" or "#" (legal in e-mail addresses; "exports/max@example.de" in a
+            # path) became a host "exports" without a suffix and the address was let through.
+            return _tld_extract()(pattern_text.rpartition("@")[2]).fqdn != ""
 
     return OfflineEmailRecognizer(supported_language="de")
 

@@ -31,7 +31,7 @@ from feinschliff.ingest.derive import derive_record
 from feinschliff.ingest.jsonio import dumps
 from feinschliff.ingest.records import FeedbackRecord
 from feinschliff.ngrams import row_text, word_hashes
-from feinschliff.pii import scrub_id, scrub_text
+from feinschliff.pii import scrub_id, scrub_location, scrub_text
 from feinschliff.specs.feedback import FeedbackSpec
 
 Row = dict[str, Any]
@@ -199,16 +199,17 @@ def _scrub_provenance(prov: dict[str, Any], ctx: Context, found: Counter[str]) -
     replaced by its stable token; ``annotators`` keeps its order (sorted by original id)."""
     mode, key = ctx.spec.pii.mode, ctx.key
 
-    def scrub(value: Any) -> Any:
+    def scrub(value: Any, name: str) -> Any:
         if not isinstance(value, str):
             return value
-        text, counts = scrub_id(value, mode, key)
+        scrubber = scrub_location if name == "location" else scrub_id
+        text, counts = scrubber(value, mode, key)
         if counts:
             found.update(counts)
         return text
 
     return {
-        name: [scrub(v) for v in value] if isinstance(value, list) else scrub(value)
+        name: [scrub(v, name) for v in value] if isinstance(value, list) else scrub(value, name)
         for name, value in prov.items()
     }
 
