@@ -38,12 +38,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from feinschliff import registry
+from feinschliff.serving.deploy_report import Action, DeployError, DeployReport
 from feinschliff.serving.preflight import BaseTarget, preflight
 from feinschliff.serving.staging import (  # noqa: F401 - PIN: re-exported
     PIN,
@@ -57,40 +57,6 @@ from feinschliff.specs.register import VllmSpec
 
 log = logging.getLogger(__name__)
 Stable = Literal["unload", "keep", "refuse"]
-
-
-class DeployError(RuntimeError):
-    """A server refused or failed; the registry's production alias was not moved."""
-
-
-@dataclass
-class Action:
-    server: str
-    op: str  # load | switch | unload | verify | write | remove | keep
-    name: str
-    detail: str = ""
-
-
-@dataclass
-class DeployReport:
-    use_case: str
-    production: str | None
-    desired: dict[str, str] = field(default_factory=dict)
-    actions: list[Action] = field(default_factory=list)
-    restart_needed: bool = False
-
-    @property
-    def changed(self) -> bool:
-        return any(a.op not in ("verify", "keep") for a in self.actions)
-
-    def lines(self) -> list[str]:
-        out = [f"{a.server}: {a.op} {a.name} {a.detail}".rstrip() for a in self.actions]
-        if self.restart_needed:
-            out.append(
-                f"resolver mode: restart the servers to switch {self.use_case} "
-                "(pinned names are live now)"
-            )
-        return out or ["servers already match the registry"]
 
 
 def desired_names(root: registry.Root, use_case: str, spec: VllmSpec) -> dict[str, str]:
@@ -138,7 +104,7 @@ def promote_live(
             raise
         if on_promoted is not None:
             on_promoted()
-        report = _reconcile_locked(root, use_case, spec)
+        report = _reconcile_after_move(root, use_case, spec)
         report.actions[:0] = staged
     return report
 
@@ -175,9 +141,23 @@ def rollback_live(
         except BaseException:
             _reconcile_after_failure(root, use_case, spec)
             raise
-        report = _reconcile_locked(root, use_case, spec)
+        report = _reconcile_after_move(root, use_case, spec)
         report.actions[:0] = staged
     return report
+
+
+def _reconcile_after_move(root: registry.Root, use_case: str, spec: VllmSpec) -> DeployReport:
+    """``_reconcile_locked`` once the alias moved: a disk error while staging (a full serving
+    volume) names the new production and the way to converge, not just the OS's words."""
+    try:
+        return _reconcile_locked(root, use_case, spec)
+    except OSError as exc:
+        production = registry.read_aliases(root, use_case).get("production")
+        raise DeployError(
+            f"registry production of {use_case} is {production} now, but writing the serving "
+            f"files failed: {exc} (free or fix the volume, then run "
+            "`feinschliff registry reconcile RECIPE`)"
+        ) from exc
 
 
 def reconcile(
