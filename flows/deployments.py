@@ -156,17 +156,21 @@ def check_prefect_api(pools: list[str], train_pool: str | None = None) -> None:
                 ) from None
 
 
-def stale_deployments(use_cases: set[str]) -> dict[str, UUID]:
-    """The `retrain/*` and `train-stage/*` deployments (of ``SYNCED_FLOWS``) whose use case is
-    not in ``use_cases``: name -> id, sorted by name (what ``sync --prune`` deletes)."""
+def stale_deployments(use_cases: set[str], trained: set[str] | None = None) -> dict[str, UUID]:
+    """The `retrain/*` deployments (of ``SYNCED_FLOWS``) whose use case is not in
+    ``use_cases``, and the `train-stage/*` ones whose use case is not in ``trained`` (default
+    ``use_cases``; a sync without ``--train-pool`` trains in the retrain flow, so an earlier
+    sync's training deployment is left over): name -> id, sorted by name (what ``sync --prune``
+    deletes)."""
     from prefect.client.orchestration import get_client
 
+    wanted = {"train-stage": use_cases if trained is None else trained}
     with get_client(sync_client=True) as client:
         stale = {
             f"{flow}/{d.name}": d.id
             for flow, entrypoint in SYNCED_FLOWS.items()
             for d in _deployments_of(client, flow)
-            if d.entrypoint == entrypoint and d.name not in use_cases
+            if d.entrypoint == entrypoint and d.name not in wanted.get(flow, use_cases)
         }
     return dict(sorted(stale.items()))
 

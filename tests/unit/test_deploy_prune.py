@@ -94,3 +94,26 @@ def test_dry_run_prints_what_prune_would_delete_and_changes_nothing(server):
     code, said = run_cli("deployments", "sync", DEMO, "--dry-run")
     assert code == 2 and "add --prune" in said
     assert _names() == before
+
+
+def test_prune_deletes_a_training_deployment_a_sync_without_train_pool_no_longer_uses(server):
+    """Synced once with `--train-pool gpu`, then without: retrain trains in-process, so the
+    `train-stage/` deployment of that use case is left over and goes with `--prune`."""
+    from flows.deployments import sync_deployments
+
+    trained = "train-stage/support-de-demo"
+    sync_deployments([Path(DEMO)], "local", train_pool="gpu")
+    assert trained in _names()
+    try:
+        code, said = run_cli("deployments", "sync", DEMO, "--prune")
+        assert code == 0, said
+        assert f"deleted {trained}" in said.splitlines()
+        assert trained not in _names() and KEPT in _names()
+        code, said = run_cli("deployments", "sync", DEMO, "--train-pool", "gpu", "--prune")
+        assert code == 0, said
+        assert trained in said.splitlines() and not [
+            x for x in said.splitlines() if "deleted" in x and "support-de-demo" in x
+        ]
+        assert trained in _names()  # with the pool it is wanted, and kept
+    finally:
+        _delete(trained)

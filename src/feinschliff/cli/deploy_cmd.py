@@ -42,8 +42,9 @@ def sync(
         typer.Option(
             "--prune",
             help="After the sync, delete the `retrain/*` and `train-stage/*` deployments whose "
-            "use case none of RECIPES has (a recipe deleted or renamed), with their schedules; "
-            "prints 'deleted NAME' for each. Deployments of other flows stay.",
+            "use case none of RECIPES has (a recipe deleted or renamed), with their schedules, "
+            "and without --train-pool every `train-stage/*` one; prints 'deleted NAME' for "
+            "each. Deployments of other flows stay.",
         ),
     ] = False,
     dry_run: Annotated[
@@ -99,7 +100,8 @@ def sync(
             ):
                 typer.echo(name)
         if prune:  # only after every recipe synced: a sync that failed half-way prunes nothing
-            for name, deployment_id in stale_deployments(use_cases).items():
+            trained = use_cases if train_pool else set()
+            for name, deployment_id in stale_deployments(use_cases, trained).items():
                 if not dry_run:
                     delete_deployment(deployment_id)
                 typer.echo(f"would delete {name}" if dry_run else f"deleted {name}")
