@@ -21,8 +21,10 @@ decrypted (``restore_text`` leaves them as they are). Ids without PII stay as th
 generated at random (UUIDs, 16/32-hex span and trace ids) are not analysed (``_GENERATED_ID``);
 a ``location`` keeps its row index after its path's token (``scrub_location``).
 
-How it runs offline, and the recognizers' German gaps closed: ``pii_recognizers``. Recall on a
-synthetic German corpus: tests/reliability/test_data_leaks.py.
+How it runs offline, and the recognizers' German gaps closed: ``pii_recognizers``; values
+written with look-alike characters or encoded (a non-breaking space in an IBAN, full-width
+digits, ``\\u0040`` or ``%40`` for '@'): ``pii_normalize``. Recall on a synthetic German corpus:
+tests/reliability/test_data_leaks.py; on its look-alike forms: tests/unit/test_pii_adversarial.py.
 
 Not detected: names, addresses and anything else that needs a language model.
 """
@@ -37,6 +39,8 @@ from collections import Counter
 from functools import cache, lru_cache
 from typing import Any, Literal
 
+from feinschliff.pii_normalize import normalized
+from feinschliff.pii_recognizers import MAY_HOLD_PII as _MAY_HOLD_PII
 from feinschliff.pii_recognizers import build_engines
 
 PiiMode = Literal["off", "redact", "pseudonymize"]
@@ -51,8 +55,6 @@ ENTITIES = (
     "DE_TAX_ID",
     "DE_VAT_ID",
 )
-# Every recognizer above needs a digit or an '@': text without either is skipped unanalysed.
-_MAY_HOLD_PII = re.compile(r"[0-9@]").search
 _PSEUDONYM = re.compile(r"<([A-Z][A-Z_]*):([A-Za-z0-9_=+/-]{24,})>")
 # An ISO-8601 date or time (provenance timestamps) holds none of the entities above.
 _ISO_TIME = re.compile(
@@ -64,7 +66,7 @@ _ISO_TIME = re.compile(
 # all-digit id may be a phone or card number; "be" + 14 digits is a Belgian IBAN).
 _HEX = "[0-9a-fA-F]"
 _GENERATED_ID = re.compile(
-    rf"(?=..{_HEX}*?[a-fA-F])(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
+    rf"(?=..[0-9a-fA-F-]*?[a-fA-F])(?:{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
     rf"|{_HEX}{{16}}|{_HEX}{{32}})"
 ).fullmatch
 # The row index our readers append to a file's path in a ``location`` (``#data[3]``, ``#3``,
@@ -278,40 +280,22 @@ def _scrub(text: str, mode: PiiMode, key: str | None) -> tuple[str, Counter[str]
 
 
 def _analyze(analyzer: Any, text: str) -> list[Any]:
-    return analyzer.analyze(  # type: ignore[no-any-return]
-        text=_unescaped_in_place(text),
+    """Findings in ``text``, analysed in its plain form (``pii_normalize``: JSON escapes
+    decoded, look-alike spaces, dashes and digits made ASCII), their spans mapped back onto
+    ``text``. A quarantined raw value is often JSON still encoded as a string (Langfuse's v2
+    ``input``); there ``\\n0151 1234567`` glued the ``n`` to the number, and the recognizers'
+    word boundaries missed it."""
+    plain = normalized(text)
+    findings = analyzer.analyze(
+        text=plain.text,
         language="de",
         entities=list(ENTITIES),
         score_threshold=SCORE_THRESHOLD,
     )
-
-
-# JSON's escapes only: another backslash pair (``FIRMA\\max@...``, ``\\\\10.0.0.1``) is text, and
-# blanking its second character would cut the first one off an identifier
-_ESCAPE = re.compile(r'\\(?:u[0-9a-fA-F]{4}|[nrt"\\/bf])')
-_UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/", "b": " ", "f": " "}
-
-
-def _unescaped_in_place(text: str) -> str:
-    """``text`` with each JSON escape (``\\n``, ``\\"``, ``\\u00e4``) decoded and padded
-    with spaces to its own length. A quarantined raw value is often JSON still encoded as a
-    string (Langfuse's v2 ``input``); there ``\\n0151 1234567`` glued the ``n`` to the number,
-    and the recognizers' word boundaries missed it (a line break, not a blank, must separate
-    two numbers: the phone matcher reads blank-separated digit groups as one number). Offsets
-    stay the same, so findings apply to the original text."""
-    if "\\" not in text:
-        return text
-
-    def decoded(match: re.Match[str]) -> str:
-        escape = match.group()
-        if escape[1] == "u":
-            char = chr(int(escape[2:], 16))
-            char = char if char.isprintable() and not 0xD800 <= ord(char) < 0xE000 else " "
-        else:
-            char = _UNESCAPE[escape[1]]
-        return char.ljust(len(escape))
-
-    return _ESCAPE.sub(decoded, text)
+    if plain.text is not text:
+        for finding in findings:
+            finding.start, finding.end = plain.span(finding.start, finding.end)
+    return findings  # type: ignore[no-any-return]
 
 
 def _anonymize(

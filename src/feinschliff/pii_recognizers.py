@@ -4,12 +4,14 @@ How it runs offline (FACTS 9): a blank spaCy ``de`` pipeline is saved once into 
 handed to Presidio (``AnalyzerEngine()`` alone would download an English model); the e-mail
 recognizer uses tldextract's bundled suffix list instead of fetching one. Gaps it closes: the
 Steuer-ID written in groups (``86 095 742 719``) gets an extra checksum-validated pattern; IBANs
-typed in lower case are found too; the score threshold is 0.4 because phone numbers score
-exactly 0.4 without an NER model; dates and bare digit runs (contract numbers, meter readings),
-which libphonenumber accepts as German numbers, are not phone numbers unless a phone word
-precedes them; an e-mail address whose local part holds "/", "?" or "#" (a path
-``exports/max@example.de``) is checked by its domain alone (tldextract read it as a URL and
-let it through). Recall on a synthetic German corpus: tests/reliability/test_data_leaks.py.
+typed in lower or mixed case, or with a line break, two blanks or dots between the groups, are
+found too; e-mail addresses written "max(at)example.de" or "max [at] example [dot] de" too; the
+score threshold is 0.4 because phone numbers score exactly 0.4 without an NER model; dates and
+bare digit runs (contract numbers, meter readings), which libphonenumber accepts as German
+numbers, are not phone numbers unless a phone word precedes them; an e-mail address whose
+local part holds "/", "?" or "#" (a path ``exports/max@example.de``) is checked by its domain
+alone (tldextract read it as a URL and let it through). Recall on a synthetic German corpus:
+tests/reliability/test_data_leaks.py.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def build_engines() -> tuple[Any, Any]:
     for recognizer in (
         _iban_recognizer(IbanRecognizer),
         _email_recognizer(),
+        _obfuscated_email_recognizer(),
         _phone_recognizer(PhoneRecognizer),
         CreditCardRecognizer(supported_language="de"),
         IpRecognizer(supported_language="de"),
@@ -96,26 +99,59 @@ def _grouped_tax_id_recognizer(base: type) -> Any:
 
 
 def _iban_recognizer(base: type) -> Any:
-    """Presidio's IBAN recognizer, also for IBANs typed in lower case (``de89 3704 ...``).
+    """Presidio's IBAN recognizer, also for IBANs typed in lower or mixed case (``de89 3704
+    ...``, ``De89...``) or with other separators between the groups: a line break (pasted from
+    a letter), two blanks, a dot.
 
-    The upstream patterns are upper case only. Lower-case IBAN-shaped spans (compact, or in
-    groups of four) are upper-cased before matching; only those spans, because an upper-cased
-    word after an IBAN would be read as one more group and fail the checksum. Offsets stay
-    valid: only ASCII letters change.
+    The upstream pattern is upper case with one blank or hyphen between groups. Each IBAN-shaped
+    span is analysed on its own in that form (separator runs made one blank, letters upper
+    case), its findings mapped back; on its own, because an upper-cased word after an IBAN would
+    be read as one more group and fail the checksum. The checksum keeps false findings out.
     """
 
-    class CaseInsensitiveIban(base):  # type: ignore[misc, valid-type]
+    class LooseIban(base):  # type: ignore[misc, valid-type]
         def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
-            if _LOWER_IBAN.search(text):
-                text = _LOWER_IBAN.sub(lambda m: m.group(0).upper(), text)
-            return super().analyze(text, entities, nlp_artifacts, regex_flags)
+            results = super().analyze(text, entities, nlp_artifacts, regex_flags)
+            for match in _LOOSE_IBAN.finditer(text):
+                plain, back = _iban_form(match.group())
+                if plain == match.group():
+                    continue  # found above, or no IBAN
+                # a word after the IBAN may have been taken for more groups: drop them
+                while not (found := super().analyze(plain, entities, nlp_artifacts)):
+                    cut = plain.rfind(" ")
+                    if cut < 14:  # country, check digits and two groups at least
+                        break
+                    plain = plain[:cut]
+                for r in found:
+                    r.start, r.end = match.start() + back[r.start], match.start() + back[r.end]
+                    results.append(r)
+            return results
 
-    return CaseInsensitiveIban(supported_language="de")
+    return LooseIban(supported_language="de")
 
 
-_LOWER_IBAN = re.compile(
-    r"\b[a-z]{2}\d{2}(?:[a-z0-9]{11,30}|(?: [a-z0-9]{4}){2,7}(?: [a-z0-9]{1,3})?)\b"
+_IBAN_SEP = r"[\s.\-]{0,3}"
+_LOOSE_IBAN = re.compile(
+    rf"(?i)(?<![a-z0-9])[a-z]{{2}}\d{{2}}(?:{_IBAN_SEP}[a-z0-9]{{4}}){{2,7}}"
+    rf"(?:{_IBAN_SEP}[a-z0-9]{{1,3}})?(?![a-z0-9])"
 )
+
+
+def _iban_form(span: str) -> tuple[str, list[int]]:
+    """``span`` upper case with one blank for each separator run, and for each of its
+    positions (and its end) the position in ``span``."""
+    plain, back = [], []
+    for i, char in enumerate(span):
+        if char.isalnum():
+            plain.append(char.upper())
+            back.append(i)
+        elif not back or plain[-1] != " ":
+            plain.append(" ")
+            back.append(i)
+    back.append(len(span))
+    return "".join(plain), back
+
+
 # A date (03.11.2026, 7.7.26) or a bare digit run without trunk prefix (a contract or meter
 # number): libphonenumber accepts both as German numbers, but redacting them would strip
 # useful content from the training data. A bare run still counts right after a phone word.
@@ -152,6 +188,7 @@ def _plausible_phone(text: str, start: int, end: int) -> bool:
 
 def _email_recognizer() -> Any:
     """Presidio's e-mail recognizer, validating domains against tldextract's bundled list."""
+    from presidio_analyzer import Pattern
     from presidio_analyzer.predefined_recognizers import EmailRecognizer
 
     class OfflineEmailRecognizer(EmailRecognizer):
@@ -161,7 +198,56 @@ def _email_recognizer() -> Any:
             # path) became a host "exports" without a suffix and the address was let through.
             return _tld_extract()(pattern_text.rpartition("@")[2]).fqdn != ""
 
-    return OfflineEmailRecognizer(supported_language="de")
+    # An address has at most 254 characters: unbounded ("{0,}"), the pattern tried from every
+    # word of a long "a.a.a...@x" rescanned it to the '@' each time (5 s for 10,000 characters,
+    # quadratic: a hostile record could stall the ingest for hours).
+    patterns = [
+        Pattern(p.name, p.regex.replace("{0,}", "{0,252}"), p.score)
+        for p in EmailRecognizer.PATTERNS
+    ]
+    return OfflineEmailRecognizer(supported_language="de", patterns=patterns)
+
+
+# "max(at)example.de", "info [at] firma [dot] de": how addresses are written against
+# harvesters (imprints, e-mail signatures pasted into chats). Only with the brackets: a bare
+# "at"/"dot" is a word in prose, not an address. The domain must have a public suffix.
+_AT = r"(?:\s?[(\[{]\s?at\s?[)\]}]\s?| @ )"
+_DOT_WORD = r"\s?[(\[{]\s?(?:dot|punkt)\s?[)\]}]\s?"
+_DOT = rf"(?:{_DOT_WORD}|\.)"
+# Bounded runs (a local part has at most 64 characters, a label 63): tried from every word,
+# unbounded ones took seconds on a long run of "a.a.a." before an "(at)".
+_OBFUSCATED_EMAIL = (
+    rf"\b[\w.+-]{{1,64}}(?:{_DOT_WORD}[\w.+-]{{1,64}}){{0,4}}{_AT}"
+    rf"[\w-]{{1,63}}(?:{_DOT}[\w-]{{1,63}}){{1,8}}\b"
+)
+_AT_MARK = re.compile(_AT, re.IGNORECASE).search
+# Text that none of the recognizers can match: no digit and no '@' (nor their full-width forms
+# and the encodings ``pii_normalize`` decodes), no bracketed "(at)". Skipped unanalysed.
+MAY_HOLD_PII = re.compile(
+    r"[0-9@\uff10-\uff19\uff20]|&commat;|[(\[{]\s?at\s?[)\]}]", re.IGNORECASE
+).search
+
+
+def _obfuscated_email_recognizer() -> Any:
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    class ObfuscatedEmail(PatternRecognizer):
+        def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):  # type: ignore[no-untyped-def]
+            if not _AT_MARK(text):  # its pattern is slow to fail; most texts have no "(at)"
+                return []
+            return super().analyze(text, entities, nlp_artifacts, regex_flags)
+
+        def validate_result(self, pattern_text: str) -> bool:
+            domain = re.split(_AT, pattern_text, flags=re.IGNORECASE)[-1]
+            domain = re.sub(_DOT, ".", domain, flags=re.IGNORECASE)
+            return _tld_extract()(domain).fqdn != ""
+
+    return ObfuscatedEmail(
+        supported_entity="EMAIL_ADDRESS",
+        supported_language="de",
+        name="ObfuscatedEmailRecognizer",
+        patterns=[Pattern("e-mail with (at)", _OBFUSCATED_EMAIL, 0.5)],
+    )
 
 
 @cache

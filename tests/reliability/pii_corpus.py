@@ -254,3 +254,57 @@ def make_corpus(n_per_entity: int, seed: int = 0) -> list[Item]:
     """``n_per_entity`` items for each entity kind, interleaved, deterministic for a seed."""
     rng = random.Random(seed)
     return [make_item(rng, e) for _ in range(n_per_entity) for e in ENTITY_KINDS]
+
+
+# --------------------------------------------------------------------------- look-alike forms
+
+# How the same values arrive from web forms, Word, PDFs, chat apps and logs: non-breaking or
+# thin spaces between groups, zero-width and soft hyphens inside, full-width digits, dashes,
+# line breaks between IBAN groups, an '@' encoded (JSON, URL, HTML) or written "(at)".
+_SPACE_LIKE = ["\u00a0", "\u202f", "\u2009"]
+_DIGITS_FULL = str.maketrans("0123456789.", "０１２３４５６７８９．")
+
+
+def _inside(rng: random.Random, value: str, char: str) -> str:
+    i = rng.randrange(1, len(value))
+    return value[:i] + char + value[i:]
+
+
+def disguise(rng: random.Random, entity: str, value: str) -> str:
+    """``value`` in one of the look-alike forms above (the same identifier for a reader)."""
+    forms = [
+        lambda v: v.replace(" ", rng.choice(_SPACE_LIKE)),
+        lambda v: _inside(rng, v, rng.choice(["\u200b", "\u00ad", "\u2060"])),
+        lambda v: v.translate(_DIGITS_FULL),
+    ]
+    if entity == "IBAN_CODE":
+        grouped = " ".join(value.replace(" ", "")[i : i + 4] for i in range(0, 40, 4)).strip()
+        forms += [
+            lambda v: grouped.replace(" ", "\n", 2),
+            lambda v: grouped.replace(" ", "  "),
+            lambda v: grouped.replace(" ", "."),
+            lambda v: grouped[:1] + grouped[1:].lower(),
+        ]
+    elif entity in ("PHONE_NUMBER", "DE_TAX_ID"):
+        forms += [lambda v: v.replace("-", "\u2013").replace("/", "\u2013").replace(" ", "\u2013")]
+    elif entity == "EMAIL_ADDRESS":
+        at = ["(at)", " [at] ", "%40", "&#64;", "\\u0040", "\uff20", " (at) "]
+        forms += [lambda v: v.replace("@", rng.choice(at))] * 3
+        forms += [lambda v: v.replace("@", " [at] ").replace(".", " [dot] ")]
+    return rng.choice(forms)(value)
+
+
+def make_lookalike_corpus(n_per_entity: int, seed: int = 0) -> list[Item]:
+    """Like ``make_corpus``, each planted value in a look-alike form (``disguise``); in some
+    items the whole sentence has full-width digits (distractors too)."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n_per_entity):
+        for entity in ENTITY_KINDS:
+            item = make_item(rng, entity)
+            value = disguise(rng, entity, item.value)
+            text = item.text[: item.start] + value + item.text[item.end :]
+            if rng.random() < 0.2 and not any(c in value for c in "%&\\"):  # not in an escape
+                text, value = text.translate(_DIGITS_FULL), value.translate(_DIGITS_FULL)
+            items.append(Item(text, entity, value, item.start, item.start + len(value)))
+    return items
