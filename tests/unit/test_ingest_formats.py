@@ -14,7 +14,14 @@ import pytest
 
 from feinschliff.ingest import run_ingest
 from feinschliff.ingest.detect import UnknownExport, open_export
-from feinschliff.ingest.jsonio import Broken, iter_csv, iter_json_array, iter_jsonl
+from feinschliff.ingest.jsonio import (
+    Broken,
+    data_array_start,
+    head_of_page,
+    iter_csv,
+    iter_json_array,
+    iter_jsonl,
+)
 from feinschliff.ingest.records import FeedbackRecord, ReadLog
 from feinschliff.ingest.scratch import Scratch
 from feinschliff.ingest.stage import IngestError
@@ -186,3 +193,18 @@ def test_argilla_mirror_newest_version_supersedes_even_when_quarantined(tmp_path
     out = tmp_path / "out"
     rows = "".join((out / f"{n}.jsonl").read_text() for n in ("sft", "preference", "kto"))
     assert records[0]["id"] not in rows
+
+
+def test_page_head_finds_the_top_level_data_array_only(tmp_path):
+    """Detection peeks at a page's first rows: a ``"data"`` key nested in a member before the
+    rows (or inside a string) is not the page's ``data`` array."""
+    page = tmp_path / "page.json"
+    rows = json.dumps([{"id": "obs-1"}, {"id": "obs-2"}])
+    page.write_text(
+        '\ufeff{"meta": {"data": [7], "note": "\\"data\\": [8]"},\n "data": ' + rows + "}"
+    )
+    assert [r["id"] for r in head_of_page(page)] == ["obs-1", "obs-2"]
+    text = page.read_text(encoding="utf-8-sig")
+    assert text[data_array_start(text)] == "["
+    for not_a_page in ('[{"data": []}]', '{"meta": 1 "data": []}', '{"data": {"x": 1}}', "{"):
+        assert data_array_start(not_a_page) is None

@@ -138,9 +138,8 @@ def head_of_page(path: Path, size: int = 1 << 16) -> Iterator[Any] | None:
     decoded lazily, or None when the head does not look like one (then parse the whole file)."""
     with path.open("rb") as f:
         head = f.read(size).decode("utf-8", errors="ignore")
-    start = head.find('"data"')
-    bracket = head.find("[", start) if start >= 0 else -1
-    if bracket < 0 or head[start + 6 : bracket].strip() != ":":
+    bracket = data_array_start(head)
+    if bracket is None:
         return None
     decoder = json.JSONDecoder()
     try:
@@ -161,8 +160,33 @@ def head_of_page(path: Path, size: int = 1 << 16) -> Iterator[Any] | None:
     return rows()
 
 
-def _skip(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in _WS + ",":
+def data_array_start(head: str) -> int | None:
+    """The position of the ``[`` of the top-level ``data`` array in the text ``head`` of a JSON
+    object, when the members before it are complete in ``head``; else None."""
+    decoder, pos = json.JSONDecoder(), _skip(head, 0, _WS + "\ufeff")
+    if head[pos : pos + 1] != "{":
+        return None
+    pos += 1
+    while True:
+        try:
+            key, pos = decoder.raw_decode(head, _skip(head, pos, _WS))
+            pos = _skip(head, pos, _WS)
+            if not isinstance(key, str) or head[pos : pos + 1] != ":":
+                return None
+            pos = _skip(head, pos + 1, _WS)
+            if key == "data":
+                return pos if head[pos : pos + 1] == "[" else None
+            _, pos = decoder.raw_decode(head, pos)  # a member before the rows (meta)
+        except json.JSONDecodeError:
+            return None
+        pos = _skip(head, pos, _WS)
+        if head[pos : pos + 1] != ",":
+            return None
+        pos += 1
+
+
+def _skip(text: str, pos: int, chars: str = _WS + ",") -> int:
+    while pos < len(text) and text[pos] in chars:
         pos += 1
     return pos
 

@@ -13,13 +13,13 @@ Shared by the observation/score join (``langfuse``) and the self-contained expor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from feinschliff.ingest.jsonio import (
     Broken,
+    data_array_start,
     first_char,
     head_of_page,
     iter_csv,
@@ -108,33 +108,7 @@ def page_data_start(path: Path, size: int = 1 << 20) -> int | None:
     when the members before it fit in the first ``size`` bytes; else None."""
     with path.open("rb") as f:
         head = f.read(size).decode("utf-8-sig", errors="replace")  # a cut character: at the end
-    head = head.replace("\r\n", "\n").replace("\r", "\n")  # as the text reader reads it
-    decoder, pos = json.JSONDecoder(), _skip_ws(head, 0)
-    if head[pos : pos + 1] != "{":
-        return None
-    pos += 1
-    while True:
-        try:
-            key, pos = decoder.raw_decode(head, _skip_ws(head, pos))
-            pos = _skip_ws(head, pos)
-            if not isinstance(key, str) or head[pos : pos + 1] != ":":
-                return None
-            pos = _skip_ws(head, pos + 1)
-            if key == "data":
-                return pos if head[pos : pos + 1] == "[" else None
-            _, pos = decoder.raw_decode(head, pos)  # a member before the rows (meta)
-        except json.JSONDecodeError:
-            return None
-        pos = _skip_ws(head, pos)
-        if head[pos : pos + 1] != ",":
-            return None
-        pos += 1
-
-
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in " \t\r\n":
-        pos += 1
-    return pos
+    return data_array_start(head.replace("\r\n", "\n").replace("\r", "\n"))  # as read as text
 
 
 def _checked(row: Any) -> Any:
