@@ -25,15 +25,17 @@ def test_accelerate_launch_dies_with_the_stage_process(tmp_path, monkeypatch):
     )
     seen = {}
 
-    def run(cmd, **kwargs):
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kwargs):
         seen.update(kwargs)
         (tmp_path / "backend-metrics.json").write_text(json.dumps({"global_step": 1}))
-        return subprocess.CompletedProcess(cmd, 0)
+        return real_popen([sys.executable, "-c", "pass"])  # no accelerate run: only its hook
 
-    real_run = subprocess.run
-    monkeypatch.setattr(launch.subprocess, "run", run)  # no accelerate run: only its hook
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)  # the subprocess module's own
     metrics = launch.launch_accelerate(recipe, "m", {"train": tmp_path / "t.jsonl"}, tmp_path)
-    assert metrics["global_step"] == 1
+    monkeypatch.undo()
+    assert metrics["global_step"] == 1 and metrics["peak_rss_mb"] > 0
     hook = seen.get("preexec_fn")
     assert hook is not None
     # the hook, in a real child: the kernel will SIGKILL it when this process dies
@@ -41,7 +43,7 @@ def test_accelerate_launch_dies_with_the_stage_process(tmp_path, monkeypatch):
         "import ctypes; sig = ctypes.c_int(); "
         "ctypes.CDLL(None).prctl(2, ctypes.byref(sig)); print(sig.value)"  # PR_GET_PDEATHSIG
     )
-    child = real_run(
+    child = subprocess.run(
         [sys.executable, "-c", probe], preexec_fn=hook, capture_output=True, text=True, check=True
     )
     assert child.stdout.strip() == str(int(signal.SIGKILL))

@@ -35,6 +35,7 @@ import yaml
 from feinschliff.paths import project_root
 from feinschliff.recipe import Recipe
 from feinschliff.train.axolotl_config import AxolotlError, axolotl_rows, build_config
+from feinschliff.train.peak_memory import wait_with_peak
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def train_axolotl(
         "world_size": 1,
         "peak_gpu_memory_mb": None,
         "axolotl_config": str(cfg_path),
-        "backend_process": "child",
+        "peak_rss_mb": tail.get("peak_rss_mb"),  # Axolotl's (wait4); None: nothing trained
     }
 
 
@@ -253,12 +254,12 @@ def _stream(cmd: list[str], log_path: Path, ckpt_dir: Path) -> dict[str, Any]:
                 log.info("axolotl: step %d loss %s", len(losses), m.group(1))
             if ckpt_dir.exists():
                 mark_finished_checkpoints(ckpt_dir, all_done=False)
-        code = proc.wait()
+        code, peak_mb = wait_with_peak(proc)
     if code != 0:
         raise AxolotlError(
             f"axolotl train exited with {code} (log: {log_path}):\n{''.join(lines)[-3000:]}"
         )
-    return {"losses": losses}
+    return {"losses": losses, "peak_rss_mb": round(peak_mb, 1)}
 
 
 def collect_adapter(ckpt_dir: Path, dest: Path) -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 from feinschliff.paths import project_root
 from feinschliff.recipe import Recipe
 from feinschliff.train.axolotl_backend import _die_with
+from feinschliff.train.peak_memory import wait_with_peak
 
 log = logging.getLogger(__name__)
 CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed-zero3": "deepspeed_zero3.yaml"}
@@ -84,7 +85,7 @@ def launch_accelerate(
     result.unlink(missing_ok=True)
     cmd = launch_command(recipe, job, cuda=torch.cuda.is_available())
     log.info("launching %d processes: %s", recipe.train.num_processes, " ".join(cmd))
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         cmd,
         env=os.environ | {STAGE_PID: str(os.getpid())},
         stdout=sys.stderr,
@@ -93,10 +94,11 @@ def launch_accelerate(
         # the same checkpoint folder while the orphan still writes there)
         preexec_fn=_die_with(os.getpid()) if sys.platform == "linux" else None,
     )
-    if proc.returncode != 0 or not result.exists():
-        raise LaunchError(f"accelerate launch failed with exit code {proc.returncode}")
+    code, peak_mb = wait_with_peak(proc)  # the ranks' peak: the launcher waits for them
+    if code != 0 or not result.exists():
+        raise LaunchError(f"accelerate launch failed with exit code {code}")
     metrics = json.loads(result.read_text())
-    metrics["backend_process"] = "child"
+    metrics["peak_rss_mb"] = round(peak_mb, 1)
     metrics["launcher"] = f"accelerate/{recipe.train.accelerate_config}"
     return metrics
 

@@ -12,8 +12,6 @@ have (``train.checks``); so is an output folder inside the data or holding it.
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from feinschliff.train.checks import (
     check_model_fits_recipe,
     refuse_out_overlap,
 )
+from feinschliff.train.peak_memory import own_peak_mb, reset_own_peak
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE
 from feinschliff.train.warm_start import WarmStart, WarmStartError, find_warm_start
 
@@ -105,13 +104,14 @@ def run_train(
     except train_data.DataError as exc:
         raise TrainError(str(exc)) from exc
     files = train_data.write_rows(prepared, out / "data")
+    reset_own_peak()  # this run's peak, not an earlier training's in a long-lived worker
     metrics = _run_backend(recipe, model_path, files, out, warm)
     # Kept for a later warm start's replay; the new rows only, not what was replayed into them.
     # Keyed by the rows' hash (the registry's lineage records it): a later ingest with the same
     # rows reuses this training, and its lineage finds these rows.
     train_data.snapshot_rows(spec.method, train_data.method_rows(spec.method, data.dir), rows)
-    metrics["peak_rss_mb"] = round(_peak_rss_mb(metrics.get("backend_process")), 1)
-    metrics.pop("backend_process", None)
+    if "peak_rss_mb" not in metrics:  # trained in this process (a child's comes with it)
+        metrics["peak_rss_mb"] = round(own_peak_mb(), 1)
     metrics |= {
         "base_model": recipe.base_model.name,
         "base_model_path": model_path,
@@ -171,34 +171,7 @@ def _run_backend(
     except (TemplateError, TrainerSetupError) as exc:
         raise TrainError(str(exc)) from exc
     metrics.pop("is_main_process", None)
-    metrics["backend_process"] = "self"
     return metrics
-
-
-def _peak_rss_mb(process: str | None) -> float:
-    """Peak RSS of the process that trained: this one, or the largest finished child.
-
-    For this process, Linux's ``VmHWM``: ``ru_maxrss`` survives ``execve``, so a stage started
-    by a large process (a test worker, a Prefect worker that trained before) reported the
-    parent's size at fork instead of its own peak."""
-    if process == "self":
-        hwm = _vm_hwm_mb()
-        if hwm is not None:
-            return hwm
-    who = resource.RUSAGE_SELF if process == "self" else resource.RUSAGE_CHILDREN
-    peak = resource.getrusage(who).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def _vm_hwm_mb() -> float | None:
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return None  # not Linux
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    return None
 
 
 def write_model_card(recipe: Recipe, data: DatasetRef, metrics: dict[str, Any], path: Path) -> None:
