@@ -15,7 +15,7 @@ Whole paragraphs and ``.jsonl`` values are scrubbed *before* they are packed and
 ``passage_chars``: an IBAN cut in two would no longer be recognised, and its halves would
 reach the teacher. A cut never splits a ``<ENTITY>`` placeholder.
 The fingerprint of the inputs (path -> sha256 of the raw files) goes into the cache key and
-the manifest.
+the manifest. A seed whose text repeats an earlier one's is left out (``drop_repeats``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from feinschliff.artifacts import sha256_file
+from feinschliff.generate.select import normalize
 from feinschliff.generate.templates import replace_surrogates
 from feinschliff.specs.generate import SeedsSpec
 
@@ -49,6 +50,7 @@ class Seeds:
     items: list[tuple[str, str]]  # (seed id, scrubbed text)
     inputs: dict[str, str]  # file -> sha256
     pii_findings: Counter[str] = field(default_factory=Counter)
+    repeats: dict[str, str] = field(default_factory=dict)  # left-out seed id -> the kept one
 
 
 def read_seeds(spec: SeedsSpec, *, scrubbed: bool = True) -> Seeds:
@@ -90,7 +92,33 @@ def read_seeds(spec: SeedsSpec, *, scrubbed: bool = True) -> Seeds:
                 items.append((f"{rel}#{n}", text))
     if not items:
         raise SeedError("no seeds: the topics file and documents folder hold no text")
-    return Seeds(items=items, inputs=inputs, pii_findings=findings)
+    items, repeats = drop_repeats(items)
+    return Seeds(items=items, inputs=inputs, pii_findings=findings, repeats=repeats)
+
+
+def drop_repeats(items: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The seeds without those whose text repeats an earlier one (case, width and whitespace
+    aside: a topic listed twice, a footer in every document, two texts alike once redacted),
+    and for each left out the id of the seed it repeats. The teacher would be asked the
+    identical prompt twice, paid twice, for questions ``select`` then drops as duplicates."""
+    first: dict[str, str] = {}
+    kept: list[tuple[str, str]] = []
+    repeats: dict[str, str] = {}
+    for seed_id, text in items:
+        key = normalize(text)
+        if key in first:
+            repeats[seed_id] = first[key]
+        else:
+            first[key] = seed_id
+            kept.append((seed_id, text))
+    if repeats:
+        example = next(iter(repeats.items()))
+        log.info(
+            "generate: %d seeds repeat an earlier one and are asked once (%s repeats %s)",
+            len(repeats),
+            *example,
+        )
+    return kept, repeats
 
 
 def document_files(folder: Path) -> tuple[list[Path], list[Path]]:

@@ -181,6 +181,9 @@ def _generate(
         "template_version": TEMPLATE_VERSION,
         "seeds": {
             "count": len(seeds.items),
+            "repeats_left_out": len(seeds.repeats),
+            # seed id -> the earlier seed it repeats (the first 20: a footer may repeat 10,000x)
+            "repeats": dict(list(seeds.repeats.items())[:20]),
             "self_instruct_requests": len(plan),
             "inputs": seeds.inputs,
             "pii_mode": spec.seeds.pii,
