@@ -25,6 +25,8 @@ How it runs offline, and the recognizers' German gaps closed: ``pii_recognizers`
 written with look-alike characters or encoded (a non-breaking space in an IBAN, full-width
 digits, ``\\u0040`` or ``%40`` for '@'): ``pii_normalize``. Recall on a synthetic German corpus:
 tests/reliability/test_data_leaks.py; on its look-alike forms: tests/unit/test_pii_adversarial.py.
+Texts that no recognizer could find anything in (``pii_recognizers.MAY_HOLD_PII``: no '@', no
+four digits close together, ...) are not analysed.
 
 Not detected: names, addresses and anything else that needs a language model.
 """
@@ -84,7 +86,7 @@ class PiiError(RuntimeError):
 
 def scrub_text(text: str, mode: PiiMode, key: str | None = None) -> tuple[str, Counter[str]]:
     """Scrub one text; returns the new text and the number of findings per entity type."""
-    if mode == "off" or not text or not _MAY_HOLD_PII(text):
+    if mode == "off" or not text or not _may_hold_pii(text):
         return text, Counter()
     if mode == "pseudonymize":
         check_key(key)
@@ -93,7 +95,7 @@ def scrub_text(text: str, mode: PiiMode, key: str | None = None) -> tuple[str, C
 
 def find_pii(text: str) -> list[tuple[str, int, int]]:
     """Every finding as ``(entity_type, start, end)``, the spans ``scrub_text`` would replace."""
-    if not text or not _MAY_HOLD_PII(text):
+    if not text or not _may_hold_pii(text):
         return []
     analyzer, _ = _engines()
     return sorted((f.entity_type, f.start, f.end) for f in _analyze(analyzer, text))
@@ -163,7 +165,7 @@ def scrub_id(value: str, mode: PiiMode, key: str | None = None) -> tuple[str, Co
     if (
         mode == "off"
         or not value
-        or not _MAY_HOLD_PII(value)
+        or not _may_hold_pii(value)
         or _ISO_TIME(value)
         or _GENERATED_ID(value)
     ):
@@ -226,7 +228,7 @@ def _scrub_in_context(
 ) -> tuple[str, Counter[str]]:
     """``scrub_text`` of ``text``, analysed as ``"{context}: {text}"``; only findings that reach
     into ``text`` count (clipped to it)."""
-    if not context or not text or not _MAY_HOLD_PII(text):
+    if not context or not text or not _may_hold_pii(text):
         return scrub_text(text, mode, key)
     if mode == "pseudonymize":
         check_key(key)
@@ -277,6 +279,12 @@ def _block_name(env_name: str) -> str:
 def _scrub(text: str, mode: PiiMode, key: str | None) -> tuple[str, Counter[str]]:
     analyzer, _ = _engines()
     return _anonymize(text, _analyze(analyzer, text), mode, key)
+
+
+def _may_hold_pii(text: str) -> bool:
+    """Whether any recognizer could find something in ``text`` (``MAY_HOLD_PII``, on the plain
+    form the analyzer reads); other texts are not analysed."""
+    return _MAY_HOLD_PII(normalized(text).text) is not None
 
 
 def _analyze(analyzer: Any, text: str) -> list[Any]:

@@ -5,7 +5,11 @@ The recognizers are ASCII patterns: a non-breaking or thin space between an IBAN
 digits (East Asian keyboards, some PDF exports), an ``@`` written as a JSON escape
 (``\\u0040``), URL-encoded (``%40``, a query string in a log) or as an HTML entity (``&#64;``),
 a soft hyphen inside an address (copied from a web page) each hid a value from them, or part
-of it. ``normalized`` maps such characters to their plain form for the analysis only, and
+of it. Decimal digits of other scripts (Arabic-Indic, Devanagari, mathematical bold ``𝟎``) are
+made ASCII too: the patterns' ``\\d`` and libphonenumber read them, so a phone number or
+USt-IdNr. written in them was found but never reached the analyzer (the prefilter looks for
+ASCII digits), and an IBAN, Steuer-ID or card number written in them was not found at all.
+``normalized`` maps such characters to their plain form for the analysis only, and
 ``Normalized.span`` maps each finding back onto the original text, which is what gets
 redacted; a text without such characters is analysed as it is.
 """
@@ -13,6 +17,7 @@ redacted; a text without such characters is analysed as it is.
 from __future__ import annotations
 
 import re
+import unicodedata
 from bisect import bisect_right
 
 # JSON's escapes only: another backslash pair (``FIRMA\\max@...``, ``\\\\10.0.0.1``) is text,
@@ -28,8 +33,16 @@ _SPACES = "\u00a0\u2000-\u200a\u202f\u205f\u3000"  # no-break, thin, figure, ide
 _INVISIBLE = "\u00ad\u200b-\u200f\u2060\ufeff"  # soft hyphen, zero-width, direction marks
 _DASHES = "\u2010-\u2015\u2212"  # hyphen, non-breaking hyphen, figure/en/em dash, minus
 _FULL_WIDTH = "\uff01-\uff5e"  # full-width ASCII ('１', '＠', 'Ｄ')
+_OTHER_DIGIT = r"[^\D0-9]"  # a decimal digit (Unicode Nd) that is not ASCII
 _SPECIAL = re.compile(
     rf"{_ESCAPE}|{_ENCODED}|[{_SPACES}{_INVISIBLE}{_DASHES}\u2028\u2029{_FULL_WIDTH}]"
+    rf"|{_OTHER_DIGIT}"
+)
+# The first characters of ``_SPECIAL``'s matches, as two plain scans: 3x faster than the
+# search for ``_SPECIAL`` itself, and ``normalized`` runs on every text (the prefilter reads it).
+_MAY_CHANGE = (
+    re.compile(rf"[\\%&{_SPACES}{_INVISIBLE}{_DASHES}\u2028\u2029{_FULL_WIDTH}]").search,
+    re.compile(_OTHER_DIGIT).search,
 )
 _SPACE = re.compile(f"[{_SPACES}]").fullmatch
 _GONE = re.compile(f"[{_INVISIBLE}]").fullmatch
@@ -61,9 +74,12 @@ class Normalized:
 
 
 def normalized(text: str) -> Normalized:
-    """``text`` with JSON escapes decoded, encoded '@'s, odd spaces, dashes and full-width
-    characters made plain and invisible characters dropped (see the module docstring)."""
+    """``text`` with JSON escapes decoded, encoded '@'s, odd spaces, dashes, full-width
+    characters and other scripts' digits made plain and invisible characters dropped (see the
+    module docstring)."""
     if text.isascii() and "\\" not in text and "%" not in text and "&" not in text:
+        return Normalized(text, text, [])
+    if not any(search(text) for search in _MAY_CHANGE):
         return Normalized(text, text, [])
     parts: list[str] = []
     segments: list[tuple[int, int, int, bool]] = []
@@ -106,4 +122,6 @@ def _plain(found: str) -> str:
         return chr(ord(found) - 0xFEE0)
     if found in "\u2028\u2029":
         return "\n"
+    if found.isdecimal():
+        return str(unicodedata.decimal(found))
     return found

@@ -12,6 +12,13 @@ numbers, are not phone numbers unless a phone word precedes them; an e-mail addr
 local part holds "/", "?" or "#" (a path ``exports/max@example.de``) is checked by its domain
 alone (tldextract read it as a URL and let it through). Recall on a synthetic German corpus:
 tests/reliability/test_data_leaks.py.
+
+``MAY_HOLD_PII`` says which texts are analysed at all: those holding the least any recognizer's
+finding needs, in the plain form the analyzer reads ('@' or "(at)"; four digits close together;
+an IBAN's check digits after a country code whose format may follow them with letters; "::" or
+a colon between hex digits, for IPv6 addresses without a decimal digit). Support texts with only
+small numbers ("3 Werktage", "Version 2.1") are not analysed. Each bound is checked against
+generated findings of every recognizer: tests/unit/test_pii_prefilter.py.
 """
 
 from __future__ import annotations
@@ -221,10 +228,28 @@ _OBFUSCATED_EMAIL = (
     rf"[\w-]{{1,63}}(?:{_DOT}[\w-]{{1,63}}){{1,8}}\b"
 )
 _AT_MARK = re.compile(_AT, re.IGNORECASE).search
-# Text that none of the recognizers can match: no digit and no '@' (nor their full-width forms
-# and the encodings ``pii_normalize`` decodes), no bracketed "(at)". Skipped unanalysed.
+# Text that none of the recognizers can match, skipped unanalysed (an analysis costs 0.2-0.4
+# ms, and most support texts hold some small number). Searched in the plain form the analyzer
+# reads (``pii_normalize``: other scripts' digits, full-width forms and encoded '@'s made
+# ASCII); each branch holds the least that some recognizer's finding needs, which
+# tests/unit/test_pii_prefilter.py checks against generated findings of every recognizer:
+_IBAN_FEW_DIGITS = "BH|GI|GT|KW|LC|LV|MD|QA|RO"
 MAY_HOLD_PII = re.compile(
-    r"[0-9@\uff10-\uff19\uff20]|&commat;|[(\[{]\s?at\s?[)\]}]", re.IGNORECASE
+    # e-mail; "max(at)example.de"
+    r"@|[(\[{]\s?at\s?[)\]}]"
+    # four digits, at most four separators apart: the shortest valid German phone number has
+    # four ("Tel. 1640", a pager), after a phone word; an IPv4 address four ("1.2.3.4"); a
+    # Steuer-ID, USt-IdNr., card number and most IBANs more; libphonenumber allows up to four
+    # punctuation marks, 'x' and 'ー' among them, between digits
+    r"|\d(?:(?:[\W_xー]{0,4}\d){3}"
+    # or an IBAN's check digits after a country code whose format allows letters right after
+    # them (QA58 DOHB ...); every other country's format holds four digits in a row. Looked
+    # behind from the digit: a branch starting with the country codes was tried at every
+    # position and made this search 5x slower.
+    rf"|(?<=(?:{_IBAN_FEW_DIGITS})\d)\d)"
+    # IPv6: every form holds "::" or a colon between hex digits ("dead:beef::cafe", "::1")
+    r"|:(?::|(?<=[0-9a-f]:)[0-9a-f])",
+    re.IGNORECASE,
 ).search
 
 
