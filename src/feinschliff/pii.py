@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from feinschliff.pii_normalize import normalized
 from feinschliff.pii_recognizers import MAY_HOLD_PII as _MAY_HOLD_PII
-from feinschliff.pii_recognizers import build_engines
+from feinschliff.pii_recognizers import build_engines, load_presidio
 
 PiiMode = Literal["off", "redact", "pseudonymize"]
 KEY_ENV = "FEINSCHLIFF_PII_KEY"
@@ -104,6 +104,7 @@ def find_pii(text: str) -> list[tuple[str, int, int]]:
 def restore_text(text: str, key: str) -> str:
     """Decrypt every ``<ENTITY:ciphertext>`` that ``pseudonymize`` wrote back into the original."""
     check_key(key)
+    load_presidio()
     from presidio_anonymizer import DeanonymizeEngine
     from presidio_anonymizer.entities import OperatorConfig, OperatorResult
 
@@ -191,9 +192,9 @@ def scrub_location(value: str, mode: PiiMode, key: str | None = None) -> tuple[s
 def _id_token(
     value: str, mode: PiiMode, key: str | None
 ) -> tuple[str, tuple[tuple[str, int], ...]]:
+    analyzer, anonymizer = _engines()  # before importing Presidio: it imports it lean
     from presidio_anonymizer.entities import OperatorConfig
 
-    analyzer, anonymizer = _engines()
     findings = _analyze(analyzer, value)
     if not findings:
         return value, ()
@@ -232,9 +233,9 @@ def _scrub_in_context(
         return scrub_text(text, mode, key)
     if mode == "pseudonymize":
         check_key(key)
+    analyzer, _ = _engines()  # before importing Presidio: it imports it lean
     from presidio_analyzer import RecognizerResult
 
-    analyzer, _ = _engines()
     prefix = f"{context}: "
     n = len(prefix)
     findings = [
@@ -309,11 +310,11 @@ def _analyze(analyzer: Any, text: str) -> list[Any]:
 def _anonymize(
     text: str, findings: list[Any], mode: PiiMode, key: str | None
 ) -> tuple[str, Counter[str]]:
-    from presidio_anonymizer.entities import OperatorConfig
-
     if not findings:
         return text, Counter()
-    _, anonymizer = _engines()
+    _, anonymizer = _engines()  # before importing Presidio: it imports it lean
+    from presidio_anonymizer.entities import OperatorConfig
+
     if mode == "redact":
         result = anonymizer.anonymize(text=text, analyzer_results=findings)
         return result.text, Counter(item.entity_type for item in result.items)

@@ -23,9 +23,12 @@ generated findings of every recognizer: tests/unit/test_pii_prefilter.py.
 
 from __future__ import annotations
 
+import importlib.abc
 import re
 import shutil
+import sys
 import tempfile
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from typing import Any
 
 def build_engines() -> tuple[Any, Any]:
     """Presidio's analyzer (the recognizers below, a blank spaCy ``de`` pipeline) and anonymizer."""
+    load_presidio()
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NlpEngineProvider
     from presidio_analyzer.predefined_recognizers import (
@@ -66,6 +70,37 @@ def build_engines() -> tuple[Any, Any]:
         registry.add_recognizer(recognizer)
     analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["de"])
     return analyzer, AnonymizerEngine()
+
+
+@cache
+def load_presidio() -> None:
+    """Import Presidio without Hugging Face transformers, which it imports (with torch and
+    transformers' pipelines: ~5 of ~8 s of start-up) only for its transformers NLP engine; the
+    pattern recognizers never use it (presidio-analyzer's ``hf_pipeline`` stays None).
+
+    Only the imports made by this thread while it imports Presidio are refused: another thread
+    importing transformers meanwhile gets it, and so does any later import (a training in the
+    same process). Where transformers is imported already, Presidio simply uses it."""
+    refuse = _RefuseInThisThread("transformers")
+    sys.meta_path.insert(0, refuse)
+    try:
+        import presidio_analyzer  # noqa: F401
+        import presidio_anonymizer  # noqa: F401
+    finally:
+        sys.meta_path.remove(refuse)
+
+
+class _RefuseInThisThread(importlib.abc.MetaPathFinder):
+    """An import finder that makes ``package`` (and its submodules) an ImportError in the
+    thread that created it; other threads find it as usual."""
+
+    def __init__(self, package: str):
+        self.package, self.thread = package, threading.get_ident()
+
+    def find_spec(self, name, path, target=None):  # type: ignore[no-untyped-def]
+        if name.partition(".")[0] == self.package and threading.get_ident() == self.thread:
+            raise ImportError(f"{name} is not needed by Presidio's pattern recognizers")
+        return None  # the other finders decide
 
 
 def blank_spacy_dir() -> Path:
