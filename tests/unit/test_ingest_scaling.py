@@ -161,13 +161,13 @@ def test_near_dup_candidates_are_listed_a_slice_at_a_time(tmp_path, monkeypatch)
     def verdicts(expand: int) -> tuple[list[bool], int]:
         monkeypatch.setattr(dedup, "EXPAND_PAIRS", expand)
         listed: list[int] = []
-        expand_ranges = dedup.expand_ranges
+        verify = dedup.Deduplicator._verify
 
-        def counted(lo, hi):
-            listed.append(int((hi - lo).sum()))
-            return expand_ranges(lo, hi)
+        def counted(self, sigs, pairs, need, dup):
+            listed.append(len(pairs))
+            return verify(self, sigs, pairs, need, dup)
 
-        monkeypatch.setattr(dedup, "expand_ranges", counted)
+        monkeypatch.setattr(dedup.Deduplicator, "_verify", counted)
         with Scratch(tmp_path) as scratch:
             index = dedup.Deduplicator(DedupSpec(), scratch)
             out = []

@@ -14,6 +14,8 @@ per row to insert and look up; here the work is done in numpy, a batch at a time
 - ``RecordFile``: fixed-size records appended to a file, numbered from 1, read back by number
   with ``os.pread`` (only near-dup candidates are read back; a small direct-mapped cache keeps
   the ones read before, since popular texts are candidates again and again).
+- ``join_slices``: the pairs of queried keys with looked-up (key, value) pairs, a bounded slice
+  at a time and grouped by value, so that each value's record is read once per batch.
 
 The ingest looks keys up behind a Bloom filter (``bloom.py``), so most keys never reach here.
 """
@@ -53,6 +55,48 @@ def expand_ranges(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return owner, starts + np.arange(len(owner))
 
 
+def join_slices(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, bound: int):
+    """Every (i, v) with ``queries[i] == k`` for a stored pair (k, v), as (i's, v's) arrays of at
+    most ``bound`` pairs (values in [0, 2**32); a repeated query or stored pair repeats its
+    pairs). Slices are cut by value, in ascending order: all pairs of a value come in one slice
+    unless that value alone makes more than ``bound`` (then it is cut by query). Memory holds
+    the stored pairs and one slice, not the join, which a key shared by many stored and many
+    queried rows makes quadratic."""
+    asked, query_rank = np.unique(queries, return_inverse=True)
+    rank = np.minimum(np.searchsorted(asked, keys), max(len(asked) - 1, 0))
+    joined = (asked[rank] == keys) if len(asked) else np.zeros(len(keys), dtype=bool)
+    rank, values = rank[joined].astype(np.int64), values[joined].astype(np.int64)
+    if not len(values):
+        return
+    # ordered by (key, value): a query's pairs within a range of values are contiguous
+    stored = np.sort(rank << 32 | values)
+    base = query_rank.astype(np.int64) << 32
+    # pairs each value makes: one per stored pair of it and query of that pair's key
+    numbers, of_value = np.unique(values, return_inverse=True)
+    per_key = np.bincount(query_rank, minlength=len(asked))
+    ends = np.cumsum(np.bincount(of_value, weights=per_key[rank], minlength=len(numbers)))
+    start = 0
+    while start < len(numbers):
+        done = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, done + bound, "right")))
+        lo = np.searchsorted(stored, base | numbers[start], "left")
+        hi = np.searchsorted(stored, base | numbers[stop - 1], "right")
+        yield from _by_query(lo, hi, stored, bound)
+        start = stop
+
+
+def _by_query(lo: np.ndarray, hi: np.ndarray, stored: np.ndarray, bound: int):
+    """``join_slices``' slice ``stored[lo[i]:hi[i]]`` per query i, ``bound`` pairs at a time."""
+    first, ends = 0, np.cumsum(hi - lo)
+    while first < len(lo):
+        done = ends[first - 1] if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, done + bound, "right")))
+        owner, at = expand_ranges(lo[first:last], hi[first:last])
+        if len(at):
+            yield owner + first, stored[at] & 0xFFFFFFFF
+        first = last
+
+
 class _Run:
     """One sorted run on disk: PAIR records, and the first key of every block in memory."""
 
@@ -83,11 +127,13 @@ class _Run:
             return queries, queries.copy()
         _, blocks = expand_ranges(first, last + 1)
         blocks = np.unique(blocks)
-        cuts = np.flatnonzero(np.diff(blocks) != 1) + 1  # runs of adjacent blocks
+        cuts = np.flatnonzero(np.diff(blocks) != 1)  # runs of adjacent blocks, their ends
         size = BLOCK * PAIR.itemsize
+        firsts = blocks[np.concatenate([[0], cuts + 1])] * size
+        lengths = blocks[np.concatenate([cuts, [-1]])] * size + size - firsts
+        fd = self.fd  # plain ints: thousands of small reads per batch (np.split cost more)
         raw = b"".join(
-            os.pread(self.fd, (int(b[-1]) - int(b[0]) + 1) * size, int(b[0]) * size)
-            for b in np.split(blocks, cuts)
+            [os.pread(fd, n, at) for n, at in zip(lengths.tolist(), firsts.tolist(), strict=True)]
         )
         pairs = np.frombuffer(raw, dtype=PAIR)
         owner, at = expand_ranges(
@@ -261,8 +307,10 @@ class RecordFile:
         out = self.cache[slots]
         missed = np.flatnonzero(self.cached[slots] != numbers)
         if len(missed):
-            wanted = numbers[missed].tolist()
-            raw = b"".join(os.pread(self.fd, self.size, (n - 1) * self.size) for n in wanted)
+            fd, size = self.fd, self.size
+            raw = b"".join(
+                [os.pread(fd, size, at) for at in ((numbers[missed] - 1) * size).tolist()]
+            )
             out[missed] = np.frombuffer(raw, dtype=np.uint8).reshape(len(missed), self.size)
             # cache them; of numbers sharing a slot, the last one (one writer per slot)
             last = len(missed) - 1 - np.unique(slots[missed][::-1], return_index=True)[1]
