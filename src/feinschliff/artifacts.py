@@ -165,7 +165,8 @@ def reusable(root: Path, key: str) -> str | None:
 
 
 class OutputInUse(RuntimeError):
-    """An output folder that holds files no stage wrote: it is never deleted."""
+    """An output folder that holds files no stage wrote (it is never deleted), or a path that
+    cannot be one (a file, a path under a file, a folder the OS refuses to create)."""
 
 
 def prepare_out(root: Path, key: str, stage: str | None = None) -> None:
@@ -177,9 +178,26 @@ def prepare_out(root: Path, key: str, stage: str | None = None) -> None:
     given as ``--out``) is refused, not wiped, and so is a finished output of another stage
     (``evaluate --out`` given the train output would have deleted the adapter it evaluates).
     """
+    refuse_foreign_out(root, stage)
+    stamp = root / ".inputs"
+    recorded_key, _ = _read_stamp(stamp)
+    if root.exists() and recorded_key != key:
+        # Loud, because this is where a killed training's checkpoints go when the recipe, the
+        # data or the code (a hotfix between crash and rerun) changed in the meantime.
+        if any(p != stamp for p in root.iterdir()):
+            log.warning("%s: discarding leftovers of a run with other inputs or code", root)
+        _discard_all_but(root, stamp)
+    make_out_dir(root)
+    stamp.write_text(key + "\n" + (f"{stage}\n" if stage else ""))
+
+
+def refuse_foreign_out(root: Path, stage: str | None = None) -> None:
+    """The refusals of ``prepare_out``, without writing anything: a stage calls it before
+    minutes of model loading, ``prepare_out`` again before it writes."""
     stamp = root / ".inputs"
     if root.exists() and not root.is_dir():
         raise OutputInUse(f"{root} is a file, not a folder: choose a new or empty output folder")
+    refuse_file_above(root)
     if root.exists() and not stamp.exists() and any(root.iterdir()):
         raise OutputInUse(
             f"{root} is not empty and no feinschliff stage wrote it (no .inputs stamp): "
@@ -199,14 +217,29 @@ def prepare_out(root: Path, key: str, stage: str | None = None) -> None:
             f"{root} holds an unfinished {recorded_stage} run; {stage} would delete it: "
             "choose a new or empty output folder (nothing was deleted)"
         )
-    if root.exists() and recorded_key != key:
-        # Loud, because this is where a killed training's checkpoints go when the recipe, the
-        # data or the code (a hotfix between crash and rerun) changed in the meantime.
-        if any(p != stamp for p in root.iterdir()):
-            log.warning("%s: discarding leftovers of a run with other inputs or code", root)
-        _discard_all_but(root, stamp)
-    root.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key + "\n" + (f"{stage}\n" if stage else ""))
+
+
+def refuse_file_above(root: Path) -> None:
+    """An output path under a file (``--out notes.txt/run``) can never be a folder."""
+    for parent in root.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputInUse(
+                    f"{root}: {parent} is a file, not a folder: choose another output folder"
+                )
+            return
+
+
+def make_out_dir(root: Path) -> None:
+    """Create an output folder; one the OS refuses (no permission, a read-only disk) is a
+    wrong output path, said in one line (``OutputInUse``), not an OS error's traceback."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputInUse(
+            f"cannot create the output folder {root}: {exc.strerror or exc}: "
+            "choose another output folder"
+        ) from exc
 
 
 def _discard_all_but(root: Path, stamp: Path) -> None:

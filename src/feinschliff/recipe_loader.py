@@ -73,7 +73,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         data = parse_yaml(text)
         lines_by_path, duplicates = _line_numbers(text)
     except yaml.YAMLError as exc:
-        raise RecipeError([f"{path}: (yaml): {_one_line(str(exc))}"]) from exc
+        raise RecipeError([f"{path}: (yaml): {_yaml_problem(exc)}"]) from exc
     if duplicates:  # the YAML parser keeps the last one: a whole section could vanish unseen
         raise RecipeError(
             [f"{path}: {d}: duplicate key (line {n}; first at line {f})" for d, n, f in duplicates]
@@ -291,6 +291,20 @@ def _not_utf8(exc: UnicodeDecodeError) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line L, column C: problem (context)`` in the file's terms, without PyYAML's
+    ``in "<unicode string>"`` and echoed source snippets."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return _one_line(str(exc))
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    context, at = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f" at line {at.line + 1}" if at is not None and at.line != mark.line else ""
+    said = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    said += f" ({context}{where})" if context else ""
+    return said + ("; indent with spaces, not tabs" if "'\\t'" in problem else "")
 
 
 def dump_resolved(recipe: Recipe) -> str:

@@ -197,7 +197,7 @@ def test_evaluate_refuses_an_adapter_that_is_no_train_output_before_running(tmp_
     mark_complete(ingest, stage="ingest")
     args = ("evaluate", DEMO, "--out", str(tmp_path / "eval"))
     code, said = run_cli(*args, "--adapter", str(ingest))
-    assert code == 2 and "is a ingest output, not a train output" in said
+    assert code == 2 and "is an ingest output, not a train output" in said
 
     bare = tmp_path / "no-adapter"
     bare.mkdir()

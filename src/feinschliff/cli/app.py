@@ -59,6 +59,13 @@ class Failure(Exception):
 
 def _setup_logging() -> None:
     level = os.environ.get("FEINSCHLIFF_LOG_LEVEL", "INFO").upper()
+    if level not in logging.getLevelNamesMapping():  # else every command ends in a traceback
+        typer.echo(
+            f"FEINSCHLIFF_LOG_LEVEL={os.environ['FEINSCHLIFF_LOG_LEVEL']!r} is not a log level: "
+            "use DEBUG, INFO, WARNING or ERROR",
+            err=True,
+        )
+        sys.exit(2)
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(name)s: %(message)s",
@@ -110,10 +117,13 @@ def _complete_dir(path: Path, what: str) -> str:
     output of another stage (an ingest output given as ``--adapter``)."""
     from feinschliff.artifacts import completed_hash, finished_stage
 
+    if not path.exists():
+        raise Failure(f"{path} does not exist (expected a complete {what} output)", code=2)
     digest = completed_hash(path)
     if digest is None:
         raise Failure(f"{path} is not a complete {what} output (no valid .complete marker)", code=2)
     stage = finished_stage(path)
     if stage is not None and stage not in _TAKES.get(what, (what,)):
-        raise Failure(f"{path} is a {stage} output, not a {what} output", code=2)
+        article = "an" if stage[0] in "aeiou" else "a"
+        raise Failure(f"{path} is {article} {stage} output, not a {what} output", code=2)
     return digest

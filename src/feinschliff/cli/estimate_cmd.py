@@ -65,6 +65,8 @@ def estimate(
         return
     if recipe is None:
         raise Failure("give a RECIPE (or --reference)", code=2)
+    if cpu and gpu:  # the GPU table is not printed for a CPU training: --gpu would go unseen
+        raise Failure("--gpu and --cpu exclude each other: give one of them", code=2)
     cfg = _load(recipe, set_)
     if data:  # a failed or half-written ingest output (no .complete) is not a dataset
         _complete_dir(data, "ingest")

@@ -150,6 +150,7 @@ def registry_promote(
     with _errors():
         expected = _expected(expect)
         r = _root_for(cfg, root)
+        _known_use_case(r, use_case)  # before the lock, which would create the folder
         if cfg is not None:
             _print_report(publish_version(cfg, version, why=why, expected=expected, root=r))
         else:
@@ -178,6 +179,7 @@ def registry_rollback(
     with _errors():
         expected = _expected(expect)
         r = _root_for(cfg, root)
+        _known_use_case(r, use_case)  # before the lock, which would create the folder
         if cfg is not None:
             _print_report(rollback_version(cfg, why=why, expected=expected, root=r))
             aliases = registry.read_aliases(r, use_case)
@@ -210,6 +212,7 @@ def registry_retire(
         if cfg is not None:  # before retiring: the servers it reconciles must serve base_model
             check_recipe_served_model(cfg)
         r = _root_for(cfg, root)
+        _known_use_case(r, use_case)  # before the lock, which would create the folder
         registry.retire(r, use_case, version, why=why)
         if cfg is not None and cfg.register.vllm is not None:
             _print_report(reconcile(r, use_case, cfg.register.vllm))

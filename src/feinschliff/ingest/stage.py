@@ -25,7 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from feinschliff.artifacts import COMPLETE, DatasetRef, OutputInUse, mark_complete, write_json
+from feinschliff.artifacts import (
+    COMPLETE,
+    DatasetRef,
+    OutputInUse,
+    make_out_dir,
+    mark_complete,
+    refuse_file_above,
+    write_json,
+)
 from feinschliff.ingest.credentials import MissingCredentials
 from feinschliff.ingest.decontam import MissingEvalSet, find_eval_sets
 from feinschliff.ingest.detect import UnknownExport, open_export
@@ -182,6 +190,7 @@ def _check_out(out: Path) -> None:
     anything in it is touched; an earlier ingest output is replaced."""
     if out.exists() and not out.is_dir():
         raise OutputInUse(f"{out} is a file, not a folder: choose a new or empty output folder")
+    refuse_file_above(out)
     # a `.gitkeep` placeholder counts as empty (and stays)
     held = (p for p in out.iterdir() if p.name != ".gitkeep") if out.is_dir() else ()
     if out.is_dir() and not _earlier_output(out) and any(not _empty_dir(p) for p in held):
@@ -211,7 +220,7 @@ def _empty_dir(path: Path) -> bool:
 def _replace_earlier_output(out: Path) -> None:
     """Remove what an earlier run wrote (a failed rerun must not leave its rows next to a new
     manifest) and claim the folder with a manifest of a run in progress."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     for name in (COMPLETE, "manifest.json", "README.md", *OUTPUTS):
         (out / name).unlink(missing_ok=True)
         (out / f"{name}.tmp").unlink(missing_ok=True)

@@ -23,6 +23,7 @@ from feinschliff.artifacts import (
     input_key,
     mark_complete,
     prepare_out,
+    refuse_foreign_out,
     reusable,
     rows_sha256,
     write_json,
@@ -80,6 +81,7 @@ def run_train(
     """Train (or reuse a finished training of the same inputs). ``production``: the version a
     warm start continues, as the caller recorded it (default: the registry's production now)."""
     refuse_out_overlap(out, data)
+    refuse_foreign_out(out, "train")  # before the base model is provisioned (minutes)
     warm = _warm_start(recipe, production)
     rows = rows_sha256(data)
     key = _key(recipe, rows, warm)

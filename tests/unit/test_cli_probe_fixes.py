@@ -1,0 +1,122 @@
+"""Mistakes a first-time user makes get one line and the right exit code, and leave nothing
+behind: an output path under a file or one the OS refuses, a train --out holding someone's
+files (refused before the base model is provisioned), a mistyped use case given to
+`registry promote|rollback|retire`, `estimate --gpu` with `--cpu`, an invalid
+FEINSCHLIFF_LOG_LEVEL; a YAML syntax error said in the file's lines, not PyYAML's
+`in "<unicode string>"` with echoed snippets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from feinschliff.artifacts import OutputInUse, prepare_out
+from feinschliff.ingest import run_ingest
+from feinschliff.recipe import FeedbackSpec
+from tests.cli_helpers import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "recipes" / "demo-de.yaml")
+LANGFUSE = ROOT / "data" / "samples" / "langfuse"
+
+
+def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`feinschliff ARGS` in-process through main(), which maps library errors to exit codes."""
+    from feinschliff.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["feinschliff", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+def test_ingest_out_under_a_file_is_an_argument_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    out = tmp_path / "notes.txt" / "run"
+    code, said = run_cli("ingest", "--source", f"langfuse:{LANGFUSE}", "--out", str(out))
+    assert code == 2 and f"{tmp_path / 'notes.txt'} is a file, not a folder" in said, said
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+def test_an_output_folder_the_os_refuses_is_one_line_not_a_traceback():
+    with pytest.raises(OutputInUse, match="cannot create the output folder /proc/"):
+        prepare_out(Path("/proc/feinschliff-no-such/out"), "key", "train")
+
+
+def test_train_refuses_a_foreign_out_before_provisioning_the_model(tmp_path, monkeypatch, capsys):
+    """The refusal came after the base model was fetched and converted (a minute, network)."""
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    data = tmp_path / "data"
+    sources = [{"kind": "langfuse", "path": str(LANGFUSE)}]
+    run_ingest(FeedbackSpec.model_validate({"sources": sources, "pii": {"mode": "off"}}), data)
+
+    def provisioned(*_args, **_kwargs):
+        raise AssertionError("the base model was provisioned before --out was checked")
+
+    monkeypatch.setattr("feinschliff.train.stage.base_model_fingerprint", provisioned)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep\n")
+    code, said = _main(monkeypatch, capsys, "train", DEMO, "--data", str(data), "--out", str(mine))
+    assert code == 2 and "no feinschliff stage wrote it" in said, said
+    assert (mine / "notes.txt").read_text() == "keep\n"
+    under = str(mine / "notes.txt" / "run")
+    code, said = _main(monkeypatch, capsys, "train", DEMO, "--data", str(data), "--out", under)
+    assert code == 2 and "is a file, not a folder" in said and "Traceback" not in said, said
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("promote", "suport-de", "v0001"),
+        ("rollback", "suport-de"),
+        ("retire", "suport-de", "v0001", "--why", "typo"),
+    ],
+)
+def test_registry_change_of_an_unknown_use_case_creates_nothing(tmp_path, args):
+    """A mistyped use case left a `<use_case>/.lock` folder behind (exit 1), after which
+    `registry show` of the typo answered an empty use case with exit 0."""
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    code, said = run_cli("registry", *args, "--root", str(reg))
+    assert code == 2 and "no use case 'suport-de'" in said, said
+    assert list(reg.iterdir()) == []
+
+
+def test_estimate_gpu_with_cpu_is_an_argument_error():
+    """--cpu prints no GPU table: the --gpu asked for was silently ignored."""
+    code, said = run_cli("estimate", DEMO, "--cpu", "--gpu", "rtx-4090")
+    assert code == 2 and "--gpu and --cpu exclude each other" in said, said
+
+
+def test_an_invalid_log_level_is_one_line_not_a_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "feinschliff.cli", "validate", DEMO],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "FEINSCHLIFF_LOG_LEVEL": "verbose"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "FEINSCHLIFF_LOG_LEVEL='verbose' is not a log level" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_tab_in_a_recipe_names_its_line_without_pyyaml_noise(tmp_path):
+    bad = tmp_path / "tabs.yaml"
+    bad.write_text(Path(DEMO).read_text().replace("  method: sft", "\tmethod: sft"))
+    code, said = run_cli("validate", str(bad))
+    line = 1 + Path(DEMO).read_text().splitlines().index("  method: sft")
+    assert code == 2 and f"{bad}: (yaml): line {line}, column 1: found character" in said, said
+    assert "indent with spaces, not tabs" in said and "<unicode string>" not in said
+
+
+def test_a_missing_stage_output_is_said_to_be_missing(tmp_path):
+    """A typo in --data said "is not a complete ingest output (no valid .complete marker)"."""
+    missing = tmp_path / "dat"
+    code, said = run_cli("estimate", DEMO, "--data", str(missing), "--cpu")
+    assert code == 2 and f"{missing} does not exist (expected a complete ingest output)" in said
