@@ -254,9 +254,12 @@ def load_key(name: str = KEY_ENV) -> str:
     if key is None:
         raise PiiError(
             f"pii mode 'pseudonymize' needs a key: set the environment variable {name} "
-            f"(16, 24 or 32 characters) or a Prefect Secret block '{_block_name(name)}'"
+            f"(16, 24 or 32 bytes in UTF-8) or a Prefect Secret block '{_block_name(name)}'"
         )
-    check_key(key)
+    try:
+        check_key(key)
+    except PiiError as exc:  # say where the bad key came from
+        raise PiiError(f"{exc}; it is {len(key.encode())} bytes ({name} or its block)") from None
     return key
 
 

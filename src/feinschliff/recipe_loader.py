@@ -188,6 +188,8 @@ def format_errors(
         line = lines.get(dotted)
         if line is None and any(lines.get(a) == 0 for a in _ancestors(dotted)):
             line = 0  # inside a value that --set replaced
+        if line is None and any(v == 0 and k.startswith(f"{dotted}.") for k, v in lines.items()):
+            line = 0  # above a key --set made (`--set nosuch.key=1`: `nosuch` is unknown)
         where = f" (line {line})" if line else " (from --set)" if line == 0 else ""
         line = f"{path}: {dotted or '(recipe)'}: {_one_line(msg)}{where}"
         if line not in said:

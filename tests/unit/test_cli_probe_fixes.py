@@ -17,7 +17,9 @@ import pytest
 from feinschliff.artifacts import OutputInUse, prepare_out
 from feinschliff.ingest import run_ingest
 from feinschliff.recipe import FeedbackSpec
+from feinschliff.registry import register_adapter
 from tests.cli_helpers import run_cli
+from tests.unit.adapter_factory import make_base, make_train_output, target_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "recipes" / "demo-de.yaml")
@@ -106,6 +108,17 @@ def test_an_invalid_log_level_is_one_line_not_a_traceback():
     assert "Traceback" not in proc.stderr
 
 
+def test_a_home_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    """`registry list` answered "registry is empty (.../afile.txt/registry)" with exit 0."""
+    (tmp_path / "afile.txt").write_text("x")
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "afile.txt"))
+    code, said = _main(monkeypatch, capsys, "registry", "list")
+    assert (
+        code == 2
+        and said.strip() == f"FEINSCHLIFF_HOME={tmp_path / 'afile.txt'} is a file, not a folder"
+    )
+
+
 def test_a_tab_in_a_recipe_names_its_line_without_pyyaml_noise(tmp_path):
     bad = tmp_path / "tabs.yaml"
     bad.write_text(Path(DEMO).read_text().replace("  method: sft", "\tmethod: sft"))
@@ -120,3 +133,19 @@ def test_a_missing_stage_output_is_said_to_be_missing(tmp_path):
     missing = tmp_path / "dat"
     code, said = run_cli("estimate", DEMO, "--data", str(missing), "--cpu")
     assert code == 2 and f"{missing} does not exist (expected a complete ingest output)" in said
+
+
+def test_an_unknown_section_made_by_set_says_so():
+    code, said = run_cli("validate", DEMO, "--set", "nosuch.key=1")
+    assert code == 2 and "nosuch: unknown key" in said and said.rstrip().endswith("(from --set)")
+
+
+@pytest.mark.parametrize("args", [("promote", "s", "v0009"), ("retire", "s", "v0009")])
+def test_registry_change_of_an_unknown_version_is_an_argument_error(tmp_path, args):
+    """`registry show s v0009` said exit 2; promote and retire said exit 1."""
+    base = make_base(tmp_path / "base")
+    ref = make_train_output(tmp_path / "out", str(base), seed=1.0)
+    reg = tmp_path / "reg"
+    register_adapter(reg, "s", ref, {"train": {"method": "sft"}}, target=target_for(base))
+    code, said = run_cli("registry", *args, "--why", "typo", "--root", str(reg))
+    assert code == 2 and "no version 'v0009' of 's' in the registry (it has v0001)" in said, said

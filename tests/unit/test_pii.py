@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from feinschliff.ingest import run_ingest
-from feinschliff.pii import PiiError, key_fingerprint, restore_text, scrub_text, scrub_value
+from feinschliff.pii import (
+    PiiError,
+    key_fingerprint,
+    load_key,
+    restore_text,
+    scrub_text,
+    scrub_value,
+)
 from feinschliff.recipe import FeedbackSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +82,12 @@ def test_keys_are_checked_and_only_fingerprinted():
         scrub_text(TEXT, "pseudonymize", "short")
     assert KEY not in key_fingerprint(KEY) and len(key_fingerprint(KEY)) == 12
     assert scrub_text(TEXT, "off") == (TEXT, {})
+
+
+def test_a_key_of_the_wrong_length_names_where_it_came_from(monkeypatch):
+    monkeypatch.setenv("FEINSCHLIFF_TEST_PII_KEY", "zu-kurz")
+    with pytest.raises(PiiError, match=r"16, 24 or 32 .*7 bytes \(FEINSCHLIFF_TEST_PII_KEY"):
+        load_key("FEINSCHLIFF_TEST_PII_KEY")
 
 
 def test_scrub_value_walks_nested_json():

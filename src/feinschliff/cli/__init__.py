@@ -24,7 +24,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     stages,
     train_cmd,
 )
-from feinschliff.cli.app import Failure, _setup_logging, app
+from feinschliff.cli.app import Failure, _check_home, _setup_logging, app
 from feinschliff.models import ModelFetchError, UnknownModel
 from feinschliff.paths import ProjectRootMissing
 
@@ -33,6 +33,7 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     _setup_logging()
+    _check_home()
     try:
         app()
     except Failure as exc:

@@ -57,6 +57,15 @@ class Failure(Exception):
         self.code = code
 
 
+def _check_home() -> None:
+    """``FEINSCHLIFF_HOME`` (models, caches, the default registry) must be a folder: a file there
+    made `registry list` report an empty registry and other commands fail on "Not a directory"."""
+    home = os.environ.get("FEINSCHLIFF_HOME")
+    if home and os.path.exists(home) and not os.path.isdir(home):
+        typer.echo(f"FEINSCHLIFF_HOME={home} is a file, not a folder", err=True)
+        sys.exit(2)
+
+
 def _setup_logging() -> None:
     level = os.environ.get("FEINSCHLIFF_LOG_LEVEL", "INFO").upper()
     if level not in logging.getLevelNamesMapping():  # else every command ends in a traceback

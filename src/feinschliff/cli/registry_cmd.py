@@ -151,6 +151,7 @@ def registry_promote(
         expected = _expected(expect)
         r = _root_for(cfg, root)
         _known_use_case(r, use_case)  # before the lock, which would create the folder
+        _known_version(r, use_case, version)  # a typo is a wrong argument, as for `show`
         if cfg is not None:
             _print_report(publish_version(cfg, version, why=why, expected=expected, root=r))
         else:
@@ -213,6 +214,7 @@ def registry_retire(
             check_recipe_served_model(cfg)
         r = _root_for(cfg, root)
         _known_use_case(r, use_case)  # before the lock, which would create the folder
+        _known_version(r, use_case, version)
         registry.retire(r, use_case, version, why=why)
         if cfg is not None and cfg.register.vllm is not None:
             _print_report(reconcile(r, use_case, cfg.register.vllm))

@@ -266,7 +266,7 @@ def _refuse_unserve(root: registry.Root, use_case: str, spec: VllmSpec) -> None:
                     if use_case in client.adapters():
                         serving.append(client.url)
             except VllmError as exc:  # unknown, so not safe to go on either
-                raise DeployError(f"{server.url}: {exc}; no server was changed") from exc
+                raise DeployError(f"{exc}; no server was changed") from exc  # exc names it
     if serving:
         raise DeployError(
             f"the registry at {registry.location(root)} has no production version of "
@@ -318,7 +318,7 @@ def _stage_everywhere(
                 client.complete(name, spec.verify_prompt, max_tokens=4)
                 actions.append(Action(client.url, "verify", name, "answers"))
         except VllmError as exc:
-            raise DeployError(f"{name} failed on {server.url}: {exc}") from exc
+            raise DeployError(f"{name} failed on {exc}") from exc  # "{url}: {what}"
     return actions
 
 
