@@ -149,3 +149,19 @@ def test_registry_change_of_an_unknown_version_is_an_argument_error(tmp_path, ar
     register_adapter(reg, "s", ref, {"train": {"method": "sft"}}, target=target_for(base))
     code, said = run_cli("registry", *args, "--why", "typo", "--root", str(reg))
     assert code == 2 and "no version 'v0009' of 's' in the registry (it has v0001)" in said, said
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--reject"], "--reject: the recipe's gate has no require_approval rule to answer"),
+        (["--by", "alice"], "--by and --comment go with --approve or --reject"),
+    ],
+)
+def test_a_gate_answer_that_would_be_ignored_is_refused(tmp_path, extra, said):
+    """`gate --reject` on a recipe without a require_approval rule printed PROMOTE (exit 0)."""
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    code, out = run_cli("gate", DEMO, "--report", str(report), *extra)
+    assert code == 2 and said in out, out
+    assert not (tmp_path / "decision.json").exists()

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -136,3 +136,24 @@ def _complete_dir(path: Path, what: str) -> str:
         article = "an" if stage[0] in "aeiou" else "a"
         raise Failure(f"{path} is {article} {stage} output, not a {what} output", code=2)
     return digest
+
+
+def human_answer(gate: Any, approve: bool | None, by: str | None, comment: str) -> Any:
+    """The ``--approve/--reject --by --comment`` of `gate` and `register` as an ``Approval``
+    (None: not given). Exit 2 where it would be ignored: ``--by``/``--comment`` alone, or an
+    answer to a gate without a `require_approval` rule (`--reject` would still have promoted)."""
+    from feinschliff.gate import Approval
+    from feinschliff.specs.evaluate import RequireApprovalRule
+
+    if approve is None:
+        if by is not None or comment:
+            raise Failure("--by and --comment go with --approve or --reject", code=2)
+        return None
+    if not any(isinstance(rule, RequireApprovalRule) for rule in gate.rules):
+        flag = "--approve" if approve else "--reject"
+        raise Failure(
+            f"{flag}: the recipe's gate has no require_approval rule to answer "
+            "(its metric rules alone decide)",
+            code=2,
+        )
+    return Approval(approved=approve, by=by or "cli", comment=comment)

@@ -15,6 +15,7 @@ from feinschliff.cli.app import (
     _load,
     _read_report,
     app,
+    human_answer,
 )
 
 
@@ -75,17 +76,19 @@ def gate(
         bool | None,
         typer.Option("--approve/--reject", help="Answer a `require_approval` rule as a human."),
     ] = None,
-    by: Annotated[str, typer.Option(help="Who approves or rejects (for the audit log).")] = "cli",
+    by: Annotated[
+        str | None, typer.Option(help="Who approves or rejects (for the audit log; default: cli).")
+    ] = None,
     comment: Annotated[str, typer.Option(help="Why.")] = "",
     set_: SetOpt = None,
 ) -> None:
     """Apply the recipe's gate rules to a report; prints value, threshold and pass/fail per rule
     and writes the decision to decision.json next to the report. Exit 0: promote. Exit 3:
     rejected (or awaiting a human approval)."""
-    from feinschliff.gate import Approval, decide_promotion, write_decision
+    from feinschliff.gate import decide_promotion, write_decision
 
     cfg = _load(recipe, set_)
-    approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
+    approval = human_answer(cfg.gate, approve, by, comment)
     decision = decide_promotion(_read_report(report, cfg.use_case), cfg.gate, approval)
     for r in decision.results:
         thr = "-" if r.threshold is None else f"{r.threshold:g}"

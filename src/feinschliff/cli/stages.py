@@ -17,6 +17,7 @@ from feinschliff.cli.app import (
     _load,
     _read_report,
     app,
+    human_answer,
 )
 from feinschliff.recipe_loader import RecipeError, dump_resolved, load_recipe, recipe_json_schema
 
@@ -87,7 +88,9 @@ def register(
             help="Answer the gate's `require_approval` rule as a human (as `gate` does).",
         ),
     ] = None,
-    by: Annotated[str, typer.Option(help="Who approves or rejects (for the audit log).")] = "cli",
+    by: Annotated[
+        str | None, typer.Option(help="Who approves or rejects (for the audit log; default: cli).")
+    ] = None,
     comment: Annotated[str, typer.Option(help="Why.")] = "",
     set_: SetOpt = None,
 ) -> None:
@@ -96,7 +99,7 @@ def register(
     immutable version with a lineage manifest and point the `candidate` alias at it
     (`--promote`: also `production`, live on register.vllm servers). Prints the version."""
     from feinschliff.artifacts import AdapterRef, hash_tree
-    from feinschliff.gate import Approval, decide_promotion
+    from feinschliff.gate import decide_promotion
     from feinschliff.pipeline import registered_lineage, registry_root
     from feinschliff.registry import (
         UNSET,
@@ -114,6 +117,7 @@ def register(
     cfg = _load(recipe, set_)
     if approve is not None and report is None:
         raise Failure("--approve/--reject answer the gate: give --report too", code=2)
+    approval = human_answer(cfg.gate, approve, by, comment)
     ref = AdapterRef(path=str(adapter.resolve()), sha256=_complete_dir(adapter, "train"))
     if promote_ and report is None:  # allowed (an operator's decision), but never unnoticed
         typer.echo(
@@ -125,7 +129,6 @@ def register(
     lineage = registered_lineage(cfg, metrics)
     decision = None
     if report is not None:
-        approval = None if approve is None else Approval(approved=approve, by=by, comment=comment)
         evaluated = _read_report(report, cfg.use_case)
         _check_report_is_about(evaluated, report, ref)
         decision = decide_promotion(evaluated, cfg.gate, approval)
