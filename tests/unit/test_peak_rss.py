@@ -3,10 +3,13 @@ training's in the same long-lived process, not an earlier child's."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
+
+from feinschliff.train.peak_memory import wait_with_peak
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="VmHWM and clear_refs are Linux's")
 
@@ -85,3 +88,17 @@ def test_a_child_peak_includes_the_grandchildren_it_waited_for(tmp_path):
     (idle_code, idle), (busy_code, busy) = (line.split() for line in _run(probe).splitlines())
     assert idle_code == busy_code == "0"
     assert float(idle) < 400 < 512 < float(busy), (idle, busy)
+
+
+def test_an_interrupted_wait_kills_and_reaps_the_child(monkeypatch):
+    """As subprocess.run does: a cancelled stage must not leave its training child running."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "wait4", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        wait_with_peak(child)
+    monkeypatch.undo()
+    assert child.returncode is not None and child.returncode < 0  # killed, and reaped

@@ -45,13 +45,14 @@ def own_peak_mb() -> float:
 
 def wait_with_peak(proc: subprocess.Popen) -> tuple[int, float]:
     """Wait for ``proc``; its exit code (as ``Popen.returncode``) and the peak RSS of it and of
-    the descendants it waited for."""
-    while True:
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for old kernels
-            continue
+    the descendants it waited for. Interrupted (Ctrl-C, a cancelled task), the child is killed
+    and reaped first, as ``subprocess.run`` does."""
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)  # PEP 475: retried after signals
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait a second time
     return proc.returncode, _rusage_mb(usage.ru_maxrss)
 
