@@ -112,13 +112,19 @@ def retrain(
     `_one_run_per_use_case`); a failed or crashed run (e.g. SIGTERM on pod eviction) notifies.
 
     Args:
-        recipe_path: recipe YAML, absolute or relative to the worker's working directory.
-        overrides: `dotted.path=value` recipe overrides, validated like the file.
-        workdir: where stage outputs go (default `$FEINSCHLIFF_HOME/runs/<use_case>`).
+        recipe_path: recipe YAML, absolute or relative to the flow run's working directory
+            (`feinschliff deployments sync` stores it relative to the checkout it deploys).
+        overrides: `dotted.path=value` recipe overrides (YAML-parsed, e.g.
+            `train.hyperparameters.max_steps=3`), validated like the file. A deployment's
+            default is the `--set` of `deployments sync`; a list given here replaces it.
+        workdir: where stage outputs, the run's ledger and its lock go, on the worker (default
+            `$FEINSCHLIFF_HOME/runs/<use_case>`); while another run holds it, this one fails
+            at once (deployed runs of a use case queue one at a time before that).
         register: register and promote when the gate passes (off: evaluate only, and a
             `require_approval` rule passes without asking anyone: nothing would be registered).
         train_deployment: run training through this deployment (e.g. on a GPU work pool)
             instead of in this flow run; set by `feinschliff deployments sync --train-pool`.
+            Both pools must see the workdir at the same path.
     """
     recipe = load_recipe(recipe_path, overrides or [])
     check_training_fits(recipe)  # a training that cannot fit train.gpu: refused before any stage

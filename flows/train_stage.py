@@ -28,11 +28,23 @@ def train_stage(
     production: str | None = None,
     pinned: bool = False,
 ) -> dict:
-    """Train the recipe's adapter from an ingest output; returns the AdapterRef as a dict.
+    """Train the recipe's adapter from an ingest (or mixed) output; returns the AdapterRef as a
+    dict. Started by a `retrain` run (synced with `--train-pool`), which fills every parameter.
 
-    ``pinned``: a warm start continues ``production`` (None: there was none), the version the
-    calling retrain run recorded; otherwise the registry's production now. A ``data_path``
-    this worker cannot see fails first, naming the setup (before ``out`` is created).
+    Args:
+        recipe_path: recipe YAML, as the calling retrain run got it (absolute or relative to
+            this flow run's working directory).
+        data_path: the finished ingest (or mixed) output to train on, at the path the retrain
+            run wrote it: a path this worker cannot see fails first, naming the setup (before
+            `out` is created).
+        data_sha256: that output's content hash, recorded in metrics.json (`dataset_sha256`).
+        out: the train output folder (adapter/, metrics.json, loss.png); a finished training
+            of the same inputs there is reused, a killed one resumes from its checkpoints.
+        overrides: `dotted.path=value` recipe overrides, as the retrain run got them.
+        production: the registry's production version the retrain run recorded (None: there
+            was none); a warm start (`train.init_from: production`) continues it if `pinned`.
+        pinned: true: a warm start continues `production`; false: the registry's production
+            now.
     """
     target = Path(out)
     # A retrain rerun after its own crash starts another train-stage run while the first may

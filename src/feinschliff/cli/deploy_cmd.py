@@ -19,14 +19,21 @@ app.add_typer(deployments_app, name="deployments")
 @deployments_app.command("sync")
 def sync(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.", show_default=False)],
-    pool: Annotated[str, typer.Option(help="Work pool the deployments run on.")] = "local",
+    pool: Annotated[
+        str,
+        typer.Option(
+            help="Work pool the retrain deployments run on (must exist on the server, else "
+            "exit 2; `make ui` creates 'local')."
+        ),
+    ] = "local",
     paused: Annotated[
         bool | None,
         typer.Option(
             "--paused/--active",
-            help="Pause or activate the schedules. Without either, a new deployment is active "
-            "and an existing one keeps its state (one paused in the UI, or whose schedule was "
-            "switched off there, stays so).",
+            help="--paused: pause the retrain deployments (no scheduled runs); --active: "
+            "activate them and switch their schedule on. Without either, a new deployment is "
+            "active and an existing one keeps its state (one paused in the UI, or whose "
+            "schedule was switched off there, stays so).",
             show_default=False,
         ),
     ] = None,
@@ -34,7 +41,8 @@ def sync(
         str | None,
         typer.Option(
             help="Run training on this (GPU) work pool via a `train-stage/<use_case>` "
-            "deployment; the other stages stay on --pool."
+            "deployment; the other stages stay on --pool. Both pools must see the stage "
+            "outputs at the same path (shared FEINSCHLIFF_HOME)."
         ),
     ] = None,
     prune: Annotated[
@@ -58,7 +66,10 @@ def sync(
     set_: SetOpt = None,
 ) -> None:
     """Create or update a Prefect deployment `retrain/<use_case>` per recipe, scheduled by the
-    recipe's `schedule` (cron + timezone), against the Prefect API in PREFECT_API_URL.
+    recipe's `schedule` (cron + timezone; none: runs only when triggered, and a schedule the
+    recipe dropped is cleared), against the Prefect API in PREFECT_API_URL. The deployments
+    run flows/retrain.py from this checkout with the recipe path relative to it; prints one
+    deployment name per line. Every recipe is validated before anything changes (exit 2).
     Idempotent: rerunning updates the deployments in place. --set overrides apply to every
     recipe given and become the deployments' default `overrides` parameter (a run triggered
     with its own `overrides` replaces them). Nothing is deleted without --prune."""

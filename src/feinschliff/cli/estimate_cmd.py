@@ -13,32 +13,36 @@ from feinschliff.cli.app import Failure, SetOpt, _complete_dir, _load, app
 @app.command()
 def estimate(
     recipe: Annotated[
-        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)
+        Path | None,
+        typer.Argument(help="Recipe YAML file (omit with --reference).", show_default=False),
     ] = None,
     gpu: Annotated[
         str | None,
         typer.Option(
             help="Only this GPU from configs/hardware.yaml or the file FEINSCHLIFF_HARDWARE "
-            "names (default: all of them)."
+            "names (default: all of them; an unknown name or --cpu: exit 2)."
         ),
     ] = None,
     data: Annotated[
         Path | None,
-        typer.Option(help="An ingest output: count its tokens for GPU-hours and EUR."),
+        typer.Option(
+            help="A finished ingest (or generate/mix) output: count its trained tokens for "
+            "GPU-hours and rent EUR (without it those columns say n/a)."
+        ),
     ] = None,
     cpu: Annotated[
         bool,
         typer.Option(
             "--cpu",
             help="Estimate a CPU training (in RAM) instead of a GPU one, against this "
-            "machine's total RAM.",
+            "machine's total RAM (no GPU table, no cost; not with --gpu).",
         ),
     ] = False,
     mfu: Annotated[
         float | None,
         typer.Option(
-            help="Model FLOPs utilisation assumed for the cost (default: 0.31, measured on an "
-            "H100 for full-length batches).",
+            help="Model FLOPs utilisation assumed for the GPU-hours and rent EUR (default: "
+            "0.31, measured on an H100 for full-length batches). Only matters with --data.",
             min=0.01,
             max=1,
             show_default=False,
@@ -47,7 +51,9 @@ def estimate(
     reference: Annotated[
         bool,
         typer.Option(
-            "--reference", help="Print the talk's 8B table under its own assumptions instead."
+            "--reference",
+            help="Print the talk's 8B table under its own assumptions instead (RECIPE and the "
+            "other options are ignored).",
         ),
     ] = False,
     set_: SetOpt = None,

