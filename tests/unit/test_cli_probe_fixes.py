@@ -165,3 +165,33 @@ def test_a_gate_answer_that_would_be_ignored_is_refused(tmp_path, extra, said):
     code, out = run_cli("gate", DEMO, "--report", str(report), *extra)
     assert code == 2 and said in out, out
     assert not (tmp_path / "decision.json").exists()
+
+
+def test_registry_set_without_a_recipe_is_refused(tmp_path):
+    """`registry promote s v1 --set register.vllm...` without --recipe dropped the --set and
+    promoted without the servers the user meant to update."""
+    code, said = run_cli(
+        "registry", "promote", "s", "v0001", "--set", "x=1", "--root", str(tmp_path / "reg")
+    )
+    assert code == 2 and "--set changes a recipe: give --recipe too" in said, said
+
+
+def test_schema_into_a_missing_folder_is_an_argument_error(tmp_path):
+    code, said = run_cli("schema", "--out", str(tmp_path / "nope" / "schema.json"))
+    assert code == 2 and "cannot write" in said and "No such file or directory" in said, said
+
+
+def test_validate_print_of_several_recipes_is_one_yaml_document_each():
+    """Concatenated without `---`, stdout was one mapping with every key twice."""
+    import yaml
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "feinschliff.cli", "validate", DEMO, DEMO, "--print"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    documents = list(yaml.safe_load_all(proc.stdout))
+    assert len(documents) == 2 and documents[0] == documents[1]
+    assert documents[0]["use_case"] == "support-de-demo"

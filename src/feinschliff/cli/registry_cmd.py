@@ -46,7 +46,7 @@ RecipeSetOpt = Annotated[
     typer.Option(
         "--set",
         help="Override a value of the --recipe: dotted.path=value (YAML-parsed). Repeatable; "
-        "ignored without --recipe.",
+        "needs --recipe (exit 2 without).",
     ),
 ]
 ExpectOpt = Annotated[
@@ -306,6 +306,8 @@ def _known_version(root: Any, use_case: str, version: str) -> None:
 
 def _recipe_for(path: Path | None, overrides: list[str] | None, use_case: str) -> Recipe | None:
     if path is None:
+        if overrides:  # nothing to override: the change would happen without what was asked
+            raise Failure("--set changes a recipe: give --recipe too", code=2)
         return None
     cfg = _load(path, overrides)
     if cfg.use_case != use_case:

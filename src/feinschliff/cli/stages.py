@@ -54,8 +54,8 @@ def validate(
         # with --print, stdout is the resolved recipe alone (so it can be saved and used)
         ok = f"{path}: ok ({recipe.use_case}, {recipe.train.method}/{recipe.train.backend})"
         typer.echo(ok, err=show)
-        if show:
-            typer.echo(dump_resolved(recipe))
+        if show:  # several recipes: one YAML document each
+            typer.echo(("---\n" if len(recipes) > 1 else "") + dump_resolved(recipe))
     if failed:
         raise typer.Exit(2)
 
@@ -67,7 +67,10 @@ def schema(
     """Print the recipe JSON Schema (for editors: `# yaml-language-server: $schema=...`)."""
     text = json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if out:
-        out.write_text(text, encoding="utf-8")
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:  # a missing folder, a folder given as --out: a wrong argument
+            raise Failure(f"cannot write {out}: {exc.strerror or exc}", code=2) from exc
     else:
         typer.echo(text, nl=False)
 
