@@ -119,9 +119,12 @@ def set_alias(
     *,
     expected: Any = UNSET,
     why: str = "",
+    decision: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Move one alias (compare-and-swap on ``expected`` when given). Returns the new aliases."""
-    return _move(root, use_case, {alias: version}, expected={alias: expected}, why=why)
+    """Move one alias (compare-and-swap on ``expected`` when given). Returns the new aliases.
+    ``decision``: a gate decision to record in the audit log with it."""
+    gate = None if decision is None else {"alias": alias, "new": version, "decision": decision}
+    return _move(root, use_case, {alias: version}, expected={alias: expected}, why=why, gate=gate)
 
 
 def promote(
@@ -253,8 +256,8 @@ def _move(
         for alias, version in moves.items():
             if old.get(alias) != version:
                 _audit(st, uc, "alias", alias=alias, old=old.get(alias), new=version, why=why)
-        if gate is not None:
-            _audit(st, uc, "gate", why=why, **gate)
+        if gate is not None:  # the alias's value before, unless the caller knew it
+            _audit(st, uc, "gate", why=why, **{"old": old.get(gate["alias"]), **gate})
     return aliases
 
 

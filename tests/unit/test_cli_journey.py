@@ -258,3 +258,30 @@ def test_register_of_a_registered_adapter_says_so_and_a_promote_records_the_gate
         *["v0001"] * 2,
     )
     assert sum(e["event"] == "register" for e in events) == 1  # still one version
+
+
+def test_a_human_answer_to_a_registered_adapter_is_recorded(tmp_path):
+    """`register --report R --approve --by NAME` without --promote on an adapter registered
+    before: the decision (the approval in it) was computed and dropped, leaving no record."""
+    base = make_base(tmp_path / "base")
+    out = tmp_path / "train-out"
+    ref = make_train_output(out, str(base))
+    report = tmp_path / "report.json"
+    models = {"candidate": {"adapter": ref.path, "adapter_sha256": ref.sha256}}
+    report.write_text(json.dumps({"models": models, "metrics": {"candidate": {}}}))
+    reg = tmp_path / "reg"
+    sets = [
+        *("--set", f"base_model.name={base}"),
+        *("--set", f"register.registry={reg}"),
+        *("--set", "gate.rules=[{rule: require_approval}]"),
+    ]
+    args = ["register", DEMO, "--adapter", str(out), "--report", str(report), *sets]
+    assert runner.invoke(app, args).exit_code == 0
+    assert not [e for e in audit_log(reg, "support-de-demo") if e["event"] == "gate"]
+
+    again = runner.invoke(app, [*args, "--approve", "--by", "alice", "--comment", "looked ok"])
+    assert again.exit_code == 0, again.output
+    assert "the gate decision goes to the audit log" in again.stderr
+    gates = [e for e in audit_log(reg, "support-de-demo") if e["event"] == "gate"]
+    assert len(gates) == 1 and gates[0]["decision"]["promote"] is True
+    assert "approved by alice: looked ok" in json.dumps(gates[0]["decision"])

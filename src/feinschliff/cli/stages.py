@@ -183,7 +183,8 @@ def register(
         if version in known:  # registration is idempotent by adapter content
             typer.echo(
                 f"{cfg.use_case}: this adapter is already registered as {version} "
-                "(same content; no new version, its manifest stays as it was)",
+                "(same content; no new version, its manifest stays as it was"
+                + ("; the gate decision goes to the audit log)" if decision else ")"),
                 err=True,
             )
             if promote_ and read_aliases(root, cfg.use_case).get("production") == version:
@@ -192,7 +193,12 @@ def register(
                     + (" (the gate decision is recorded in the audit log)" if decision else ""),
                     err=True,
                 )
-        set_alias(root, cfg.use_case, "candidate", version, why="registered via CLI")
+        # a known version's manifest stays: its new gate decision (a human's answer among it)
+        # goes to the audit log, as --promote records it
+        again = decision.model_dump() if decision and version in known and not promote_ else None
+        set_alias(
+            root, cfg.use_case, "candidate", version, why="registered via CLI", decision=again
+        )
         if promote_:
             report_ = publish_version(
                 cfg,
