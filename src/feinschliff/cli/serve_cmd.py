@@ -74,8 +74,8 @@ def serve_demo(
 ) -> None:
     """Load the production adapter into a local vLLM server (installed on first use by
     scripts/install_vllm.sh into $FEINSCHLIFF_HOME/venvs, ~4-5 min once; started ~1-2 min) and print
-    the base model's and the adapter's answer to one German prompt; the server is stopped after.
-    Writes vllm.log (unless --url) and copies the adapter to its serving folder
+    the base model's and the adapter's answer to one German prompt; a server it started is
+    stopped after (one given as --url keeps running). Writes vllm.log (unless --url) and copies the adapter to its serving folder
     (register.vllm.adapter_dir, default $FEINSCHLIFF_HOME/serving). Exit 1
     when there is no production version or the server fails; exit 2 when the served model is
     not the recipe's base model."""
