@@ -60,7 +60,8 @@ def serve_demo(
         typer.Option(
             help="A running vLLM server to use instead of starting one (its --model must be "
             "the recipe's base model, with runtime LoRA loading); the production adapter is "
-            "loaded into it and stays loaded."
+            "loaded into it and stays loaded, as `registry reconcile` would leave it (other "
+            "versions of this use case loaded there are unloaded)."
         ),
     ] = None,
     workdir: Annotated[
