@@ -195,3 +195,14 @@ def test_validate_print_of_several_recipes_is_one_yaml_document_each():
     documents = list(yaml.safe_load_all(proc.stdout))
     assert len(documents) == 2 and documents[0] == documents[1]
     assert documents[0]["use_case"] == "support-de-demo"
+
+
+def test_a_missing_pseudonymization_key_is_an_argument_error(tmp_path, monkeypatch):
+    """Configuration, like an unset PREFECT_API_URL (exit 2); it exited 1 as a failure."""
+    monkeypatch.delenv("FEINSCHLIFF_PII_KEY", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # no Secret block to look in
+    out = tmp_path / "out"
+    code, said = run_cli(
+        "ingest", "--source", f"langfuse:{LANGFUSE}", "--pii", "pseudonymize", "--out", str(out)
+    )
+    assert code == 2 and "FEINSCHLIFF_PII_KEY" in said, said

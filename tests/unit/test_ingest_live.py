@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from feinschliff.ingest import run_ingest
-from feinschliff.ingest.stage import IngestError
+from feinschliff.ingest.stage import IngestError, MissingSecret
 from feinschliff.recipe import FeedbackSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,7 +216,7 @@ def test_credentials_come_only_from_the_environment(server, home, monkeypatch, t
     monkeypatch.delenv("LANGFUSE_PUBLIC_KEY", raising=False)
     monkeypatch.delenv("LANGFUSE_SECRET_KEY", raising=False)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with pytest.raises(IngestError, match="LANGFUSE_PUBLIC_KEY"):
+    with pytest.raises(MissingSecret, match="LANGFUSE_PUBLIC_KEY"):  # exit 2, as configuration
         run_ingest(pull_spec(base_url=server.url), tmp_path / "out")
     assert server.requests == []
     monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", PUBLIC)

@@ -70,7 +70,7 @@ def ingest(
     names the server, the endpoint and the cause; the pull's watermark stays as it was).
     """
     from feinschliff.artifacts import OutputInUse
-    from feinschliff.ingest.stage import IngestError, InvalidSource, run_ingest
+    from feinschliff.ingest.stage import IngestError, InvalidSource, MissingSecret, run_ingest
     from feinschliff.recipe import evaluated_sets
 
     if (recipe is None) == (not source):
@@ -82,7 +82,7 @@ def ingest(
         spec, tasks = _adhoc_spec(source or [], pii, set_ or []), _bundled_tasks()
     try:
         ref = run_ingest(spec, out, eval_tasks=tasks)
-    except (InvalidSource, OutputInUse) as exc:
+    except (InvalidSource, MissingSecret, OutputInUse) as exc:
         raise Failure(str(exc), code=2) from exc
     except IngestError as exc:
         raise Failure(str(exc)) from exc

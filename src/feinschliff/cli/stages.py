@@ -370,7 +370,7 @@ def _run_failure(exc: Exception) -> Failure | None:
     from feinschliff.evaluate.judge import JudgeError
     from feinschliff.generate.seeds import SeedError
     from feinschliff.generate.stage import GenerateError, InputRefused
-    from feinschliff.ingest.stage import IngestError, InvalidSource
+    from feinschliff.ingest.stage import IngestError, InvalidSource, MissingSecret
     from feinschliff.pipeline import RunInProgress
     from feinschliff.registry import AliasConflict, InvalidName, RegistryError
     from feinschliff.serving.deploy import DeployError
@@ -380,7 +380,7 @@ def _run_failure(exc: Exception) -> Failure | None:
     # each error type is raised by one stage only (registry errors are not: a warm start reads
     # the registry too, so they name none)
     stages = [
-        ((InvalidSource,), "ingest", 2),
+        ((InvalidSource, MissingSecret), "ingest", 2),
         ((IngestError,), "ingest", 1),
         ((InputRefused, SeedError), "generate", 2),
         ((GenerateError,), "generate", 1),

@@ -58,6 +58,11 @@ class InvalidSource(IngestError):
     """A source path that does not exist or matches no known export format."""
 
 
+class MissingSecret(IngestError):
+    """A pseudonymization key or pull credentials the environment (or a Prefect Secret block)
+    does not hold, or a key of the wrong length: configuration, like an unset PREFECT_API_URL."""
+
+
 def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ()) -> DatasetRef:
     """Run the stage; ``eval_tasks`` (the recipe's ``evaluate.tasks``) join the eval sets that
     rows are decontaminated against.
@@ -70,7 +75,7 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
     try:
         key = load_key(spec.pii.key_secret) if spec.pii.mode == "pseudonymize" else None
     except PiiError as exc:
-        raise IngestError(str(exc)) from exc
+        raise MissingSecret(str(exc)) from exc
     names = [*eval_tasks, *spec.decontamination.eval_sets]
     # the use-case task is built from this stage's own held-out split: no data to check against
     own = [n for n in dict.fromkeys(names) if n == USECASE_TASK]
@@ -253,7 +258,9 @@ def _ingest_source(
 
         try:
             result = pull_source(source)
-        except (MissingCredentials, EmptySnapshot, PullFailed) as exc:
+        except MissingCredentials as exc:
+            raise MissingSecret(str(exc)) from exc
+        except (EmptySnapshot, PullFailed) as exc:
             raise IngestError(str(exc)) from exc
         path = result.mirror
         pulled = {
