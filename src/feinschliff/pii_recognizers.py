@@ -74,9 +74,10 @@ def build_engines() -> tuple[Any, Any]:
 
 @cache
 def load_presidio() -> None:
-    """Import Presidio without Hugging Face transformers, which it imports (with torch and
-    transformers' pipelines: ~5 of ~8 s of start-up) only for its transformers NLP engine; the
-    pattern recognizers never use it (presidio-analyzer's ``hf_pipeline`` stays None).
+    """Import Presidio without Hugging Face transformers, which it imports (its pipelines:
+    ~4 of ~8 s of start-up) only for its transformers NLP engine; the pattern recognizers
+    never use it (presidio-analyzer's ``hf_pipeline`` stays None). torch is still imported
+    (by spaCy's thinc, ~1 s).
 
     Only the imports made by this thread while it imports Presidio are refused: another thread
     importing transformers meanwhile gets it, and so does any later import (a training in the
