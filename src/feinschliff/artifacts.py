@@ -195,9 +195,7 @@ def refuse_foreign_out(root: Path, stage: str | None = None) -> None:
     """The refusals of ``prepare_out``, without writing anything: a stage calls it before
     minutes of model loading, ``prepare_out`` again before it writes."""
     stamp = root / ".inputs"
-    if root.exists() and not root.is_dir():
-        raise OutputInUse(f"{root} is a file, not a folder: choose a new or empty output folder")
-    refuse_file_above(root)
+    refuse_non_folder(root)
     if root.exists() and not stamp.exists() and any(root.iterdir()):
         raise OutputInUse(
             f"{root} is not empty and no feinschliff stage wrote it (no .inputs stamp): "
@@ -219,8 +217,11 @@ def refuse_foreign_out(root: Path, stage: str | None = None) -> None:
         )
 
 
-def refuse_file_above(root: Path) -> None:
-    """An output path under a file (``--out notes.txt/run``) can never be a folder."""
+def refuse_non_folder(root: Path) -> None:
+    """An output path that is a file, or lies under one (``--out notes.txt/run``), can never
+    be a folder."""
+    if root.exists() and not root.is_dir():
+        raise OutputInUse(f"{root} is a file, not a folder: choose a new or empty output folder")
     for parent in root.parents:
         if parent.exists():
             if not parent.is_dir():

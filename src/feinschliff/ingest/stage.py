@@ -31,7 +31,7 @@ from feinschliff.artifacts import (
     OutputInUse,
     make_out_dir,
     mark_complete,
-    refuse_file_above,
+    refuse_non_folder,
     write_json,
 )
 from feinschliff.ingest.credentials import MissingCredentials
@@ -193,9 +193,7 @@ def _failures(
 def _check_out(out: Path) -> None:
     """Refuse an output folder ingest did not write (someone's files, a project root), before
     anything in it is touched; an earlier ingest output is replaced."""
-    if out.exists() and not out.is_dir():
-        raise OutputInUse(f"{out} is a file, not a folder: choose a new or empty output folder")
-    refuse_file_above(out)
+    refuse_non_folder(out)
     # a `.gitkeep` placeholder counts as empty (and stays)
     held = (p for p in out.iterdir() if p.name != ".gitkeep") if out.is_dir() else ()
     if out.is_dir() and not _earlier_output(out) and any(not _empty_dir(p) for p in held):
