@@ -128,6 +128,9 @@ def test_estimate_command_prints_components_fit_and_assumptions():
     assert "assumptions:" in res.output and "MFU 31%" in res.output
     ref = runner.invoke(app, ["estimate", "--reference"])
     assert "training     fp32  124.77" in ref.output and "int4    3.73" in ref.output
+    # with a recipe or an option the table would silently not be about them
+    mixed = runner.invoke(app, ["estimate", str(EIGHT_B), "--reference", "--gpu", "rtx-4090"])
+    assert mixed.exception.code == 2 and "takes no RECIPE, --gpu" in str(mixed.exception)
     bad = runner.invoke(app, ["estimate", str(EIGHT_B), "--gpu", "tpu-v9"])
     assert bad.exception.code == 2 and "unknown GPU 'tpu-v9'" in str(
         bad.exception

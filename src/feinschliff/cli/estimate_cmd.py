@@ -52,8 +52,8 @@ def estimate(
         bool,
         typer.Option(
             "--reference",
-            help="Print the talk's 8B table under its own assumptions instead (RECIPE and the "
-            "other options are ignored).",
+            help="Print the talk's 8B table under its own assumptions instead (alone: with a "
+            "RECIPE or another option, exit 2).",
         ),
     ] = False,
     set_: SetOpt = None,
@@ -65,10 +65,28 @@ def estimate(
     assumptions. Writes nothing."""
     from feinschliff import estimate as est
 
-    mfu = mfu or est.DEFAULT_MFU
     if reference:
+        given = [
+            what
+            for what, value in (
+                ("RECIPE", recipe),
+                ("--gpu", gpu),
+                ("--data", data),
+                ("--cpu", cpu),
+                ("--mfu", mfu),
+                ("--set", set_),
+            )
+            if value
+        ]
+        if given:  # the table has its own assumptions: these would go unseen
+            raise Failure(
+                f"--reference prints the talk's table under its own assumptions and takes no "
+                f"{', '.join(given)}: leave out --reference to estimate a recipe",
+                code=2,
+            )
         _print_reference(est)
         return
+    mfu = mfu or est.DEFAULT_MFU
     if recipe is None:
         raise Failure("give a RECIPE (or --reference)", code=2)
     if cpu and gpu:  # the GPU table is not printed for a CPU training: --gpu would go unseen
