@@ -23,6 +23,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     serve_cmd,
     stages,
     train_cmd,
+    validate_cmd,
 )
 from feinschliff.cli.app import Failure, _check_home, _setup_logging, app
 from feinschliff.models import ModelFetchError, UnknownModel

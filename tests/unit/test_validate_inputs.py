@@ -1,0 +1,73 @@
+"""`feinschliff validate` names the files a recipe reads that do not exist here (a mistyped
+export path showed up only when a scheduled run reached the ingest): warnings by default, since
+a recipe may be meant for a worker with other volumes, problems (exit 2) with --strict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from feinschliff.cli import app
+from feinschliff.recipe_inputs import missing_inputs
+from feinschliff.recipe_loader import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def _recipe(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load((ROOT / "recipes" / "demo-de.yaml").read_text())
+    for src in data["feedback"]["sources"]:
+        src["path"] = str((ROOT / "recipes" / src["path"]).resolve())
+    data["feedback"]["sources"].append({"kind": "langfuse", "path": "exports/langfsue"})
+    data |= changes
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_missing_export_is_a_warning_and_ok(tmp_path):
+    recipe = _recipe(tmp_path)
+    res = runner.invoke(app, ["validate", str(recipe)])
+    assert res.exit_code == 0, res.output
+    want = f"{recipe}: warning: feedback.sources.2.path: {tmp_path}/exports/langfsue does not"
+    assert want in res.stderr and f"{recipe}: ok (" in res.stdout
+    assert "sources.0" not in res.stderr and "sources.1" not in res.stderr  # those exist
+
+
+def test_strict_makes_it_a_problem(tmp_path):
+    recipe = _recipe(tmp_path)
+    res = runner.invoke(app, ["validate", "--strict", str(recipe)])
+    assert res.exit_code == 2
+    assert f"{recipe}: feedback.sources.2.path: {tmp_path}/exports/langfsue" in res.stderr
+    assert "ok (" not in res.output
+    (tmp_path / "exports" / "langfsue").mkdir(parents=True)
+    res = runner.invoke(app, ["validate", "--strict", str(recipe)])
+    assert res.exit_code == 0 and not res.stderr, res.output
+
+
+def test_seed_files_and_local_model_folders_are_checked(tmp_path):
+    (tmp_path / "themen.txt").write_text("Tarifwechsel\n", encoding="utf-8")
+    local = {"kind": "transformers", "model": "./lehrer"}
+    generate = {
+        "seeds": {"topics": "themen.txt", "documents": "docs"},
+        "teacher": local,
+        "preference": {"judge": {**local, "model": "/nowhere/judge"}},
+    }
+    recipe = _recipe(
+        tmp_path,
+        base_model={"name": "./basis", "dtype": "float32"},
+        generate=generate,
+    )
+    assert dict(missing_inputs(load_recipe(recipe))) == {
+        "feedback.sources.2.path": str(tmp_path / "exports" / "langfsue"),
+        "base_model.name": str(tmp_path / "basis"),
+        "generate.seeds.documents": str(tmp_path / "docs"),  # topics exists
+        "generate.teacher.model": str(tmp_path / "lehrer"),
+        "generate.preference.judge.model": "/nowhere/judge",
+    }
+    # an alias or a hub id is fetched, not looked for; a live pull reads no file
+    hub = _recipe(tmp_path, base_model={"name": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    assert [where for where, _ in missing_inputs(load_recipe(hub))] == ["feedback.sources.2.path"]
