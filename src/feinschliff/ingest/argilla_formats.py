@@ -43,6 +43,7 @@ from feinschliff.ingest.records import (
     quarantined_exc,
 )
 from feinschliff.ingest.scratch import Scratch
+from feinschliff.specs.feedback import SourceMapping
 
 Item = FeedbackRecord | Quarantined
 ERRORS = (ValueError, TypeError, KeyError, ValidationError)
@@ -74,7 +75,9 @@ def nested_files(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- readers
 
 
-def read_nested(folder: Path, log: ReadLog, scratch: Scratch | None) -> Iterator[Item]:
+def read_nested(
+    folder: Path, log: ReadLog, scratch: Scratch | None, mapping: SourceMapping | None = None
+) -> Iterator[Item]:
     """``to_disk`` folder (records.json) or a pull mirror (records-*.jsonl, statuses kept;
     the ids read so far live in ``scratch``: a set of them grew with the mirror)."""
     settings = settings_file(folder)
@@ -112,7 +115,7 @@ def _same(raw: Any, _layout: ArgillaLayout) -> Any:
     return raw
 
 
-def read_flat(path: Path, log: ReadLog) -> Iterator[Item]:
+def read_flat(path: Path, log: ReadLog, mapping: SourceMapping | None = None) -> Iterator[Item]:
     """``to_list(flatten=True)`` rows (JSON/JSONL) or ``to_datasets()`` parquet rows."""
     settings = settings_file(path)
     layout = layout_from_settings(read_json(settings, log.inputs)) if settings else None
@@ -126,7 +129,7 @@ def read_flat(path: Path, log: ReadLog) -> Iterator[Item]:
         yield from _convert(_rows(f, log), f, layout, log, nested_from_flat)
 
 
-def read_v1(folder: Path, log: ReadLog) -> Iterator[Item]:
+def read_v1(folder: Path, log: ReadLog, mapping: SourceMapping | None = None) -> Iterator[Item]:
     config = v1_config_file(folder)
     assert config is not None
     log.inputs[str(config)] = _sha(config)

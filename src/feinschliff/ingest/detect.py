@@ -28,7 +28,7 @@ from feinschliff.ingest.langfuse_exports import read_exports
 from feinschliff.ingest.langfuse_rows import SUFFIXES, Item, file_kind
 from feinschliff.ingest.records import ReadLog
 from feinschliff.ingest.scratch import Scratch
-from feinschliff.specs.feedback import DerivationRules
+from feinschliff.specs.feedback import DerivationRules, SourceMapping
 
 # An unreadable file (a truncated page) is read with the observations: its quarantine entry
 # fails the stage, instead of the file being left out as "not an export file".
@@ -55,16 +55,19 @@ def open_export(
     parallel: Submit | None = None,
     mirror: bool = False,
     partial: bool = False,
+    mapping: SourceMapping | None = None,
 ) -> SourceRead:
     """``parallel``: run Langfuse observation files in worker processes (``RowPipeline.submit``);
     the items then include ``PreparedRecords``. ``mirror``: ``path`` is a pull mirror (one
     folder per pull): an observation fetched again (the lookback re-fetches the last hour,
     e.g. a generation first pulled while it was still streaming) counts in its newest copy.
-    ``partial``: the export holds only some observations (``langfuse.read_observations``)."""
+    ``partial``: the export holds only some observations (``langfuse.read_observations``).
+    ``mapping``: the recipe's ``sources[i].mapping`` (None: the defaults)."""
+    mapping = mapping or SourceMapping()
     if not path.exists():
         raise UnknownExport(f"{path} does not exist")
     if kind == "argilla":
-        found = _argilla(path, log, scratch)
+        found = _argilla(path, log, scratch, mapping)
         if found is None:
             hint = _argilla_part(path) or (
                 "; it looks like a Langfuse export" if _looks_like_langfuse(path) else ""
@@ -90,10 +93,10 @@ def open_export(
     def items() -> Iterator[Item]:
         if joined:
             yield from read_observations(
-                joined, log, rules, scratch, score_files, parallel, partial=partial
+                joined, log, rules, scratch, score_files, parallel, partial=partial, mapping=mapping
             )
         if exports:
-            yield from read_exports(exports, log, rules)
+            yield from read_exports(exports, log, rules, mapping=mapping)
 
     names = "+".join(
         k
@@ -103,21 +106,23 @@ def open_export(
     return SourceRead(names, items())
 
 
-def _argilla(path: Path, log: ReadLog, scratch: Scratch | None) -> SourceRead | None:
+def _argilla(
+    path: Path, log: ReadLog, scratch: Scratch | None, mapping: SourceMapping | None = None
+) -> SourceRead | None:
     """``scratch``: None when only detecting (the reader is never iterated)."""
     if path.is_dir():
         if settings_file(path) and nested_files(path):
             fmt = "argilla-2-to-disk" if (path / "records.json").is_file() else "argilla-2-mirror"
-            return SourceRead(fmt, read_nested(path, log, scratch))
+            return SourceRead(fmt, read_nested(path, log, scratch, mapping=mapping))
         if settings_file(path) and parquet_files(path):
-            return SourceRead("argilla-2-hub-parquet", read_flat(path, log))
+            return SourceRead("argilla-2-hub-parquet", read_flat(path, log, mapping=mapping))
         if v1_config_file(path) and parquet_files(path):
-            return SourceRead("argilla-1-hub", read_v1(path, log))
+            return SourceRead("argilla-1-hub", read_v1(path, log, mapping=mapping))
         return None
     if path.suffix == ".parquet":
         columns = parquet_columns(path)
         if any(c.endswith(".responses") for c in columns):
-            return SourceRead("argilla-2-flat-parquet", read_flat(path, log))
+            return SourceRead("argilla-2-flat-parquet", read_flat(path, log, mapping=mapping))
         return None
     if path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
         for row in peek_rows(path):
@@ -126,7 +131,7 @@ def _argilla(path: Path, log: ReadLog, scratch: Scratch | None) -> SourceRead | 
             if "fields" in row and "responses" in row:
                 return None  # a nested array needs its settings: point at the to_disk folder
             if any(k.endswith(".responses") for k in row):
-                return SourceRead("argilla-2-flat", read_flat(path, log))
+                return SourceRead("argilla-2-flat", read_flat(path, log, mapping=mapping))
     return None
 
 

@@ -52,7 +52,7 @@ from feinschliff.ingest.langfuse_scores import score_vote as score_vote  # calle
 from feinschliff.ingest.records import FeedbackRecord, ReadLog
 from feinschliff.ingest.scratch import Scratch, create_index, select_in
 from feinschliff.ingest.timestamps import time_key
-from feinschliff.specs.feedback import DerivationRules
+from feinschliff.specs.feedback import DerivationRules, SourceMapping
 
 Submit = Callable[..., Any]  # runs fn(*args) in a worker process: a Future, or None (no pool)
 CHUNK = 1000  # observation rows per score lookup
@@ -66,6 +66,7 @@ def read_observations(
     score_files: set[Path],
     parallel: Submit | None = None,
     partial: bool = False,
+    mapping: SourceMapping | None = None,
 ) -> Iterator[Any]:
     """Score files first (their rows are stored), then every observation once.
 

@@ -37,10 +37,12 @@ from feinschliff.ingest.langfuse_rows import (
 from feinschliff.ingest.langfuse_scores import ERRORS, observation_record, score_vote
 from feinschliff.ingest.records import FeedbackRecord, ReadLog, Vote
 from feinschliff.ingest.timestamps import time_key
-from feinschliff.specs.feedback import DerivationRules
+from feinschliff.specs.feedback import DerivationRules, SourceMapping
 
 
-def read_exports(files: list[Path], log: ReadLog, rules: DerivationRules) -> Iterator[Item]:
+def read_exports(
+    files: list[Path], log: ReadLog, rules: DerivationRules, mapping: SourceMapping | None = None
+) -> Iterator[Item]:
     for f in files:
         for where, row in iter_rows(f, log):
             if isinstance(row, Broken):

@@ -282,6 +282,7 @@ def _ingest_source(
             mirror=source.pull is not None,
             # scores are pulled for every observation, observations only by that name
             partial=isinstance(source.pull, LangfusePull) and source.pull.name is not None,
+            mapping=source.mapping,
         )
     except UnknownExport as exc:
         raise InvalidSource(str(exc)) from exc

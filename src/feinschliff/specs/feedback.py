@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, ValidationInfo, model_validator
@@ -59,6 +60,54 @@ class LangfusePull(_Pull):
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request.")
 
 
+def _template_fields(value: str | None) -> str | None:
+    """A prompt template names plain fields only (``{kontext}``, not ``{a.b}`` or ``{a[0]}``)."""
+    if value is None:
+        return None
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:  # an unmatched brace
+        raise ValueError(f"not a str.format template: {exc}") from exc
+    if not names:
+        raise ValueError("names no field: write the fields as {name}")
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise ValueError(f"{{{bad[0]}}} is not a plain field name (no index, attribute or number)")
+    return value
+
+
+class SourceMapping(Strict):
+    """Which parts of a team's own export are the prompt, the answers and the corrections.
+    Unset keys keep the defaults the README's derivation rules describe."""
+
+    prompt: str | None = Field(
+        None,
+        description="Argilla: the field that is the prompt (default: a chat field, else one "
+        "named prompt/instruction/question/input, else the first text field).",
+    )
+    answers: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Argilla: the fields that are answers; ratings and text corrections refer "
+        "to the first (default: every text field that is neither the prompt nor used by "
+        "`prompt_template`; with several, the manifest notes which one was rated).",
+    )
+    corrections: list[str] | None = Field(
+        None,
+        description="Argilla: the text questions whose answers correct the answer (default: "
+        "every text question; with several, the manifest notes it). Other text questions "
+        "(comments) give no training data.",
+    )
+    prompt_template: Annotated[str | None, AfterValidator(_template_fields)] = Field(
+        None,
+        description="Build the user prompt from several texts with Python str.format: Argilla "
+        "field names, or the keys of a Langfuse input object (e.g. '{kontext}\n\nFrage: "
+        "{frage}'). Default: the prompt alone; a Langfuse input object with other texts than "
+        "its prompt is then dropped (counted, its keys named in the manifest's notes) instead "
+        "of trained on without them.",
+    )
+
+
 class FeedbackSource(Strict):
     kind: Literal["argilla", "langfuse"] = Field(description="Which tool produced the feedback.")
     path: RecipePath | None = Field(
@@ -88,6 +137,12 @@ class FeedbackSource(Strict):
         "`updated_at` when a response changes).",
     )
 
+    mapping: SourceMapping = Field(
+        default_factory=SourceMapping,
+        description="Which fields and questions of this export are prompt, answers and "
+        "corrections (for exports that do not follow the defaults).",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _pull_follows_kind(cls, data: Any) -> Any:
@@ -95,6 +150,21 @@ class FeedbackSource(Strict):
         if isinstance(data, dict) and isinstance(data.get("pull"), dict):
             return {**data, "pull": {**data["pull"], _KIND: data.get("kind")}}
         return data
+
+    @model_validator(mode="after")
+    def _mapping_fits_kind(self) -> FeedbackSource:
+        if self.kind == "langfuse":
+            argilla_only = [
+                k
+                for k in ("prompt", "answers", "corrections")
+                if getattr(self.mapping, k) is not None
+            ]
+            if argilla_only:
+                raise ValueError(
+                    f"mapping.{argilla_only[0]} is for Argilla exports (a Langfuse prompt is "
+                    "the observation's input; `prompt_template` combines an input object's keys)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_location(self) -> FeedbackSource:
@@ -147,8 +217,10 @@ class DerivationRules(Strict):
     )
     thumbs_scores: list[str] = Field(
         default_factory=lambda: ["user-feedback"],
-        description="Score names that are thumbs up/down in Langfuse UI exports (those lose the "
-        "score data type; API pages use dataType BOOLEAN instead).",
+        description="Langfuse score names that are end users' thumbs up/down: BOOLEAN scores "
+        "of these names (API pages, traces) and these columns of UI exports (which lose the "
+        "data type). A BOOLEAN score of another name (an LLM judge's `hallucination`, say) is "
+        "no thumbs: counted as not used, its name listed in the manifest's notes.",
     )
     max_rows_per_annotator: int | None = Field(
         None,
