@@ -274,3 +274,18 @@ def test_a_constant_schedule_keeps_its_warmup_on_axolotl(tmp_path):
         "constant"
     )
     assert _cfg(tmp_path, "train.hyperparameters.lr_scheduler=cosine")["lr_scheduler"] == "cosine"
+
+
+def test_the_axolotl_child_inherits_the_callers_hub_settings(monkeypatch):
+    """A hub-id base model must be downloadable by Axolotl (it was always run offline, so a
+    model not already in the HF cache failed); an offline caller (tests, air-gapped) stays so."""
+    from feinschliff.train.axolotl_backend import _env
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    env = _env()
+    assert "HF_HUB_OFFLINE" not in env and "HF_DATASETS_OFFLINE" not in env
+    assert env["HF_TOKEN"] == "hf_x" and env["DO_NOT_TRACK"] == "1"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _env()["HF_HUB_OFFLINE"] == "1"

@@ -40,11 +40,11 @@ from feinschliff.train.templates import CHAT_TEMPLATE_FILE
 
 log = logging.getLogger(__name__)
 CKPT_MARKER = ".complete"
+# No telemetry or experiment tracking. The Hub settings (HF_HUB_OFFLINE, HF_TOKEN) are the
+# caller's: forcing offline here failed every hub-id base model not already in the HF cache.
 AXOLOTL_ENV = {
     "AXOLOTL_DO_NOT_TRACK": "1",
     "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
     "WANDB_MODE": "disabled",
     "TOKENIZERS_PARALLELISM": "false",
 }
