@@ -189,10 +189,16 @@ class MixSpec(Strict):
 
 class BudgetSpec(Strict):
     max_requests: int | None = Field(
-        None, ge=1, description="Teacher requests per run (cache hits are free; None: no limit)."
+        None,
+        ge=1,
+        description="Teacher and judge requests per run, counted together (cache hits are "
+        "free; None: no limit).",
     )
     max_tokens: int | None = Field(
-        None, ge=1, description="Prompt + completion tokens per run (None: no limit)."
+        None,
+        ge=1,
+        description="Prompt + completion tokens per run, teacher and judge together (None: no "
+        "limit).",
     )
 
 
