@@ -289,3 +289,22 @@ def test_the_axolotl_child_inherits_the_callers_hub_settings(monkeypatch):
     assert env["HF_TOKEN"] == "hf_x" and env["DO_NOT_TRACK"] == "1"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert _env()["HF_HUB_OFFLINE"] == "1"
+
+
+def test_axolotl_qlora_looks_for_bitsandbytes_in_the_axolotl_venv(tmp_path, monkeypatch):
+    """Axolotl trains in its own venv: bitsandbytes there is what QLoRA needs (the check
+    looked in feinschliff's venv, refusing a working setup and passing a broken one)."""
+    import torch
+
+    from feinschliff.train import trl_backend as tb
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tb.importlib.util, "find_spec", lambda name: object())  # ours has it
+    venv = tmp_path / "axolotl-venv"
+    with pytest.raises(tb.QLoRAUnavailable, match="in the Axolotl venv"):
+        tb.check_qlora_available(venv)
+    (venv / "lib" / "python3.11" / "site-packages" / "bitsandbytes").mkdir(parents=True)
+    monkeypatch.setattr(tb.importlib.util, "find_spec", lambda name: None)  # ours lacks it
+    tb.check_qlora_available(venv)  # no error: Axolotl's venv has it
+    with pytest.raises(tb.QLoRAUnavailable, match="pip install bitsandbytes"):
+        tb.check_qlora_available()  # the TRL backend trains here

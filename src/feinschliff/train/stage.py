@@ -129,6 +129,18 @@ def run_train(
     return AdapterRef(path=str(out), sha256=digest)
 
 
+def _axolotl_venv(recipe: Recipe) -> Path | None:
+    """The venv an Axolotl training runs in, if built (else it is built, with its pins, first)."""
+    if recipe.train.backend != "axolotl":
+        return None
+    from feinschliff.train.axolotl_backend import AxolotlError, axolotl_venv
+
+    try:
+        return axolotl_venv(install=False)
+    except AxolotlError:  # built on first use: bitsandbytes is then the pins' business
+        return None
+
+
 def preflight(recipe: Recipe) -> None:
     """Refuse, before loading anything, a training that cannot run as configured."""
     from feinschliff.estimate import EstimateError, check_training_fits
@@ -137,7 +149,7 @@ def preflight(recipe: Recipe) -> None:
         from feinschliff.train.trl_backend import QLoRAUnavailable, check_qlora_available
 
         try:
-            check_qlora_available()
+            check_qlora_available(_axolotl_venv(recipe))
         except QLoRAUnavailable as exc:
             raise TrainError(str(exc)) from exc
     try:

@@ -60,14 +60,21 @@ class _Progress(TrainerCallback):
             log.info("step %d eval loss %.4f", state.global_step, logs["eval_loss"])
 
 
-def check_qlora_available() -> None:
-    """Fail fast, before any model is loaded, when QLoRA cannot run here."""
+def check_qlora_available(venv: Path | None = None) -> None:
+    """Fail fast, before any model is loaded, when QLoRA cannot run here. ``venv``: where the
+    training runs when that is another venv (Axolotl's); bitsandbytes must be there."""
     if not torch.cuda.is_available():
         raise QLoRAUnavailable(
             "train.qlora needs a CUDA GPU: bitsandbytes 4-bit (NF4) weights only run on GPU. "
             "Set qlora: false to train in the recipe's base_model.dtype on this machine."
         )
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if venv is not None:
+        if not any(venv.glob("lib/python*/site-packages/bitsandbytes")):
+            raise QLoRAUnavailable(
+                f"train.qlora needs the bitsandbytes package in the Axolotl venv {venv} "
+                "(add it to AXOLOTL_PINS, see scripts/install_axolotl.sh)"
+            )
+    elif importlib.util.find_spec("bitsandbytes") is None:
         raise QLoRAUnavailable(
             "train.qlora needs the bitsandbytes package (pip install bitsandbytes)"
         )
