@@ -221,6 +221,23 @@ def langfuse_hostile(i: int, kind_index: int, big: bool) -> tuple[str, bytes, di
 
 # --------------------------------------------------------------------------- the corpus
 
+# Damage to one response only: that response is quarantined alone, the record is kept.
+RESPONSE_ONLY = {
+    "nested": {"response_to_unknown_question", "rating_nan", "rating_huge_int"},
+    "flat": {"rating_nan", "rating_infinity", "rating_huge_int"},
+}
+
+
+def _lengths_match(target: str, payload: bytes) -> bool:
+    """A flat row whose base has fewer users than its two ratings is damaged as a whole."""
+    if target != "flat":
+        return True
+    row = json.loads(payload)  # NaN/Infinity literals: Python's reader takes them
+    n = len(row["rating.responses"])
+    return all(
+        len(row.get(f"rating.responses.{c}") or [None] * n) == n for c in ("users", "status")
+    )
+
 
 def build(folder: Path, hostile: int, big: int, seed: int = 14) -> dict:
     """Write the three exports; return what each should yield."""
@@ -228,6 +245,7 @@ def build(folder: Path, hostile: int, big: int, seed: int = 14) -> dict:
     nested_ok, flat_ok = valid_nested(40), valid_flat(40)
     obs_ok, scores = valid_observations(60)
     per = {"nested": [], "flat": [], "langfuse": []}
+    kept: dict[str, set[str]] = {"nested": set(), "flat": set()}
     kinds: dict[str, int] = {}
     for i in range(hostile):
         target = ("nested", "flat", "langfuse")[i % 3]
@@ -242,6 +260,8 @@ def build(folder: Path, hostile: int, big: int, seed: int = 14) -> dict:
                 scores.append(score)
         per[target].append(payload)
         kinds[kind] = kinds.get(kind, 0) + 1
+        if kind in RESPONSE_ONLY.get(target, ()) and _lengths_match(target, payload):
+            kept[target].add(f"bad-{target}-{i}")
 
     def mixed(valid: list[bytes], bad: list[bytes]) -> list[bytes]:
         rows = valid + bad
@@ -268,8 +288,18 @@ def build(folder: Path, hostile: int, big: int, seed: int = 14) -> dict:
     (lf_dir / "scores-page-1.json").write_text(json.dumps(page, ensure_ascii=False))
     return {
         "sources": [
-            ("argilla", nested_dir, {r["id"] for r in nested_ok}, len(per["nested"])),
-            ("argilla", flat_dir / "records.jsonl", {r["id"] for r in flat_ok}, len(per["flat"])),
+            (
+                "argilla",
+                nested_dir,
+                {r["id"] for r in nested_ok} | kept["nested"],
+                len(per["nested"]),
+            ),
+            (
+                "argilla",
+                flat_dir / "records.jsonl",
+                {r["id"] for r in flat_ok} | kept["flat"],
+                len(per["flat"]),
+            ),
             ("langfuse", lf_dir, {r["id"] for r in obs_ok}, len(per["langfuse"])),
         ],
         "kinds": kinds,

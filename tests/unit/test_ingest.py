@@ -130,11 +130,16 @@ def test_malformed_argilla_records_are_quarantined_and_valid_ones_kept(tmp_path)
     out = tmp_path / "out"
     run_ingest(spec(("argilla", src), max_quarantine_fraction=0.5), out)
     quarantine = read_jsonl(out / "quarantine.jsonl")
-    assert [q["raw"] for q in quarantine] == bad
+    # a bad response is quarantined alone: its record stays (with its other votes, here none)
+    assert [q["raw"] for q in quarantine] == [
+        *bad[:3],
+        {"id": "bad-rating", "question": "rating", "response": {"value": "fünf"}},
+        {"id": "unknown-q", "question": "mood", "responses": [{"value": 1}]},
+    ]
     assert all(q["reason"] and q["location"].startswith(str(src)) for q in quarantine)
     assert {q["source"] for q in quarantine} == {"argilla"}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["sources"][0]["records"] == len(records)
+    assert manifest["sources"][0]["records"] == len(records) + 2
     assert sum(v for k, v in manifest["drops"].items() if k.startswith("quarantined")) == len(bad)
 
 

@@ -83,7 +83,15 @@ def test_a_full_trace_gives_its_trace_score_to_the_latest_generation(tmp_path, f
         "input": "Frage?",
         "output": "Antwort.",
         "observations": [_generation("g-first", first), _generation("g-second", second)],
-        "scores": [{"id": "s1", "dataType": "BOOLEAN", "value": 1, "timestamp": second}],
+        "scores": [
+            {
+                "id": "s1",
+                "name": "user-feedback",
+                "dataType": "BOOLEAN",
+                "value": 1,
+                "timestamp": second,
+            }
+        ],
     }
     path = tmp_path / "trace-tr-1.json"
     path.write_text(json.dumps(trace))

@@ -5,27 +5,45 @@ status kept where the export has it::
 
     {"id": ..., "fields": {...}, "responses": {question: [{"value", "user_id", "status"}]}}
 
-and then mapped to votes by the dataset's settings (``ArgillaLayout``):
+and then mapped to votes by the dataset's settings and the recipe's ``sources[i].mapping``
+(``ArgillaLayout``, built in ``argilla_layout``):
 
-- the prompt is a ``chat`` field when there is one, else the field named prompt/instruction/
-  question/input, else the first text field; every other text field is an answer;
+- the prompt is ``mapping.prompt``, else a ``chat`` field when there is one, else the field
+  named prompt/instruction/question/input, else the first text field; with
+  ``mapping.prompt_template`` the user prompt is that template filled with the record's fields
+  (``str.format_map``; a record lacking one of them is quarantined);
+- the answers are ``mapping.answers``, else every other text field that the template does not
+  use (several that do not all look like answers: the manifest notes which one was rated);
 - ``rating`` questions rate the first answer field (``rating_<field>`` rates that field);
 - ``label_selection`` questions whose options name answer fields are preferences (``tie``: none);
 - ``ranking`` questions over answer fields are rankings (first = best);
-- ``text`` questions are human corrections of the first answer;
+- ``text`` questions are human corrections of the first answer: those ``mapping.corrections``
+  names, else every one (several: the manifest notes it); answers to the others (comments)
+  give nothing and are counted (``argilla_text_response_not_correction``);
 - other question types (multi-label, span) carry no training signal here and are ignored.
 
 Only submitted responses count. Discarded and draft ones are skipped and counted in the read log.
 The nested ``to_disk`` form has no response status (Argilla drops it), so its responses count as
-submitted, and the manifest says so.
+submitted, and the manifest says so. A response that cannot be used (a rating that is no number,
+a ranking of other fields than the record's answers, an answer to a question the dataset does
+not have) is set aside and quarantined alone; the record's other votes count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from feinschliff.ingest.argilla_layout import (
+    ANSWER_PREFIXES,
+    PROMPT_NAMES,
+    RESERVED,
+    ArgillaLayout,
+    MappingMismatch,
+    infer_layout,
+    layout_from_settings,
+    template_fields,
+)
 from feinschliff.ingest.records import (
     FeedbackRecord,
     Message,
@@ -36,104 +54,28 @@ from feinschliff.ingest.records import (
     finite,
 )
 
-PROMPT_NAMES = ("prompt", "instruction", "question", "input")
-ANSWER_PREFIXES = ("response", "answer", "output", "completion", "generation", "chosen", "rejected")
-RESERVED = {"id", "status", "_server_id", "external_id", "metadata", "vectors"}
+__all__ = [  # the layout lives in argilla_layout; importers of these names keep working
+    "ANSWER_PREFIXES",
+    "PROMPT_NAMES",
+    "RESERVED",
+    "ArgillaLayout",
+    "MappingMismatch",
+    "infer_layout",
+    "layout_from_settings",
+    "nested_from_flat",
+    "nested_from_v1",
+    "to_record",
+]
+
 NO_STATUS_NOTE = (
     "Argilla to_disk (nested) export carries no response status: all its responses were "
     "counted as submitted."
 )
+NOT_CORRECTION = "argilla_text_response_not_correction"  # a comment question's answers
 
-
-@dataclass(frozen=True)
-class ArgillaLayout:
-    """Which field is the prompt, which are answers, and each question's type."""
-
-    prompt: str
-    answers: tuple[str, ...]
-    fields: tuple[str, ...]
-    questions: Mapping[str, str]
-    inferred: bool = False
-
-
-def layout_from_settings(settings: Mapping[str, Any]) -> ArgillaLayout:
-    """From Argilla 2.x ``.argilla/settings.json`` or 1.x ``argilla.yaml`` (same shape here)."""
-    fields = [(f["name"], _type_of(f)) for f in settings.get("fields") or []]
-    questions = {q["name"]: _type_of(q) for q in settings.get("questions") or []}
-    return _layout([n for n, _ in fields], [n for n, k in fields if k == "chat"], questions)
-
-
-def infer_layout(row: Mapping[str, Any], known: ArgillaLayout | None = None) -> ArgillaLayout:
-    """Guess the layout of a flat row without settings (fields vs metadata vs questions).
-
-    Question types are guessed from the first non-null responses and kept (``known``), so a
-    column that is null in the first rows is typed as soon as a row answers it.
-    """
-    questions = dict(known.questions) if known else {}
-    for key, value in row.items():
-        name = key.removesuffix(".responses")
-        if key.endswith(".responses") and questions.get(name, "unknown") == "unknown":
-            questions[name] = _guess_question(value) if value else "unknown"
-    columns = [
-        k
-        for k in row
-        if k not in RESERVED and "." not in k and isinstance(row[k], str | list | type(None))
-    ]
-    named = {v for kind, v in _label_values(row, questions) if kind}
-    answers = [c for c in columns if c in named or c.lower().startswith(ANSWER_PREFIXES)]
-    if known:
-        answers += [a for a in known.answers if a not in answers and a in row]
-    prompts = [c for c in columns if c in PROMPT_NAMES or c == "chat"]
-    if not prompts:
-        raise ValueError(
-            f"no prompt column ({', '.join(PROMPT_NAMES)} or chat) and no .argilla/settings.json "
-            "next to the export to say which field is the prompt"
-        )
-    fields = prompts[:1] + answers
-    layout = _layout(fields, [c for c in prompts if c == "chat"], questions)
-    return ArgillaLayout(layout.prompt, layout.answers, layout.fields, questions, inferred=True)
-
-
-def _label_values(row: Mapping[str, Any], questions: Mapping[str, str]) -> list[tuple[bool, str]]:
-    found = []
-    for q, kind in questions.items():
-        for v in row.get(f"{q}.responses") or []:
-            if kind == "label_selection" and isinstance(v, str):
-                found.append((True, v))
-            elif kind == "ranking" and isinstance(v, list):
-                found.extend((True, str(x)) for x in v)
-    return found
-
-
-def _guess_question(values: list[Any]) -> str:
-    sample = next((v for v in values if v is not None), None)
-    if isinstance(sample, bool):
-        return "other"
-    if isinstance(sample, int | float):
-        return "rating"
-    if isinstance(sample, list):
-        return "ranking" if all(isinstance(x, str) for x in sample) else "other"
-    if isinstance(sample, str):
-        texts = [v for v in values if isinstance(v, str)]
-        short = all(len(v) < 40 and " " not in v.strip() for v in texts)
-        return "label_selection" if short else "text"
-    return "other"
-
-
-def _layout(fields: list[str], chat: list[str], questions: dict[str, str]) -> ArgillaLayout:
-    if not fields:
-        raise ValueError("the dataset has no fields")
-    texts = [n for n in fields if n not in chat]
-    prompt = chat[0] if chat else next((n for n in PROMPT_NAMES if n in texts), texts[0])
-    answers = tuple(n for n in texts if n != prompt and n not in PROMPT_NAMES)
-    return ArgillaLayout(prompt, answers, tuple(fields), questions)
-
-
-def _type_of(item: Mapping[str, Any]) -> str:
-    settings = item.get("settings")
-    if isinstance(settings, Mapping) and settings.get("type"):
-        return str(settings["type"])
-    return str(item.get("type") or "text")
+# what cannot be used, set aside (quarantined alone): the question, {"response": one
+# annotator's} or {"responses": all, when they cannot be read one by one}, why
+SetAside = tuple[str, dict[str, Any], Exception]
 
 
 # --------------------------------------------------------------------------- normalising
@@ -183,14 +125,15 @@ def nested_from_v1(row: Mapping[str, Any], layout: ArgillaLayout) -> dict[str, A
 
 def to_record(
     raw: Any, layout: ArgillaLayout, log: ReadLog, location: str, *, timestamp: str | None = None
-) -> FeedbackRecord:
-    """One nested-form record -> FeedbackRecord; raises ValueError/TypeError when malformed."""
+) -> tuple[FeedbackRecord, list[SetAside]]:
+    """One nested-form record -> FeedbackRecord, and the responses set aside (to quarantine
+    alone); raises ValueError/TypeError when the record itself is malformed."""
     if not isinstance(raw, Mapping):
         raise TypeError(f"record is a {type(raw).__name__}, not an object")
     fields = raw.get("fields")
     if not isinstance(fields, Mapping):
         raise ValueError("record has no 'fields' object")
-    prompt = _prompt(fields.get(layout.prompt))
+    prompt = _prompt_of(fields, layout)
     answers = {
         k: fields[k] for k in layout.answers if isinstance(fields.get(k), str) and fields[k].strip()
     }
@@ -201,29 +144,29 @@ def to_record(
     if not isinstance(responses, Mapping):
         raise ValueError("'responses' is not an object")
     votes: list[Vote] = []
+    aside: list[SetAside] = []
     for question, entries in responses.items():
         kind = layout.questions.get(question)
         if kind is None:
-            raise Unusable("response to a question the dataset does not have", detail_of(question))
+            exc = Unusable("response to a question the dataset does not have", detail_of(question))
+            aside.append((question, {"responses": entries}, exc))
+            continue
         if not isinstance(entries, list):
-            raise ValueError(f"responses to {question!r} are not a list")
+            exc = Unusable("responses to a question are not a list", detail_of(question))
+            aside.append((question, {"responses": entries}, exc))
+            continue
         for entry in entries:
-            if not isinstance(entry, Mapping) or "value" not in entry:
-                raise Unusable(f"malformed response to {question!r}", detail_of(entry))
-            status = entry.get("status")
-            if status is None:
-                log.note(NO_STATUS_NOTE)
-            elif status != "submitted":  # draft, discarded (a key per status Argilla has)
-                known = status in ("draft", "discarded", "pending")
-                log.stats[f"argilla_response_{status if known else 'other_status'}"] += 1
+            try:
+                vote = _response_vote(kind, question, entry, layout, log, answers, first)
+            except (ValueError, TypeError) as exc:
+                aside.append((question, {"response": entry}, exc))
                 continue
-            vote = _vote(kind, question, entry, answers, first)
             if vote is not None:
                 votes.append(vote)
     source_id = raw.get("id") if raw.get("id") is not None else raw.get("_server_id")
     if source_id is None:
         raise ValueError("record has neither 'id' nor '_server_id'")
-    return FeedbackRecord(
+    record = FeedbackRecord(
         source="argilla",
         source_id=str(source_id),
         location=location,
@@ -232,6 +175,44 @@ def to_record(
         answers=answers,
         votes=votes,
     )
+    return record, aside
+
+
+def _response_vote(
+    kind: str,
+    question: str,
+    entry: Any,
+    layout: ArgillaLayout,
+    log: ReadLog,
+    answers: dict[str, str],
+    first: str,
+) -> Vote | None:
+    """One annotator's response -> a vote (None: skipped, counted); raises when unusable."""
+    if not isinstance(entry, Mapping) or "value" not in entry:
+        raise Unusable("malformed response", detail_of(entry))
+    status = entry.get("status")
+    if status is None:
+        log.note(NO_STATUS_NOTE)
+    elif status != "submitted":  # draft, discarded (a key per status Argilla has)
+        known = status in ("draft", "discarded", "pending")
+        log.stats[f"argilla_response_{status if known else 'other_status'}"] += 1
+        return None
+    if kind == "text" and not layout.corrects(question):
+        log.stats[NOT_CORRECTION] += 1  # a comment, say: no training data
+        return None
+    return _vote(kind, question, entry, answers, first)
+
+
+def _prompt_of(fields: Mapping[str, Any], layout: ArgillaLayout) -> list[Message]:
+    if layout.template is None:
+        return _prompt(fields.get(layout.prompt))
+    values = {}
+    for name in template_fields(layout.template):
+        value = fields.get(name)
+        if not isinstance(value, str):  # absent (an optional field), or no text
+            raise Unusable("record lacks a field that mapping.prompt_template uses", repr(name))
+        values[name] = value
+    return _prompt(layout.template.format_map(values))
 
 
 def _prompt(value: Any) -> list[Message]:

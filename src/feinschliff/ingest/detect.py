@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from feinschliff.ingest.argilla_formats import (
-    nested_files,
+    json_forms,
     parquet_files,
     peek_rows,
     read_flat,
     read_nested,
     read_v1,
+    row_form,
     settings_file,
     v1_config_file,
 )
+from feinschliff.ingest.argilla_layout import MappingMismatch
 from feinschliff.ingest.jsonio import Broken, parquet_columns
 from feinschliff.ingest.langfuse import Submit, read_observations
 from feinschliff.ingest.langfuse_exports import read_exports
@@ -67,7 +69,10 @@ def open_export(
     if not path.exists():
         raise UnknownExport(f"{path} does not exist")
     if kind == "argilla":
-        found = _argilla(path, log, scratch, mapping)
+        try:
+            found = _argilla(path, log, scratch, mapping)
+        except MappingMismatch as exc:  # the recipe's mapping does not fit: fail, say why
+            raise UnknownExport(f"{path}: {exc}") from exc
         if found is None:
             hint = _argilla_part(path) or (
                 "; it looks like a Langfuse export" if _looks_like_langfuse(path) else ""
@@ -109,30 +114,30 @@ def open_export(
 def _argilla(
     path: Path, log: ReadLog, scratch: Scratch | None, mapping: SourceMapping | None = None
 ) -> SourceRead | None:
-    """``scratch``: None when only detecting (the reader is never iterated)."""
+    """``scratch``: None when only detecting (the reader is never iterated). JSON/JSONL files
+    are told nested or flat by their first row, whatever their names."""
     if path.is_dir():
-        if settings_file(path) and nested_files(path):
-            fmt = "argilla-2-to-disk" if (path / "records.json").is_file() else "argilla-2-mirror"
-            return SourceRead(fmt, read_nested(path, log, scratch, mapping=mapping))
+        nested, flat = json_forms(path)
+        if settings_file(path) and nested:
+            arrays = [f for f in nested if f.suffix.lower() == ".json"]
+            fmt = "argilla-2-to-disk" if arrays else "argilla-2-mirror"
+            files = arrays or nested
+            return SourceRead(fmt, read_nested(path, log, scratch, mapping=mapping, files=files))
         if settings_file(path) and parquet_files(path):
             return SourceRead("argilla-2-hub-parquet", read_flat(path, log, mapping=mapping))
         if v1_config_file(path) and parquet_files(path):
             return SourceRead("argilla-1-hub", read_v1(path, log, mapping=mapping))
+        if flat and not nested:  # a folder of flat files (its settings used when present)
+            return SourceRead("argilla-2-flat", read_flat(path, log, mapping=mapping, files=flat))
         return None
     if path.suffix == ".parquet":
         columns = parquet_columns(path)
         if any(c.endswith(".responses") for c in columns):
             return SourceRead("argilla-2-flat-parquet", read_flat(path, log, mapping=mapping))
         return None
-    if path.suffix.lower() in (".json", ".jsonl", ".ndjson"):
-        for row in peek_rows(path):
-            if not isinstance(row, dict):
-                continue
-            if "fields" in row and "responses" in row:
-                return None  # a nested array needs its settings: point at the to_disk folder
-            if any(k.endswith(".responses") for k in row):
-                return SourceRead("argilla-2-flat", read_flat(path, log, mapping=mapping))
-    return None
+    if path.suffix.lower() in (".json", ".jsonl", ".ndjson") and row_form(path) == "flat":
+        return SourceRead("argilla-2-flat", read_flat(path, log, mapping=mapping))
+    return None  # a nested file needs its settings: point at the to_disk folder
 
 
 def _argilla_part(path: Path) -> str:
@@ -140,7 +145,7 @@ def _argilla_part(path: Path) -> str:
     if path.is_dir():
         if settings_file(path) or v1_config_file(path):
             return ""
-        nested = [f.name for f in nested_files(path) if _nested(f)]
+        nested = [f.name for f in json_forms(path)[0] if _nested(f)]
         flat = [f.name for f in parquet_files(path)[:1] if _flat_parquet(f)]
         if not nested + flat:
             return ""
@@ -161,8 +166,7 @@ def _argilla_part(path: Path) -> str:
 
 
 def _nested(f: Path) -> bool:
-    rows = peek_rows(f, 1) if f.suffix.lower() in (".json", ".jsonl") else []
-    return bool(rows) and isinstance(rows[0], dict) and {"fields", "responses"} <= rows[0].keys()
+    return f.suffix.lower() in (".json", ".jsonl") and row_form(f) == "nested"
 
 
 def _flat_parquet(f: Path) -> bool:

@@ -12,9 +12,11 @@ fetches its scores with one query. A score attaches to its observation (v3 ``sub
 GENERATION (the latest ``startTime`` as a moment, ``timestamps``): generations of traces with
 trace-level scores wait in the scratch database until all observations are read. v2 rows carry ``input``/``output`` as JSON *strings* (FACTS 10.2.1), decoded here.
 
-Score mapping: BOOLEAN -> thumbs up/down of the observation's output; CORRECTION -> a human
-correction of it (text in ``value`` for v3, ``stringValue`` for v1/v2); NUMERIC, CATEGORICAL
-and TEXT scores carry no training signal here and are counted. UI exports flatten scores into
+Score mapping: BOOLEAN named in ``rules.thumbs_scores`` -> thumbs up/down of the observation's
+output; CORRECTION -> a human correction of it (text in ``value`` for v3, ``stringValue`` for
+v1/v2); BOOLEAN scores of other names (judges), NUMERIC, CATEGORICAL and TEXT scores carry no
+training signal here and are counted. Prompts: ``langfuse_inputs`` (tool-call conversations
+and input objects with texts besides the prompt are counted and noted, not trained on). UI exports flatten scores into
 one column per score name (data type lost): the columns named in ``rules.thumbs_scores`` are
 thumbs. Generations without any feedback are counted, not turned into records.
 """
@@ -30,6 +32,7 @@ import numpy as np
 
 from feinschliff.ingest.bloom import Bloom
 from feinschliff.ingest.jsonio import Broken, dumps, loads
+from feinschliff.ingest.langfuse_inputs import Skip, Skips, skipped
 from feinschliff.ingest.langfuse_rows import (
     Item,
     column_votes,
@@ -42,11 +45,14 @@ from feinschliff.ingest.langfuse_rows import (
 from feinschliff.ingest.langfuse_scores import (
     ERRORS,
     INSERT_SCORE,
-    SIGNAL_SCORES,
+    NO_GENERATION,
     create_scores_db,
+    not_thumbs,
+    note_skips,
     observation_record,
     score_row,
     score_votes,
+    signal,
 )
 from feinschliff.ingest.langfuse_scores import score_vote as score_vote  # callers use langfuse's
 from feinschliff.ingest.records import FeedbackRecord, ReadLog
@@ -87,7 +93,7 @@ def read_observations(
     # process writes the main scratch database.
     scores_path = scratch.dir / f"{scratch.name('scores')}.sqlite"
     sdb = create_scores_db(scores_path)
-    join = _Join(db, sdb, seen, deferred, log, rules, partial)
+    join = _Join(db, sdb, seen, deferred, log, rules, partial, mapping)
     try:
         ordered = sorted(files, key=lambda f: f not in score_files)  # scores before observations
         if parallel is None:
@@ -104,6 +110,7 @@ def read_observations(
             yield from read_in_workers(rest, join, scores_path, parallel)
         yield from join.deferred_traces()
         yield from join.orphans()
+        note_skips(log, join.skips, rules.thumbs_scores)
     finally:
         sdb.close()
     scratch.commit()
@@ -121,9 +128,14 @@ class _Join:
         log: ReadLog,
         rules: DerivationRules,
         partial: bool = False,  # orphan scores are expected (see read_observations)
+        mapping: SourceMapping | None = None,
     ):
         self.db, self.sdb, self.seen, self.deferred = db, sdb, seen, deferred
         self.log, self.rules, self.partial = log, rules, partial
+        self.thumbs = frozenset(rules.thumbs_scores)
+        self.mapping = mapping  # sent with each worker's task
+        self.template = mapping.prompt_template if mapping else None
+        self.skips: Skips = {}  # what was skipped, for the notes (workers return theirs)
         self.seen_filter: Bloom | None = None  # built on first use (the parent's join only)
         self.indexed = db is None  # a worker's join reads the parent's indexed database
 
@@ -279,9 +291,10 @@ class _Join:
         """Scores whose observation (or, trace-level, whose trace) never came, by location.
         Found in a streamed pass without payloads; only the orphans are then sorted.
 
-        Only a thumbs or correction score carried training signal: it is quarantined (its
-        generation may be missing from the export). Others (NUMERIC, CATEGORICAL judge or eval
-        scores, often on spans) and every orphan of a partial export are counted."""
+        Only a thumbs (a BOOLEAN named in ``rules.thumbs_scores``) or correction score carried
+        training signal: it is quarantined (its generation may be missing from the export).
+        Others (judge or eval scores, often on spans) and every orphan of a partial export are
+        counted."""
         self.sdb.execute("CREATE TEMP TABLE IF NOT EXISTS orphan (r INTEGER PRIMARY KEY)")
         self.sdb.execute("DELETE FROM orphan")
         cursor = self.sdb.execute("SELECT rowid, obs, trace FROM scores")
@@ -311,9 +324,10 @@ class _Join:
             kind = score.get("dataType") if isinstance(score, dict) else None
             if self.partial:
                 self.log.stats["langfuse_score_outside_pulled_observations"] += 1
-            elif kind in SIGNAL_SCORES:
-                yield quarantine(where, "score refers to no known generation", score)
+            elif signal(score, self.thumbs):
+                yield quarantine(where, NO_GENERATION, score)
             else:
+                not_thumbs(score, self.skips)
                 self.log.stats[f"langfuse_score_{kind}_without_generation"] += 1
 
     def _lookup(self, column: str, keys: list[str], ids_only: bool = False) -> Any:
@@ -339,7 +353,7 @@ class _Join:
         stats: list[str],
     ) -> Iterator[Item]:
         """``attached``: the observation's scores, each with where it was read."""
-        votes, broken = score_votes(attached, row, stats)
+        votes, broken = score_votes(attached, row, stats, self.thumbs, self.skips)
         for at, score, exc in broken:  # quarantined alone, where it was read: the rest count
             yield quarantine_exc(at, exc, score)
         try:
@@ -351,7 +365,9 @@ class _Join:
             stats.append("langfuse_generation_without_feedback")
             return
         try:
-            yield observation_record(row, votes, where)
+            yield observation_record(row, votes, where, self.template)
+        except Skip as exc:  # valid, but not for training (tool calls, ...): counted
+            skipped(exc, stats, self.skips)
         except ERRORS as exc:
             yield quarantine_exc(where, exc, row)
 

@@ -5,7 +5,8 @@ Here each observation file goes to a worker of the row pipeline's pool, which pa
 its scores up in the scores database (read-only), builds the records and prepares their rows
 exactly as ``prepare`` does. The parent keeps only what needs the whole export's state, in
 file order: drop observations seen before (overlapping pages or pulls), park generations of
-traces with trace-level scores, count, and pass the prepared rows on. Results are taken in
+traces with trace-level scores, count, collect what was skipped (for the notes), and pass the
+prepared rows on. The source's ``mapping`` (its prompt template) goes with each task. Results are taken in
 submission order, so the output equals the one-process read (a unit test compares them).
 
 Score files come first: parsed in workers, their rows stored by the parent in file order.
@@ -29,10 +30,12 @@ from typing import Any
 from feinschliff.ingest import prepare
 from feinschliff.ingest.jsonio import Broken
 from feinschliff.ingest.langfuse import CHUNK, Submit, _Join, _unknown
+from feinschliff.ingest.langfuse_inputs import Skips
 from feinschliff.ingest.langfuse_rows import iter_rows, row_kind
 from feinschliff.ingest.langfuse_scores import INSERT_SCORE, score_row
 from feinschliff.ingest.prepare import Batch, TaggedBatch, prepare_tagged
 from feinschliff.ingest.records import ReadLog
+from feinschliff.specs.feedback import SourceMapping
 
 PARALLEL_MIN_BYTES = 4 << 20  # smaller exports are read in the parent: no worker start-up
 LOOKAHEAD = 4  # files in flight
@@ -59,18 +62,21 @@ class FileResult:
     entries: list[tuple[str | None, str, Any, list[str] | None]] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     inputs: dict[str, str] = field(default_factory=dict)
+    skips: Skips = field(default_factory=dict)  # names for the notes (``_Join.skips``)
     tagged: TaggedBatch | None = None
 
 
 _SCORES: dict[str, sqlite3.Connection] = {}
 
 
-def join_file_in_worker(path: Path, scores: Path) -> FileResult:
+def join_file_in_worker(
+    path: Path, scores: Path, mapping: SourceMapping | None = None
+) -> FileResult:
     ctx = prepare.worker_context()
     if str(scores) not in _SCORES:
         _SCORES[str(scores)] = sqlite3.connect(f"file:{scores}?mode=ro", uri=True)
     log = ReadLog()
-    join = _Join(None, _SCORES[str(scores)], "", "", log, ctx.spec.rules)
+    join = _Join(None, _SCORES[str(scores)], "", "", log, ctx.spec.rules, mapping=mapping)
     result = FileResult()
     records: list[Any] = []
 
@@ -101,7 +107,7 @@ def join_file_in_worker(path: Path, scores: Path) -> FileResult:
         else:
             result.entries.append((None, "quarantine", _unknown(where, row), None))
     flush(chunk)
-    result.stats, result.inputs = log.stats, log.inputs
+    result.stats, result.inputs, result.skips = log.stats, log.inputs, join.skips
     result.tagged = prepare_tagged(records, ctx)
     return result
 
@@ -164,7 +170,7 @@ def read_in_workers(files: list[Path], join: _Join, scores: Path, submit: Submit
     i = 0
     while i < len(files) or pending:
         while not serial and i < len(files) and len(pending) < LOOKAHEAD and _fits_worker(files[i]):
-            future = submit(join_file_in_worker, files[i], scores)
+            future = submit(join_file_in_worker, files[i], scores, join.mapping)
             if future is None:  # no worker pool (one worker configured)
                 serial = True
                 break
@@ -190,6 +196,8 @@ def _merge(result: FileResult, join: _Join) -> Iterator[Any]:
     log = join.log
     log.inputs.update(result.inputs)
     log.stats.update(result.stats)
+    for stat, names in result.skips.items():
+        join.skips.setdefault(stat, set()).update(names)
     fresh = iter(join.mark_seen([e[0] for e in result.entries if e[0] is not None]))
     keep: set[int] = set()
     counted: list[str] = []  # the kept rows' counters, added at once (one update per row is slow)

@@ -1,7 +1,8 @@
-"""Langfuse rows: iterate any file layout, tell row kinds apart, decode prompts and answers.
+"""Langfuse rows: iterate any file layout, tell row kinds apart, read UI-export thumbs columns.
 
 Shared by the observation/score join (``langfuse``) and the self-contained exports
-(``langfuse_exports``). Row kinds, by their keys (FACTS 10.2):
+(``langfuse_exports``); prompts and answers are read by ``langfuse_inputs``. Row kinds, by
+their keys (FACTS 10.2):
 
 - ``observation``: ``traceId`` + ``type`` (API v1/v2 observations, UI observation export);
 - ``score``: ``dataType`` + ``name`` (API v1/v2/v3 scores);
@@ -25,15 +26,14 @@ from feinschliff.ingest.jsonio import (
     iter_csv,
     iter_json_array,
     iter_jsonl,
-    loads,
     read_json,
     unreadable,
 )
+from feinschliff.ingest.langfuse_inputs import decode
 from feinschliff.ingest.records import (
     LONE_SURROGATE,
     FeedbackRecord,
     LoneSurrogate,
-    Message,
     Quarantined,
     ReadLog,
     Unusable,
@@ -41,7 +41,6 @@ from feinschliff.ingest.records import (
     broken_entry,
     detail_of,
     lone_surrogate_at,
-    message,
     quarantined_exc,
     vote,
     without_surrogates,
@@ -51,7 +50,6 @@ from feinschliff.specs.feedback import DerivationRules
 Item = FeedbackRecord | Quarantined
 SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
 STREAM_PAGE_BYTES = 16 << 20  # smaller pages are parsed whole (as a worker reads one)
-ROLES = {"developer": "system", "human": "user", "ai": "assistant", "function": "tool"}
 
 
 def quarantine(where: str, reason: str, raw: Any, detail: str | None = None) -> Quarantined:
@@ -169,70 +167,7 @@ def _peek(path: Path) -> Iterator[tuple[str, Any]]:
     yield from iter_rows(path, ReadLog())
 
 
-# --------------------------------------------------------------------------- decoding
-
-
-def decode(value: Any) -> Any:
-    """v2 observations and CSV cells hold JSON as strings; plain text stays text."""
-    if isinstance(value, str) and value[:1] in ("{", "[", '"'):
-        try:
-            return loads(value)
-        except LoneSurrogate as exc:  # JSON after all, but its text cannot be written
-            raise Unusable(LONE_SURROGATE, f"in the JSON of a field, at {exc.at}") from None
-        except ValueError:
-            return value
-    return value
-
-
-def _content(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts
-        parts = [
-            p.get("text", "") for p in value if isinstance(p, dict) and p.get("type") == "text"
-        ]
-        if parts:
-            return "".join(parts)
-    raise ValueError(f"message content is a {type(value).__name__}, not text")
-
-
-def _message(m: Any) -> Message:
-    if not isinstance(m, dict):
-        raise ValueError(f"message is a {type(m).__name__}, not an object")
-    role = str(m.get("role", ""))
-    return message(ROLES.get(role, role), _content(m.get("content")))
-
-
-def messages(value: Any) -> list[Message]:
-    value = decode(value)
-    if isinstance(value, dict):
-        for key in ("messages", "input", "prompt", "question", "query"):
-            if key in value:
-                value = decode(value[key])
-                break
-    if isinstance(value, str) and value.strip():
-        return [message("user", value)]
-    if isinstance(value, list) and value:
-        return [_message(m) for m in value]
-    raise ValueError("observation input holds no prompt")
-
-
-def answer_text(value: Any) -> str:
-    value = decode(value)
-    if isinstance(value, dict):
-        if "content" in value:
-            return _content(value["content"])
-        choices = value.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            return _content((choices[0].get("message") or {}).get("content", ""))
-        for key in ("completion", "output", "text", "answer"):
-            if isinstance(value.get(key), str):
-                return value[key]
-    if isinstance(value, list) and value and isinstance(value[-1], dict):
-        return _content(value[-1].get("content"))  # a message list: its last turn
-    if isinstance(value, str):
-        return value
-    raise ValueError("observation output holds no assistant text")
+# --------------------------------------------------------------------------- thumbs columns
 
 
 def column_votes(row: dict[str, Any], rules: DerivationRules) -> list[Vote]:

@@ -4,21 +4,33 @@ with its votes as a record (shared by the observation join and the self-containe
 A score's row keeps the time as a ``time_key`` (not the stamp's text), so "ORDER BY ts" lists
 an observation's votes in the order they were given, whatever ISO-8601 shape each stamp has:
 the first correction given is the one used (``derive``).
+
+A BOOLEAN score is an end user's thumbs only when its name is in ``rules.thumbs_scores``; one
+of another name (an LLM judge's ``hallucination``) is no training signal: counted as not used
+(``NOT_THUMBS``), its name listed in one manifest note (``note_skips``).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from feinschliff.ingest.jsonio import dumps
-from feinschliff.ingest.langfuse_rows import answer_text, messages
+from feinschliff.ingest.langfuse_inputs import (
+    OTHER_TEXTS,
+    TOOL_CALLS,
+    Skips,
+    answer_text,
+    messages,
+)
 from feinschliff.ingest.records import (
     DETAIL_CHARS,
     FeedbackRecord,
+    ReadLog,
     Unusable,
     Vote,
     finite,
@@ -29,6 +41,8 @@ from feinschliff.ingest.timestamps import time_key
 
 ERRORS = (ValueError, TypeError, KeyError, ValidationError)
 SIGNAL_SCORES = frozenset(("BOOLEAN", "CORRECTION"))  # the score types that make training rows
+NOT_THUMBS = "langfuse_score_BOOLEAN_not_used"  # a BOOLEAN not named in rules.thumbs_scores
+NO_GENERATION = "score refers to no known generation"
 
 
 def create_scores_db(path: Path) -> sqlite3.Connection:
@@ -66,27 +80,51 @@ def score_row(where: str, score: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def score_votes(
-    scores: list[tuple[str, dict[str, Any]]], row: dict[str, Any], stats: list[str]
+    scores: list[tuple[str, dict[str, Any]]],
+    row: dict[str, Any],
+    stats: list[str],
+    thumbs: Collection[str],
+    skips: Skips,
 ) -> tuple[list[Vote], list[tuple[str, dict[str, Any], Exception]]]:
     """The votes of an observation's scores (each with where it was read), and the scores
-    that cannot be read (where, score, why)."""
+    that cannot be read (where, score, why). ``thumbs``: ``rules.thumbs_scores``."""
     votes, broken = [], []
     for where, s in scores:
         try:
-            v = score_vote(s, row.get("userId"))
+            v = score_vote(s, row.get("userId"), thumbs)
         except ERRORS as exc:
             broken.append((where, s, exc))
             continue
         if v is None:
             stats.append(f"langfuse_score_{s.get('dataType')}_not_used")
+            not_thumbs(s, skips)
         else:
             votes.append(v)
     return votes, broken
 
 
-def score_vote(score: dict[str, Any], end_user: Any) -> Vote | None:
-    """BOOLEAN -> thumbs, CORRECTION -> correction; other data types -> None."""
+def not_thumbs(score: dict[str, Any], skips: Skips) -> None:
+    """Lists a BOOLEAN score that was no thumbs in the note (its name; the caller counts it)."""
+    if score.get("dataType") == "BOOLEAN":
+        skips.setdefault(NOT_THUMBS, set()).add(str(score.get("name")))
+
+
+def signal(score: Any, thumbs: Collection[str]) -> bool:
+    """Would the score make training rows (a correction, or thumbs of a name in ``thumbs``)?"""
+    kind = score.get("dataType") if isinstance(score, dict) else None
+    return kind == "CORRECTION" or (kind == "BOOLEAN" and _named(score, thumbs))
+
+
+def _named(score: dict[str, Any], thumbs: Collection[str]) -> bool:
+    name = score.get("name")
+    return type(name) is str and name in thumbs
+
+
+def score_vote(score: dict[str, Any], end_user: Any, thumbs: Collection[str]) -> Vote | None:
+    """BOOLEAN named in ``thumbs`` -> thumbs, CORRECTION -> correction; others -> None."""
     kind, value = score.get("dataType"), score.get("value")
+    if kind == "BOOLEAN" and not _named(score, thumbs):
+        return None  # a judge's or eval's verdict (checked first: its value is not ours to read)
     who = score.get("authorUserId") or end_user  # an end user's thumbs: the trace's user
     who = str(who) if who is not None else None
     stamp = score.get("timestamp")
@@ -113,7 +151,9 @@ def _score_detail(score: dict[str, Any]) -> str:
     return window(f"score {score.get('id')}, value {score.get('value')!r}", DETAIL_CHARS)
 
 
-def observation_record(row: dict[str, Any], votes: list[Vote], where: str) -> FeedbackRecord:
+def observation_record(
+    row: dict[str, Any], votes: list[Vote], where: str, template: str | None = None
+) -> FeedbackRecord:
     answer = answer_text(row.get("output"))
     if not answer.strip():
         raise ValueError("observation output is empty")
@@ -124,7 +164,39 @@ def observation_record(row: dict[str, Any], votes: list[Vote], where: str) -> Fe
         trace_id=str(row["traceId"]) if row.get("traceId") else None,
         observation_id=str(row["id"]),
         timestamp=str(row["startTime"]) if row.get("startTime") else None,
-        prompt=messages(row.get("input")),
+        prompt=messages(row.get("input"), template),
         answers={"output": answer},
         votes=votes,
     )
+
+
+def note_skips(log: ReadLog, skips: Skips, thumbs: list[str]) -> None:
+    """One manifest note per kind of skip, naming what was skipped (after the whole read:
+    worker processes collect names too)."""
+    if skips.get(NOT_THUMBS):
+        log.note(
+            f"BOOLEAN scores named {_names(skips[NOT_THUMBS])} were not used: only the names "
+            f"in feedback.rules.thumbs_scores ({thumbs}) are end users' thumbs up/down, not a "
+            f"judge's or eval's verdict; add a name there if it is one (counted as {NOT_THUMBS}, "
+            "or langfuse_score_BOOLEAN_without_generation)."
+        )
+    if TOOL_CALLS in skips:
+        log.note(
+            "Langfuse generations with tool calls (an assistant turn calling a tool, a tool's "
+            "result, or a tool call as the answer) were not used: tool-call conversations are "
+            f"not used for training (counted as {TOOL_CALLS})."
+        )
+    if skips.get(OTHER_TEXTS):
+        log.note(
+            f"Langfuse inputs that are objects holding texts besides their prompt (keys "
+            f"{_names(skips[OTHER_TEXTS])}) were not used, so that nothing is trained without "
+            f"them (counted as {OTHER_TEXTS}); set this source's "
+            "feedback.sources[i].mapping.prompt_template, a str.format text naming the keys "
+            "(e.g. '{context}'), to build the prompt from them."
+        )
+
+
+def _names(names: set[str], shown: int = 20) -> str:
+    listed = sorted(names)
+    more = f" and {len(listed) - shown} more" if len(listed) > shown else ""
+    return ", ".join(listed[:shown]) + more
