@@ -22,7 +22,13 @@ def _obs(i: int, trace: str | None = None, **extra) -> dict:
 
 
 def _score(sid: str, subject: dict, value: object = True, kind: str = "BOOLEAN") -> dict:
-    return {"id": sid, "name": "user-feedback", "dataType": kind, "value": value, "subject": subject}
+    return {
+        "id": sid,
+        "name": "user-feedback",
+        "dataType": kind,
+        "value": value,
+        "subject": subject,
+    }
 
 
 def _export(folder: Path) -> None:
