@@ -315,3 +315,19 @@ def test_workers_name_the_other_texts_as_one_process_does(tmp_path, monkeypatch)
     assert one == two
     assert one[1][0]["skipped"]["langfuse_input_with_other_texts"] == 2
     assert any("keys context, dokument" in n for n in one[1][0]["notes"])
+
+
+def test_a_ui_export_without_the_thumbs_column_names_its_score_columns(tmp_path):
+    """A team whose thumbs score is called `daumen` got 'no training rows' and a count of
+    traces without feedback: the note now names the score columns the export does have."""
+    path = tmp_path / "traces.csv"
+    head = "id,timestamp,name,userId,input,output,totalCost,daumen,sterne\n"
+    path.write_text(head + "c1,2026-11-03T08:00:00.000Z,chat,k1,Frage?,Antwort.,0,[1],[5]\n")
+    log = ReadLog()
+    assert list(read_exports([path], log, DerivationRules())) == []
+    assert log.stats["langfuse_trace_without_feedback"] == 1
+    assert any("its score columns: daumen, sterne" in n for n in log.notes), log.notes
+    log = ReadLog()  # with the name configured the column is read
+    records = list(read_exports([path], log, DerivationRules(thumbs_scores=["daumen"])))
+    assert [v.value for r in records for v in r.votes] == [True]
+    assert not any("score columns" in n for n in log.notes)

@@ -150,10 +150,43 @@ def _trace(trace: dict[str, Any], where: str, read: _Read) -> Iterator[Item]:
             yield quarantine_exc(here, exc, obs)
 
 
+# A UI trace export's own columns (FACTS 10.2.4); every other column is a score name.
+TRACE_COLUMNS = frozenset(
+    [
+        "bookmarked",
+        "id",
+        "timestamp",
+        "name",
+        "userId",
+        "level",
+        "observationCount",
+        "latency",
+        "release",
+        "version",
+        "sessionId",
+        "input",
+        "output",
+        "metadata",
+        "tags",
+        "usage",
+        "inputCost",
+        "outputCost",
+        "totalCost",
+    ]
+)
+
+
 def _trace_export(row: dict[str, Any], where: str, read: _Read) -> Iterator[Item]:
     votes = column_votes(row, read.rules)
     if not votes:
         read.log.stats["langfuse_trace_without_feedback"] += 1
+        scores = sorted(str(k) for k in row if k not in TRACE_COLUMNS)
+        if not any(name in row for name in read.rules.thumbs_scores):
+            # a team's own thumbs name: say which columns there are instead of "no feedback"
+            read.log.note(
+                f"Langfuse UI export without a column named in feedback.rules.thumbs_scores "
+                f"({read.rules.thumbs_scores}); its score columns: {', '.join(scores) or 'none'}"
+            )
         return
     read.log.note(
         "Langfuse UI exports carry no CORRECTION scores and only averaged score values per "
