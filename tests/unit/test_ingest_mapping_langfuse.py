@@ -234,7 +234,7 @@ def test_other_texts_without_a_template_are_counted_and_named(tmp_path):
     assert manifest["sources"][0]["skipped"]["langfuse_input_with_other_texts"] == 2
     (note,) = [n for n in manifest["notes"] if "besides their prompt" in n]
     assert "keys context, dokument" in note
-    assert "feedback.sources[i].mapping.prompt_template" in note
+    assert "feedback.sources[0].mapping.prompt_template" in note
 
 
 def test_a_prompt_template_builds_the_prompt_from_the_object(tmp_path):
@@ -331,3 +331,20 @@ def test_a_ui_export_without_the_thumbs_column_names_its_score_columns(tmp_path)
     records = list(read_exports([path], log, DerivationRules(thumbs_scores=["daumen"])))
     assert [v.value for r in records for v in r.votes] == [True]
     assert not any("score columns" in n for n in log.notes)
+
+
+def test_the_manifest_names_the_source_and_keeps_its_mapping(tmp_path):
+    """The note points at the recipe key to set, with the source's real index, and the
+    manifest records how each export was read (its mapping) next to its fingerprints."""
+    folder = _objects(tmp_path / "lf")
+    spec = _spec(folder).model_dump()
+    spec["sources"] = [{"kind": "langfuse", "path": str(folder)}, *spec["sources"]]
+    spec["sources"][1]["mapping"] = {"prompt_template": "{question}"}
+    out = tmp_path / "out"
+    run_ingest(FeedbackSpec.model_validate(spec), out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    first, second = manifest["sources"]
+    assert first["mapping"] == {} and second["mapping"] == {"prompt_template": "{question}"}
+    (note,) = first["notes"]
+    assert "feedback.sources[0].mapping.prompt_template" in note
+    assert note in manifest["notes"] and "sources[i]" not in json.dumps(manifest)

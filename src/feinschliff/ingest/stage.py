@@ -96,8 +96,8 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
         with Scratch() as scratch:
             pipeline = RowPipeline(out, spec, scratch, key, eval_sets)
             try:
-                for source in spec.sources:
-                    sources.append(_ingest_source(source, spec, scratch, pipeline))
+                for index, source in enumerate(spec.sources):
+                    sources.append(_ingest_source(index, source, spec, scratch, pipeline))
                 pipeline.finish()
             except BaseException:
                 pipeline.abort()
@@ -248,7 +248,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _ingest_source(
-    source: FeedbackSource, spec: FeedbackSpec, scratch: Scratch, pipeline: RowPipeline
+    index: int, source: FeedbackSource, spec: FeedbackSpec, scratch: Scratch, pipeline: RowPipeline
 ) -> dict[str, Any]:
     pulled: dict[str, Any] | None = None
     if source.pull is not None:
@@ -328,7 +328,9 @@ def _ingest_source(
         "quarantined": n_quarantined,
         "unreadable": unreadable,
         "skipped": dict(sorted(read_log.stats.items())),
-        "notes": read_log.notes,
+        # the readers cannot know which source they read: notes say sources[i]
+        "notes": [n.replace("sources[i]", f"sources[{index}]") for n in read_log.notes],
+        "mapping": source.mapping.model_dump(exclude_none=True),
         "pull": pulled,
         "inputs": read_log.inputs,
     }
