@@ -52,6 +52,10 @@ class InvalidName(RegistryError):
     """A use case or version name that is not safe as a path component."""
 
 
+class NotAFolder(InvalidName):
+    """A local registry location that is a file, or lies under one (a wrong path, exit 2)."""
+
+
 class AliasConflict(RegistryError):
     """The alias moved since the caller read it (a lost compare-and-swap)."""
 
@@ -336,10 +340,10 @@ def open_root(location: str | Path | None, **storage_options: Any) -> Root:
         return location
     text = str(location)
     if "://" not in text:
-        return Path(text).expanduser()
+        return _folder(Path(text).expanduser())
     url = urlparse(text)
     if url.scheme == "file":
-        return Path(url.path)
+        return _folder(Path(url.path))
     try:
         return FsspecStore(text, **storage_options)
     except (ImportError, ValueError) as exc:
@@ -347,6 +351,18 @@ def open_root(location: str | Path | None, **storage_options: Any) -> Root:
             f"registry {text}: cannot open {url.scheme}:// ({exc}); install the fsspec "
             f"backend for it (e.g. s3fs for s3://, gcsfs for gs://)"
         ) from exc
+
+
+def _folder(path: Path) -> Path:
+    """A local registry must be (or become) a folder: a file there, or above it, is refused
+    here with one line instead of an OS error at the first lock or write."""
+    for at in (path, *path.parents):
+        if at.exists():
+            if not at.is_dir():
+                where = "is a file" if at == path else f"lies under the file {at}"
+                raise NotAFolder(f"registry {path} {where}, not a folder")
+            return path
+    return path
 
 
 def store_of(root: Root | str | LocalStore) -> LocalStore | FsspecStore:

@@ -190,7 +190,8 @@ def rollback(
 
 
 def retire(root: Root, use_case: str, version: str, *, why: str) -> dict[str, str]:
-    """Mark a version as never to be served again; drops candidate/previous aliases on it."""
+    """Mark a version as never to be served again; drops candidate/previous aliases on it.
+    A version retired before keeps its first record (when, by whom, why): nothing changes."""
     st, uc = store_of(root), _uc(use_case)
     manifest(root, use_case, version)
     with st.lock(f"{uc}/.lock") as lease:
@@ -198,6 +199,8 @@ def retire(root: Root, use_case: str, version: str, *, why: str) -> dict[str, st
         if aliases.get("production") == version:
             raise RegistryError(f"{use_case}/{version} is production; promote or roll back first")
         gone = retired(root, use_case)
+        if version in gone:  # a second retire overwrote the reason the first one gave
+            return aliases
         gone[version] = {"at": _now(), "by": who(), "why": why}
         lease.check()
         _write_json(st, f"{uc}/retired.json", gone)

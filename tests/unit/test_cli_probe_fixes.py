@@ -206,3 +206,35 @@ def test_a_missing_pseudonymization_key_is_an_argument_error(tmp_path, monkeypat
         "ingest", "--source", f"langfuse:{LANGFUSE}", "--pii", "pseudonymize", "--out", str(out)
     )
     assert code == 2 and "FEINSCHLIFF_PII_KEY" in said, said
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_a_registry_that_is_a_file_is_an_argument_error(tmp_path, under):
+    """`register --set register.registry=<a file>` ended in a NotADirectoryError traceback
+    (exit 1) and `registry list --root <a file>` said the registry was empty (exit 0)."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("hi")
+    where = afile / "reg" if under else afile
+    base = make_base(tmp_path / "base")
+    out = make_train_output(tmp_path / "out", str(base)).path
+    sets = [f"base_model.name={base}", f"register.registry={where}"]
+    code, said = run_cli(
+        "register", DEMO, "--adapter", str(out), *[a for s in sets for a in ("--set", s)]
+    )
+    assert code == 2 and "not a folder" in said and "Traceback" not in said, said
+    code, said = run_cli("registry", "list", "--root", str(where))
+    assert code == 2 and "not a folder" in said, said
+    assert afile.read_text() == "hi"
+
+
+def test_retiring_twice_keeps_the_first_reason(tmp_path):
+    reg = tmp_path / "reg"
+    base = make_base(tmp_path / "base")
+    target = target_for(base)
+    v1 = register_adapter(
+        reg, "s", make_train_output(tmp_path / "o1", str(base)), {}, target=target
+    )
+    code, said = run_cli("registry", "retire", "s", v1, "--why", "leaked PII", "--root", str(reg))
+    assert code == 0 and f"s/{v1}: retired" in said, said
+    code, said = run_cli("registry", "retire", "s", v1, "--why", "again", "--root", str(reg))
+    assert code == 0 and "already retired" in said and "(leaked PII); unchanged" in said, said

@@ -32,6 +32,7 @@ from feinschliff.registry import (
     record_event,
     register_adapter,
     retire,
+    retired,
     rollback,
     set_alias,
     store_of,
@@ -200,6 +201,12 @@ def test_retire(reg):
     with pytest.raises(RegistryError, match="retired"):
         promote(reg.root, "s", v1, why="again")
     assert "retired" in next(r for r in list_registry(reg.root) if r["version"] == v1)["aliases"]
+    # a second retire keeps the first record (it overwrote the reason) and logs nothing
+    first = retired(reg.root, "s")[v1]
+    entries = len(audit_log(reg.root, "s"))
+    assert retire(reg.root, "s", v1, why="again") == {"production": v2}
+    assert retired(reg.root, "s")[v1] == first and first["why"] == "data leak"
+    assert len(audit_log(reg.root, "s")) == entries
 
 
 def test_stale_compare_and_swap_is_rejected(reg):

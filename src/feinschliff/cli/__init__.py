@@ -28,6 +28,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
 from feinschliff.cli.app import Failure, _check_home, _setup_logging, app
 from feinschliff.models import ModelFetchError, UnknownModel
 from feinschliff.paths import ProjectRootMissing
+from feinschliff.registry_store import NotAFolder
 
 __all__ = ["app", "main"]
 
@@ -40,7 +41,7 @@ def main() -> None:
     except Failure as exc:
         typer.echo(f"error: {exc}" if exc.code != 2 else str(exc), err=True)
         sys.exit(exc.code)
-    except (OutputInUse, ProjectRootMissing) as exc:
+    except (OutputInUse, ProjectRootMissing, NotAFolder) as exc:  # wrong paths, any command
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except ModelFetchError as exc:  # any stage may provision the base model on first use

@@ -233,9 +233,16 @@ def registry_retire(
         r = _root_for(cfg, root)
         _known_use_case(r, use_case)  # before the lock, which would create the folder
         _known_version(r, use_case, version)
+        before = registry.retired(r, use_case).get(version)
         registry.retire(r, use_case, version, why=why)
         if cfg is not None and cfg.register.vllm is not None:
             _print_report(reconcile(r, use_case, cfg.register.vllm))
+    if before is not None:
+        typer.echo(
+            f"{use_case}/{version}: already retired at {before.get('at')} "
+            f"({before.get('why')}); unchanged"
+        )
+        return
     typer.echo(f"{use_case}/{version}: retired")
 
 

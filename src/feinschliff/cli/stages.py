@@ -120,8 +120,8 @@ def register(
                 " (it awaits a human: add --approve --by NAME)" if decision.needs_approval else ""
             )
             raise Failure(f"the gate rejects this adapter; refusing --promote{waiting}", code=3)
-    root = registry_root(cfg)
     try:
+        root = registry_root(cfg)
         expected: Any = UNSET
         adapter_sha = None  # hashed once, for the baseline check and the registry's dedup
         if promote_ and report is not None:  # the decision holds only against its baseline
