@@ -107,17 +107,143 @@ def test_vllm_flags_say_what_a_restart_serves(setup, tmp_path):
 
 
 def test_vllm_k8s_lora_adapter_resource(setup):
-    a = served_adapter(setup[0])
+    a = dataclasses.replace(served_adapter(setup[0]), base_model="llama-8b")
     doc = yaml.safe_load(render(a, "vllm-k8s"))
     assert doc["apiVersion"] == "production-stack.vllm.ai/v1alpha1"
     assert doc["kind"] == "LoraAdapter"
-    assert doc["metadata"]["name"] == "support-x-v0001"
-    assert doc["spec"]["baseModel"] == "/models/base"
+    assert doc["metadata"]["name"] == "support-x"
+    assert doc["metadata"]["labels"]["feinschliff/version"] == "v0001"
+    assert doc["spec"]["baseModel"] == "llama-8b"
     assert doc["spec"]["adapterSource"] == {
         "type": "local",
         "adapterName": "support-x",
         "adapterPath": a.path,
     }
+
+
+def _serve_config(sets, *args):
+    flags = [x for s in sets for x in ("--set", s)]
+    return CliRunner().invoke(app, ["serve-config", str(DEMO), *args, *flags])
+
+
+def test_vllm_k8s_base_model_is_the_pods_model_label(setup):
+    """The operator places an adapter on the pods labelled `model: <spec.baseModel>` (the Helm
+    chart's modelSpec name); a path or hub id (with '/') can never match a label value, so
+    the adapter waited forever. Now --k8s-model names it; a --model string that cannot be a
+    label is refused (exit 2) naming --k8s-model."""
+    _, sets, _ = setup
+    res = _serve_config(sets, "--target", "vllm-k8s", "--k8s-model", "llama3-8b")
+    assert res.exit_code == 0, res.output
+    doc = yaml.safe_load(res.output)
+    assert doc["spec"]["baseModel"] == "llama3-8b"
+    assert doc["metadata"]["name"] == "support-x"
+    res = _serve_config(sets, "--target", "vllm-k8s")  # register.vllm.model is /models/base
+    assert getattr(res.exception, "code", None) == 2, res.output
+    message = str(res.exception)
+    assert "'/models/base'" in message and "--k8s-model" in message and "\n" not in message
+    for bad in (["--k8s-model", "org/model"], ["--k8s-model", "-x"], ["--k8s-model", "a" * 64]):
+        res = _serve_config(sets, "--target", "vllm-k8s", *bad)
+        assert getattr(res.exception, "code", None) == 2, (bad, res.output)
+    res = _serve_config(sets, "--target", "vllm", "--k8s-model", "llama3-8b")
+    assert getattr(res.exception, "code", None) == 2, res.output
+    assert "only for --target vllm-k8s" in str(res.exception)
+    # a --model string that is a valid label value is used as it is
+    a = dataclasses.replace(served_adapter(setup[0]), base_model="Llama-3.1-8B_Instruct")
+    assert yaml.safe_load(render(a, "vllm-k8s"))["spec"]["baseModel"] == "Llama-3.1-8B_Instruct"
+
+
+def test_vllm_k8s_one_resource_per_use_case_and_how_to_switch(setup, tmp_path):
+    """A resource per version (support-x-v0001, -v0002) with one adapterName: applying the next
+    one left the pods on the old version (vLLM answers 400 "already loaded", the operator
+    takes that as success), deleting the old unloaded the name. Now one name per use case,
+    and the YAML says how to switch."""
+    recipe, _, tmp = setup
+    v2 = register_version(
+        recipe, make_train_output(tmp_path / "out2", recipe.base_model.name, seed=2.0), {}
+    )
+    promote(tmp / "reg", "support-x", v2, why="next")
+    docs = []
+    for version in ("v0001", v2):
+        a = dataclasses.replace(served_adapter(recipe, version), base_model="llama-8b")
+        text = render(a, "vllm-k8s")
+        docs.append(yaml.safe_load(text))
+        head = text[: text.index("apiVersion:")]
+        assert all(line.startswith("# ") for line in head.splitlines())
+        flat = " ".join(line[2:] for line in head.splitlines())
+        assert "does not reload a changed adapterPath" in flat
+        assert "`kubectl delete loraadapter support-x`" in flat and "404" in flat
+        assert "`kubectl apply`" in flat and "register.vllm" in flat
+        assert "feinschliff registry promote" in flat
+    assert [d["metadata"]["name"] for d in docs] == ["support-x", "support-x"]
+    assert [d["metadata"]["labels"]["feinschliff/version"] for d in docs] == ["v0001", v2]
+    paths = {d["spec"]["adapterSource"]["adapterPath"] for d in docs}
+    assert len(paths) == 2
+
+
+def test_ollama_modelfile_says_how_to_get_past_ollama_0_13(setup):
+    """Ollama >= 0.13 refuses a PEFT adapter folder (ollama/ollama#13314): the Modelfile keeps
+    the folder form and names the GGUF conversion; its paths are those of the `ollama create`
+    machine."""
+    a = served_adapter(setup[0])
+    text = render(a, "ollama")
+    lines = text.splitlines()
+    assert "FROM /models/base" in lines and f"ADAPTER {a.path}" in lines
+    hint = next(line for line in lines if "convert_lora_to_gguf.py" in line)
+    assert hint.startswith("# ") and "ollama/ollama#13314" in hint
+    assert f"--base /models/base {a.path} --outfile adapter.gguf" in hint
+    assert "`ADAPTER ./adapter.gguf`" in hint
+    assert "# the paths below are read by `ollama create` on the machine where it runs" in lines
+
+
+def test_ollama_treats_a_hf_cache_snapshot_as_its_hub_id(setup, tmp_path):
+    """Without register.vllm the base is the resolved HF cache snapshot, whose files are
+    symlinks into ../../blobs: Ollama refuses them ("insecure path"). The Modelfile names a
+    --local-dir download of the hub id instead."""
+    snapshot = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    a = dataclasses.replace(served_adapter(setup[0]), base_model=str(snapshot))
+    text = render(a, "ollama")
+    assert "FROM ./SmolLM2-135M" in text.splitlines()
+    assert "`hf download HuggingFaceTB/SmolLM2-135M --local-dir ./SmolLM2-135M`" in text
+    assert str(snapshot) not in text
+    no_org = dataclasses.replace(a, base_model="/c/hub/models--gpt2/snapshots/e7da7f2/")
+    assert "FROM ./gpt2" in render(no_org, "ollama").splitlines()
+
+
+def test_vllm_resolver_dir_is_shell_quoted(setup, tmp_path):
+    """The python arguments were quoted, the export of the resolver dir not: a path with a
+    space broke the sourced line."""
+    a = dataclasses.replace(
+        served_adapter(setup[0]), mode="resolver", resolver_dir=str(tmp_path / "res dir")
+    )
+    text = render(a, "vllm")
+    export = next(x for x in text.splitlines() if "VLLM_LORA_RESOLVER_CACHE_DIR" in x)
+    assert shlex.split(export) == [
+        "export",
+        f"VLLM_LORA_RESOLVER_CACHE_DIR={tmp_path / 'res dir'}",
+    ]
+    assert "export VLLM_ALLOW_RUNTIME_LORA_UPDATING=true" in text
+
+
+def test_tgi_refuses_paths_lora_adapters_cannot_hold(setup):
+    """LORA_ADAPTERS has no escaping: ',' splits the value into two adapters, '=' is an
+    "Invalid LoRA adapter format", '@' a revision. Such a path is refused (exit 2, one line);
+    a path with a space or quote is shell-quoted so the line can be sourced."""
+    _, sets, _ = setup
+    comma = [s.replace("/mnt/adapters", "/mnt/ad,apters") for s in sets]
+    res = _serve_config(comma, "--target", "tgi")
+    assert getattr(res.exception, "code", None) == 2, res.output
+    assert "','" in str(res.exception) and "/mnt/ad,apters/support-x/v0001-" in str(res.exception)
+    a = served_adapter(setup[0])
+    quoted = dataclasses.replace(a, path="/mnt/my adapter's/support-x/v0001")
+    line = next(x for x in render(quoted, "tgi").splitlines() if x.startswith("LORA_ADAPTERS="))
+    assert shlex.split(line) == ["LORA_ADAPTERS=support-x=/mnt/my adapter's/support-x/v0001"]
+    from feinschliff.serving.serve_config import ServeConfigError
+
+    for char in ",=@":
+        bad = dataclasses.replace(a, path=f"/mnt/ad{char}apters/support-x/v0001")
+        with pytest.raises(ServeConfigError, match=f"'{char}'.*/mnt/ad{char}apters"):
+            render(bad, "tgi")
 
 
 def test_tgi_and_ollama(setup):

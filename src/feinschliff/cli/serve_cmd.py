@@ -20,29 +20,44 @@ def serve_config(
         str | None,
         typer.Option(help="Registry version, e.g. v0003 (default: production)."),
     ] = None,
+    k8s_model: Annotated[
+        str | None,
+        typer.Option(
+            "--k8s-model",
+            help="The production-stack modelSpec name, i.e. the pods' `model` label (default: "
+            "the served --model string, where that is a valid label value); only for --target "
+            "vllm-k8s.",
+        ),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Print a serving config for the production adapter (or --version) of the recipe's
     registry: vllm (server flags with --enable-lora --max-lora-rank --max-loras, and
     --lora-modules in runtime mode; in resolver mode the resolver serves the use case), vllm-k8s
-    (a production-stack LoraAdapter resource), tgi (LORA_ADAPTERS) or ollama (a Modelfile with
-    ADAPTER). A version that does not fit the recipe's serving settings now
-    (register.max_lora_rank, base model) is refused, exit 2. Copies the version to its serving
+    (a production-stack LoraAdapter resource named after the use case; its baseModel is
+    --k8s-model, the pods' `model` label), tgi (LORA_ADAPTERS; a path with ',', '=' or '@' is
+    refused, exit 2) or ollama (a Modelfile with ADAPTER). A version that does not fit the
+    recipe's serving settings now (register.max_lora_rank, base model) is refused, exit 2. Copies the version to its serving
     path (register.vllm.adapter_dir) so the printed path exists; writes nothing else."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.publish import served_adapter
-    from feinschliff.serving.serve_config import render
+    from feinschliff.serving.serve_config import ServeConfigError, render
 
     if target not in TARGETS:
         raise Failure(f"--target must be one of {', '.join(TARGETS)}", code=2)
+    if k8s_model is not None and target != "vllm-k8s":
+        raise Failure(f"--k8s-model is only for --target vllm-k8s, not {target}", code=2)
     cfg = _load(recipe, set_)
     # as the registry commands: a store's OSError / cloud SDK error -> exit 1; a PreflightError
     # (served model is not the recipe's base model: a recipe error) -> exit 2, in _errors
     with _errors():
         try:
-            text = render(served_adapter(cfg, version), target)  # type: ignore[arg-type]
+            adapter = served_adapter(cfg, version)
+            text = render(adapter, target, k8s_model=k8s_model)  # type: ignore[arg-type]
         except RegistryError as exc:
             raise Failure(str(exc)) from exc
+        except ServeConfigError as exc:  # cannot be served on that target as configured
+            raise Failure(str(exc), code=2) from exc
     typer.echo(text, nl=False)
 
 
