@@ -84,6 +84,21 @@ FIXED_METRICS: dict[str, list[str]] = {
     "contamination": ["contamination/overlaps"],
     "poisoning": ["poisoning/suspicious_rows"],
 }
+# Directions of feinschliff's own metrics (lm-eval's carry theirs in the report), and those
+# computed for the candidate alone: no base or production value to compare with.
+HIGHER_IS_BETTER = {
+    "heldout/preference_accuracy": True,
+    "heldout/correction_chrf": True,
+    "judge/score": True,
+    "judge/win_rate": True,
+    "contamination/overlaps": False,
+    "poisoning/suspicious_rows": False,
+}
+CANDIDATE_ONLY = {
+    "judge/win_rate": "win_rate",
+    "contamination/overlaps": "contamination",
+    "poisoning/suspicious_rows": "poisoning",
+}
 
 
 def task_metric_names(cfg: dict[str, Any]) -> list[str] | None:
@@ -181,6 +196,7 @@ class Recipe(Strict):
             if metric is None:
                 continue
             where = f"gate.rules.{i}.metric: {metric!r}"
+            _check_rule_fits_metric(rule, metric, where)
             prefix = metric.split("/", 1)[0]
             if prefix == "judge" and evaluate.judge is None:
                 raise ValueError(f"{where} needs evaluate.judge (no judge is configured)")
@@ -228,6 +244,27 @@ class Recipe(Strict):
                 "feedback.heldout_fraction is 0 (nothing is held out)"
             )
         return self
+
+
+def _check_rule_fits_metric(rule: Any, metric: str, where: str) -> None:
+    """Rules that would reject every run, or read a metric upside down, are refused here."""
+    kind = rule.rule
+    own = {"win_rate": "judge/win_rate", **{v: k for k, v in CANDIDATE_ONLY.items()}}
+    if kind in ("win_rate", "contamination", "poisoning") and metric != own[kind]:
+        raise ValueError(f"{where}: the {kind} rule reads {own[kind]!r} only")
+    if kind == "no_regression" and metric in CANDIDATE_ONLY:
+        raise ValueError(
+            f"{where} is computed for the candidate only (no base or production value to "
+            f"compare with), so no_regression would reject every run: use the "
+            f"{CANDIDATE_ONLY[metric]} rule"
+        )
+    direction = HIGHER_IS_BETTER.get(metric)
+    if kind == "no_regression" and direction is not None and rule.higher_is_better != direction:
+        raise ValueError(
+            f"{where} is {'higher' if direction else 'lower'}-is-better: remove "
+            f"higher_is_better: {str(rule.higher_is_better).lower()} (regressions would pass "
+            "and improvements fail)"
+        )
 
 
 def evaluated_sets(recipe: Recipe) -> list[str]:

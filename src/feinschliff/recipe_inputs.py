@@ -1,5 +1,6 @@
-"""Files a recipe reads that must exist where it runs: feedback exports, seed topics and
-documents, and models given as local folders (base model, local teacher or judge).
+"""Files a recipe reads that must exist where it runs: feedback exports, JSONL eval sets to
+decontaminate against, seed topics and documents, and models given as local folders (base
+model, local teacher or judge).
 
 The schema cannot check them: a recipe may be written for a worker whose volumes this machine
 lacks. ``feinschliff validate`` lists them as warnings (``--strict``: as problems), so a typo in
@@ -23,6 +24,9 @@ def _inputs(recipe: Recipe) -> Iterator[tuple[str, str]]:
     for i, source in enumerate(recipe.feedback.sources):
         if source.path is not None:  # a live pull has no file
             yield f"feedback.sources.{i}.path", source.path
+    for i, name in enumerate(recipe.feedback.decontamination.eval_sets):
+        if name.lower().endswith(".jsonl"):  # a task name is found in the bundled tasks
+            yield f"feedback.decontamination.eval_sets.{i}", name
     if is_local_path(recipe.base_model.name):  # aliases and hub ids are fetched, not found
         yield "base_model.name", recipe.base_model.name
     gen = recipe.generate

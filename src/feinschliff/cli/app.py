@@ -107,6 +107,13 @@ def _read_report(path: Path, use_case: str | None = None) -> dict:
         ) from exc
     if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
         raise Failure(f"--report {path}: not an evaluate report (no metrics)", code=2)
+    for role, entries in report["metrics"].items():  # role -> metric -> {value, ...}
+        if not isinstance(entries, dict) or not all(isinstance(e, dict) for e in entries.values()):
+            raise Failure(
+                f"--report {path}: not an evaluate report (metrics.{role} is no mapping of "
+                "metric entries)",
+                code=2,
+            )
     about = report.get("use_case")
     if use_case is not None and about is not None and about != use_case:
         # another use case's scores would decide (and with register, promote) this one

@@ -43,9 +43,10 @@ def find_eval_sets(names: Iterable[str]) -> EvalSets:
     found = EvalSets()
     for name in dict.fromkeys(names):
         path = Path(name)
-        if path.suffix == ".jsonl" and not path.is_file():
+        is_file = path.suffix.lower() == ".jsonl"  # also .JSONL: a file, not a task name
+        if is_file and not path.is_file():
             raise MissingEvalSet(f"eval set {name} does not exist (decontamination needs it)")
-        candidate = path if path.suffix == ".jsonl" else bundled_tasks_dir() / f"{name}.jsonl"
+        candidate = path if is_file else bundled_tasks_dir() / f"{name}.jsonl"
         if candidate.is_file():
             found.files[name] = candidate
         else:

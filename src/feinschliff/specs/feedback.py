@@ -257,8 +257,20 @@ class DedupSpec(Strict):
 
 
 def _eval_set_path(value: str, info: ValidationInfo) -> str:
-    """A JSONL path is relative to the recipe like every recipe path; a name stays a name."""
-    return _resolve_path(value, info) if value.endswith(".jsonl") else value
+    """A JSONL path is relative to the recipe like every recipe path; a name stays a name.
+    A path to another kind of file would be taken for a task name that has no local data, and
+    nothing would be decontaminated against it: refused."""
+    if value.lower().endswith(".jsonl"):
+        return _resolve_path(value, info)
+    if "/" in value or "\\" in value or value.lower().endswith(_FILE_SUFFIXES):
+        raise ValueError(
+            f"{value!r} is neither a task name nor a .jsonl file (one JSON object per line); "
+            "convert it to JSONL"
+        )
+    return value
+
+
+_FILE_SUFFIXES = (".json", ".csv", ".tsv", ".txt", ".parquet", ".yaml", ".yml", ".md")
 
 
 class DecontaminationSpec(Strict):
