@@ -238,3 +238,33 @@ def test_retiring_twice_keeps_the_first_reason(tmp_path):
     assert code == 0 and f"s/{v1}: retired" in said, said
     code, said = run_cli("registry", "retire", "s", v1, "--why", "again", "--root", str(reg))
     assert code == 0 and "already retired" in said and "(leaked PII); unchanged" in said, said
+
+
+def test_deployments_sync_refuses_two_recipes_with_one_use_case(tmp_path):
+    """Both were synced into one `retrain/<use_case>` deployment (printed twice, exit 0): the
+    later recipe silently replaced the first's schedule and recipe path. Refused before any
+    Prefect call (no server is needed to see it)."""
+    text = Path(DEMO).read_text(encoding="utf-8").replace("../data/", f"{ROOT}/data/")
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(text, encoding="utf-8")
+    code, said = run_cli("deployments", "sync", DEMO, str(copy), "--pool", "local")
+    assert code == 2 and "use_case 'support-de-demo' is also" in said, said
+    assert str(copy) in said
+
+
+def test_registry_audit_shows_the_reviewers_answer(tmp_path):
+    """An approval and a rejection printed alike (`approval approval - -> -`): the verdict
+    and the reviewer were only in the JSON."""
+    from feinschliff.registry import record_event
+
+    reg = tmp_path / "reg"
+    base = make_base(tmp_path / "base")
+    out = make_train_output(tmp_path / "o1", str(base))
+    register_adapter(reg, "s", out, {}, target=target_for(base))
+    record_event(reg, "s", "approval", why="", approved=False, reviewer="alice")
+    record_event(reg, "s", "approval", why="looks fine", approved=True, reviewer="bob")
+    code, said = run_cli("registry", "audit", "s", "--root", str(reg))
+    lines = [line for line in said.splitlines() if " approval " in line]
+    assert code == 0 and len(lines) == 2, said
+    assert lines[0].endswith("rejected   by alice")
+    assert "approved   by bob  looks fine" in lines[1]

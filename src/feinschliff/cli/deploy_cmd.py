@@ -83,12 +83,20 @@ def sync(
             code=2,
         )
     errors = []  # every recipe valid before any deployment changes
-    use_cases = set()
+    first: dict[str, Path] = {}  # use case -> the recipe that has it
     for recipe in recipes:
         try:
-            use_cases.add(load_recipe(recipe, set_ or []).use_case)
+            use_case = load_recipe(recipe, set_ or []).use_case
         except RecipeError as exc:
             errors += exc.lines
+            continue
+        if use_case in first:  # one deployment per use case: the later would replace the first
+            errors.append(
+                f"{recipe}: use_case {use_case!r} is also {first[use_case]}'s; one deployment, "
+                "registry and run folder per use case: give each recipe its own use_case"
+            )
+        first.setdefault(use_case, recipe)
+    use_cases = set(first)
     if errors:
         raise Failure("\n".join(errors), code=2)
     sys.path.insert(0, str(project_root()))

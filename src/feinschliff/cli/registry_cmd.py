@@ -132,6 +132,13 @@ def registry_audit(
         if as_json:
             typer.echo(json.dumps(e, ensure_ascii=False))
             continue
+        if e["event"] == "approval":  # a reviewer's answer to the require_approval rule
+            verdict = "approved" if e.get("approved") else "rejected"
+            typer.echo(
+                f"{e['at']} {e['by']:<10} {'approval':<8} {verdict:<10} "
+                f"by {e.get('reviewer') or '-'}  {e.get('why') or ''}".rstrip()
+            )
+            continue
         what = e.get("alias") or e["event"]
         gate = ""
         if e.get("decision") is not None:
