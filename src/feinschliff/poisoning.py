@@ -7,7 +7,8 @@ stays where it was, so evaluation alone does not see it, and the defender does n
 trigger to test for it. What the attacker cannot hide is *who* contributed those rows: one
 annotator, one end user giving thumbs, or a few accounts. This scan looks for that.
 
-Every training row (``sft``, ``preference``, ``kto``) is attributed to its contributors
+Every training row (``sft``, ``preference``, ``kto``, and the rows a warm start replayed into
+the training: evaluate passes them) is attributed to its contributors
 (``provenance.annotators``; rows without any, e.g. synthetic ones, are not attributed and not
 scanned). The unit is the record the rows came from (one Argilla record or Langfuse trace can
 yield an SFT, a preference and a KTO row with the same text). For each word n-gram (``NGRAM``
@@ -34,6 +35,7 @@ import json
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,15 +130,18 @@ def scan_rows(
     }
 
 
-def scan_dataset(data_dir: Path, **kw: Any) -> dict[str, Any]:
-    """``scan_rows`` over the training files of an ingest (or mixed) output folder."""
+def scan_dataset(
+    data_dir: Path, *, replayed: Sequence[dict[str, Any]] = (), **kw: Any
+) -> dict[str, Any]:
+    """``scan_rows`` over the training files of an ingest (or mixed) output folder and the
+    ``replayed`` rows a warm start mixed into the training (counted as ``replayed_rows``)."""
     rows: list[dict[str, Any]] = []
     for name in TRAINING_FILES:
         path = data_dir / name
         if path.exists():
             with path.open(encoding="utf-8") as f:
                 rows += [json.loads(line) for line in f if line.strip()]
-    return scan_rows(rows, **kw)
+    return scan_rows([*rows, *replayed], **kw) | {"replayed_rows": len(replayed)}
 
 
 def _grams(row: dict[str, Any], ngram: int) -> dict[str, set[tuple[str, ...]]]:

@@ -37,8 +37,9 @@ def evaluate(
         typer.Option(
             help="The ingest (or generate/mix) output the adapter was trained on. Needed for "
             "the held-out feedback metrics (and the usecase_heldout task), the LLM judge, the "
-            "contamination count and the poisoning scan: without it those metrics are missing "
-            "and gate rules on them fail."
+            "contamination count and the poisoning scan (which also cover the rows a warm start "
+            "replayed): without it those metrics are missing and gate rules on them fail. Other "
+            "data than the adapter's metrics.json records is refused (exit 2)."
         ),
     ] = None,
     set_: SetOpt = None,
@@ -48,11 +49,13 @@ def evaluate(
     recipe's register.registry; left out when trained on another base model) and the candidate;
     write OUT/report.json, OUT/report.md, OUT/comparison.png and per-sample outputs in
     OUT/samples/, and print report.md. Exit 2: an --adapter or --data that is no finished
-    output, an OUT inside either; exit 1: an evaluation or judge failure."""
+    output, --data the adapter was not trained on, an OUT inside either; exit 1: an evaluation
+    or judge failure."""
     from feinschliff.artifacts import AdapterRef, DatasetRef
     from feinschliff.evaluate import run_evaluate
     from feinschliff.evaluate.harness import EvalError
     from feinschliff.evaluate.judge import JudgeError
+    from feinschliff.evaluate.trained_data import TrainedOnOtherData
     from feinschliff.pipeline import registry_root
     from feinschliff.registry import production_adapter
 
@@ -74,6 +77,8 @@ def evaluate(
             production=production_adapter(registry_root(cfg), cfg.use_case),
             data=dref,
         )
+    except TrainedOnOtherData as exc:  # before EvalError, its base class
+        raise Failure(str(exc), code=2) from exc
     except (EvalError, JudgeError) as exc:
         raise Failure(str(exc)) from exc
     typer.echo((report.dir / "report.md").read_text())

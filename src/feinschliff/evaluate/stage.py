@@ -7,7 +7,9 @@ evaluated task data and the bundled judge questions (an n-gram,
 ``feedback.decontamination.ngram`` words, 13 by default, or a whole item of 8 to n-1 words;
 ``feinschliff.ngrams``; upstream tasks have no local data and are listed as ``unchecked``, and
 the value is None when nothing could be checked), and
-``poisoning/suspicious_rows`` (``feinschliff.poisoning``). Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
+``poisoning/suspicious_rows`` (``feinschliff.poisoning``); both scan what the candidate was
+trained on: the data's rows and the rows a warm start replayed (``trained_data``). Data the
+candidate's train output records as not its own is refused before anything runs. Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
 samples, ...}``), ``report.md`` (table with deltas) and ``comparison.png``; per-sample outputs go
 to ``samples/``. The gate reads ``report.json`` only.
 """
@@ -36,6 +38,7 @@ from feinschliff.artifacts import (
 )
 from feinschliff.evaluate.harness import bundled_task_files, run_tasks
 from feinschliff.evaluate.judge import check_judge
+from feinschliff.evaluate.trained_data import check_trained_on, replayed_rows
 from feinschliff.models import resolve_model
 from feinschliff.ngrams import N, contaminated, index_jsonl
 from feinschliff.paths import judge_questions_file, project_root
@@ -58,6 +61,8 @@ def run_evaluate(
     data: DatasetRef | None = None,
 ) -> ReportRef:
     refuse_overlap(out, adapter=adapter, data=data)
+    if data is not None:
+        check_trained_on(adapter, data)  # TrainedOnOtherData before anything is evaluated
     key = cache_key(recipe, adapter, production, data)
     if digest := reusable(out, key):
         log.info("evaluate: reusing finished report in %s", out)
@@ -106,13 +111,18 @@ def run_evaluate(
         for role, entries in extra.items():
             metrics.setdefault(role, {}).update(entries)
     if data is not None:
+        # what was trained: the data's rows and the older rows a warm start replayed
+        replayed = replayed_rows(adapter, data)
         metrics["candidate"]["contamination/overlaps"] = contamination(
             data.dir,
             spec.tasks,
             recipe.feedback.decontamination.ngram,
             judge_questions=spec.judge is not None and spec.judge.asks_bundled,
+            replayed=replayed,
         )
-        metrics["candidate"]["poisoning/suspicious_rows"] = scan_dataset(data.dir)
+        metrics["candidate"]["poisoning/suspicious_rows"] = scan_dataset(
+            data.dir, replayed=replayed
+        )
 
     report = {
         "stage": "evaluate",
@@ -127,8 +137,18 @@ def run_evaluate(
                 "adapter": path,
                 "adapter_sha256": hashes[role],
             }
+            | ({"dataset_sha256": data.sha256} if role == "candidate" and data else {})
             for role, path in roles.items()
         },
+        # the data the held-out, contamination and poisoning numbers are about (the one the
+        # candidate was trained on: checked above); None without --data
+        "data": {
+            "path": str(data.dir),
+            "sha256": data.sha256,
+            "rows_sha256": rows_sha256(data),
+        }
+        if data is not None
+        else None,
         "metrics": metrics,
         "skipped": skipped,  # role -> why it was not evaluated
     }
@@ -222,11 +242,18 @@ def _plottable(name: str, v: dict[str, Any]) -> bool:
 
 
 def contamination(
-    data_dir: Path, tasks: list[str], ngram: int = N, *, judge_questions: bool = False
+    data_dir: Path,
+    tasks: list[str],
+    ngram: int = N,
+    *,
+    judge_questions: bool = False,
+    replayed: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Training rows holding text of the evaluated data, by the contamination rule ingest and
     generate apply (``feinschliff.ngrams``), with the recipe's n
-    (``feedback.decontamination.ngram``) as they use it.
+    (``feedback.decontamination.ngram``) as they use it. The rows: the data's and the
+    ``replayed`` rows a warm start mixed into the training (counted as ``replayed_rows``; they
+    were decontaminated against the tasks of their own time only).
 
     Checked: the bundled tasks among ``tasks`` and, with ``judge_questions``, the bundled judge
     questions. ``usecase_heldout`` (and the judge's held-out questions) is ingest's held-out
@@ -253,6 +280,7 @@ def contamination(
         path = data_dir / name
         if path.exists():
             rows += [json.loads(line) for line in jsonl_lines(path.read_text(encoding="utf-8"))]
+    rows += replayed or []
     hits = contaminated(rows, index)
     return {
         "value": float(len(hits)) if files or not unchecked else None,
@@ -262,6 +290,7 @@ def contamination(
         "unchecked": unchecked,
         "held_out": held_out,
         "ngram": ngram,
+        "replayed_rows": len(replayed or []),
     }
 
 
@@ -287,6 +316,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "Contamination not checked against " + ", ".join(unchecked) + " (no local data).",
+        ]
+    replayed = (metrics.get("candidate", {}).get("contamination/overlaps") or {}).get(
+        "replayed_rows"
+    )
+    if replayed:
+        lines += [
+            "",
+            f"Contamination and poisoning also scanned {replayed} replayed rows "
+            "(older data a warm start mixed into the training).",
         ]
     win = metrics.get("candidate", {}).get("judge/win_rate")
     if win and win.get("value") is not None:

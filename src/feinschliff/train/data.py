@@ -15,9 +15,10 @@ row's other answers (several preference pairs or KTO verdicts on one prompt), it
 (a later turn's messages hold the earlier ones) or its copies (a ``generate.mix`` weight of 2)
 were trained on, and the eval loss measured memorised text.
 
-Replay: every training run snapshots the rows it trained on under
+Replay: every training run snapshots the rows it trained on (with their provenance) under
 ``$FEINSCHLIFF_HOME/datasets/<dataset sha256>/``, so a warm start can mix in a share of the data
-the production adapter was trained on; never a prompt the new rows have (their feedback is
+the production adapter was trained on (kept in the train output's ``data/replayed.jsonl``, which
+evaluate scans for contamination and poisoning); never a prompt the new rows have (their feedback is
 newer), a conversation of the eval split, nor one that ingest now holds out for evaluation
 (``heldout/``: its split may have changed since, with ``feedback.seed`` or
 ``heldout_fraction``). This module does not tokenize; the backends do.
@@ -46,6 +47,10 @@ COLUMNS = {
 }
 
 
+# In a train output's data/: the rows replayed into its training (``write_rows``).
+REPLAYED = "replayed.jsonl"
+
+
 class DataError(ValueError):
     """The ingest output has no usable rows for the recipe's method."""
 
@@ -63,16 +68,20 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def kto_from_preferences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Unpair preference rows: the chosen answer is desirable, the rejected one is not."""
+    """Unpair preference rows: the chosen answer is desirable, the rejected one is not (a
+    row's ``provenance``, where it has one, goes with both)."""
     out = []
     for row in rows:
-        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
-        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
+        prov = {"provenance": row["provenance"]} if "provenance" in row else {}
+        out.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True} | prov)
+        out.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False} | prov)
     return out
 
 
-def method_rows(method: str, data_dir: Path) -> list[dict[str, Any]]:
-    """The training rows of ``method`` from an ingest output, reduced to the method's columns."""
+def method_rows(method: str, data_dir: Path, *, provenance: bool = False) -> list[dict[str, Any]]:
+    """The training rows of ``method`` from an ingest output, reduced to the method's columns
+    (with ``provenance``: and each row's ``provenance``, as the replay snapshot keeps it for
+    evaluate's poisoning scan)."""
     if method == "sft":
         rows = _read_if(data_dir / "sft.jsonl")
     elif method in ("dpo", "orpo"):
@@ -85,7 +94,8 @@ def method_rows(method: str, data_dir: Path) -> list[dict[str, Any]]:
     else:  # pragma: no cover - the recipe union is exhaustive
         raise DataError(f"unsupported method {method}")
     cols = COLUMNS[method]
-    rows = [{c: r[c] for c in cols} for r in rows if all(c in r for c in cols)]
+    kept = [*cols, "provenance"] if provenance else cols
+    rows = [{c: r[c] for c in kept if c in r} for r in rows if all(c in r for c in cols)]
     if not rows:
         raise DataError(f"no training rows for method {method} in {data_dir}")
     if method == "kto" and len({r["label"] for r in rows}) < 2:
@@ -231,22 +241,35 @@ def prepare_rows(
     replay: list[dict[str, Any]] | None = None,
     replay_fraction: float = 0.0,
 ) -> dict[str, Any]:
-    """Everything a backend needs: train/eval rows and counts for metrics.json."""
+    """Everything a backend needs: train/eval rows and counts for metrics.json, and the
+    replayed rows as the snapshot kept them (``replayed``, with provenance where it has one:
+    the train output keeps them for evaluate's contamination and poisoning checks)."""
     rows = method_rows(method, data_dir)
     # by conversation, not by row: see the module docstring
     train, evals = split_eval(rows, eval_fraction, seed, group=conversation_key)
+    old = replay or []
+    # trained on the method's columns only (a snapshot's provenance is for evaluate)
+    stripped = [{c: r[c] for c in COLUMNS[method] if c in r} for r in old]
     train, n_replayed = mix_replay(
         train,
-        replay or [],
+        stripped,
         replay_fraction,
         seed,
         held_out=evals,
         group=conversation_key,
         excluded=heldout_keys(data_dir) if replay else (),
     )
+    picked = {id(r) for r in train}
+    replayed = [full for full, r in zip(old, stripped, strict=True) if id(r) in picked]
     if method == "kto":
         train = shuffle_rows(train, seed)
-    return {"train": train, "eval": evals, "new_rows": len(rows), "replayed_rows": n_replayed}
+    return {
+        "train": train,
+        "eval": evals,
+        "new_rows": len(rows),
+        "replayed_rows": n_replayed,
+        "replayed": replayed,
+    }
 
 
 def shuffle_rows(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
@@ -259,10 +282,13 @@ def shuffle_rows(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
 
 
 def write_rows(prepared: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Materialise train/eval rows as JSONL files (inputs for TRL's loader and Axolotl)."""
+    """Materialise train/eval rows as JSONL files (inputs for TRL's loader and Axolotl), and
+    the replayed rows as ``REPLAYED`` (empty without replay; no backend input): evaluate scans
+    them with the data for contamination and poisoning."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"train": out / "train.jsonl"}
     write_jsonl(paths["train"], prepared["train"])
+    write_jsonl(out / REPLAYED, prepared.get("replayed") or [])
     if prepared["eval"]:
         paths["eval"] = out / "eval.jsonl"
         write_jsonl(paths["eval"], prepared["eval"])

@@ -111,13 +111,18 @@ def run_train(
     # Kept for a later warm start's replay; the new rows only, not what was replayed into them.
     # Keyed by the rows' hash (the registry's lineage records it): a later ingest with the same
     # rows reuses this training, and its lineage finds these rows.
-    train_data.snapshot_rows(spec.method, train_data.method_rows(spec.method, data.dir), rows)
+    # With provenance: a later candidate's evaluate scans its replayed rows for poisoning.
+    snapshot = train_data.method_rows(spec.method, data.dir, provenance=True)
+    train_data.snapshot_rows(spec.method, snapshot, rows)
     if "peak_rss_mb" not in metrics:  # trained in this process (a child's comes with it)
         metrics["peak_rss_mb"] = round(own_peak_mb(), 1)
     metrics |= {
         "base_model": recipe.base_model.name,
         "base_model_path": model_path,
         "dataset_sha256": data.sha256,
+        # the rows' hash (``rows_sha256``): this training is reused for other outputs with
+        # these rows (a live pull that found nothing new); evaluate accepts them by it
+        "dataset_rows_sha256": rows,
         "new_rows": prepared["new_rows"],
         "replayed_rows": prepared["replayed_rows"],
         "init_from": f"{recipe.use_case}/{warm.version}" if warm else "base",
