@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
@@ -26,6 +27,7 @@ from feinschliff.pipeline import registry_root
 from feinschliff.recipe import Recipe
 from feinschliff.registry import record_event
 from feinschliff.specs.evaluate import RequireApprovalRule
+from flows.artifacts import decision_markdown
 
 EXPIRY_GRACE_S = 600
 TIMED_OUT = "(no answer: timeout)"  # the reviewer the deadline answers as
@@ -39,10 +41,19 @@ class ApprovalInput(RunInput):
     comment: str = ""
 
 
+def approval_description(recipe: Recipe, decision: Decision, timeout_s: int) -> str:
+    """The markdown the UI shows above the approve/reject form: the gate's results."""
+    return (
+        f"{decision_markdown(decision, None)}\n\n"
+        f"Approve to register and promote the {recipe.use_case} candidate, or reject it. "
+        f"No answer within {timeout_s} s rejects."
+    )
+
+
 def ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
-    """Notify, pause for the reviewer's form in the Prefect UI, record the answer in the
-    registry's audit log; no answer within the rule's timeout counts as a rejection, and the
-    run goes on (it ends Completed, not Failed)."""
+    """Notify, pause for the reviewer's form in the Prefect UI (headed by the gate's results),
+    record the answer in the registry's audit log; no answer within the rule's timeout counts
+    as a rejection, and the run goes on (it ends Completed, not Failed)."""
     rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
     notify.send(
         "approval_needed", recipe.use_case, {"rules": [r.model_dump() for r in decision.results]}
@@ -53,9 +64,18 @@ def ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
         target=_reject_at_deadline, args=(run_id, rule.timeout_s, answered), daemon=True
     )
     deadline.start()
+    form = ApprovalInput.with_initial_data(
+        description=approval_description(recipe, decision, rule.timeout_s)
+    )
+    get_run_logger().info(
+        "waiting for a reviewer: approve or reject %s in the Prefect UI (Resume: the form "
+        "shows the gate's results); no answer within %s s rejects",
+        recipe.use_case,
+        rule.timeout_s,
+    )
     try:
         answer = pause_flow_run(
-            wait_for_input=ApprovalInput, timeout=rule.timeout_s + EXPIRY_GRACE_S, poll_interval=2
+            wait_for_input=form, timeout=rule.timeout_s + EXPIRY_GRACE_S, poll_interval=2
         )
     except FlowPauseTimeout:  # the deadline could not resume the run (API unreachable)
         answer = None

@@ -64,17 +64,29 @@ def publish_evaluation(recipe: Recipe, report: ReportRef) -> None:
     )
 
 
-def decision_markdown(decision: Decision, version: str | None) -> str:
+def decision_markdown(decision: Decision, version: str | None, register: bool = True) -> str:
     """The gate artifact's markdown: verdict heading (from the decision, not from whether a
-    version was registered) and one table row per rule."""
+    version was registered) and one table row per rule. A decision that waits for a human
+    (``needs_approval``: every automatic rule passed) is headed as such, its approval row
+    PENDING; an evaluate-only run (``register=False``) that passes is PASSED, not PROMOTED."""
+    pending = decision.needs_approval  # every automatic rule passed, no answer yet
     lines = ["| rule | metric | value | threshold | result | detail |", "|---|---|---|---|---|---|"]
     for r in decision.results:
+        if r.passed:
+            result = "PASS"
+        elif pending and r.rule == "require_approval":
+            result = "PENDING"
+        else:
+            result = "FAIL"
         lines.append(
-            f"| {r.rule} | {r.metric} | {r.value} | {r.threshold} | "
-            f"{'PASS' if r.passed else 'FAIL'} | {r.detail} |"
+            f"| {r.rule} | {r.metric} | {r.value} | {r.threshold} | {result} | {r.detail} |"
         )
-    if not decision.promote:
+    if pending:
+        verdict = "**AWAITING APPROVAL** (every automatic rule passed)"
+    elif not decision.promote:
         verdict = "**REJECTED**"
+    elif not register:
+        verdict = "**PASSED** (not registered: register=false)"
     elif version:
         verdict = f"**PROMOTED** as `{version}`"
     else:
@@ -82,9 +94,13 @@ def decision_markdown(decision: Decision, version: str | None) -> str:
     return f"## Gate: {verdict}\n\n" + "\n".join(lines)
 
 
-def publish_decision(recipe: Recipe, decision: Decision, version: str | None) -> None:
+def publish_decision(
+    recipe: Recipe, decision: Decision, version: str | None, register: bool = True
+) -> None:
+    """The gate artifact (one key per use case: a later one, e.g. the answer to an approval
+    that an earlier one awaited, replaces it in the UI)."""
     create_markdown_artifact(
-        decision_markdown(decision, version),
+        decision_markdown(decision, version, register),
         key=_key(recipe, "gate"),
         description="Gate decision and registry version",
     )

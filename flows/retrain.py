@@ -20,7 +20,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from feinschliff import notify
-from feinschliff.artifacts import input_key, rows_sha256
+from feinschliff.artifacts import OutputInUse, input_key, rows_sha256
 from feinschliff.estimate import check_training_fits
 from feinschliff.gate import Approval
 from feinschliff.ledger import Ledger, effect_key, resume_or_restart
@@ -46,7 +46,7 @@ from flows.tasks import (
     register_task,
     train_task,
 )
-from flows.train_stage import train_via_deployment
+from flows.train_stage import check_train_deployment, train_via_deployment
 
 PASSED_NOT_REGISTERED = "PASSED the gate (not registered: register=false)"
 # An evaluate-only run registers nothing: a human is not asked to approve it.
@@ -62,6 +62,12 @@ def _notify_failure(flow, flow_run, state) -> None:
     except Exception:  # noqa: BLE001 - any failure to read it: fall back to the file name
         name = Path(params.get("recipe_path", "")).stem
     notify.send("failed", name, {"error": str(state.message)[:500]})
+
+
+# How long a slot of `retrain-<use_case>` outlives a holder that died without releasing it
+# (SIGKILL, a lost node): the run renews its lease while it lives; the server frees the slot
+# once the lease has expired.
+LEASE_S = 300
 
 
 def limit_name(use_case: str) -> str:
@@ -91,11 +97,30 @@ def _one_run_per_use_case(use_case: str) -> Iterator[None]:
                     GlobalConcurrencyLimitCreate(name=name, limit=1)
                 )
     get_run_logger().info(
-        "taking concurrency limit %r: waits while another run of %s holds it", name, use_case
+        "taking concurrency limit %r: waits while another run of %s holds it (a holder that "
+        "crashed or was killed keeps it until its lease expires, up to %d s after it died)",
+        name,
+        use_case,
+        LEASE_S,
     )
     # a failed renewal must not kill an hours-long training; run_lock still guards the workdir
-    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+    with concurrency(
+        name,
+        occupy=1,
+        lease_duration=LEASE_S,
+        strict=True,
+        raise_on_lease_renewal_failure=False,
+    ):
         yield
+
+
+def _check_workdir(work: Path) -> None:
+    """A workdir that is a file, lies under one, or that the OS refuses to create: one line
+    (as `feinschliff run` says it) before any stage runs or the run queues."""
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputInUse(f"workdir {work}: {exc.strerror or exc}") from None
 
 
 @flow(name="retrain", on_failure=[_notify_failure], on_crashed=[_notify_failure])
@@ -129,6 +154,9 @@ def retrain(
     recipe = load_recipe(recipe_path, overrides or [])
     check_training_fits(recipe)  # a training that cannot fit train.gpu: refused before any stage
     work = Path(workdir) if workdir else default_workdir(recipe)
+    _check_workdir(work)
+    if train_deployment:  # a missing one fails here, not after ingest as "ObjectNotFound: None"
+        check_train_deployment(train_deployment)
     with (
         _one_run_per_use_case(recipe.use_case),  # deployed runs queue here
         run_lock(work),  # one run per workdir: a second one would wipe this one's outputs
@@ -211,10 +239,17 @@ def _retrain(
     if decision.needs_approval and not register:
         decision = gate_task(recipe, report, NOT_ASKED)
     elif decision.needs_approval:
+
+        def ask() -> dict:
+            # the reviewer sees the gate's results before answering (the final decision's
+            # artifact replaces this one, same key)
+            artifacts.publish_decision(recipe, decision, None)
+            return ask_for_approval(recipe, decision).model_dump()
+
         # asked once per run and report: a rerun after a crash reuses the recorded answer
         answer = ledger.perform(
             effect_key(run, "approval", recipe.use_case, report.sha256),
-            lambda: ask_for_approval(recipe, decision).model_dump(),
+            ask,
             what=f"approval of {recipe.use_case}",
         )
         decision = gate_task(recipe, report, Approval(**answer))
@@ -225,7 +260,7 @@ def _retrain(
             recipe, data, adapter, report, decision, seen_production, ledger.path, run
         )
         fault_point("after-register")
-    artifacts.publish_decision(recipe, decision, version)
+    artifacts.publish_decision(recipe, decision, version, register)
 
     promoted = decision.promote and version is not None
     summary = summary_text(read_report(report), decision, version)

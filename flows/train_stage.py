@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.exceptions import ObjectNotFound
 
 from feinschliff.artifacts import AdapterRef, DatasetRef, completed_hash, reusable
 from feinschliff.pipeline import run_lock
@@ -63,6 +67,33 @@ def train_stage(
         kwargs = {"production": production} if pinned else {}
         ref = run_train(recipe, data, target, **kwargs)
     return ref.model_dump()
+
+
+def check_train_deployment(deployment: str) -> None:
+    """Fail a retrain run at its start, before any stage, when its ``train_deployment`` does not
+    exist: otherwise it ingested (and generated) first and then failed as "ObjectNotFound: None".
+    Only read: a finished training of the same inputs is still reused without starting the
+    training pool (``train_via_deployment``)."""
+    with get_client(sync_client=True) as client:
+        try:
+            try:
+                ident = UUID(deployment)  # run_deployment takes an id as well as FLOW/NAME
+            except ValueError:
+                client.read_deployment_by_name(deployment)
+            else:
+                client.read_deployment(ident)
+            return
+        except (ObjectNotFound, ValueError):  # ValueError: a name that is not FLOW/NAME
+            pass
+        found = client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[train_stage.name])), limit=20
+        )
+    existing = ", ".join(sorted(f"{train_stage.name}/{d.name}" for d in found)) or "none"
+    raise ValueError(
+        f"train_deployment {deployment} does not exist on this Prefect server (its "
+        f"{train_stage.name} deployments: {existing}): `feinschliff deployments sync RECIPE "
+        "--train-pool POOL` creates it, or leave train_deployment empty to train in this run"
+    )
 
 
 def train_via_deployment(
