@@ -114,16 +114,22 @@ def _report(out: Path) -> dict:
 # ------------------------------------------------------------ bug 1: --data of another training
 
 
-def test_data_the_adapter_was_not_trained_on_is_refused_before_any_model_runs(
-    tmp_path, stubbed, monkeypatch
-):
+def _trained_on_other_data(tmp_path: Path, stubbed, monkeypatch):
+    """An adapter trained on one ingest output, another clean one, and no model run allowed."""
+
     def ran(*a, **k):
         raise _Ran
 
     monkeypatch.setattr(stubbed, "run_tasks", ran)
     trained_on = _ingest(tmp_path / "ingest-a", _clean_rows(20))
     other = _ingest(tmp_path / "ingest-b", [_sft("Ganz andere saubere Daten hier bitte")])
-    adapter = _train_output(tmp_path / "train", trained_on)
+    return trained_on, other, _train_output(tmp_path / "train", trained_on)
+
+
+def test_data_the_adapter_was_not_trained_on_is_refused_before_any_model_runs(
+    tmp_path, stubbed, monkeypatch
+):
+    trained_on, other, adapter = _trained_on_other_data(tmp_path, stubbed, monkeypatch)
     with pytest.raises(EvalError) as err:
         stubbed.run_evaluate(_recipe(tmp_path), adapter, tmp_path / "eval", data=other)
     said = str(err.value)
@@ -133,13 +139,7 @@ def test_data_the_adapter_was_not_trained_on_is_refused_before_any_model_runs(
 
 
 def test_cli_exits_2_with_one_line_naming_both_hashes_and_folders(tmp_path, stubbed, monkeypatch):
-    def ran(*a, **k):
-        raise _Ran
-
-    monkeypatch.setattr(stubbed, "run_tasks", ran)
-    trained_on = _ingest(tmp_path / "ingest-a", _clean_rows(20))
-    other = _ingest(tmp_path / "ingest-b", [_sft("Ganz andere saubere Daten hier bitte")])
-    adapter = _train_output(tmp_path / "train", trained_on)
+    trained_on, other, adapter = _trained_on_other_data(tmp_path, stubbed, monkeypatch)
     code, said = run_cli(
         "evaluate",
         DEMO,

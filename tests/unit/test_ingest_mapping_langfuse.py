@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from feinschliff.ingest import langfuse_parallel, run_ingest
+from feinschliff.ingest import run_ingest
 from feinschliff.ingest.langfuse_exports import read_exports
 from feinschliff.ingest.records import FeedbackRecord, Quarantined, ReadLog
 from feinschliff.recipe import FeedbackSpec
 from feinschliff.specs.feedback import DerivationRules, SourceMapping
+from tests.unit.test_ingest_parallel import read_both_ways
 
 CONTEXT = "Auszug AGB: Die Kündigungsfrist beträgt vier Wochen zum Monatsende."
 TEMPLATE = "{context}\n\nFrage: {question}"
@@ -278,20 +279,7 @@ def test_dataset_items_with_other_texts_follow_the_same_rule(tmp_path):
 
 
 def _both(folder: Path, tmp: Path, monkeypatch, **kw) -> list[tuple]:
-    merged: list[int] = []
-    real_merge = langfuse_parallel._merge
-
-    def counting_merge(result, join):
-        merged.append(len(result.entries))
-        return real_merge(result, join)
-
-    monkeypatch.setattr(langfuse_parallel, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(langfuse_parallel, "_merge", counting_merge)
-    outputs = []
-    for workers in (1, 2):
-        ref = run_ingest(_spec(folder, workers, **kw), tmp / f"out{workers}")
-        manifest = json.loads((tmp / f"out{workers}" / "manifest.json").read_text())
-        outputs.append((ref.sha256, manifest["sources"], manifest["drops"], manifest["counts"]))
+    outputs, merged = read_both_ways(lambda w: _spec(folder, w, **kw), tmp, monkeypatch)
     assert merged  # the observation page went through a worker
     return outputs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from feinschliff.ingest import langfuse_parallel, run_ingest
@@ -69,9 +70,12 @@ def _spec(folder: Path, workers: int) -> FeedbackSpec:
     )
 
 
-def test_parallel_read_equals_one_process_read(tmp_path, monkeypatch):
-    _export(tmp_path / "lf")
-    merged = []
+def read_both_ways(
+    spec_for: Callable[[int], FeedbackSpec], tmp: Path, monkeypatch
+) -> tuple[list[tuple], list[int]]:
+    """Ingest with 1 and 2 workers (every file big enough for a worker): each run's output
+    hash, sources, drops and counts, and the rows of each file a worker returned."""
+    merged: list[int] = []
     real_merge = langfuse_parallel._merge
 
     def counting_merge(result, join):
@@ -82,10 +86,15 @@ def test_parallel_read_equals_one_process_read(tmp_path, monkeypatch):
     monkeypatch.setattr(langfuse_parallel, "_merge", counting_merge)
     outputs = []
     for workers in (1, 2):
-        spec = _spec(tmp_path / "lf", workers)
-        ref = run_ingest(spec, tmp_path / f"out{workers}")
-        manifest = json.loads((tmp_path / f"out{workers}" / "manifest.json").read_text())
+        ref = run_ingest(spec_for(workers), tmp / f"out{workers}")
+        manifest = json.loads((tmp / f"out{workers}" / "manifest.json").read_text())
         outputs.append((ref.sha256, manifest["sources"], manifest["drops"], manifest["counts"]))
+    return outputs, merged
+
+
+def test_parallel_read_equals_one_process_read(tmp_path, monkeypatch):
+    _export(tmp_path / "lf")
+    outputs, merged = read_both_ways(lambda w: _spec(tmp_path / "lf", w), tmp_path, monkeypatch)
     assert merged == [46, 46, 47]  # the three pages went through workers, the mixed file not
     assert outputs[0] == outputs[1]
     skipped = outputs[0][1][0]["skipped"]
