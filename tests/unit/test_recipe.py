@@ -424,3 +424,33 @@ def test_documented_string_values_that_yaml_1_1_calls_booleans_stay_strings(tmp_
     assert load_recipe(path, ["evaluate.heldout=false"]).evaluate.heldout is False
     assert load_recipe(path, ["evaluate.heldout=no"]).evaluate.heldout is False
     assert load_recipe(path, ["evaluate.heldout=on"]).evaluate.heldout is True
+
+
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("{kind: langfuse, path: x, mapping: {answers: [a]}}", "mapping.answers is for Argilla"),
+        ("{kind: langfuse, path: x, mapping: {corrections: [c]}}", "mapping.corrections is for"),
+        ("{kind: argilla, path: x, mapping: {prompt_template: '{a.b}'}}", "not a plain field name"),
+        ("{kind: argilla, path: x, mapping: {prompt_template: '{a'}}", "not a str.format template"),
+        ("{kind: argilla, path: x, mapping: {prompt_template: 'no fields'}}", "names no field"),
+        ("{kind: argilla, path: x, mapping: {answers: []}}", "at least 1 item"),
+    ],
+)
+def test_a_source_mapping_that_cannot_work_names_its_path(source, says):
+    demo = ROOT / "recipes" / "demo-de.yaml"
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(demo, [f"feedback.sources=[{source}]"])
+    assert "feedback.sources.0" in str(exc.value) and says in str(exc.value), str(exc.value)
+
+
+def test_a_source_mapping_loads_for_each_kind():
+    demo = ROOT / "recipes" / "demo-de.yaml"
+    sources = (
+        "[{kind: argilla, path: x, mapping: {prompt: frage, answers: [antwort],"
+        " corrections: [korrektur], prompt_template: '{kontext} {frage}'}},"
+        " {kind: langfuse, path: y, mapping: {prompt_template: '{context} {question}'}}]"
+    )
+    argilla, langfuse = load_recipe(demo, [f"feedback.sources={sources}"]).feedback.sources
+    assert argilla.mapping.answers == ["antwort"] and argilla.mapping.corrections == ["korrektur"]
+    assert langfuse.mapping.prompt_template == "{context} {question}"
