@@ -50,10 +50,11 @@ def approval_description(recipe: Recipe, decision: Decision, timeout_s: int) -> 
     )
 
 
-def ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
+def ask_for_approval(recipe: Recipe, decision: Decision, candidate: str | None = None) -> Approval:
     """Notify, pause for the reviewer's form in the Prefect UI (headed by the gate's results),
-    record the answer in the registry's audit log; no answer within the rule's timeout counts
-    as a rejection, and the run goes on (it ends Completed, not Failed)."""
+    record the answer in the registry's audit log (with ``candidate``: the train output's hash,
+    as the evaluation report names it); no answer within the rule's timeout counts as a
+    rejection, and the run goes on (it ends Completed, not Failed)."""
     rule = next(r for r in recipe.gate.rules if isinstance(r, RequireApprovalRule))
     notify.send(
         "approval_needed", recipe.use_case, {"rules": [r.model_dump() for r in decision.results]}
@@ -98,6 +99,7 @@ def ask_for_approval(recipe: Recipe, decision: Decision) -> Approval:
         why=approval.comment,
         approved=approval.approved,
         reviewer=approval.by,
+        candidate=candidate,
     )
     return approval
 

@@ -244,7 +244,7 @@ def _retrain(
             # the reviewer sees the gate's results before answering (the final decision's
             # artifact replaces this one, same key)
             artifacts.publish_decision(recipe, decision, None)
-            return ask_for_approval(recipe, decision).model_dump()
+            return ask_for_approval(recipe, decision, adapter.sha256).model_dump()
 
         # asked once per run and report: a rerun after a crash reuses the recorded answer
         answer = ledger.perform(

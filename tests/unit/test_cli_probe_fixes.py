@@ -262,9 +262,11 @@ def test_registry_audit_shows_the_reviewers_answer(tmp_path):
     out = make_train_output(tmp_path / "o1", str(base))
     register_adapter(reg, "s", out, {}, target=target_for(base))
     record_event(reg, "s", "approval", why="", approved=False, reviewer="alice")
-    record_event(reg, "s", "approval", why="looks fine", approved=True, reviewer="bob")
+    record_event(
+        reg, "s", "approval", why="looks fine", approved=True, reviewer="bob", candidate="ab" * 32
+    )
     code, said = run_cli("registry", "audit", "s", "--root", str(reg))
     lines = [line for line in said.splitlines() if " approval " in line]
     assert code == 0 and len(lines) == 2, said
     assert lines[0].endswith("rejected   by alice")
-    assert "approved   by bob  looks fine" in lines[1]
+    assert "approved   by bob (candidate abababababab)  looks fine" in lines[1]

@@ -170,6 +170,20 @@ def test_the_reviewer_sees_the_gate_results_while_the_run_waits(prefect_harness,
     final = _gate_artifacts(state.state_details.flow_run_id)[-1]
     assert final.startswith("## Gate: **REJECTED**") and "rejected by anna" in final
     assert stages[1] == ["approval_needed", "rejected"]
+    # the audit log says which candidate was answered (the train output's hash, as the
+    # evaluation report names it), not only who answered
+    from feinschliff import registry
+    from feinschliff.pipeline import registry_root
+    from feinschliff.recipe_loader import load_recipe
+
+    recipe = load_recipe(DEMO)
+    log = registry.audit_log(registry_root(recipe), recipe.use_case)
+    (entry,) = [e for e in log if e["event"] == "approval"]
+    assert (entry["candidate"], entry["reviewer"], entry["approved"]) == (
+        f"{'train':0<64}",
+        "anna",
+        False,
+    )
 
 
 # 5. a train deployment that does not exist fails at the start, naming it

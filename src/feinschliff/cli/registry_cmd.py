@@ -134,9 +134,10 @@ def registry_audit(
             continue
         if e["event"] == "approval":  # a reviewer's answer to the require_approval rule
             verdict = "approved" if e.get("approved") else "rejected"
+            of = f" (candidate {e['candidate'][:12]})" if e.get("candidate") else ""
             typer.echo(
                 f"{e['at']} {e['by']:<10} {'approval':<8} {verdict:<10} "
-                f"by {e.get('reviewer') or '-'}  {e.get('why') or ''}".rstrip()
+                f"by {e.get('reviewer') or '-'}{of}  {e.get('why') or ''}".rstrip()
             )
             continue
         what = e.get("alias") or e["event"]
