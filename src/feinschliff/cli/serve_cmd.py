@@ -37,8 +37,9 @@ def serve_config(
     (a production-stack LoraAdapter resource named after the use case; its baseModel is
     --k8s-model, the pods' `model` label), tgi (LORA_ADAPTERS; a path with ',', '=' or '@' is
     refused, exit 2) or ollama (a Modelfile with ADAPTER). A version that does not fit the
-    recipe's serving settings now (register.max_lora_rank, base model) is refused, exit 2. Copies the version to its serving
-    path (register.vllm.adapter_dir) so the printed path exists; writes nothing else."""
+    recipe's serving settings now (register.max_lora_rank, base model) is refused, exit 2.
+    Copies the version to its serving path (register.vllm.adapter_dir) so the printed path
+    exists; writes nothing else."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.publish import served_adapter
     from feinschliff.serving.serve_config import ServeConfigError, render

@@ -9,9 +9,10 @@ evaluated task data and the bundled judge questions (an n-gram,
 the value is None when nothing could be checked), and
 ``poisoning/suspicious_rows`` (``feinschliff.poisoning``); both scan what the candidate was
 trained on: the data's rows and the rows a warm start replayed (``trained_data``). Data the
-candidate's train output records as not its own is refused before anything runs. Writes ``report.json`` (``metrics[role]["name"] = {value, stderr,
-samples, ...}``), ``report.md`` (table with deltas) and ``comparison.png``; per-sample outputs go
-to ``samples/``. The gate reads ``report.json`` only.
+candidate's train output records as not its own is refused before anything runs. Writes
+``report.json`` (``metrics[role]["name"] = {value, stderr, samples, ...}``), ``report.md``
+(table with deltas) and ``comparison.png``; per-sample outputs go to ``samples/``. The gate
+reads ``report.json`` only.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ trace-level scores wait in the scratch database until all observations are read.
 Score mapping: BOOLEAN named in ``rules.thumbs_scores`` -> thumbs up/down of the observation's
 output; CORRECTION -> a human correction of it (text in ``value`` for v3, ``stringValue`` for
 v1/v2); BOOLEAN scores of other names (judges), NUMERIC, CATEGORICAL and TEXT scores carry no
-training signal here and are counted. Prompts: ``langfuse_inputs`` (tool-call conversations
-and input objects with texts besides the prompt are counted and noted, not trained on). UI exports flatten scores into
-one column per score name (data type lost): the columns named in ``rules.thumbs_scores`` are
-thumbs. Generations without any feedback are counted, not turned into records.
+training signal here and are counted. Prompts: ``langfuse_inputs`` (tool-call conversations and
+input objects with texts besides the prompt are counted and noted, not trained on). UI exports
+flatten scores into one column per score name (data type lost): the columns named in
+``rules.thumbs_scores`` are thumbs. Generations without any feedback are counted, not turned
+into records.
 """
 
 from __future__ import annotations

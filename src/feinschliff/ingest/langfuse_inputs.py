@@ -3,13 +3,13 @@ item, and the answer it gave.
 
 - A string is one user turn; a list is a conversation (OpenAI ``{role, content}`` turns, or
   LangChain's ``{type: human|ai|system, content}``).
-- An object (a LangChain chain's or a RAG app's input): the prompt is the text under
-  ``input``, ``prompt``, ``question`` or ``query`` (else the ``messages`` list); a chat-history
-  list under ``chat_history``, ``history`` or ``messages`` gives the turns before it. When the
-  object holds other texts (a retrieved ``context``, ...), the source's
-  ``mapping.prompt_template`` builds the prompt from it (``str.format_map``; a key it names
-  that the object lacks: quarantined); without one the input is skipped (``OTHER_TEXTS``)
-  rather than trained on without them (one without a prompt key is quarantined). Numbers, booleans and the tool list are settings, not
+- An object (a LangChain chain's or a RAG app's input): the prompt is the text under ``input``,
+  ``prompt``, ``question`` or ``query`` (else the ``messages`` list); a chat-history list under
+  ``chat_history``, ``history`` or ``messages`` gives the turns before it. When the object holds
+  other texts (a retrieved ``context``, ...), the source's ``mapping.prompt_template`` builds
+  the prompt from it (``str.format_map``; a key it names that the object lacks: quarantined);
+  without one the input is skipped (``OTHER_TEXTS``) rather than trained on without them (one
+  without a prompt key is quarantined). Numbers, booleans and the tool list are settings, not
   texts. A string, a list, or an object holding only its prompt ignores the template.
 - Tool use (an assistant turn calling a tool, a tool's result, a tool call as the answer) is
   skipped (``TOOL_CALLS``): this stage does not train tool use, and such an input is valid.

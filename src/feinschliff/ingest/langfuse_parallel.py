@@ -3,11 +3,11 @@
 In a one-process read the parent spends most of its time parsing pages and building records.
 Here each observation file goes to a worker of the row pipeline's pool, which parses it, looks
 its scores up in the scores database (read-only), builds the records and prepares their rows
-exactly as ``prepare`` does. The parent keeps only what needs the whole export's state, in
-file order: drop observations seen before (overlapping pages or pulls), park generations of
-traces with trace-level scores, count, collect what was skipped (for the notes), and pass the
-prepared rows on. The source's ``mapping`` (its prompt template) goes with each task. Results are taken in
-submission order, so the output equals the one-process read (a unit test compares them).
+exactly as ``prepare`` does. The parent keeps only what needs the whole export's state, in file
+order: drop observations seen before (overlapping pages or pulls), park generations of traces
+with trace-level scores, count, collect what was skipped (for the notes), and pass the prepared
+rows on. The source's ``mapping`` (its prompt template) goes with each task. Results are taken
+in submission order, so the output equals the one-process read (a unit test compares them).
 
 Score files come first: parsed in workers, their rows stored by the parent in file order.
 An observation file that also holds score rows ends the parallel read (its scores must be
