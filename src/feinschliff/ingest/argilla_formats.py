@@ -112,10 +112,9 @@ def _mirror_name(f: Path) -> bool:
     return f.name.startswith("records") and f.suffix == ".jsonl"
 
 
-def nested_files(folder: Path) -> list[Path]:
-    """The nested files to read: the JSON arrays of a to_disk export, else the JSONL files of
-    a pull mirror."""
-    nested = json_forms(folder)[0]
+def nested_files(nested: list[Path]) -> list[Path]:
+    """Of a folder's nested files (``json_forms``), those to read: the JSON arrays of a to_disk
+    export, else the JSONL files of a pull mirror."""
     arrays = [f for f in nested if f.suffix.lower() == ".json"]
     return arrays or nested
 
@@ -127,11 +126,12 @@ def read_nested(
     folder: Path,
     log: ReadLog,
     scratch: Scratch | None,
-    mapping: SourceMapping | None = None,
-    files: list[Path] | None = None,
+    mapping: SourceMapping | None,
+    files: list[Path],
 ) -> Iterator[Item]:
     """``to_disk`` folder (records.json) or a pull mirror (records-*.jsonl, statuses kept;
-    the ids read so far live in ``scratch``: a set of them grew with the mirror)."""
+    the ids read so far live in ``scratch``: a set of them grew with the mirror); ``files``:
+    its ``nested_files``."""
     layout = _settings_layout(folder, log, mapping) if mapped(mapping) else None  # fail early
     return _read_nested(folder, log, scratch, mapping, files, layout)
 
@@ -141,11 +141,10 @@ def _read_nested(
     log: ReadLog,
     scratch: Scratch | None,
     mapping: SourceMapping | None,
-    files: list[Path] | None,
+    files: list[Path],
     layout: ArgillaLayout | None,
 ) -> Iterator[Item]:
     layout = layout or _settings_layout(folder, log, mapping)
-    files = nested_files(folder) if files is None else files
     if files and files[0].suffix.lower() == ".json":  # to_disk: one array per file
         for f in files:
             yield from _convert(iter_json_array(f, log.inputs), f, layout, log, _same)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from feinschliff.ingest.argilla_formats import (
+    json_files,
     json_forms,
+    nested_files,
     parquet_files,
     peek_rows,
     read_flat,
@@ -119,9 +121,8 @@ def _argilla(
     if path.is_dir():
         nested, flat = json_forms(path)
         if settings_file(path) and nested:
-            arrays = [f for f in nested if f.suffix.lower() == ".json"]
-            fmt = "argilla-2-to-disk" if arrays else "argilla-2-mirror"
-            files = arrays or nested
+            files = nested_files(nested)
+            fmt = "argilla-2-to-disk" if files[0].suffix.lower() == ".json" else "argilla-2-mirror"
             return SourceRead(fmt, read_nested(path, log, scratch, mapping=mapping, files=files))
         if settings_file(path) and parquet_files(path):
             return SourceRead("argilla-2-hub-parquet", read_flat(path, log, mapping=mapping))
@@ -145,7 +146,7 @@ def _argilla_part(path: Path) -> str:
     if path.is_dir():
         if settings_file(path) or v1_config_file(path):
             return ""
-        nested = [f.name for f in json_forms(path)[0] if _nested(f)]
+        nested = [f.name for f in json_files(path) if _nested(f)]
         flat = [f.name for f in parquet_files(path)[:1] if _flat_parquet(f)]
         if not nested + flat:
             return ""
