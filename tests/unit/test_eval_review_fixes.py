@@ -240,7 +240,7 @@ def test_inference_runs_on_lm_evals_device_with_its_inputs_there(tmp_path, monke
     # generation itself cannot run on meta tensors: what generate_answers hands to it
     model.generate = lambda *args, **kwargs: record(model, args, kwargs)
     with pytest.raises(_Stop):
-        generate_answers(model, tok, [PROMPT], max_new_tokens=2)
+        generate_answers(model, tok, [PROMPT], max_new_tokens=2, batch_size=1)
     assert seen and set(seen) == {"meta"}
 
 
@@ -333,3 +333,38 @@ def test_answer_logprob_finds_the_answer_where_the_template_puts_it(tmp_path):
         logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     want = float(logp[at - 1, ids[0, at]])
     assert math.isclose(answer_logprob(model, tok, prompt, "ja"), want, rel_tol=1e-5)
+
+
+def test_heldout_and_judge_generation_use_the_recipes_batch_size(tmp_path, monkeypatch):
+    """Held-out correction answers were generated four at a time whatever
+    ``evaluate.batch_size`` said (a GPU user's 32 left the card mostly idle); seven corrections
+    at batch size 3 are three generate calls."""
+    import feinschliff.evaluate.extra as extra
+    from feinschliff.evaluate.inference import load_model
+
+    recipe = load_recipe(DEMO)
+    recipe = recipe.model_copy(
+        update={"evaluate": recipe.evaluate.model_copy(update={"batch_size": 3})}
+    )
+    data = tmp_path / "data"
+    (data / "heldout").mkdir(parents=True)
+    row = {
+        "messages": [*PROMPT, {"role": "assistant", "content": "Antwort ja"}],
+        "provenance": {"rule": "correction"},
+    }
+    (data / "heldout" / "sft.jsonl").write_text("".join(json.dumps(row) + "\n" for _ in range(7)))
+    (data / "heldout" / "preference.jsonl").write_text("")
+    calls: list[int] = []
+
+    def counted_load(*args, **kwargs):
+        model, tok = load_model(*args, **kwargs)
+        real = model.generate
+        model.generate = lambda **kw: calls.append(len(kw["input_ids"])) or real(**kw)
+        return model, tok
+
+    monkeypatch.setattr(extra, "load_model", counted_load)
+    metrics = extra.judge_and_heldout(
+        recipe, str(_tiny_model(tmp_path / "m")), {"base": None}, data, tmp_path / "out"
+    )
+    assert metrics["base"]["heldout/correction_chrf"]["samples"] == 7
+    assert calls == [3, 3, 1]

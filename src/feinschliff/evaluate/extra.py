@@ -58,14 +58,24 @@ def judge_and_heldout(
         if spec.heldout:
             if (acc := preference_accuracy(model, tok, pref_rows)) is not None:
                 entries["heldout/preference_accuracy"] = acc
-            chrf = correction_chrf(model, tok, sft_rows, max_new_tokens=spec.heldout_max_new_tokens)
+            chrf = correction_chrf(
+                model,
+                tok,
+                sft_rows,
+                max_new_tokens=spec.heldout_max_new_tokens,
+                batch_size=spec.batch_size,
+            )
             if chrf is not None:
                 entries["heldout/correction_chrf"] = chrf
         if questions:
             log.info("evaluate: %s answers %d judge questions", role, len(questions))
             prompts = [[{"role": "user", "content": q["turns"][0]}] for q in questions]
             answers[role] = generate_answers(
-                model, tok, prompts, max_new_tokens=spec.judge.max_new_tokens
+                model,
+                tok,
+                prompts,
+                max_new_tokens=spec.judge.max_new_tokens,
+                batch_size=spec.batch_size,
             )
         metrics[role] = entries
         del model

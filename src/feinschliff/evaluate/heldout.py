@@ -38,7 +38,7 @@ def preference_accuracy(model: Any, tok: Any, rows: list[dict[str, Any]]) -> dic
 
 
 def correction_chrf(
-    model: Any, tok: Any, rows: list[dict[str, Any]], *, max_new_tokens: int
+    model: Any, tok: Any, rows: list[dict[str, Any]], *, max_new_tokens: int, batch_size: int
 ) -> dict[str, Any] | None:
     rows = [r for r in rows if r.get("provenance", {}).get("rule") == "correction"]
     if not rows:
@@ -47,7 +47,9 @@ def correction_chrf(
 
     prompts = [r["messages"][:-1] for r in rows]
     refs = [r["messages"][-1]["content"] for r in rows]
-    hyps = generate_answers(model, tok, prompts, max_new_tokens=max_new_tokens)
+    hyps = generate_answers(
+        model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     score = CHRF().corpus_score(hyps, [refs]).score / 100.0
     return {"value": score, "stderr": None, "samples": len(rows)}
 

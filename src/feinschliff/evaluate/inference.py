@@ -52,7 +52,7 @@ def _prompt_text(tok: Any, messages: Messages) -> str:
 
 @torch.inference_mode()
 def generate_answers(
-    model: Any, tok: Any, prompts: Sequence[Messages], *, max_new_tokens: int, batch_size: int = 4
+    model: Any, tok: Any, prompts: Sequence[Messages], *, max_new_tokens: int, batch_size: int
 ) -> list[str]:
     answers: list[str] = []
     for i in range(0, len(prompts), batch_size):

@@ -64,7 +64,12 @@ class EvaluateSpec(Strict):
         "usecase_heldout (ingest's held-out preference pairs as two-way multiple choice).",
     )
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N items per task.")
-    batch_size: int = Field(8, ge=1, description="Evaluation batch size.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Batch size of lm-eval and of our own generation (held-out corrections, "
+        "judge answers).",
+    )
     num_fewshot: int = Field(0, ge=0, description="Few-shot examples per prompt.")
     heldout: bool = Field(
         True,
