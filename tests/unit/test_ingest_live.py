@@ -5,7 +5,8 @@ thread on 127.0.0.1) that replays real-format rows: the bundled v2 observation a
 pages (data/samples/langfuse, made with the langfuse 5.0.4 SDK) and, as "new feedback" for the
 second pull, data/fixtures/langfuse/live-increment. The server emulates what the client relies
 on: HTTP Basic auth, ``limit`` + opaque ``meta.cursor`` paging (absent on the last page),
-newest-first order, and the ``fromStartTime`` / ``fromTimestamp`` filters.
+newest-first order, the ``fromStartTime`` / ``fromTimestamp`` filters, and projects chosen by
+the key pair alone (one URL serves every project, ``GET /api/public/projects`` names the keys').
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,8 +51,13 @@ class FakeLangfuse(ThreadingHTTPServer):
             "observations": _rows(samples, "observations"),
             "scores": _rows(samples, "scores"),
         }
+        # key pair -> (project id, its tables); the samples are the first project's
+        self.projects = {(PUBLIC, SECRET): ("cm-support-de", self.tables)}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.status = 200
+        # (path suffix, status, headers): answered once each, in order, instead of a page
+        self.faults: list[tuple[str, int, dict[str, str]]] = []
+        self.stuck_cursor = False  # a proxy that drops the query string: page one forever
 
     def add(self, folder: Path) -> None:
         for kind in self.tables:
@@ -70,29 +78,30 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.server.requests.append((url.path, query))
-        expected = "Basic " + base64.b64encode(f"{PUBLIC}:{SECRET}".encode()).decode()
-        if self.headers.get("Authorization") != expected or self.server.status == 401:
+        auth = self.headers.get("Authorization", "").removeprefix("Basic ")
+        pair = tuple(base64.b64decode(auth).decode().split(":", 1)) if auth else ()
+        if pair not in self.server.projects or self.server.status == 401:
             return self._send(401, {"message": "Invalid credentials"})
+        project, tables = self.server.projects[pair]
+        for fault in self.server.faults:
+            if url.path.endswith(fault[0]):
+                self.server.faults.remove(fault)
+                return self._send(fault[1], {"message": "fault"}, fault[2])
+        if url.path == "/api/public/projects":
+            return self._send(200, {"data": [{"id": project, "name": project, "metadata": {}}]})
         if url.path == "/api/public/v2/observations":
-            rows, stamp, since = (
-                self.server.tables["observations"],
-                "startTime",
-                query.get("fromStartTime"),
-            )
+            rows, stamp, since = tables["observations"], "startTime", query.get("fromStartTime")
             rows = [r for r in rows if r["type"] == query.get("type", r["type"])]
             rows = [r for r in rows if r.get("name") == query.get("name", r.get("name"))]
         elif url.path == "/api/public/v3/scores":
-            rows, stamp, since = (
-                self.server.tables["scores"],
-                "timestamp",
-                query.get("fromTimestamp"),
-            )
+            rows, stamp, since = tables["scores"], "timestamp", query.get("fromTimestamp")
         else:
             return self._send(404, {"message": "not found"})
         if since:
             rows = [r for r in rows if _time(r[stamp]) >= _time(since)]
         limit = int(query.get("limit", 50))
         offset = json.loads(base64.b64decode(query["cursor"]))["offset"] if "cursor" in query else 0
+        offset = 0 if self.server.stuck_cursor else offset
         page = rows[offset : offset + limit]
         meta = {"limit": limit} if url.path.endswith("scores") else {}
         if offset + limit < len(rows):
@@ -101,17 +110,19 @@ class Handler(BaseHTTPRequestHandler):
             ).decode()
         self._send(200, {"data": page, "meta": meta})
 
-    def _send(self, status: int, body: dict) -> None:
+    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
 
-@pytest.fixture()
-def server():
+@contextmanager
+def serving() -> Iterator[FakeLangfuse]:
     srv = FakeLangfuse()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -120,12 +131,22 @@ def server():
     srv.server_close()
 
 
-@pytest.fixture()
-def creds(monkeypatch, home, server):
-    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", PUBLIC)
-    monkeypatch.setenv("LANGFUSE_SECRET_KEY", SECRET)
+def use_keys(monkeypatch, server: FakeLangfuse, public: str, secret: str) -> None:
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", public)
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", secret)
     monkeypatch.setenv("LANGFUSE_BASE_URL", server.url)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+
+
+@pytest.fixture()
+def server():
+    with serving() as srv:
+        yield srv
+
+
+@pytest.fixture()
+def creds(monkeypatch, home, server):
+    use_keys(monkeypatch, server, PUBLIC, SECRET)
 
 
 def pull_spec(**pull) -> FeedbackSpec:
@@ -199,7 +220,8 @@ def test_transport_settings_keep_the_mirror_and_its_watermark(server, creds, tmp
 
     # A mirror named by the old key (transport settings in it) is taken over, not re-pulled.
     source = pull_spec(page_limit=5, timeout_s=30).sources[0]
-    new, old = source_key(source, server.url), _legacy_key(source, server.url)
+    new = source_key(source, server.url, "project:cm-support-de")
+    old = _legacy_key(source, server.url)
     assert new != old
     (state_dir() / "mirror" / new).rename(state_dir() / "mirror" / old)
     marks = state_dir() / "watermarks"

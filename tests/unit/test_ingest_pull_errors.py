@@ -101,7 +101,7 @@ def server(home, monkeypatch):
         monkeypatch.setenv(name, value)
     for name in ("PREFECT_API_URL", "LANGFUSE_BASE_URL", "LANGFUSE_HOST", "ARGILLA_API_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr("feinschliff.ingest.pull.time.sleep", lambda s: None)  # retries
+    monkeypatch.setattr("feinschliff.ingest.langfuse_http.time.sleep", lambda s: None)  # retries
     yield srv
     srv.shutdown()
     srv.server_close()
@@ -124,17 +124,22 @@ def watermarks(home: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in folder.glob("*.json")} if folder.exists() else {}
 
 
+# The pull's first request asks which project the keys read; a server without that endpoint
+# (404) is asked for observations next.
+PROJECTS, OBSERVATIONS = "/api/public/projects", "/api/public/v2/observations"
+
+
 @pytest.mark.parametrize(
-    ("mode", "said"),
+    ("mode", "endpoint", "said", "requests"),
     [
-        ("404", "answered 404 Not Found: no Langfuse API there"),
-        ("html", "answered 200 OK: a body that is no JSON (text/html: '<html><body>Bitte"),
-        ("503", "answered 503 Service Unavailable: 4 times"),
-        ("redirect", "answered 302 Found: a redirect to /login"),
+        ("404", OBSERVATIONS, "answered 404 Not Found: no Langfuse API there", 2),
+        ("html", PROJECTS, "answered 200 OK: a body that is no JSON (text/html: '<html><body>Bitte", 1),
+        ("503", PROJECTS, "answered 503 Service Unavailable: 4 times", 4),  # only overloads retry
+        ("redirect", PROJECTS, "answered 302 Found: a redirect to /login", 1),
     ],
-)
+)  # fmt: skip
 def test_a_langfuse_server_that_answers_no_api_page_fails_in_one_line(
-    server, home, tmp_path, mode, said
+    server, home, tmp_path, mode, endpoint, said, requests
 ):
     run_ingest(spec("langfuse", base_url=server.url), tmp_path / "first")
     marks = watermarks(home)
@@ -143,10 +148,10 @@ def test_a_langfuse_server_that_answers_no_api_page_fails_in_one_line(
     with pytest.raises(IngestError) as caught:
         run_ingest(spec("langfuse", base_url=server.url), tmp_path / "out")
     message = str(caught.value)
-    assert f"{server.url} (GET /api/public/v2/observations) {said}" in message, message
+    assert f"{server.url} (GET {endpoint}) {said}" in message, message
     assert "pull.base_url" in message and "watermark is unchanged" in message
     assert "\n" not in message
-    assert len(server.requests) == (4 if mode == "503" else 1)  # only overloads are retried
+    assert len(server.requests) == requests
     assert watermarks(home) == marks
     failed = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert failed["status"] == "failed" and failed["error"] == message
@@ -160,7 +165,7 @@ def test_an_unreachable_langfuse_names_the_variable_the_url_came_from(
     with pytest.raises(IngestError, match="ConnectError") as caught:
         run_ingest(spec("langfuse"), tmp_path / "out")
     message = str(caught.value)
-    assert f"cannot reach {url} (GET /api/public/v2/observations)" in message
+    assert f"cannot reach {url} (GET {PROJECTS})" in message
     assert "(4 tries)" in message and "set by LANGFUSE_HOST" in message
     # a URL without its scheme fails the same way every time: no retries
     monkeypatch.setenv("LANGFUSE_BASE_URL", "localhost:3000")
@@ -176,7 +181,7 @@ def test_the_cli_says_what_failed_and_exits_1_without_a_traceback(server, tmp_pa
         "--set", sources, "--pii", "off",
     )  # fmt: skip
     assert code == 1 and "Traceback" not in said
-    assert f"{server.url} (GET /api/public/v2/observations) answered 200 OK" in said
+    assert f"{server.url} (GET {PROJECTS}) answered 200 OK" in said
 
 
 @pytest.mark.parametrize(

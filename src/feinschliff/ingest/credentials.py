@@ -18,18 +18,16 @@ log = logging.getLogger(__name__)
 
 def lookup_secret(name: str) -> str | None:
     """The secret's value, or None when neither the environment nor Prefect holds it."""
-    value = os.environ.get(name)
-    if value:
-        return value
-    return _prefect_secret(name.lower().replace("_", "-"))
+    return _lookup(name)[0]
 
 
 def require_secret(name: str, purpose: str) -> str:
-    value = lookup_secret(name)
+    value, problem = _lookup(name)
     if value is None:
         raise MissingCredentials(
             f"{purpose} needs {name}: set the environment variable or create a Prefect Secret "
-            f"block '{name.lower().replace('_', '-')}' (never put credentials into a recipe)"
+            f"block '{_block(name)}' (never put credentials into a recipe)"
+            + (f"; {problem}" if problem else "")
         )
     return value
 
@@ -38,19 +36,37 @@ class MissingCredentials(RuntimeError):
     """A live pull was configured but its credentials are not available."""
 
 
-def _prefect_secret(block: str) -> str | None:
+def _block(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _lookup(name: str) -> tuple[str | None, str]:
+    """The value and, when Prefect could not be asked, why (a down API is no missing block)."""
+    value = os.environ.get(name)
+    if value:
+        return value, ""
+    return _prefect_secret(_block(name))
+
+
+def _prefect_secret(block: str) -> tuple[str | None, str]:
     # Without a configured API, Prefect would start a temporary server just to answer "no".
-    if not _prefect_api_url():
-        return None
+    if not (url := _prefect_api_url()):
+        return None, ""
     try:
         from prefect.blocks.system import Secret
     except ImportError:
-        return None
+        return None, ""
     try:
-        return str(Secret.load(block).get())
-    except Exception as exc:  # a missing block raises ValueError; a down API raises httpx errors
+        return str(Secret.load(block).get()), ""
+    except ValueError as exc:  # no such block
         log.debug("no Prefect Secret block %r: %s", block, exc)
-        return None
+        return None, ""
+    except Exception as exc:  # noqa: BLE001 - a down or refusing API: said, not taken for "none"
+        log.debug("Prefect Secret block %r not readable: %s", block, exc)
+        return None, (
+            f"the Prefect API at {url} could not be asked for the block "
+            f"({type(exc).__name__}: {exc or 'no detail'})"
+        )
 
 
 def _prefect_api_url() -> str | None:

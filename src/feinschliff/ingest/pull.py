@@ -4,8 +4,11 @@ A Langfuse pull is incremental. Each source has a watermark in the cache dir
 (``$FEINSCHLIFF_HOME/ingest/watermarks/<source>.json``): a scheduled run fetches only what is
 newer, and appends it to the source's local mirror (``$FEINSCHLIFF_HOME/ingest/mirror/<source>/``),
 which the ingest then reads in full, so the dataset always covers all feedback pulled so far.
-The watermark is saved only after a pull completed; overlapping re-fetches are harmless (rows
-are deduplicated by id when read).
+The watermark of observations and that of scores are each saved once their kind was read to
+the end; overlapping re-fetches are harmless (rows are deduplicated by id when read). A mirror
+deleted while its watermark stayed is pulled in full again (``_check_mirror``). A Langfuse
+mirror belongs to one project: the server URL is the same for every project of an instance
+(Langfuse Cloud), only the keys choose one (``langfuse_http.project_identity``).
 
 - Langfuse: ``GET /api/public/v2/observations`` (``fromStartTime``) and
   ``GET /api/public/v3/scores`` (``fromTimestamp``), each from the watermark minus a safety
@@ -35,14 +38,18 @@ import hashlib
 import json
 import logging
 import os
-import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from feinschliff.ingest.credentials import MissingCredentials, require_secret
+from feinschliff.ingest.langfuse_http import (
+    EndpointMissing,
+    PullFailed,
+    cursor_pages,
+    project_identity,
+)
 from feinschliff.ingest.timestamps import parse_time
 from feinschliff.specs.feedback import ArgillaPull, FeedbackSource, LangfusePull
 
@@ -50,7 +57,6 @@ log = logging.getLogger(__name__)
 OBS_FIELDS = "core,basic,time,io,metadata,model,usage,prompt,metrics,trace_context"
 SCORE_FIELDS = "details,annotation,subject"
 LOOKBACK = timedelta(hours=1)
-RETRIES = 4
 
 
 @dataclass
@@ -59,11 +65,7 @@ class PullResult:
     watermark_before: dict[str, str]
     watermark_after: dict[str, str]
     fetched: dict[str, int] = field(default_factory=dict)
-
-
-class PullFailed(RuntimeError):
-    """A live pull's server could not be reached, answered with an error, or answered with
-    something that is no API response (a login page); the watermark is left as it was."""
+    notes: list[str] = field(default_factory=list)
 
 
 class EmptySnapshot(RuntimeError):
@@ -80,10 +82,12 @@ def state_dir() -> Path:
 TRANSPORT_FIELDS = frozenset({"page_limit", "timeout_s", "batch_size"})
 
 
-def source_key(source: FeedbackSource, url: str) -> str:
-    """The mirror's name: the tool, the server and what is asked for (dataset, filters)."""
+def source_key(source: FeedbackSource, url: str, project: str | None = None) -> str:
+    """The mirror's name: the tool, the server, what is asked for (dataset, filters) and, for
+    Langfuse, the project the keys read (one URL serves every project of an instance)."""
     assert source.pull is not None
-    return _digest([source.kind, url, source.pull.model_dump(exclude=set(TRANSPORT_FIELDS))])
+    ident = [source.kind, url, source.pull.model_dump(exclude=set(TRANSPORT_FIELDS))]
+    return _digest([*ident, project] if project else ident)
 
 
 def _legacy_key(source: FeedbackSource, url: str) -> str:
@@ -105,15 +109,23 @@ def pull_source(source: FeedbackSource) -> PullResult:
     return pull_argilla(source, source.pull)
 
 
-def _paths(source: FeedbackSource, url: str) -> tuple[Path, Path]:
-    mirror, mark = _key_paths(source_key(source, url))
-    old_mirror, old_mark = _key_paths(_legacy_key(source, url))
-    if not mirror.exists() and not mark.exists() and old_mirror != mirror:
-        # A mirror named by the old key (transport settings included): keep pulling into it.
+def _paths(source: FeedbackSource, url: str, project: str | None = None) -> tuple[Path, Path]:
+    mirror, mark = _key_paths(source_key(source, url, project))
+    if mirror.exists() or mark.exists():
+        return mirror, mark
+    # A mirror named by an older key: before the project was in it (Langfuse), before transport
+    # settings left it. Taken over (renamed) unless its watermark names another project.
+    older = [source_key(source, url)] if project else []
+    for old_mirror, old_mark in map(_key_paths, [*older, _legacy_key(source, url)]):
+        if old_mirror == mirror or not (old_mirror.exists() or old_mark.exists()):
+            continue
+        if _load_watermark(old_mark).get("project", project) != project:
+            continue
         if old_mirror.exists():
             old_mirror.rename(mirror)
         if old_mark.exists():
             old_mark.rename(mark)
+        break
     return mirror, mark
 
 
@@ -174,11 +186,49 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
         require_secret("LANGFUSE_PUBLIC_KEY", "Langfuse pull"),
         require_secret("LANGFUSE_SECRET_KEY", "Langfuse pull"),
     )
-    mirror, mark_file = _paths(source, url)
-    before = _load_watermark(mark_file)
+    try:
+        client = httpx.Client(base_url=url, auth=auth, timeout=pull.timeout_s)
+    except httpx.InvalidURL as exc:
+        raise PullFailed(f"Langfuse pull: {url!r} is no valid URL ({exc}). {hint}") from exc
+    with client:
+        project = project_identity(client, auth[0], hint)
+        mirror, mark_file = _paths(source, url, project)
+        before, notes = _check_mirror(mirror, _load_watermark(mark_file))
+        after = {**before, "project": project}
+        fetched = _fetch_langfuse(client, pull, mirror / _stamp(), before, after, hint, mark_file)
+    log.info("langfuse pull %s: %s (watermark %s -> %s)", url, fetched, before, after)
+    return PullResult(mirror, before, after, fetched, notes)
+
+
+def _check_mirror(mirror: Path, mark: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The watermark to pull from: none when the mirror it describes is gone or empty (deleted
+    for retention or an erasure request): everything is pulled again, never only what is
+    newer, which would shrink every later dataset to the feedback after the deletion."""
+    if not (mark.keys() - {"project"}) or any(mirror.glob("*/*-page-*.json")):
+        return mark, []
+    log.warning("langfuse pull: the mirror %s is missing or empty: pulling everything", mirror)
+    note = (
+        f"sources[i]: the pull's mirror was missing or empty while its watermark said feedback "
+        f"up to {max(v for k, v in mark.items() if k != 'project')} had been pulled: "
+        "everything was pulled again (erase feedback in Langfuse too, or a deleted mirror brings "
+        "it back)"
+    )
+    return {}, [note]
+
+
+def _fetch_langfuse(
+    client: Any,
+    pull: LangfusePull,
+    batch: Path,
+    before: dict[str, str],
+    after: dict[str, str],
+    hint: str,
+    mark_file: Path,
+) -> dict[str, int]:
+    """Fetch observations, then scores, into ``batch``; each kind's watermark is saved once
+    that kind was read to its end (its pages are in the mirror then), so a pull that fails
+    on the scores (a rate limit) keeps the observations and the next run goes on from there."""
     started = datetime.now(UTC)
-    batch = mirror / _stamp()
-    after = dict(before)
     fetched = {"observations": 0, "scores": 0}
     obs_params: dict[str, Any] = {"fields": OBS_FIELDS, "limit": pull.page_limit}
     obs_params["type"] = pull.observation_type
@@ -192,26 +242,28 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
         obs_params["fromStartTime"] = since
     if since := _since(before.get("scores")):
         score_params["fromTimestamp"] = since
-
-    try:
-        client = httpx.Client(base_url=url, auth=auth, timeout=pull.timeout_s)
-    except httpx.InvalidURL as exc:
-        raise PullFailed(f"Langfuse pull: {url!r} is no valid URL ({exc}). {hint}") from exc
-    with client:
-        for kind, path, params, stamp_key in (
-            ("observations", "/api/public/v2/observations", obs_params, "startTime"),
-            ("scores", "/api/public/v3/scores", score_params, "timestamp"),
-        ):
-            for n, page in enumerate(_cursor_pages(client, path, params, hint), start=1):
+    for kind, path, params, stamp_key in (
+        ("observations", "/api/public/v2/observations", obs_params, "startTime"),
+        ("scores", "/api/public/v3/scores", score_params, "timestamp"),
+    ):
+        try:
+            for n, page in enumerate(cursor_pages(client, path, params, hint), start=1):
                 rows = page.get("data") or []
                 fetched[kind] += len(rows)
                 stamps = [r.get(stamp_key) for r in rows if isinstance(r, dict)]
                 if mark := _advance(after.get(kind), stamps, started):
                     after[kind] = mark
                 _save_json(batch / f"{kind}-page-{n}.json", page)
-    _save_json(mark_file, after)
-    log.info("langfuse pull %s: %s (watermark %s -> %s)", url, fetched, before, after)
-    return PullResult(mirror, before, after, fetched)
+        except EndpointMissing as exc:
+            if kind != "scores":
+                raise
+            raise PullFailed(
+                f"Langfuse pull: {exc.where} answered 404 while the observations API on the same "
+                "server answered: this Langfuse has no v3 scores API (self-hosted Langfuse has it "
+                "from v3.179.0): upgrade the server; the scores' watermark is unchanged"
+            ) from exc
+        _save_json(mark_file, after)
+    return fetched
 
 
 def _iso(moment: datetime) -> str:
@@ -231,76 +283,3 @@ def _advance(watermark: str | None, stamps: list[Any], started: datetime) -> str
     future-dated row would move it beyond rows that other clients stamp correctly later)."""
     moments = [m for m in map(parse_time, [watermark, *stamps]) if m is not None]
     return _iso(min(max(moments), started)) if moments else watermark
-
-
-def _cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> Any:
-    cursor = None
-    while True:
-        query = {**params, **({"cursor": cursor} if cursor else {})}
-        page = _get(client, path, query, hint)
-        yield page
-        cursor = (page.get("meta") or {}).get("cursor")
-        if not cursor or not page.get("data"):
-            return
-
-
-def _get(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[str, Any]:
-    """One API page. Transport errors and 429/5xx are retried with backoff; anything else that
-    is no page (a 404, an HTML login page answered with 200, a server that stays down) raises
-    ``PullFailed`` naming the server, the endpoint and the cause, or ``MissingCredentials``."""
-    import httpx
-
-    where = f"{str(client.base_url).rstrip('/')} (GET {path})"
-    for attempt in range(RETRIES):
-        try:
-            response = client.get(path, params=params)
-        except httpx.TransportError as exc:
-            # a URL without http(s):// fails the same way every time
-            if attempt == RETRIES - 1 or isinstance(exc, httpx.UnsupportedProtocol):
-                raise PullFailed(
-                    f"Langfuse pull: cannot reach {where}: {type(exc).__name__}: "
-                    f"{exc or 'no detail'} ({attempt + 1} tries). {hint}"
-                ) from exc
-        else:
-            status = response.status_code
-            if status in (401, 403):
-                raise MissingCredentials(
-                    f"Langfuse at {where} refused the credentials ({status}): check "
-                    "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (the project's API keys)"
-                )
-            if status not in (429, 500, 502, 503, 504) or attempt == RETRIES - 1:
-                return _page(response, where, hint, attempt + 1)
-        time.sleep(min(2**attempt, 10))
-    raise RuntimeError("unreachable")
-
-
-def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
-    """The JSON page of a response that will not be retried, or ``PullFailed`` saying why it
-    is none."""
-    status, page = response.status_code, None
-    if status < 300:
-        with suppress(ValueError):  # not JSON: said below
-            page = response.json()
-        if isinstance(page, dict) and isinstance(page.get("data", []), list):
-            return page
-    body = _snippet(response.text)
-    if 300 <= status < 400:
-        where_to = response.headers.get("location") or "nowhere"
-        why = f"a redirect to {where_to} (a login page or proxy in front of the API?)"
-    elif status == 404:
-        why = "no Langfuse API there (the base URL is the server's root, without /api/public)"
-    elif status >= 400:
-        why = (f"{tries} times, " if tries > 1 else "") + body
-    elif page is None:
-        kind = response.headers.get("content-type") or "no content type"
-        why = f"a body that is no JSON ({kind}: {body}; a login page or proxy?)"
-    else:
-        why = f"JSON that is no API page (no `data` list): {body}"
-    said = f"{status} {response.reason_phrase}".strip()
-    raise PullFailed(f"Langfuse pull: {where} answered {said}: {why}. {hint}")
-
-
-def _snippet(text: str) -> str:
-    """The start of a response body on one line (error pages can be long HTML)."""
-    flat = " ".join(text.split())
-    return repr(flat[:160] + ("..." if len(flat) > 160 else "")) if flat else "an empty body"

@@ -266,9 +266,10 @@ def _ingest_source(
             "watermark_before": result.watermark_before,
             "watermark_after": result.watermark_after,
         }
+        pull_notes = result.notes
     else:
         assert source.path is not None
-        path = Path(source.path)
+        path, pull_notes = Path(source.path), []
     read_log = ReadLog()
     log.info("reading %s feedback from %s", source.kind, path)
     try:
@@ -329,7 +330,9 @@ def _ingest_source(
         "unreadable": unreadable,
         "skipped": dict(sorted(read_log.stats.items())),
         # the readers cannot know which source they read: notes say sources[i]
-        "notes": [n.replace("sources[i]", f"sources[{index}]") for n in read_log.notes],
+        "notes": [
+            n.replace("sources[i]", f"sources[{index}]") for n in [*pull_notes, *read_log.notes]
+        ],
         "mapping": source.mapping.model_dump(exclude_none=True),
         "pull": pulled,
         "inputs": read_log.inputs,

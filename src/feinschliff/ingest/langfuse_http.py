@@ -1,0 +1,180 @@
+"""Langfuse's public REST API as a live pull reads it: pages, retries, cursors, the project.
+
+Transport errors and 5xx answers are retried a few times with backoff. A 429 is the server's
+rate limit (Langfuse Cloud limits its public API per minute): it is waited out as the server
+asks (``Retry-After``, seconds or an HTTP date) within a budget per request, so a large first
+pull slows down instead of failing on every scheduled run. Anything else that is no API page
+raises ``PullFailed`` naming the server, the endpoint and the cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import suppress
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from feinschliff.ingest.credentials import MissingCredentials
+
+RETRIES = 4  # tries for transport errors and 5xx answers
+RATE_LIMIT_WAIT_S = 300.0  # waiting for 429s per request, at most
+RETRIED_STATUS = (500, 502, 503, 504)
+
+
+class PullFailed(RuntimeError):
+    """A live pull's server could not be reached, answered with an error, or answered with
+    something that is no API response (a login page); the watermark is left as it was."""
+
+
+class EndpointMissing(PullFailed):
+    """The server answered 404 for an endpoint (``where`` names it)."""
+
+    def __init__(self, message: str, where: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+def project_identity(client: Any, public_key: str, hint: str) -> str:
+    """Which project the keys read (``GET /api/public/projects``): the same server URL serves
+    every project of a Langfuse instance (Cloud, a shared self-hosted one), and only the keys
+    choose the project, so a mirror and its watermark must be per project. A server without
+    the endpoint gets the public key's digest instead (not secret; a new key pair then pulls
+    everything once more)."""
+    try:
+        page = get_page(client, "/api/public/projects", {}, hint)
+    except EndpointMissing:
+        page = {}
+    projects = [p for p in page.get("data") or [] if isinstance(p, dict) and p.get("id")]
+    if len(projects) == 1:
+        return f"project:{projects[0]['id']}"
+    return "key:" + hashlib.sha256(public_key.encode()).hexdigest()[:16]
+
+
+def cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> Any:
+    """The pages of ``path`` following ``meta.cursor``; a cursor seen before (a proxy or cache
+    that drops the query string answers page one forever) fails instead of filling the
+    mirror's disk with copies of it."""
+    cursor, seen, n = None, set(), 0
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        page = get_page(client, path, query, hint)
+        n += 1
+        yield page
+        cursor = (page.get("meta") or {}).get("cursor")
+        if not cursor or not page.get("data"):
+            return
+        if cursor in seen:
+            raise PullFailed(
+                f"Langfuse pull: {_where(client, path)} answered page {n} with a cursor it had "
+                f"already given ({str(cursor)[:40]!r}): paging would never end (a proxy or cache "
+                f"in front of the API that drops the query string?). {hint}"
+            )
+        seen.add(cursor)
+
+
+def get_page(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[str, Any]:
+    """One API page, retried as the module says; ``MissingCredentials`` for 401/403."""
+    import httpx
+
+    where = _where(client, path)
+    failures = limited = 0
+    waited = 0.0
+    while True:
+        try:
+            response = client.get(path, params=params)
+        except httpx.TransportError as exc:
+            failures += 1
+            # a URL without http(s):// fails the same way every time
+            if failures == RETRIES or isinstance(exc, httpx.UnsupportedProtocol):
+                raise PullFailed(
+                    f"Langfuse pull: cannot reach {where}: {type(exc).__name__}: "
+                    f"{exc or 'no detail'} ({failures} tries). {hint}"
+                ) from exc
+            delay = _backoff(failures)
+        else:
+            status = response.status_code
+            if status in (401, 403):
+                raise MissingCredentials(
+                    f"Langfuse at {where} refused the credentials ({status}): check "
+                    "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (the project's API keys)"
+                )
+            if status == 429:
+                limited += 1
+                delay = _retry_after(response) or _backoff(limited)
+                if waited + delay > RATE_LIMIT_WAIT_S:
+                    raise PullFailed(_rate_limited(where, limited, waited, delay))
+            elif status in RETRIED_STATUS and failures + 1 < RETRIES:
+                failures += 1
+                delay = min(_retry_after(response) or _backoff(failures), 30.0)
+            else:
+                return _page(response, where, hint, failures + 1)
+        time.sleep(delay)
+        waited += delay
+
+
+def _where(client: Any, path: str) -> str:
+    return f"{str(client.base_url).rstrip('/')} (GET {path})"
+
+
+def _backoff(n: int) -> float:
+    return float(min(2 ** (n - 1), 10))
+
+
+def _retry_after(response: Any) -> float | None:
+    """The wait a 429/503 asks for: ``Retry-After`` in seconds or as an HTTP date."""
+    value = (response.headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    with suppress(ValueError):
+        return max(float(value), 0.0)
+    with suppress(TypeError, ValueError, IndexError):
+        moment = parsedate_to_datetime(value)
+        return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+    return None
+
+
+def _rate_limited(where: str, times: int, waited: float, delay: float) -> str:
+    return (
+        f"Langfuse pull: {where} is rate limited (429 Too Many Requests, {times} times; waited "
+        f"{waited:.0f} s, it asks for {delay:.0f} s more, over the {RATE_LIMIT_WAIT_S:.0f} s a "
+        "request may wait). What was read completely keeps its watermark, so the next run goes "
+        "on from there; ask Langfuse for a higher API limit or run the pull more often"
+    )
+
+
+def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
+    """The JSON page of a response that will not be retried, or ``PullFailed`` saying why it
+    is none."""
+    status, page = response.status_code, None
+    if status < 300:
+        with suppress(ValueError):  # not JSON: said below
+            page = response.json()
+        if isinstance(page, dict) and isinstance(page.get("data", []), list):
+            return page
+    body = _snippet(response.text)
+    said = f"{status} {response.reason_phrase}".strip()
+    if status == 404:
+        raise EndpointMissing(
+            f"Langfuse pull: {where} answered {said}: no Langfuse API there (the base URL is the "
+            f"server's root, without /api/public). {hint}",
+            where,
+        )
+    if 300 <= status < 400:
+        where_to = response.headers.get("location") or "nowhere"
+        why = f"a redirect to {where_to} (a login page or proxy in front of the API?)"
+    elif status >= 400:
+        why = (f"{tries} times, " if tries > 1 else "") + body
+    elif page is None:
+        kind = response.headers.get("content-type") or "no content type"
+        why = f"a body that is no JSON ({kind}: {body}; a login page or proxy?)"
+    else:
+        why = f"JSON that is no API page (no `data` list): {body}"
+    raise PullFailed(f"Langfuse pull: {where} answered {said}: {why}. {hint}")
+
+
+def _snippet(text: str) -> str:
+    """The start of a response body on one line (error pages can be long HTML)."""
+    flat = " ".join(text.split())
+    return repr(flat[:160] + ("..." if len(flat) > 160 else "")) if flat else "an empty body"
