@@ -159,10 +159,14 @@ def test_argilla_pull_keeps_only_submitted_responses_and_takes_snapshots(argilla
 
 
 def _mirror_files(spec) -> list[Path]:
+    """The snapshots of the source's mirror, which is named by the dataset's id on the server
+    (the watermark records it)."""
     from feinschliff.ingest.pull import source_key, state_dir
 
-    source = spec.sources[0]
-    key = source_key(source, os.environ["ARGILLA_API_URL"])
+    (mark,) = (state_dir() / "watermarks").glob("*.json")
+    identity = json.loads(mark.read_text())["identity"]
+    assert identity.startswith("dataset:")
+    key = source_key(spec.sources[0], os.environ["ARGILLA_API_URL"], identity)
     return sorted((state_dir() / "mirror" / key).glob("records-*.jsonl"))
 
 

@@ -65,7 +65,9 @@ def test_two_projects_on_one_server_keep_their_own_mirror_and_watermark(
     b = _texts(tmp_path / "b")
     assert "Projekt B" in b and "Gerne" not in b
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["sources"][0]["pull"]["watermark_after"]["project"] == "project:cm-marketing-de"
+    assert (
+        manifest["sources"][0]["pull"]["watermark_after"]["identity"] == "project:cm-marketing-de"
+    )
     assert len(list((home / "ingest" / "mirror").iterdir())) == 2
 
 
@@ -87,7 +89,7 @@ def test_a_mirror_from_before_projects_is_taken_over_by_the_first_project(
     (state_dir() / "mirror" / new).rename(state_dir() / "mirror" / old)
     mark = json.loads((marks / f"{new}.json").read_text())
     (marks / f"{old}.json").write_text(
-        json.dumps({k: v for k, v in mark.items() if k != "project"})
+        json.dumps({k: v for k, v in mark.items() if k != "identity"})
     )
     (marks / f"{new}.json").unlink()
 
@@ -95,7 +97,7 @@ def test_a_mirror_from_before_projects_is_taken_over_by_the_first_project(
     run_ingest(pull_spec(), tmp_path / "second")
     assert "fromStartTime" in _requests(lf, "observations")[0]
     assert [p.name for p in (state_dir() / "mirror").iterdir()] == [new]
-    assert json.loads((marks / f"{new}.json").read_text())["project"] == "project:cm-support-de"
+    assert json.loads((marks / f"{new}.json").read_text())["identity"] == "project:cm-support-de"
 
     _a_month_earlier_project_b(lf)
     use_keys(monkeypatch, lf, *OTHER)

@@ -82,12 +82,13 @@ def state_dir() -> Path:
 TRANSPORT_FIELDS = frozenset({"page_limit", "timeout_s", "batch_size"})
 
 
-def source_key(source: FeedbackSource, url: str, project: str | None = None) -> str:
-    """The mirror's name: the tool, the server, what is asked for (dataset, filters) and, for
-    Langfuse, the project the keys read (one URL serves every project of an instance)."""
+def source_key(source: FeedbackSource, url: str, identity: str | None = None) -> str:
+    """The mirror's name: the tool, the server, what is asked for (dataset, filters) and what
+    the keys read: the Langfuse project (one URL serves every project of an instance), the
+    Argilla dataset's id (without a workspace, the key's user picks it)."""
     assert source.pull is not None
     ident = [source.kind, url, source.pull.model_dump(exclude=set(TRANSPORT_FIELDS))]
-    return _digest([*ident, project] if project else ident)
+    return _digest([*ident, identity] if identity else ident)
 
 
 def _legacy_key(source: FeedbackSource, url: str) -> str:
@@ -109,17 +110,17 @@ def pull_source(source: FeedbackSource) -> PullResult:
     return pull_argilla(source, source.pull)
 
 
-def _paths(source: FeedbackSource, url: str, project: str | None = None) -> tuple[Path, Path]:
-    mirror, mark = _key_paths(source_key(source, url, project))
+def _paths(source: FeedbackSource, url: str, identity: str | None = None) -> tuple[Path, Path]:
+    mirror, mark = _key_paths(source_key(source, url, identity))
     if mirror.exists() or mark.exists():
         return mirror, mark
-    # A mirror named by an older key: before the project was in it (Langfuse), before transport
-    # settings left it. Taken over (renamed) unless its watermark names another project.
-    older = [source_key(source, url)] if project else []
+    # A mirror named by an older key: before the identity was in it, before transport settings
+    # left it. Taken over (renamed) unless its watermark names another identity.
+    older = [source_key(source, url)] if identity else []
     for old_mirror, old_mark in map(_key_paths, [*older, _legacy_key(source, url)]):
         if old_mirror == mirror or not (old_mirror.exists() or old_mark.exists()):
             continue
-        if _load_watermark(old_mark).get("project", project) != project:
+        if _load_watermark(old_mark).get("identity", identity) != identity:
             continue
         if old_mirror.exists():
             old_mirror.rename(mirror)
@@ -194,7 +195,7 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
         project = project_identity(client, auth[0], hint)
         mirror, mark_file = _paths(source, url, project)
         before, notes = _check_mirror(mirror, _load_watermark(mark_file))
-        after = {**before, "project": project}
+        after = {**before, "identity": project}
         fetched = _fetch_langfuse(client, pull, mirror / _stamp(), before, after, hint, mark_file)
     log.info("langfuse pull %s: %s (watermark %s -> %s)", url, fetched, before, after)
     return PullResult(mirror, before, after, fetched, notes)
@@ -204,12 +205,12 @@ def _check_mirror(mirror: Path, mark: dict[str, str]) -> tuple[dict[str, str], l
     """The watermark to pull from: none when the mirror it describes is gone or empty (deleted
     for retention or an erasure request): everything is pulled again, never only what is
     newer, which would shrink every later dataset to the feedback after the deletion."""
-    if not (mark.keys() - {"project"}) or any(mirror.glob("*/*-page-*.json")):
+    if not (mark.keys() - {"identity"}) or any(mirror.glob("*/*-page-*.json")):
         return mark, []
     log.warning("langfuse pull: the mirror %s is missing or empty: pulling everything", mirror)
     note = (
         f"sources[i]: the pull's mirror was missing or empty while its watermark said feedback "
-        f"up to {max(v for k, v in mark.items() if k != 'project')} had been pulled: "
+        f"up to {max(v for k, v in mark.items() if k != 'identity')} had been pulled: "
         "everything was pulled again (erase feedback in Langfuse too, or a deleted mirror brings "
         "it back)"
     )

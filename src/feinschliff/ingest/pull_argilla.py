@@ -37,13 +37,17 @@ def pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
     with _argilla_errors(url):
         client = rg.Argilla(api_url=url, api_key=key)
         dataset = _argilla_dataset(client, pull, url)
-        mirror, mark_file = _paths(source, url)
+        # by the dataset's id: without a workspace the key's user picks it, so one recipe
+        # shape can read another dataset under another key (another use case's snapshot)
+        identity = f"dataset:{dataset.id}"
+        mirror, mark_file = _paths(source, url, identity)
         before = _load_watermark(mark_file)
         settings = dataset.settings.serialize()
         mirror.mkdir(parents=True, exist_ok=True)
         target = mirror / f"records-{_stamp()}.jsonl"
         tmp = target.with_name(target.name + ".tmp")
         after, count = _argilla_snapshot(rg, dataset, pull, tmp)
+        after["identity"] = identity
     previous = sorted(mirror.glob("records-*.jsonl"))
     if count == 0 and any(f.stat().st_size for f in previous):
         tmp.unlink()
