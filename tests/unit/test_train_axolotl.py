@@ -86,10 +86,22 @@ def test_orpo_rows_become_argilla_conversations(tmp_path):
     assert out["system"] == "S"
     assert [m["content"] for m in out["chosen"]] == ["Q", "gut"]
     assert [m["content"] for m in out["rejected"]] == ["Q", "schlecht"]
-    row["prompt"] += [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q2"}]
-    src.write_text(json.dumps(row) + "\n")
-    with pytest.raises(ax.AxolotlError, match="single-turn"):
+    multi = {
+        **row,
+        "prompt": [
+            *row["prompt"],
+            {"role": "assistant", "content": "A"},
+            {"role": "user", "content": "Q2"},
+        ],
+        "provenance": {"source": "langfuse", "source_id": "obs-7"},
+    }
+    src.write_text(json.dumps(row) + "\n" + json.dumps(multi) + "\n")
+    with pytest.raises(ax.AxolotlError, match="single-turn") as refused:
         ax.axolotl_rows(recipe, src, tmp_path / "dst.jsonl")
+    # which rows, and where to go: the message used to say neither
+    assert "1 of 2 rows of src.jsonl" in str(refused.value)
+    assert "row 2, source langfuse, source_id obs-7" in str(refused.value)
+    assert "train.backend: trl" in str(refused.value)
 
 
 def test_checkpoints_are_marked_once_superseded(tmp_path):

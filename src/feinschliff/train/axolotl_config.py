@@ -62,12 +62,11 @@ def axolotl_rows(recipe: Recipe, src: Path, dst: Path) -> Path:
     rows = read_jsonl(src)
     if isinstance(recipe.train, ORPOTrain):
         # chat_template.argilla reads chosen/rejected as [user, assistant] (+ optional system).
+        _refuse_multi_turn(rows, src)
         converted = []
         for r in rows:
             system = [m for m in r["prompt"] if m["role"] == "system"]
             turns = [m for m in r["prompt"] if m["role"] != "system"]
-            if len(turns) != 1:
-                raise AxolotlError("Axolotl ORPO (chat_template.argilla) takes single-turn prompts")
             row = {"chosen": turns + r["chosen"][-1:], "rejected": turns + r["rejected"][-1:]}
             if system:
                 row["system"] = system[0]["content"]
@@ -75,6 +74,24 @@ def axolotl_rows(recipe: Recipe, src: Path, dst: Path) -> Path:
         rows = converted
     write_jsonl(dst, rows)
     return dst
+
+
+def _refuse_multi_turn(rows: list[dict[str, Any]], src: Path) -> None:
+    """Axolotl's ORPO strategy keeps one user turn: a conversation's earlier turns would be
+    dropped, so such rows are refused, counted and the first one named (TRL trains them)."""
+    multi = [
+        i for i, r in enumerate(rows, 1) if sum(m["role"] != "system" for m in r["prompt"]) != 1
+    ]
+    if not multi:
+        return
+    first = rows[multi[0] - 1].get("provenance") or {}
+    ident = ", ".join(f"{k} {first[k]}" for k in ("source", "source_id") if first.get(k))
+    raise AxolotlError(
+        f"Axolotl ORPO (chat_template.argilla) takes single-turn prompts: {len(multi)} of "
+        f"{len(rows)} rows of {src.name} hold earlier turns (first: row {multi[0]}"
+        + (f", {ident}" if ident else "")
+        + "). Train them with train.backend: trl, which keeps conversations"
+    )
 
 
 def _dataset_entry(recipe: Recipe, path: Path) -> dict[str, Any]:
