@@ -196,16 +196,21 @@ def refuse_foreign_out(root: Path, stage: str | None = None) -> None:
     minutes of model loading, ``prepare_out`` again before it writes."""
     stamp = root / ".inputs"
     refuse_non_folder(root)
-    if root.exists() and not stamp.exists() and any(root.iterdir()):
-        raise OutputInUse(
-            f"{root} is not empty and no feinschliff stage wrote it (no .inputs stamp): "
-            "choose a new or empty output folder (nothing was deleted)"
-        )
     other = finished_stage(root)
     if stage is not None and other is not None and other != stage:
         raise OutputInUse(
             f"{root} holds a finished {other} output; {stage} would replace it: "
             "choose a new or empty output folder (nothing was deleted)"
+        )
+    if root.exists() and not stamp.exists() and any(root.iterdir()):
+        # ingest writes no stamp: its finished output is named as such, not as foreign files
+        held = (
+            f"holds a finished {other} output"
+            if other
+            else "is not empty and no feinschliff stage wrote it (no .inputs stamp)"
+        )
+        raise OutputInUse(
+            f"{root} {held}: choose a new or empty output folder (nothing was deleted)"
         )
     recorded_key, recorded_stage = _read_stamp(stamp)
     if stage is not None and recorded_stage is not None and recorded_stage != stage:

@@ -139,4 +139,4 @@ def test_train_refuses_incomplete_data(home, tmp_path):
         str(tmp_path / "o"),
         env=dict(os.environ),
     )
-    assert p.returncode == 2 and "not a complete ingest output" in p.stderr
+    assert p.returncode == 2 and "not a complete ingest, generate or mix output" in p.stderr

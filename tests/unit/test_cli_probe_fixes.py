@@ -132,7 +132,8 @@ def test_a_missing_stage_output_is_said_to_be_missing(tmp_path):
     """A typo in --data said "is not a complete ingest output (no valid .complete marker)"."""
     missing = tmp_path / "dat"
     code, said = run_cli("estimate", DEMO, "--data", str(missing), "--cpu")
-    assert code == 2 and f"{missing} does not exist (expected a complete ingest output)" in said
+    expected = "(expected a complete ingest, generate or mix output)"
+    assert code == 2 and f"{missing} does not exist {expected}" in said, said
 
 
 def test_an_unknown_section_made_by_set_says_so():
@@ -270,3 +271,33 @@ def test_registry_audit_shows_the_reviewers_answer(tmp_path):
     assert code == 0 and len(lines) == 2, said
     assert lines[0].endswith("rejected   by alice")
     assert "approved   by bob (candidate abababababab)  looks fine" in lines[1]
+
+
+def test_stage_outputs_given_in_the_wrong_place_are_named_for_what_they_are(tmp_path):
+    """A finished ingest output given as generate's --mixed-out was "not empty and no
+    feinschliff stage wrote it" (ingest writes no .inputs stamp); a train output given as
+    --data was "not a ingest output" (train also takes generate and mix outputs); an output
+    changed after it was finished said only "no valid .complete marker"."""
+    from feinschliff.artifacts import mark_complete, refuse_foreign_out
+    from feinschliff.cli.app import Failure, _complete_dir
+
+    ingest = tmp_path / "ingest"
+    ingest.mkdir()
+    (ingest / "sft.jsonl").write_text("{}\n")
+    mark_complete(ingest, stage="ingest")
+    with pytest.raises(OutputInUse, match="holds a finished ingest output; mix would replace it"):
+        refuse_foreign_out(ingest, "mix")
+    with pytest.raises(OutputInUse, match="holds a finished ingest output: choose a new"):
+        refuse_foreign_out(ingest, None)
+
+    trained = tmp_path / "train"
+    trained.mkdir()
+    (trained / "metrics.json").write_text("{}")
+    mark_complete(trained, stage="train")
+    with pytest.raises(Failure, match="is a train output, not an ingest, generate or mix output"):
+        _complete_dir(trained, "ingest")
+
+    (ingest / "mixed").mkdir()  # e.g. a --mixed-out inside it
+    (ingest / "mixed" / "sft.jsonl").write_text("{}\n")
+    with pytest.raises(Failure, match="no valid .complete marker: changed since it was finished"):
+        _complete_dir(ingest, "ingest")

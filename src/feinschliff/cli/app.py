@@ -133,16 +133,25 @@ def _complete_dir(path: Path, what: str) -> str:
     output of another stage (an ingest output given as ``--adapter``)."""
     from feinschliff.artifacts import completed_hash, finished_stage
 
+    takes = _TAKES.get(what, (what,))
+    kinds = ", ".join(takes[:-1]) + f" or {takes[-1]}" if len(takes) > 1 else what
     if not path.exists():
-        raise Failure(f"{path} does not exist (expected a complete {what} output)", code=2)
+        raise Failure(f"{path} does not exist (expected a complete {kinds} output)", code=2)
     digest = completed_hash(path)
     if digest is None:
-        raise Failure(f"{path} is not a complete {what} output (no valid .complete marker)", code=2)
+        marker = "changed since it was finished" if (path / ".complete").exists() else "none"
+        raise Failure(
+            f"{path} is not a complete {kinds} output (no valid .complete marker: {marker})",
+            code=2,
+        )
     stage = finished_stage(path)
-    if stage is not None and stage not in _TAKES.get(what, (what,)):
-        article = "an" if stage[0] in "aeiou" else "a"
-        raise Failure(f"{path} is {article} {stage} output, not a {what} output", code=2)
+    if stage is not None and stage not in takes:
+        raise Failure(f"{path} is {_a(stage)} output, not {_a(kinds)} output", code=2)
     return digest
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def human_answer(gate: Any, approve: bool | None, by: str | None, comment: str) -> Any:
