@@ -256,7 +256,7 @@ def test_a_failed_run_says_so_in_manifest_and_card_and_estimate_refuses_it(tmp_p
     code, text = run_cli(
         "estimate", str(ROOT / "recipes" / "demo-de.yaml"), "--data", str(out), "--cpu"
     )
-    assert code == 2 and "not a complete ingest output" in text
+    assert code == 2 and "not a complete ingest, generate or mix output" in text
 
 
 def test_a_format_error_leaves_a_failed_manifest_and_no_stray_folder(tmp_path):
