@@ -33,8 +33,10 @@ def train(
     continues the production adapter of the recipe's registry. A killed run resumes from its
     last complete checkpoint when rerun; refused up front (exit 2, nothing written): a recipe
     with train.gpu whose memory estimate does not fit that GPU (see `estimate`), a base model
-    folder that is not there, LoRA target modules the model does not have, chat_template: model
-    on a model without a template, and an OUT inside DATA (or holding it)."""
+    folder that is not there, LoRA target modules the model does not have (or lm_head),
+    chat_template: model on a model without a template, and an OUT inside DATA (or holding it).
+    Exit 1: a failed training, one that diverged (NaN adapter), no row within max_length, or an
+    OUT another run is writing."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.train import run_train
     from feinschliff.train.stage import RecipeRefused, TrainError

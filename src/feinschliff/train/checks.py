@@ -101,6 +101,7 @@ def _check_target_modules(recipe: Recipe, model_path: str) -> None:
     wanted = recipe.train.lora.target_modules
     if wanted == "all-linear":
         return
+    _refuse_output_layer([name for name in wanted if name.rsplit(".", 1)[-1] == "lm_head"])
     from feinschliff.train.warm_start import adaptable_modules, all_linear_modules
 
     try:
@@ -124,6 +125,17 @@ def _check_target_modules(recipe: Recipe, model_path: str) -> None:
         f"layer of that name that LoRA can adapt; its linear layers: {', '.join(linear)} "
         "(or use all-linear)"
     )
+
+
+def _refuse_output_layer(names: list[str]) -> None:
+    # TRL computes the log-probabilities from lm_head.weight directly, so a LoRA there would
+    # never train: its trainers refuse it, but only once the model is loaded.
+    if names:
+        raise RecipeRefused(
+            f"train.lora.target_modules: {', '.join(map(repr, names))} is the output layer "
+            "(lm_head): TRL trains no LoRA there (it computes the log-probabilities from "
+            "lm_head.weight directly); remove it from target_modules"
+        )
 
 
 def _check_chat_template(recipe: Recipe, model_path: str) -> None:

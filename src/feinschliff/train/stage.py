@@ -6,12 +6,18 @@ card), ``out/metrics.json`` (loss curve, tokens/s, peak memory, wall time, train
 one resumes from its last complete checkpoint. Before anything is written, a recipe with a
 target ``train.gpu`` is refused if its memory estimate does not fit that GPU, QLoRA where no
 CUDA GPU exists, and a base model folder, LoRA targets or chat template the model does not
-have (``train.checks``); so is an output folder inside the data or holding it.
+have (``train.checks``); so is an output folder inside the data or holding it. The output is
+held for the whole training (``hold_train_out``): a second train on it fails at once, naming
+the holder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +85,12 @@ def run_train(
     recipe: Recipe, data: DatasetRef, out: Path, *, production: Any = UNSET
 ) -> AdapterRef:
     """Train (or reuse a finished training of the same inputs). ``production``: the version a
-    warm start continues, as the caller recorded it (default: the registry's production now)."""
+    warm start continues, as the caller recorded it (default: the registry's production now).
+
+    Raises:
+        TrainError: also when another run holds ``out`` (``hold_train_out``), when no row fits
+            max_length, and when the trained adapter holds NaN (``trl_rows``).
+    """
     refuse_out_overlap(out, data)
     refuse_foreign_out(out, "train")  # before the base model is provisioned (minutes)
     warm = _warm_start(recipe, production)
@@ -91,6 +102,22 @@ def run_train(
     preflight(recipe)
     model_path = base_model_path(recipe)
     check_model_fits_recipe(recipe, model_path)
+    with hold_train_out(out):  # after the refusals: a refused run writes nothing, no lock either
+        if digest := reusable(out, key):  # the run that held it finished these inputs
+            log.info("train: reusing finished adapter in %s", out)
+            return AdapterRef(path=str(out), sha256=digest)
+        return _train(recipe, data, out, model_path, warm, rows, key)
+
+
+def _train(
+    recipe: Recipe,
+    data: DatasetRef,
+    out: Path,
+    model_path: str,
+    warm: WarmStart | None,
+    rows: str,
+    key: str,
+) -> AdapterRef:
     prepare_out(out, key, "train")
     spec = recipe.train
     try:
@@ -132,6 +159,33 @@ def run_train(
     write_model_card(recipe, data, metrics, out / "adapter" / "README.md")
     digest = mark_complete(out, stage="train", key=key)
     return AdapterRef(path=str(out), sha256=digest)
+
+
+@contextmanager
+def hold_train_out(out: Path) -> Iterator[None]:
+    """Hold ``out`` for the whole training (``generate.outlock``'s lock, beside it): a second
+    train on it would wipe or share the running one's checkpoints. Another holder: a
+    ``TrainError`` at once, naming it. The train-stage flow holds the same lock itself before
+    it calls ``run_train``: a lock this process holds already is not waited for."""
+    from feinschliff.generate.outlock import OutputBusy, hold_output
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(hold_output(out))
+        except OutputBusy as exc:
+            if not _held_here(out):
+                raise TrainError(str(exc)) from None
+        yield
+
+
+def _held_here(out: Path) -> bool:
+    """Whether this process holds ``out``'s lock (``pipeline.run_lock`` writes its holder)."""
+    target = Path(out).resolve()
+    try:
+        holder = (target.parent / f".{target.name}.lock").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return holder.startswith(f"pid {os.getpid()} on {socket.gethostname()} ")
 
 
 def _axolotl_venv(recipe: Recipe) -> Path | None:
@@ -184,10 +238,11 @@ def _run_backend(
             raise TrainError(str(exc)) from exc
     from feinschliff.train.templates import TemplateError
     from feinschliff.train.trl_backend import TrainerSetupError, train_trl
+    from feinschliff.train.trl_rows import TrainingFailed
 
     try:
         metrics = train_trl(recipe, model_path, files, out, init_adapter=init)
-    except (TemplateError, TrainerSetupError) as exc:
+    except (TemplateError, TrainerSetupError, TrainingFailed) as exc:
         raise TrainError(str(exc)) from exc
     metrics.pop("is_main_process", None)
     return metrics
@@ -220,7 +275,7 @@ Trained by feinschliff {__version__} from production feedback.
 | Learning rate | {hp.learning_rate} ({hp.lr_scheduler}) |
 | Steps | {metrics["global_step"]} (batch {hp.batch_size} x accumulation {hp.gradient_accumulation_steps}{processes}) |
 | Max length | {hp.max_length} |
-| Training rows | {metrics["train_rows"]} ({metrics.get("replayed_rows", 0)} replayed) |
+| Training rows | {_rows_note(metrics)} |
 | Dataset sha256 | `{data.sha256}` |
 | Final loss | {final} |
 | Eval loss | {metrics.get("eval_loss") if metrics.get("eval_loss") is not None else "n/a"} |
@@ -231,6 +286,16 @@ Trained by feinschliff {__version__} from production feedback.
 Filled in by `feinschliff evaluate` (see the run's report.md).
 """
     path.write_text(card, encoding="utf-8")
+
+
+def _rows_note(metrics: dict[str, Any]) -> str:
+    """The rows trained, and those max_length dropped or left without an answer token."""
+    note = f"{metrics['train_rows']} ({metrics.get('replayed_rows', 0)} replayed"
+    if dropped := metrics.get("dropped_train_rows"):
+        note += f"; {dropped} more dropped: their prompt fills max length"
+    if past := metrics.get("rows_without_answer_token"):
+        note += f"; {past} of them train on no answer token: it starts past max length"
+    return note + ")"
 
 
 def _dropout_note(recipe: Recipe) -> str:

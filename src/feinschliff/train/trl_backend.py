@@ -5,8 +5,9 @@ trains on the JSONL rows the stage prepared, and saves the adapter in PEFT forma
 land in ``<out>/checkpoints``; a checkpoint counts only once its ``.complete`` marker exists
 (written after HF's save returns), so a run killed mid-save resumes from the previous one
 (``trl_checkpoints``). Runs the same in one process and in each process of ``accelerate
-launch`` (the main process saves). It does not pick data files, check memory, or write
-metrics.json: the stage does.
+launch`` (the main process saves). Rows max_length leaves nothing to train on are counted,
+and a NaN adapter fails the run (``trl_rows``). It does not pick data files, check memory, or
+write metrics.json: the stage does.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from feinschliff.train.trl_checkpoints import (
     last_complete_checkpoint,
     reached_max_steps,
 )
+from feinschliff.train.trl_rows import check_adapter_finite, check_rows
 from feinschliff.train.trl_sharding import kbit_device_map, save_adapter, trainable_parameters
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ def _common_args(recipe: Recipe, ckpt_dir: Path, has_eval: bool) -> dict[str, An
         "activation_checkpointing_kwargs": {"use_reentrant": False},
         "seed": hp.seed,
         "logging_steps": hp.logging_steps,
+        # a NaN loss logged as nan, not 0.0 (transformers' default filter hid a diverged run)
+        "logging_nan_inf_filter": False,
         "save_strategy": "steps",
         "save_steps": hp.save_steps,
         "save_total_limit": 2,
@@ -330,6 +334,7 @@ def train_trl(
         recipe, model, tokenizer, raw, ckpt_dir, peft_config, [MarkCheckpoints(), progress]
     )
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; _Progress logs instead
+    rows = check_rows(recipe, trainer, raw, tokenizer)  # before training: raises if none left
     resume = last_complete_checkpoint(ckpt_dir)
     start, cpu_start = time.perf_counter(), time.process_time()
     if resume is not None and reached_max_steps(resume):
@@ -341,10 +346,11 @@ def train_trl(
             log.info("resuming from %s", resume)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    eval_loss = final_eval_loss(trainer) if "eval" in raw else None
+    eval_loss = final_eval_loss(trainer) if rows.eval_rows else None
     save_adapter(trainer, out / "adapter")
     if trainer.is_world_process_zero():
         save_chat_template(rendered, out / "adapter")
+        check_adapter_finite(out / "adapter")
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     run_tokens = tokens - progress.tokens_at_start
     history = trainer.state.log_history
@@ -358,8 +364,7 @@ def train_trl(
             {"step": e["step"], "loss": e["eval_loss"]} for e in history if "eval_loss" in e
         ],
         "eval_loss": eval_loss,
-        "train_rows": len(raw["train"]),
-        "eval_rows": len(raw["eval"]) if "eval" in raw else 0,
+        **rows.metrics(),  # the rows trained and evaluated; those max_length dropped apart
         "trained_tokens": tokens,
         "wall_seconds": round(wall, 2),
         "tokens_per_second": round(run_tokens / wall, 2) if wall > 0 and run_tokens else None,

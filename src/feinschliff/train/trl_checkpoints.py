@@ -8,11 +8,14 @@ so a run killed mid-save resumes from the previous one.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 CKPT_MARKER = ".complete"
+
+log = logging.getLogger(__name__)
 
 
 class MarkCheckpoints(TrainerCallback):
@@ -67,11 +70,18 @@ def finish_from_checkpoint(trainer, checkpoint: Path) -> None:
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
 
-def final_eval_loss(trainer) -> float:
+def final_eval_loss(trainer) -> float | None:
     """The eval loss of the trained adapter: the one logged at the final step (with eval_steps
-    transformers evaluates there itself), else a final evaluation now."""
+    transformers evaluates there itself), else a final evaluation now. None (with a warning)
+    where there is nothing to evaluate: an eval set max_length emptied gives no eval_loss."""
     history = trainer.state.log_history
     last = next((e for e in reversed(history) if "eval_loss" in e), None)
     if last is not None and last.get("step") == trainer.state.global_step:
         return last["eval_loss"]
-    return trainer.evaluate()["eval_loss"]
+    if trainer.eval_dataset is None or len(trainer.eval_dataset) == 0:
+        log.warning("no eval row to evaluate: eval loss not measured")
+        return None
+    loss = trainer.evaluate().get("eval_loss")
+    if loss is None:
+        log.warning("the final evaluation gave no eval_loss: eval loss not measured")
+    return loss
