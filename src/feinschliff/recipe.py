@@ -237,6 +237,21 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _generated_rows_are_trained(self) -> Recipe:
+        # dpo/orpo train on preference pairs, kto on answers with a verdict: a `generate`
+        # without `preference` writes SFT rows only, so its teacher requests would be spent on
+        # rows the training never reads
+        method = self.train.method
+        if self.generate is not None and self.generate.preference is None and method != "sft":
+            raise ValueError(
+                f"generate.preference: missing, but train.method is {method}: without it "
+                f"generate writes SFT rows only, which {method} never trains on (the teacher "
+                "requests would be spent for nothing); add generate.preference or use "
+                "train.method: sft"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _usecase_task_has_data(self) -> Recipe:
         if USECASE_TASK in self.evaluate.tasks and self.feedback.heldout_fraction == 0:
             raise ValueError(

@@ -32,7 +32,8 @@ def generate(
         Path | None,
         typer.Option(
             help="Also write the mix of --feedback and the generated rows here (weights: "
-            "generate.mix). Needs --feedback and must differ from --out (else exit 2)."
+            "generate.mix). Needs --feedback and must not be, hold or lie inside --out or "
+            "--feedback (else exit 2)."
         ),
     ] = None,
     set_: SetOpt = None,
@@ -45,11 +46,12 @@ def generate(
     budget stopped, even before any row, exits 0 with a warning; the rerun continues it). With
     --feedback and --mixed-out, also writes the weighted mix (recipe `generate.mix`). Prints
     path, sha256, counts and teacher usage as JSON. Exit 2: a recipe without a `generate`
-    section, a seed file that is not UTF-8, no seeds; exit 1: a teacher failure, no row
+    section, a seed file that is not UTF-8, no seeds, an --out or --mixed-out that is, holds or
+    lies inside --feedback (or the one inside the other); exit 1: a teacher failure, no row
     survived, or another run writing OUT (or the mix output)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.generate import GenerateError, merge_datasets, run_generate
-    from feinschliff.generate.outlock import OutputBusy
+    from feinschliff.generate.outlock import OutputBusy, refuse_overlap
     from feinschliff.generate.stage import InputRefused, budget_note
 
     cfg = _load(recipe, set_)
@@ -62,6 +64,10 @@ def generate(
         raise Failure(
             "--mixed-out must differ from --out (the mix reads the generated rows)", code=2
         )
+    # all before the generation writes anything (OutputInUse: exit 2, as train's --out)
+    refuse_overlap("--out", out, {"--feedback": feedback})
+    if mixed_out is not None:
+        refuse_overlap("--mixed-out", mixed_out, {"--feedback": feedback, "--out": out})
     fb = None
     if feedback is not None:
         fb = DatasetRef(path=str(feedback.resolve()), sha256=_complete_dir(feedback, "ingest"))
@@ -86,7 +92,8 @@ def generate(
             raise Failure(str(exc)) from exc
         result["mixed"] = mixed.model_dump()
     if manifest["stopped_by_budget"]:
-        rows = manifest["counts"]["sft.jsonl"] + manifest["counts"]["preference.jsonl"]
-        note = budget_note(manifest["stopped_by_budget"], rows, manifest["teacher_usage"])
+        note = budget_note(
+            manifest["stopped_by_budget"], manifest["counts"], manifest["teacher_usage"]
+        )
         typer.echo(f"warning: {note}", err=True)
     typer.echo(json.dumps(result, indent=2))

@@ -174,11 +174,16 @@ def budget_stop(status: dict[str, Any]) -> str | None:
     return status.get("budget_exhausted") if status.get("refused") else None
 
 
-def budget_note(stopped: str, rows: int, status: dict[str, Any]) -> str:
-    """What a run cut short by its budget says (the log, the CLI's warning)."""
+def budget_note(stopped: str, counts: dict[str, Any], status: dict[str, Any]) -> str:
+    """What a run cut short by its budget says (the log, the CLI's warning: both from the
+    manifest's ``counts``, so they say the same)."""
     replies = status.get("requests", 0) - status.get("rejected", 0) + status.get("cache_hits", 0)
-    if rows:
-        return f"stopped early ({stopped}); {rows} rows written (rerun to continue)"
+    sft, pref = counts["sft.jsonl"], counts["preference.jsonl"]
+    if sft or pref:
+        return (
+            f"stopped early ({stopped}); {sft} SFT + {pref} preference rows written "
+            "(rerun to continue)"
+        )
     return (
         f"stopped early ({stopped}) before any question was answered: no rows yet; rerun to "
         f"continue ({replies} teacher replies of this run are cached, so none is asked again)"

@@ -9,6 +9,10 @@ refused at once, naming the holder. The callers check their arguments and seeds 
 refused run creates no folder. A lock that cannot be created (a read-only parent folder) is
 skipped only when the output is complete and simply reused (``reuse``); otherwise it is an
 ``OutputLockError`` naming the folder.
+
+An output that is, holds or lies inside an input folder (``--out`` inside ``--feedback``) is
+refused before anything is written (``refuse_overlap``): its files, or the lock beside it,
+would change the input's content and void its ``.complete`` marker.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+
+from feinschliff.artifacts import OutputInUse
 
 
 class OutputBusy(RuntimeError):
@@ -55,3 +61,22 @@ def hold_output(out: Path, reuse: bool = False) -> Iterator[None]:
                 "for it to finish, or choose another output folder"
             ) from None
         yield
+
+
+def refuse_overlap(flag: str, out: Path, inputs: dict[str, Path | None]) -> None:
+    """Refuse ``out`` (given as ``flag``) when it is, holds or lies inside one of ``inputs``
+    (name -> folder; None: not given), as train refuses an ``--out`` overlapping its data.
+
+    Raises:
+        OutputInUse: naming both folders (the CLI exits 2).
+    """
+    target = Path(out).resolve()
+    for what, folder in inputs.items():
+        if folder is None:
+            continue
+        src = Path(folder).resolve()
+        if target == src or src in target.parents or target in src.parents:
+            raise OutputInUse(
+                f"{flag} {out} overlaps the {what} folder {folder}: "
+                "choose a separate output folder (nothing was written)"
+            )

@@ -55,7 +55,7 @@ from feinschliff.generate.keys import (  # noqa: F401  (the stage's cache API, u
     stopped_by_budget,
 )
 from feinschliff.generate.ledger import budget_note, budget_stop  # noqa: F401  (the CLI's)
-from feinschliff.generate.outlock import OutputBusy, hold_output
+from feinschliff.generate.outlock import OutputBusy, hold_output, refuse_overlap
 from feinschliff.generate.templates import TEMPLATE_VERSION
 from feinschliff.generate.watch import FAILED_MAX_S, FAILED_QUIET_S, _watch_child  # noqa: F401
 from feinschliff.ngrams import EvalIndex, N
@@ -85,10 +85,14 @@ def run_generate(recipe: Recipe, out: Path, feedback: DatasetRef | None = None) 
     ``filters.dedup_against_feedback`` so are questions duplicating any of its prompts.
 
     ``out`` is held for the whole run: a second run on it fails at once naming the holder.
+    An ``out`` that is, holds or lies inside ``feedback`` is refused (``OutputInUse``) before
+    anything is written.
     """
     if recipe.generate is None:
         raise GenerateError("the recipe has no `generate` section")
     spec = recipe.generate
+    # before the lock beside ``out``: inside the feedback, even that voids its .complete
+    refuse_overlap("--out", out, {"--feedback": feedback.dir if feedback else None})
     # arguments and seeds first: a refused run creates no folder (the lock's parent neither)
     try:
         key = recipe_cache_key(recipe, feedback)
@@ -216,7 +220,7 @@ def _generate(
         _no_rows(out, status, unanswered=not result.sft and not result.preference)
     digest = mark_complete(out, stage="generate", key=key, stopped_by_budget=stopped)
     if stopped:
-        log.warning("generate: %s", budget_note(stopped, len(sft), status))
+        log.warning("generate: %s", budget_note(stopped, manifest["counts"], status))
     return DatasetRef(path=str(out), sha256=digest)
 
 

@@ -4,9 +4,10 @@ Method -> file and row shape (TRL conversational shapes, FACTS 10.6):
 
 - sft: ``sft.jsonl`` ``{"messages": [...]}``
 - dpo, orpo: ``preference.jsonl`` ``{"prompt": [...], "chosen": [...], "rejected": [...]}``
-- kto: ``kto.jsonl`` ``{"prompt", "completion", "label"}`` when ingest wrote rows there, else
-  derived from ``preference.jsonl`` (each chosen answer -> label true, each rejected -> label
-  false). KTO training rows are shuffled once (seeded): TRL estimates KTO's KL term from
+- kto: ``kto.jsonl`` ``{"prompt", "completion", "label"}`` when ingest wrote rows there of
+  both labels, else those plus the ones derived from ``preference.jsonl`` (each chosen answer ->
+  label true, each rejected -> label false; an answer kto.jsonl has is not added again):
+  ``kto_rows``. KTO training rows are shuffled once (seeded): TRL estimates KTO's KL term from
   completions rotated by one within a batch, which needs neighbours with different prompts.
 
 The eval split (``hyperparameters.eval_fraction``) is by conversation, for every method: rows
@@ -78,6 +79,24 @@ def kto_from_preferences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def kto_rows(kto: list[dict[str, Any]], preference: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The KTO rows of a dataset: its ``kto.jsonl`` rows (thumbs verdicts), and where those
+    are not of both labels (none at all, or thumbs of one kind only), also the rows unpaired
+    from its preference pairs whose answer ``kto`` has no verdict on (the thumbs one wins).
+    The mix writes a ``kto.jsonl`` made this way; training reads it so too."""
+    if len({r.get("label") for r in kto if all(c in r for c in COLUMNS["kto"])}) >= 2:
+        return kto
+    answered = [r for r in kto if "prompt" in r and "completion" in r]
+    judged = {_answer_key(r["prompt"], r["completion"]) for r in answered}
+    pairs = [r for r in preference if all(c in r for c in COLUMNS["dpo"])]
+    derived = kto_from_preferences(pairs)
+    return kto + [r for r in derived if _answer_key(r["prompt"], r["completion"]) not in judged]
+
+
+def _answer_key(prompt: Any, completion: Any) -> str:
+    return json.dumps([prompt, completion], sort_keys=True, ensure_ascii=False)
+
+
 def method_rows(method: str, data_dir: Path, *, provenance: bool = False) -> list[dict[str, Any]]:
     """The training rows of ``method`` from an ingest output, reduced to the method's columns
     (with ``provenance``: and each row's ``provenance``, as the replay snapshot keeps it for
@@ -88,9 +107,7 @@ def method_rows(method: str, data_dir: Path, *, provenance: bool = False) -> lis
         rows = _read_if(data_dir / "preference.jsonl")
     elif method == "kto":
         # Ingest always writes kto.jsonl, empty when the feedback had no thumbs verdicts.
-        rows = _read_if(data_dir / "kto.jsonl") or kto_from_preferences(
-            _read_if(data_dir / "preference.jsonl")
-        )
+        rows = kto_rows(_read_if(data_dir / "kto.jsonl"), _read_if(data_dir / "preference.jsonl"))
     else:  # pragma: no cover - the recipe union is exhaustive
         raise DataError(f"unsupported method {method}")
     cols = COLUMNS[method]
