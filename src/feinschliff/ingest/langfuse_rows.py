@@ -152,9 +152,22 @@ def file_kind(path: Path, log: ReadLog, peek: int = 50) -> tuple[str | None, str
             first = (
                 f"{path.name}: {row.reason}"
                 if isinstance(row, Broken)
-                else (f"{path.name}: unknown row (keys {keys})")
+                else (f"{path.name}: unknown row (keys {keys}){_training_rows_hint(row)}")
             )
     return None, first or f"{path.name}: no rows"
+
+
+# TRL's dataset shapes (what train reads): a team's own training data, not feedback
+TRL_SHAPES = ({"messages"}, {"prompt", "chosen", "rejected"}, {"prompt", "completion", "label"})
+
+
+def _training_rows_hint(row: Any) -> str:
+    if not isinstance(row, dict) or not any(shape <= row.keys() for shape in TRL_SHAPES):
+        return ""
+    return (
+        ": training rows in TRL's format, not feedback; write your own data as Langfuse dataset "
+        "items or trace-export rows (README: Your own data)"
+    )
 
 
 def _peek(path: Path) -> Iterator[tuple[str, Any]]:
