@@ -196,7 +196,7 @@ def test_sft_rows_whose_answer_starts_past_max_length_are_counted(tmp_path, mode
     ref = run_train(_recipe(model), data, tmp_path / "out")
     metrics = json.loads((Path(ref.path) / "metrics.json").read_text())
     assert (metrics["train_rows"], metrics["dropped_train_rows"]) == (3, 0)
-    assert metrics["rows_without_answer_token"] == 1
+    assert metrics["rows_answer_past_max_length"] == 1
     assert "1 of 3 training rows train on their prompt only" in caplog.text
     card = (Path(ref.path) / "adapter" / "README.md").read_text()
     assert "1 of them train on no answer token" in card
@@ -209,4 +209,4 @@ def test_sft_with_answer_only_loss_counts_the_rows_trl_dropped(tmp_path, model):
     recipe = _recipe(model, "train.assistant_only_loss=true")
     metrics = train_trl(recipe, str(model), _files(tmp_path, rows), tmp_path / "out")
     assert (metrics["train_rows"], metrics["dropped_train_rows"]) == (2, 1)
-    assert metrics["rows_without_answer_token"] == 0  # dropped, not trained on the prompt
+    assert metrics["rows_answer_past_max_length"] == 0  # dropped, not trained on the prompt

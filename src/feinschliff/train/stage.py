@@ -293,7 +293,7 @@ def _rows_note(metrics: dict[str, Any]) -> str:
     note = f"{metrics['train_rows']} ({metrics.get('replayed_rows', 0)} replayed"
     if dropped := metrics.get("dropped_train_rows"):
         note += f"; {dropped} more dropped: their prompt fills max length"
-    if past := metrics.get("rows_without_answer_token"):
+    if past := metrics.get("rows_answer_past_max_length"):
         note += f"; {past} of them train on no answer token: it starts past max length"
     return note + ")"
 

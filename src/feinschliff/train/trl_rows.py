@@ -33,7 +33,7 @@ class TrainingFailed(RuntimeError):
 @dataclass(frozen=True)
 class RowCounts:
     """Rows as trained: ``train_rows``/``eval_rows`` after the drops, which are counted apart.
-    ``rows_without_answer_token``: trained SFT rows whose last answer starts at or beyond
+    ``rows_answer_past_max_length``: trained SFT rows whose last answer starts at or beyond
     max_length, so they train on their prompt alone (0 with assistant_only_loss: TRL dropped
     them); None for the other methods."""
 
@@ -41,7 +41,7 @@ class RowCounts:
     dropped_train_rows: int
     eval_rows: int
     dropped_eval_rows: int
-    rows_without_answer_token: int | None
+    rows_answer_past_max_length: int | None
 
     def metrics(self) -> dict[str, Any]:
         return asdict(self)
