@@ -281,19 +281,19 @@ def test_stage_outputs_given_in_the_wrong_place_are_named_for_what_they_are(tmp_
     from feinschliff.artifacts import mark_complete, refuse_foreign_out
     from feinschliff.cli.app import Failure, _complete_dir
 
-    ingest = tmp_path / "ingest"
-    ingest.mkdir()
-    (ingest / "sft.jsonl").write_text("{}\n")
-    mark_complete(ingest, stage="ingest")
+    def finished(stage: str, file: str) -> Path:
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / file).write_text("{}\n")
+        mark_complete(tmp_path / stage, stage=stage)
+        return tmp_path / stage
+
+    ingest = finished("ingest", "sft.jsonl")
     with pytest.raises(OutputInUse, match="holds a finished ingest output; mix would replace it"):
         refuse_foreign_out(ingest, "mix")
     with pytest.raises(OutputInUse, match="holds a finished ingest output: choose a new"):
         refuse_foreign_out(ingest, None)
 
-    trained = tmp_path / "train"
-    trained.mkdir()
-    (trained / "metrics.json").write_text("{}")
-    mark_complete(trained, stage="train")
+    trained = finished("train", "metrics.json")
     with pytest.raises(Failure, match="is a train output, not an ingest, generate or mix output"):
         _complete_dir(trained, "ingest")
 

@@ -16,23 +16,10 @@ import pytest
 from feinschliff.artifacts import DatasetRef, completed_hash, mark_complete
 from feinschliff.recipe_loader import load_recipe
 from tests.cli_helpers import run_cli
+from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
 from tests.unit.tiny_llama import make_tiny_llama
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "recipes" / "demo-de.yaml"
-WORDS = ["[UNK]", "<|im_start|>", "<|im_end|>", "user", "assistant", "Frage", "Antwort"]
-FAST = [
-    "train.chat_template=chatml",
-    "train.hyperparameters.max_steps=1",
-    "train.hyperparameters.batch_size=2",
-    "train.hyperparameters.max_length=16",
-    "train.lora.r=2",
-]
-
-
-@pytest.fixture(autouse=True)
-def _home(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")  # a private FEINSCHLIFF_HOME
 
 
 def _data(path: Path) -> Path:
