@@ -65,12 +65,24 @@ def run_lock(workdir: Path, name: str = ".run.lock") -> Iterator[None]:
         f.seek(0)
         f.truncate()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n")
+        f.write(f"{_this_process()} since {stamp}\n")
         f.flush()
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _this_process() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def held_here(lock: Path) -> bool:
+    """Whether this process holds ``lock`` (``run_lock`` writes its holder into it)."""
+    try:
+        return lock.read_text(encoding="utf-8").startswith(_this_process() + " ")
+    except OSError:
+        return False
 
 
 def registry_root(recipe: Recipe) -> Path:

@@ -14,8 +14,6 @@ the holder.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -179,13 +177,11 @@ def hold_train_out(out: Path) -> Iterator[None]:
 
 
 def _held_here(out: Path) -> bool:
-    """Whether this process holds ``out``'s lock (``pipeline.run_lock`` writes its holder)."""
+    """Whether this process holds ``out``'s lock (the one ``hold_output`` takes beside it)."""
+    from feinschliff.pipeline import held_here
+
     target = Path(out).resolve()
-    try:
-        holder = (target.parent / f".{target.name}.lock").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return holder.startswith(f"pid {os.getpid()} on {socket.gethostname()} ")
+    return held_here(target.parent / f".{target.name}.lock")
 
 
 def _axolotl_venv(recipe: Recipe) -> Path | None:
