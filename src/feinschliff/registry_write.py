@@ -10,6 +10,7 @@ Readers are in :mod:`feinschliff.registry_read`; callers import both through
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from feinschliff.registry_read import (
     UNSET,
     VERSION_RE,
     _uc,
+    audit_log,
     manifest,
     read_aliases,
     retired,
@@ -39,6 +41,9 @@ from feinschliff.registry_store import (
     who,
 )
 from feinschliff.serving.preflight import BaseTarget, preflight
+
+log = logging.getLogger(__name__)
+RECOVERED = "recovered: found {} without its audit entry (its writer was killed before it)"
 
 
 @contextmanager
@@ -144,6 +149,7 @@ def promote(
     current = read_aliases(root, use_case).get("production") if expected is UNSET else expected
     if current == version:
         with lock(root, use_case) as lease:
+            _audit_unaudited(root, use_case, lease)
             aliases = read_aliases(root, use_case)
             if aliases.get("production") == version:
                 if decision is not None:  # no move, but the gate's decision is still recorded
@@ -195,6 +201,7 @@ def retire(root: Root, use_case: str, version: str, *, why: str) -> dict[str, st
     st, uc = store_of(root), _uc(use_case)
     manifest(root, use_case, version)
     with st.lock(f"{uc}/.lock") as lease:
+        _audit_unaudited(root, use_case, lease)
         aliases = read_aliases(root, use_case)
         if aliases.get("production") == version:
             raise RegistryError(f"{use_case}/{version} is production; promote or roll back first")
@@ -202,13 +209,17 @@ def retire(root: Root, use_case: str, version: str, *, why: str) -> dict[str, st
         if version in gone:  # a second retire overwrote the reason the first one gave
             return aliases
         gone[version] = {"at": _now(), "by": who(), "why": why}
-        lease.check()
-        _write_json(st, f"{uc}/retired.json", gone)
-        _audit(st, uc, "retire", alias=None, old=version, new=None, why=why)
-        for alias in [a for a, v in aliases.items() if v == version]:
+        dropped = [a for a, v in aliases.items() if v == version]
+        for alias in dropped:
             aliases.pop(alias)
-            _audit(st, uc, "alias", alias=alias, old=version, new=None, why=f"{version} retired")
+        lease.check()
+        # state first, audit after (as _move): a kill in between leaves a change the log lacks,
+        # which the next write appends (_audit_unaudited), never an entry for a change not made
+        _write_json(st, f"{uc}/retired.json", gone)
         _write_json(st, f"{uc}/aliases.json", aliases)
+        _audit(st, uc, "retire", alias=None, old=version, new=None, why=why)
+        for alias in dropped:
+            _audit(st, uc, "alias", alias=alias, old=version, new=None, why=f"{version} retired")
     return aliases
 
 
@@ -235,6 +246,7 @@ def _move(
         if alias not in ALIASES:
             raise RegistryError(f"unknown alias {alias!r}; aliases are {ALIASES}")
     with st.lock(f"{uc}/.lock") as lease:
+        _audit_unaudited(root, use_case, lease)
         known, gone = versions(root, use_case), retired(root, use_case)
         for alias, version in moves.items():
             if version is not None and version not in known:
@@ -262,6 +274,36 @@ def _move(
         if gate is not None:  # the alias's value before, unless the caller knew it
             _audit(st, uc, "gate", why=why, **{"old": old.get(gate["alias"]), **gate})
     return aliases
+
+
+def _audit_unaudited(root: Root, use_case: str, lease: Lease) -> None:
+    """Under the lock, before a change: append what a killed writer changed (aliases.json or
+    retired.json written, its audit lines not yet) so the log still holds every move. Moves
+    are replayed from the log's alias entries and compared with aliases.json."""
+    st, uc = store_of(root), _uc(use_case)
+    logged: dict[str, Any] = {}
+    logged_retired = set()
+    for entry in audit_log(root, use_case):
+        if entry.get("event") == "alias" and entry.get("alias"):
+            logged[entry["alias"]] = entry.get("new")
+        elif entry.get("event") == "retire":
+            logged_retired.add(entry.get("old"))
+    aliases, gone = read_aliases(root, use_case), retired(root, use_case)
+    missing = [v for v in gone if v not in logged_retired]
+    moved = [a for a in sorted({*logged, *aliases}) if logged.get(a) != aliases.get(a)]
+    if not (missing or moved):
+        return
+    lease.check()
+    for version in missing:
+        why = RECOVERED.format(f"in retired.json ({gone[version].get('why', '')})")
+        _audit(st, uc, "retire", alias=None, old=version, new=None, why=why, recovered=True)
+    for alias in moved:
+        old, new = logged.get(alias), aliases.get(alias)
+        log.warning(
+            "%s: %s moved %s -> %s without an audit entry: recorded now", uc, alias, old, new
+        )
+        why = RECOVERED.format("in aliases.json")
+        _audit(st, uc, "alias", alias=alias, old=old, new=new, why=why, recovered=True)
 
 
 def _remove_stale_temps(st: LocalStore | FsspecStore, uc: str) -> None:
