@@ -17,7 +17,7 @@ from feinschliff.serving import deploy
 from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmSpec
 from tests.unit.adapter_factory import make_base, make_train_output, target_for
-from tests.unit.test_serving_deploy import FakeVllm
+from tests.unit.test_deploy_resolver_verify import ResolvingVllm
 
 URL = "http://vllm-0:8000"
 
@@ -39,7 +39,8 @@ def resolver(tmp_path, monkeypatch):
         )
         for seed in (1.0, 2.0)
     )
-    fake = FakeVllm(str(base))
+    rdir = tmp_path / "rs"
+    fake = ResolvingVllm(str(base), rdir)  # a completion for a pinned name resolves it
     monkeypatch.setattr(
         deploy,
         "VllmClient",
@@ -47,7 +48,6 @@ def resolver(tmp_path, monkeypatch):
             server, transport=httpx.MockTransport(fake.handle), backoff_s=0, **kw
         ),
     )
-    rdir = tmp_path / "rs"
     spec = VllmSpec(
         servers=[{"url": URL}], model=str(base), mode="resolver", resolver_dir=str(rdir)
     )

@@ -30,7 +30,9 @@ Resolver mode writes the ``lora_filesystem_resolver`` layout instead
 ``<resolver_dir>/<name>``, the same path for every version of ``support-de``: a running server
 keeps the adapter it resolved first, and even after an unload its prefix-cache blocks (keyed by
 name + path) could mix in the old weights. So pinned names (immutable folders) are live at once,
-the stable name after a (rolling) restart. The report says so.
+the stable name after a (rolling) restart. The report says so. A promotion first writes the new
+pinned folder and has every replica resolve it (a completion), so a version the servers cannot
+load is refused before the stable folder is rewritten.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from feinschliff.serving.staging import (  # noqa: F401 - PIN: re-exported
     is_managed,
     pinned_name,
     stage_files,
+    warn_slots,
+    write_resolver_folder,
     write_resolver_layout,
 )
 from feinschliff.serving.vllm_client import VllmClient, VllmError
@@ -286,7 +290,10 @@ def _reconcile_server(
     keep: set[str],
 ) -> None:
     _check_base(client, spec)
-    loaded = {n: p for n, p in client.adapters().items() if is_managed(n, use_case)}
+    every = client.adapters()
+    loaded = {n: p for n, p in every.items() if is_managed(n, use_case)}
+    if new := set(desired) - set(loaded):  # a staged promotion warned already
+        warn_slots(client.url, spec, len(every) + len(new))
     # Pinned names first, the stable name last: it switches only once its version answers.
     for name in sorted(desired, key=lambda n: n == use_case):
         path = paths[desired[name]]
@@ -304,21 +311,34 @@ def _reconcile_server(
 def _stage_everywhere(
     root: registry.Root, use_case: str, version: str, spec: VllmSpec
 ) -> list[Action]:
-    """Load ``version`` under its pinned name on every replica and check that it answers."""
+    """Load ``version`` under its pinned name on every replica and check that it answers.
+
+    Resolver mode: write its pinned folder; the completion makes each replica resolve it. An
+    adapter the servers cannot load (a rank above their --max-lora-rank) fails here, before
+    production moves: rewritten into the stable folder, it would be loaded at the replica's
+    next re-read inside the engine step, which takes the replica down (vLLM 0.32)."""
+    name, actions, path = pinned_name(use_case, version), [], None
     if spec.mode == "resolver":
-        return []
-    path = stage_files(root, use_case, version, spec)
-    name, actions = pinned_name(use_case, version), []
+        if not spec.servers:
+            return []
+        if write_resolver_folder(root, use_case, spec, name, version):
+            actions.append(Action(str(spec.resolver_dir), "write", name, version))
+    else:
+        path = stage_files(root, use_case, version, spec)
     for server in spec.servers:
         try:
             with VllmClient(server, timeout_s=spec.timeout_s, retries=spec.retries) as client:
                 _check_base(client, spec)
-                if _serve_from(client, name, path, client.adapters().get(name)):
+                loaded = client.adapters()
+                warn_slots(client.url, spec, len(loaded) + (name not in loaded))
+                if path is not None and _serve_from(client, name, path, loaded.get(name)):
                     actions.append(Action(client.url, "load", name, f"from {path}"))
                 client.complete(name, spec.verify_prompt, max_tokens=4)
                 actions.append(Action(client.url, "verify", name, "answers"))
         except VllmError as exc:
-            raise DeployError(f"{name} failed on {exc}") from exc  # "{url}: {what}"
+            answered = path is None and exc.status in (400, 404)  # 400: loading it failed
+            hint = f" (the resolver could not load {spec.resolver_dir}/{name})" if answered else ""
+            raise DeployError(f"{name} failed on {exc}{hint}") from exc  # "{url}: {what}"
     return actions
 
 
@@ -348,9 +368,8 @@ def _serve_from(client: VllmClient, name: str, path: str, current: str | None) -
 
 
 def _require_keys(spec: VllmSpec) -> None:
-    """Every replica's API key must be set before the first one is touched (no half rollout)."""
-    if spec.mode == "resolver":
-        return
+    """Every replica's API key must be set before the first one is touched (no half rollout;
+    resolver mode too: its promotion has every replica resolve the new pinned name)."""
     missing = sorted(
         {s.api_key_env for s in spec.servers if s.api_key_env and not os.environ.get(s.api_key_env)}
     )

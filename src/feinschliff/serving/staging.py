@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from feinschliff.artifacts import COMPLETE, completed_hash, mark_complete
 from feinschliff.models import feinschliff_home
 from feinschliff.specs.register import VllmSpec
 
+log = logging.getLogger(__name__)
 PIN = "@"
 # A temp dir left for longer than this by a writer on another machine is a leftover: a copy
 # takes seconds to minutes, and a writer still alive there cannot be asked.
@@ -53,6 +55,25 @@ def is_managed(name: str, use_case: str) -> bool:
     return name == use_case or (
         name.startswith(use_case + PIN) and registry.VERSION_RE.match(name[len(use_case) + 1 :])
     )
+
+
+def warn_slots(url: str, spec: VllmSpec, count: int) -> None:
+    """Warn when a server will hold more adapters than ``max_loras`` (its --max-loras), counting
+    every use case on it: the per-recipe check cannot see the others, and on vLLM CPU, with
+    every slot used, an adapter can be applied to base-model requests (vLLM PRs #48421 and
+    #49656). Only a warning: on GPU vLLM more adapters than slots just swap in and out."""
+    if count > spec.max_loras:
+        log.warning(
+            "%s: %d adapters loaded (all use cases on this server) once this load is done, "
+            "more than register.vllm.max_loras=%d (the server's --max-loras): on vLLM CPU an "
+            "adapter can then leak into base-model requests. Set --max-loras and "
+            "register.vllm.max_loras to the sum of keep_versions + 1 over the use cases "
+            "sharing this server, plus one spare (at least %d here)",
+            url,
+            count,
+            spec.max_loras,
+            count,
+        )
 
 
 def stage_files(root: registry.Root, use_case: str, version: str, spec: VllmSpec) -> str:
@@ -82,7 +103,10 @@ def copy_complete(
     sweep_leftovers(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=_scratch_prefix(dest, "tmp"), dir=dest.parent))
     try:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, symlinks=False)
+        # shutil.copy, not copy2: the copy's files get their own mtimes, so the sweep of
+        # another writer sees this copy's activity, not the (maybe old) registry version's age
+        shutil.copytree(src, tmp, copy_function=shutil.copy, dirs_exist_ok=True, symlinks=False)
+        os.utime(tmp)  # copytree gave it the source's mtime (copystat)
         if base_model is not None:
             cfg_path = tmp / "adapter_config.json"
             cfg = json.loads(cfg_path.read_text())
@@ -176,6 +200,22 @@ def read_marker(path: Path) -> dict[str, Any]:
         return {}
 
 
+def write_resolver_folder(
+    root: registry.Root, use_case: str, spec: VllmSpec, name: str, version: str
+) -> bool:
+    """``<resolver_dir>/<name>/`` holding ``version``; returns False if it already did."""
+    dest = Path(spec.resolver_dir or "") / name
+    sha = registry.adapter_sha256(root, use_case, version)
+    # The base model too: the resolver loads only if it equals the server's --model.
+    marker = read_marker(dest)
+    current = (marker.get("adapter_sha256"), marker.get("base_model")) == (sha, spec.model)
+    if current and completed_hash(dest) is not None and resolver_loadable(dest):
+        return False
+    src = registry.adapter_path(root, use_case, version)
+    copy_complete(src, dest, version, sha, base_model=spec.model)
+    return True
+
+
 def write_resolver_layout(
     root: registry.Root,
     use_case: str,
@@ -202,16 +242,8 @@ def write_resolver_layout(
     rdir.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(rdir)
     for name, version in sorted(desired.items()):
-        dest = rdir / name
-        sha = registry.adapter_sha256(root, use_case, version)
-        # The base model too: the resolver loads only if it equals the server's --model.
-        marker = read_marker(dest)
-        current = (marker.get("adapter_sha256"), marker.get("base_model")) == (sha, spec.model)
-        if current and completed_hash(dest) is not None and resolver_loadable(dest):
-            continue
-        src = registry.adapter_path(root, use_case, version)
-        copy_complete(src, dest, version, sha, base_model=spec.model)
-        done.append(("write", name, version))
+        if write_resolver_folder(root, use_case, spec, name, version):
+            done.append(("write", name, version))
     for stale in sorted(p for p in rdir.iterdir() if is_managed(p.name, use_case)):
         if stale.name in desired or stale.name in keep:
             continue
