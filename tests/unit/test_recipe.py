@@ -381,7 +381,9 @@ def test_pull_settings_are_checked_against_the_sources_kind(source, expected):
         "workspace": None,
         "api_url": None,
         "batch_size": 256,
-    }  # nothing added: the live pull's mirror key (its model_dump) is unchanged
+        "api_key_secret": "ARGILLA_API_KEY",
+    }  # nothing else added: the live pull's mirror key (its model_dump without the key's
+    # secret name, pull.KEY_NAME_FIELDS) is unchanged
 
 
 def test_override_errors_say_from_set_not_a_file_line(tmp_path, demo):

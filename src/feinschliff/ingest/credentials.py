@@ -22,6 +22,12 @@ def lookup_secret(name: str) -> str | None:
 
 
 def require_secret(name: str, purpose: str) -> str:
+    return require_sourced(name, purpose)[0]
+
+
+def require_sourced(name: str, purpose: str) -> tuple[str, str]:
+    """The secret's value and where it came from, for messages (never the value): a stale
+    environment variable shadows a Prefect Secret block, and a refusal must show which."""
     value, problem = _lookup(name)
     if value is None:
         raise MissingCredentials(
@@ -29,7 +35,9 @@ def require_secret(name: str, purpose: str) -> str:
             f"block '{_block(name)}' (never put credentials into a recipe)"
             + (f"; {problem}" if problem else "")
         )
-    return value
+    if os.environ.get(name):
+        return value, f"environment variable {name}, read before any Prefect Secret block"
+    return value, f"Prefect Secret block '{_block(name)}'"
 
 
 class MissingCredentials(RuntimeError):

@@ -36,6 +36,10 @@ class EndpointMissing(PullFailed):
         self.where = where
 
 
+class KeysRefused(MissingCredentials):
+    """401/403: the caller says which keys were sent and where each came from."""
+
+
 def project_identity(client: Any, public_key: str, hint: str) -> str:
     """Which project the keys read (``GET /api/public/projects``): the same server URL serves
     every project of a Langfuse instance (Cloud, a shared self-hosted one), and only the keys
@@ -75,7 +79,7 @@ def cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> A
 
 
 def get_page(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[str, Any]:
-    """One API page, retried as the module says; ``MissingCredentials`` for 401/403."""
+    """One API page, retried as the module says; ``KeysRefused`` for 401/403."""
     import httpx
 
     where = _where(client, path)
@@ -96,10 +100,7 @@ def get_page(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[
         else:
             status = response.status_code
             if status in (401, 403):
-                raise MissingCredentials(
-                    f"Langfuse at {where} refused the credentials ({status}): check "
-                    "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (the project's API keys)"
-                )
+                raise KeysRefused(f"Langfuse at {where} refused the credentials ({status})")
             if status == 429:
                 limited += 1
                 delay = _retry_after(response) or _backoff(limited)

@@ -5,10 +5,17 @@ A Langfuse pull is incremental. Each source has a watermark in the cache dir
 newer, and appends it to the source's local mirror (``$FEINSCHLIFF_HOME/ingest/mirror/<source>/``),
 which the ingest then reads in full, so the dataset always covers all feedback pulled so far.
 The watermark of observations and that of scores are each saved once their kind was read to
-the end; overlapping re-fetches are harmless (rows are deduplicated by id when read). A mirror
+the end; overlapping re-fetches are harmless (rows are deduplicated by id when read). A kind's
+pages wait beside the mirror (``.<source>.partial/``, never read) until it was read to its end,
+then move into the pull's batch folder: a pull that fails part-way, or is killed, adds nothing
+that later ingests read, and the next pull of the source removes what a killed one left (pulls
+of one source take turns, under an flock). A pull that finds nothing, into a mirror that holds
+nothing, fails naming the project the keys read. A mirror
 deleted while its watermark stayed is pulled in full again (``_check_mirror``). A Langfuse
 mirror belongs to one project: the server URL is the same for every project of an instance
-(Langfuse Cloud), only the keys choose one (``langfuse_http.project_identity``).
+(Langfuse Cloud), only the keys choose one (``langfuse_http.project_identity``), and each
+source names the secrets holding its keys (``public_key_secret`` / ``secret_key_secret``,
+Argilla ``api_key_secret``), so use cases on one Prefect server can read their own projects.
 
 - Langfuse: ``GET /api/public/v2/observations`` (``fromStartTime``) and
   ``GET /api/public/v3/scores`` (``fromTimestamp``), each from the watermark minus a safety
@@ -38,14 +45,17 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from feinschliff.ingest.credentials import MissingCredentials, require_secret
+from feinschliff.artifacts import file_lock
+from feinschliff.ingest.credentials import MissingCredentials, require_sourced
 from feinschliff.ingest.langfuse_http import (
     EndpointMissing,
+    KeysRefused,
     PullFailed,
     cursor_pages,
     project_identity,
@@ -80,6 +90,9 @@ def state_dir() -> Path:
 
 # How a pull fetches, not what: changing one must not start a new mirror and a full re-pull.
 TRANSPORT_FIELDS = frozenset({"page_limit", "timeout_s", "batch_size"})
+# Which secrets hold the keys: what they read is the identity in the key (mirrors named before
+# these fields existed keep their names).
+KEY_NAME_FIELDS = frozenset({"public_key_secret", "secret_key_secret", "api_key_secret"})
 
 
 def source_key(source: FeedbackSource, url: str, identity: str | None = None) -> str:
@@ -87,14 +100,14 @@ def source_key(source: FeedbackSource, url: str, identity: str | None = None) ->
     the keys read: the Langfuse project (one URL serves every project of an instance), the
     Argilla dataset's id (without a workspace, the key's user picks it)."""
     assert source.pull is not None
-    ident = [source.kind, url, source.pull.model_dump(exclude=set(TRANSPORT_FIELDS))]
+    ident = [source.kind, url, source.pull.model_dump(exclude=TRANSPORT_FIELDS | KEY_NAME_FIELDS)]
     return _digest([*ident, identity] if identity else ident)
 
 
 def _legacy_key(source: FeedbackSource, url: str) -> str:
     """The name mirrors had before transport settings left the key (moved on first use)."""
     assert source.pull is not None
-    return _digest([source.kind, url, source.pull.model_dump()])
+    return _digest([source.kind, url, source.pull.model_dump(exclude=set(KEY_NAME_FIELDS))])
 
 
 def _digest(ident: list[Any]) -> str:
@@ -167,15 +180,23 @@ def langfuse_url(pull: LangfusePull) -> str:
 
 
 def _langfuse_hint(pull: LangfusePull) -> str:
-    """Where the server URL came from, for error messages."""
+    """Where the server URL came from, for error messages (keys are named only on a 401/403:
+    a down server or a 500 is no key problem)."""
     if pull.base_url:
         origin = "feedback.sources[].pull.base_url"
     else:
         origin = "LANGFUSE_BASE_URL" if os.environ.get("LANGFUSE_BASE_URL") else "LANGFUSE_HOST"
     return (
-        f"Check the server URL (set by {origin}), that Langfuse is up and reachable from here, "
-        "and the keys (LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY); the watermark is unchanged"
+        f"Check the server URL (set by {origin}) and that Langfuse is up and reachable from "
+        "here; the watermark is unchanged"
     )
+
+
+def read_langfuse_keys(pull: LangfusePull) -> tuple[tuple[str, str], str]:
+    """The key pair the recipe names and, for messages, where each came from (never a value)."""
+    public, public_from = require_sourced(pull.public_key_secret, "Langfuse pull")
+    secret, secret_from = require_sourced(pull.secret_key_secret, "Langfuse pull")
+    return (public, secret), f"public key: {public_from}; secret key: {secret_from}"
 
 
 def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
@@ -183,22 +204,64 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
 
     url = langfuse_url(pull)
     hint = _langfuse_hint(pull)
-    auth = (
-        require_secret("LANGFUSE_PUBLIC_KEY", "Langfuse pull"),
-        require_secret("LANGFUSE_SECRET_KEY", "Langfuse pull"),
-    )
+    auth, keys = read_langfuse_keys(pull)
     try:
         client = httpx.Client(base_url=url, auth=auth, timeout=pull.timeout_s)
     except httpx.InvalidURL as exc:
         raise PullFailed(f"Langfuse pull: {url!r} is no valid URL ({exc}). {hint}") from exc
-    with client:
-        project = project_identity(client, auth[0], hint)
-        mirror, mark_file = _paths(source, url, project)
-        before, notes = _check_mirror(mirror, _load_watermark(mark_file))
-        after = {**before, "identity": project}
-        fetched = _fetch_langfuse(client, pull, mirror / _stamp(), before, after, hint, mark_file)
+    try:
+        with client:
+            project = project_identity(client, auth[0], hint)
+            mirror, mark_file = _paths(source, url, project)
+            # one pull of a source at a time (a scheduled and a manual run): each would remove
+            # the other's pages as a killed pull's; the flock dies with its holder
+            with file_lock(state_dir() / "locks" / f"{mirror.name}.lock"):
+                shutil.rmtree(_partial_dir(mirror), ignore_errors=True)  # a killed pull's
+                before, notes = _check_mirror(mirror, _load_watermark(mark_file))
+                after = {**before, "identity": project}
+                fetched = _fetch_langfuse(client, pull, mirror, before, after, hint, mark_file)
+    except KeysRefused as exc:
+        raise MissingCredentials(
+            f"{exc}: check the project's API keys ({keys}), named by "
+            "feedback.sources[].pull.public_key_secret / secret_key_secret"
+        ) from exc
+    if not any(fetched.values()) and not _has_rows(mirror):
+        raise PullFailed(_describe_empty_project(url, project, keys, pull))
     log.info("langfuse pull %s: %s (watermark %s -> %s)", url, fetched, before, after)
     return PullResult(mirror, before, after, fetched, notes)
+
+
+def _describe_empty_project(url: str, project: str, keys: str, pull: LangfusePull) -> str:
+    which = f"project {project.removeprefix('project:')}"
+    if project.startswith("key:"):  # a server without GET /api/public/projects
+        which = f"the project of the public key (digest {project.removeprefix('key:')})"
+    asked = ", ".join(
+        f"{k} {v!r}"
+        for k, v in (("name", pull.name), ("environment", pull.environment))
+        if v is not None
+    )
+    return (
+        f"Langfuse pull: {url} answered, but the keys read {which}, which holds no "
+        f"{pull.observation_type} observations{f' with {asked}' if asked else ''} and no "
+        f"scores ({keys}): are these the keys of this use case's project (Langfuse: Settings, "
+        "API Keys)? Else check feedback.sources[].pull.observation_type, .name and .environment"
+    )
+
+
+def _partial_dir(mirror: Path) -> Path:
+    """Where a pull's pages wait until their kind was read to its end: beside the mirror (same
+    disk, erased with it), never in it, as the ingest reads every file in the mirror."""
+    return mirror.parent / f".{mirror.name}.partial"
+
+
+def _has_rows(mirror: Path) -> bool:
+    for page in mirror.glob("*/*-page-*.json"):
+        try:
+            if json.loads(page.read_bytes()).get("data"):
+                return True
+        except (OSError, ValueError, AttributeError):
+            return True  # not ours to judge: the reader quarantines it and says so
+    return False
 
 
 def _check_mirror(mirror: Path, mark: dict[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -220,16 +283,19 @@ def _check_mirror(mirror: Path, mark: dict[str, str]) -> tuple[dict[str, str], l
 def _fetch_langfuse(
     client: Any,
     pull: LangfusePull,
-    batch: Path,
+    mirror: Path,
     before: dict[str, str],
     after: dict[str, str],
     hint: str,
     mark_file: Path,
 ) -> dict[str, int]:
-    """Fetch observations, then scores, into ``batch``; each kind's watermark is saved once
-    that kind was read to its end (its pages are in the mirror then), so a pull that fails
-    on the scores (a rate limit) keeps the observations and the next run goes on from there."""
-    started = datetime.now(UTC)
+    """Fetch observations, then scores, into a new batch folder of ``mirror``; each kind's
+    pages are written beside the mirror and moved into the batch once that kind was read to its
+    end, then its watermark is saved, so a pull that fails on the scores (a rate limit) keeps
+    the observations and the next run goes on from there, and a failed kind leaves nothing for
+    later ingests to read (each retry of a failing pull added its partial pages before)."""
+    started, stamp = datetime.now(UTC), _stamp()
+    batch = mirror / stamp
     fetched = {"observations": 0, "scores": 0}
     obs_params: dict[str, Any] = {"fields": OBS_FIELDS, "limit": pull.page_limit}
     obs_params["type"] = pull.observation_type
@@ -247,6 +313,7 @@ def _fetch_langfuse(
         ("observations", "/api/public/v2/observations", obs_params, "startTime"),
         ("scores", "/api/public/v3/scores", score_params, "timestamp"),
     ):
+        partial = _partial_dir(mirror) / f"{stamp}-{kind}"
         try:
             for n, page in enumerate(cursor_pages(client, path, params, hint), start=1):
                 rows = page.get("data") or []
@@ -254,7 +321,9 @@ def _fetch_langfuse(
                 stamps = [r.get(stamp_key) for r in rows if isinstance(r, dict)]
                 if mark := _advance(after.get(kind), stamps, started):
                     after[kind] = mark
-                _save_json(batch / f"{kind}-page-{n}.json", page)
+                _save_json(partial / f"{kind}-page-{n}.json", page)
+            if fetched[kind]:  # pages without rows add nothing to the mirror
+                _place(partial, batch)
         except EndpointMissing as exc:
             if kind != "scores":
                 raise
@@ -263,8 +332,21 @@ def _fetch_langfuse(
                 "server answered: this Langfuse has no v3 scores API (self-hosted Langfuse has it "
                 "from v3.179.0): upgrade the server; the scores' watermark is unchanged"
             ) from exc
+        finally:
+            shutil.rmtree(_partial_dir(mirror), ignore_errors=True)
         _save_json(mark_file, after)
     return fetched
+
+
+def _place(partial: Path, batch: Path) -> None:
+    """Move a kind's complete pages into the mirror's batch folder (the first kind's folder
+    becomes the batch at once; the next kind's pages join it)."""
+    if not batch.exists():
+        batch.parent.mkdir(parents=True, exist_ok=True)
+        partial.replace(batch)
+        return
+    for page in sorted(partial.iterdir()):
+        page.replace(batch / page.name)
 
 
 def _iso(moment: datetime) -> str:

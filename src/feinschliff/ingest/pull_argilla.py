@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from feinschliff.ingest.credentials import MissingCredentials, require_secret
+from feinschliff.ingest.credentials import MissingCredentials, require_sourced
 from feinschliff.ingest.pull import (
     EmptySnapshot,
     PullFailed,
@@ -33,8 +33,8 @@ def pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
     url = pull.api_url or os.environ.get("ARGILLA_API_URL")
     if not url:
         raise MissingCredentials("Argilla pull needs api_url or the ARGILLA_API_URL variable")
-    key = require_secret("ARGILLA_API_KEY", "Argilla pull")
-    with _argilla_errors(url):
+    key, key_from = require_sourced(pull.api_key_secret, "Argilla pull")
+    with _argilla_errors(url, key_from):
         client = rg.Argilla(api_url=url, api_key=key)
         dataset = _argilla_dataset(client, pull, url)
         # by the dataset's id: without a workspace the key's user picks it, so one recipe
@@ -70,16 +70,20 @@ def pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
 
 
 @contextmanager
-def _argilla_errors(url: str) -> Iterator[None]:
+def _argilla_errors(url: str, key_from: str) -> Iterator[None]:
     """The SDK's errors as one line: its API errors, httpx transport errors, and the JSON or
-    pydantic ``ValueError`` of a server that answers with no Argilla API (a login page)."""
+    pydantic ``ValueError`` of a server that answers with no Argilla API (a login page).
+    ``key_from``: where the API key came from, said when it is refused (never its value)."""
     import httpx
     from argilla._exceptions import ArgillaAPIError, ArgillaCredentialsError, ArgillaError
 
     try:
         yield
     except ArgillaCredentialsError as exc:
-        raise MissingCredentials(f"Argilla at {url} refused ARGILLA_API_KEY") from exc
+        raise MissingCredentials(
+            f"Argilla at {url} refused the API key ({key_from}), named by "
+            "feedback.sources[].pull.api_key_secret"
+        ) from exc
     except (ArgillaError, httpx.HTTPError, ValueError) as exc:
         endpoint = ""
         for e in (exc, exc.__cause__, exc.__context__):  # the SDK wraps httpx's errors
@@ -91,10 +95,14 @@ def _argilla_errors(url: str) -> Iterator[None]:
             cause = f"HTTP {exc.status_code}, {cause}"
         elif isinstance(exc, ValueError):
             cause += " (an answer that is no Argilla API JSON: a login page or proxy?)"
+        # the key only where the server refused it: a down server is no key problem
+        refused = isinstance(exc, ArgillaAPIError) and exc.status_code in (401, 403)
         raise PullFailed(
             f"Argilla pull: {url}{endpoint} failed: {' '.join(cause.split())[:300]}. Check the "
-            "server URL (api_url or ARGILLA_API_URL), that Argilla is up and reachable from "
-            "here, and ARGILLA_API_KEY; an earlier snapshot is kept"
+            "server URL (api_url or ARGILLA_API_URL) and that Argilla is up and reachable from "
+            "here"
+            + (f", and the API key ({key_from})" if refused else "")
+            + "; an earlier snapshot is kept"
         ) from exc
 
 
@@ -106,15 +114,15 @@ def _argilla_dataset(client: Any, pull: ArgillaPull, url: str) -> Any:
         workspace = client.workspaces(pull.workspace) if pull.workspace else None
         if pull.workspace and workspace is None:
             raise PullFailed(
-                f"Argilla pull: no workspace {pull.workspace!r} on {url} that ARGILLA_API_KEY "
-                "can see: check feedback.sources[].pull.workspace and the key's user"
+                f"Argilla pull: no workspace {pull.workspace!r} on {url} that "
+                f"{pull.api_key_secret} can see: check feedback.sources[].pull.workspace and the key's user"
             )
         dataset = client.datasets(name=pull.dataset, workspace=workspace)
     if dataset is None:
         raise PullFailed(
             f"Argilla pull: no dataset {pull.dataset!r} in workspace "
             f"{pull.workspace or '(default)'} on {url}: check feedback.sources[].pull.dataset "
-            "and .workspace, and that ARGILLA_API_KEY's user may read it"
+            f"and .workspace, and that {pull.api_key_secret}'s user may read it"
         )
     return dataset
 

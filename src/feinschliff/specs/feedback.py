@@ -15,6 +15,19 @@ from feinschliff.specs.common import RecipePath, Strict, _resolve_path
 _KIND = "__kind__"  # the source's kind, handed to `pull` so that only its own model validates it
 
 
+_SECRET_NAME = r"^[A-Z][A-Z0-9_]*$"  # an environment variable's name, as pii.key_secret
+
+
+def _secret_name(default: str, what: str) -> Any:
+    return Field(
+        default,
+        pattern=_SECRET_NAME,
+        description=f"Name of the environment variable (or Prefect Secret block, kebab case) "
+        f"holding {what}; the key itself never goes into a recipe. Use cases reading different "
+        "projects on one Prefect server need their own names.",
+    )
+
+
 class _Pull(Strict):
     @model_validator(mode="before")
     @classmethod
@@ -29,7 +42,7 @@ def _pull_kind(value: Any) -> str | None:
 
 
 class ArgillaPull(_Pull):
-    """Read an Argilla 2.x dataset from a live server (API key: env ARGILLA_API_KEY)."""
+    """Read an Argilla 2.x dataset from a live server (API key: `api_key_secret`)."""
 
     dataset: str = Field(description="Dataset name on the server.")
     workspace: str | None = Field(None, description="Workspace of the dataset (None: default).")
@@ -37,12 +50,14 @@ class ArgillaPull(_Pull):
         None, description="Server URL; None reads the environment variable ARGILLA_API_URL."
     )
     batch_size: int = Field(256, ge=1, le=1000, description="Records per request.")
+    api_key_secret: str = _secret_name("ARGILLA_API_KEY", "the Argilla API key")
 
 
 class LangfusePull(_Pull):
     """Read observations and scores from a live Langfuse server via its public REST API.
 
-    Keys: env LANGFUSE_PUBLIC_KEY / LANGFUSE_SECRET_KEY (or Prefect Secret blocks of those names).
+    Keys: the environment variables (or Prefect Secret blocks) that `public_key_secret` and
+    `secret_key_secret` name; the keys choose the project.
     """
 
     base_url: str | None = Field(
@@ -58,6 +73,8 @@ class LangfusePull(_Pull):
         1000, ge=1, le=1000, description="Rows per observations page (scores: at most 100)."
     )
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request.")
+    public_key_secret: str = _secret_name("LANGFUSE_PUBLIC_KEY", "the project's public key")
+    secret_key_secret: str = _secret_name("LANGFUSE_SECRET_KEY", "the project's secret key")
 
 
 def _template_fields(value: str | None) -> str | None:
