@@ -34,6 +34,7 @@ import yaml
 
 from feinschliff.paths import project_root
 from feinschliff.recipe import Recipe
+from feinschliff.train.adapter_config import sort_adapter_config
 from feinschliff.train.axolotl_config import AxolotlError, axolotl_rows, build_config
 from feinschliff.train.peak_memory import wait_with_peak
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE
@@ -274,6 +275,7 @@ def collect_adapter(ckpt_dir: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(src / name, dest / name)
+    sort_adapter_config(dest)  # PEFT writes module sets in per-process order
     # Axolotl saves its tokenizer (and the template it trained with) into the output folder.
     template = next(
         (d / CHAT_TEMPLATE_FILE for d in (src, ckpt_dir) if (d / CHAT_TEMPLATE_FILE).exists()), None

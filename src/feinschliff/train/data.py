@@ -27,6 +27,7 @@ newer), a conversation of the eval split, nor one that ingest now holds out for 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,6 +55,10 @@ REPLAYED = "replayed.jsonl"
 
 class DataError(ValueError):
     """The ingest output has no usable rows for the recipe's method."""
+
+
+class SnapshotError(DataError):
+    """The rows could not be kept for replay: ``FEINSCHLIFF_HOME`` is full or read-only."""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -228,13 +233,27 @@ def snapshot_dir(dataset_sha256: str) -> Path:
 
 
 def snapshot_rows(method: str, rows: list[dict[str, Any]], dataset_sha256: str) -> Path:
-    """Keep the rows a training used, keyed by its dataset hash, for later replay."""
+    """Keep the rows a training used, keyed by its dataset hash, for later replay.
+
+    Raises:
+        SnapshotError: naming the file, when it cannot be written (a full or read-only
+            ``FEINSCHLIFF_HOME``); no temp file is left behind.
+    """
     target = snapshot_dir(dataset_sha256) / f"{method}.jsonl"
-    if not target.exists():
-        # a name of its own: two trainings of one dataset (test workers, two use cases) at once
-        tmp = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+    if target.exists():
+        return target
+    # a name of its own: two trainings of one dataset (test workers, two use cases) at once
+    tmp = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
         write_jsonl(tmp, rows)
         tmp.replace(target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # on a read-only disk it was never created
+            tmp.unlink(missing_ok=True)
+        raise SnapshotError(
+            f"cannot keep the training rows for replay in {target}: {exc.strerror or exc}: "
+            "free space in FEINSCHLIFF_HOME or make it writable"
+        ) from exc
     return target
 
 

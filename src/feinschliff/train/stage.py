@@ -23,6 +23,7 @@ from feinschliff import __version__
 from feinschliff.artifacts import (
     AdapterRef,
     DatasetRef,
+    OutputInUse,
     code_version,
     input_key,
     mark_complete,
@@ -87,7 +88,10 @@ def run_train(
 
     Raises:
         TrainError: also when another run holds ``out`` (``hold_train_out``), when no row fits
-            max_length, and when the trained adapter holds NaN (``trl_rows``).
+            max_length, when the trained adapter holds NaN (``trl_rows``), when the disk fills
+            while a checkpoint or the adapter is saved, and when the rows cannot be kept for
+            replay under ``FEINSCHLIFF_HOME`` (before training).
+        OutputInUse: ``out`` is no usable folder, or the lock beside it cannot be created.
     """
     refuse_out_overlap(out, data)
     refuse_foreign_out(out, "train")  # before the base model is provisioned (minutes)
@@ -128,17 +132,19 @@ def _train(
             replay=replay,
             replay_fraction=spec.replay_fraction,
         )
-    except train_data.DataError as exc:
+        # Kept for a later warm start's replay; the new rows only, not what was replayed into
+        # them. Keyed by the rows' hash (the registry's lineage records it): a later ingest
+        # with the same rows reuses this training, and its lineage finds these rows.
+        # With provenance: a later candidate's evaluate scans its replayed rows for poisoning.
+        # Before training (it depends on the data only, after the replay above was read): a
+        # full or read-only FEINSCHLIFF_HOME fails now, not after the whole training.
+        snapshot = train_data.method_rows(spec.method, data.dir, provenance=True)
+        train_data.snapshot_rows(spec.method, snapshot, rows)
+    except train_data.DataError as exc:  # also SnapshotError, naming the file
         raise TrainError(str(exc)) from exc
     files = train_data.write_rows(prepared, out / "data")
     reset_own_peak()  # this run's peak, not an earlier training's in a long-lived worker
     metrics = _run_backend(recipe, model_path, files, out, warm)
-    # Kept for a later warm start's replay; the new rows only, not what was replayed into them.
-    # Keyed by the rows' hash (the registry's lineage records it): a later ingest with the same
-    # rows reuses this training, and its lineage finds these rows.
-    # With provenance: a later candidate's evaluate scans its replayed rows for poisoning.
-    snapshot = train_data.method_rows(spec.method, data.dir, provenance=True)
-    train_data.snapshot_rows(spec.method, snapshot, rows)
     if "peak_rss_mb" not in metrics:  # trained in this process (a child's comes with it)
         metrics["peak_rss_mb"] = round(own_peak_mb(), 1)
     metrics |= {
@@ -164,12 +170,16 @@ def hold_train_out(out: Path) -> Iterator[None]:
     """Hold ``out`` for the whole training (``generate.outlock``'s lock, beside it): a second
     train on it would wipe or share the running one's checkpoints. Another holder: a
     ``TrainError`` at once, naming it. The train-stage flow holds the same lock itself before
-    it calls ``run_train``: a lock this process holds already is not waited for."""
-    from feinschliff.generate.outlock import OutputBusy, hold_output
+    it calls ``run_train``: a lock this process holds already is not waited for. A lock the OS
+    cannot create (a read-only parent folder) is a wrong output path, ``OutputInUse`` (exit 2),
+    as other stages report an output folder they cannot create."""
+    from feinschliff.generate.outlock import OutputBusy, OutputLockError, hold_output
 
     with ExitStack() as stack:
         try:
             stack.enter_context(hold_output(out))
+        except OutputLockError as exc:
+            raise OutputInUse(f"{exc}: choose another output folder") from None
         except OutputBusy as exc:
             if not _held_here(out):
                 raise TrainError(str(exc)) from None

@@ -31,7 +31,9 @@ from feinschliff.train.trl_checkpoints import (
     final_eval_loss,
     finish_from_checkpoint,
     last_complete_checkpoint,
+    naming_disk_full,
     reached_max_steps,
+    saving_checkpoints_named,
 )
 from feinschliff.train.trl_rows import check_adapter_finite, check_rows
 from feinschliff.train.trl_sharding import kbit_device_map, save_adapter, trainable_parameters
@@ -250,7 +252,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, raw, ckpt_dir: Path, peft_co
     spec = recipe.train
     try:
         config, trainer_cls = _trainer_setup(recipe, _common_args(recipe, ckpt_dir, "eval" in raw))
-        trainer = trainer_cls(
+        trainer = saving_checkpoints_named(trainer_cls)(
             model=model,
             args=config,
             train_dataset=raw["train"],
@@ -329,14 +331,13 @@ def train_trl(
     data_files = {k: str(v) for k, v in files.items()}
     raw = load_dataset("json", data_files=data_files)
     ckpt_dir = out / "checkpoints"
-    progress = _Progress()
-    trainer = build_trainer(
-        recipe, model, tokenizer, raw, ckpt_dir, peft_config, [MarkCheckpoints(), progress]
-    )
+    progress, marks = _Progress(), MarkCheckpoints()
+    trainer = build_trainer(recipe, model, tokenizer, raw, ckpt_dir, peft_config, [marks, progress])
     trainer.remove_callback(PrinterCallback)  # raw log dicts on stdout; _Progress logs instead
     rows = check_rows(recipe, trainer, raw, tokenizer)  # before training: raises if none left
     resume = last_complete_checkpoint(ckpt_dir)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    marks.start_clock(resume)  # wall/cpu seconds go on from the resumed checkpoint's
+    start = time.perf_counter()
     if resume is not None and reached_max_steps(resume):
         log.info("%s is the final checkpoint: finishing without training on", resume)
         finish_from_checkpoint(trainer, resume)
@@ -345,11 +346,14 @@ def train_trl(
         if resume is not None:
             log.info("resuming from %s", resume)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    run_wall = time.perf_counter() - start  # this run's own: tokens/s counts its tokens only
+    wall, cpu = marks.elapsed()
     eval_loss = final_eval_loss(trainer) if rows.eval_rows else None
-    save_adapter(trainer, out / "adapter")
+    with naming_disk_full(out / "adapter"):
+        save_adapter(trainer, out / "adapter")
+        if trainer.is_world_process_zero():
+            save_chat_template(rendered, out / "adapter")
     if trainer.is_world_process_zero():
-        save_chat_template(rendered, out / "adapter")
         check_adapter_finite(out / "adapter")
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     run_tokens = tokens - progress.tokens_at_start
@@ -366,8 +370,11 @@ def train_trl(
         "eval_loss": eval_loss,
         **rows.metrics(),  # the rows trained and evaluated; those max_length dropped apart
         "trained_tokens": tokens,
+        # with a resume: the time up to the resumed checkpoint included (``CKPT_TIME``)
         "wall_seconds": round(wall, 2),
-        "tokens_per_second": round(run_tokens / wall, 2) if wall > 0 and run_tokens else None,
+        "tokens_per_second": (
+            round(run_tokens / run_wall, 2) if run_wall > 0 and run_tokens else None
+        ),
         # CPU seconds of this process while training: on a shared machine a steadier measure of
         # the work done than wall time (other processes' load does not add to it)
         "train_cpu_seconds": round(cpu, 2),

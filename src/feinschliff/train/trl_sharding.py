@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from feinschliff.train.adapter_config import sort_adapter_config
+
 
 def kbit_device_map() -> dict[str, int]:
     """4-bit weights on this process's own GPU. Without a device map bitsandbytes takes the
@@ -43,6 +45,7 @@ def save_adapter(trainer, adapter_dir: Path) -> None:
             safe_serialization=True,
             selected_adapters=["default"],
         )
+        sort_adapter_config(adapter_dir)  # PEFT writes module sets in per-process order
 
 
 def trainable_parameters(model) -> int:
