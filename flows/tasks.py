@@ -11,8 +11,11 @@ A cached ref whose directory was deleted or changed is recomputed (see ``fresh``
 from __future__ import annotations
 
 import calendar
+import errno
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -101,8 +104,8 @@ def _production(recipe: Recipe, candidate: AdapterRef, version: str | None) -> A
 
 def _retry_ingest_after_outages(task: Task, task_run: Any, state: Any) -> bool:
     """Retry ingest when a live pull failed (its server may be back) or on an unexpected
-    error. An unreadable export, a missing key or credentials, too much quarantined or an
-    occupied --out fail the same way again after reading every record anew (minutes at a
+    error. An unreadable export, a missing key or credentials, too much quarantined, an
+    occupied --out or a full or read-only disk fail the same way again after reading every record anew (minutes at a
     million records), and the failure notice waits for all three attempts."""
     from feinschliff.ingest.pull import PullFailed
     from feinschliff.ingest.stage import IngestError
@@ -110,7 +113,27 @@ def _retry_ingest_after_outages(task: Task, task_run: Any, state: Any) -> bool:
     exc = _raised(state)
     if isinstance(exc, IngestError):
         return isinstance(exc.__cause__, PullFailed)
-    return not isinstance(exc, OutputInUse)
+    return not isinstance(exc, OutputInUse) and not _lasting_os_error(exc)
+
+
+# A full disk or quota, a read-only disk, a permission: still so 5 and 30 s later.
+LASTING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _lasting_os_error(exc: BaseException | None) -> bool:
+    return isinstance(exc, OSError) and exc.errno in LASTING_ERRNOS
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """An OSError (a full disk, a read-only one, an unreadable file) leaves the task tagged
+    with its stage: `run` names the stage in its one line, as it does for the library's own
+    errors (each of those belongs to one stage)."""
+    try:
+        yield
+    except OSError as exc:
+        exc.feinschliff_stage = name  # type: ignore[attr-defined]
+        raise
 
 
 def _raised(state: Any) -> BaseException | None:
@@ -131,7 +154,8 @@ def _raised(state: Any) -> BaseException | None:
     **CACHE,
 )
 def ingest_task(recipe: Recipe, out: Path) -> DatasetRef:
-    return run_ingest(recipe.feedback, out, eval_tasks=evaluated_sets(recipe))
+    with _stage("ingest"):
+        return run_ingest(recipe.feedback, out, eval_tasks=evaluated_sets(recipe))
 
 
 class _TrainProgress(logging.Handler):
@@ -177,13 +201,15 @@ def _mix_key(ctx: Any, p: dict[str, Any]) -> str:
 def generate_task(recipe: Recipe, feedback: DatasetRef, out: Path) -> DatasetRef:
     # distilabel runs in a child process (it installs signal handlers: not in a task thread);
     # completed teacher requests are cached, so a rerun after an outage repeats none.
-    return run_generate(recipe, out, feedback=feedback)
+    with _stage("generate"):
+        return run_generate(recipe, out, feedback=feedback)
 
 
 @task(name="mix", cache_key_fn=_mix_key, **CACHE)
 def mix_task(recipe: Recipe, feedback: DatasetRef, generated: DatasetRef, out: Path) -> DatasetRef:
     assert recipe.generate is not None
-    return merge_datasets(feedback, generated, recipe.generate.mix, out)
+    with _stage("mix"):
+        return merge_datasets(feedback, generated, recipe.generate.mix, out)
 
 
 @task(name="train", cache_key_fn=_train_key, timeout_seconds=24 * 3600, **CACHE)
@@ -195,7 +221,8 @@ def train_task(recipe: Recipe, data: DatasetRef, out: Path, production: str | No
     handler = _TrainProgress(artifact)
     logging.getLogger("feinschliff.train").addHandler(handler)
     try:
-        ref = run_train(recipe, data, out, production=production)
+        with _stage("train"):
+            ref = run_train(recipe, data, out, production=production)
     finally:
         logging.getLogger("feinschliff.train").removeHandler(handler)
     update_progress_artifact(artifact, 100.0)
@@ -206,8 +233,9 @@ def _retry_unless_deterministic(task: Task, task_run: Any, state: Any) -> bool:
     """Retry evaluate after transient errors only. A task lm-eval does not know, a dataset
     missing offline, an occupied --out or a judge that refused (or stayed down through its own
     retries with backoff) fail the same way again, after every model has been evaluated anew:
-    hours of GPU time before the same message."""
-    return not isinstance(_raised(state), EvalError | JudgeError | OutputInUse)
+    hours of GPU time before the same message (so does a full or read-only disk)."""
+    exc = _raised(state)
+    return not isinstance(exc, EvalError | JudgeError | OutputInUse) and not _lasting_os_error(exc)
 
 
 @task(
@@ -223,19 +251,23 @@ def evaluate_task(
 ) -> ReportRef:
     """``production``: the version to compare with, as the run recorded it before evaluating."""
     prod = _production(recipe, adapter, production)
-    return run_evaluate(recipe, adapter, out, production=prod, data=data)
+    with _stage("evaluate"):
+        return run_evaluate(recipe, adapter, out, production=prod, data=data)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_task(recipe: Recipe, report: ReportRef, approval: Approval | None = None) -> Decision:
-    decision = decide_promotion(read_report(report), recipe.gate, approval)
-    write_decision(report.dir, decision)
+    with _stage("gate"):
+        decision = decide_promotion(read_report(report), recipe.gate, approval)
+        write_decision(report.dir, decision)
     return decision
 
 
 def _retry_unless_refused(task: Task, task_run: Any, state: Any) -> bool:
-    """Retry transient errors only: a refused adapter or a lost compare-and-swap stays refused."""
-    return not isinstance(_raised(state), RegistryError | PreflightError)
+    """Retry transient errors only: a refused adapter or a lost compare-and-swap stays refused,
+    a full or read-only registry disk stays so."""
+    exc = _raised(state)
+    return not isinstance(exc, RegistryError | PreflightError) and not _lasting_os_error(exc)
 
 
 @task(
@@ -261,27 +293,30 @@ def register_task(
     input, so a Prefect retry compare-and-swaps against it too, and a production that another
     promotion moved meanwhile fails with AliasConflict instead of being overridden.
     """
-    # Preflight (adapter config, base model name + shapes) runs before anything is written;
-    # with register.vllm the version goes live on every replica before production moves.
-    ledger = Ledger(ledger_path)
-    version = ledger.perform(
-        effect_key(run, "register", recipe.use_case, adapter.sha256),
-        lambda: register_version(recipe, adapter, lineage(recipe, data, adapter, report, decision)),
-        what=f"register {recipe.use_case}",
-        run=run,
-        effect="register",
-    )
-    fault_point("register:after-version")
-    # Keyed by the version only: a rerun after a kill mid-promotion sees production already at
-    # `version` (another expected_production) and must land in `recover`, not promote anew.
-    promote_key = effect_key(run, "promote", recipe.use_case, version)
-    ledger.perform(
-        promote_key,
-        lambda: _promote(recipe, version, expected_production, decision),
-        what=f"promote {recipe.use_case} {expected_production} -> {version}",
-        recover=lambda: _already_promoted(recipe, version, ledger.intent_at(promote_key)),
-    )
-    fault_point("register:after-promote")
+    with _stage("register"):
+        # Preflight (adapter config, base model name + shapes) runs before anything is written;
+        # with register.vllm the version goes live on every replica before production moves.
+        ledger = Ledger(ledger_path)
+        version = ledger.perform(
+            effect_key(run, "register", recipe.use_case, adapter.sha256),
+            lambda: register_version(
+                recipe, adapter, lineage(recipe, data, adapter, report, decision)
+            ),
+            what=f"register {recipe.use_case}",
+            run=run,
+            effect="register",
+        )
+        fault_point("register:after-version")
+        # Keyed by the version only: a rerun after a kill mid-promotion sees production already at
+        # `version` (another expected_production) and must land in `recover`, not promote anew.
+        promote_key = effect_key(run, "promote", recipe.use_case, version)
+        ledger.perform(
+            promote_key,
+            lambda: _promote(recipe, version, expected_production, decision),
+            what=f"promote {recipe.use_case} {expected_production} -> {version}",
+            recover=lambda: _already_promoted(recipe, version, ledger.intent_at(promote_key)),
+        )
+        fault_point("register:after-promote")
     return version
 
 

@@ -6,6 +6,7 @@ Exit codes: 0 success (``gate``/``run``: promoted), 2 invalid recipe or argument
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -64,6 +65,39 @@ def _check_home() -> None:
     if home and os.path.exists(home) and not os.path.isdir(home):
         typer.echo(f"FEINSCHLIFF_HOME={home} is a file, not a folder", err=True)
         sys.exit(2)
+    if home and (why := _unwritable(Path(home))):
+        # else a traceback from deep inside a stage (the PII engine's cache, a model fetch)
+        typer.echo(
+            f"FEINSCHLIFF_HOME={home} is not writable ({why}): models, caches and the default "
+            "registry are written there; set FEINSCHLIFF_HOME to a writable folder",
+            err=True,
+        )
+        sys.exit(2)
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` (or, while it does not exist, the folder it would be created in) cannot
+    be written; None when it can. Asks the OS (access(2): a read-only disk counts)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    code = errno.EROFS if _read_only_mount(existing) else errno.EACCES
+    return os.strerror(code)
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<strerror>: <filename>``: an OSError's cause and path, without its errno number."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename is not None else what
 
 
 def _setup_logging() -> None:

@@ -18,6 +18,7 @@ from feinschliff.cli.app import (
     _read_report,
     app,
     human_answer,
+    os_error_line,
 )
 
 if TYPE_CHECKING:
@@ -257,7 +258,9 @@ def run(
     promote into the recipe's registry. Finished stages with unchanged inputs are reused. Prints
     a summary (metrics base vs adapter, each gate rule, decision, version).
     Exit 0 promoted, 3 rejected, 2 a refused recipe or input (checked before Prefect starts
-    where possible), 1 a failed stage (one line naming it) or a workdir another run holds."""
+    where possible), 1 a failed stage (one line naming it) or a workdir another run holds,
+    130 Ctrl-C (the same command then resumes: finished stages and training checkpoints are
+    reused)."""
     cfg = _load(recipe, set_)  # fail fast with exit 2 before Prefect starts
     from feinschliff.estimate import EstimateError, check_training_fits
     from feinschliff.generate.seeds import SeedError, read_seeds
@@ -275,14 +278,16 @@ def run(
 
     _check_workdir_free(workdir or default_workdir(cfg))
     sys.path.insert(0, str(project_root()))
+    from feinschliff.cli.prefect_server import detached_temporary_server
     from flows.retrain import retrain
 
     try:
-        result = retrain(
-            recipe_path=str(recipe.resolve()),
-            overrides=set_ or [],
-            workdir=str(workdir) if workdir else None,
-        )
+        with detached_temporary_server():  # Ctrl-C and SIGKILL: see prefect_server.py
+            result = retrain(
+                recipe_path=str(recipe.resolve()),
+                overrides=set_ or [],
+                workdir=str(workdir) if workdir else None,
+            )
     except Exception as exc:
         if (failure := _run_failure(exc)) is None:
             raise  # not a known failure: a bug, with its traceback
@@ -314,7 +319,8 @@ def _check_workdir_free(work: Path) -> None:
 
 def _run_failure(exc: Exception) -> Failure | None:
     """What `run` says when the flow raised: refused inputs exit 2 as the stage's own command
-    does, a stage's failure is one line naming that stage, exit 1; None for anything else."""
+    does, a stage's failure (an OSError among them) is one line naming that stage, exit 1;
+    None for anything else."""
     from feinschliff.estimate import EstimateError
     from feinschliff.evaluate.harness import EvalError
     from feinschliff.evaluate.judge import JudgeError
@@ -344,6 +350,8 @@ def _run_failure(exc: Exception) -> Failure | None:
             return Failure(f"{stage}: {exc}", code=code)
     if isinstance(exc, AliasConflict):
         return Failure(f"conflict: {exc}")
+    if isinstance(exc, OSError):  # a full or read-only disk; the stage: flows/tasks.py _stage
+        return Failure(f"{getattr(exc, 'feinschliff_stage', 'run')}: {os_error_line(exc)}")
     if isinstance(exc, RunInProgress | RegistryError | DeployError):
         return Failure(str(exc))
     return None

@@ -38,18 +38,37 @@ class JsonlSink:
 
     def write_bytes(self, serialized: bytes) -> None:
         line = serialized + b"\n"
-        self._f.write(line)
+        try:
+            self._f.write(line)
+        except OSError as exc:  # a full disk: the error names no file by itself
+            _name_file(exc, self.path)
+            raise
         self._sha.update(line)
         self.rows += 1
 
     def close(self) -> str:
-        self._f.close()
-        self._tmp.replace(self.path)
+        try:
+            self._f.close()  # flushes the buffer: a full disk may only show here
+            self._tmp.replace(self.path)
+        except OSError as exc:
+            _name_file(exc, self.path)
+            raise
         return self._sha.hexdigest()
 
     def abort(self) -> None:
-        self._f.close()
-        self._tmp.unlink(missing_ok=True)
+        """Discard the file. Closing flushes the buffer, which fails again on a full disk:
+        the unlink must happen anyway (it frees the space the failure record needs)."""
+        try:
+            self._f.close()
+        except OSError:
+            pass  # the rows are discarded: a failed flush loses nothing
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+def _name_file(exc: OSError, path: Path) -> None:
+    if exc.filename is None:
+        exc.filename = str(path)
 
 
 FAILED_TITLE = "# INGEST FAILED: not a usable dataset"

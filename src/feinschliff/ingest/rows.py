@@ -19,6 +19,7 @@ thumbs-down answers to the same prompt are paired (``derive.pair_thumbs``) and p
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sys
@@ -52,6 +53,7 @@ from feinschliff.ingest.scratch import Scratch, create_index
 from feinschliff.pii import scrub_value
 from feinschliff.specs.feedback import FeedbackSpec
 
+log = logging.getLogger(__name__)
 BATCH = 256  # records per prepared batch
 MAX_WORKERS = 8
 
@@ -163,13 +165,29 @@ class RowPipeline:
     def close(self) -> dict[str, str]:
         self._stop_pool()
         self.dedup.close()
-        return {name: sink.close() for name, sink in self.sinks.items()}
+        try:
+            return {name: sink.close() for name, sink in self.sinks.items()}
+        except BaseException:  # a full disk at the last flush: no .tmp stays behind
+            self._abort_sinks()
+            raise
 
     def abort(self) -> None:
-        self._stop_pool(cancel=True)
-        self.dedup.close()
+        """Stop and discard everything; never raises, so the error that aborted the run is
+        the one reported. Every sink is aborted, even after one failed to (its ``.tmp`` is
+        logged as left behind)."""
+        try:
+            self._stop_pool(cancel=True)
+            self.dedup.close()
+        except Exception as exc:  # noqa: BLE001 - the sinks below must go all the same
+            log.warning("ingest: stopping the workers after a failure failed too: %s", exc)
+        self._abort_sinks()
+
+    def _abort_sinks(self) -> None:
         for sink in self.sinks.values():
-            sink.abort()
+            try:
+                sink.abort()
+            except OSError as exc:
+                log.warning("ingest: could not remove %s.tmp: %s", sink.path, exc)
 
     def counts(self) -> dict[str, int]:
         return {name: sink.rows for name, sink in self.sinks.items()}

@@ -17,11 +17,13 @@ quarantined share: how many records it held is unknown.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,12 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
             pipeline = RowPipeline(out, spec, scratch, key, eval_sets)
             try:
                 for index, source in enumerate(spec.sources):
-                    sources.append(_ingest_source(index, source, spec, scratch, pipeline))
+                    try:
+                        sources.append(_ingest_source(index, source, spec, scratch, pipeline))
+                    except PermissionError as exc:  # an export file this user may not read
+                        raise IngestError(
+                            f"sources[{index}] ({source.kind}): {exc.filename}: {exc.strerror}"
+                        ) from exc
                 pipeline.finish()
             except BaseException:
                 pipeline.abort()
@@ -224,11 +231,23 @@ def _replace_earlier_output(out: Path) -> None:
     """Remove what an earlier run wrote (a failed rerun must not leave its rows next to a new
     manifest) and claim the folder with a manifest of a run in progress."""
     make_out_dir(out)
-    for name in (COMPLETE, "manifest.json", "README.md", *OUTPUTS):
-        (out / name).unlink(missing_ok=True)
-        (out / f"{name}.tmp").unlink(missing_ok=True)
-    _remove_if_empty(out / "heldout")
-    write_json(out / "manifest.json", {"stage": "ingest", "status": "running"})
+    try:
+        for name in (COMPLETE, "manifest.json", "README.md", *OUTPUTS):
+            (out / name).unlink(missing_ok=True)
+            (out / f"{name}.tmp").unlink(missing_ok=True)
+        _remove_if_empty(out / "heldout")
+        write_json(out / "manifest.json", {"stage": "ingest", "status": "running"})
+    except OSError as exc:
+        if exc.errno not in REFUSED:
+            raise  # a full disk: a failure, not a wrong output path
+        # an existing folder on a read-only disk: as make_out_dir says of one it cannot create
+        raise OutputInUse(
+            f"cannot write to the output folder {out}: {exc.strerror}: choose another output folder"
+        ) from exc
+
+
+# What the OS says of a path this process may not write, whatever is free on the disk.
+REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -237,10 +256,22 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def _record_failure(out: Path, manifest: dict[str, Any]) -> None:
-    """A failed run's manifest and card; ``.complete`` stays absent, so nothing uses it."""
-    _remove_if_empty(out / "heldout")  # a run that failed before writing rows
-    write_json(out / "manifest.json", manifest)
-    write_card(out, manifest)
+    """A failed run's manifest and card; ``.complete`` stays absent, so nothing uses it.
+    Best effort: on a full or read-only disk this fails too, which is logged, and the
+    error that failed the run is the one raised."""
+    try:
+        _remove_if_empty(out / "heldout")  # a run that failed before writing rows
+        write_json(out / "manifest.json", manifest)
+        write_card(out, manifest)
+    except OSError as exc:
+        with suppress(OSError):
+            (out / "manifest.json.tmp").unlink(missing_ok=True)
+        log.error(
+            "could not record the failure in %s (%s): its manifest.json may still say "
+            '"running"; there is no .complete, so nothing uses the folder',
+            out,
+            exc.strerror or exc,
+        )
 
 
 def _error_text(exc: BaseException) -> str:

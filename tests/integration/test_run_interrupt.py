@@ -1,0 +1,127 @@
+"""`feinschliff run` without PREFECT_API_URL, against the real temporary Prefect server:
+Ctrl-C (SIGINT to the whole foreground process group, as a terminal sends it) exits 130 at
+once with one line and no server left; a SIGKILL of `run` (the OOM killer) leaves no server.
+
+Prefect started its server in `run`'s process group: Ctrl-C killed it too, the flow retried its
+crash report against it for two minutes and ended in httpx tracebacks (exit 1); a killed `run`
+left the server running for good. The flow is a stub that sleeps (a Prefect flow all the same,
+so Prefect starts its server as it does for the real one)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "recipes" / "demo-de.yaml")
+
+pytestmark = pytest.mark.integration
+
+# `feinschliff run RECIPE` whose flow says "started" and sleeps; argv: recipe, base model, workdir
+RUN = """
+import sys, time, types
+from pathlib import Path
+from prefect import flow
+from feinschliff.cli import main
+from tests.unit.adapter_factory import make_base
+
+@flow(name="retrain-stub")
+def retrain(recipe_path: str, overrides: list, workdir: str | None = None) -> dict:
+    print("started", flush=True)
+    time.sleep(300)
+
+sys.modules["flows.retrain"] = types.SimpleNamespace(retrain=retrain)
+recipe, base, work = sys.argv[1:]
+base = make_base(Path(base))
+sys.argv = ["feinschliff", "run", recipe, "--workdir", work, "--set", f"base_model.name={base}"]
+main()
+"""
+
+
+@pytest.fixture
+def running_run(tmp_path):
+    """The `run` process (its own process group, as a terminal's foreground job) once its flow
+    runs, and its temporary server's pid."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        FEINSCHLIFF_HOME=str(tmp_path / "home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PYTHONUNBUFFERED="1",
+    )
+    args = [sys.executable, "-c", RUN, DEMO, str(tmp_path / "base"), str(tmp_path / "run")]
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "stderr", "wb"),  # noqa: SIM115 - the child writes it
+        start_new_session=True,
+    )
+    servers: list[int] = []
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"started", (tmp_path / "stderr").read_text()
+        servers.extend(p for p in _children(proc.pid) if b"uvicorn" in _cmdline(p))
+        assert servers, "no temporary Prefect server among the children of `run`"
+        yield proc, servers[0], tmp_path / "stderr"
+    finally:
+        for pid in [proc.pid, *servers]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_ctrl_c_exits_130_at_once_with_one_line_and_no_server_left(running_run):
+    proc, server, stderr = running_run
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert time.monotonic() - started < 30
+    said = stderr.read_text()
+    assert said.rstrip().endswith("interrupted: rerun the same command to resume"), said[-2000:]
+    assert "Traceback" not in said and "Error logging to API" not in said, said[-2000:]
+    assert _gone(server, within=15)
+
+
+def test_a_killed_run_leaves_no_server(running_run):
+    proc, server, _ = running_run
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _gone(server, within=15), "the temporary Prefect server outlived its `run`"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _gone(pid: int, within: float) -> bool:
+    """Whether ``pid`` exits (or is a zombie no one reaps) within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.2)
+    return False
