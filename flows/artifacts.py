@@ -31,7 +31,54 @@ def publish_ingest(recipe: Recipe, data: DatasetRef) -> None:
     manifest = json.loads((data.dir / "manifest.json").read_text())
     rows = [{"output": k, "rows": v} for k, v in manifest["counts"].items()]
     rows += [{"output": f"dropped: {k}", "rows": v} for k, v in manifest.get("drops", {}).items()]
+    rows += pull_rows(manifest)
     create_table_artifact(rows, key=_key(recipe, "ingest"), description="Ingest summary")
+
+
+def _pulls(manifest: dict) -> list[tuple[str, dict]]:
+    """(label, pull record) of each source that pulled live (``sources[i].pull``)."""
+    return [
+        (f"pull {i} ({source.get('kind')})", source["pull"])
+        for i, source in enumerate(manifest.get("sources", []), 1)
+        if source.get("pull")
+    ]
+
+
+def _watermark_moves(pull: dict) -> dict[str, str]:
+    """Each watermark key as `before -> after` (`unchanged: X` when it did not move)."""
+    before, after = pull.get("watermark_before") or {}, pull.get("watermark_after") or {}
+    moves = {}
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        moves[name] = f"unchanged: {new}" if old == new else f"{old} -> {new}"
+    return moves
+
+
+def pull_rows(manifest: dict) -> list[dict]:
+    """The ingest table's rows for live pulls: what each fetched and how its watermark moved
+    (the library logs them at INFO, which a deployed run does not show)."""
+    rows: list[dict] = []
+    for label, pull in _pulls(manifest):
+        fetched = pull.get("fetched") or {}
+        rows += [{"output": f"{label}: fetched {k}", "rows": v} for k, v in fetched.items()]
+        moves = _watermark_moves(pull).items()
+        rows += [{"output": f"{label}: watermark {k}", "rows": v} for k, v in moves]
+    return rows
+
+
+def pull_lines(data: DatasetRef) -> list[str]:
+    """One line per live pull for the run log: fetched counts and watermarks (none when the
+    manifest cannot be read: an aid for the operator must not fail a run)."""
+    try:
+        manifest = json.loads((data.dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for label, pull in _pulls(manifest):
+        fetched = ", ".join(f"{k} {v}" for k, v in (pull.get("fetched") or {}).items())
+        marks = "; ".join(f"{k} {v}" for k, v in _watermark_moves(pull).items())
+        lines.append(f"{label}: fetched {fetched or 'nothing'}; watermark {marks or 'none'}")
+    return lines
 
 
 def _png(path: Path) -> str:
@@ -92,6 +139,25 @@ def decision_markdown(decision: Decision, version: str | None, register: bool = 
     else:
         verdict = "**PROMOTED** (not registered)"
     return f"## Gate: {verdict}\n\n" + "\n".join(lines)
+
+
+def unchanged_markdown(version: str) -> str:
+    """The gate artifact of a run whose trained adapter is already production ``version``."""
+    return (
+        f"## Gate: **UNCHANGED**: the adapter is already production `{version}`\n\n"
+        "Training produced the adapter production serves (no new feedback, same training "
+        "recipe): evaluation and gate were skipped, nothing was registered or promoted. "
+        "Fresh numbers for it: `feinschliff evaluate`, or a run with `register=false`."
+    )
+
+
+def publish_unchanged(recipe: Recipe, version: str) -> None:
+    """The gate artifact (same key as a decision) of a run that changed nothing."""
+    create_markdown_artifact(
+        unchanged_markdown(version),
+        key=_key(recipe, "gate"),
+        description="Gate decision and registry version",
+    )
 
 
 def publish_decision(

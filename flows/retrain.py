@@ -20,18 +20,20 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from feinschliff import notify
-from feinschliff.artifacts import OutputInUse, input_key, rows_sha256
+from feinschliff.artifacts import AdapterRef, OutputInUse, hash_tree, input_key, rows_sha256
 from feinschliff.estimate import check_training_fits
 from feinschliff.gate import Approval
 from feinschliff.ledger import Ledger, effect_key, resume_or_restart
 from feinschliff.pipeline import (
     default_workdir,
     read_report,
+    registry_root,
     run_lock,
     summary_text,
 )
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import load_recipe, recipe_hash
+from feinschliff.registry import RegistryError, adapter_sha256
 from flows import artifacts
 from flows.approval import ask_for_approval
 from flows.faults import fault_point
@@ -49,6 +51,7 @@ from flows.tasks import (
 from flows.train_stage import check_train_deployment, train_via_deployment
 
 PASSED_NOT_REGISTERED = "PASSED the gate (not registered: register=false)"
+UNCHANGED = "UNCHANGED: the adapter is already production {}"
 # An evaluate-only run registers nothing: a human is not asked to approve it.
 NOT_ASKED = Approval(
     approved=True, by="nobody", comment="not asked: evaluate only (register=false)"
@@ -131,7 +134,9 @@ def retrain(
     register: bool = True,
     train_deployment: str | None = None,
 ) -> dict:
-    """Retrain one use case's adapter from its recipe and promote it if the gate passes.
+    """Retrain one use case's adapter from its recipe and promote it if the gate passes. A run
+    whose trained adapter is already production (nothing new to train on) ends UNCHANGED:
+    nothing is evaluated, asked, registered or announced (``register=False`` still evaluates).
 
     Deployed runs of a use case run one at a time (a later one waits, see
     `_one_run_per_use_case`); a failed or crashed run (e.g. SIGTERM on pod eviction) notifies.
@@ -177,6 +182,8 @@ def _retrain(
 
     data = fresh(ingest_task, recipe=recipe, out=work / "ingest")
     artifacts.publish_ingest(recipe, data)
+    for line in artifacts.pull_lines(data):  # whether a scheduled pull found anything
+        logger.info("%s", line)
     fault_point("after-ingest")
 
     # Side effects (registry, servers, notifications) go through the run's ledger: a rerun after
@@ -223,6 +230,11 @@ def _retrain(
     # The production version the evaluation compares with: promotion compare-and-swaps against
     # it, so a production that moved after this point is never silently overridden.
     seen_production = production_at("evaluate")
+    if register and _already_production(recipe, adapter, seen_production):
+        # Nothing to decide: production is this very adapter (no new feedback, training
+        # cached). Evaluating it against itself would only re-run lm-eval (the key names the
+        # production it compares with) and announce a "promotion" that moves nothing.
+        return _report_unchanged(recipe, ledger, run, work, seen_production)
     report = fresh(
         evaluate_task,
         recipe=recipe,
@@ -299,8 +311,46 @@ def _retrain(
     return {
         "use_case": recipe.use_case,
         "promoted": promoted,
+        "unchanged": False,
         "version": version,
         "workdir": str(work),
         "report": str(Path(report.path) / "report.json"),
         "decision": decision.model_dump(),
+        "summary": summary,
+    }
+
+
+def _already_production(recipe: Recipe, adapter: AdapterRef, version: str | None) -> bool:
+    """Whether the trained adapter has the content of production ``version`` (the run's
+    recorded view: a rerun after a crash past its own promotion recorded the production
+    before it, so it finishes as the first attempt would have)."""
+    if version is None:
+        return False
+    try:
+        recorded = adapter_sha256(registry_root(recipe), recipe.use_case, version)
+    except RegistryError:  # an unreadable version: evaluate and decide as usual
+        return False
+    return recorded == hash_tree(adapter.dir / "adapter")
+
+
+def _report_unchanged(recipe: Recipe, ledger: Ledger, run: str, work: Path, version: str) -> dict:
+    """End a run whose candidate is already production: no evaluation, gate, registration or
+    notification (a daily schedule without new feedback stays quiet)."""
+    summary = f"decision: {UNCHANGED.format(version)}"
+    get_run_logger().info(
+        "run summary\n%s\n(evaluation and gate skipped; `feinschliff evaluate` or "
+        "register=false evaluates it anew)",
+        summary,
+    )
+    artifacts.publish_unchanged(recipe, version)
+    ledger.close_run(run)
+    return {
+        "use_case": recipe.use_case,
+        "promoted": False,
+        "unchanged": True,
+        "version": version,
+        "workdir": str(work),
+        "report": None,
+        "decision": None,
+        "summary": summary,
     }

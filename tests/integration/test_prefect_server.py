@@ -169,7 +169,8 @@ def test_deployment_sync_trigger_and_complete(prefect_server):
     # `feinschliff run` against the same server and workdir: stages reused, exit code and
     # summary table by the gate's decision (3 rejected, 0 promoted)
     cmd = [*cli, "run", "recipes/demo-de.yaml"]
-    reject = [*overrides, "gate.rules.1.threshold=1000"]  # 6 samples never reach 1000
+    # another adapter than the deployed run's (alpha): the same one is production already
+    reject = [*overrides, "train.lora.alpha=16", "gate.rules.1.threshold=1000"]
     rejected = subprocess.run(
         [*cmd, *(a for o in reject for a in ("--set", o))],
         env=env,
@@ -189,7 +190,7 @@ def test_deployment_sync_trigger_and_complete(prefect_server):
         text=True,
     )
     assert promoted.returncode == 0, promoted.stderr[-2000:]
-    assert "decision: PROMOTED  registry version: v0001" in promoted.stdout, promoted.stdout
+    assert "UNCHANGED: the adapter is already production v0001" in promoted.stdout, promoted.stdout
 
 
 def test_kubernetes_gpu_pool_is_accepted_by_the_server(prefect_server):

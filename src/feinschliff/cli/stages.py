@@ -257,7 +257,7 @@ def run(
     recipe has a generate section), train, evaluate, gate and, if the gate passes, register +
     promote into the recipe's registry. Finished stages with unchanged inputs are reused. Prints
     a summary (metrics base vs adapter, each gate rule, decision, version).
-    Exit 0 promoted, 3 rejected, 2 a refused recipe or input (checked before Prefect starts
+    Exit 0 promoted (or unchanged: the trained adapter is production already), 3 rejected, 2 a refused recipe or input (checked before Prefect starts
     where possible), 1 a failed stage (one line naming it) or a workdir another run holds,
     130 Ctrl-C (the same command then resumes: finished stages and training checkpoints are
     reused)."""
@@ -292,6 +292,9 @@ def run(
         if (failure := _run_failure(exc)) is None:
             raise  # not a known failure: a bug, with its traceback
         raise failure from exc
+    if result.get("unchanged"):  # the adapter is production already: nothing was decided
+        typer.echo("\n" + result["summary"])
+        raise typer.Exit(0)
     from feinschliff.gate import Decision
     from feinschliff.pipeline import read_report, summary_text
 
