@@ -193,6 +193,23 @@ def test_an_older_adapter_without_a_data_hash_is_accepted_with_a_warning(tmp_pat
     assert _report(ref.dir)["data"]["sha256"] == data.sha256
 
 
+def test_an_older_adapter_with_the_output_hash_only_is_accepted_with_a_warning(
+    tmp_path, stubbed, caplog
+):
+    """Train outputs from before rows hashes were recorded: after an upgrade the ingest of the
+    same rows writes another manifest (another output hash), and the data the adapter was
+    trained on can no longer be given: evaluate refused it for good (exit 2)."""
+    rows = _clean_rows(20)
+    first = _ingest(tmp_path / "ingest", rows, note="older feinschliff")
+    adapter = _train_output(tmp_path / "train", first, rows_hash=False)
+    again = _ingest(tmp_path / "ingest", rows, note="newer feinschliff")
+    with caplog.at_level(logging.WARNING):
+        ref = stubbed.run_evaluate(_recipe(tmp_path), adapter, tmp_path / "eval", data=again)
+    assert "records the output hash of its training data only" in caplog.text
+    assert first.sha256[:12] in caplog.text and again.sha256[:12] in caplog.text
+    assert _report(ref.dir)["data"]["sha256"] == again.sha256
+
+
 # ------------------------------------------------------------ bug 2: replayed rows
 
 

@@ -34,8 +34,9 @@ def check_trained_on(adapter: AdapterRef, data: DatasetRef) -> None:
     """Refuse ``data`` unless the adapter's metrics.json records it as its training data: the
     same output hash (``dataset_sha256``, the ``.complete`` hash train was given), or the same
     rows (``dataset_rows_sha256``: a training is reused for another output with the same rows,
-    e.g. a live pull that found nothing new). An older output that records no hash is accepted
-    with a warning."""
+    e.g. a live pull that found nothing new). An older output that records no hash, or the
+    output hash only (no rows hash: a newer ingest of the same rows writes another manifest,
+    so another output hash), is accepted with a warning."""
     metrics = train_metrics(adapter)
     recorded = metrics.get("dataset_sha256")
     if not recorded:
@@ -50,6 +51,17 @@ def check_trained_on(adapter: AdapterRef, data: DatasetRef) -> None:
         return
     rows = metrics.get("dataset_rows_sha256")
     if rows and rows == rows_sha256(data):
+        return
+    if not rows:  # trained before outputs recorded their rows: nothing to compare the rows with
+        log.warning(
+            "evaluate: %s records the output hash of its training data only (an older train "
+            "output): --data %s is another output (sha256 %s, trained on %s), which may hold "
+            "the same rows; make sure it is the data the adapter was trained on",
+            adapter.dir,
+            data.dir,
+            data.sha256[:12],
+            str(recorded)[:12],
+        )
         return
     raise TrainedOnOtherData(
         f"--adapter {adapter.dir} was trained on data sha256 {str(recorded)[:12]}, not on "
