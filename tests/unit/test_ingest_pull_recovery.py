@@ -76,7 +76,9 @@ def test_a_mirror_from_before_projects_is_taken_over_by_the_first_project(
 ):
     """Mirrors pulled before the project was part of their name stay incremental after an
     upgrade: the first project that pulls takes the mirror over and records itself in its
-    watermark; another project then starts its own."""
+    watermark; another project then starts its own. The takeover is said in the manifest: such
+    a mirror may hold other projects' feedback (use cases on one server shared it before), so
+    the upgraded dataset silently kept their conversations."""
     from feinschliff.ingest.pull import source_key, state_dir
 
     run_ingest(pull_spec(), tmp_path / "first")
@@ -98,12 +100,21 @@ def test_a_mirror_from_before_projects_is_taken_over_by_the_first_project(
     assert "fromStartTime" in _requests(lf, "observations")[0]
     assert [p.name for p in (state_dir() / "mirror").iterdir()] == [new]
     assert json.loads((marks / f"{new}.json").read_text())["identity"] == "project:cm-support-de"
+    said = json.loads((tmp_path / "second" / "manifest.json").read_text())["notes"]
+    taken = [n for n in said if "pulled by an older feinschliff" in n]
+    assert len(taken) == 1 and str(state_dir() / "mirror" / new) in taken[0], said
+    assert "project:cm-support-de" in taken[0] and f"{new}.json" in taken[0]
+    run_ingest(pull_spec(), tmp_path / "third")  # its own mirror now: nothing more to say
+    said = json.loads((tmp_path / "third" / "manifest.json").read_text())["notes"]
+    assert not [n for n in said if "older feinschliff" in n], said
 
     _a_month_earlier_project_b(lf)
     use_keys(monkeypatch, lf, *OTHER)
     lf.requests.clear()
     run_ingest(pull_spec(), tmp_path / "b")
     assert "fromStartTime" not in _requests(lf, "observations")[0]
+    said = json.loads((tmp_path / "b" / "manifest.json").read_text())["notes"]
+    assert not [n for n in said if "older feinschliff" in n], said
 
 
 def test_a_rate_limit_is_waited_out_as_the_server_asks(lf, monkeypatch, tmp_path):

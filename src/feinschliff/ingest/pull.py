@@ -123,10 +123,14 @@ def pull_source(source: FeedbackSource) -> PullResult:
     return pull_argilla(source, source.pull)
 
 
-def _paths(source: FeedbackSource, url: str, identity: str | None = None) -> tuple[Path, Path]:
+def _paths(
+    source: FeedbackSource, url: str, identity: str | None = None
+) -> tuple[Path, Path, list[str]]:
+    """The source's mirror and watermark, one pulled by an older feinschliff taken over, and
+    the notes for the manifest (a Langfuse mirror taken over: ``TAKEN_OVER``)."""
     mirror, mark = _key_paths(source_key(source, url, identity))
     if mirror.exists() or mark.exists():
-        return mirror, mark
+        return mirror, mark, []
     # A mirror named by an older key: before the identity was in it, before transport settings
     # left it. Taken over (renamed) unless its watermark names another identity.
     older = [source_key(source, url)] if identity else []
@@ -139,8 +143,22 @@ def _paths(source: FeedbackSource, url: str, identity: str | None = None) -> tup
             old_mirror.rename(mirror)
         if old_mark.exists():
             old_mark.rename(mark)
+        if source.kind == "langfuse" and "identity" not in _load_watermark(mark):
+            note = TAKEN_OVER.format(mirror=mirror, mark=mark, project=identity)
+            log.warning("%s", note)
+            return mirror, mark, [note]
         break
-    return mirror, mark
+    return mirror, mark, []
+
+
+# A Langfuse mirror named before the project was in its name may hold other projects' feedback
+# (their use cases pulled the same URL and filters into it); only a person can tell.
+TAKEN_OVER = (
+    "langfuse pull: the mirror {mirror} was pulled by an older feinschliff, which named it by the "
+    "server and filters only, and is now this project's ({project}). If use cases with other "
+    "projects' keys pulled the same URL and filters before, it holds their feedback too: delete "
+    "{mirror} and {mark}, and the next pull fetches this project's feedback anew"
+)
 
 
 def _key_paths(key: str) -> tuple[Path, Path]:
@@ -212,12 +230,13 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
     try:
         with client:
             project = project_identity(client, auth[0], hint)
-            mirror, mark_file = _paths(source, url, project)
+            mirror, mark_file, taken = _paths(source, url, project)
             # one pull of a source at a time (a scheduled and a manual run): each would remove
             # the other's pages as a killed pull's; the flock dies with its holder
             with file_lock(state_dir() / "locks" / f"{mirror.name}.lock"):
                 shutil.rmtree(_partial_dir(mirror), ignore_errors=True)  # a killed pull's
                 before, notes = _check_mirror(mirror, _load_watermark(mark_file))
+                notes = [*taken, *notes]
                 after = {**before, "identity": project}
                 fetched = _fetch_langfuse(client, pull, mirror, before, after, hint, mark_file)
     except KeysRefused as exc:

@@ -40,7 +40,7 @@ def pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
         # by the dataset's id: without a workspace the key's user picks it, so one recipe
         # shape can read another dataset under another key (another use case's snapshot)
         identity = f"dataset:{dataset.id}"
-        mirror, mark_file = _paths(source, url, identity)
+        mirror, mark_file, _ = _paths(source, url, identity)  # a snapshot replaces all
         before = _load_watermark(mark_file)
         settings = dataset.settings.serialize()
         mirror.mkdir(parents=True, exist_ok=True)
