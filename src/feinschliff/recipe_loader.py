@@ -65,6 +65,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        # e.g. a use case's name where a command takes its recipe (`registry reconcile NAME`)
+        hint = "" if path.suffix in (".yaml", ".yml") else " (give the recipe's YAML file)"
+        raise RecipeError([f"{path}: no such recipe file{hint}"]) from None
     except OSError as exc:
         raise RecipeError([f"{path}: cannot read: {exc.strerror}"]) from exc
     except UnicodeDecodeError as exc:

@@ -171,3 +171,13 @@ def test_set_on_a_yaml_alias_changes_only_the_place_it_names(tmp_path):
     assert recipe.gate.rules[1].tolerance == 0.5
     assert recipe.gate.rules[0].tolerance == 0.1
     assert load_recipe(path, ["register.registry=/tmp/reg"]).gate.rules[1].tolerance == 0.1
+
+
+def test_a_use_case_name_where_a_recipe_belongs_says_to_give_the_recipe_file(tmp_path):
+    """`registry reconcile support-de-demo` (the use case, not its recipe) said only
+    `support-de-demo: cannot read: No such file or directory`."""
+    code, said = run_cli("registry", "reconcile", "support-de-demo")
+    assert code == 2, said
+    assert "support-de-demo: no such recipe file (give the recipe's YAML file)" in said, said
+    with pytest.raises(RecipeError, match=r"gone\.yaml: no such recipe file$"):
+        load_recipe(tmp_path / "gone.yaml")
