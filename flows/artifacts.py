@@ -151,10 +151,31 @@ def unchanged_markdown(version: str) -> str:
     )
 
 
-def publish_unchanged(recipe: Recipe, version: str) -> None:
-    """The gate artifact (same key as a decision) of a run that changed nothing."""
+def nothing_new_markdown(version: str) -> str:
+    """The gate artifact of a warm start skipped: production ``version`` was trained on these
+    rows with this training recipe."""
+    return (
+        f"## Gate: **UNCHANGED**: production `{version}` was trained on these rows\n\n"
+        "`init_from: production` would continue it with another pass over the rows it was "
+        "trained on (same `base_model` and `train` sections): training, evaluation and gate "
+        "were skipped, nothing was registered or promoted. New feedback trains again."
+    )
+
+
+def held_markdown(version: str, why: str) -> str:
+    """The gate artifact of a run whose adapter is a version no run promotes on its own."""
+    return (
+        f"## Gate: **HELD**: the adapter is `{version}`\n\n"
+        f"The adapter is `{version}`, {why}. Evaluation and gate were skipped, nothing was "
+        "registered or promoted, nobody was notified."
+    )
+
+
+def publish_unchanged(recipe: Recipe, version: str, markdown: str | None = None) -> None:
+    """The gate artifact (same key as a decision) of a run that changed nothing (default: its
+    adapter is production ``version``)."""
     create_markdown_artifact(
-        unchanged_markdown(version),
+        markdown or unchanged_markdown(version),
         key=_key(recipe, "gate"),
         description="Gate decision and registry version",
     )

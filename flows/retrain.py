@@ -20,12 +20,13 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from feinschliff import notify
-from feinschliff.artifacts import AdapterRef, OutputInUse, hash_tree, input_key, rows_sha256
+from feinschliff.artifacts import OutputInUse, hash_tree, input_key, rows_sha256
 from feinschliff.estimate import check_training_fits
 from feinschliff.gate import Approval
 from feinschliff.ledger import Ledger, effect_key, resume_or_restart
 from feinschliff.pipeline import (
     default_workdir,
+    held_back,
     read_report,
     registry_root,
     run_lock,
@@ -34,6 +35,7 @@ from feinschliff.pipeline import (
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import load_recipe, recipe_hash
 from feinschliff.registry import RegistryError, adapter_sha256
+from feinschliff.train.stage import nothing_new
 from flows import artifacts
 from flows.approval import ask_for_approval
 from flows.faults import fault_point
@@ -52,6 +54,8 @@ from flows.train_stage import check_train_deployment, train_via_deployment
 
 PASSED_NOT_REGISTERED = "PASSED the gate (not registered: register=false)"
 UNCHANGED = "UNCHANGED: the adapter is already production {}"
+NOTHING_NEW = "UNCHANGED: production {} was trained on these rows with this training recipe"
+HELD = "HELD: the adapter is {}, {}"
 # An evaluate-only run registers nothing: a human is not asked to approve it.
 NOT_ASKED = Approval(
     approved=True, by="nobody", comment="not asked: evaluate only (register=false)"
@@ -135,8 +139,10 @@ def retrain(
     train_deployment: str | None = None,
 ) -> dict:
     """Retrain one use case's adapter from its recipe and promote it if the gate passes. A run
-    whose trained adapter is already production (nothing new to train on) ends UNCHANGED:
-    nothing is evaluated, asked, registered or announced (``register=False`` still evaluates).
+    whose trained adapter is already production (nothing new to train on), or a warm start
+    whose production was trained on these very rows, ends UNCHANGED: nothing is evaluated,
+    asked, registered or announced (``register=False`` still evaluates); so does one whose
+    adapter is a version an operator rolled back from or retired (HELD).
 
     Deployed runs of a use case run one at a time (a later one waits, see
     `_one_run_per_use_case`); a failed or crashed run (e.g. SIGTERM on pod eviction) notifies.
@@ -217,6 +223,11 @@ def _retrain(
             mix_task, recipe=recipe, feedback=data, generated=synthetic, out=work / "mixed"
         )
     warm_from = production_at("train")  # what init_from: production continues
+    if register and warm_from and nothing_new(recipe, data, warm_from):
+        # continuing production on the rows it was trained on would only compound them
+        summary = f"decision: {NOTHING_NEW.format(warm_from)}"
+        markdown = artifacts.nothing_new_markdown(warm_from)
+        return _report_unchanged(recipe, ledger, run, work, warm_from, summary, markdown)
     if train_deployment:
         adapter = train_via_deployment(
             train_deployment, recipe, recipe_path, overrides, data, work / "train", warm_from
@@ -230,11 +241,19 @@ def _retrain(
     # The production version the evaluation compares with: promotion compare-and-swaps against
     # it, so a production that moved after this point is never silently overridden.
     seen_production = production_at("evaluate")
-    if register and _already_production(recipe, adapter, seen_production):
+    content = hash_tree(adapter.dir / "adapter") if register else ""
+    if register and _already_production(recipe, content, seen_production):
         # Nothing to decide: production is this very adapter (no new feedback, training
         # cached). Evaluating it against itself would only re-run lm-eval (the key names the
         # production it compares with) and announce a "promotion" that moves nothing.
-        return _report_unchanged(recipe, ledger, run, work, seen_production)
+        summary = f"decision: {UNCHANGED.format(seen_production)}"
+        return _report_unchanged(recipe, ledger, run, work, seen_production, summary)
+    # an operator's rollback (or retirement) of this very adapter is not undone by a schedule
+    if register and (held := held_back(recipe, content, ledger.results(run, "register"))):
+        version, why = held
+        summary = f"decision: {HELD.format(version, why)}"
+        markdown = artifacts.held_markdown(version, why)
+        return _report_unchanged(recipe, ledger, run, work, version, summary, markdown, held=True)
     report = fresh(
         evaluate_task,
         recipe=recipe,
@@ -312,6 +331,7 @@ def _retrain(
         "use_case": recipe.use_case,
         "promoted": promoted,
         "unchanged": False,
+        "held": None,
         "version": version,
         "workdir": str(work),
         "report": str(Path(report.path) / "report.json"),
@@ -320,9 +340,9 @@ def _retrain(
     }
 
 
-def _already_production(recipe: Recipe, adapter: AdapterRef, version: str | None) -> bool:
-    """Whether the trained adapter has the content of production ``version`` (the run's
-    recorded view: a rerun after a crash past its own promotion recorded the production
+def _already_production(recipe: Recipe, content: str, version: str | None) -> bool:
+    """Whether the trained adapter (content hash ``content``) is production ``version`` (the
+    run's recorded view: a rerun after a crash past its own promotion recorded the production
     before it, so it finishes as the first attempt would have)."""
     if version is None:
         return False
@@ -330,24 +350,34 @@ def _already_production(recipe: Recipe, adapter: AdapterRef, version: str | None
         recorded = adapter_sha256(registry_root(recipe), recipe.use_case, version)
     except RegistryError:  # an unreadable version: evaluate and decide as usual
         return False
-    return recorded == hash_tree(adapter.dir / "adapter")
+    return recorded == content
 
 
-def _report_unchanged(recipe: Recipe, ledger: Ledger, run: str, work: Path, version: str) -> dict:
-    """End a run whose candidate is already production: no evaluation, gate, registration or
-    notification (a daily schedule without new feedback stays quiet)."""
-    summary = f"decision: {UNCHANGED.format(version)}"
+def _report_unchanged(
+    recipe: Recipe,
+    ledger: Ledger,
+    run: str,
+    work: Path,
+    version: str,
+    summary: str,
+    markdown: str | None = None,
+    held: bool = False,
+) -> dict:
+    """End a run that has nothing to decide (its adapter is production, production was trained
+    on these rows, or the adapter is ``held``: a version an operator took out of production):
+    no evaluation, gate, registration or notification (a daily schedule stays quiet)."""
     get_run_logger().info(
         "run summary\n%s\n(evaluation and gate skipped; `feinschliff evaluate` or "
         "register=false evaluates it anew)",
         summary,
     )
-    artifacts.publish_unchanged(recipe, version)
+    artifacts.publish_unchanged(recipe, version, markdown)
     ledger.close_run(run)
     return {
         "use_case": recipe.use_case,
         "promoted": False,
         "unchanged": True,
+        "held": version if held else None,  # the version no run promotes on its own
         "version": version,
         "workdir": str(work),
         "report": None,

@@ -89,6 +89,35 @@ def registry_root(recipe: Recipe) -> Path:
     return open_root(recipe.register.registry)  # a path or file:// URL; None: the default
 
 
+def held_back(recipe: Recipe, adapter_sha: str, own: list[str]) -> tuple[str, str] | None:
+    """(version, why) when the trained adapter is a registered version that no run may promote
+    on its own: one retired, or one an operator took out of production (a rollback) that has
+    not been promoted again since. Training from the same feedback gives the same adapter, so
+    without this every scheduled run re-promoted it over the rollback (or failed promoting a
+    retired one). ``own``: versions this run registered itself (a rerun finishing them)."""
+    from feinschliff.registry_read import moved_off_by_hand, registered_as, retired
+
+    root, use_case = registry_root(recipe), recipe.use_case
+    version = registered_as(root, use_case, adapter_sha)
+    if version is None or version in own:
+        return None
+    if gone := retired(root, use_case).get(version):
+        why = f"which was retired (by {gone.get('by')} at {gone.get('at')}: {gone.get('why')})"
+        return version, why + "; it is never promoted again: new feedback trains a new adapter"
+    if move := moved_off_by_hand(root, use_case, version):
+        how = "rolled back from" if _older(move.get("new"), version) else "replaced by hand"
+        return version, (
+            f"which production was {how} (to {move.get('new') or 'nothing'} by {move.get('by')} "
+            f"at {move.get('at')}: {move.get('why')}); promote it by hand "
+            "(feinschliff registry promote) or retire it"
+        )
+    return None
+
+
+def _older(version: str | None, than: str) -> bool:
+    return version is not None and int(version[1:]) < int(than[1:])
+
+
 def feedback_fingerprint(spec: FeedbackSpec) -> list[str]:
     """Content hashes of every feedback source (files and directory trees), in recipe order.
 
@@ -169,6 +198,10 @@ def lineage(
                 "wall_seconds",
                 "peak_rss_mb",
                 "trainable_parameters",
+                # what production was trained on: a warm start on the same rows and training
+                # recipe has nothing new to learn (``train.stage.nothing_new``)
+                "dataset_rows_sha256",
+                "train_inputs_sha256",
             )
         }
         | {"final_loss": metrics["loss_curve"][-1]["loss"] if metrics["loss_curve"] else None},

@@ -158,6 +158,38 @@ def production_history(root: Root, use_case: str) -> list[str]:
     return seen
 
 
+def registered_as(root: Root, use_case: str, adapter_sha: str) -> str | None:
+    """The version whose adapter has content hash ``adapter_sha`` (as ``register_adapter``
+    finds it), or None."""
+    for v in versions(root, use_case):
+        if manifest(root, use_case, v).get("adapter_sha256") == adapter_sha:
+            return v
+    return None
+
+
+def moved_off_by_hand(root: Root, use_case: str, version: str) -> dict[str, Any] | None:
+    """The audit entry of the last move of production away from ``version`` that no gate
+    decision made (a rollback, or another version promoted by hand), unless production has
+    been ``version`` again since: a human's decision that no scheduled run may undo. None
+    when there is none. A promotion by the gate logs a ``gate`` entry right after its move."""
+    left: dict[str, Any] | None = None
+    for entry in audit_log(root, use_case):
+        if entry.get("alias") != "production":
+            continue
+        if entry.get("event") == "alias" and entry.get("new") == version:
+            left = None  # promoted again (by hand or by the gate): that decision stands
+        elif entry.get("event") == "alias" and entry.get("old") == version:
+            left = entry
+        elif (
+            entry.get("event") == "gate"
+            and left is not None
+            and entry.get("decision")
+            and (entry.get("old"), entry.get("new")) == (version, left.get("new"))
+        ):
+            left = None  # the gate moved it: no human decision
+    return left
+
+
 def audit_log(root: Root, use_case: str) -> list[dict[str, Any]]:
     data = store_of(root).read_bytes(f"{_uc(use_case)}/audit.jsonl")
     if data is None:

@@ -33,10 +33,11 @@ from feinschliff.artifacts import (
     rows_sha256,
     write_json,
 )
+from feinschliff.pipeline import registry_root
 from feinschliff.plots import plot_loss
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
-from feinschliff.registry import UNSET
+from feinschliff.registry import UNSET, RegistryError, manifest
 from feinschliff.train import data as train_data
 from feinschliff.train.checks import (
     DoesNotFit,
@@ -51,7 +52,16 @@ from feinschliff.train.peak_memory import own_peak_mb, reset_own_peak
 from feinschliff.train.templates import CHAT_TEMPLATE_FILE
 from feinschliff.train.warm_start import WarmStart, WarmStartError, find_warm_start
 
-__all__ = ["DoesNotFit", "RecipeRefused", "TrainError", "cache_key", "preflight", "run_train"]
+__all__ = [
+    "DoesNotFit",
+    "RecipeRefused",
+    "TrainError",
+    "cache_key",
+    "nothing_new",
+    "preflight",
+    "run_train",
+    "train_inputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,34 @@ def _key(recipe: Recipe, rows: str, warm: WarmStart | None) -> str:
         rows,
         warm.adapter_sha256 if warm else None,
         code_version(),
+    )
+
+
+def train_inputs(recipe: Recipe) -> str:
+    """The hash of what a training learns from besides its rows and the adapter it continues:
+    the ``base_model`` and ``train`` sections and the base model's content (``_key``'s other
+    parts but the code version). Recorded in ``metrics.json`` for ``nothing_new``."""
+    return input_key(section_hash(recipe, "base_model", "train"), base_model_fingerprint(recipe))
+
+
+def nothing_new(recipe: Recipe, data: DatasetRef, production: str | None) -> bool:
+    """Whether a warm start (``init_from: production``) from ``production`` has nothing new to
+    learn: production itself was trained (warm or not) on these rows (the new rows' hash, as
+    the cache key; replayed rows come from production's own snapshot) with the same
+    ``train_inputs``. Its key names the production it continues, so without this every
+    promotion was followed by another pass over the same rows. Not compared: the code version
+    (an upgrade alone would add such a pass too). Versions registered without the record:
+    False (trained as before)."""
+    if recipe.train.init_from != "production" or production is None:
+        return False
+    try:
+        recorded = manifest(registry_root(recipe), recipe.use_case, production).get("train") or {}
+    except RegistryError:  # unreadable: the warm start itself says what is wrong
+        return False
+    inputs = recorded.get("train_inputs_sha256")
+    return inputs is not None and (inputs, recorded.get("dataset_rows_sha256")) == (
+        train_inputs(recipe),
+        rows_sha256(data),
     )
 
 
@@ -154,6 +192,7 @@ def _train(
         # the rows' hash (``rows_sha256``): this training is reused for other outputs with
         # these rows (a live pull that found nothing new); evaluate accepts them by it
         "dataset_rows_sha256": rows,
+        "train_inputs_sha256": train_inputs(recipe),  # with the rows: ``nothing_new``
         "new_rows": prepared["new_rows"],
         "replayed_rows": prepared["replayed_rows"],
         "init_from": f"{recipe.use_case}/{warm.version}" if warm else "base",
