@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,9 @@ def assert_adapter_trained(out: Path, model_path: str) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and len(metrics["loss_curve"]) == 2
     assert metrics["trainable_parameters"] == 4_884_480
+    # what a later warm start compares with production's lineage (train.stage.nothing_new)
+    for key in ("dataset_rows_sha256", "train_inputs_sha256"):
+        assert re.fullmatch(r"[0-9a-f]{64}", metrics[key]), (key, metrics.get(key))
     assert (out / "loss.png").stat().st_size > 1000
     card = (out / "adapter" / "README.md").read_text()
     assert "base_model: smollm2-135m-instruct" in card and metrics["dataset_sha256"] in card
