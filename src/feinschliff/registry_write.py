@@ -295,8 +295,12 @@ def _audit_unaudited(root: Root, use_case: str, lease: Lease) -> None:
         return
     lease.check()
     for version in missing:
-        why = RECOVERED.format(f"in retired.json ({gone[version].get('why', '')})")
-        _audit(st, uc, "retire", alias=None, old=version, new=None, why=why, recovered=True)
+        was = gone[version]
+        log.warning("%s: %s retired without an audit entry: recorded now", uc, version)
+        why = RECOVERED.format(f"in retired.json ({was.get('why', '')})")
+        # who retired it and when, as retired.json recorded them (not the next writer's)
+        when = {k: was[k] for k in ("at", "by") if was.get(k)}
+        _audit(st, uc, "retire", alias=None, old=version, new=None, why=why, recovered=True, **when)
     for alias in moved:
         old, new = logged.get(alias), aliases.get(alias)
         log.warning(

@@ -3,7 +3,7 @@
 The recipe check (``max_loras >= keep_versions + 2``) sees one use case only. On vLLM CPU, once
 every slot is used, an adapter can be applied to base-model requests batched with adapter
 requests (vLLM PRs #48421/#49656, shared FACTS 5), so staging and reconcile warn with the count
-on the server and what to set. Only a warning: on GPU vLLM more adapters than slots just swap.
+on the server and what to set (one slot spare) once a load would use every slot. Only a warning: on GPU vLLM more adapters than slots just swap.
 Runs against test_serving_deploy's ``FakeVllm`` (the count is read from /v1/models).
 """
 
@@ -57,32 +57,31 @@ def _other_use_case(fake: FakeVllm, n: int) -> None:
 
 def test_more_adapters_than_max_loras_on_a_shared_server_warn(shared, caplog):
     root, version, fake, spec, target = shared
-    _other_use_case(fake, 2)  # 2 + s@v0001 staged = 3 slots; + the stable name s = 4
+    _other_use_case(fake, 1)  # 1 + s@v0001 staged = 2 of 3 slots; + the stable name s = 3
     with caplog.at_level(logging.WARNING, logger="feinschliff.serving"):
         deploy.promote_live(root, "s", version, spec, target, why="first")
 
     assert registry.read_aliases(root, "s")["production"] == version  # a warning, no refusal
-    assert set(fake.stored) == {"other", "other@v0001", "s", f"s@{version}"}
+    assert set(fake.stored) == {"other", "s", f"s@{version}"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
-    assert URL in warnings[0] and "4 adapters" in warnings[0]
+    assert URL in warnings[0] and "3 adapters" in warnings[0]
     assert "max_loras=3" in warnings[0] and "--max-loras" in warnings[0]
     assert "keep_versions + 1" in warnings[0] and "at least 4" in warnings[0]
 
 
-def test_staging_one_more_adapter_than_max_loras_warns(shared, caplog):
+def test_staging_that_fills_every_slot_warns(shared, caplog):
     root, version, fake, spec, target = shared
-    _other_use_case(fake, 3)  # 3 + s@v0001 staged = 4 (and reconcile adds s: 5)
+    _other_use_case(fake, 2)  # 2 + s@v0001 staged = 3 = max_loras (and reconcile adds s: 4)
     with caplog.at_level(logging.WARNING, logger="feinschliff.serving"):
         deploy.promote_live(root, "s", version, spec, target, why="first")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert ["4 adapters" in w for w in warnings] == [True, False]
-    assert "5 adapters" in warnings[1]
+    assert ["3 adapters" in w for w in warnings] == [True, False]
+    assert "4 adapters" in warnings[1] and "at least 5" in warnings[1]
 
 
-def test_adapters_within_max_loras_do_not_warn(shared, caplog):
-    root, version, fake, spec, target = shared
-    _other_use_case(fake, 1)  # 1 + s@v0001 + s = 3 = max_loras
+def test_adapters_with_a_slot_spare_do_not_warn(shared, caplog):
+    root, version, fake, spec, target = shared  # s@v0001 + s = 2: one of max_loras 3 spare
     with caplog.at_level(logging.WARNING, logger="feinschliff.serving"):
         deploy.promote_live(root, "s", version, spec, target, why="first")
         deploy.reconcile(root, "s", spec)

@@ -11,6 +11,7 @@ and on ``memory://`` (the object-store path), via test_registry's fixtures.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -99,7 +100,9 @@ def test_a_promotion_killed_before_its_audit_line_is_recorded_by_the_next_move(r
     assert production_history(reg.root, "s") == [v3, v2, v1]
 
 
-def test_a_retirement_killed_before_its_audit_lines_is_recorded_by_the_next_move(reg, monkeypatch):
+def test_a_retirement_killed_before_its_audit_lines_is_recorded_by_the_next_move(
+    reg, monkeypatch, caplog
+):
     v1, v2, v3 = reg(1.0), reg(2.0), reg(3.0)
     promote(reg.root, "s", v1, why="first")
     set_alias(reg.root, "s", "candidate", v2, why="next")
@@ -109,11 +112,21 @@ def test_a_retirement_killed_before_its_audit_lines_is_recorded_by_the_next_move
             retire(reg.root, "s", v2, why="bad answers")
     assert v2 in retired(reg.root, "s")
 
-    set_alias(reg.root, "s", "candidate", v3, why="next")
+    monkeypatch.setenv("FEINSCHLIFF_USER", "the-next-writer")
+    with caplog.at_level(logging.WARNING):
+        set_alias(reg.root, "s", "candidate", v3, why="next")
 
     entries = audit_log(reg.root, "s")
     assert [e["old"] for e in entries if e["event"] == "retire"] == [v2]
-    assert "bad answers" in next(e["why"] for e in entries if e["event"] == "retire")
+    entry = next(e for e in entries if e["event"] == "retire")
+    assert "bad answers" in entry["why"] and entry["recovered"] is True
+    # who retired it and when (retired.json), not whoever happened to write next
+    assert (entry["by"], entry["at"]) == (
+        retired(reg.root, "s")[v2]["by"],
+        retired(reg.root, "s")[v2]["at"],
+    )
+    assert entry["by"] != "the-next-writer"
+    assert any(f"{v2} retired without an audit entry" in r.getMessage() for r in caplog.records)
     assert (
         _replayed(reg.root)
         == read_aliases(reg.root, "s")

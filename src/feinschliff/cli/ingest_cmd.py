@@ -63,11 +63,13 @@ def ingest(
     refused and nothing in it is touched. A failed run leaves manifest.json with
     "status": "failed" and the error, a README.md whose first line says so, and no .complete
     (train, evaluate, generate and estimate --data refuse it).
-    Exit 2: invalid arguments, an output folder in use or an export that matches no known
-    format; 1: other failures (e.g. more quarantined than feedback.max_quarantine_fraction, an
-    export file that cannot be read to its end, such as a truncated page, or a live pull whose
-    server cannot be reached, refuses the credentials or answers with no API page: one line
-    names the server, the endpoint and the cause; the pull's watermark stays as it was).
+    Exit 2: invalid arguments, an output folder in use, an export that matches no known
+    format, or pull credentials missing or refused (the message names each key's variable or
+    Secret block, never its value); 1: other failures (e.g. more quarantined than
+    feedback.max_quarantine_fraction, an export file that cannot be read to its end, such as a
+    truncated page, or a live pull whose server cannot be reached or answers with no API page:
+    one line names the server, the endpoint and the cause; the pull's watermark stays as it
+    was).
     """
     from feinschliff.artifacts import OutputInUse
     from feinschliff.ingest.stage import IngestError, InvalidSource, MissingSecret, run_ingest

@@ -58,21 +58,21 @@ def is_managed(name: str, use_case: str) -> bool:
 
 
 def warn_slots(url: str, spec: VllmSpec, count: int) -> None:
-    """Warn when a server will hold more adapters than ``max_loras`` (its --max-loras), counting
-    every use case on it: the per-recipe check cannot see the others, and on vLLM CPU, with
-    every slot used, an adapter can be applied to base-model requests (vLLM PRs #48421 and
-    #49656). Only a warning: on GPU vLLM more adapters than slots just swap in and out."""
-    if count > spec.max_loras:
+    """Warn when a server will use every one of its ``max_loras`` slots (its --max-loras),
+    counting every use case on it: the per-recipe check cannot see the others, and on vLLM CPU,
+    with every slot used, an adapter can be applied to base-model requests (vLLM PRs #48421
+    and #49656). Only a warning: on GPU vLLM more adapters than slots just swap in and out."""
+    if count >= spec.max_loras:
         log.warning(
             "%s: %d adapters loaded (all use cases on this server) once this load is done, "
-            "more than register.vllm.max_loras=%d (the server's --max-loras): on vLLM CPU an "
-            "adapter can then leak into base-model requests. Set --max-loras and "
+            "every slot of register.vllm.max_loras=%d (the server's --max-loras) or more: on "
+            "vLLM CPU an adapter can then leak into base-model requests. Set --max-loras and "
             "register.vllm.max_loras to the sum of keep_versions + 1 over the use cases "
             "sharing this server, plus one spare (at least %d here)",
             url,
             count,
             spec.max_loras,
-            count,
+            count + 1,
         )
 
 
