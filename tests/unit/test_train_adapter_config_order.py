@@ -14,9 +14,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from feinschliff.artifacts import mark_complete
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
-from tests.unit.tiny_llama import make_tiny_llama
+from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
 
 CHILD = textwrap.dedent(
     """
@@ -31,17 +30,6 @@ CHILD = textwrap.dedent(
     run_train(recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), out)
     """
 )
-
-
-def _data(path: Path) -> Path:
-    path.mkdir(parents=True)
-    msgs = [
-        {"role": "user", "content": "Frage Frage"},
-        {"role": "assistant", "content": "Antwort Antwort"},
-    ]
-    (path / "sft.jsonl").write_text((json.dumps({"messages": msgs}) + "\n") * 4)
-    mark_complete(path, stage="ingest")
-    return path
 
 
 def _train_in_child(tmp_path: Path, seed: str, data: Path, model: Path) -> Path:
@@ -61,7 +49,7 @@ def _train_in_child(tmp_path: Path, seed: str, data: Path, model: Path) -> Path:
 
 def test_trainings_under_different_hash_seeds_write_identical_adapter_configs(tmp_path):
     model = make_tiny_llama(tmp_path / "model", WORDS)
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     # seeds 1 and 2 order the seven Llama linear layers differently (checked on PEFT 0.21)
     outs = [_train_in_child(tmp_path, seed, data, model) for seed in ("1", "2")]
     for rel in ("adapter/adapter_config.json", "checkpoints/checkpoint-1/adapter_config.json"):

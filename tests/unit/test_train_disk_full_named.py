@@ -8,26 +8,12 @@ _save_pretrained``, whose Rust writer raises that bare Exception) raises it for 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from feinschliff.artifacts import DatasetRef, completed_hash, mark_complete
+from feinschliff.artifacts import DatasetRef, completed_hash
 from feinschliff.recipe_loader import load_recipe
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
-from tests.unit.tiny_llama import make_tiny_llama
-
-
-def _data(path: Path) -> Path:
-    path.mkdir(parents=True)
-    msgs = [
-        {"role": "user", "content": "Frage Frage"},
-        {"role": "assistant", "content": "Antwort Antwort"},
-    ]
-    (path / "sft.jsonl").write_text((json.dumps({"messages": msgs}) + "\n") * 4)
-    mark_complete(path, stage="ingest")
-    return path
+from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
 
 
 def test_a_full_disk_at_a_checkpoint_names_the_folder(tmp_path, monkeypatch, home):
@@ -48,7 +34,7 @@ def test_a_full_disk_at_a_checkpoint_names_the_folder(tmp_path, monkeypatch, hom
     recipe = load_recipe(
         DEMO, [f"base_model.name={model}", *FAST, "train.hyperparameters.save_steps=1"]
     )
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     out = tmp_path / "out"
     with pytest.raises(TrainError) as err:
         run_train(recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), out)

@@ -8,26 +8,14 @@ file after writing part of it (CI may not mount a small tmpfs)."""
 from __future__ import annotations
 
 import errno
-import json
 from pathlib import Path
 
 import pytest
 
-from feinschliff.artifacts import DatasetRef, completed_hash, mark_complete
+from feinschliff.artifacts import DatasetRef, completed_hash
 from feinschliff.recipe_loader import load_recipe
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
-from tests.unit.tiny_llama import make_tiny_llama
-
-
-def _data(path: Path) -> Path:
-    path.mkdir(parents=True)
-    msgs = [
-        {"role": "user", "content": "Frage Frage"},
-        {"role": "assistant", "content": "Antwort Antwort"},
-    ]
-    (path / "sft.jsonl").write_text((json.dumps({"messages": msgs}) + "\n") * 4)
-    mark_complete(path, stage="ingest")
-    return path
+from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
 
 
 def test_a_full_home_fails_before_training_naming_the_file(tmp_path, monkeypatch, home):
@@ -51,7 +39,7 @@ def test_a_full_home_fails_before_training_naming_the_file(tmp_path, monkeypatch
     monkeypatch.setattr(stage, "_run_backend", backend)
     model = make_tiny_llama(tmp_path / "model", WORDS)
     recipe = load_recipe(DEMO, [f"base_model.name={model}", *FAST])
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     ref = DatasetRef(path=str(data), sha256=completed_hash(data))
     with pytest.raises(TrainError) as err:
         stage.run_train(recipe, ref, tmp_path / "out")
@@ -73,7 +61,7 @@ def test_the_snapshot_is_kept_before_the_backend_trains(tmp_path, monkeypatch, h
     monkeypatch.setattr(stage, "_run_backend", backend)
     model = make_tiny_llama(tmp_path / "model", WORDS)
     recipe = load_recipe(DEMO, [f"base_model.name={model}", *FAST])
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     with pytest.raises(stage.TrainError, match="stop here"):
         stage.run_train(
             recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), tmp_path / "o"

@@ -13,24 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from feinschliff.artifacts import DatasetRef, completed_hash, mark_complete
+from feinschliff.artifacts import DatasetRef, completed_hash
 from feinschliff.recipe_loader import load_recipe
 from tests.cli_helpers import run_cli
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
-from tests.unit.tiny_llama import make_tiny_llama
+from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
 
 pytestmark = pytest.mark.usefixtures("home")  # a private FEINSCHLIFF_HOME
-
-
-def _data(path: Path) -> Path:
-    path.mkdir(parents=True)
-    msgs = [
-        {"role": "user", "content": "Frage Frage"},
-        {"role": "assistant", "content": "Antwort Antwort"},
-    ]
-    (path / "sft.jsonl").write_text((json.dumps({"messages": msgs}) + "\n") * 4)
-    mark_complete(path, stage="ingest")
-    return path
 
 
 def _sets(tmp_path: Path, *sets: str) -> list[str]:
@@ -64,7 +53,7 @@ def holder(tmp_path):
 
 def test_a_second_train_on_a_held_output_is_refused_and_leaves_its_checkpoints(tmp_path, holder):
     make_tiny_llama(tmp_path / "model", WORDS)
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     # the running training's state: another key (other --set values), a checkpoint
     ckpt = tmp_path / "out" / "checkpoints" / "checkpoint-1"
     ckpt.mkdir(parents=True)
@@ -82,7 +71,7 @@ def test_the_lock_is_released_and_a_lock_this_process_holds_is_not_waited_for(tm
     from feinschliff.train.stage import run_train
 
     make_tiny_llama(tmp_path / "model", WORDS)
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     ref = DatasetRef(path=str(data), sha256=completed_hash(data))
     recipe = load_recipe(DEMO, _sets(tmp_path))
     with run_lock(tmp_path, name=".out.lock"):
@@ -99,7 +88,7 @@ def test_the_lock_is_released_and_a_lock_this_process_holds_is_not_waited_for(tm
 @pytest.mark.parametrize("targets", ["[lm_head]", "[q_proj, lm_head]"])
 def test_lora_on_lm_head_is_refused_before_anything_is_written(tmp_path, targets):
     make_tiny_llama(tmp_path / "model", WORDS)
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     code, out = _train_cli(tmp_path, data, tmp_path / "out", f"train.lora.target_modules={targets}")
     assert code == 2
     assert "train.lora.target_modules: 'lm_head' is the output layer" in out

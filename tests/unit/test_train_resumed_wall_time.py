@@ -10,31 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
 
-from feinschliff.artifacts import DatasetRef, completed_hash, mark_complete
+from feinschliff.artifacts import DatasetRef, completed_hash
 from feinschliff.recipe_loader import load_recipe
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
-from tests.unit.tiny_llama import make_tiny_llama
+from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
 
 BURN = 3.0  # CPU seconds of the first run's first step
 
 
 class Killed(BaseException):
     """Stands for the SIGKILL: nothing catches it."""
-
-
-def _data(path: Path) -> Path:
-    path.mkdir(parents=True)
-    msgs = [
-        {"role": "user", "content": "Frage Frage"},
-        {"role": "assistant", "content": "Antwort Antwort"},
-    ]
-    (path / "sft.jsonl").write_text((json.dumps({"messages": msgs}) + "\n") * 4)
-    mark_complete(path, stage="ingest")
-    return path
 
 
 def test_a_resumed_run_counts_the_time_before_its_checkpoint(tmp_path, monkeypatch, home):
@@ -57,7 +45,7 @@ def test_a_resumed_run_counts_the_time_before_its_checkpoint(tmp_path, monkeypat
     sets = [f"base_model.name={model}", *FAST]
     sets += ["train.hyperparameters.max_steps=2", "train.hyperparameters.save_steps=1"]
     recipe = load_recipe(DEMO, sets)
-    data = _data(tmp_path / "data")
+    data = make_tiny_sft_ingest(tmp_path / "data")
     ref = DatasetRef(path=str(data), sha256=completed_hash(data))
     out = tmp_path / "out"
     with monkeypatch.context() as patch:

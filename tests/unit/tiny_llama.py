@@ -37,3 +37,20 @@ def make_tiny_llama(
     )
     LlamaForCausalLM(config).save_pretrained(path)
     return path
+
+
+def make_tiny_sft_ingest(path: Path) -> Path:
+    """A finished ingest output of four identical short SFT rows: enough for a 1-2 step training
+    of ``make_tiny_llama`` in the train-stage tests."""
+    import json
+
+    from feinschliff.artifacts import mark_complete
+
+    path.mkdir(parents=True)
+    msgs = [
+        {"role": "user", "content": "Frage Frage"},
+        {"role": "assistant", "content": "Antwort Antwort"},
+    ]
+    (path / "sft.jsonl").write_text((json.dumps({"messages": msgs}) + "\n") * 4)
+    mark_complete(path, stage="ingest")
+    return path
