@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import logging
 
-import httpx
 import pytest
 
 from feinschliff import registry
 from feinschliff.serving import deploy
-from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmSpec
 from tests.unit.adapter_factory import make_base, make_train_output, target_for
-from tests.unit.test_serving_deploy import FakeVllm
+from tests.unit.test_serving_deploy import FakeVllm, route_to
 
 URL = "http://vllm-0:8000"
 
@@ -33,13 +31,7 @@ def shared(tmp_path, monkeypatch):
     out = make_train_output(tmp_path / "out", str(base))
     version = registry.register_adapter(root, "s", out, {}, target=target_for(base))
     fake = FakeVllm(str(base))
-    monkeypatch.setattr(
-        deploy,
-        "VllmClient",
-        lambda server, **kw: VllmClient(
-            server, transport=httpx.MockTransport(fake.handle), backoff_s=0, **kw
-        ),
-    )
+    route_to(monkeypatch, fake)
     spec = VllmSpec(
         servers=[{"url": URL}],
         model=str(base),

@@ -24,10 +24,9 @@ import pytest
 from feinschliff import registry
 from feinschliff.serving import deploy
 from feinschliff.serving.deploy_report import DeployError
-from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmSpec
 from tests.unit.adapter_factory import make_base, make_train_output, target_for
-from tests.unit.test_serving_deploy import FakeVllm, _error
+from tests.unit.test_serving_deploy import FakeVllm, _error, route_to
 
 URL = "http://vllm-0:8000"
 
@@ -69,13 +68,7 @@ def resolver(tmp_path, monkeypatch):
     )
     rdir = tmp_path / "rs"
     fake = ResolvingVllm(str(base), rdir, max_lora_rank=8)  # started before the recipe said 16
-    monkeypatch.setattr(
-        deploy,
-        "VllmClient",
-        lambda server, **kw: VllmClient(
-            server, transport=httpx.MockTransport(fake.handle), backoff_s=0, **kw
-        ),
-    )
+    route_to(monkeypatch, fake)
     spec = VllmSpec(
         servers=[{"url": URL}], model=str(base), mode="resolver", resolver_dir=str(rdir)
     )

@@ -88,6 +88,17 @@ def _error(status: int, message: str) -> httpx.Response:
     return httpx.Response(status, json={"error": {"message": message, "code": status}})
 
 
+def route_to(monkeypatch, fake) -> None:
+    """Every VllmClient that deploy makes talks to ``fake`` (no network, no retry waits)."""
+    monkeypatch.setattr(
+        deploy,
+        "VllmClient",
+        lambda server, **kw: VllmClient(
+            server, transport=httpx.MockTransport(fake.handle), backoff_s=0, **kw
+        ),
+    )
+
+
 @pytest.fixture()
 def live(tmp_path, monkeypatch):
     """A local registry with three versions of use case ``s``, one fake replica, its spec."""
@@ -105,13 +116,7 @@ def live(tmp_path, monkeypatch):
         for seed in (1.0, 2.0, 3.0)
     ]
     fake = FakeVllm(str(base))
-    monkeypatch.setattr(
-        deploy,
-        "VllmClient",
-        lambda server, **kw: VllmClient(
-            server, transport=httpx.MockTransport(fake.handle), backoff_s=0, **kw
-        ),
-    )
+    route_to(monkeypatch, fake)
     spec = VllmSpec(servers=[{"url": URL}], model=str(base), adapter_dir=str(tmp_path / "srv"))
     return root, versions, fake, spec, target_for(base)
 

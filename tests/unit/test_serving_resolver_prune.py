@@ -14,10 +14,10 @@ import pytest
 
 from feinschliff import registry
 from feinschliff.serving import deploy
-from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmSpec
 from tests.unit.adapter_factory import make_base, make_train_output, target_for
 from tests.unit.test_deploy_resolver_verify import ResolvingVllm
+from tests.unit.test_serving_deploy import route_to
 
 URL = "http://vllm-0:8000"
 
@@ -41,13 +41,7 @@ def resolver(tmp_path, monkeypatch):
     )
     rdir = tmp_path / "rs"
     fake = ResolvingVllm(str(base), rdir)  # a completion for a pinned name resolves it
-    monkeypatch.setattr(
-        deploy,
-        "VllmClient",
-        lambda server, **kw: VllmClient(
-            server, transport=httpx.MockTransport(fake.handle), backoff_s=0, **kw
-        ),
-    )
+    route_to(monkeypatch, fake)
     spec = VllmSpec(
         servers=[{"url": URL}], model=str(base), mode="resolver", resolver_dir=str(rdir)
     )
