@@ -16,3 +16,18 @@ def run_cli(*args: str) -> tuple[int, str]:
     if res.exception is not None and not isinstance(res.exception, SystemExit):
         raise res.exception
     return res.exit_code, res.output
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`feinschliff ARGS` in-process through main(), which maps library errors to exit codes
+    (``run_cli`` calls the Typer app, below that mapping); returns (exit code, stderr)."""
+    import sys
+
+    import pytest
+
+    from feinschliff.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["feinschliff", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err

@@ -22,22 +22,12 @@ import pytest
 from feinschliff.ingest import run_ingest
 from feinschliff.ingest.outputs import JsonlSink
 from feinschliff.recipe import FeedbackSpec
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, run_main
 from tests.unit.adapter_factory import make_base
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "recipes" / "demo-de.yaml")
 LANGFUSE = ROOT / "data" / "samples" / "langfuse"
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """`feinschliff ARGS` in-process through main(), which maps library errors to exit codes."""
-    from feinschliff.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["feinschliff", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capsys.readouterr().err
 
 
 class _Disk:
@@ -141,7 +131,7 @@ def test_ingest_on_a_full_disk_is_one_line_naming_the_file(
 ):
     out = tmp_path / "ing"
     args = ("ingest", "--source", f"langfuse:{LANGFUSE}", "--pii", "off", "--out", str(out))
-    code, said = _main(monkeypatch, capsys, *args)
+    code, said = run_main(monkeypatch, capsys, *args)
     assert code == 1 and "Traceback" not in said, said
     assert f"error: No space left on device: {out}" in said, said
 
@@ -163,7 +153,7 @@ def test_an_unreadable_export_file_is_named(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(Path, "open", open_)
     args = ("--source", f"langfuse:{export}", "--pii", "off", "--out", str(tmp_path / "o"))
-    code, said = _main(monkeypatch, capsys, "ingest", *args)
+    code, said = run_main(monkeypatch, capsys, "ingest", *args)
     assert code == 1 and "Traceback" not in said, said
     assert f"{locked}: Permission denied" in said, said
 
@@ -185,7 +175,7 @@ def test_an_existing_output_folder_on_a_read_only_disk_is_an_argument_error(
 
     monkeypatch.setattr(Path, "unlink", unlink)
     args = ("--source", f"langfuse:{LANGFUSE}", "--pii", "off", "--out", str(out))
-    code, said = _main(monkeypatch, capsys, "ingest", *args)
+    code, said = run_main(monkeypatch, capsys, "ingest", *args)
     assert code == 2 and "Traceback" not in said, said
     assert f"cannot write to the output folder {out}: Read-only file system" in said, said
 
@@ -201,7 +191,7 @@ def test_an_unwritable_feinschliff_home_is_refused_up_front(tmp_path, monkeypatc
         os, "access", lambda p, mode, **kw: Path(p) != home and real_access(p, mode, **kw)
     )
     args = ("--source", f"langfuse:{LANGFUSE}", "--pii", "off", "--out", str(tmp_path / "o"))
-    code, said = _main(monkeypatch, capsys, "ingest", *args)
+    code, said = run_main(monkeypatch, capsys, "ingest", *args)
     assert code == 2 and f"FEINSCHLIFF_HOME={home} is not writable" in said, said
     assert not (tmp_path / "o").exists()
 
@@ -234,7 +224,7 @@ def test_run_names_the_stage_of_an_os_error(flow):
 
 def test_run_says_how_to_go_on_after_ctrl_c(flow, monkeypatch, capsys):
     flow.error = KeyboardInterrupt()
-    code, said = _main(monkeypatch, capsys, *flow.args)
+    code, said = run_main(monkeypatch, capsys, *flow.args)
     assert code == 130 and said.strip().endswith("interrupted: rerun the same command to resume")
 
 
@@ -246,7 +236,7 @@ def test_a_stage_command_says_how_to_go_on_after_ctrl_c(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(stage, "run_ingest", interrupted)
     args = ("--source", f"langfuse:{LANGFUSE}", "--out", str(tmp_path / "o"))
-    code, said = _main(monkeypatch, capsys, "ingest", *args)
+    code, said = run_main(monkeypatch, capsys, "ingest", *args)
     assert code == 130 and "interrupted: rerun the same command to resume" in said
 
 

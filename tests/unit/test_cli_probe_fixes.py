@@ -18,22 +18,12 @@ from feinschliff.artifacts import OutputInUse, prepare_out
 from feinschliff.ingest import run_ingest
 from feinschliff.recipe import FeedbackSpec
 from feinschliff.registry import register_adapter
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import run_cli, run_main
 from tests.unit.adapter_factory import make_base, make_train_output, target_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "recipes" / "demo-de.yaml")
 LANGFUSE = ROOT / "data" / "samples" / "langfuse"
-
-
-def _main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """`feinschliff ARGS` in-process through main(), which maps library errors to exit codes."""
-    from feinschliff.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["feinschliff", *args])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capsys.readouterr().err
 
 
 def test_ingest_out_under_a_file_is_an_argument_error(tmp_path):
@@ -63,11 +53,13 @@ def test_train_refuses_a_foreign_out_before_provisioning_the_model(tmp_path, mon
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep\n")
-    code, said = _main(monkeypatch, capsys, "train", DEMO, "--data", str(data), "--out", str(mine))
+    code, said = run_main(
+        monkeypatch, capsys, "train", DEMO, "--data", str(data), "--out", str(mine)
+    )
     assert code == 2 and "no feinschliff stage wrote it" in said, said
     assert (mine / "notes.txt").read_text() == "keep\n"
     under = str(mine / "notes.txt" / "run")
-    code, said = _main(monkeypatch, capsys, "train", DEMO, "--data", str(data), "--out", under)
+    code, said = run_main(monkeypatch, capsys, "train", DEMO, "--data", str(data), "--out", under)
     assert code == 2 and "is a file, not a folder" in said and "Traceback" not in said, said
 
 
@@ -112,7 +104,7 @@ def test_a_home_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
     """`registry list` answered "registry is empty (.../afile.txt/registry)" with exit 0."""
     (tmp_path / "afile.txt").write_text("x")
     monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "afile.txt"))
-    code, said = _main(monkeypatch, capsys, "registry", "list")
+    code, said = run_main(monkeypatch, capsys, "registry", "list")
     assert (
         code == 2
         and said.strip() == f"FEINSCHLIFF_HOME={tmp_path / 'afile.txt'} is a file, not a folder"
