@@ -59,8 +59,8 @@ def ingest(
     every bundled lm-eval task (not the judge questions). `--set feedback.rules.min_rating=3`
     overrides work in both modes (ad hoc: feedback.* only). Prints the output's path, sha256
     and counts as JSON.
-    OUT must be new, empty or an earlier ingest output (which is replaced); any other folder is
-    refused and nothing in it is touched. A failed run leaves manifest.json with
+    OUT must be new, empty or an earlier ingest output (which is replaced); any other folder,
+    or one another ingest is writing, is refused and nothing in it is touched. A failed run leaves manifest.json with
     "status": "failed" and the error, a README.md whose first line says so, and no .complete
     (train, evaluate, generate and estimate --data refuse it).
     Exit 2: invalid arguments, an output folder in use, an export that matches no known

@@ -22,8 +22,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,27 @@ def run_ingest(spec: FeedbackSpec, out: Path, *, eval_tasks: Sequence[str] = ())
     ``out`` must be new, empty or an earlier ingest output (replaced); anything else raises
     ``OutputInUse`` before a file is touched. A failed run leaves a ``manifest.json`` with
     ``"status": "failed"`` and the error, a dataset card that says so in its first line, and
-    no ``.complete``."""
+    no ``.complete``. Held for the whole stage (``generate.outlock``, as train and generate
+    hold theirs): a second ingest into ``out`` is refused at once, naming the holder."""
     _check_out(out)
+    with _holding(out):
+        return _ingest(spec, out, eval_tasks)
+
+
+@contextmanager
+def _holding(out: Path) -> Iterator[None]:
+    """``out``'s lock: two ingests into one folder (a manual one into a scheduled run's
+    folder) replaced each other's files mid-write. Busy or impossible: ``OutputInUse``."""
+    from feinschliff.generate.outlock import OutputBusy, hold_output
+
+    try:
+        with hold_output(out):
+            yield
+    except OutputBusy as exc:  # also a lock its parent folder cannot hold (read-only)
+        raise OutputInUse(str(exc)) from None
+
+
+def _ingest(spec: FeedbackSpec, out: Path, eval_tasks: Sequence[str]) -> DatasetRef:
     try:
         key = load_key(spec.pii.key_secret) if spec.pii.mode == "pseudonymize" else None
     except PiiError as exc:
