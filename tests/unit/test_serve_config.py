@@ -20,6 +20,7 @@ from feinschliff.serving.publish import register_version, served_adapter
 from feinschliff.serving.serve_config import render
 from feinschliff.serving.vllm_client import VllmClient
 from feinschliff.specs.register import VllmSpec
+from tests.cli_helpers import run_cli
 from tests.unit.adapter_factory import make_base, make_train_output
 
 DEMO = Path(__file__).resolve().parents[2] / "recipes" / "demo-de.yaml"
@@ -275,6 +276,16 @@ def test_cli_serve_config(setup):
     assert res.output.splitlines()[-1] == f"ADAPTER {path}"
     res = runner.invoke(app, ["serve-config", str(DEMO), "--target", "k8s", *flags])
     assert res.exit_code != 0 and "must be one of" in str(res.exception)
+
+
+def test_an_unknown_version_is_a_wrong_argument(setup):
+    """`serve-config --version v0009` exited 1 ("is not a registered version") where `registry
+    show` of the same version exits 2 naming the versions there are."""
+    _, sets, _ = setup
+    flags = [x for s in sets for x in ("--set", s)]
+    code, said = run_cli("serve-config", str(DEMO), "--version", "v0009", *flags)
+    assert code == 2, said
+    assert "no version 'v0009' of 'support-x' in the registry (it has v0001)" in said, said
 
 
 def test_no_production_version_is_an_error(tmp_path):

@@ -52,6 +52,11 @@ def serve_config(
     # as the registry commands: a store's OSError / cloud SDK error -> exit 1; a PreflightError
     # (served model is not the recipe's base model: a recipe error) -> exit 2, in _errors
     with _errors():
+        if version is not None:  # a typo is a wrong argument (exit 2), as for `registry show`
+            from feinschliff.cli.registry_cmd import _known_version
+            from feinschliff.pipeline import registry_root
+
+            _known_version(registry_root(cfg), cfg.use_case, version)
         try:
             adapter = served_adapter(cfg, version)
             text = render(adapter, target, k8s_model=k8s_model)  # type: ignore[arg-type]
