@@ -332,10 +332,17 @@ def input_key(*parts: Any) -> str:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(
-        json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8"
-    )
-    tmp.replace(path)
+    try:
+        tmp.write_text(
+            json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n",
+            encoding="utf-8",
+        )
+        tmp.replace(path)
+    except OSError as exc:  # a full disk: name the file, leave no half-written .tmp
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
 def jsonl_lines(text: str) -> list[str]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from feinschliff.artifacts import COMPLETE
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import RecipeError, load_recipe
 
@@ -95,7 +98,15 @@ def _read_only_mount(path: Path) -> bool:
 
 
 def os_error_line(exc: OSError) -> str:
-    """``<strerror>: <filename>``: an OSError's cause and path, without its errno number."""
+    """``<strerror>: <filename>``: an OSError's cause and path, without its errno number.
+    ``shutil.Error`` (copytree) holds a list of (src, dst, why): its first failure."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        failures = [f for f in exc.args[0] if isinstance(f, tuple) and len(f) == 3]
+        if failures:
+            _, dst, why = failures[0]
+            cause = re.sub(r"^\[Errno \d+\] ", "", str(why)).split(": '", 1)[0]
+            more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
+            return f"{cause}: {dst}{more}"
     what = exc.strerror or str(exc) or type(exc).__name__
     return f"{what}: {exc.filename}" if exc.filename is not None else what
 
@@ -132,6 +143,13 @@ def _read_report(path: Path, use_case: str | None = None) -> dict:
     use case, is an argument error (exit 2)."""
     from feinschliff.pipeline import read_report
 
+    folder = Path(path).parent  # evaluate writes .inputs first and .complete last
+    if (folder / ".inputs").exists() and not (folder / COMPLETE).exists():
+        raise Failure(
+            f"--report {path}: the evaluate that wrote it did not finish (no {COMPLETE} in "
+            f"{folder}): rerun evaluate",
+            code=2,
+        )
     try:
         report = read_report(path)
     except (OSError, ValueError) as exc:
