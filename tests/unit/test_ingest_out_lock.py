@@ -6,14 +6,11 @@ scheduled run's ingest folder replaced that run's half-written files and .comple
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import run_main
+from tests.cli_helpers import lock_held_elsewhere, run_main
 
 ROOT = Path(__file__).resolve().parents[2]
 LANGFUSE = ROOT / "data" / "samples" / "langfuse"
@@ -22,21 +19,8 @@ LANGFUSE = ROOT / "data" / "samples" / "langfuse"
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding ``tmp_path/out``'s lock, as a running ingest does."""
-    code = textwrap.dedent(
-        f"""
-        import time
-        from pathlib import Path
-        from feinschliff.pipeline import run_lock
-        with run_lock(Path({str(tmp_path)!r}), name=".out.lock"):
-            print("held", flush=True)
-            time.sleep(60)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    yield proc
-    proc.kill()
-    proc.wait()
+    with lock_held_elsewhere(tmp_path, ".out.lock") as proc:
+        yield proc
 
 
 def _ingest(monkeypatch, capsys, out: Path) -> tuple[int, str]:

@@ -6,16 +6,13 @@ nothing written): it failed only after the model was loaded, leaving a half-made
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from feinschliff.artifacts import DatasetRef, completed_hash
 from feinschliff.recipe_loader import load_recipe
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import lock_held_elsewhere, run_cli
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
 from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
 
@@ -34,21 +31,8 @@ def _train_cli(tmp_path: Path, data: Path, out: Path, *sets: str) -> tuple[int, 
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding ``tmp_path/out``'s lock, as a running `train` does."""
-    code = textwrap.dedent(
-        f"""
-        import sys, time
-        from pathlib import Path
-        from feinschliff.pipeline import run_lock
-        with run_lock(Path({str(tmp_path)!r}), name=".out.lock"):
-            print("held", flush=True)
-            time.sleep(60)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
-    yield proc
-    proc.kill()
-    proc.wait()
+    with lock_held_elsewhere(tmp_path, ".out.lock") as proc:
+        yield proc
 
 
 def test_a_second_train_on_a_held_output_is_refused_and_leaves_its_checkpoints(tmp_path, holder):
