@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,29 @@ class RequestCache:
             append_line(
                 self.path, json.dumps({"key": key, "response": response}, ensure_ascii=False)
             )
+
+    def keep(self, key: str, response: dict[str, Any], ledger: Ledger) -> None:
+        """``put``; a failed write (a full disk) fails the run in ``ledger`` as this cache's
+        failure, not the teacher's (``cache_failure`` turns it back into an OSError)."""
+        try:
+            self.put(key, response)
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            ledger.fail(f"{CACHE_FAILED} {exc.filename or self.path}: {why} (errno {exc.errno})")
+
+
+# how a failed request cache write reads in the ledger's `failed`
+CACHE_FAILED = "request cache"
+_CACHE_FAILED_RE = re.compile(rf"^{CACHE_FAILED} (.+): (.+) \(errno (\d+|None)\)$", re.S)
+
+
+def cache_failure(failed: str | None) -> OSError | None:
+    """The OSError a ledger's ``failed`` records (``RequestCache.keep``), or None."""
+    m = _CACHE_FAILED_RE.match(failed or "")
+    if m is None:
+        return None
+    code = int(m[3]) if m[3] != "None" else 0
+    return OSError(code, f"{CACHE_FAILED}: {m[2]}", m[1])
 
 
 class Ledger:

@@ -54,10 +54,10 @@ from feinschliff.generate.keys import (  # noqa: F401  (the stage's cache API, u
     reusable_output,
     stopped_by_budget,
 )
-from feinschliff.generate.ledger import budget_note, budget_stop  # noqa: F401  (the CLI's)
+from feinschliff.generate.ledger import budget_note, budget_stop, cache_failure  # noqa: F401
 from feinschliff.generate.outlock import OutputBusy, hold_output, refuse_overlap
 from feinschliff.generate.templates import TEMPLATE_VERSION
-from feinschliff.generate.watch import FAILED_MAX_S, FAILED_QUIET_S, _watch_child  # noqa: F401
+from feinschliff.generate.watch import FAILED_MAX_S, FAILED_QUIET_S, _watch_child, disk_full  # noqa: F401
 from feinschliff.ngrams import EvalIndex, N
 from feinschliff.recipe import Recipe
 from feinschliff.specs.generate import GenerateSpec, LocalTeacher, OpenAITeacher
@@ -307,7 +307,10 @@ def _run_child(
     status_path = Path(job.status)
     if code != 0 or not status_path.exists():
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise GenerateError(f"the generation process failed (exit {code}); log {log_path}:\n{tail}")
+        full = disk_full(tail, [out, Path(job.teacher_cache), Path(job.judge_cache)])
+        raise full or GenerateError(
+            f"the generation process failed (exit {code}); log {log_path}:\n{tail}"
+        )
     status = json.loads(status_path.read_text())
     if status["error"]:
         raise GenerateError(f"the generation pipeline failed: {status['error']}; log {log_path}")
@@ -316,8 +319,8 @@ def _run_child(
     return status
 
 
-def _teacher_failure(state: dict[str, Any], cache: str) -> GenerateError:
-    return GenerateError(
+def _teacher_failure(state: dict[str, Any], cache: str) -> Exception:
+    return cache_failure(state["failed"]) or GenerateError(
         f"teacher failure: {state['failed']}. {state['requests']} request(s) were sent in "
         f"this run; every completed reply is kept in {cache}, so rerunning the "
         "same command continues without repeating them."

@@ -148,7 +148,7 @@ class TeacherLLM(AsyncLLM):
             # write and distilabel's writer; templates.BROKEN marks the text broken (dropped later)
             response["generations"] = [g and mark_surrogates(g) for g in response["generations"]]
             if "rejected" not in response["finish_reasons"]:  # a rejection is asked again
-                self._cache.put(key, response)
+                self._cache.keep(key, response, self._ledger)  # full disk: fails the run
         reasons = response["finish_reasons"]
         self._ledger.record(
             cache_hit=hit,
