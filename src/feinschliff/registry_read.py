@@ -215,12 +215,17 @@ def version_adapter(root: Root, use_case: str, version: str) -> AdapterRef:
     return AdapterRef(path=str(vdir), sha256=json.loads((vdir / COMPLETE).read_text())["sha256"])
 
 
-def list_registry(root: Root) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def use_cases(root: Root) -> list[str]:
+    """The use cases the registry holds (folders with a valid name), sorted."""
     st = store_of(root)
-    for name in st.listdir(""):
-        if not NAME_RE.match(name) or not st.isdir(name):
-            continue
+    return sorted(n for n in st.listdir("") if NAME_RE.match(n) and st.isdir(n))
+
+
+def list_registry(root: Root, only: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per version, by use case; ``only``: just these use cases (in that order),
+    each of which the caller knows the registry has."""
+    rows: list[dict[str, Any]] = []
+    for name in use_cases(root) if only is None else list(dict.fromkeys(only)):
         aliases = read_aliases(root, name)
         gone = retired(root, name)
         for v in versions(root, name):

@@ -61,8 +61,19 @@ WhyOpt = Annotated[str, typer.Option(help="Reason, recorded in the audit log.")]
 
 
 @registry_app.command("list")
-def registry_list(root: ReadRootOpt = None) -> None:
-    """List registered adapter versions with their aliases (and `retired`)."""
+def registry_list(
+    root: ReadRootOpt = None,
+    use_case: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--use-case",
+            help="Only this use case (a recipe's use_case); repeatable. One the registry does "
+            "not have: exit 2, naming those it has.",
+        ),
+    ] = None,
+) -> None:
+    """List registered adapter versions with their aliases (and `retired`), of every use case
+    in the registry or of --use-case."""
     from feinschliff.registry import list_registry, open_root
     from feinschliff.registry_store import location, store_of
 
@@ -71,17 +82,23 @@ def registry_list(root: ReadRootOpt = None) -> None:
         there = store_of(r).exists("")
         if not there and root is not None:  # a typo, not an empty registry
             raise Failure(f"no registry at {location(r)} (--root)", code=2)
-        rows = list_registry(r) if there else []
+        for name in use_case or []:
+            _known_use_case(r, name)
+        rows = list_registry(r, use_case) if there else []
     if not rows:
-        typer.echo(f"registry is empty ({location(r)})")
+        if use_case:  # the use case is there (checked), with no complete version yet
+            typer.echo(f"no versions of {', '.join(use_case)} in the registry at {location(r)}")
+        else:
+            typer.echo(f"registry is empty ({location(r)})")
         return
+    width = max(20, *(len(row["use_case"]) for row in rows))  # names may be 63 characters
     typer.echo(
-        f"{'use case':<20} {'version':<8} {'aliases':<22} {'method':<6} {'created':<21} sha256"
+        f"{'use case':<{width}} {'version':<8} {'aliases':<22} {'method':<6} {'created':<21} sha256"
     )
-    for r in rows:
+    for row in rows:
         typer.echo(
-            f"{r['use_case']:<20} {r['version']:<8} {','.join(r['aliases']) or '-':<22} "
-            f"{r['method'] or '-':<6} {r['created_at']:<21} {r['adapter_sha256']}"
+            f"{row['use_case']:<{width}} {row['version']:<8} {','.join(row['aliases']) or '-':<22} "
+            f"{row['method'] or '-':<6} {row['created_at']:<21} {row['adapter_sha256']}"
         )
 
 

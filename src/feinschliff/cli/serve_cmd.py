@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -9,16 +10,23 @@ import typer
 
 from feinschliff.cli.app import Failure, RecipeArg, SetOpt, _load, app
 from feinschliff.cli.registry_cmd import _errors
-from feinschliff.serving.serve_config import TARGETS
+from feinschliff.serving.serve_config import TARGETS, Target
 
 
 @app.command("serve-config")
 def serve_config(
-    recipe: RecipeArg,
+    recipes: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RECIPE",
+            help="Recipe YAML file; several: one config for a server they all share.",
+            show_default=False,
+        ),
+    ],
     target: Annotated[str, typer.Option(help=f"One of: {', '.join(TARGETS)}.")] = "vllm",
     version: Annotated[
         str | None,
-        typer.Option(help="Registry version, e.g. v0003 (default: production)."),
+        typer.Option(help="Registry version, e.g. v0003 (default: production; one RECIPE only)."),
     ] = None,
     k8s_model: Annotated[
         str | None,
@@ -29,7 +37,14 @@ def serve_config(
             "vllm-k8s.",
         ),
     ] = None,
-    set_: SetOpt = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a recipe value: dotted.path=value (YAML-parsed), in every RECIPE. "
+            "Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Print a serving config for the production adapter (or --version) of the recipe's
     registry: vllm (server flags with --enable-lora --max-lora-rank --max-loras, and
@@ -39,7 +54,15 @@ def serve_config(
     refused, exit 2) or ollama (a Modelfile with ADAPTER). A version that does not fit the
     recipe's serving settings now (register.max_lora_rank, base model) is refused, exit 2.
     Copies the version to its serving path (register.vllm.adapter_dir) so the printed path
-    exists; writes nothing else."""
+    exists; writes nothing else.
+
+    Several RECIPEs: one config for a server that serves all their use cases (production
+    versions; not for ollama, whose Modelfile is one model). They must agree on what the server
+    is: base model, register.vllm.model, mode, resolver_dir and servers, each use case given
+    once (else exit 2 naming both recipes and the field). --max-lora-rank is the largest
+    register.max_lora_rank; --max-loras counts keep_versions + 1 per use case plus one being
+    staged and one kept free (at least the largest register.vllm.max_loras), and the output
+    names the recipes whose register.vllm.max_loras should be raised to it."""
     from feinschliff.registry import RegistryError
     from feinschliff.serving.publish import served_adapter
     from feinschliff.serving.serve_config import ServeConfigError, render
@@ -48,7 +71,12 @@ def serve_config(
         raise Failure(f"--target must be one of {', '.join(TARGETS)}", code=2)
     if k8s_model is not None and target != "vllm-k8s":
         raise Failure(f"--k8s-model is only for --target vllm-k8s, not {target}", code=2)
-    cfg = _load(recipe, set_)
+    if len(recipes) > 1:
+        if version is not None:
+            raise Failure("--version takes one RECIPE (several: their production)", code=2)
+        _serve_config_shared(recipes, target, k8s_model, set_)  # type: ignore[arg-type]
+        return
+    cfg = _load(recipes[0], set_)
     # as the registry commands: a store's OSError / cloud SDK error -> exit 1; a PreflightError
     # (served model is not the recipe's base model: a recipe error) -> exit 2, in _errors
     with _errors():
@@ -63,6 +91,34 @@ def serve_config(
         except RegistryError as exc:
             raise Failure(str(exc)) from exc
         except ServeConfigError as exc:  # cannot be served on that target as configured
+            raise Failure(str(exc), code=2) from exc
+    typer.echo(text, nl=False)
+
+
+def _serve_config_shared(
+    paths: list[Path], target: Target, k8s_model: str | None, overrides: list[str] | None
+) -> None:
+    """`serve-config A B ...`: the recipes are checked to fit one server before any version
+    is copied to its serving path."""
+    from feinschliff.registry import InvalidName, RegistryError
+    from feinschliff.serving.preflight import PreflightError
+    from feinschliff.serving.publish import served_adapter
+    from feinschliff.serving.serve_config import ServeConfigError
+    from feinschliff.serving.serve_config_shared import SharedUseCase, check_shared, render_shared
+
+    items = [SharedUseCase(str(p), _load(p, overrides)) for p in paths]
+    with _errors():
+        try:
+            check_shared(items, target)
+            served = []
+            for item in items:
+                try:
+                    served.append(dataclasses.replace(item, adapter=served_adapter(item.recipe)))
+                except (RegistryError, PreflightError) as exc:  # which recipe; codes as one
+                    code = 2 if isinstance(exc, PreflightError | InvalidName) else 1
+                    raise Failure(f"{item.source}: {exc}", code=code) from exc
+            text = render_shared(served, target, k8s_model)
+        except ServeConfigError as exc:
             raise Failure(str(exc), code=2) from exc
     typer.echo(text, nl=False)
 

@@ -148,17 +148,22 @@ def render_tgi(a: ServedAdapter) -> str:
     ``LORA_ADAPTERS`` has no escaping (TGI's parse_lora_adapters splits on ',' and reads '='
     and '@' as separators), so a path with one of those is refused.
     """
-    for char in ",=@":
-        if char in a.path:
-            raise ServeConfigError(
-                f"TGI's LORA_ADAPTERS cannot hold {char!r} in an adapter path: {a.path}"
-            )
+    check_tgi_path(a.path)
     return (
         f"# TGI has no runtime load endpoint: restart with the new value to switch {a.name}\n"
         f"LORA_ADAPTERS={shlex.quote(f'{a.name}={a.path}')}\n"
         f"# request: POST /generate "
         f'{{"inputs": "...", "parameters": {{"adapter_id": "{a.name}"}}}}\n'
     )
+
+
+def check_tgi_path(path: str) -> None:
+    """Refuse a path ``LORA_ADAPTERS`` cannot hold (TGI splits on ',', '=' and '@')."""
+    for char in ",=@":
+        if char in path:
+            raise ServeConfigError(
+                f"TGI's LORA_ADAPTERS cannot hold {char!r} in an adapter path: {path}"
+            )
 
 
 def render_ollama(a: ServedAdapter) -> str:
