@@ -25,6 +25,7 @@ atomic directory rename nor file locks, so
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import logging
 import os
@@ -42,6 +43,7 @@ from feinschliff.artifacts import COMPLETE, append_line, completed_hash, file_lo
 from feinschliff.models import feinschliff_home
 
 log = logging.getLogger(__name__)
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)  # a read-only mount, no permission
 
 
 class RegistryError(RuntimeError):
@@ -53,7 +55,7 @@ class InvalidName(RegistryError):
 
 
 class NotAFolder(InvalidName):
-    """A local registry location that is a file, or lies under one (a wrong path, exit 2)."""
+    """A local registry that is a file, lies under one or is read-only (a wrong path, exit 2)."""
 
 
 class AliasConflict(RegistryError):
@@ -132,8 +134,13 @@ class LocalStore:
     @contextmanager
     def lock(self, rel: str, *, lease_s: float | None = None) -> Iterator[Lease]:
         """An exclusive flock on ``rel``; the kernel drops it if the holder is killed."""
-        with file_lock(self.root / rel):
-            yield Lease()
+        try:
+            with file_lock(self.root / rel):
+                yield Lease()
+        except OSError as exc:  # every change holds it: a read-only mount is a wrong path
+            if exc.errno in _REFUSED and Path(exc.filename or "/").is_relative_to(self.root):
+                raise NotAFolder(f"registry {self.root}: {exc.strerror}: {exc.filename}") from None
+            raise
 
     def write_version(
         self,
@@ -142,12 +149,9 @@ class LocalStore:
         fill: Callable[[Path], None],
         commit: Callable[[], None] = lambda: None,
     ) -> None:
-        """``fill`` a hidden temp dir next to the version, then rename it into place.
-        ``commit`` runs just before the version becomes visible (and may raise to stop it).
-
-        Everything ``fill`` wrote is fsynced before the rename (marker last) and the folders
-        holding the new entry after it: once this returns, the version survives a power cut,
-        and no cut can publish it with a file missing or short."""
+        """``fill`` a hidden temp dir next to the version, fsync it (marker last), rename it
+        into place and fsync the folders holding it: once this returns, the version survives a
+        power cut. ``commit`` runs just before it becomes visible (and may raise to stop it)."""
         uc = self.root / uc_rel
         uc.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=uc))
@@ -183,11 +187,8 @@ def fsync_tree(root: Path) -> None:
     marker goes last in its folder: it vouches for everything else being on disk."""
     for here, _, names in os.walk(root, topdown=False):
         for name in sorted(names, key=lambda n: n == COMPLETE):
-            fd = os.open(os.path.join(here, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(os.path.join(here, name), "rb") as f:
+                os.fsync(f.fileno())
         fsync_dir(Path(here))
 
 
@@ -380,9 +381,7 @@ def location(root: Root) -> str:
 
 def materialise(st: LocalStore | FsspecStore, rel: str, dest: Path, sha256: str | None) -> None:
     """Download the tree ``rel`` to ``dest`` (via a temp dir), checked against its marker hash.
-
-    Safe against a concurrent materialisation of the same version: whoever renames second
-    keeps the first one's identical copy."""
+    Safe against a concurrent materialisation: whoever renames second keeps the first copy."""
     tmp = dest.with_name(f".{dest.name}-{uuid.uuid4().hex[:8]}")
     try:
         st.download(rel, tmp)

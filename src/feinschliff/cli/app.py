@@ -108,7 +108,23 @@ def os_error_line(exc: OSError) -> str:
             more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
             return f"{cause}: {dst}{more}"
     what = exc.strerror or str(exc) or type(exc).__name__
-    return f"{what}: {exc.filename}" if exc.filename is not None else what
+    if exc.filename is None:
+        return what
+    return f"{what}: {exc.filename}{_hf_cache_hint(exc)}"
+
+
+def _hf_cache_hint(exc: OSError) -> str:
+    """Training, evaluation and generation cache datasets under HF_HOME (by default in the
+    home folder, read-only in many containers): a refused write there says which setting."""
+    refused = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+    if not refused or not isinstance(exc.filename, str | bytes):
+        return ""
+    from huggingface_hub import constants
+
+    hf = Path(constants.HF_HOME).resolve()
+    if not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(hf):
+        return ""
+    return f" (the Hugging Face cache, HF_HOME={hf}: set HF_HOME to a writable folder)"
 
 
 def _setup_logging() -> None:

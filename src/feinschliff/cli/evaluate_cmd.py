@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -14,8 +16,10 @@ from feinschliff.cli.app import (
     _complete_dir,
     _load,
     _read_report,
+    _unwritable,
     app,
     human_answer,
+    os_error_line,
 )
 
 
@@ -49,8 +53,8 @@ def evaluate(
     recipe's register.registry; left out when trained on another base model) and the candidate;
     write OUT/report.json, OUT/report.md, OUT/comparison.png and per-sample outputs in
     OUT/samples/, and print report.md. Exit 2: an --adapter or --data that is no finished
-    output, --data the adapter was not trained on, an OUT inside either; exit 1: an evaluation
-    or judge failure."""
+    output, --data the adapter was not trained on, an OUT inside either or one the OS does not
+    let us write (a read-only mount); exit 1: an evaluation or judge failure."""
     from feinschliff.artifacts import AdapterRef, DatasetRef
     from feinschliff.evaluate import run_evaluate
     from feinschliff.evaluate.harness import EvalError
@@ -81,7 +85,22 @@ def evaluate(
         raise Failure(str(exc), code=2) from exc
     except (EvalError, JudgeError) as exc:
         raise Failure(str(exc)) from exc
+    except OSError as exc:
+        refused = _refused_write(exc, out)
+        if refused is None:
+            raise  # a full disk, an unreadable input: main() prints it, exit 1
+        raise refused from exc
     typer.echo((report.dir / "report.md").read_text())
+
+
+def _refused_write(exc: OSError, out: Path) -> Failure | None:
+    """A write into ``out`` that the OS refused (a read-only mount, no permission): a wrong
+    output path, exit 2 naming it; None for any other OSError."""
+    if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or exc.filename is None:
+        return None
+    if not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(out.resolve()):
+        return None
+    return Failure(f"--out {out}: {os_error_line(exc)}: choose another folder", code=2)
 
 
 @app.command()
@@ -117,12 +136,20 @@ def gate(
     """Apply the recipe's gate rules to a report; prints value, threshold and pass/fail per rule
     and writes the decision to decision.json next to the report (replacing an earlier one);
     registers nothing. Exit 0: promote. Exit 3: rejected (or awaiting a human approval).
-    Exit 2: a --report that is no evaluate report or is of another use case."""
+    Exit 2: a --report that is no evaluate report, is of another use case or lies in a folder
+    the OS does not let us write (a read-only mount)."""
     from feinschliff.gate import decide_promotion, write_decision
 
     cfg = _load(recipe, set_)
     approval = human_answer(cfg.gate, approve, by, comment)
-    decision = decide_promotion(_read_report(report, cfg.use_case), cfg.gate, approval)
+    evaluated = _read_report(report, cfg.use_case)
+    if why := _unwritable(report.parent):  # before any verdict is printed: none is recorded
+        raise Failure(
+            f"--report {report}: its folder is not writable ({why}): the gate writes "
+            "decision.json beside the report; copy the evaluate output to a writable folder",
+            code=2,
+        )
+    decision = decide_promotion(evaluated, cfg.gate, approval)
     for r in decision.results:
         thr = "-" if r.threshold is None else f"{r.threshold:g}"
         val = "-" if r.value is None else f"{r.value:.4f}"

@@ -47,7 +47,8 @@ def generate(
     --feedback and --mixed-out, also writes the weighted mix (recipe `generate.mix`). Prints
     path, sha256, counts and teacher usage as JSON. Exit 2: a recipe without a `generate`
     section, a seed file that is not UTF-8, no seeds, an --out or --mixed-out that is, holds or
-    lies inside --feedback (or the one inside the other); exit 1: a teacher failure, no row
+    lies inside --feedback (or the one inside the other) or whose parent folder cannot be
+    written (a read-only mount: the lock beside it); exit 1: a teacher failure, no row
     survived, or another run writing OUT (or the mix output)."""
     from feinschliff.artifacts import DatasetRef
     from feinschliff.generate import GenerateError, merge_datasets, run_generate

@@ -53,8 +53,8 @@ ExpectOpt = Annotated[
     str | None,
     typer.Option(
         help="The production version you saw ('none': there was none), compared before the "
-        "alias moves: another one means a conflict, exit 1, nothing changed. Default: the "
-        "production read when the command starts."
+        "alias moves: another one means a conflict, exit 1, nothing changed (a version the "
+        "registry does not have: exit 2). Default: the production read when the command starts."
     ),
 ]
 WhyOpt = Annotated[str, typer.Option(help="Reason, recorded in the audit log.")]
@@ -190,10 +190,10 @@ def registry_promote(
 
     cfg = _recipe_for(recipe, set_, use_case)
     with _errors():
-        expected = _expected(expect)
         r = _root_for(cfg, root)
         _known_use_case(r, use_case)  # before the lock, which would create the folder
         _known_version(r, use_case, version)  # a typo is a wrong argument, as for `show`
+        expected = _expected(expect, r, use_case)
         if cfg is not None:
             _print_report(publish_version(cfg, version, why=why, expected=expected, root=r))
         else:
@@ -221,9 +221,9 @@ def registry_rollback(
 
     cfg = _recipe_for(recipe, set_, use_case)
     with _errors():
-        expected = _expected(expect)
         r = _root_for(cfg, root)
         _known_use_case(r, use_case)  # before the lock, which would create the folder
+        expected = _expected(expect, r, use_case)
         if cfg is not None:
             _print_report(rollback_version(cfg, why=why, expected=expected, root=r))
             aliases = registry.read_aliases(r, use_case)
@@ -326,14 +326,14 @@ def _known_use_case(root: Any, use_case: str) -> None:
     raise Failure(f"no use case {use_case!r} in the registry at {where} ({has})", code=2)
 
 
-def _known_version(root: Any, use_case: str, version: str) -> None:
+def _known_version(root: Any, use_case: str, version: str, what: str = "version") -> None:
     """An unknown version is a wrong argument (exit 2) that names the versions there are."""
     from feinschliff import registry
 
     known = registry.versions(root, use_case)
     if version not in known:
         has = f"it has {', '.join(known)}" if known else "it has no versions yet"
-        raise Failure(f"no version {version!r} of {use_case!r} in the registry ({has})", code=2)
+        raise Failure(f"no {what} {version!r} of {use_case!r} in the registry ({has})", code=2)
 
 
 def _recipe_for(path: Path | None, overrides: list[str] | None, use_case: str) -> Recipe | None:
@@ -356,12 +356,13 @@ def _root_for(cfg: Recipe | None, root: str | None) -> Any:
     return registry_root(cfg) if cfg is not None and root is None else open_root(root)
 
 
-def _expected(expect: str | None) -> Any:
+def _expected(expect: str | None, root: Any, use_case: str) -> Any:
     from feinschliff.registry import UNSET
 
-    if expect is None:
-        return UNSET
-    return None if expect.lower() == "none" else expect
+    if expect is None or expect.lower() == "none":
+        return UNSET if expect is None else None
+    _known_version(root, use_case, expect, "--expect version")  # a typo, not a lost swap: 2
+    return expect
 
 
 def _print_report(report: Any) -> None:

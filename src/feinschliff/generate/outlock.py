@@ -8,7 +8,9 @@ holds its output: inside it, ``prepare_out`` would delete it with the folder. A 
 refused at once, naming the holder. The callers check their arguments and seeds first: a
 refused run creates no folder. A lock that cannot be created (a read-only parent folder) is
 skipped only when the output is complete and simply reused (``reuse``); otherwise it is an
-``OutputLockError`` naming the folder.
+``OutputLockError`` naming the folder: an ``OutputInUse`` (a wrong output path, exit 2, as an
+output folder the OS cannot create), not an ``OutputBusy``, so that no stage reports it as a
+failed run.
 
 An output that is, holds or lies inside an input folder (``--out`` inside ``--feedback``) is
 refused before anything is written (``refuse_overlap``): its files, or the lock beside it,
@@ -28,7 +30,7 @@ class OutputBusy(RuntimeError):
     """Another run is writing the output folder (exit 1, as a refused train-stage run)."""
 
 
-class OutputLockError(OutputBusy):
+class OutputLockError(OutputInUse):
     """The lock beside the output cannot be created (its parent folder is read-only)."""
 
 
