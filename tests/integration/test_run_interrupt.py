@@ -103,6 +103,27 @@ def test_ctrl_c_exits_130_at_once_with_one_line_and_no_server_left(running_run):
     assert _gone(server, within=15)
 
 
+def test_sigterm_exits_143_with_one_line_and_no_server_left(running_run):
+    """`docker stop` / Kubernetes send SIGTERM to the process alone (not its group): Prefect
+    marks the flow run crashed, then the run ends as for Ctrl-C, with SIGTERM's exit code."""
+    proc, server, stderr = running_run
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(2)
+        pytest.fail(f"`run` still running 90 s after SIGTERM:\n{stderr.read_text()[-6000:]}")
+    said = stderr.read_text()
+    assert code == 143, said[-2000:]
+    assert said.rstrip().endswith("terminated (SIGTERM): rerun the same command to resume"), said[
+        -2000:
+    ]
+    assert "Traceback" not in said, said[-2000:]
+    assert _gone(server, within=15)
+
+
 def test_a_killed_run_leaves_no_server(running_run):
     proc, server, _ = running_run
     os.kill(proc.pid, signal.SIGKILL)
