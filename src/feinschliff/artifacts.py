@@ -355,13 +355,28 @@ def jsonl_lines(text: str) -> list[str]:
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``path`` (created, with its folder) while the block runs; the
-    kernel drops it when the holder dies, so a killed process never leaves a stale lock."""
+    kernel drops it when the holder dies, so a killed process never leaves a stale lock. The
+    holder writes who it is into the file, so a wait names it (a hung holder, not a hang)."""
     import fcntl
+    import socket
+    import sys
+    import time
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with path.open("a+") as fh:
         try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read(300).strip() or "another process"
+            log.warning("waiting for %s, held by %s", path, holder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.truncate(0)
+            since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            command = " ".join(sys.argv)[:200]
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}: {command}\n")
+            fh.flush()
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
