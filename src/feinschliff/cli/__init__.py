@@ -19,6 +19,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     deploy_cmd,
     estimate_cmd,
     evaluate_cmd,
+    gc_cmd,
     generate_cmd,
     ingest_cmd,
     models_cmd,
