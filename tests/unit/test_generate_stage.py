@@ -221,6 +221,8 @@ def test_a_lone_leaf_saved_as_default_is_read_under_its_own_name(tmp_path, monke
     from datasets import Dataset
     from distilabel.distiset import create_distiset
 
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-test")  # checked before the (replaced) child
+
     def child(spec, out, plan, teacher, judge):
         steps = tmp_path / "buffer" / "steps_outputs"
         (steps / "instructions_raw").mkdir(parents=True)
@@ -267,6 +269,7 @@ LEAKED = " ".join(f"privat{i}" for i in range(20))  # a 20-word item of a privat
 
 
 def test_generated_rows_are_decontaminated_against_the_recipes_own_eval_sets(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEACHER_API_KEY", "sk-test")  # checked before the (replaced) child
     private = tmp_path / "private_eval.jsonl"
     private.write_text(json.dumps({"question": LEAKED}) + "\n", encoding="utf-8")
     path = _recipe(tmp_path, {**GENERATE, "seeds": {"topics": "themen.txt", "pii": "off"}})

@@ -124,12 +124,6 @@ CASES = {
         "unavailable after 1 attempt(s): ConnectError",
         "teacher failure: {failed}",
     ),
-    "api-key-unset": (
-        None,
-        None,
-        "environment variable TEACHER_API_KEY (teacher API key) is not set",
-        "teacher failure: {failed}",
-    ),
     "every-question-filtered": ("sk-test", "stub", None, "no rows survived generation"),
 }
 
@@ -183,6 +177,21 @@ def test_a_failed_teacher_ends_the_run_promptly_with_the_ledgers_message(
         assert not (out / ".complete").exists()
         assert seconds < 90, f"{name}: took {seconds:.0f} s"
         assert not _no_processes_left(mark), f"{name}: processes of the stage outlived it"
+
+
+def test_an_unset_api_key_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
+    """The key's variable is checked before the output folder or distilabel's child exist:
+    exit 2 naming the recipe field (it failed inside the child, after creating the output,
+    as a 'teacher failure' that claimed a request had been sent)."""
+    from tests.cli_helpers import run_main
+
+    monkeypatch.delenv("TEACHER_API_KEY", raising=False)
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(tmp_path / "home"))
+    recipe = _recipe(tmp_path, f"http://127.0.0.1:{_free_port()}/v1")
+    code, err = run_main(monkeypatch, capsys, "generate", str(recipe), "--out", str(tmp_path / "o"))
+    assert code == 2, err
+    assert "generate.teacher.api_key_env: environment variable TEACHER_API_KEY is not set" in err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o*"))
 
 
 def test_selects_placeholder_is_no_row_and_no_drop():

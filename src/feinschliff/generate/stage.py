@@ -180,8 +180,8 @@ def _generate(
     stopped = budget_stop(status)
     manifest: dict[str, Any] = {
         "stage": "generate",
-        "teacher": _describe(spec.teacher),
-        "judge": _describe(_judge(spec)) if spec.preference else None,
+        "teacher": spec.teacher.model_dump(mode="json"),  # the key's variable name, never the key
+        "judge": _judge(spec).model_dump(mode="json") if spec.preference else None,
         "template_version": TEMPLATE_VERSION,
         "seeds": {
             "count": len(seeds.items),
@@ -378,6 +378,11 @@ def _judge_path(spec: GenerateSpec) -> str:
 def _model_string(model: OpenAITeacher | LocalTeacher, where: str) -> str:
     """The request's ``model``, or a local model's folder (``where``: its recipe path)."""
     if model.kind == "openai":
+        if model.api_key_env and not os.environ.get(model.api_key_env):  # before any folder
+            raise InputRefused(
+                f"{where}.api_key_env: environment variable {model.api_key_env} "
+                "is not set (the endpoint's API key; never read from the recipe)"
+            )
         return model.model
     from feinschliff.models import ModelFetchError, resolve_model
 
@@ -385,11 +390,6 @@ def _model_string(model: OpenAITeacher | LocalTeacher, where: str) -> str:
         return str(resolve_model(model.model))
     except ModelFetchError as exc:
         raise GenerateError(f"{where}.model: {exc}") from exc
-
-
-def _describe(model: OpenAITeacher | LocalTeacher) -> dict[str, Any]:
-    """The teacher as recorded in the manifest: never the key, only the variable's name."""
-    return model.model_dump(mode="json")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
