@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from feinschliff.registry import RegistryError, manifest, promote
 from feinschliff.serving.publish import register_version, served_adapter
 from feinschliff.serving.serve_config import render
 from feinschliff.serving.vllm_client import VllmClient
-from feinschliff.specs.register import VllmSpec
+from feinschliff.specs.register import VllmServer, VllmSpec
 from tests.cli_helpers import run_cli
 from tests.unit.adapter_factory import make_base, make_train_output
 
@@ -86,6 +87,33 @@ def test_vllm_flags(setup):
         "path": a.path,
         "base_model_name": "/models/base",
     }
+
+
+def test_vllm_flags_guard_the_adapter_routes_with_the_servers_key(setup):
+    """vLLM checks VLLM_API_KEY on every /v1 route, /v1/load_lora_adapter included: the printed
+    command sets it from the variable the recipe calls the servers with. Without a key it says
+    that anyone reaching the port can swap adapters (the command had no key at all)."""
+    recipe = setup[0]
+    text = render(served_adapter(recipe), "vllm")
+    assert 'export VLLM_API_KEY="${VLLM_KEY}"' in text.splitlines()
+    assert (
+        subprocess.run(
+            ["bash", "-c", text.split("\npython ")[0] + '\nprintf %s "$VLLM_API_KEY"'],
+            env={"VLLM_KEY": "sk-test"},
+            capture_output=True,
+            text=True,
+        ).stdout
+        == "sk-test"
+    )
+    open_server = recipe.register.vllm.model_copy(
+        update={"servers": [VllmServer(url="http://vllm-0:8000")]}
+    )
+    keyless = recipe.model_copy(
+        update={"register": recipe.register.model_copy(update={"vllm": open_server})}
+    )
+    text = render(served_adapter(keyless), "vllm")
+    assert "VLLM_API_KEY=" not in text
+    assert "anyone who reaches this port can load and unload adapters" in text
 
 
 def test_vllm_flags_say_what_a_restart_serves(setup, tmp_path):

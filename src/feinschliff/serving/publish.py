@@ -146,6 +146,7 @@ def served_adapter(recipe: Recipe, version: str | None = None) -> ServedAdapter:
         max_loras=spec.max_loras,
         mode=spec.mode,
         resolver_dir=spec.resolver_dir,
+        api_key_envs=tuple(sorted({s.api_key_env for s in spec.servers if s.api_key_env})),
     )
 
 

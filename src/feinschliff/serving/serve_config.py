@@ -30,6 +30,7 @@ class ServedAdapter:
     max_loras: int
     mode: str = "runtime"
     resolver_dir: str | None = None
+    api_key_envs: tuple[str, ...] = ()  # the variables the recipe's servers are called with
 
 
 class ServeConfigError(ValueError):
@@ -93,8 +94,22 @@ def render_vllm(a: ServedAdapter) -> str:
             "`feinschliff registry reconcile RECIPE` after every restart",
         ]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env]
+    lines += auth_lines(a.api_key_envs)
     lines.append(" \\\n  ".join(shlex.quote(x) for x in args))
     return "\n".join(lines) + "\n"
+
+
+def auth_lines(envs: tuple[str, ...]) -> list[str]:
+    """The server's API key: vLLM checks ``VLLM_API_KEY`` on every /v1 route, the adapter
+    load/unload routes included; without one anyone who reaches the port can swap adapters."""
+    if len(envs) == 1:  # the variable holds the key on the server too: expanded there
+        return [f'export VLLM_API_KEY="${{{envs[0]}}}"']
+    if envs:
+        return [f'# each replica: export VLLM_API_KEY="$<its api_key_env>" ({", ".join(envs)})']
+    return [
+        "# no register.vllm.servers[].api_key_env: anyone who reaches this port can load and "
+        "unload adapters (/v1/load_lora_adapter); set one and export VLLM_API_KEY"
+    ]
 
 
 # a Kubernetes label value: the operator matches pods by the label `model: <baseModel>`

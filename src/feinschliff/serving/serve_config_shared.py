@@ -21,6 +21,7 @@ from feinschliff.serving.serve_config import (
     ServeConfigError,
     ServedAdapter,
     Target,
+    auth_lines,
     check_tgi_path,
     render_vllm_k8s,
 )
@@ -127,6 +128,7 @@ def _render_vllm(items: list[SharedUseCase], adapters: list[ServedAdapter]) -> s
             "`feinschliff registry reconcile RECIPE` for each recipe after every restart"
         )
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env]
+    lines += auth_lines(tuple(sorted({e for a in adapters for e in a.api_key_envs})))
     lines.append(" \\\n  ".join(shlex.quote(x) for x in args))
     return "\n".join(lines) + "\n"
 
