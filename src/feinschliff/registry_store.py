@@ -6,13 +6,10 @@ the registry needs (read/write whole files, list, append, lock, write an immutab
 :class:`LocalStore` (a directory or ``file://``): a version is built in a hidden temp directory
 and ``os.rename``-d into place (atomic on one filesystem); locks are ``fcntl.flock``, which the
 kernel drops when the holder dies, so a killed writer never leaves a stale lock. Every write is
-durable before it becomes visible: a version's files and folders are fsynced before the rename
-that publishes it, JSON files are written to a temp file, fsynced and renamed, and the folder
-holding a renamed entry is fsynced after it, so a power cut leaves the old state or the new one,
-never a ``.complete`` marker beside truncated weights or an alias naming an empty version.
+durable before it becomes visible (files and folders fsynced before the rename that publishes
+them, the folder after it): a power cut leaves the old state or the new one.
 
-:class:`FsspecStore` (``s3://``, ``gs://``, ``memory://``, ...): object stores have neither an
-atomic directory rename nor file locks, so
+:class:`FsspecStore` (``s3://``, ``gs://``, ``memory://``, ...): no atomic rename, no file locks, so
 
 - a version is uploaded under a temp prefix ``.vNNNN-<token>/``, copied file by file to
   ``vNNNN/`` and its ``.complete`` marker is written last; readers ignore a version without the
@@ -309,7 +306,10 @@ class FsspecStore:
         return None
 
     def download(self, rel: str, dest: Path) -> None:
-        for f in self.files(rel):
+        files = self.files(rel)  # keys are named by whoever can write the bucket: ../ is refused
+        if bad := [f for f in files if ".." in f.split("/") or f.startswith("/")]:
+            raise RegistryError(f"{self.url}/{rel}: refusing the key {bad[0]!r}: outside {dest}")
+        for f in files:
             target = dest / f
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.fs.cat_file(self._p(f"{rel}/{f}")))
