@@ -41,6 +41,7 @@ Credentials: environment variables or Prefect Secret blocks only (``credentials`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -83,9 +84,15 @@ class EmptySnapshot(RuntimeError):
 
 
 def state_dir() -> Path:
+    """Mirrors, watermarks and pull locks. The mirrors hold raw, unscrubbed feedback (PII):
+    the folder is the owner's only, whatever the umask (a shared home or mount)."""
     from feinschliff.models import feinschliff_home
 
-    return feinschliff_home() / "ingest"
+    folder = feinschliff_home() / "ingest"
+    with contextlib.suppress(OSError):  # read-only, or someone else's: theirs to protect
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+    return folder
 
 
 # How a pull fetches, not what: changing one must not start a new mirror and a full re-pull.
