@@ -187,7 +187,7 @@ class JudgeClient:
             )
 
     def _excerpt(self, resp: httpx.Response) -> str:
-        return self._redact(" ".join(resp.text[:300].split()))
+        return " ".join(self._redact(resp.text).split())[:300]  # redact, then cut: no key half
 
     def _redact(self, text: str) -> str:
         """``text`` without the API key (an endpoint may echo the request's headers)."""

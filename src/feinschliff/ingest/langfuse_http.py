@@ -17,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from feinschliff.ingest.credentials import MissingCredentials
+from feinschliff.redact import redact_response_text
 
 RETRIES = 4  # tries for transport errors and 5xx answers
 RATE_LIMIT_WAIT_S = 300.0  # waiting for 429s per request, at most
@@ -154,7 +155,7 @@ def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
             page = response.json()
         if isinstance(page, dict) and isinstance(page.get("data", []), list):
             return page
-    body = _snippet(response.text)
+    body = _snippet(redact_response_text(response))  # a proxy may echo the Basic auth
     said = f"{status} {response.reason_phrase}".strip()
     if status == 404:
         raise EndpointMissing(
@@ -163,7 +164,7 @@ def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
             where,
         )
     if 300 <= status < 400:
-        where_to = response.headers.get("location") or "nowhere"
+        where_to = redact_response_text(response, response.headers.get("location") or "nowhere")
         why = f"a redirect to {where_to} (a login page or proxy in front of the API?)"
     elif status >= 400:
         why = (f"{tries} times, " if tries > 1 else "") + body

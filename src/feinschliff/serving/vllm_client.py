@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from feinschliff.redact import redact_response_text
 from feinschliff.specs.register import VllmServer
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,12 @@ def _route_missing(resp: httpx.Response) -> bool:
 
 def _error_message(resp: httpx.Response) -> str:
     """vLLM's ``{"error": {"type", "message"}}``, or its auth middleware's plain
-    ``{"error": "Unauthorized"}`` (401), or whatever text a proxy in front sent."""
+    ``{"error": "Unauthorized"}`` (401), or whatever text a proxy in front sent (without the
+    API key, which a proxy may echo)."""
+    return redact_response_text(resp, _quoted_error(resp))
+
+
+def _quoted_error(resp: httpx.Response) -> str:
     try:
         body = resp.json()
     except ValueError:
