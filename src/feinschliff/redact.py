@@ -3,8 +3,8 @@
 A server or a proxy in front of it may echo the request's headers in an error body (a 401's
 "Incorrect API key provided: sk-...", a debugging proxy's dump); that body becomes an error
 message, which reaches logs, manifests, dataset cards and notifications. Everything a request
-authenticated with is replaced: the Authorization header's value, its token, and for Basic
-auth (Langfuse's public:secret pair) the decoded user and password.
+authenticated with is replaced: the Authorization header's value, its token, for Basic auth
+(Langfuse's public:secret pair) the decoded user and password, and API-key headers.
 """
 
 from __future__ import annotations
@@ -16,10 +16,16 @@ from typing import Any
 HIDDEN = "***"
 
 
+# headers that carry a credential (Argilla's SDK sends its key in its own header)
+KEY_HEADERS = ("x-argilla-api-key", "x-api-key", "api-key")
+
+
 def credentials_of(request: Any) -> list[str]:
-    """The secrets an httpx request carried in its Authorization header, longest first."""
-    value = request.headers.get("authorization", "") if request is not None else ""
-    found = {value} if value else set()
+    """The secrets an httpx request carried in its headers, longest first."""
+    headers = request.headers if request is not None else {}
+    found = {v for h in KEY_HEADERS if len(v := headers.get(h, "")) >= 4}
+    value = headers.get("authorization", "")
+    found |= {value} if value else set()
     scheme, _, token = value.partition(" ")
     if token:
         found.add(token)
@@ -38,7 +44,11 @@ def redact_response_text(response: Any, text: str | None = None) -> str:
         request = response.request
     except RuntimeError:  # a response built without its request (tests, mocks)
         request = None
-    out = response.text if text is None else text
+    return redact_request_credentials(request, response.text if text is None else text)
+
+
+def redact_request_credentials(request: Any, text: str) -> str:
+    """``text`` without the credentials ``request`` (an httpx request, or None) sent."""
     for secret in credentials_of(request):
-        out = out.replace(secret, HIDDEN)
-    return out
+        text = text.replace(secret, HIDDEN)
+    return text

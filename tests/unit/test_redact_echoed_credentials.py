@@ -105,3 +105,16 @@ def test_the_judge_redacts_before_it_cuts_the_body(monkeypatch):
 
     said = asyncio.run(ask())
     assert key[:8] not in said
+
+
+def test_an_argilla_pull_error_does_not_quote_the_api_key():
+    """Argilla's SDK sends its key in X-Argilla-Api-Key; its errors quote the response."""
+    from feinschliff.ingest.pull import PullFailed
+    from feinschliff.ingest.pull_argilla import _argilla_errors
+
+    key = "argilla.apikey-SECRET-0123456789"
+    request = httpx.Request("GET", "http://a/api/v1/me", headers={"X-Argilla-Api-Key": key})
+    response = httpx.Response(502, text=f"bad gateway; X-Argilla-Api-Key: {key}", request=request)
+    with pytest.raises(PullFailed) as failed, _argilla_errors("http://a", "ARGILLA_API_KEY"):
+        raise httpx.HTTPStatusError(f"502: {response.text}", request=request, response=response)
+    assert key not in str(failed.value) and "***" in str(failed.value)

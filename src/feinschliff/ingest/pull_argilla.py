@@ -22,6 +22,7 @@ from feinschliff.ingest.pull import (
     _save_json,
     _stamp,
 )
+from feinschliff.redact import redact_request_credentials
 from feinschliff.specs.feedback import ArgillaPull, FeedbackSource
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,14 @@ def _argilla_errors(url: str, key_from: str) -> Iterator[None]:
             "feedback.sources[].pull.api_key_secret"
         ) from exc
     except (ArgillaError, httpx.HTTPError, ValueError) as exc:
-        endpoint = ""
+        endpoint, request = "", None
         for e in (exc, exc.__cause__, exc.__context__):  # the SDK wraps httpx's errors
             if isinstance(e, httpx.HTTPStatusError | httpx.RequestError) and not endpoint:
                 with suppress(RuntimeError):  # an error raised without its request
+                    request = e.request
                     endpoint = f" ({e.request.method} {e.request.url.path})"
         cause = str(exc) if isinstance(exc, ArgillaError) else f"{type(exc).__name__}: {exc}"
+        cause = redact_request_credentials(request, cause)  # a proxy may echo the key
         if isinstance(exc, ArgillaAPIError):
             cause = f"HTTP {exc.status_code}, {cause}"
         elif isinstance(exc, ValueError):
