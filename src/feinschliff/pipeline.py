@@ -65,7 +65,7 @@ def run_lock(workdir: Path, name: str = ".run.lock") -> Iterator[None]:
         f.seek(0)
         f.truncate()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        f.write(f"{_this_process()} since {stamp}\n")
+        f.write(f"{_this_process()} since {stamp}{_command()}\n")
         f.flush()
         try:
             yield
@@ -75,6 +75,15 @@ def run_lock(workdir: Path, name: str = ".run.lock") -> Iterator[None]:
 
 def _this_process() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _command() -> str:
+    """Which command holds the workdir (`feinschliff gc` holds it for seconds, a run for
+    hours: the refused one says which)."""
+    import sys
+
+    words = [Path(sys.argv[0]).name, *sys.argv[1:2]] if sys.argv and sys.argv[0] else []
+    return f": {' '.join(words)}" if words else ""
 
 
 def held_here(lock: Path) -> bool:

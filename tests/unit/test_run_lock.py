@@ -61,3 +61,12 @@ def test_a_second_train_stage_run_on_the_same_output_is_refused(tmp_path):
     held = run_lock(out.parent, name=".train.lock")
     with held, pytest.raises(RunInProgress):  # refused before the recipe is even read
         train_stage.fn("missing.yaml", str(tmp_path / "data"), "0" * 64, str(out))
+
+
+def test_the_refusal_names_the_holding_command(tmp_path, monkeypatch):
+    """A scheduled run refused because `feinschliff gc` held its workdir for a few seconds
+    said "in use by a run": the holder's command is named, so it reads as what it is."""
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/feinschliff", "gc", "--yes"])
+    refused = pytest.raises(RunInProgress, match=r"since \S+: feinschliff gc\)")
+    with run_lock(tmp_path / "run"), refused, run_lock(tmp_path / "run"):
+        pass
