@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def test_flow_promotes_then_reuses_then_rejects(prefect_harness, demo_model, home, tmp_path):
     from flows.retrain import retrain
 
-    work = tmp_path / "run"
+    work = home / "runs" / "support-de-demo"  # where a scheduled run works, and gc looks
     first = retrain(recipe_path=DEMO, overrides=FAST + ACCEPT, workdir=str(work))
 
     assert first["promoted"] is True and first["version"] == "v0001"
@@ -51,6 +51,17 @@ def test_flow_promotes_then_reuses_then_rejects(prefect_harness, demo_model, hom
         "evaluate/comparison.png",
     ):
         assert (work / name).stat().st_size > 0, name
+
+    # `feinschliff gc --yes` between scheduled runs removes the finished training's checkpoints
+    # and keeps the replay snapshot v0001 records; nothing the next run reuses is lost.
+    from tests.cli_helpers import run_cli
+
+    assert (work / "train" / "checkpoints").is_dir()
+    code, said = run_cli("gc", DEMO, "--yes")
+    assert code == 0, said
+    assert not (work / "train" / "checkpoints").exists()
+    rows = manifest["dataset"].get("rows_sha256") or manifest["train"]["dataset_rows_sha256"]
+    assert (home / "datasets" / rows).is_dir(), said
 
     # Unchanged inputs: training is reused (its marker untouched), the same version is re-found.
     marker = work / "train" / ".complete"
