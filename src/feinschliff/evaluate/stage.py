@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from feinschliff.artifacts import (
     rows_sha256,
     write_json,
 )
+from feinschliff.evaluate.baseline_cache import run_or_reuse
 from feinschliff.evaluate.harness import bundled_task_files, run_tasks
 from feinschliff.evaluate.judge import check_judge
 from feinschliff.evaluate.trained_data import check_trained_on, replayed_rows
@@ -92,9 +94,11 @@ def run_evaluate(
     hashes["candidate"] = adapter.sha256
 
     metrics: dict[str, dict[str, Any]] = {}
+    reused: dict[str, dict[str, Any] | None] = {}
     for role, adapter_dir in roles.items():
         log.info("evaluate: %s on %s", role, ", ".join(spec.tasks))
-        metrics[role] = run_tasks(
+        run = partial(
+            run_tasks,
             model_path,
             spec.tasks,
             adapter=adapter_dir,
@@ -104,6 +108,17 @@ def run_evaluate(
             num_fewshot=spec.num_fewshot,
             samples_out=out / "samples" / role,
             heldout_dir=data.dir if data is not None else None,
+            revision=recipe.base_model.revision,
+        )
+        metrics[role], reused[role] = run_or_reuse(
+            recipe,
+            role,
+            model_path,
+            adapter_dir,
+            samples_out=out / "samples" / role,
+            heldout_dir=data.dir if data is not None else None,
+            origin=str(out),
+            run=run,
         )
     if data is not None and (spec.heldout or spec.judge):
         from feinschliff.evaluate.extra import judge_and_heldout
@@ -137,6 +152,8 @@ def run_evaluate(
                 "base_model": recipe.base_model.name,
                 "adapter": path,
                 "adapter_sha256": hashes[role],
+                # the cache entry its lm-eval numbers came from; None: computed in this run
+                "lm_eval_reused": reused[role],
             }
             | ({"dataset_sha256": data.sha256} if role == "candidate" and data else {})
             for role, path in roles.items()
@@ -312,6 +329,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
     for role, why in (report.get("skipped") or {}).items():
         lines += ["", f"{role.capitalize()} not evaluated: {why}."]
+    for role, model in (report.get("models") or {}).items():
+        if hit := model.get("lm_eval_reused"):
+            lines += [
+                "",
+                f"{role.capitalize()}: lm-eval results reused from cache entry "
+                f"{hit['entry'][:16]} (computed {hit['computed_at']} for {hit['computed_for']}).",
+            ]
     unchecked = (metrics.get("candidate", {}).get("contamination/overlaps") or {}).get("unchecked")
     if unchecked:
         lines += [

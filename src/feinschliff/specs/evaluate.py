@@ -80,6 +80,15 @@ class EvaluateSpec(Strict):
         96, ge=1, description="Answer length when comparing against held-out corrections."
     )
     judge: JudgeSpec | None = Field(None, description="Optional LLM-as-judge (MT-Bench-DE style).")
+    reuse_baselines: bool = Field(
+        True,
+        description="Reuse the base model's and the production adapter's lm-eval results "
+        "(numbers and samples) from an earlier run (cache/evaluate/ under FEINSCHLIFF_HOME) when "
+        "nothing that can change them changed: model and adapter files (a hub model: its commit "
+        "in the local HF cache), dtype, tasks and their files and data, limit, num_fewshot, "
+        "batch_size, library versions, the evaluation code, device. The candidate's lm-eval, "
+        "judge and held-out metrics are always computed. false: compute everything.",
+    )
 
 
 # --------------------------------------------------------------------------- gate
