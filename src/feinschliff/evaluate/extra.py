@@ -53,7 +53,9 @@ def judge_and_heldout(
     metrics: dict[str, dict[str, Any]] = {}
     answers: dict[str, list[str]] = {}
     for role, adapter in roles.items():
-        model, tok = load_model(model_path, recipe.base_model.dtype, adapter)
+        model, tok = load_model(
+            model_path, recipe.base_model.dtype, adapter, recipe.base_model.revision
+        )
         entries: dict[str, Any] = {}
         if spec.heldout:
             if (acc := preference_accuracy(model, tok, pref_rows)) is not None:

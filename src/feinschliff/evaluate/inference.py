@@ -16,17 +16,22 @@ import torch
 Messages = list[dict[str, str]]
 
 
-def load_model(model_path: str, dtype: str, adapter: str | None = None) -> tuple[Any, Any]:
-    """The model (on lm-eval's device: the GPU when there is one) and its tokenizer."""
+def load_model(
+    model_path: str, dtype: str, adapter: str | None = None, revision: str | None = None
+) -> tuple[Any, Any]:
+    """The model (on lm-eval's device: the GPU when there is one) and its tokenizer, of a hub
+    model at ``revision`` (``base_model.revision``: the one the adapter was trained on)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from feinschliff.evaluate.harness import device
 
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = AutoTokenizer.from_pretrained(model_path, revision=revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=getattr(torch, dtype), revision=revision
+    )
     if adapter is not None:
         from peft import PeftModel
 
