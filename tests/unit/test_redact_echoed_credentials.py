@@ -118,3 +118,14 @@ def test_an_argilla_pull_error_does_not_quote_the_api_key():
     with pytest.raises(PullFailed) as failed, _argilla_errors("http://a", "ARGILLA_API_KEY"):
         raise httpx.HTTPStatusError(f"502: {response.text}", request=request, response=response)
     assert key not in str(failed.value) and "***" in str(failed.value)
+
+
+def test_a_vllm_error_cut_at_500_characters_keeps_no_part_of_the_key():
+    from feinschliff.serving.vllm_client import _error_message
+
+    key = "sk-" + "A1b2C3d4E5f6G7h8I9j0" * 2
+    request = httpx.Request(
+        "POST", "http://vllm:8000/v1/load_lora_adapter", headers={"Authorization": f"Bearer {key}"}
+    )
+    response = httpx.Response(502, text="x" * 490 + key + " <- echoed", request=request)
+    assert key[:10] not in _error_message(response)

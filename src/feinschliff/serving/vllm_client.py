@@ -183,16 +183,16 @@ def _route_missing(resp: httpx.Response) -> bool:
 def _error_message(resp: httpx.Response) -> str:
     """vLLM's ``{"error": {"type", "message"}}``, or its auth middleware's plain
     ``{"error": "Unauthorized"}`` (401), or whatever text a proxy in front sent (without the
-    API key, which a proxy may echo)."""
-    return redact_response_text(resp, _quoted_error(resp))
+    API key, which a proxy may echo: redacted before it is cut, so no part of it survives)."""
 
+    def quoted(text: str) -> str:
+        return redact_response_text(resp, text)[:500]
 
-def _quoted_error(resp: httpx.Response) -> str:
     try:
         body = resp.json()
     except ValueError:
-        return f"{resp.status_code}: {resp.text[:500]}"
+        return f"{resp.status_code}: {quoted(resp.text)}"
     err = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(err, dict):
-        return f"{resp.status_code} {err.get('type', '')}: {err.get('message', resp.text)}"
-    return f"{resp.status_code}: {str(err)[:500]}"
+        return f"{resp.status_code} {err.get('type', '')}: {quoted(str(err.get('message', resp.text)))}"
+    return f"{resp.status_code}: {quoted(str(err))}"
