@@ -23,13 +23,15 @@ the last ``keep_last`` production versions (at least the recipe's ``keep_version
 newer than production (a promotion may be loading one), of what a listed vLLM server has loaded
 (an unreachable server keeps them all), and every copy of a use case whose registry (or, for
 serving copies, whose recipe) gc was not given; snapshots a version of a known registry or a
-finished training in ``runs/`` records (all of them while a run is in progress or a use case in
-``runs/`` has no known registry). With ``older_than_s``, whatever changed more recently stays.
+finished training in ``runs/`` records, and any written in the last 14 days (a training outside
+``runs/``, or one whose output is registered later, is not seen by gc); all of them while a run or
+a training holds a workdir in ``runs/``, or a use case in ``runs/`` has no known registry (or its
+last evaluation read production from another registry). With ``older_than_s``, whatever changed
+more recently stays. The snapshot rules live in ``feinschliff.housekeeping_snapshots``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -49,7 +51,6 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["checkpoints", "serving", "registry-cache", "datasets"]
 COPY_RE = re.compile(r"^(?P<version>v\d{4,})-(?P<sha>[0-9a-f]{12})$")
-SNAPSHOT_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Finding(BaseModel):
@@ -94,7 +95,7 @@ def folder_size(path: Path) -> int:
     return total
 
 
-def _newest_mtime(path: Path) -> float:
+def newest_mtime(path: Path) -> float:
     try:
         return max(p.lstat().st_mtime for p in [path, *path.rglob("*")])
     except (OSError, ValueError):
@@ -104,13 +105,15 @@ def _newest_mtime(path: Path) -> float:
 def sweep(home: Path, targets: dict[str, Target], policy: Policy, emit: Emit) -> list[Finding]:
     """Look at every kind of garbage under ``home``; delete it when ``policy.delete``. Each
     finding is passed to ``emit`` as soon as it is decided (and, if so, deleted)."""
+    from feinschliff.housekeeping_snapshots import sweep_datasets
+
     found: list[Finding] = []
 
     def decide(kind: Kind, path: Path, why: str, delete: bool) -> None:
         if (
             delete
             and policy.older_than_s
-            and time.time() - _newest_mtime(path) < policy.older_than_s
+            and time.time() - newest_mtime(path) < policy.older_than_s
         ):
             days = policy.older_than_s / 86400
             why, delete = f"changed within the last {days:g} days (--older-than)", False
@@ -142,23 +145,38 @@ Decide = Callable[[Kind, Path, str, bool], None]
 def sweep_checkpoints(home: Path, decide: Decide) -> None:
     """The checkpoints of each finished training in ``runs/*/train``, under the workdir's run
     lock and the train folder's own lock: no run can start training into them meanwhile."""
-    from feinschliff.generate.outlock import OutputBusy, hold_output
-    from feinschliff.pipeline import RunInProgress, run_lock
-
     for work in sorted((home / "runs").glob("*/")):
         ckpt = work / "train" / "checkpoints"
         if not ckpt.is_dir() or ckpt.is_symlink():
             continue
-        try:
-            with run_lock(work), hold_output(work / "train"):
-                if completed_hash(work / "train") is None:
-                    why = "training not finished (no valid .complete): a rerun resumes from them"
-                    decide("checkpoints", ckpt, why, False)
-                else:
-                    why = "checkpoints of a finished training (its adapter is in train/adapter)"
-                    decide("checkpoints", ckpt, why, True)
-        except (RunInProgress, OutputBusy):
-            decide("checkpoints", ckpt, "a run is using this workdir now", False)
+        with ExitStack() as held:
+            if (problem := hold_workdir(work, held)) is not None:
+                decide("checkpoints", ckpt, problem, False)
+            elif completed_hash(work / "train") is None:
+                why = "training not finished (no valid .complete): a rerun resumes from them"
+                decide("checkpoints", ckpt, why, False)
+            else:
+                why = "checkpoints of a finished training (its adapter is in train/adapter)"
+                decide("checkpoints", ckpt, why, True)
+
+
+def hold_workdir(work: Path, held: ExitStack) -> str | None:
+    """Take ``work``'s run lock and its train folder's lock into ``held``; None, or why the
+    workdir must be left alone (a run or training holds it, or a lock cannot be created)."""
+    from feinschliff.artifacts import OutputInUse
+    from feinschliff.generate.outlock import OutputBusy, hold_output
+    from feinschliff.pipeline import RunInProgress, run_lock
+
+    try:
+        held.enter_context(run_lock(work))
+        held.enter_context(hold_output(work / "train"))
+    except (RunInProgress, OutputBusy):
+        return "a run is using this workdir now"
+    except OutputInUse as exc:  # its lock cannot be created: a read-only or foreign workdir
+        return f"{exc}: left alone"
+    except OSError as exc:
+        return f"cannot lock runs/{work.name} ({exc.strerror or exc}): left alone"
+    return None
 
 
 def _copy_dirs(base: Path, use_case: str) -> list[Path]:
@@ -294,72 +312,3 @@ def _unknown_use_cases(home: Path, targets: dict[str, Target]) -> tuple[list[str
 
 def _local(target: Target) -> bool:
     return isinstance(target.root, Path)
-
-
-def sweep_datasets(home: Path, targets: dict[str, Target], decide: Decide) -> None:
-    """Replay snapshots no known version or finished training records, while no run holds a
-    workdir in ``runs/`` (a training writes its snapshot before it trains)."""
-    from feinschliff.pipeline import RunInProgress, run_lock
-
-    snapshots = sorted(
-        p
-        for p in (home / "datasets").glob("*")
-        if SNAPSHOT_RE.match(p.name) and p.is_dir() and not p.is_symlink()
-    )
-    if not snapshots:
-        return
-    workdirs = sorted((home / "runs").glob("*/"))
-    unknown = [w.name for w in workdirs if w.name not in targets]
-    with ExitStack() as held:
-        problem = None
-        if unknown:
-            problem = f"no registry known for runs/{unknown[0]}: pass its recipe"
-        else:
-            try:
-                for work in workdirs:
-                    held.enter_context(run_lock(work))
-            except RunInProgress:
-                problem = "a run is in progress (its training may be writing one)"
-        needed: dict[str, str] = {}
-        if problem is None:
-            needed, problem = _recorded_snapshots(workdirs, targets)
-        for snap in snapshots:
-            if problem is not None:
-                decide("datasets", snap, problem, False)
-            elif (why := needed.get(snap.name)) is not None:
-                decide("datasets", snap, why, False)
-            else:
-                why = "rows of a training no registered version or run records"
-                decide("datasets", snap, why, True)
-
-
-def _recorded_snapshots(
-    workdirs: list[Path], targets: dict[str, Target]
-) -> tuple[dict[str, str], str | None]:
-    """Snapshot hash -> who records it; or why none may be deleted."""
-    needed: dict[str, str] = {}
-    for target in targets.values():
-        uc = target.use_case
-        try:
-            found = registry.versions(target.root, uc)
-            for v in found:
-                m = registry.manifest(target.root, uc, v)
-                dataset, train = m.get("dataset") or {}, m.get("train") or {}
-                for sha in (
-                    dataset.get("rows_sha256"),
-                    dataset.get("sha256"),
-                    train.get("dataset_rows_sha256"),
-                ):
-                    if sha:
-                        needed[sha] = f"trained {uc}/{v} (replay of a warm start)"
-        except (registry.RegistryError, OSError, ValueError) as exc:
-            return {}, f"registry of {uc} unreadable ({exc})"
-    for work in workdirs:
-        try:
-            metrics = json.loads((work / "train" / "metrics.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        for sha in (metrics.get("dataset_rows_sha256"), metrics.get("dataset_sha256")):
-            if sha:
-                needed.setdefault(sha, f"trained the adapter in {work / 'train'}")
-    return needed, None

@@ -6,7 +6,9 @@ registry, an alias, a server or a running stage needs is ever touched."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -198,12 +200,21 @@ def _snapshot(home: Path, sha: str) -> Path:
     return folder
 
 
+def age(folder: Path, days: float) -> Path:
+    """Make ``folder`` and its files look last written ``days`` ago."""
+    then = time.time() - days * 86400
+    for p in [*folder.rglob("*"), folder]:
+        os.utime(p, (then, then))
+    return folder
+
+
 def test_snapshots_no_version_or_run_records_go(home):
+    """Old ones: an unrecorded snapshot of the last 14 days stays (test_gc_safety)."""
     _registry(home, count=2, production=2)
     _training(home, rows=_sha(200))
-    registered = _snapshot(home, _sha(101))
-    pending = _snapshot(home, _sha(200))  # the finished training not registered yet
-    orphan = _snapshot(home, _sha(300))
+    registered = age(_snapshot(home, _sha(101)), 15)
+    pending = age(_snapshot(home, _sha(200)), 15)  # the finished training not registered yet
+    orphan = age(_snapshot(home, _sha(300)), 15)
 
     code, out = run_cli("gc", "--yes")
 
@@ -216,7 +227,7 @@ def test_snapshots_no_version_or_run_records_go(home):
 
 def test_snapshots_stay_while_a_run_is_in_progress_or_a_use_case_is_unknown(home):
     _registry(home, count=1, production=1)
-    orphan = _snapshot(home, _sha(300))
+    orphan = age(_snapshot(home, _sha(300)), 15)
     (home / "runs" / UC).mkdir(parents=True)
 
     with lock_held_elsewhere(home / "runs" / UC, ".run.lock"):

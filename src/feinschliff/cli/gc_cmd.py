@@ -50,9 +50,10 @@ def gc(
     """Show, and with --yes delete, what scheduled runs left under $FEINSCHLIFF_HOME that
     nothing needs: checkpoints of finished trainings (runs/*/train/checkpoints), serving copies
     and registry-cache copies of versions no alias, server or --keep-last needs, and replay
-    snapshots (datasets/) no registered version or run records. Never the registry, models,
-    venvs, ingest mirrors, caches of generate, an unfinished training's checkpoints, or a
-    workdir a run holds. Prints one line per folder (delete/keep, size, why) and the total.
+    snapshots (datasets/) no registered version or run records, written over 14 days ago.
+    Never the registry, models, venvs, ingest mirrors, caches of generate, an unfinished
+    training's checkpoints, or a workdir a run or training holds. Prints one line per folder
+    (delete/keep, size, why) and the total.
     Exit 2 on a bad option or recipe."""
     from feinschliff import housekeeping
     from feinschliff.models import feinschliff_home
@@ -96,22 +97,39 @@ def _targets(paths: list[Path], overrides: list[str] | None) -> dict:
     if overrides and not paths:
         raise Failure("--set changes a recipe: give one", code=2)
     targets: dict[str, housekeeping.Target] = {}
+    given: dict[str, tuple[Path, str]] = {}  # use case -> its first recipe, its settings
     for path in paths:
         recipe = _load(path, overrides)
-        targets.setdefault(
-            recipe.use_case,
-            housekeeping.Target(
-                use_case=recipe.use_case,
-                root=registry.open_root(recipe.register.registry),
-                vllm=recipe.register.vllm,
-                from_recipe=True,
-            ),
+        try:
+            root = registry.open_root(recipe.register.registry)
+        except registry.RegistryError as exc:  # an unknown scheme, an invalid location
+            raise Failure(f"{path}: {exc}", code=2) from exc
+        target = housekeeping.Target(
+            use_case=recipe.use_case, root=root, vllm=recipe.register.vllm, from_recipe=True
         )
+        settings = _settings(target)
+        first = given.setdefault(recipe.use_case, (path, settings))
+        if first[1] != settings:  # one set of copies and snapshots, two sets of rules
+            raise Failure(
+                f"{first[0]} and {path} are both for use case {recipe.use_case!r} with a "
+                "different registry, vLLM servers or adapter_dir: give one of them",
+                code=2,
+            )
+        targets.setdefault(recipe.use_case, target)
     root = default_root()
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if folder.is_dir() and registry.NAME_RE.match(folder.name):
             targets.setdefault(folder.name, housekeeping.Target(use_case=folder.name, root=root))
     return targets
+
+
+def _settings(target) -> str:
+    """What gc's rules read from a recipe: its registry, servers and serving folder."""
+    from feinschliff.registry_store import location
+
+    vllm = target.vllm
+    servers = [str(s.url) for s in vllm.servers] if vllm else []
+    return repr((location(target.root), servers, vllm.adapter_dir if vllm else None))
 
 
 def _whole(text: str, flag: str) -> int:
