@@ -24,6 +24,27 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture(autouse=True)
+def _log_handlers_on_open_streams():
+    """A log handler created while a test had swapped stderr (Typer's CliRunner, which closes
+    its stream) keeps writing there: a later test's stderr then holds "--- Logging error ---"
+    (Prefect's console handler, set up during a `deployments sync` test). Point such handlers
+    back at the real stderr after each test."""
+    import logging
+    import sys
+
+    yield
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and getattr(
+                handler.stream, "closed", False
+            ):
+                handler.stream = sys.__stderr__  # not setStream: it flushes the closed one
+                if hasattr(handler, "console"):  # rich's Console keeps its own reference
+                    handler.console.file = sys.__stderr__
+
+
 @pytest.fixture()
 def home(tmp_path, monkeypatch) -> Path:
     """A private FEINSCHLIFF_HOME (registry, runs) that still sees the shared model cache and
