@@ -142,14 +142,15 @@ def test_a_second_evaluation_reuses_base_and_production(tmp_path, lm, caplog):
         assert second["metrics"][role] == first["metrics"][role]
         name = f"samples/{role}/{TASK}.jsonl"
         assert (tmp_path / "eval-2" / name).read_text() == (tmp_path / "eval-1" / name).read_text()
-        hit = second["models"][role]["lm_eval_reused"]
+        [hit] = second["models"][role]["lm_eval_reused"]
         assert hit["entry"] and hit["computed_for"] == str(tmp_path / "eval-1")
+        assert hit["tasks"] == [TASK]
         assert first["models"][role]["lm_eval_reused"] is None
     assert second["models"]["candidate"]["lm_eval_reused"] is None
     assert second["metrics"]["candidate"] != first["metrics"]["candidate"]
     md = (tmp_path / "eval-2" / "report.md").read_text()
-    assert "Base: lm-eval results reused from cache entry" in md
-    assert "Production: lm-eval results reused" in md
+    assert f"Base: lm-eval results of {TASK} reused from cache entry" in md
+    assert f"Production: lm-eval results of {TASK} reused" in md
     assert "base: reusing lm-eval results of cache entry" in caplog.text
 
 
@@ -281,7 +282,7 @@ def test_the_candidate_is_never_reused_but_serves_as_production_later(tmp_path, 
         _recipe(tmp_path), _train_output(tmp_path / "train-b", b"B"), tmp_path / "eval-3", promoted
     )
     assert _roles(lm) == ["candidate"]
-    assert report["models"]["production"]["lm_eval_reused"]["role"] == "candidate"
+    assert report["models"]["production"]["lm_eval_reused"][0]["role"] == "candidate"
 
 
 def test_held_out_data_of_the_use_case_task_is_part_of_the_key(tmp_path, lm):

@@ -8,8 +8,11 @@ model: the entry's key holds everything that can change the numbers (the base mo
 and dtype, the adapter's file contents, the task list and the bundled task files with their
 data, the held-out rows of ``usecase_heldout``, the cached Hub datasets of upstream tasks,
 limit, few-shot, batch size, the harness's seeds, the library versions, the code the numbers
-pass through and the device), one entry per model and task list: lm-eval batches the requests
-of all tasks together, so a task's numbers from one task list are not reused for another. A hub
+pass through and the device), one entry per model and lm-eval call (``harness.lm_eval_calls``):
+lm-eval batches the requests of a call's tasks together, so a task's numbers from one task list
+are not reused for another. ``usecase_heldout`` has a call and an entry of its own, keyed with
+the held-out rows (new feedback recomputes it: it is small); the other tasks' entry does not
+depend on them, so it is reused across runs with new feedback. A hub
 model whose commit is not in the local HF cache is not cached. Entries are written atomically
 (a temporary folder renamed into place, its ``entry.json`` written last) and checked on
 reading; a damaged one is recomputed. The candidate's numbers are stored (it may be production
@@ -45,7 +48,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when what an entry holds changes
 MARKER = "entry.json"
-KEEP = 32  # entries kept, most recently used first (a scheduled run uses 2 and adds up to 3)
+# entries kept, most recently used first (a scheduled run uses 2 to 4 and adds up to 6: two
+# calls per model when the tasks include usecase_heldout)
+KEEP = 32
 VERSIONED = ("lm_eval", "transformers", "peft", "torch", "accelerate", "datasets", "tokenizers")
 _warned: set[str] = set()
 
@@ -62,20 +67,22 @@ def run_or_reuse(
     model_path: str,
     adapter_dir: str | None,
     *,
+    tasks: list[str],
     samples_out: Path,
     heldout_dir: Path | None,
     origin: str,
     run: Callable[[], Metrics],
 ) -> tuple[Metrics, dict[str, Any] | None]:
-    """``run()``'s lm-eval metrics for this model, or a cache entry's (its samples copied to
-    ``samples_out``) when ``role`` is base or production and an entry with the same key is
-    there. Returns the metrics and, when reused, which entry (None when computed).
+    """``run()``'s lm-eval metrics of ``tasks`` for this model, or a cache entry's (its samples
+    copied to ``samples_out``) when ``role`` is base or production and an entry with the same
+    key is there. Returns the metrics and, when reused, which entry (None when computed).
+    ``samples_out`` must hold this call's samples only: the entry stores all of it.
 
     Only ``harness.run_tasks`` (``run`` itself or the function it wraps) is cached: the key
     says what that function depends on, not what a substitute (a test's fake) does."""
     if not recipe.evaluate.reuse_baselines or getattr(run, "func", run) is not harness.run_tasks:
         return run(), None
-    key = lm_eval_key(recipe, model_path, adapter_dir, heldout_dir=heldout_dir)
+    key = lm_eval_key(recipe, model_path, adapter_dir, tasks=tasks, heldout_dir=heldout_dir)
     if key is None:
         return run(), None
     entry = input_key(key)
@@ -99,11 +106,11 @@ def run_or_reuse(
             info["computed_at"],
             info["computed_for"],
         )
-        return metrics, info
+        return metrics, info | {"tasks": list(tasks)}
     metrics = run()
     # the model folder or a cached dataset changed while lm-eval ran (an online hub model
     # updated): these numbers belong to neither key
-    if lm_eval_key(recipe, model_path, adapter_dir, heldout_dir=heldout_dir) == key:
+    if lm_eval_key(recipe, model_path, adapter_dir, tasks=tasks, heldout_dir=heldout_dir) == key:
         store_entry(entry, key, metrics, samples_out, role=role, origin=origin)
     return metrics, None
 
@@ -112,13 +119,21 @@ def run_or_reuse(
 
 
 def lm_eval_key(
-    recipe: Recipe, model_path: str, adapter_dir: str | None, *, heldout_dir: Path | None
+    recipe: Recipe,
+    model_path: str,
+    adapter_dir: str | None,
+    *,
+    tasks: list[str] | None = None,
+    heldout_dir: Path | None,
 ) -> dict[str, Any] | None:
-    """Everything ``run_tasks`` numbers depend on, or None when the model's identity cannot be
-    known here (a hub id whose commit is not in the local HF cache): not cached then."""
+    """Everything the numbers of ``run_tasks`` on ``tasks`` (default: the recipe's) depend on,
+    or None when the model's identity cannot be known here (a hub id whose commit is not in the
+    local HF cache): not cached then. The held-out rows count only when ``tasks`` hold
+    ``usecase_heldout``."""
     from feinschliff.train.checks import base_model_fingerprint
 
     spec, base = recipe.evaluate, recipe.base_model
+    tasks = list(spec.tasks if tasks is None else tasks)
     model = base_model_fingerprint(recipe)
     if model is None and not (is_alias(base.name) or is_local_path(base.name)):
         model = _hub_commit(base.name, base.revision)
@@ -134,7 +149,7 @@ def lm_eval_key(
             return None
     tasks_dir = bundled_tasks_dir()
     bundled = harness.bundled_task_files()
-    upstream = [t for t in spec.tasks if t not in bundled and t != USECASE_TASK]
+    upstream = [t for t in tasks if t not in bundled and t != USECASE_TASK]
     return {
         "format": FORMAT,
         "base_model": {
@@ -145,16 +160,16 @@ def lm_eval_key(
         },
         "adapter": hash_tree(Path(adapter_dir)) if adapter_dir else None,
         "dtype": base.dtype,
-        "tasks": list(spec.tasks),
+        "tasks": tasks,
         "limit": spec.limit,
         "num_fewshot": spec.num_fewshot,
         "batch_size": spec.batch_size,
         "harness": {"seeds": harness.SEEDS, "bootstrap_iters": harness.BOOTSTRAP_ITERS},
         # every bundled task is rendered into the include folder: all their files count
         "task_files": hash_tree(tasks_dir, exclude=()),
-        "task_data": {t: _sha_or_none(f) for t, f in sorted(bundled.items()) if t in spec.tasks},
+        "task_data": {t: _sha_or_none(f) for t, f in sorted(bundled.items()) if t in tasks},
         "heldout": _sha_or_none(heldout_dir / "heldout" / "preference.jsonl")
-        if USECASE_TASK in spec.tasks and heldout_dir is not None
+        if USECASE_TASK in tasks and heldout_dir is not None
         else None,
         "hub_datasets": _hub_dataset_refs() if upstream else None,
         "versions": _versions(),

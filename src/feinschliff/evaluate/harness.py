@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,28 @@ def bundled_task_files() -> dict[str, Path]:
         for f in files.values() if isinstance(files, dict) else []:
             out[cfg["task"]] = (yml.parent / f).resolve()
     return out
+
+
+def lm_eval_calls(tasks: list[str]) -> list[list[str]]:
+    """The lm-eval calls ``tasks`` are evaluated in: the use-case task in one of its own (its
+    held-out rows are new with every run that has new feedback), the others (bundled and
+    upstream) together in another, whose numbers (and baseline cache entry) new feedback leaves
+    valid. lm-eval batches a call's requests across its tasks, so how the tasks are split can
+    move the numbers slightly: every model is evaluated with the same split."""
+    static = [t for t in tasks if t != USECASE_TASK]
+    usecase = [USECASE_TASK] if USECASE_TASK in tasks else []
+    return [part for part in (static, usecase) if part]
+
+
+def move_samples(src: Path, dest: Path) -> None:
+    """Move the per-sample files one call wrote into ``src`` to ``dest`` and remove ``src``.
+    ``run_tasks`` names them by task (``<task>.jsonl``): calls on disjoint tasks (the parts of
+    ``lm_eval_calls``) do not overwrite each other's."""
+    for f in sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else []:
+        target = dest / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        f.replace(target)
+    shutil.rmtree(src, ignore_errors=True)
 
 
 def run_tasks(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from feinschliff.artifacts import (
     write_json,
 )
 from feinschliff.evaluate.baseline_cache import run_or_reuse
-from feinschliff.evaluate.harness import bundled_task_files, run_tasks
+from feinschliff.evaluate.harness import bundled_task_files, lm_eval_calls, move_samples, run_tasks
 from feinschliff.evaluate.judge import check_judge
 from feinschliff.evaluate.trained_data import check_trained_on, replayed_rows
 from feinschliff.models import resolve_model
@@ -94,32 +95,9 @@ def run_evaluate(
     hashes["candidate"] = adapter.sha256
 
     metrics: dict[str, dict[str, Any]] = {}
-    reused: dict[str, dict[str, Any] | None] = {}
+    reused: dict[str, list[dict[str, Any]] | None] = {}
     for role, adapter_dir in roles.items():
-        log.info("evaluate: %s on %s", role, ", ".join(spec.tasks))
-        run = partial(
-            run_tasks,
-            model_path,
-            spec.tasks,
-            adapter=adapter_dir,
-            dtype=recipe.base_model.dtype,
-            limit=spec.limit,
-            batch_size=spec.batch_size,
-            num_fewshot=spec.num_fewshot,
-            samples_out=out / "samples" / role,
-            heldout_dir=data.dir if data is not None else None,
-            revision=recipe.base_model.revision,
-        )
-        metrics[role], reused[role] = run_or_reuse(
-            recipe,
-            role,
-            model_path,
-            adapter_dir,
-            samples_out=out / "samples" / role,
-            heldout_dir=data.dir if data is not None else None,
-            origin=str(out),
-            run=run,
-        )
+        metrics[role], reused[role] = evaluate_lm(recipe, role, model_path, adapter_dir, out, data)
     if data is not None and (spec.heldout or spec.judge):
         from feinschliff.evaluate.extra import judge_and_heldout
 
@@ -152,7 +130,8 @@ def run_evaluate(
                 "base_model": recipe.base_model.name,
                 "adapter": path,
                 "adapter_sha256": hashes[role],
-                # the cache entry its lm-eval numbers came from; None: computed in this run
+                # the cache entries its lm-eval numbers came from, each with the tasks it
+                # holds (harness.lm_eval_calls); None: all computed in this run
                 "lm_eval_reused": reused[role],
             }
             | ({"dataset_sha256": data.sha256} if role == "candidate" and data else {})
@@ -182,6 +161,56 @@ def run_evaluate(
     )
     digest = mark_complete(out, stage="evaluate", key=key)
     return ReportRef(path=str(out), sha256=digest)
+
+
+def evaluate_lm(
+    recipe: Recipe,
+    role: str,
+    model_path: str,
+    adapter_dir: str | None,
+    out: Path,
+    data: DatasetRef | None,
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """One model's lm-eval metrics, one call (and baseline cache entry) per part of
+    ``lm_eval_calls``, and the cache entries reused (None: none). Each call writes its samples
+    into a folder of its own (its cache entry stores that folder), then into samples/<role>/."""
+    spec = recipe.evaluate
+    metrics: dict[str, Any] = {}
+    reused: list[dict[str, Any]] = []
+    for n, tasks in enumerate(lm_eval_calls(spec.tasks)):
+        log.info("evaluate: %s on %s", role, ", ".join(tasks))
+        # the held-out rows only where they are evaluated: the other call does not depend on them
+        heldout_dir = data.dir if data is not None and USECASE_TASK in tasks else None
+        part = out / "samples" / f".{role}-{n}"
+        shutil.rmtree(part, ignore_errors=True)  # a crashed run's
+        run = partial(
+            run_tasks,
+            model_path,
+            tasks,
+            adapter=adapter_dir,
+            dtype=recipe.base_model.dtype,
+            limit=spec.limit,
+            batch_size=spec.batch_size,
+            num_fewshot=spec.num_fewshot,
+            samples_out=part,
+            heldout_dir=heldout_dir,
+            revision=recipe.base_model.revision,
+        )
+        got, hit = run_or_reuse(
+            recipe,
+            role,
+            model_path,
+            adapter_dir,
+            tasks=tasks,
+            samples_out=part,
+            heldout_dir=heldout_dir,
+            origin=str(out),
+            run=run,
+        )
+        metrics.update(got)
+        reused += [hit] if hit else []
+        move_samples(part, out / "samples" / role)
+    return metrics, reused or None
 
 
 def same_adapter(a: AdapterRef, b: AdapterRef) -> bool:
@@ -330,11 +359,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     for role, why in (report.get("skipped") or {}).items():
         lines += ["", f"{role.capitalize()} not evaluated: {why}."]
     for role, model in (report.get("models") or {}).items():
-        if hit := model.get("lm_eval_reused"):
+        for hit in model.get("lm_eval_reused") or []:
             lines += [
                 "",
-                f"{role.capitalize()}: lm-eval results reused from cache entry "
-                f"{hit['entry'][:16]} (computed {hit['computed_at']} for {hit['computed_for']}).",
+                f"{role.capitalize()}: lm-eval results of {', '.join(hit['tasks'])} reused from "
+                f"cache entry {hit['entry'][:16]} (computed {hit['computed_at']} for "
+                f"{hit['computed_for']}).",
             ]
     unchecked = (metrics.get("candidate", {}).get("contamination/overlaps") or {}).get("unchecked")
     if unchecked:
