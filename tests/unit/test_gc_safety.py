@@ -4,6 +4,7 @@ still needs; a bad recipe or an unlockable workdir is one line, not a traceback.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,17 @@ def test_registry_manifests_are_read_before_the_run_locks(home, monkeypatch):
     assert code == 0, out
     assert not orphan.exists()
     assert blocked == []
+
+
+def test_a_training_reusing_an_old_snapshot_refreshes_it(home, monkeypatch):
+    """A new training of rows trained on weeks ago finds their snapshot there and keeps it
+    without writing: it now marks it as used, so gc's 14-day grace covers the new training."""
+    from feinschliff.housekeeping_snapshots import SNAPSHOT_GRACE_S
+    from feinschliff.train.data import snapshot_dir, snapshot_rows
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(home))
+    sha = _sha(302)
+    path = snapshot_rows("sft", [{"messages": []}], sha)
+    age(snapshot_dir(sha), 15)
+    assert snapshot_rows("sft", [{"messages": []}], sha) == path
+    assert time.time() - path.stat().st_mtime < SNAPSHOT_GRACE_S

@@ -241,6 +241,8 @@ def snapshot_rows(method: str, rows: list[dict[str, Any]], dataset_sha256: str) 
     """
     target = snapshot_dir(dataset_sha256) / f"{method}.jsonl"
     if target.exists():
+        with contextlib.suppress(OSError):  # used again: `gc` keeps what changed lately
+            os.utime(target)
         return target
     # a name of its own: two trainings of one dataset (test workers, two use cases) at once
     tmp = target.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
