@@ -86,8 +86,10 @@ class EvaluateSpec(Strict):
         "(numbers and samples) from an earlier run (cache/evaluate/ under FEINSCHLIFF_HOME) when "
         "nothing that can change them changed: model and adapter files (a hub model: its commit "
         "in the local HF cache), dtype, tasks and their files and data, limit, num_fewshot, "
-        "batch_size, library versions, the evaluation code, device. The candidate's lm-eval, "
-        "judge and held-out metrics are always computed. false: compute everything.",
+        "batch_size, library versions, the evaluation code, device. usecase_heldout has an entry "
+        "of its own, keyed with the held-out rows: new feedback recomputes only it. The "
+        "candidate's lm-eval, judge and held-out metrics are always computed. false: compute "
+        "everything.",
     )
 
 
