@@ -110,7 +110,10 @@ def _evaluated_registry(home: Path, work: Path) -> Path | str | None:
 def _same_root(recorded: Path | str, root: registry.Root) -> bool:
     if isinstance(recorded, str):  # some remote registry: gc cannot tell which
         return not isinstance(root, Path)
-    return isinstance(root, Path) and recorded.resolve() == root.resolve()
+    try:
+        return isinstance(root, Path) and recorded.resolve() == root.resolve()
+    except (OSError, ValueError):  # a NUL byte in a hand-edited report: not the same
+        return False
 
 
 def _registered_snapshots(
@@ -127,13 +130,17 @@ def _registered_snapshots(
                 if v in read:
                     continue
                 m = registry.manifest(target.root, uc, v)
+                if not isinstance(m, dict) or any(
+                    not isinstance(m.get(k), dict | None) for k in ("dataset", "train")
+                ):  # missing or not what a registration writes: nothing can be judged
+                    raise ValueError(f"{v}/manifest.json is missing or malformed")
                 dataset, train = m.get("dataset") or {}, m.get("train") or {}
                 for sha in (
                     dataset.get("rows_sha256"),
                     dataset.get("sha256"),
                     train.get("dataset_rows_sha256"),
                 ):
-                    if sha:
+                    if isinstance(sha, str) and sha:
                         needed[sha] = f"trained {uc}/{v} (replay of a warm start)"
                 read.add(v)
         except (registry.RegistryError, OSError, ValueError) as exc:
@@ -152,6 +159,6 @@ def _trained_snapshots(workdirs: list[Path]) -> dict[str, str]:
         if not isinstance(metrics, dict):
             continue
         for sha in (metrics.get("dataset_rows_sha256"), metrics.get("dataset_sha256")):
-            if sha:
+            if isinstance(sha, str) and sha:
                 needed.setdefault(sha, f"trained the adapter in {work / 'train'}")
     return needed

@@ -118,3 +118,15 @@ def test_only_the_use_case_task_is_one_call_keyed_with_the_held_out_rows(tmp_pat
     lm.clear()
     _evaluate(tmp_path, "b", _ingest(tmp_path / "ingest-b", "Im Portal."), None, *only)
     assert _calls(lm) == [("base", [USECASE]), ("candidate", [USECASE])]
+
+
+def test_the_use_case_task_runs_first():
+    """A missing held-out split fails before any model has run the other tasks (minutes to
+    hours on a large model with upstream tasks)."""
+    from feinschliff.evaluate.harness import lm_eval_calls
+
+    assert lm_eval_calls(["de_wissen_mc", "usecase_heldout", "arc_de"]) == [
+        ["usecase_heldout"],
+        ["de_wissen_mc", "arc_de"],
+    ]
+    assert lm_eval_calls(["de_wissen_mc"]) == [["de_wissen_mc"]]

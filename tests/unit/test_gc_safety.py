@@ -142,3 +142,38 @@ def test_a_training_reusing_an_old_snapshot_refreshes_it(home, monkeypatch):
     age(snapshot_dir(sha), 15)
     assert snapshot_rows("sft", [{"messages": []}], sha) == path
     assert time.time() - path.stat().st_mtime < SNAPSHOT_GRACE_S
+
+
+@pytest.mark.parametrize(
+    "manifest", [None, {"adapter_sha256": "a" * 64, "dataset": "x"}, {"dataset": {"sha256": []}}]
+)
+def test_a_malformed_registry_manifest_keeps_every_snapshot_in_one_line(home, manifest):
+    """A missing or hand-broken manifest.json was an AttributeError/TypeError traceback; it
+    cannot say which rows it was trained on, so nothing is judged unrecorded."""
+    registry = _registry(home, count=1, production=1)
+    target = registry / "v0001" / "manifest.json"
+    if manifest is None:
+        target.unlink()
+    else:
+        target.write_text(json.dumps(manifest))
+    (home / "runs" / UC).mkdir(parents=True)
+    old = age(_snapshot(home, _sha(303)), 15)
+
+    code, out = run_cli("gc", "--yes")
+
+    assert code == 0 and "Traceback" not in out, out
+    if isinstance(manifest, dict) and isinstance(manifest["dataset"], dict):
+        return  # a list where a sha belongs records nothing: judged as the others are
+    assert old.exists() and "unreadable" in _lines(out)[f"datasets/{old.name}"]
+
+
+def test_a_replayed_snapshot_is_marked_used(home, monkeypatch):
+    """A warm start replays production's snapshot, often weeks old: reading it marks it used."""
+    from feinschliff.train.data import replay_rows, snapshot_dir, snapshot_rows
+
+    monkeypatch.setenv("FEINSCHLIFF_HOME", str(home))
+    sha = _sha(304)
+    path = snapshot_rows("sft", [{"messages": []}], sha)
+    age(snapshot_dir(sha), 15)
+    assert replay_rows("sft", sha) == [{"messages": []}]
+    assert time.time() - path.stat().st_mtime < 86400

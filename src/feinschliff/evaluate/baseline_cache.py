@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # bump when what an entry holds changes
 MARKER = "entry.json"
 # entries kept, most recently used first (a scheduled run uses 2 to 4 and adds up to 6: two
-# calls per model when the tasks include usecase_heldout)
-KEEP = 32
+# calls per model when the tasks include usecase_heldout; several use cases share the cache)
+KEEP = 64
 VERSIONED = ("lm_eval", "transformers", "peft", "torch", "accelerate", "datasets", "tokenizers")
 _warned: set[str] = set()
 

@@ -133,7 +133,8 @@ def lm_eval_calls(tasks: list[str]) -> list[list[str]]:
     move the numbers slightly: every model is evaluated with the same split."""
     static = [t for t in tasks if t != USECASE_TASK]
     usecase = [USECASE_TASK] if USECASE_TASK in tasks else []
-    return [part for part in (static, usecase) if part]
+    # the use-case task first: a missing held-out split fails before any model has run
+    return [part for part in (usecase, static) if part]
 
 
 def move_samples(src: Path, dest: Path) -> None:
