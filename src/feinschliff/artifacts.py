@@ -358,9 +358,8 @@ def file_lock(path: Path) -> Iterator[None]:
     kernel drops it when the holder dies, so a killed process never leaves a stale lock. The
     holder writes who it is into the file, so a wait names it (a hung holder, not a hang)."""
     import fcntl
-    import socket
-    import sys
-    import time
+
+    from feinschliff.lock_holder import holder_line
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as fh:
@@ -373,9 +372,7 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             fh.truncate(0)
-            since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            command = " ".join(sys.argv)[:200]
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}: {command}\n")
+            fh.write(holder_line() + "\n")
             fh.flush()
             yield
         finally:

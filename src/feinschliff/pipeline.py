@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import socket
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +24,7 @@ from feinschliff.artifacts import (
     sha256_file,
 )
 from feinschliff.gate import Decision, metric_value
+from feinschliff.lock_holder import holder_line, this_process
 from feinschliff.models import feinschliff_home
 from feinschliff.recipe import FeedbackSpec, Recipe, evaluated_sets
 from feinschliff.recipe_loader import dump_resolved, recipe_hash
@@ -64,8 +62,7 @@ def run_lock(workdir: Path, name: str = ".run.lock") -> Iterator[None]:
             ) from None
         f.seek(0)
         f.truncate()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        f.write(f"{_this_process()} since {stamp}{_command()}\n")
+        f.write(holder_line() + "\n")
         f.flush()
         try:
             yield
@@ -73,23 +70,10 @@ def run_lock(workdir: Path, name: str = ".run.lock") -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _this_process() -> str:
-    return f"pid {os.getpid()} on {socket.gethostname()}"
-
-
-def _command() -> str:
-    """Which command holds the workdir (`feinschliff gc` holds it for seconds, a run for
-    hours: the refused one says which)."""
-    import sys
-
-    words = [Path(sys.argv[0]).name, *sys.argv[1:2]] if sys.argv and sys.argv[0] else []
-    return f": {' '.join(words)}" if words else ""
-
-
 def held_here(lock: Path) -> bool:
     """Whether this process holds ``lock`` (``run_lock`` writes its holder into it)."""
     try:
-        return lock.read_text(encoding="utf-8").startswith(_this_process() + " ")
+        return lock.read_text(encoding="utf-8").startswith(this_process() + " ")
     except OSError:
         return False
 
