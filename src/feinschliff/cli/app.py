@@ -116,15 +116,22 @@ def os_error_line(exc: OSError) -> str:
 def _hf_cache_hint(exc: OSError) -> str:
     """Training, evaluation and generation cache datasets under HF_HOME (by default in the
     home folder, read-only in many containers): a refused write there says which setting."""
-    refused = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
-    if not refused or not isinstance(exc.filename, str | bytes):
-        return ""
     from huggingface_hub import constants
 
     hf = Path(constants.HF_HOME).resolve()
-    if not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(hf):
+    if not refused_under(exc, hf):
         return ""
     return f" (the Hugging Face cache, HF_HOME={hf}: set HF_HOME to a writable folder)"
+
+
+def refused_under(exc: OSError, folder: Path) -> bool:
+    """Whether the OS refused a write (a read-only mount, no permission) to a path in
+    ``folder``."""
+    if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return False
+    if not isinstance(exc.filename, str | bytes):
+        return False
+    return Path(os.fsdecode(exc.filename)).resolve().is_relative_to(folder.resolve())
 
 
 def _setup_logging() -> None:

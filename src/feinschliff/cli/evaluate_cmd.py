@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +18,7 @@ from feinschliff.cli.app import (
     app,
     human_answer,
     os_error_line,
+    refused_under,
 )
 
 
@@ -96,9 +95,7 @@ def evaluate(
 def _refused_write(exc: OSError, out: Path) -> Failure | None:
     """A write into ``out`` that the OS refused (a read-only mount, no permission): a wrong
     output path, exit 2 naming it; None for any other OSError."""
-    if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or exc.filename is None:
-        return None
-    if not Path(os.fsdecode(exc.filename)).resolve().is_relative_to(out.resolve()):
+    if not refused_under(exc, out):
         return None
     return Failure(f"--out {out}: {os_error_line(exc)}: choose another folder", code=2)
 
