@@ -379,7 +379,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         db = b["batch"] - a["batch"]
         measured = (b["gpu"]["max_allocated_mb"] - a["gpu"]["max_allocated_mb"]) / 1024 / db
         predicted = (b["estimate"]["training_gib"] - a["estimate"]["training_gib"]) / db
-        unit = "sequence" if "train.method=dpo" not in a["sets"] else "pair (2 sequences)"
+        paired = any(f"train.method={m}" in a["sets"] for m in ("dpo", "orpo"))
+        unit = "pair (2 sequences)" if paired else "sequence"
         print(
             f"\nmemory per extra {unit} of {a['estimate']['max_length']} tokens: measured "
             f"{measured:.3f} GiB, estimated {predicted:.3f} GiB (ratio {measured / predicted:.2f})"

@@ -7,9 +7,11 @@ Assumptions of the cost estimate:
   in full fine-tuning, + 2N recomputation with checkpointing, + 2N reference forward for DPO and
   KTO, + 4N for KTO's KL term: policy and reference forwards on the mismatched KL pairs, TRL's
   default ``loss_type="kto"``); GPU throughput = dense bf16 peak x MFU (default 31 %: measured
-  on an H100 SXM for the 8B recipe's full-length 4 x 2048 batches, TRL 1.16, SDPA). Short
-  unpacked rows run far lower (4.5 % for the ~170-token support rows at micro-batch 4; 19.5 %
-  packed): ``estimate --data`` says so when a dataset's rows are short.
+  on an H100 SXM for the 8B recipe's full-length 4 x 2048 batches, TRL 1.16, SDPA; the
+  same card ran ORPO at 34 % and KTO at 38-40 % of the FLOPs counted here, so 31 % errs on the
+  slow side for them). Short unpacked rows run far lower (4.5 % for the ~170-token support
+  rows at micro-batch 4; 19.5 % packed): ``estimate --data`` says so when a dataset's rows are
+  short.
 """
 
 from __future__ import annotations

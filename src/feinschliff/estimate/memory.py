@@ -16,14 +16,18 @@ Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
   layer's tensors exist next to its saved ones: 0.6 x one layer's saved set per token, measured
   on an H100 (``bench/gpu_train.py``, support-de-8b: 1.33 GiB per extra 2048-token sequence
   against 1.04 counted from the saved tensors alone; ``bench/results/``). With it the SFT
-  totals at micro-batch 4 and 16 and the DPO ones at 2 and 4 pairs come within 2.3 % of the
-  device memory in use. Measured for 16-bit LoRA; QLoRA gets the same share, unmeasured. Not
+  totals at micro-batch 4 and 16, the DPO ones at 2 and 4 pairs and the KTO ones at 4 and 8
+  come within 2.3 % of the device memory in use. Measured for 16-bit LoRA; QLoRA gets the same share, unmeasured. Not
   added on CPU, where the demo's measured peaks already agree without it (see below).
 - Logits: TRL's SFT, DPO and KTO trainers patch the model with a fused LM head
   (``trl.trainer.utils.add_fused_lm_head``, always on) that projects 4096 tokens x 32768 vocab
   entries at a time: one tile, the gathered final hidden states and their fp32 gradient. ORPO
   (``trl.experimental.orpo``) and the Axolotl backend build the whole batch x length x vocab
-  logits: three fp32 copies (logits, log-softmax, gradient).
+  logits: three fp32 copies (logits, log-softmax, gradient). With a 16-bit model that is high:
+  on the H100 ORPO allocated ~6.5 bytes per logit (16-bit logits, fp32 log-softmax), so its
+  totals are 9-12 % above the device memory in use (conservative; kept, as the transient
+  copies depend on TRL's code). They hold only with expandable segments, which the train stage
+  sets (``train/allocator.py``): without them the cache held 55 GiB against 50 estimated.
   Preference methods (DPO, ORPO) run chosen and rejected together: twice the sequences.
   Sequences are counted at ``max_length`` (the worst case; real batches are often shorter).
 - Runtime overhead: 1.0 GiB on GPU (CUDA context and kernels). On CPU 0.75 GiB (Python, torch,

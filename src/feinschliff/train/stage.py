@@ -39,6 +39,7 @@ from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import section_hash
 from feinschliff.registry import UNSET, RegistryError, manifest
 from feinschliff.train import data as train_data
+from feinschliff.train.allocator import expandable_segments
 from feinschliff.train.checks import (
     DoesNotFit,
     RecipeRefused,
@@ -182,7 +183,8 @@ def _train(
         raise TrainError(str(exc)) from exc
     files = train_data.write_rows(prepared, out / "data")
     reset_own_peak()  # this run's peak, not an earlier training's in a long-lived worker
-    metrics = _run_backend(recipe, model_path, files, out, warm)
+    with expandable_segments(on_cuda=_cuda_available()):
+        metrics = _run_backend(recipe, model_path, files, out, warm)
     if "peak_rss_mb" not in metrics:  # trained in this process (a child's comes with it)
         metrics["peak_rss_mb"] = round(own_peak_mb(), 1)
     metrics |= {
@@ -260,6 +262,12 @@ def preflight(recipe: Recipe) -> None:
         check_training_fits(recipe)
     except EstimateError as exc:
         raise DoesNotFit(str(exc)) from exc
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _run_backend(
