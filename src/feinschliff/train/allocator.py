@@ -9,9 +9,10 @@ segments grow and shrink one mapping instead: 44.8 GiB held, the same tokens/s
 (bench/README.md "gpu_train.py", session 18). Setting either allocator variable yourself
 (``PYTORCH_ALLOC_CONF`` or ``PYTORCH_CUDA_ALLOC_CONF``) turns this off.
 
-Set for the training only: vLLM, which a later command may start from the same shell, refuses
-expandable segments with its own memory pool, so the variable is put back afterwards. The
-in-process allocator keeps the setting (nothing of vLLM runs in this process).
+Set for the training only: vLLM's sleep mode (its CuMemAllocator) asserts that the variable
+does not ask for expandable segments, and a process started after the training (a Prefect
+worker's next flow, a script calling the library) inherits the environment, so the variable is
+put back afterwards. The in-process allocator keeps the setting (vLLM never runs in-process).
 """
 
 from __future__ import annotations
