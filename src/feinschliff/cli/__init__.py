@@ -21,6 +21,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     evaluate_cmd,
     gc_cmd,
     generate_cmd,
+    history_cmd,
     ingest_cmd,
     models_cmd,
     registry_cmd,

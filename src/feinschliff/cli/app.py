@@ -37,7 +37,7 @@ models_app = typer.Typer(
 registry_app = typer.Typer(
     help=(
         "Inspect and change the adapter registry (a local directory or any fsspec URL): list,"
-        " show, promote, rollback, retire, audit, reconcile with the vLLM servers."
+        " show, history, promote, rollback, retire, audit, reconcile with the vLLM servers."
     ),
     no_args_is_help=True,
 )
