@@ -5,8 +5,8 @@ A Langfuse pull is incremental. Each source has a watermark in the cache dir
 newer, and appends it to the source's local mirror (``$FEINSCHLIFF_HOME/ingest/mirror/<source>/``),
 which the ingest then reads in full, so the dataset always covers all feedback pulled so far.
 The watermark of observations and that of scores are each saved once their kind was read to
-the end; overlapping re-fetches are harmless (rows are deduplicated by id when read). A kind's
-pages wait beside the mirror (``.<source>.partial/``, never read) until it was read to its end,
+the end; re-fetched rows are stored only when they changed, replacing their older copy
+(``pull_versions``: one version per row, the newest). A kind's pages wait beside the mirror (``.<source>.partial/``, never read) until it was read to its end,
 then move into the pull's batch folder: a pull that fails part-way, or is killed, adds nothing
 that later ingests read, and the next pull of the source removes what a killed one left (pulls
 of one source take turns, under an flock). A pull that finds nothing, into a mirror that holds
@@ -18,12 +18,12 @@ source names the secrets holding its keys (``public_key_secret`` / ``secret_key_
 Argilla ``api_key_secret``), so use cases on one Prefect server can read their own projects.
 
 - Langfuse: ``GET /api/public/v2/observations`` (``fromStartTime``) and
-  ``GET /api/public/v3/scores`` (``fromTimestamp``), each from the watermark minus a safety
-  lookback (Langfuse ingests asynchronously and stamps come from the clients, so a row can
-  appear after a later-stamped one was pulled), followed through ``meta.cursor``; pages are
-  stored as returned. A watermark never passes the time the pull started: one client with a
-  clock ahead must not hide everyone else's newer rows. Rows that appear more than the lookback
-  late, and score *updates* that keep their timestamp, are not re-fetched.
+  ``GET /api/public/v3/scores`` (``fromTimestamp``), each from the watermark minus a lookback
+  (Langfuse ingests asynchronously and stamps come from the clients), once a day the scores
+  from a week before it (the API cannot filter by ``updatedAt``: an edited score keeps its
+  ``timestamp``, a backfilled one has an old one), followed through ``meta.cursor``. A
+  watermark never passes the time the pull started: one client with a clock ahead must not
+  hide everyone else's newer rows. Edits and late rows older than those windows are missed.
 - Argilla: a full snapshot on every pull: the records with at least one submitted response,
   with responses (status kept per response), as nested JSONL beside the dataset settings; the
   snapshot replaces the mirror's older ones once it is complete. Not incremental on purpose:
@@ -48,7 +48,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,23 @@ from feinschliff.ingest.langfuse_http import (
     cursor_pages,
     project_identity,
 )
-from feinschliff.ingest.timestamps import parse_time
+from feinschliff.ingest.pull_versions import (
+    OLD_KEYS,
+    RESCANNED,
+    Compacted,
+    compact,
+    describe_changes,
+    drop_older,
+    iso,
+    scores_since,
+)
+from feinschliff.ingest.pull_versions import advance as _advance  # tests reach them here
+from feinschliff.ingest.pull_versions import since as _since
 from feinschliff.specs.feedback import ArgillaPull, FeedbackSource, LangfusePull
 
 log = logging.getLogger(__name__)
 OBS_FIELDS = "core,basic,time,io,metadata,model,usage,prompt,metrics,trace_context"
 SCORE_FIELDS = "details,annotation,subject"
-LOOKBACK = timedelta(hours=1)
 
 
 @dataclass
@@ -245,7 +255,10 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
                 before, notes = _check_mirror(mirror, _load_watermark(mark_file))
                 notes = [*taken, *notes]
                 after = {**before, "identity": project}
-                fetched = _fetch_langfuse(client, pull, mirror, before, after, hint, mark_file)
+                fetched, changes = _fetch_langfuse(
+                    client, pull, mirror, before, after, hint, mark_file
+                )
+                notes = [*notes, *changes]
     except KeysRefused as exc:
         raise MissingCredentials(
             f"{exc}: check the project's API keys ({keys}), named by "
@@ -294,12 +307,12 @@ def _check_mirror(mirror: Path, mark: dict[str, str]) -> tuple[dict[str, str], l
     """The watermark to pull from: none when the mirror it describes is gone or empty (deleted
     for retention or an erasure request): everything is pulled again, never only what is
     newer, which would shrink every later dataset to the feedback after the deletion."""
-    if not (mark.keys() - {"identity"}) or any(mirror.glob("*/*-page-*.json")):
+    if not (mark.keys() - OLD_KEYS) or any(mirror.glob("*/*-page-*.json")):
         return mark, []
     log.warning("langfuse pull: the mirror %s is missing or empty: pulling everything", mirror)
     note = (
         f"sources[i]: the pull's mirror was missing or empty while its watermark said feedback "
-        f"up to {max(v for k, v in mark.items() if k != 'identity')} had been pulled: "
+        f"up to {max(v for k, v in mark.items() if k not in OLD_KEYS)} had been pulled: "
         "everything was pulled again (erase feedback in Langfuse too, or a deleted mirror brings "
         "it back)"
     )
@@ -314,7 +327,7 @@ def _fetch_langfuse(
     after: dict[str, str],
     hint: str,
     mark_file: Path,
-) -> dict[str, int]:
+) -> tuple[dict[str, int], list[str]]:
     """Fetch observations, then scores, into a new batch folder of ``mirror``; each kind's
     pages are written beside the mirror and moved into the batch once that kind was read to its
     end, then its watermark is saved, so a pull that fails on the scores (a rate limit) keeps
@@ -331,10 +344,12 @@ def _fetch_langfuse(
             params["environment"] = pull.environment
     if pull.name:
         obs_params["name"] = pull.name
-    if since := _since(before.get("observations")):
-        obs_params["fromStartTime"] = since
-    if since := _since(before.get("scores")):
-        score_params["fromTimestamp"] = since
+    if obs_since := _since(before.get("observations")):
+        obs_params["fromStartTime"] = obs_since
+    scores_from, rescan = scores_since(before, started)
+    if scores_from:
+        score_params["fromTimestamp"] = scores_from
+    changed: dict[str, Compacted] = {}
     for kind, path, params, stamp_key in (
         ("observations", "/api/public/v2/observations", obs_params, "startTime"),
         ("scores", "/api/public/v3/scores", score_params, "timestamp"),
@@ -348,8 +363,10 @@ def _fetch_langfuse(
                 if mark := _advance(after.get(kind), stamps, started):
                     after[kind] = mark
                 _save_json(partial / f"{kind}-page-{n}.json", page)
-            if fetched[kind]:  # pages without rows add nothing to the mirror
+            changed[kind] = compact(partial, mirror, kind, _save_json)
+            if any(partial.glob("*.json")):  # pages with new or changed rows only
                 _place(partial, batch)
+            drop_older(changed[kind].removed, _save_json)  # after: never no copy
         except EndpointMissing as exc:
             if kind != "scores":
                 raise
@@ -360,8 +377,10 @@ def _fetch_langfuse(
             ) from exc
         finally:
             shutil.rmtree(_partial_dir(mirror), ignore_errors=True)
+        if kind == "scores" and rescan:
+            after[RESCANNED] = iso(started)
         _save_json(mark_file, after)
-    return fetched
+    return fetched, describe_changes(changed)
 
 
 def _place(partial: Path, batch: Path) -> None:
@@ -373,22 +392,3 @@ def _place(partial: Path, batch: Path) -> None:
         return
     for page in sorted(partial.iterdir()):
         page.replace(batch / page.name)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _since(watermark: str | None) -> str | None:
-    """The filter value for a stored watermark: the lookback before it."""
-    moment = parse_time(watermark) if watermark else None
-    if moment is None or moment - datetime.min.replace(tzinfo=UTC) < LOOKBACK:
-        return None  # nothing stored, or a mark at the start of time (a zero-time stamp): all
-    return _iso(moment - LOOKBACK)
-
-
-def _advance(watermark: str | None, stamps: list[Any], started: datetime) -> str | None:
-    """The newest of the watermark and the rows' stamps, but never past ``started`` (a
-    future-dated row would move it beyond rows that other clients stamp correctly later)."""
-    moments = [m for m in map(parse_time, [watermark, *stamps]) if m is not None]
-    return _iso(min(max(moments), started)) if moments else watermark
