@@ -125,7 +125,11 @@ def score_vote(score: dict[str, Any], end_user: Any, thumbs: Collection[str]) ->
     kind, value = score.get("dataType"), score.get("value")
     if kind == "BOOLEAN" and not _named(score, thumbs):
         return None  # a judge's or eval's verdict (checked first: its value is not ours to read)
-    who = score.get("authorUserId") or end_user  # an end user's thumbs: the trace's user
+    # v3 with fields=annotation may nest the author there (FACTS shows it flat); else an end
+    # user's thumbs: the trace's user
+    annotation = score.get("annotation")
+    nested = annotation.get("authorUserId") if isinstance(annotation, dict) else None
+    who = score.get("authorUserId") or nested or end_user
     who = str(who) if who is not None else None
     stamp = score.get("timestamp")
     if kind == "BOOLEAN":
