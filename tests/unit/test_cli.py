@@ -12,6 +12,7 @@ runner = CliRunner()
 COMMANDS = {
     (): ["ingest", "train", "evaluate", "gate", "register", "run", "validate", "schema"],
     ("validate",): ["dotted.path", "exits 2"],
+    ("init",): ["recipe", "--force"],
     ("schema",): ["JSON Schema"],
     ("models", "fetch"): ["sha256", "FEINSCHLIFF_HOME"],
     ("models", "list"): ["cached"],
@@ -21,6 +22,7 @@ COMMANDS = {
     ("gate",): ["Exit 0", "Exit 3", "threshold"],
     ("registry", "list"): ["aliases"],
     ("registry", "show"): ["manifest"],
+    ("registry", "history"): ["oldest first", "--plot"],
     ("registry", "reconcile"): ["--root", "NAME@VERSION"],
     ("register",): ["immutable", "manifest", "--promote", "--approve"],
     ("run",): ["Prefect", "Exit 0", "3 rejected", "--set"],

@@ -23,6 +23,7 @@ from feinschliff.cli import (  # noqa: F401  (importing registers the commands)
     generate_cmd,
     history_cmd,
     ingest_cmd,
+    init_cmd,
     models_cmd,
     registry_cmd,
     serve_cmd,
