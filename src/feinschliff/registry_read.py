@@ -236,10 +236,16 @@ def list_registry(root: Root, only: list[str] | None = None) -> list[dict[str, A
                     "version": v,
                     "aliases": [a for a, target in aliases.items() if target == v]
                     + (["retired"] if v in gone else []),
-                    "created_at": m.get("created_at"),
-                    "method": m.get("train", {}).get("method"),
-                    "gate": m.get("gate", {}).get("promote"),
-                    "adapter_sha256": m["adapter_sha256"][:12],
+                    # a manifest of older (or damaged) writers may lack any of these: a dash
+                    "created_at": str(m.get("created_at") or "-"),
+                    "method": _field(m, "train", "method"),
+                    "gate": _field(m, "gate", "promote"),
+                    "adapter_sha256": str(m.get("adapter_sha256") or "-")[:12],
                 }
             )
     return rows
+
+
+def _field(m: dict[str, Any], section: str, key: str) -> Any:
+    part = m.get(section)
+    return part.get(key) if isinstance(part, dict) else None

@@ -61,3 +61,19 @@ def test_long_use_case_names_keep_the_columns_aligned(reg):
     lines = out.splitlines()
     starts = {line.index(" v0") for line in lines[1:]}
     assert starts == {lines[0].index(" version")}, out
+
+
+def test_a_manifest_of_an_older_writer_lists_with_dashes(reg):
+    """A version whose manifest lacks the adapter hash and the creation time (an older or
+    damaged writer; registries live for years) is a line with dashes, not a KeyError."""
+    import json
+
+    path = reg / "billing-de" / "v0001" / "manifest.json"
+    m = json.loads(path.read_text())
+    for key in ("adapter_sha256", "created_at"):
+        m.pop(key)
+    m["train"] = "sft"  # not an object either
+    path.write_text(json.dumps(m))
+    code, out = run_cli("registry", "list", "--root", str(reg), "--use-case", "billing-de")
+    assert code == 0, out
+    assert out.splitlines()[1].split()[:6] == ["billing-de", "v0001", "-", "-", "-", "-"]
