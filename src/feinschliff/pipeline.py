@@ -195,11 +195,29 @@ def lineage(
                 # recipe has nothing new to learn (``train.stage.nothing_new``)
                 "dataset_rows_sha256",
                 "train_inputs_sha256",
+                # what it learned from (``registry history``): rows after the eval split, how
+                # many were new and replayed, the version a warm start continued
+                "train_rows",
+                "new_rows",
+                "replayed_rows",
+                "init_from",
+                "resumed_from",
             )
         }
         | {"final_loss": metrics["loss_curve"][-1]["loss"] if metrics["loss_curve"] else None},
-        "evaluation": {"report_sha256": report.sha256, "metrics": read_report(report)["metrics"]},
+        "evaluation": _evaluation_lineage(report),
         "gate": decision.model_dump(),
+    }
+
+
+def _evaluation_lineage(report: ReportRef) -> dict[str, Any]:
+    """The report's metrics and which models they compare: the production version the candidate
+    was evaluated against, so ``registry history`` need not infer it from the audit log."""
+    body = read_report(report)
+    return {
+        "report_sha256": report.sha256,
+        "metrics": body["metrics"],
+        "models": body.get("models"),
     }
 
 

@@ -80,7 +80,7 @@ def version_history(root: Root, use_case: str) -> list[VersionRecord]:
     aliases = read_aliases(root, use_case)
     gone = retired(root, use_case)
     entries = audit_log(root, use_case)
-    records = []
+    records, evaluated_against, by_adapter = [], {}, {}
     for v in versions(root, use_case):
         try:
             m = manifest(root, use_case, v)
@@ -92,12 +92,25 @@ def version_history(root: Root, use_case: str) -> list[VersionRecord]:
         m = m if isinstance(m, dict) else {}
         record = _from_manifest(v, m)
         record.problem = problem
+        if isinstance(sha := m.get("adapter_sha256"), str):
+            by_adapter[sha] = v
+        evaluated_against[v] = _production_sha(m)
         _add_audit(record, entries)
         record.aliases = [a for a, target in aliases.items() if target == v]
         record.retired = _dict(gone[v]) if v in gone else None
         record.state = _state(record, aliases.get("production"), entries)
         records.append(record)
+    for record in records:  # the evaluation's own record of its production beats the audit's
+        if (compared := by_adapter.get(evaluated_against[record.version])) is not None:
+            record.compared_with = compared
     return records
+
+
+def _production_sha(m: dict[str, Any]) -> str | None:
+    """The adapter hash of the production the evaluation compared with (lineage of the flow
+    since session 18: ``evaluation.models``); None where not recorded."""
+    models = _dict(_dict(m.get("evaluation")).get("models"))
+    return _text(_dict(models.get("production")).get("adapter_sha256"))
 
 
 def recorded_metrics(records: list[VersionRecord]) -> list[str]:

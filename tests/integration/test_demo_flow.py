@@ -37,6 +37,10 @@ def test_flow_promotes_then_reuses_then_rejects(prefect_harness, demo_model, hom
     assert manifest["train"]["method"] == "sft" and manifest["train"]["global_step"] == 2
     assert manifest["gate"]["promote"] is True
     assert manifest["dataset"]["counts"]["sft.jsonl"] > 0
+    # what `registry history` shows: rows trained on, where it started, what it was compared with
+    assert 0 < manifest["train"]["train_rows"] <= manifest["dataset"]["counts"]["sft.jsonl"]
+    assert manifest["train"]["init_from"] == "base" and manifest["train"]["replayed_rows"] == 0
+    assert set(manifest["evaluation"]["models"]) == {"base", "candidate"}  # no production yet
     assert (
         registry / "support-de-demo" / "v0001" / "adapter" / "adapter_model.safetensors"
     ).exists()

@@ -306,3 +306,23 @@ def test_plot_history_draws_gaps_and_panels_without_values(tmp_path):
         notes=["", "rolled back", ""],
     )
     assert out.read_bytes().startswith(PNG)
+
+
+def test_the_production_an_evaluation_compared_with_comes_from_its_own_record(tmp_path, root):
+    """The flow's lineage records which production the evaluation compared with (its adapter
+    hash, ``evaluation.models``); history names that version also for a rejected candidate,
+    which the audit log records no production move for."""
+    from feinschliff.registry import manifest
+
+    base = make_base(tmp_path / "base")
+    refs = [make_train_output(tmp_path / f"o{i}", str(base), seed=float(i)) for i in (1, 2)]
+    v1 = register_adapter(
+        root, UC, refs[0], _lineage(0.6, None, _decision(0.6, True)), target=target_for(base)
+    )
+    promote(root, UC, v1, why="gate passed", decision=_decision(0.6, True))
+    rejected = _lineage(0.4, 0.6, _decision(0.4, False))
+    production_sha = manifest(root, UC, v1)["adapter_sha256"]
+    rejected["evaluation"]["models"] = {"production": {"adapter_sha256": production_sha}}
+    v2 = register_adapter(root, UC, refs[1], rejected, target=target_for(base))
+    record = {r.version: r for r in version_history(root, UC)}[v2]
+    assert record.compared_with == v1 and record.state == "rejected"
