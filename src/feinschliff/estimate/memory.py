@@ -10,8 +10,11 @@ Assumptions of feinschliff's own estimate (all sizes in GiB = 2**30 bytes):
   AdamW moments (m and v, fp32) per trainable parameter. Frozen weights get no gradient.
 - Activations of a Llama-style decoder with PEFT LoRA, per token and layer: the tensors autograd
   keeps, as measured on the saved-tensor hooks (``layer_activation_bytes``; all-linear, 16-bit
-  weights: 24h + 4·kv + 8·I bytes). Attention runs as SDPA (no s² score matrix). With gradient
-  checkpointing only each layer's input (h values) stays, plus one layer's set.
+  weights: 24h + 4·kv + 8·I bytes). Attention runs as SDPA (no s² score matrix), except
+  Gemma 2's eager attention (heads x s scores per token). Other families' extra norms, q/k
+  norms and fused projections: ``layer_activation_bytes``, checked against transformers' models
+  (tests/unit/test_estimate_families.py). With gradient checkpointing only each layer's input
+  (h values) stays, plus one layer's set.
 - Backward working set (GPU): while autograd runs one layer's backward, the gradients of that
   layer's tensors exist next to its saved ones: 0.6 x one layer's saved set per token, measured
   on an H100 (``bench/gpu_train.py``, support-de-8b: 1.33 GiB per extra 2048-token sequence
@@ -81,13 +84,22 @@ ADAM_BYTES = 8
 def weight_bytes(shape: ModelShape, dtype: str, qlora: bool = False) -> float:
     if not qlora:
         return shape.n_params * DTYPE_BYTES[dtype]
-    dense = shape.embedding_params + shape.hidden * (2 * shape.layers + 1)
+    dense = shape.n_params - shape.layers * shape.linear_params  # embeddings, norms, biases
     return (shape.n_params - dense) * NF4_BYTES + dense * 2
 
 
 def kv_cache_bytes(layers: int, kv_width: int, tokens: int, bytes_per_value: float) -> float:
     """K and V for ``tokens`` tokens (batch x sequence) in every layer."""
     return 2 * layers * kv_width * tokens * bytes_per_value
+
+
+def attention_score_bytes(shape: ModelShape, bytes_per_value: float) -> float:
+    """Bytes per attention score that eager attention keeps (Gemma 2, measured like the rest):
+    the fp32 softmax output, its cast back to 16 bit, and tanh's output when the logits are
+    soft-capped. SDPA keeps no scores."""
+    if not shape.eager_softcap:
+        return 0
+    return 4 + (bytes_per_value if bytes_per_value < 4 else 0) + bytes_per_value
 
 
 def layer_activation_bytes(
@@ -97,34 +109,48 @@ def layer_activation_bytes(
     lora_dropout: bool,
     *,
     on_gpu: bool = True,
+    seq_len: int = 0,
 ) -> float:
     """Bytes per token one decoder layer keeps for the backward pass.
 
     Measured on autograd's saved tensors (Llama, PEFT LoRA, SDPA; all-linear with 16-bit weights
     under autocast: 24h + 4·kv + 8·I bytes, 1.28x the 7h + 3·kv + 4·I values counted before):
-    - each RMSNorm upcasts its input to fp32 and keeps that copy (2 x 4h bytes);
-    - SDPA keeps q, k, v and its output (2h + 2·kv values); SwiGLU keeps the gate projection
-      (SiLU's input), SiLU(gate) and the up projection (3·I values);
+    - each RMSNorm upcasts its input to fp32 and keeps that copy (2 x 4h bytes; Gemma 2 and 3
+      have four per layer; Qwen3's and Gemma 3's q and k norms 4·(q + kv) more);
+    - SDPA keeps q, k, v and its output (2q + 2·kv values, q the query width: heads x
+      head_dim); SwiGLU keeps the gate projection (SiLU's input), SiLU(gate) and the up
+      projection (3·I values; GELU and Phi-3's fused gate_up alike). Gemma 2's eager attention
+      keeps q and the k and v repeated to all heads (3q) and, per token, heads x ``seq_len``
+      scores (``attention_score_bytes``);
     - every adapted linear keeps its input for the adapter's weight gradient. With 16-bit weights
       PEFT casts that input to the fp32 adapter dtype and autocast casts it back: a fresh 16-bit
-      copy per adapter (q/k/v/o/gate/up: h each, down: I). With fp32 weights both casts are
+      copy per adapter (q/k/v/gate/up: h each, o: q, down: I). With fp32 weights both casts are
       no-ops, so q/k/v share the norm output, gate/up the other one, o SDPA's output, unless
       LoRA dropout gives each adapter its own input;
     - LoRA dropout keeps its mask per adapter: bool on CUDA (fused dropout), a fp32 tensor on
       CPU (ATen multiplies by a mask in the input's dtype, fp32 after PEFT's cast).
     The frozen base linears keep nothing: their weight needs no gradient.
     """
-    h, kv, i = shape.hidden, shape.kv_width, shape.intermediate
+    h, q, kv, i = shape.hidden, shape.q_width, shape.kv_width, shape.intermediate
     adapted = adapted_linears(shape, targets)
     adapter_inputs = sum(n_in for n_in, _ in adapted.values())
-    kept = 2 * h * 4 + (2 * h + 2 * kv + 3 * i) * bytes_per_value
+    norms = shape.norms_per_layer * h * 4 + (4 * (q + kv) if shape.qk_norm else 0)
+    if shape.eager_softcap:
+        attention = 3 * q * bytes_per_value
+        attention += shape.heads * seq_len * attention_score_bytes(shape, bytes_per_value)
+    else:
+        attention = (2 * q + 2 * kv) * bytes_per_value
+    kept = norms + attention + 3 * i * bytes_per_value
     if bytes_per_value < 4 or lora_dropout:
         kept += adapter_inputs * bytes_per_value
     else:
+        names = adapted.keys()
         shared = (
-            h * bool(adapted.keys() & {"q_proj", "k_proj", "v_proj"})
-            + h * bool(adapted.keys() & {"gate_proj", "up_proj"})
-            + i * ("down_proj" in adapted)
+            h * bool(names & {"q_proj", "k_proj", "v_proj", "qkv_proj"})
+            + h * bool(names & {"gate_proj", "up_proj", "gate_up_proj"})
+            + i * ("down_proj" in names)
+            # eager attention keeps no output: o's adapter keeps it
+            + q * (shape.eager_softcap and "o_proj" in names)
         )
         kept += shared * bytes_per_value
     if lora_dropout:
@@ -141,9 +167,13 @@ def activation_bytes(
     lora_dropout: bool,
     targets: str | list[str] = "all-linear",
     on_gpu: bool = True,
+    seq_len: int = 0,
 ) -> float:
-    """What the decoder layers keep for the backward pass (the LM head: ``logit_bytes``)."""
-    per_layer = layer_activation_bytes(shape, bytes_per_value, targets, lora_dropout, on_gpu=on_gpu)
+    """What the decoder layers keep for the backward pass (the LM head: ``logit_bytes``);
+    ``seq_len``: the sequence length, for attention that keeps its scores (Gemma 2)."""
+    per_layer = layer_activation_bytes(
+        shape, bytes_per_value, targets, lora_dropout, on_gpu=on_gpu, seq_len=seq_len
+    )
     per_layer *= tokens
     if checkpointing:
         return shape.layers * shape.hidden * tokens * bytes_per_value + per_layer
@@ -204,9 +234,9 @@ def sharded_weight_bytes(
 def gathered_layer_bytes(shape: ModelShape, dtype: str, qlora: bool, trainable: int) -> float:
     """All-gather buffers of a sharded training: the running layer and the prefetched next one,
     with their LoRA weights (fp32)."""
-    norms = 2 * shape.hidden
-    linear = shape.layer_params - norms
-    layer = linear * NF4_BYTES + norms * 2 if qlora else shape.layer_params * DTYPE_BYTES[dtype]
+    linear = shape.linear_params
+    dense = shape.layer_params - linear  # norms and biases stay 16 bit under QLoRA
+    layer = linear * NF4_BYTES + dense * 2 if qlora else shape.layer_params * DTYPE_BYTES[dtype]
     return FSDP_GATHERED_LAYERS * (layer + trainable / shape.layers * 4)
 
 

@@ -77,13 +77,19 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             lora_dropout=spec.lora.dropout > 0,
             targets=spec.lora.target_modules,
             on_gpu=on_gpu,
+            seq_len=hp.max_length,
         ),
         **(
             {
                 "backward_working_set": GPU_BACKWARD_SHARE
                 * tokens
                 * layer_activation_bytes(
-                    shape, bpv, spec.lora.target_modules, spec.lora.dropout > 0, on_gpu=True
+                    shape,
+                    bpv,
+                    spec.lora.target_modules,
+                    spec.lora.dropout > 0,
+                    on_gpu=True,
+                    seq_len=hp.max_length,
                 )
             }
             if on_gpu
@@ -108,6 +114,7 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
         assumptions=[
             f"{shape.n_params / 1e9:.3f}B parameters in {dtype}"
             + (" (QLoRA: NF4 linears)" if spec.qlora else ""),
+            *shape.describe_deviations(),
             f"LoRA r={spec.lora.r} on {spec.lora.target_modules}: {trainable:,} trainable "
             "(fp32 weights + grads + AdamW m, v)",
             f"micro-batch {batch} x {hp.max_length} tokens"

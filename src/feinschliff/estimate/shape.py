@@ -1,10 +1,22 @@
 """Model shape and parameter counts: what the estimate reads from a decoder's ``config.json``.
 
-A Llama-style decoder block: q/k/v/o attention projections and a SwiGLU MLP (gate, up, down),
+A Llama-style decoder block: q/k/v/o attention projections and a gated MLP (gate, up, down),
 two RMSNorms per layer and one final norm; the embedding and LM head are one matrix when the
 config ties them. Attention widths use the config's ``head_dim`` where it has one (Qwen3-4B:
-32 x 128 = 4096 query width on a 2560 hidden size). A few common base models are built in, so
-an estimate works offline without their config.json. All sizes in GiB = 2**30 bytes.
+32 x 128 = 4096 query width on a 2560 hidden size). The families that differ, by
+``model_type`` (each checked against transformers' own model on tiny configs,
+tests/unit/test_estimate_families.py):
+
+- qwen2: biases on q/k/v; qwen3 and gemma3: RMSNorms on q and k (``qk_norm``);
+- gemma2 and gemma3: four RMSNorms per layer; gemma2 has no SDPA (attention logit
+  soft-capping), transformers runs its eager attention, which keeps heads x seq scores per token;
+- phi3 (Phi-3, Phi-4): fused ``qkv_proj`` and ``gate_up_proj``, one LoRA adapter each;
+- multimodal wrappers (Gemma 3 >= 4B, Mistral 3): the decoder from ``text_config``, plus an
+  approximate vision tower (its weights and, for all-linear, its LoRA adapters).
+
+Other ``model_type`` values are counted as Llama-style decoders, with a note in the estimate;
+mixture-of-experts configs are refused. A few common base models are built in, so an estimate
+works offline without their config.json. All sizes in GiB = 2**30 bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +29,28 @@ from typing import Any
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# model_types whose layout the estimate knows (Llama-style unless a flag below says otherwise)
+KNOWN_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "ministral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+)
+_QK_NORM = ("qwen3", "gemma3_text")
+_FOUR_NORMS = ("gemma2", "gemma3_text")
+_MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
+_REQUIRED = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+)
 
 
 class EstimateError(ValueError):
@@ -39,6 +73,16 @@ class ModelShape:
     tied_embeddings: bool = False
     # config.json's head_dim; 0: hidden / heads. Qwen3 and Gemma set it independently of hidden.
     explicit_head_dim: int = 0
+    model_type: str = "llama"
+    fused_projections: bool = False  # phi3: qkv_proj and gate_up_proj
+    qk_norm: bool = False  # qwen3, gemma3: an RMSNorm (head_dim weights) on q and on k
+    norms_per_layer: int = 2  # gemma2, gemma3: 4 (pre and post attention and MLP)
+    attention_bias: str = ""  # "qkv" (qwen2) or "qkvo" (attention_bias: true)
+    eager_softcap: bool = False  # gemma2: eager attention with soft-capped logits, no SDPA
+    # a multimodal wrapper's vision tower (approximate): its weights, and per LoRA rank the
+    # in + out features of its linear layers (adapted by all-linear)
+    tower_params: int = 0
+    tower_lora_features: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -55,6 +99,13 @@ class ModelShape:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) features of each adaptable linear layer in one decoder block."""
         h, q, kv, i = self.hidden, self.q_width, self.kv_width, self.intermediate
+        if self.fused_projections:
+            return {
+                "qkv_proj": (h, q + 2 * kv),
+                "o_proj": (q, h),
+                "gate_up_proj": (h, 2 * i),
+                "down_proj": (i, h),
+            }
         return {
             "q_proj": (h, q),
             "k_proj": (h, kv),
@@ -70,26 +121,102 @@ class ModelShape:
         return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
 
     @property
+    def linear_params(self) -> int:
+        """Weights of one block's linear layers (what QLoRA quantizes)."""
+        return sum(a * b for a, b in self.linear_shapes().values())
+
+    @property
     def layer_params(self) -> int:
-        return sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
+        q, kv = self.q_width, self.kv_width
+        norms = self.norms_per_layer * self.hidden + (2 * self.head_dim if self.qk_norm else 0)
+        bias = (q + 2 * kv if self.attention_bias else 0) + (
+            self.hidden if self.attention_bias == "qkvo" else 0
+        )
+        return self.linear_params + norms + bias
 
     @property
     def n_params(self) -> int:
-        return self.layers * self.layer_params + self.embedding_params + self.hidden
+        return (
+            self.layers * self.layer_params
+            + self.embedding_params
+            + self.hidden
+            + self.tower_params
+        )
+
+    def describe_deviations(self) -> list[str]:
+        """What the estimate assumed about this model beyond a Llama-style decoder."""
+        out = []
+        if self.model_type not in KNOWN_MODEL_TYPES:
+            out.append(
+                f"model_type {self.model_type!r} is not one the estimate knows: counted as a "
+                "Llama-style decoder (q/k/v/o, gate/up/down, two RMSNorms per layer)"
+            )
+        if self.eager_softcap:
+            out.append(
+                f"{self.model_type}: eager attention (SDPA cannot soft-cap the logits): "
+                "heads x sequence attention scores kept per token and layer"
+            )
+        if self.tower_params:
+            out.append(
+                f"vision tower ~{self.tower_params / 1e9:.2f}B parameters (approximate), "
+                "not run on text rows"
+            )
+        return out
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
-        heads = cfg["num_attention_heads"]
+        """The shape of a ``config.json``; a multimodal wrapper's decoder is its text_config."""
+        tower = cfg.get("vision_config") if "text_config" in cfg else None
+        text = cfg.get("text_config") or cfg
+        kind = text.get("model_type") or cfg.get("model_type") or "llama"
+        moe = [k for k in _MOE_KEYS if text.get(k)]
+        if moe:
+            raise EstimateError(
+                f"cannot estimate a mixture-of-experts model ({kind}, config.json has "
+                f"{', '.join(moe)}): the estimate counts dense decoders only"
+            )
+        missing = [k for k in _REQUIRED if not text.get(k)]
+        if missing:
+            raise EstimateError(
+                f"cannot estimate model_type {kind!r}: its config.json has no "
+                f"{', '.join(missing)} (the estimate reads Llama-style decoder configs)"
+            )
+        heads = text["num_attention_heads"]
+        bias = "qkv" if kind == "qwen2" else ("qkvo" if text.get("attention_bias") else "")
         return cls(
-            hidden=cfg["hidden_size"],
-            layers=cfg["num_hidden_layers"],
+            hidden=text["hidden_size"],
+            layers=text["num_hidden_layers"],
             heads=heads,
-            kv_heads=cfg.get("num_key_value_heads") or heads,
-            intermediate=cfg["intermediate_size"],
-            vocab=cfg["vocab_size"],
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            explicit_head_dim=cfg.get("head_dim") or 0,
+            kv_heads=text.get("num_key_value_heads") or heads,
+            intermediate=text["intermediate_size"],
+            vocab=text["vocab_size"],
+            # Gemma's config classes tie by default, the others do not
+            tied_embeddings=bool(
+                text.get("tie_word_embeddings", cfg.get("tie_word_embeddings", "gemma" in kind))
+            ),
+            explicit_head_dim=text.get("head_dim") or 0,
+            model_type=kind,
+            fused_projections=kind == "phi3",
+            qk_norm=kind in _QK_NORM,
+            norms_per_layer=4 if kind in _FOUR_NORMS else 2,
+            attention_bias=bias,
+            eager_softcap=kind == "gemma2" or bool(text.get("attn_logit_softcapping")),
+            **_size_tower(tower, text["hidden_size"]),
         )
+
+
+def _size_tower(vision: dict[str, Any] | None, text_hidden: int) -> dict[str, int]:
+    """A ViT tower's size from ``vision_config``, approximate (SigLIP's layout): per layer
+    q/k/v/out (h x h) and a two-layer MLP (h x I each), and a projector into the decoder's width
+    (a plain weight: LoRA does not adapt it). Patch and position embeddings are left out."""
+    if not vision:
+        return {}
+    h, i = vision.get("hidden_size") or 0, vision.get("intermediate_size") or 0
+    n = vision.get("num_hidden_layers") or vision.get("depth") or 0  # Qwen2.5-VL: depth
+    return {
+        "tower_params": n * (4 * h * h + 2 * h * i) + h * text_hidden,
+        "tower_lora_features": n * (10 * h + 2 * i),
+    }
 
 
 # Shapes of common base models, so an estimate works offline without their config.json.
@@ -99,7 +226,9 @@ KNOWN_SHAPES = {
     "meta-llama/Llama-3.1-8B": _LLAMA3_8B,
     "meta-llama/Meta-Llama-3-8B-Instruct": _LLAMA3_8B,
     "meta-llama/Meta-Llama-3-8B": _LLAMA3_8B,
-    "mistralai/Mistral-7B-Instruct-v0.3": ModelShape(4096, 32, 32, 8, 14336, 32768),
+    "mistralai/Mistral-7B-Instruct-v0.3": ModelShape(
+        4096, 32, 32, 8, 14336, 32768, model_type="mistral"
+    ),
 }
 
 
@@ -112,7 +241,7 @@ def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
     except ModelFetchError:
         path = None
     if path is not None and (path / "config.json").exists():
-        return ModelShape.from_config(json.loads((path / "config.json").read_text()))
+        return _read_config(path / "config.json")
     if name in KNOWN_SHAPES:
         return KNOWN_SHAPES[name]
     candidates = []
@@ -126,7 +255,7 @@ def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
         pass
     for c in candidates:
         if c.exists():
-            return ModelShape.from_config(json.loads(c.read_text()))
+            return _read_config(c)
     from feinschliff.models import is_alias
 
     if is_alias(name):  # a packaged model that is not provisioned yet
@@ -140,16 +269,43 @@ def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
     )
 
 
+def _read_config(path: Path) -> ModelShape:
+    try:
+        return ModelShape.from_config(json.loads(path.read_text()))
+    except EstimateError as exc:
+        raise EstimateError(f"{path}: {exc}") from exc
+
+
 # --------------------------------------------------------------------------- LoRA parameters
 
 
 def adapted_linears(shape: ModelShape, targets: str | list[str]) -> dict[str, tuple[int, int]]:
-    """(in, out) features of the linear layers of one block that LoRA adapts."""
-    names = LINEAR_MODULES if targets == "all-linear" else targets
+    """(in, out) features of the linear layers of one block that LoRA adapts.
+
+    Names match as PEFT matches them (the last part of a dotted name); a name that is none of
+    the block's linear layers is refused rather than counted as nothing (Phi-3 has qkv_proj,
+    not q_proj; Llama has no qkv_proj)."""
     linears = shape.linear_shapes()
-    return {n: linears[n] for n in names if n in linears}
+    if targets == "all-linear":
+        return linears
+    names = [n.rsplit(".", 1)[-1] for n in targets]
+    unknown = [n for n in names if n not in linears]
+    if "lm_head" in unknown:  # as train/checks.py refuses it, before the model loads
+        raise EstimateError(
+            "cannot estimate LoRA on 'lm_head': it is the output layer, where TRL trains no "
+            "LoRA; remove it from train.lora.target_modules"
+        )
+    if unknown:
+        raise EstimateError(
+            f"cannot estimate LoRA on {', '.join(map(repr, unknown))}: a {shape.model_type} "
+            f"decoder block's linear layers are {', '.join(linears)} "
+            "(train.lora.target_modules, or all-linear)"
+        )
+    return {n: linears[n] for n in names}
 
 
 def lora_params(shape: ModelShape, r: int, targets: str | list[str]) -> int:
     linears = adapted_linears(shape, targets)
-    return shape.layers * sum(r * (n_in + n_out) for n_in, n_out in linears.values())
+    block = shape.layers * sum(r * (n_in + n_out) for n_in, n_out in linears.values())
+    # all-linear adapts a multimodal wrapper's vision tower and projector too
+    return block + (r * shape.tower_lora_features if targets == "all-linear" else 0)
