@@ -71,3 +71,31 @@ def test_seed_files_and_local_model_folders_are_checked(tmp_path):
     # an alias or a hub id is fetched, not looked for; a live pull reads no file
     hub = _recipe(tmp_path, base_model={"name": "HuggingFaceTB/SmolLM2-135M-Instruct"})
     assert [where for where, _ in missing_inputs(load_recipe(hub))] == ["feedback.sources.2.path"]
+
+
+def test_strict_checks_a_model_folder_against_the_recipe(tmp_path):
+    """`validate --strict` said ok to target modules the model does not have (and lm_head),
+    which `train` refuses only after provisioning: a local model folder is read now. Without
+    --strict nothing is loaded (a recipe may be meant for another machine)."""
+    from tests.unit.test_eval_review_fixes import CHATML
+    from tests.unit.test_train_review_fixes import WORDS
+    from tests.unit.tiny_llama import make_tiny_llama
+
+    make_tiny_llama(tmp_path / "model", WORDS, chat_template=CHATML)
+    data = yaml.safe_load((ROOT / "recipes" / "demo-de.yaml").read_text())
+    for src in data["feedback"]["sources"]:
+        src["path"] = str((ROOT / "recipes" / src["path"]).resolve())
+    data["base_model"]["name"] = "./model"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    fine = runner.invoke(app, ["validate", "--strict", str(path)])
+    assert fine.exit_code == 0, fine.output
+    for targets, said in (
+        ("[q_proj,v_projj]", "'v_projj' (did you mean 'v_proj'?)"),
+        ("[q_proj,lm_head]", "is the output layer (lm_head)"),
+    ):
+        sets = ["--set", f"train.lora.target_modules={targets}"]
+        res = runner.invoke(app, ["validate", "--strict", str(path), *sets])
+        assert res.exit_code == 2, res.output
+        assert f"{path}: train.lora.target_modules: " in res.stderr and said in res.stderr
+        assert runner.invoke(app, ["validate", str(path), *sets]).exit_code == 0

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from feinschliff.cli.app import Failure, SetOpt, app
+from feinschliff.recipe import Recipe
 from feinschliff.recipe_inputs import missing_inputs
 from feinschliff.recipe_loader import RecipeError, dump_resolved, load_recipe, recipe_json_schema
 
@@ -31,7 +32,8 @@ def validate(
             "--strict",
             help="A file the recipe reads that is missing here (feedback export, seed file, "
             "local model folder) is a problem (exit 2), not a warning: for a recipe run on "
-            "this machine.",
+            "this machine. A base model here (a folder, a fetched alias) is also checked "
+            "against the recipe: LoRA target modules it has, a chat template.",
         ),
     ] = False,
 ) -> None:
@@ -57,6 +59,10 @@ def validate(
         if strict and missing:
             failed = True
             continue
+        if strict and (problem := model_problem(recipe)):
+            typer.echo(f"{path}: {problem}", err=True)
+            failed = True
+            continue
         # with --print, stdout is the resolved recipe alone (so it can be saved and used)
         ok = f"{path}: ok ({recipe.use_case}, {recipe.train.method}/{recipe.train.backend})"
         typer.echo(ok, err=show)
@@ -64,6 +70,26 @@ def validate(
             typer.echo(("---\n" if len(recipes) > 1 else "") + dump_resolved(recipe))
     if failed:
         raise typer.Exit(2)
+
+
+def model_problem(recipe: Recipe) -> str | None:
+    """What `train` would refuse about the base model, where the model is here without a
+    download (a folder, a fetched alias): target modules it lacks (PEFT would error or train
+    fewer layers), lm_head, no chat template. A hub id is checked when train loads it."""
+    from feinschliff.models import ModelFetchError, resolve_model
+    from feinschliff.train.checks import RecipeRefused, check_model_fits_recipe
+
+    try:
+        folder = resolve_model(recipe.base_model.name, fetch=False)
+    except ModelFetchError:  # an alias not fetched yet: nothing to read here
+        return None
+    if not Path(folder).is_dir():
+        return None
+    try:
+        check_model_fits_recipe(recipe, folder)
+    except RecipeRefused as exc:
+        return str(exc)
+    return None
 
 
 @app.command()
