@@ -35,6 +35,7 @@ from feinschliff.pipeline import (
 from feinschliff.recipe import Recipe
 from feinschliff.recipe_loader import load_recipe, recipe_hash
 from feinschliff.registry import RegistryError, adapter_sha256
+from feinschliff.rejections import record_rejection
 from feinschliff.train.stage import nothing_new
 from flows import artifacts
 from flows.approval import ask_for_approval
@@ -291,6 +292,19 @@ def _retrain(
             recipe, data, adapter, report, decision, seen_production, ledger.path, run
         )
         fault_point("after-register")
+    elif register:  # registered nowhere else: history shows rejected runs from the audit log
+        ctx = FlowRunContext.get()
+        record_rejection(
+            recipe,
+            decision,
+            report=report,
+            adapter=adapter,
+            adapter_sha256=content,
+            data=data,
+            production=seen_production,
+            workdir=work,
+            run=str(ctx.flow_run.id) if ctx and ctx.flow_run else None,
+        )
     artifacts.publish_decision(recipe, decision, version, register)
 
     promoted = decision.promote and version is not None

@@ -17,6 +17,10 @@ What is recorded and where:
 The gate verdict shown is the latest decision recorded about the version (the audit log's, else
 the manifest's): a version registered as awaiting approval and promoted after a human approved
 it shows as passed. Its metric values are the registration-time evaluation's.
+
+A flow run the gate rejected registers nothing; it appends a ``rejected`` event to the audit
+log instead (:func:`feinschliff.rejections.record_rejection`), which :func:`use_case_history`
+places among the versions by time, as a record without a version.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from feinschliff.registry_store import RegistryError, Root
 log = logging.getLogger(__name__)
 
 ROLES = ("candidate", "base", "production")
+REJECTED = "rejected"  # the audit event of a rejected flow run (rejections.record_rejection)
 # the dataset file each method trains on (ingest's and mix's outputs)
 METHOD_FILE = {
     "sft": "sft.jsonl",
@@ -54,9 +59,10 @@ class MetricPoint(BaseModel):
 
 
 class VersionRecord(BaseModel):
-    """One registered version as the registry recorded it (None: not recorded)."""
+    """One registered version as the registry recorded it (None: not recorded), or a flow run
+    the gate rejected (``version`` None, ``run`` set: it registered nothing)."""
 
-    version: str
+    version: str | None
     registered_at: str | None = None
     registered_by: str | None = None
     method: str | None = None
@@ -73,6 +79,14 @@ class VersionRecord(BaseModel):
     retired: dict[str, Any] | None = None
     moved_off: dict[str, Any] | None = None  # the audit entry that took production off it
     problem: str | None = None  # why the manifest could not be read
+    adapter_sha256: str | None = None
+    # a rejected run: at, by, workdir, run (its flow-run id), candidate, dataset, why
+    run: dict[str, Any] | None = None
+
+    @property
+    def at(self) -> str | None:
+        """When it was registered, or when the run was rejected."""
+        return self.run.get("at") if self.run is not None else self.registered_at
 
 
 def version_history(root: Root, use_case: str) -> list[VersionRecord]:
@@ -106,6 +120,56 @@ def version_history(root: Root, use_case: str) -> list[VersionRecord]:
     return records
 
 
+def use_case_history(root: Root, use_case: str) -> list[VersionRecord]:
+    """The versions (:func:`version_history`) and, among them by time, the flow runs the gate
+    rejected (the audit log's ``rejected`` events; nothing was registered for them)."""
+    records = version_history(root, use_case)
+    known = {r.adapter_sha256: r.version for r in records if r.adapter_sha256}
+    runs = rejected_runs(audit_log(root, use_case), known)
+    merged: list[VersionRecord] = []
+    for record in records:  # a version without a time keeps its place after the one before
+        while runs and record.at is not None and (runs[0].at or "") < record.at:
+            merged.append(runs.pop(0))
+        merged.append(record)
+    return merged + runs
+
+
+def rejected_runs(entries: list[dict[str, Any]], known: dict[str, str]) -> list[VersionRecord]:
+    """One record per ``rejected`` event, in log order (append-only: oldest first). ``known``:
+    adapter hash -> version, to name the production a run was compared with where the event
+    does not."""
+    out, seen = [], set()
+    for e in entries:
+        key = e.get("key")
+        if e.get("event") != REJECTED or (key is not None and key in seen):
+            continue
+        seen.add(key)
+        train, dataset = _dict(e.get("train")), _dict(e.get("dataset"))
+        method = _text(train.get("method"))
+        record = VersionRecord(
+            version=None,
+            method=method,
+            train_rows=_train_rows(train, dataset, method),
+            base_model=_text(train.get("base_model")),
+            init_from=_text(train.get("init_from")),
+            compared_with=_text(e.get("compared_with")),
+            adapter_sha256=_text(e.get("adapter_sha256")),
+            state="rejected",
+            run={k: e.get(k) for k in ("at", "by", "workdir", "run", "candidate", "why")}
+            | {"dataset": {k: dataset.get(k) for k in ("sha256", "rows_sha256", "counts")}},
+        )
+        _set_decision(record, _dict(e.get("decision")), "audit")
+        evaluation = _dict(e.get("evaluation"))
+        record.metrics = _metrics(_dict(evaluation.get("metrics")), record.rules)
+        if record.compared_with is None:
+            sha = _text(
+                _dict(_dict(evaluation.get("models")).get("production")).get("adapter_sha256")
+            )
+            record.compared_with = known.get(sha or "")
+        out.append(record)
+    return out
+
+
 def _production_sha(m: dict[str, Any]) -> str | None:
     """The adapter hash of the production the evaluation compared with (lineage of the flow
     since session 18: ``evaluation.models``); None where not recorded."""
@@ -130,60 +194,6 @@ def gate_metrics(records: list[VersionRecord]) -> list[str]:
     return list(dict.fromkeys(names)) or recorded_metrics(records)
 
 
-def history_rows(records: list[VersionRecord], metrics: list[str]) -> list[dict[str, Any]]:
-    """One JSON-ready object per version (``--json``), metrics limited to ``metrics``."""
-    rows = []
-    for r in records:
-        row = r.model_dump(exclude={"metrics"})
-        row["metrics"] = {m: r.metrics[m].model_dump() for m in metrics if m in r.metrics}
-        rows.append(row)
-    return rows
-
-
-def history_table(records: list[VersionRecord], metrics: list[str]) -> list[str]:
-    """The table `registry history` prints: one line per version, then the failed rules."""
-    head = ["version", "registered", "method", "rows", "base model", "from", "gate", "status"]
-    table = [head + metrics]
-    for r in records:
-        status = ",".join([r.state, *(a for a in r.aliases if a != "production")])
-        cells = [
-            r.version,
-            r.registered_at or "-",
-            r.method or "-",
-            "-" if r.train_rows is None else str(r.train_rows),
-            _short(r.base_model),
-            _short(r.init_from),
-            r.gate or "-",
-            status + (",retired" if r.retired is not None else ""),
-        ]
-        table.append(cells + [_metric_cell(r.metrics.get(m)) for m in metrics])
-    widths = [max(len(row[i]) for row in table) for i in range(len(head) + len(metrics))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
-    ]
-    if metrics:
-        lines.append(
-            "metric cells: candidate value (b: change vs base, p: vs the production it was "
-            "evaluated against); - not recorded"
-        )
-    for r in records:
-        for rule in r.rules:
-            if rule.get("passed") is False:
-                lines.append(
-                    f"{r.version} gate FAIL {rule.get('rule', '-')} {rule.get('metric', '-')}: "
-                    f"{rule.get('detail', '')}".rstrip()
-                )
-        if r.problem:
-            lines.append(f"{r.version}: {r.problem}")
-    return lines
-
-
-def plot_series(records: list[VersionRecord], metric: str) -> dict[str, list[float | None]]:
-    """``{role: [value per version]}`` of one metric, for :func:`feinschliff.plots.plot_history`."""
-    points = [r.metrics.get(metric) or MetricPoint() for r in records]
-    return {role: [getattr(p, role) for p in points] for role in ROLES}
-
-
 # ---- reading one version
 
 
@@ -201,6 +211,7 @@ def _from_manifest(version: str, m: dict[str, Any]) -> VersionRecord:
         train_rows=_train_rows(train, dataset, method),
         base_model=_text(base),
         init_from=_text(train.get("init_from")) or _recipe_init_from(m.get("recipe_resolved")),
+        adapter_sha256=_text(m.get("adapter_sha256")),
     )
     gate = _dict(m.get("gate"))
     if gate:
@@ -319,28 +330,3 @@ def _text(value: Any) -> str | None:
 def _number(version: str) -> int:
     digits = version[1:]
     return int(digits) if digits.isdigit() else 0
-
-
-def _short(text: str | None, width: int = 28) -> str:
-    """A base model path as its last component, capped (the full one is in --json)."""
-    if not text:
-        return "-"
-    if text.startswith(("/", ".", "~")):  # a local path; a hub id keeps its organisation
-        text = text.rstrip("/").rsplit("/", 1)[-1]
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
-
-
-def _num(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _metric_cell(point: MetricPoint | None) -> str:
-    if point is None or point.candidate is None:
-        return "-"
-    cell = _num(point.candidate)
-    deltas = [
-        f"{tag}{point.candidate - other:+.4g}"
-        for tag, other in (("b", point.base), ("p", point.production))
-        if other is not None
-    ]
-    return f"{cell} ({' '.join(deltas)})" if deltas else cell

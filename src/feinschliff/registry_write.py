@@ -231,6 +231,18 @@ def record_event(root: Root, use_case: str, event: str, **fields: Any) -> None:
         _audit(st, uc, event, **fields)
 
 
+def record_event_once(root: Root, use_case: str, event: str, key: str, **fields: Any) -> bool:
+    """Append ``event`` with ``key`` unless the log already holds that event with that key
+    (checked under the lock, so two attempts of one run record it once). False: already there."""
+    st, uc = store_of(root), _uc(use_case)
+    with st.lock(f"{uc}/.lock") as lease:
+        if any(e.get("event") == event and e.get("key") == key for e in audit_log(root, use_case)):
+            return False
+        lease.check()
+        _audit(st, uc, event, key=key, **fields)
+    return True
+
+
 def _move(
     root: Root,
     use_case: str,

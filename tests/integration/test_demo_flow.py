@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from feinschliff.registry import read_aliases, versions
+from feinschliff.registry import audit_log, read_aliases, versions
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "recipes" / "demo-de.yaml")
@@ -84,5 +84,11 @@ def test_flow_promotes_then_reuses_then_rejects(prefect_harness, demo_model, hom
     failed = [r for r in rejected["decision"]["results"] if not r["passed"]]
     assert [r["rule"] for r in failed] == ["min_samples"]
     assert versions(registry, "support-de-demo") == ["v0001"]
+    # ...but the rejection is in the audit log, for `registry history` and `registry audit`
+    assert [
+        (e["workdir"], e["compared_with"], e["decision"]["promote"])
+        for e in audit_log(registry, "support-de-demo")
+        if e["event"] == "rejected"
+    ] == [(str(tmp_path / "run2"), "v0001", False)]
     report2 = json.loads(Path(rejected["report"]).read_text())
     assert set(report2["metrics"]) == {"base", "production", "candidate"}

@@ -326,3 +326,22 @@ def test_the_production_an_evaluation_compared_with_comes_from_its_own_record(tm
     v2 = register_adapter(root, UC, refs[1], rejected, target=target_for(base))
     record = {r.version: r for r in version_history(root, UC)}[v2]
     assert record.compared_with == v1 and record.state == "rejected"
+
+
+def test_a_rejected_run_after_the_versions_comes_last_without_a_version(weekly):
+    """A flow run the gate rejected registered nothing: its audit event is a row of its own,
+    and a metric only it recorded is a known --metric."""
+    from feinschliff.registry_write import record_event_once
+
+    decision = _decision(0.3, False)
+    evaluation = {"metrics": {"candidate": {"acc": {"value": 0.3}, "f1": {"value": 0.2}}}}
+    args = {"decision": decision, "evaluation": evaluation, "adapter_sha256": "ef" * 32}
+    assert record_event_once(weekly, UC, "rejected", "k1", **args, workdir="/w", why="gate")
+    assert not record_event_once(weekly, UC, "rejected", "k1", **args)  # keyed: once
+    code, out = run_cli("registry", "history", UC, "--root", _root_arg(weekly), "--json")
+    assert code == 0, out
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["version"] for r in rows][-2:] == ["v0005", None]
+    assert rows[-1]["state"] == "rejected" and rows[-1]["metrics"]["acc"]["candidate"] == 0.3
+    code, out = run_cli("registry", "history", UC, "--root", _root_arg(weekly), "--metric", "f1")
+    assert code == 0 and out.splitlines()[6].split()[0] == "-" and "0.2" in out.splitlines()[6]

@@ -2,8 +2,9 @@
 
 One line per registered version, oldest first: when it was registered, what it was trained on,
 the gate's verdict and metrics, where it went (production, rolled back, superseded, rejected,
-retired). `--json` prints one object per version, `--plot` draws the gate's metrics across
-versions. Reads only (no lock), as `registry show` and `audit` do. Importing this module
+retired); flow runs the gate rejected (registered nothing) as lines without a version, among
+them by time. `--json` prints one object per line, `--plot` draws the gate's metrics across
+them. Reads only (no lock), as `registry show` and `audit` do. Importing this module
 registers the command on the `registry` Typer app.
 """
 
@@ -46,23 +47,19 @@ def registry_history(
     """Every registered version of USE_CASE, oldest first: registered when and by whom, method,
     training rows, base model, started from, the gate's verdict and metrics (candidate value,
     change vs base and vs the production it was compared with), status (production, rolled
-    back, superseded, rejected, retired, aliases) and the gate's failed rules. Fields an older
-    version did not record show as a dash."""
+    back, superseded, rejected, retired, aliases) and the gate's failed rules. Flow runs the
+    gate rejected show among them by time, version '-' (--json: null), status rejected. Fields
+    an older version did not record show as a dash."""
     from feinschliff import registry
-    from feinschliff.registry_history import (
-        gate_metrics,
-        history_rows,
-        history_table,
-        recorded_metrics,
-        version_history,
-    )
+    from feinschliff.registry_history import gate_metrics, recorded_metrics, use_case_history
+    from feinschliff.registry_history_view import history_rows, history_table
 
     if plot is not None:
         _check_plot_path(plot)
     with _errors():
         r = registry.open_root(root)
         _known_use_case(r, use_case)
-        records = version_history(r, use_case)
+        records = use_case_history(r, use_case)
     # from the same read of aliases.json as the rows (a promotion meanwhile changes neither)
     production = next((x.version for x in records if x.state == "production"), None)
     if not records:  # on stderr with --json: stdout holds only JSON lines
@@ -117,27 +114,20 @@ def _check_plot_path(plot: Path) -> None:
 
 def _draw(records, metrics: list[str], production: str | None, out: Path, use_case: str) -> None:
     from feinschliff.plots import plot_history
-    from feinschliff.registry_history import plot_series
+    from feinschliff.registry_history_view import plot_labels, plot_notes, plot_series
 
     series = {m: plot_series(records, m) for m in metrics}
     try:
         plot_history(
-            [r.version for r in records],
+            plot_labels(records),
             series,
             [r.gate for r in records],
             production,
             out,
             title=f"{use_case}: gate metrics by version",
             served=[r.state in ("production", "superseded", "rolled back") for r in records],
-            notes=[_note(r) for r in records],
+            notes=plot_notes(records),
         )
     except OSError as exc:  # a full disk, a read-only mount os.access did not see
         raise Failure(f"--plot {out}: cannot write it ({os_error_line(exc)})", code=2) from exc
     typer.echo(f"plot: {out}", err=True)
-
-
-def _note(record) -> str:
-    """What the plot says under a version that production left for an older one, or that was
-    retired."""
-    words = ["rolled back"] if record.state == "rolled back" else []
-    return "\n".join(words + (["retired"] if record.retired is not None else []))

@@ -111,15 +111,19 @@ def registry_show(
     root: ReadRootOpt = None,
 ) -> None:
     """Print a version's manifest (lineage: recipe, base model, data, metrics, gate decision),
-    or without VERSION the use case's aliases, versions and retired versions."""
+    or without VERSION the use case's aliases, versions and retired versions. A gate decision
+    the audit log recorded after registration (a human's approval) follows on stderr."""
     from feinschliff import registry
+    from feinschliff.cli.registry_show import decision_lines, later_decision
 
+    later = None
     with _errors():
         r = registry.open_root(root)
         _known_use_case(r, use_case)
         if version is not None:
             _known_version(r, use_case, version)
             out: Any = registry.manifest(r, use_case, version)
+            later = later_decision(registry.audit_log(r, use_case), version, out)
         else:
             out = {
                 "aliases": registry.read_aliases(r, use_case),
@@ -127,6 +131,8 @@ def registry_show(
                 "retired": registry.retired(r, use_case),
             }
     typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    for line in decision_lines(later, out) if later is not None else []:
+        typer.echo(line, err=True)  # stdout stays the manifest's JSON
 
 
 @registry_app.command("audit")
@@ -138,33 +144,16 @@ def registry_audit(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Print the append-only audit log: who, when, what (register, alias from -> to, gate
-    decision, retire) and why."""
+    decision, approval, retire, a flow run the gate rejected) and why."""
     from feinschliff import registry
+    from feinschliff.cli.registry_show import audit_line
 
     with _errors():
         r = registry.open_root(root)
         _known_use_case(r, use_case)
         entries = registry.audit_log(r, use_case)
     for e in entries:
-        if as_json:
-            typer.echo(json.dumps(e, ensure_ascii=False))
-            continue
-        if e["event"] == "approval":  # a reviewer's answer to the require_approval rule
-            verdict = "approved" if e.get("approved") else "rejected"
-            of = f" (candidate {e['candidate'][:12]})" if e.get("candidate") else ""
-            typer.echo(
-                f"{e['at']} {e['by']:<10} {'approval':<8} {verdict:<10} "
-                f"by {e.get('reviewer') or '-'}{of}  {e.get('why') or ''}".rstrip()
-            )
-            continue
-        what = e.get("alias") or e["event"]
-        gate = ""
-        if e.get("decision") is not None:
-            gate = f" gate={'pass' if e['decision'].get('promote') else 'fail'}"
-        typer.echo(
-            f"{e['at']} {e['by']:<10} {e['event']:<8} {what:<10} "
-            f"{e.get('old') or '-'} -> {e.get('new') or '-'}{gate}  {e.get('why', '')}"
-        )
+        typer.echo(json.dumps(e, ensure_ascii=False) if as_json else audit_line(e))
 
 
 @registry_app.command("promote")
