@@ -32,7 +32,14 @@ import yaml
 from pydantic import BaseModel
 
 from feinschliff.gate import metric_value
-from feinschliff.registry_read import audit_log, manifest, read_aliases, retired, versions
+from feinschliff.registry_read import (
+    audit_log,
+    manifest,
+    marker_sha256,
+    read_aliases,
+    retired,
+    versions,
+)
 from feinschliff.registry_store import RegistryError, Root
 
 log = logging.getLogger(__name__)
@@ -91,8 +98,7 @@ class VersionRecord(BaseModel):
 
 def version_history(root: Root, use_case: str) -> list[VersionRecord]:
     """Every complete version of ``use_case``, oldest first (read only, no lock)."""
-    aliases = read_aliases(root, use_case)
-    gone = retired(root, use_case)
+    aliases, gone = _object(read_aliases, root, use_case), _object(retired, root, use_case)
     entries = audit_log(root, use_case)
     records, evaluated_against, by_adapter = [], {}, {}
     for v in versions(root, use_case):
@@ -106,8 +112,11 @@ def version_history(root: Root, use_case: str) -> list[VersionRecord]:
         m = m if isinstance(m, dict) else {}
         record = _from_manifest(v, m)
         record.problem = problem
-        if isinstance(sha := m.get("adapter_sha256"), str):
-            by_adapter[sha] = v
+        # evaluate records the production it compared with by the version folder's marker
+        # hash (``version_adapter``); the manifest's adapter hash names the same version
+        for sha in (marker_sha256(root, use_case, v), m.get("adapter_sha256")):
+            if isinstance(sha, str):
+                by_adapter[sha] = v
         evaluated_against[v] = _production_sha(m)
         _add_audit(record, entries)
         record.aliases = [a for a, target in aliases.items() if target == v]
@@ -168,6 +177,17 @@ def rejected_runs(entries: list[dict[str, Any]], known: dict[str, str]) -> list[
             record.compared_with = known.get(sha or "")
         out.append(record)
     return out
+
+
+def _object(read: Any, root: Root, use_case: str) -> dict[str, Any]:
+    """aliases.json / retired.json, or {} (with a warning) where damaged or not an object: a
+    history shows what it can read."""
+    try:
+        found = read(root, use_case)
+    except ValueError as exc:
+        log.warning("%s: %s unreadable (%s)", use_case, read.__name__, exc)
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _production_sha(m: dict[str, Any]) -> str | None:
@@ -307,6 +327,8 @@ def _state(record: VersionRecord, production: str | None, entries: list[dict[str
             was_production = True
         elif entry.get("old") == record.version and was_production:
             record.moved_off = {k: entry.get(k) for k in ("at", "by", "new", "why")}
+    # `previous` is where production was: proof enough where the audit log predates it
+    was_production = was_production or "previous" in record.aliases
     if was_production:
         to = record.moved_off.get("new") if record.moved_off else None
         older = isinstance(to, str) and _number(to) < _number(record.version)

@@ -88,6 +88,17 @@ def manifest(root: Root, use_case: str, version: str) -> dict[str, Any]:
     return _read_json(root, f"{rel}/manifest.json")
 
 
+def marker_sha256(root: Root, use_case: str, version: str) -> str | None:
+    """The version folder's hash from its completion marker: what ``version_adapter`` gives as
+    the AdapterRef's sha256 (evaluate records it as the production it compared with)."""
+    try:
+        marker = _read_json(root, f"{_vrel(use_case, version)}/{COMPLETE}")
+    except ValueError:
+        return None
+    sha = marker.get("sha256") if isinstance(marker, dict) else None
+    return sha if isinstance(sha, str) else None
+
+
 def local_version(root: Root, use_case: str, version: str) -> Path:
     """A registered version as a local folder (adapter/, manifest.json, .complete).
 
@@ -197,9 +208,18 @@ def audit_log(root: Root, use_case: str) -> list[dict[str, Any]]:
     entries = []
     for n, line in enumerate(data.decode("utf-8", errors="replace").split("\n"), start=1):
         try:
-            entries.append(json.loads(line)) if line else None
+            entry = json.loads(line) if line else None
         except ValueError:  # torn by a kill mid-append: skipped, not fatal for the registry
-            log.warning("%s audit.jsonl line %d is unreadable (torn write?): skipped", use_case, n)
+            entry = "unreadable (torn write?)"
+        if isinstance(entry, dict):
+            entries.append(entry)
+        elif line:  # every reader expects objects (a hand edit left `[]`: skipped, said)
+            log.warning(
+                "%s audit.jsonl line %d is %s: skipped",
+                use_case,
+                n,
+                entry if isinstance(entry, str) else "no JSON object",
+            )
     return entries
 
 

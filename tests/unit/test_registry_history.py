@@ -310,9 +310,10 @@ def test_plot_history_draws_gaps_and_panels_without_values(tmp_path):
 
 def test_the_production_an_evaluation_compared_with_comes_from_its_own_record(tmp_path, root):
     """The flow's lineage records which production the evaluation compared with (its adapter
-    hash, ``evaluation.models``); history names that version also for a rejected candidate,
-    which the audit log records no production move for."""
-    from feinschliff.registry import manifest
+    hash, ``evaluation.models``: the hash evaluate got from ``version_adapter``, the version
+    folder's marker, not the manifest's adapter hash); history names that version also for a
+    rejected candidate, which the audit log records no production move for."""
+    from feinschliff.registry import version_adapter
 
     base = make_base(tmp_path / "base")
     refs = [make_train_output(tmp_path / f"o{i}", str(base), seed=float(i)) for i in (1, 2)]
@@ -321,7 +322,7 @@ def test_the_production_an_evaluation_compared_with_comes_from_its_own_record(tm
     )
     promote(root, UC, v1, why="gate passed", decision=_decision(0.6, True))
     rejected = _lineage(0.4, 0.6, _decision(0.4, False))
-    production_sha = manifest(root, UC, v1)["adapter_sha256"]
+    production_sha = version_adapter(root, UC, v1).sha256  # what evaluate records
     rejected["evaluation"]["models"] = {"production": {"adapter_sha256": production_sha}}
     v2 = register_adapter(root, UC, refs[1], rejected, target=target_for(base))
     record = {r.version: r for r in version_history(root, UC)}[v2]
@@ -345,3 +346,45 @@ def test_a_rejected_run_after_the_versions_comes_last_without_a_version(weekly):
     assert rows[-1]["state"] == "rejected" and rows[-1]["metrics"]["acc"]["candidate"] == 0.3
     code, out = run_cli("registry", "history", UC, "--root", _root_arg(weekly), "--metric", "f1")
     assert code == 0 and out.splitlines()[6].split()[0] == "-" and "0.2" in out.splitlines()[6]
+
+
+ODD = {
+    "aliases torn": ("aliases.json", b'{"production": "v00'),
+    "aliases a list": ("aliases.json", b'["v0001"]'),
+    "retired a list": ("retired.json", b'["v0002"]'),
+    "audit lines no objects": ("audit.jsonl", None),
+}
+
+
+@pytest.mark.parametrize("root", ["local"], indirect=True)  # the damage is written as files
+@pytest.mark.parametrize("case", list(ODD))
+def test_damaged_registry_files_show_what_can_be_read(weekly, case):
+    """A torn or hand-edited aliases.json / retired.json / audit line (registries live for
+    years) was a traceback; history shows the versions it can read, `registry audit` the
+    entries it can read."""
+    name, data = ODD[case]
+    path = weekly / UC / name
+    path.write_bytes(path.read_bytes() + b'[]\n"x"\n' if data is None else data)
+    code, out = run_cli("registry", "history", UC, "--root", _root_arg(weekly))
+    assert code == 0, out
+    assert "v0001" in out and "v0005" in out
+    if name == "audit.jsonl":
+        code, out = run_cli("registry", "audit", UC, "--root", _root_arg(weekly))
+        assert code == 0 and "v0005" in out, out
+
+
+def test_the_previous_alias_counts_as_once_production(tmp_path):
+    """An older registry's audit log may not hold the move, but `previous` names the version
+    production was before: superseded, not "not promoted"."""
+    import json
+
+    base = make_base(tmp_path / "base")
+    root = tmp_path / "reg"
+    for seed in (1.0, 2.0):
+        out = make_train_output(tmp_path / f"o{seed}", str(base), seed=seed)
+        register_adapter(root, UC, out, {}, target=target_for(base))
+    (root / UC / "aliases.json").write_text(
+        json.dumps({"production": "v0002", "previous": "v0001"})
+    )
+    states = {r.version: r.state for r in version_history(root, UC)}
+    assert states == {"v0001": "superseded", "v0002": "production"}
