@@ -94,3 +94,33 @@ def test_an_allocator_that_refuses_the_setting_still_trains(monkeypatch, no_allo
     with allocator.expandable_segments(on_cuda=True) as used:
         assert used and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
     assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_an_empty_value_the_user_set_is_put_back(monkeypatch, applied):
+    """An empty variable chooses nothing (set ours), but afterwards it is there again, empty,
+    not removed."""
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "")
+    with allocator.expandable_segments(on_cuda=True) as used:
+        assert used and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ""
+
+
+def test_two_trainings_in_threads_share_the_setting_until_the_last_ends(no_alloc_vars, applied):
+    """Two trainings in one process (threads): the second is inside ours (not the user's
+    choice), and the first one's end does not take the variable from the second's children."""
+    with allocator.expandable_segments(on_cuda=True) as first:
+        with allocator.expandable_segments(on_cuda=True) as second:
+            assert first and second
+        assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+    assert applied == ["expandable_segments:True"]  # applied once
+
+
+def test_a_users_setting_without_expandable_segments_is_warned_about(monkeypatch, caplog):
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    with allocator.expandable_segments(on_cuda=True) as used:
+        assert not used
+    assert "has no expandable segments" in caplog.text
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"

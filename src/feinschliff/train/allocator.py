@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,21 +31,48 @@ ALLOC_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 EXPANDABLE = "expandable_segments:True"
 
 
+_LOCK = threading.Lock()
+_held = {"count": 0, "before": None}  # trainings of this process inside the block; what was set
+
+
 @contextmanager
 def expandable_segments(on_cuda: bool) -> Iterator[bool]:
     """Within the block, CUDA memory of this process and of the training children (accelerate's
     ranks, Axolotl) uses expandable segments; yields whether this set it (False: no CUDA, or
-    the user set an allocator variable)."""
-    if not on_cuda or any(os.environ.get(name) for name in ALLOC_VARS):
+    the user set an allocator variable). Two trainings in threads of one process share it: the
+    variable goes back to what it was (unset, or an empty value) when the last one ends."""
+    with _LOCK:
+        ours = _held["count"] > 0
+        chosen = " ".join(os.environ.get(name, "") for name in ALLOC_VARS).strip()
+        if not on_cuda or (not ours and chosen):
+            if on_cuda and not ours and "expandable_segments:True" not in chosen:
+                log.warning(
+                    "train: your CUDA allocator setting (%s) has no expandable segments: the "
+                    "allocator's cache may hold more than `feinschliff estimate` counts",
+                    chosen,
+                )
+            ours = None
+        elif not ours:
+            _held["before"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+            os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE  # children read it at start-up
+            _apply_in_process()
+            log.info("train: CUDA allocator with expandable segments (PYTORCH_ALLOC_CONF chooses)")
+        if ours is not None:
+            _held["count"] += 1
+    if ours is None:
         yield False
         return
-    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = EXPANDABLE  # children read it at start-up
-    _apply_in_process()
-    log.info("train: CUDA allocator with expandable segments (set PYTORCH_ALLOC_CONF to choose)")
     try:
         yield True
     finally:
-        os.environ.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+        with _LOCK:
+            _held["count"] -= 1
+            if _held["count"] == 0:
+                before = _held["before"]
+                if before is None:
+                    os.environ.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+                else:
+                    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = before
 
 
 def _apply_in_process() -> None:
