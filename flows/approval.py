@@ -10,6 +10,7 @@ alerts on failures) for a rejection that is no failure. The server's pause timeo
 
 from __future__ import annotations
 
+import logging
 import threading
 from uuid import UUID
 
@@ -92,16 +93,31 @@ def ask_for_approval(recipe: Recipe, decision: Decision, candidate: str | None =
         approval = Approval(
             approved=answer.approve, by=answer.reviewer or "prefect-ui", comment=answer.comment
         )
-    record_event(
-        registry_root(recipe),
-        recipe.use_case,
-        "approval",
-        why=approval.comment,
-        approved=approval.approved,
-        reviewer=approval.by,
-        candidate=candidate,
-    )
+    record_answer(recipe, approval, candidate)
     return approval
+
+
+def record_answer(recipe: Recipe, approval: Approval, candidate: str) -> None:
+    """The reviewer's answer in the registry's audit log. A registry that cannot take it (read
+    only, unreachable) gets a warning: a rejection must end as a rejection, not a failed run
+    (an approval then fails where it registers, naming the registry)."""
+    try:
+        record_event(
+            registry_root(recipe),
+            recipe.use_case,
+            "approval",
+            why=approval.comment,
+            approved=approval.approved,
+            reviewer=approval.by,
+            candidate=candidate,
+        )
+    except Exception as exc:  # noqa: BLE001 - any store error; the decision stands
+        logger = get_run_logger() if FlowRunContext.get() else logging.getLogger(__name__)
+        logger.warning(
+            "the reviewer's answer could not be recorded in the registry's audit log (%s: %s)",
+            type(exc).__name__,
+            exc,
+        )
 
 
 def _reject_at_deadline(run_id: UUID, timeout_s: int, answered: threading.Event) -> None:
