@@ -99,3 +99,31 @@ def test_strict_checks_a_model_folder_against_the_recipe(tmp_path):
         assert res.exit_code == 2, res.output
         assert f"{path}: train.lora.target_modules: " in res.stderr and said in res.stderr
         assert runner.invoke(app, ["validate", str(path), *sets]).exit_code == 0
+
+
+def test_strict_makes_the_fit_check_run_makes(tmp_path):
+    """With train.gpu, `run` refuses a training whose memory estimate does not fit that GPU
+    before Prefect starts; `validate --strict` said ok to it. Target names the model has that
+    the estimate does not know (embed_tokens) pass both."""
+    from tests.unit.test_eval_review_fixes import CHATML
+    from tests.unit.test_train_review_fixes import WORDS
+    from tests.unit.tiny_llama import make_tiny_llama
+
+    make_tiny_llama(tmp_path / "model", WORDS, chat_template=CHATML)
+    data = yaml.safe_load((ROOT / "recipes" / "demo-de.yaml").read_text())
+    for src in data["feedback"]["sources"]:
+        src["path"] = str((ROOT / "recipes" / src["path"]).resolve())
+    data["base_model"]["name"] = "./model"
+    data["train"]["gpu"] = "rtx-4090"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    emb = ["--set", "train.lora.target_modules=[q_proj,v_proj,embed_tokens]"]
+    for sets in ([], emb):
+        fine = runner.invoke(app, ["validate", "--strict", str(path), *sets])
+        assert fine.exit_code == 0, fine.output
+    huge = ["--set", "train.hyperparameters.batch_size=200000"]
+    res = runner.invoke(app, ["validate", "--strict", str(path), *huge])
+    assert res.exit_code == 2, res.output
+    assert f"{path}: train.gpu: training does not fit train.gpu=rtx-4090" in res.stderr
+    assert "a micro-batch of" in res.stderr
+    assert runner.invoke(app, ["validate", str(path), *huge]).exit_code == 0

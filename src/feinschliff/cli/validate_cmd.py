@@ -33,7 +33,8 @@ def validate(
             help="A file the recipe reads that is missing here (feedback export, seed file, "
             "local model folder) is a problem (exit 2), not a warning: for a recipe run on "
             "this machine. A base model here (a folder, a fetched alias) is also checked "
-            "against the recipe: LoRA target modules it has, a chat template.",
+            "against the recipe: LoRA target modules it has, a chat template; with train.gpu, "
+            "the memory estimate against that GPU, as `run` checks it.",
         ),
     ] = False,
 ) -> None:
@@ -59,7 +60,7 @@ def validate(
         if strict and missing:
             failed = True
             continue
-        if strict and (problem := model_problem(recipe)):
+        if strict and (problem := model_problem(recipe) or fit_problem(recipe)):
             typer.echo(f"{path}: {problem}", err=True)
             failed = True
             continue
@@ -89,6 +90,20 @@ def model_problem(recipe: Recipe) -> str | None:
         check_model_fits_recipe(recipe, folder)
     except RecipeRefused as exc:
         return str(exc)
+    return None
+
+
+def fit_problem(recipe: Recipe) -> str | None:
+    """The memory check `run` and `train` make before anything starts, where ``train.gpu`` is
+    set: a training that cannot fit that GPU, or a model the estimate cannot read."""
+    if recipe.train.gpu is None:
+        return None
+    from feinschliff.estimate import EstimateError, check_training_fits
+
+    try:
+        check_training_fits(recipe)
+    except EstimateError as exc:
+        return f"train.gpu: {exc}"
     return None
 
 

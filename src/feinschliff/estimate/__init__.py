@@ -9,6 +9,7 @@ that fits, GPU-hours and EUR for the dataset, rent-vs-buy break-even). ``run_tra
 The parts, each a module of this package (everything is importable from here):
 
 - ``shape``: the model's shape from its ``config.json`` and its parameter counts;
+- ``targets``: the layers ``train.lora.target_modules`` adapts and their LoRA parameters;
 - ``memory``: the memory terms (weights, LoRA states, activations, logits, KV cache, sharding),
   the assumptions and calibration behind them, and the talk's reference table;
 - ``hardware``: the GPUs of ``configs/hardware.yaml``, this machine's memory, training cost and
@@ -75,9 +76,16 @@ from feinschliff.estimate.shape import (
     LINEAR_MODULES,
     EstimateError,
     ModelShape,
+    model_shape,
+    resolve_config,
+)
+from feinschliff.estimate.targets import (
+    EMBEDDING_MODULES,
+    LoraTargets,
     adapted_linears,
     lora_params,
-    model_shape,
+    lora_targets,
+    target_notes,
 )
 
 __all__ = [
@@ -86,6 +94,7 @@ __all__ = [
     "CPU_OVERHEAD_GIB",
     "DEFAULT_MFU",
     "DTYPE_BYTES",
+    "EMBEDDING_MODULES",
     "Estimate",
     "EstimateError",
     "FSDP_GATHERED_LAYERS",
@@ -99,6 +108,7 @@ __all__ = [
     "KNOWN_SHAPES",
     "LINEAR_MODULES",
     "LOGIT_COPIES",
+    "LoraTargets",
     "ModelShape",
     "NF4_BYTES",
     "SHORT_ROW_SHARE",
@@ -119,12 +129,15 @@ __all__ = [
     "load_gpus",
     "logit_bytes",
     "lora_params",
+    "lora_targets",
     "model_shape",
     "recipe_flops_per_token",
     "reference_table",
+    "resolve_config",
     "row_tokens",
     "sharded_weight_bytes",
     "shards",
+    "target_notes",
     "short_rows_note",
     "total_ram_bytes",
     "trained_tokens",

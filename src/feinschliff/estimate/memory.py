@@ -55,7 +55,8 @@ assumptions (those of the LLM System Requirements calculator it links), which di
 
 from __future__ import annotations
 
-from feinschliff.estimate.shape import DTYPE_BYTES, GIB, ModelShape, adapted_linears
+from feinschliff.estimate.shape import DTYPE_BYTES, GIB, ModelShape
+from feinschliff.estimate.targets import adapted_linears
 from feinschliff.specs.train import SHARDED_CONFIGS
 
 NF4_BYTES = 4.127 / 8

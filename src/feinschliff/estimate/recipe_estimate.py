@@ -29,7 +29,8 @@ from feinschliff.estimate.memory import (
     uses_fused_lm_head,
     weight_bytes,
 )
-from feinschliff.estimate.shape import DTYPE_BYTES, GIB, EstimateError, lora_params, model_shape
+from feinschliff.estimate.shape import DTYPE_BYTES, GIB, EstimateError, model_shape
+from feinschliff.estimate.targets import lora_params, target_notes
 
 
 @dataclass
@@ -117,6 +118,7 @@ def estimate_recipe(recipe, *, on_gpu: bool = True, batch_size: int | None = Non
             *shape.describe_deviations(),
             f"LoRA r={spec.lora.r} on {spec.lora.target_modules}: {trainable:,} trainable "
             "(fp32 weights + grads + AdamW m, v)",
+            *target_notes(shape, spec.lora.target_modules),
             f"micro-batch {batch} x {hp.max_length} tokens"
             + (" x 2 (chosen + rejected)" if seqs > batch else "")
             + (", gradient checkpointing" if hp.gradient_checkpointing else ""),

@@ -12,7 +12,11 @@ tests/unit/test_estimate_families.py):
   soft-capping), transformers runs its eager attention, which keeps heads x seq scores per token;
 - phi3 (Phi-3, Phi-4): fused ``qkv_proj`` and ``gate_up_proj``, one LoRA adapter each;
 - multimodal wrappers (Gemma 3 >= 4B, Mistral 3): the decoder from ``text_config``, plus an
-  approximate vision tower (its weights and, for all-linear, its LoRA adapters).
+  approximate vision tower (its weights, and the LoRA adapters on its layers: all-linear's and
+  those of target names it has, ``feinschliff.estimate.targets``).
+
+Fields a config.json leaves to its transformers config class (Gemma 3's text_config often has
+no heads, head_dim or vocab size) are filled in from that class (``resolve_config``).
 
 Other ``model_type`` values are counted as Llama-style decoders, with a note in the estimate;
 mixture-of-experts configs are refused. A few common base models are built in, so an estimate
@@ -42,6 +46,8 @@ KNOWN_MODEL_TYPES = (
     "phi3",
 )
 _QK_NORM = ("qwen3", "gemma3_text")
+# vision towers whose layer layout the estimate knows (Gemma 3's SigLIP, Mistral 3's Pixtral)
+_KNOWN_TOWERS = ("siglip_vision_model", "pixtral")
 _FOUR_NORMS = ("gemma2", "gemma3_text")
 _MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
 _REQUIRED = (
@@ -79,10 +85,12 @@ class ModelShape:
     norms_per_layer: int = 2  # gemma2, gemma3: 4 (pre and post attention and MLP)
     attention_bias: str = ""  # "qkv" (qwen2) or "qkvo" (attention_bias: true)
     eager_softcap: bool = False  # gemma2: eager attention with soft-capped logits, no SDPA
-    # a multimodal wrapper's vision tower (approximate): its weights, and per LoRA rank the
-    # in + out features of its linear layers (adapted by all-linear)
-    tower_params: int = 0
-    tower_lora_features: int = 0
+    # a multimodal wrapper's vision tower (approximate): vision_config's model_type, widths and
+    # layers; its linear layers are adapted by all-linear and by target names they have
+    tower_type: str = ""
+    tower_hidden: int = 0
+    tower_intermediate: int = 0
+    tower_layers: int = 0
 
     @property
     def head_dim(self) -> int:
@@ -115,6 +123,33 @@ class ModelShape:
             "up_proj": (h, i),
             "down_proj": (i, h),
         }
+
+    def tower_linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of one vision tower layer's linears: SigLIP's q/k/v/out_proj and
+        fc1/fc2 MLP (Gemma 3), Pixtral's q/k/v/o_proj and gated MLP (Mistral 3); other towers
+        are approximated by SigLIP's layout (``tower_layout_known``)."""
+        h, i = self.tower_hidden, self.tower_intermediate
+        if not self.tower_layers:
+            return {}
+        if self.tower_type == "pixtral":
+            attn, mlp = ("q_proj", "k_proj", "v_proj", "o_proj"), {"gate_proj": (h, i)}
+            mlp |= {"up_proj": (h, i), "down_proj": (i, h)}
+        else:
+            attn, mlp = ("q_proj", "k_proj", "v_proj", "out_proj"), {"fc1": (h, i), "fc2": (i, h)}
+        return {name: (h, h) for name in attn} | mlp
+
+    @property
+    def tower_layout_known(self) -> bool:
+        return self.tower_type in _KNOWN_TOWERS
+
+    @property
+    def tower_params(self) -> int:
+        """The tower's layer weights and a projector into the decoder's width (a plain weight in
+        Gemma 3: LoRA does not adapt it); patch and position embeddings are left out."""
+        if not self.tower_layers:
+            return 0
+        linear = sum(a * b for a, b in self.tower_linear_shapes().values())
+        return self.tower_layers * linear + self.tower_hidden * self.hidden
 
     @property
     def embedding_params(self) -> int:
@@ -158,8 +193,9 @@ class ModelShape:
             )
         if self.tower_params:
             out.append(
-                f"vision tower ~{self.tower_params / 1e9:.2f}B parameters (approximate), "
-                "not run on text rows"
+                f"vision tower ~{self.tower_params / 1e9:.2f}B parameters (approximate"
+                + ("" if self.tower_layout_known else f", {self.tower_type!r} counted as SigLIP")
+                + "), not run on text rows"
             )
         return out
 
@@ -190,10 +226,7 @@ class ModelShape:
             kv_heads=text.get("num_key_value_heads") or heads,
             intermediate=text["intermediate_size"],
             vocab=text["vocab_size"],
-            # Gemma's config classes tie by default, the others do not
-            tied_embeddings=bool(
-                text.get("tie_word_embeddings", cfg.get("tie_word_embeddings", "gemma" in kind))
-            ),
+            tied_embeddings=_ties_embeddings(cfg, text, kind),
             explicit_head_dim=text.get("head_dim") or 0,
             model_type=kind,
             fused_projections=kind == "phi3",
@@ -201,21 +234,29 @@ class ModelShape:
             norms_per_layer=4 if kind in _FOUR_NORMS else 2,
             attention_bias=bias,
             eager_softcap=kind == "gemma2" or bool(text.get("attn_logit_softcapping")),
-            **_size_tower(tower, text["hidden_size"]),
+            **_size_tower(tower),
         )
 
 
-def _size_tower(vision: dict[str, Any] | None, text_hidden: int) -> dict[str, int]:
-    """A ViT tower's size from ``vision_config``, approximate (SigLIP's layout): per layer
-    q/k/v/out (h x h) and a two-layer MLP (h x I each), and a projector into the decoder's width
-    (a plain weight: LoRA does not adapt it). Patch and position embeddings are left out."""
+def _ties_embeddings(cfg: dict[str, Any], text: dict[str, Any], kind: str) -> bool:
+    """A multimodal wrapper ties as its top-level config says (transformers 5 reads that one,
+    whatever text_config holds); a raw config.json without the field: Gemma's config classes
+    tie by default, the others do not (``resolve_config`` fills in each class's default)."""
+    default = "gemma" in kind
+    if text is not cfg:
+        return bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", default)))
+    return bool(cfg.get("tie_word_embeddings", default))
+
+
+def _size_tower(vision: dict[str, Any] | None) -> dict[str, Any]:
+    """A ViT tower's widths from ``vision_config`` (Qwen2.5-VL calls its layers ``depth``)."""
     if not vision:
         return {}
-    h, i = vision.get("hidden_size") or 0, vision.get("intermediate_size") or 0
-    n = vision.get("num_hidden_layers") or vision.get("depth") or 0  # Qwen2.5-VL: depth
     return {
-        "tower_params": n * (4 * h * h + 2 * h * i) + h * text_hidden,
-        "tower_lora_features": n * (10 * h + 2 * i),
+        "tower_type": vision.get("model_type") or "",
+        "tower_hidden": vision.get("hidden_size") or 0,
+        "tower_intermediate": vision.get("intermediate_size") or 0,
+        "tower_layers": vision.get("num_hidden_layers") or vision.get("depth") or 0,
     }
 
 
@@ -271,41 +312,27 @@ def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
 
 def _read_config(path: Path) -> ModelShape:
     try:
-        return ModelShape.from_config(json.loads(path.read_text()))
+        return ModelShape.from_config(resolve_config(json.loads(path.read_text())))
     except EstimateError as exc:
         raise EstimateError(f"{path}: {exc}") from exc
 
 
-# --------------------------------------------------------------------------- LoRA parameters
+def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the fields it leaves to its transformers config class filled in, as the
+    model sees them: Gemma 3's text_config often has no heads, KV heads, head_dim or vocab size;
+    SmolLM3 ties its embeddings by default. Offline (the class is installed); a model_type
+    transformers does not know (custom code) or a class that refuses the dict: as written."""
+    try:
+        from transformers import AutoConfig
+        from transformers.utils import logging as hf_logging
 
-
-def adapted_linears(shape: ModelShape, targets: str | list[str]) -> dict[str, tuple[int, int]]:
-    """(in, out) features of the linear layers of one block that LoRA adapts.
-
-    Names match as PEFT matches them (the last part of a dotted name); a name that is none of
-    the block's linear layers is refused rather than counted as nothing (Phi-3 has qkv_proj,
-    not q_proj; Llama has no qkv_proj)."""
-    linears = shape.linear_shapes()
-    if targets == "all-linear":
-        return linears
-    names = [n.rsplit(".", 1)[-1] for n in targets]
-    unknown = [n for n in names if n not in linears]
-    if "lm_head" in unknown:  # as train/checks.py refuses it, before the model loads
-        raise EstimateError(
-            "cannot estimate LoRA on 'lm_head': it is the output layer, where TRL trains no "
-            "LoRA; remove it from train.lora.target_modules"
-        )
-    if unknown:
-        raise EstimateError(
-            f"cannot estimate LoRA on {', '.join(map(repr, unknown))}: a {shape.model_type} "
-            f"decoder block's linear layers are {', '.join(linears)} "
-            "(train.lora.target_modules, or all-linear)"
-        )
-    return {n: linears[n] for n in names}
-
-
-def lora_params(shape: ModelShape, r: int, targets: str | list[str]) -> int:
-    linears = adapted_linears(shape, targets)
-    block = shape.layers * sum(r * (n_in + n_out) for n_in, n_out in linears.values())
-    # all-linear adapts a multimodal wrapper's vision tower and projector too
-    return block + (r * shape.tower_lora_features if targets == "all-linear" else 0)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # token-id range warnings are no business of ours
+        try:
+            resolved = AutoConfig.for_model(**cfg).to_dict()
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except Exception:  # noqa: BLE001 - unknown model_type, a config its class refuses
+        return cfg
+    # keep what the file says where the class would drop it (a key it does not know)
+    return {**cfg, **resolved}
