@@ -61,9 +61,6 @@ class Scaffold:
     gradient_accumulation_steps: int | None = None
 
 
-# --------------------------------------------------------------------------- arguments
-
-
 def check_use_case(name: str) -> str:
     """The recipe's own ``use_case`` rule (its pattern, read from the model)."""
     meta = Recipe.model_fields["use_case"].metadata
@@ -168,12 +165,15 @@ def parse_source(item: str, out_dir: Path) -> Source:
     allowed = [k for k in model.model_fields if k != url_key and not k.endswith("_secret")]
     pull: dict[str, Any] = {}
     for key, value in parse_qsl(url.query, keep_blank_values=True):
+        if key in pull:
+            raise ScaffoldError(f"--source {item!r}: setting {key!r} given twice")
         if key not in allowed:
             raise ScaffoldError(
                 f"--source {item!r}: unknown setting {key!r} (a {kind} pull takes "
                 f"{', '.join(allowed)})"
             )
-        pull[key] = parse_yaml(value) if value else None
+        text = model.model_fields[key].annotation in (str, str | None)  # environment=2024
+        pull[key] = (value if text else parse_yaml(value)) if value else None
     if kind == "argilla" and not pull.get("dataset"):
         raise ScaffoldError(
             f"--source {item!r}: a live Argilla pull needs its dataset: "
@@ -215,13 +215,11 @@ def secrets_of(spec: Scaffold) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _scalar(value: Any) -> str:
-    """One value in flow style, quoted where YAML needs it."""
+def _scalar(value: Any) -> str:  # one value in flow style, quoted where YAML needs it
     return yaml.safe_dump([value], default_flow_style=True, width=10**6).strip()[1:-1]
 
 
-def _lines(*pairs: tuple[str, str]) -> str:
-    """``key: value`` lines with their comments aligned at column 33."""
+def _lines(*pairs: tuple[str, str]) -> str:  # key: value lines, comments at column 33
     return "".join(f"{text:<32} # {why}\n" if why else f"{text}\n" for text, why in pairs)
 
 
@@ -243,6 +241,7 @@ def _commented(text: str, prefix: str) -> str:
 _PAIRS = "heldout/preference_accuracy"
 _RULES = {
     "pairs": ("no_regression", _PAIRS, None, "swapped chosen/rejected feedback shows up here"),
+    "pairs_sft": ("no_regression", _PAIRS, "tolerance: 0.05", "swapped pairs show up here"),
     "pairs_n": ("min_samples", _PAIRS, "threshold: 50", "too few held-out pairs decide nothing"),
     "usecase": ("no_regression", "usecase_heldout/acc_norm", None, "pairs as two-way choice"),
     "short": ("no_regression", "de_kurzantwort/exact_match[strip]", None, "ORPO's SFT half"),
@@ -252,7 +251,7 @@ _RULES = {
 # method: (learning rate, held-out share, tolerance, evaluate.tasks, rules); None: the default
 _MC, _SHORT, _HELDOUT = "de_wissen_mc", "de_kurzantwort", "usecase_heldout"
 _METHODS: dict[str, tuple[float | None, float | None, float, list[str], list[str]]] = {
-    "sft": (None, None, 0.01, [_MC, _SHORT], ["knowledge", "knowledge_n", "pairs"]),
+    "sft": (None, None, 0.01, [_MC, _SHORT], ["knowledge", "knowledge_n", "pairs_sft"]),
     "dpo": (2e-5, 0.15, 0.02, [_MC, _HELDOUT], ["pairs", "pairs_n", "usecase", "knowledge"]),
     "orpo": (5e-5, 0.15, 0.02, [_MC, _SHORT], ["pairs", "pairs_n", "short", "knowledge"]),
     "kto": (2e-5, None, 0.02, [_MC, _HELDOUT], ["pairs", "usecase", "knowledge", "knowledge_n"]),
@@ -312,7 +311,7 @@ def render_sections(spec: Scaffold, out: Path) -> str:
     samples = "" if spec.sources else "the bundled samples: point at your exports"
     text += _lines(
         ("schema_version: 1", ""),
-        (f"use_case: {spec.use_case}", "registry folder, adapter and served name"),
+        (f"use_case: {_scalar(spec.use_case)}", "registry folder, adapter and served name"),
         ("# description:", "what this adapter is for, who owns it"),
         ("base_model:", "the model the adapter is trained on"),
         (f"  name: {_scalar(spec.base_model)}", ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -122,15 +123,16 @@ def init(
         typer.echo(
             f"  export {secret}=...   # or a Prefect Secret block {secret.lower().replace('_', '-')}"
         )
-    data = Path("out") / f"{use_case}-data"
+    # quoted: a path with spaces must survive a copy-paste into the shell
+    data, at = shlex.quote(str(Path("out") / f"{use_case}-data")), shlex.quote(str(path))
     steps = [
-        (f"feinschliff validate --strict {path}", "the recipe and the files it reads"),
-        (f"feinschliff ingest {path} --out {data}", "look at the training rows"),
+        (f"feinschliff validate --strict {at}", "the recipe and the files it reads"),
+        (f"feinschliff ingest {at} --out {data}", "look at the training rows"),
         (
-            f"feinschliff estimate {path}{f' --gpu {gpu}' if gpu else ''} --data {data}",
+            f"feinschliff estimate {at}{f' --gpu {gpu}' if gpu else ''} --data {data}",
             "memory, fit, GPU-hours, EUR",
         ),
-        (f"feinschliff run {path}", "the whole loop as a Prefect flow"),
+        (f"feinschliff run {at}", "the whole loop as a Prefect flow"),
     ]
     width = max(len(cmd) for cmd, _ in steps)
     for cmd, why in steps:
@@ -176,7 +178,7 @@ def _fit_gpu(spec: Any, path: Path) -> tuple[Any, str]:
     except EstimateError as exc:  # a model whose shape is not known offline
         why = str(exc).splitlines()[0]
         return spec, f"warning: no memory estimate here ({why}): run `feinschliff estimate`"
-    spec = replace(spec, gradient_checkpointing=True)
+    asked, spec = spec, replace(spec, gradient_checkpointing=True)
     recipe = render_recipe(spec, path)[1]
     if estimate_recipe(recipe).training / GIB <= gpu.device_gib:
         return spec, f"set gradient_checkpointing: true, so that the training fits {gpu.name}"
@@ -185,8 +187,8 @@ def _fit_gpu(spec: Any, path: Path) -> tuple[Any, str]:
     fit = largest_fitting_batch(recipe, gpu)
     smallest = 2 if spec.method == "kto" else 1  # KTO estimates its KL term within a batch
     fits = [b for b in range(smallest, fit + 1) if rows % b == 0]
-    if not fits:
-        return spec, (
+    if not fits:  # nothing written that claims a fit
+        return asked, (
             f"warning: the training does not fit {gpu.name} even with gradient checkpointing "
             f"at the smallest micro-batch: `feinschliff estimate {path}` says what would"
         )
