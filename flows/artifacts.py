@@ -54,13 +54,24 @@ def _watermark_moves(pull: dict) -> dict[str, str]:
     return moves
 
 
+def _stored(pull: dict) -> dict[str, str]:
+    """Per kind, what a Langfuse pull stored of the rows it fetched (the lookback and the daily
+    rescan re-read rows the mirror holds): `new N, unchanged U, updated X`."""
+    return {
+        kind: ", ".join(f"{k} {v}" for k, v in counts.items())
+        for kind, counts in (pull.get("stored") or {}).items()
+    }
+
+
 def pull_rows(manifest: dict) -> list[dict]:
-    """The ingest table's rows for live pulls: what each fetched and how its watermark moved
-    (the library logs them at INFO, which a deployed run does not show)."""
+    """The ingest table's rows for live pulls: what each fetched, what it stored of that and
+    how its watermark moved (the library logs them at INFO, which a deployed run does not
+    show)."""
     rows: list[dict] = []
     for label, pull in _pulls(manifest):
         fetched = pull.get("fetched") or {}
         rows += [{"output": f"{label}: fetched {k}", "rows": v} for k, v in fetched.items()]
+        rows += [{"output": f"{label}: stored {k}", "rows": v} for k, v in _stored(pull).items()]
         moves = _watermark_moves(pull).items()
         rows += [{"output": f"{label}: watermark {k}", "rows": v} for k, v in moves]
     return rows
@@ -77,7 +88,9 @@ def pull_lines(data: DatasetRef) -> list[str]:
     for label, pull in _pulls(manifest):
         fetched = ", ".join(f"{k} {v}" for k, v in (pull.get("fetched") or {}).items())
         marks = "; ".join(f"{k} {v}" for k, v in _watermark_moves(pull).items())
-        lines.append(f"{label}: fetched {fetched or 'nothing'}; watermark {marks or 'none'}")
+        stored = "; ".join(f"{k} {v}" for k, v in _stored(pull).items())
+        kept = f"; stored {stored}" if stored else ""
+        lines.append(f"{label}: fetched {fetched or 'nothing'}{kept}; watermark {marks or 'none'}")
     return lines
 
 

@@ -70,3 +70,20 @@ def test_an_unreadable_manifest_logs_no_pull_line(tmp_path):
     assert pull_lines(DatasetRef(path=str(tmp_path), sha256="0" * 64)) == []
     (tmp_path / "manifest.json").write_text("{not json")
     assert pull_lines(DatasetRef(path=str(tmp_path), sha256="0" * 64)) == []
+
+
+def test_a_pull_says_what_it_stored_of_what_it_fetched(tmp_path):
+    """The lookback and the daily rescan re-read rows the mirror holds: `fetched` alone made a
+    week of unchanged scores look like new feedback."""
+    from flows.artifacts import pull_lines, pull_rows
+
+    stored = {"scores": {"new": 9, "unchanged": 690, "updated": 1}}
+    pull = {"fetched": {"scores": 700}, "stored": stored}
+    manifest = {"sources": [{"kind": "langfuse", "path": "m", "pull": pull}]}
+    assert {
+        "output": "pull 1 (langfuse): stored scores",
+        "rows": "new 9, unchanged 690, updated 1",
+    } in pull_rows(manifest)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (line,) = pull_lines(DatasetRef(path=str(tmp_path), sha256="0" * 64))
+    assert "fetched scores 700; stored scores new 9, unchanged 690, updated 1" in line

@@ -244,3 +244,35 @@ def test_compaction_keeps_the_newest_copy_and_every_row_without_an_id(tmp_path):
     ]
     drop_older(done.removed, _save)
     assert [r["id"] for r in json.loads(held.read_text())["data"]] == ["b", "c"]
+
+
+def test_a_page_holding_two_versions_of_a_row_keeps_the_newest(tmp_path):
+    """A page from before compaction holds one score twice (v1, then v2 from a re-read); a
+    pull fetches v2 again. The older copies were removed by id: both went, and the pull's v2
+    was not stored (the mirror held it), so the score was lost."""
+    from feinschliff.ingest.pull_versions import compact, drop_older
+
+    mirror, partial = tmp_path / "mirror", tmp_path / "partial"
+    v1 = {"id": "s1", "value": False, "updatedAt": "2026-11-01T00:00:00.000Z"}
+    v2 = {**v1, "value": True, "updatedAt": "2026-11-02T00:00:00.000Z"}
+    held = _page(mirror / "20261101T000000000000Z", "scores", 1, [v1, v2, {"id": "s2"}])
+    _page(partial, "scores", 1, [v2])
+    done = compact(partial, mirror, "scores", _save)
+    assert (done.new, done.unchanged, done.updated) == (0, 1, 0)
+    drop_older(done.removed, _save)
+    copies = [r for p in [held, *partial.glob("*.json")] for r in json.loads(p.read_text())["data"]]
+    assert copies == [v2, {"id": "s2"}]
+
+
+def test_the_manifest_counts_what_each_pull_stored_apart_from_what_it_read(lf, home, tmp_path):
+    """The daily rescan re-reads a week of scores: ``fetched`` counted them all as if new."""
+    first = _manifest(run_ingest(pull_spec(), tmp_path / "first").dir)["sources"][0]["pull"]
+    observations = len(lf.tables["observations"])
+    assert first["stored"]["observations"] == {"new": observations, "unchanged": 0, "updated": 0}
+    score = _thumbs_down_within(lf, days=6)
+    score.update(value=True, updatedAt=_iso(datetime.now(UTC)))
+    _a_day_later(home)
+    second = _manifest(run_ingest(pull_spec(), tmp_path / "second").dir)["sources"][0]["pull"]
+    read = second["fetched"]["scores"]
+    assert read > 1  # the week re-read ...
+    assert second["stored"]["scores"] == {"new": 0, "unchanged": read - 1, "updated": 1}

@@ -6,12 +6,14 @@ newer, and appends it to the source's local mirror (``$FEINSCHLIFF_HOME/ingest/m
 which the ingest then reads in full, so the dataset always covers all feedback pulled so far.
 The watermark of observations and that of scores are each saved once their kind was read to
 the end; re-fetched rows are stored only when they changed, replacing their older copy
-(``pull_versions``: one version per row, the newest). A kind's pages wait beside the mirror (``.<source>.partial/``, never read) until it was read to its end,
-then move into the pull's batch folder: a pull that fails part-way, or is killed, adds nothing
-that later ingests read, and the next pull of the source removes what a killed one left (pulls
-of one source take turns, under an flock). A pull that finds nothing, into a mirror that holds
-nothing, fails naming the project the keys read. A mirror
-deleted while its watermark stayed is pulled in full again (``_check_mirror``). A Langfuse
+(``pull_versions``: one version per row, the newest). A kind's pages wait beside the mirror
+(``.<source>.partial/``, never read) until it was read to its end, then move into the pull's
+batch folder: a pull that fails part-way, or is killed, adds nothing that later ingests read,
+and the next pull of the source removes what a killed one left (pulls of one source take
+turns, under an flock). The ingest reads a snapshot of the mirror taken under that lock
+(``pull_snapshot``; ``PullResult.release`` removes it): a later pull compacts the mirror in
+place. A pull that finds nothing, into a mirror that holds nothing, fails naming the project
+the keys read. A mirror deleted while its watermark stayed is pulled in full again. A Langfuse
 mirror belongs to one project: the server URL is the same for every project of an instance
 (Langfuse Cloud), only the keys choose one (``langfuse_http.project_identity``), and each
 source names the secrets holding its keys (``public_key_secret`` / ``secret_key_secret``,
@@ -61,10 +63,11 @@ from feinschliff.ingest.langfuse_http import (
     cursor_pages,
     project_identity,
 )
+from feinschliff.ingest.pull_snapshot import Snapshot, take_snapshot
 from feinschliff.ingest.pull_versions import (
-    OLD_KEYS,
     RESCANNED,
     Compacted,
+    check_mirror,
     compact,
     describe_changes,
     drop_older,
@@ -82,11 +85,17 @@ SCORE_FIELDS = "details,annotation,subject"
 
 @dataclass
 class PullResult:
-    mirror: Path
+    mirror: Path  # what the ingest reads: a Langfuse mirror's snapshot, released after reading
     watermark_before: dict[str, str]
     watermark_after: dict[str, str]
-    fetched: dict[str, int] = field(default_factory=dict)
+    fetched: dict[str, int] = field(default_factory=dict)  # rows read from the API
     notes: list[str] = field(default_factory=list)
+    stored: dict[str, dict[str, int]] = field(default_factory=dict)  # kind: new/unchanged/updated
+    snapshot: Snapshot | None = None
+
+    def release(self) -> None:  # once the ingest read the snapshot, or failed
+        if self.snapshot is not None:
+            self.snapshot.close()
 
 
 class EmptySnapshot(RuntimeError):
@@ -252,22 +261,24 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
             # the other's pages as a killed pull's; the flock dies with its holder
             with file_lock(state_dir() / "locks" / f"{mirror.name}.lock"):
                 shutil.rmtree(_partial_dir(mirror), ignore_errors=True)  # a killed pull's
-                before, notes = _check_mirror(mirror, _load_watermark(mark_file))
+                before, notes = check_mirror(mirror, _load_watermark(mark_file))
                 notes = [*taken, *notes]
                 after = {**before, "identity": project}
-                fetched, changes = _fetch_langfuse(
+                fetched, stored, changes = _fetch_langfuse(
                     client, pull, mirror, before, after, hint, mark_file
                 )
                 notes = [*notes, *changes]
+                empty = not any(fetched.values()) and not _has_rows(mirror)
+                snapshot = None if empty else take_snapshot(mirror, state_dir() / "reading")
     except KeysRefused as exc:
         raise MissingCredentials(
             f"{exc}: check the project's API keys ({keys}), named by "
             "feedback.sources[].pull.public_key_secret / secret_key_secret"
         ) from exc
-    if not any(fetched.values()) and not _has_rows(mirror):
+    if snapshot is None:
         raise PullFailed(_describe_empty_project(url, project, keys, pull))
     log.info("langfuse pull %s: %s (watermark %s -> %s)", url, fetched, before, after)
-    return PullResult(mirror, before, after, fetched, notes)
+    return PullResult(snapshot.path, before, after, fetched, notes, stored, snapshot)
 
 
 def _describe_empty_project(url: str, project: str, keys: str, pull: LangfusePull) -> str:
@@ -303,22 +314,6 @@ def _has_rows(mirror: Path) -> bool:
     return False
 
 
-def _check_mirror(mirror: Path, mark: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """The watermark to pull from: none when the mirror it describes is gone or empty (deleted
-    for retention or an erasure request): everything is pulled again, never only what is
-    newer, which would shrink every later dataset to the feedback after the deletion."""
-    if not (mark.keys() - OLD_KEYS) or any(mirror.glob("*/*-page-*.json")):
-        return mark, []
-    log.warning("langfuse pull: the mirror %s is missing or empty: pulling everything", mirror)
-    note = (
-        f"sources[i]: the pull's mirror was missing or empty while its watermark said feedback "
-        f"up to {max(v for k, v in mark.items() if k not in OLD_KEYS)} had been pulled: "
-        "everything was pulled again (erase feedback in Langfuse too, or a deleted mirror brings "
-        "it back)"
-    )
-    return {}, [note]
-
-
 def _fetch_langfuse(
     client: Any,
     pull: LangfusePull,
@@ -327,7 +322,7 @@ def _fetch_langfuse(
     after: dict[str, str],
     hint: str,
     mark_file: Path,
-) -> tuple[dict[str, int], list[str]]:
+) -> tuple[dict[str, int], dict[str, dict[str, int]], list[str]]:
     """Fetch observations, then scores, into a new batch folder of ``mirror``; each kind's
     pages are written beside the mirror and moved into the batch once that kind was read to its
     end, then its watermark is saved, so a pull that fails on the scores (a rate limit) keeps
@@ -380,7 +375,8 @@ def _fetch_langfuse(
         if kind == "scores" and rescan:
             after[RESCANNED] = iso(started)
         _save_json(mark_file, after)
-    return fetched, describe_changes(changed)
+    stored = {kind: c.counts() for kind, c in changed.items()}
+    return fetched, stored, describe_changes(changed)
 
 
 def _place(partial: Path, batch: Path) -> None:

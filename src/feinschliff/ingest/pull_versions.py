@@ -14,7 +14,14 @@ body) is stored and its older copy removed from the older page, so the ingest re
 one version, the newest. Only other copies of the same id are dropped; rows without an id and
 pages that cannot be read are left as they are (the reader quarantines them and says so). The
 new pages are placed before older copies are removed: a pull killed in between leaves two
-copies, which the reader handles (newest pull first), never none.
+copies, which the reader handles (newest pull first), never none. An ingest reading the mirror
+meanwhile reads its own hard-linked snapshot (``pull_snapshot``): pages rewritten or removed
+here keep their old inodes there.
+
+Known cost: every pull compares its rows with the whole mirror of their kind (each page read
+and each row of the same ids digested), as a changed row may lie in any older page. Measured
+~1.1 s per routine quarter-hourly pull against a mirror of 200k generations, ~7 s at 1M
+(extrapolated), on top of the fetch; memory stays one page plus an index of the pull's ids.
 """
 
 from __future__ import annotations
@@ -44,7 +51,10 @@ class Compacted:
     new: int = 0  # ids the mirror did not hold
     unchanged: int = 0  # already held as fetched: not stored again
     updated: int = 0  # held in an older version: replaced
-    removed: list[tuple[Path, str]] = field(default_factory=list)  # older copies to drop
+    removed: list[tuple[Path, str, str]] = field(default_factory=list)  # (page, id, digest)
+
+    def counts(self) -> dict[str, int]:
+        return {"new": self.new, "unchanged": self.unchanged, "updated": self.updated}
 
 
 def iso(moment: datetime) -> str:
@@ -73,6 +83,22 @@ def advance(watermark: str | None, stamps: list[Any], started: datetime) -> str 
     future-dated row would move it beyond rows that other clients stamp correctly later)."""
     moments = [m for m in map(parse_time, [watermark, *stamps]) if m is not None]
     return iso(min(max(moments), started)) if moments else watermark
+
+
+def check_mirror(mirror: Path, mark: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The watermark to pull from: none when the mirror it describes is gone or empty (deleted
+    for retention or an erasure request): everything is pulled again, never only what is
+    newer, which would shrink every later dataset to the feedback after the deletion."""
+    if not (mark.keys() - OLD_KEYS) or any(mirror.glob("*/*-page-*.json")):
+        return mark, []
+    log.warning("langfuse pull: the mirror %s is missing or empty: pulling everything", mirror)
+    note = (
+        f"sources[i]: the pull's mirror was missing or empty while its watermark said feedback "
+        f"up to {max(v for k, v in mark.items() if k not in OLD_KEYS)} had been pulled: "
+        "everything was pulled again (erase feedback in Langfuse too, or a deleted mirror brings "
+        "it back)"
+    )
+    return {}, [note]
 
 
 def _identity(row: Any) -> str | None:
@@ -105,12 +131,15 @@ def compact(partial: Path, mirror: Path, kind: str, save: Any) -> Compacted:
     """Drops from the pages in ``partial`` the rows the mirror holds as they are (or newer),
     and lists the mirror's older copies of rows that changed (``Compacted.removed``, dropped
     by ``drop_older`` once the new pages are in the mirror). ``save(path, page)`` writes a
-    page atomically."""
-    pages = {p: _read(p) for p in sorted(partial.glob(f"{kind}-page-*.json"), key=_page_number)}
+    page atomically. One page is in memory at a time: a first pull of a large project holds
+    GBs of pages, and only each row's id, version, place and digest are kept."""
     newest: dict[str, Copy] = {}
     dropped: dict[Path, set[int]] = {}
     order = 0
-    for page, body in pages.items():
+    for page in sorted(partial.glob(f"{kind}-page-*.json"), key=_page_number):
+        body = _read(page)
+        if body is not None and not body["data"]:  # a page without rows adds nothing
+            page.unlink()
         for pos, row in enumerate(body["data"] if body else []):
             if (ident := _identity(row)) is None:
                 continue
@@ -121,15 +150,14 @@ def compact(partial: Path, mirror: Path, kind: str, save: Any) -> Compacted:
                 loser, copy = sorted((held, copy), key=lambda c: c[0])
                 dropped.setdefault(loser[1], set()).add(loser[2])
             newest[ident] = copy
+        del body
     done = Compacted(new=len(newest))
     if newest:
         _against_mirror(mirror, kind, newest, dropped, done)
-    for page, body in pages.items():  # a page without rows adds nothing
-        if body is not None and not body["data"]:
-            page.unlink()
-    for page, positions in dropped.items():
-        body = pages[page]
-        assert body is not None
+    del newest
+    for page, positions in dropped.items():  # re-read: only pages that lose rows, one by one
+        body = _read(page)
+        assert body is not None  # it was read above, and nobody else writes ``partial``
         body["data"] = [r for i, r in enumerate(body["data"]) if i not in positions]
         if body["data"]:
             save(page, body)
@@ -151,7 +179,7 @@ def _against_mirror(
 ) -> None:
     """Compares the new copies with the mirror's (every page of the kind, oldest pull first)."""
     held: set[str] = set()  # the mirror has it as fetched, or newer (a lagging replica answered)
-    older: list[tuple[Path, str]] = []
+    older: list[tuple[Path, str, str]] = []
     for old in sorted(mirror.glob(f"*/{kind}-page-*.json")):
         body = _read(old)
         for row in body["data"] if body else []:
@@ -159,33 +187,39 @@ def _against_mirror(
             if ident is None or ident not in newest:
                 continue
             (version, _), page, pos, digest = newest[ident]
-            if _digest(row) == digest or _version(row) > version:
+            if (held_as := _digest(row)) == digest or _version(row) > version:
                 if ident not in held:
                     held.add(ident)
                     dropped.setdefault(page, set()).add(pos)
             else:
-                older.append((old, ident))
+                older.append((old, ident, held_as))
     done.removed = older  # a changed row's older copies (also beside a copy held as is)
     done.unchanged = len(held)
-    done.updated = len({i for _, i in older} - held)
+    done.updated = len({i for _, i, _ in older} - held)
     done.new = len(newest) - done.unchanged - done.updated
 
 
-def drop_older(removed: list[tuple[Path, str]], save: Any) -> None:
+def drop_older(removed: list[tuple[Path, str, str]], save: Any) -> None:
     """Removes the older copies of changed rows from their pages (after the new ones were
-    placed); a page left empty is deleted."""
-    by_page: dict[Path, set[str]] = {}
-    for page, ident in removed:
-        by_page.setdefault(page, set()).add(ident)
-    for page, idents in by_page.items():
+    placed); a page left empty is deleted. A copy is named by id and digest: a page from
+    before compaction may hold two versions of one id, and the one kept must stay."""
+    by_page: dict[Path, set[tuple[str, str]]] = {}
+    for page, ident, digest in removed:
+        by_page.setdefault(page, set()).add((ident, digest))
+    for page, copies in by_page.items():
         body = _read(page)
         if body is None:
             continue
-        body["data"] = [r for r in body["data"] if _identity(r) not in idents]
+        ids = {i for i, _ in copies}
+        body["data"] = [r for r in body["data"] if not _among(r, ids, copies)]
         if body["data"]:
             save(page, body)
         else:
             page.unlink()
+
+
+def _among(row: Any, ids: set[str], copies: set[tuple[str, str]]) -> bool:
+    return (ident := _identity(row)) in ids and (ident, _digest(row)) in copies
 
 
 def describe_changes(changed: dict[str, Compacted]) -> list[str]:

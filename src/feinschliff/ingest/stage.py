@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -300,26 +301,29 @@ def _error_text(exc: BaseException) -> str:
 def _ingest_source(
     index: int, source: FeedbackSource, spec: FeedbackSpec, scratch: Scratch, pipeline: RowPipeline
 ) -> dict[str, Any]:
-    pulled: dict[str, Any] | None = None
-    if source.pull is not None:
-        from feinschliff.ingest.pull import EmptySnapshot, PullFailed, pull_source
+    if source.pull is None and source.path is not None:  # a file source
+        return _read_source(index, source, spec, scratch, pipeline, Path(source.path))
+    from feinschliff.ingest.pull import EmptySnapshot, PullFailed, pull_source
+    from feinschliff.ingest.pull_snapshot import read_pulled
 
-        try:
-            result = pull_source(source)
-        except MissingCredentials as exc:
-            raise MissingSecret(str(exc)) from exc
-        except (EmptySnapshot, PullFailed) as exc:
-            raise IngestError(str(exc)) from exc
-        path = result.mirror
-        pulled = {
-            "fetched": result.fetched,
-            "watermark_before": result.watermark_before,
-            "watermark_after": result.watermark_after,
-        }
-        pull_notes = result.notes
-    else:
-        assert source.path is not None
-        path, pull_notes = Path(source.path), []
+    try:
+        result = pull_source(source)
+    except MissingCredentials as exc:
+        raise MissingSecret(str(exc)) from exc
+    except (EmptySnapshot, PullFailed) as exc:
+        raise IngestError(str(exc)) from exc
+    return read_pulled(result, partial(_read_source, index, source, spec, scratch, pipeline))
+
+
+def _read_source(
+    index: int,
+    source: FeedbackSource,
+    spec: FeedbackSpec,
+    scratch: Scratch,
+    pipeline: RowPipeline,
+    path: Path,
+    pull_notes: Sequence[str] = (),
+) -> dict[str, Any]:
     read_log = ReadLog()
     log.info("reading %s feedback from %s", source.kind, path)
     try:
@@ -384,7 +388,7 @@ def _ingest_source(
             n.replace("sources[i]", f"sources[{index}]") for n in [*pull_notes, *read_log.notes]
         ],
         "mapping": source.mapping.model_dump(exclude_none=True),
-        "pull": pulled,
+        "pull": None,
         "inputs": read_log.inputs,
     }
 
