@@ -209,3 +209,38 @@ def test_adhoc_cli_reads_every_format_and_redacts(tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "looks like a Langfuse export" in bad.stderr
+
+
+def test_a_pull_while_another_ingest_reads_the_argilla_mirror_takes_nothing_from_it(
+    argilla_server, tmp_path, monkeypatch
+):
+    """Each pull replaces the mirror's records file; an ingest lists it when its pull is done
+    and reads it afterwards. Another run's pull of the same dataset meanwhile (a manual ingest
+    beside the scheduled flow) removed the file under the first reader. It reads a snapshot
+    taken under the pull's lock now."""
+    from feinschliff.ingest import run_ingest
+    from feinschliff.ingest import stage as ingest_stage
+    from feinschliff.ingest.pull import pull_source, state_dir
+    from feinschliff.recipe import FeedbackSpec
+
+    pull = {"dataset": "feedback-de", "workspace": "stadtwerke-support"}
+    spec = FeedbackSpec.model_validate(
+        {
+            "sources": [{"kind": "argilla", "pull": pull}],
+            "pii": {"mode": "off"},
+            "heldout_fraction": 0,
+        }
+    )
+    real_open = ingest_stage.open_export
+
+    def open_then_another_pull(kind, path, *args, **kwargs):
+        read = real_open(kind, path, *args, **kwargs)  # the mirror's files are listed
+        pull_source(spec.sources[0]).release()  # another run's pull replaces the file
+        return read
+
+    monkeypatch.setattr(ingest_stage, "open_export", open_then_another_pull)
+    run_ingest(spec, tmp_path / "first")
+    first = json.loads((tmp_path / "first" / "manifest.json").read_text())
+    assert (first["counts"]["sft.jsonl"], first["counts"]["preference.jsonl"]) == (25, 31)
+    assert len(_mirror_files(spec)) == 1  # the other pull did replace it
+    assert not list((state_dir() / "reading").glob("*/*"))  # every reader's snapshot removed

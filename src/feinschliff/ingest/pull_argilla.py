@@ -12,6 +12,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from feinschliff.artifacts import file_lock
 from feinschliff.ingest.credentials import MissingCredentials, require_sourced
 from feinschliff.ingest.pull import (
     EmptySnapshot,
@@ -21,7 +22,9 @@ from feinschliff.ingest.pull import (
     _paths,
     _save_json,
     _stamp,
+    state_dir,
 )
+from feinschliff.ingest.pull_snapshot import take_snapshot
 from feinschliff.redact import redact_request_credentials
 from feinschliff.specs.feedback import ArgillaPull, FeedbackSource
 
@@ -49,25 +52,30 @@ def pull_argilla(source: FeedbackSource, pull: ArgillaPull) -> PullResult:
         tmp = target.with_name(target.name + ".tmp")
         after, count = _argilla_snapshot(rg, dataset, pull, tmp)
         after["identity"] = identity
-    previous = sorted(mirror.glob("records-*.jsonl"))
-    if count == 0 and any(f.stat().st_size for f in previous):
-        tmp.unlink()
-        raise EmptySnapshot(
-            f"Argilla dataset {pull.dataset!r} on {url} returned no record with a submitted "
-            f"response, but the last pull had some: kept the previous snapshot ({previous[-1]}). "
-            "Check the workspace, the API key's permissions and the dataset; to accept an "
-            f"empty dataset, delete {mirror}"
-        )
-    # the settings with their snapshot: a failed or refused pull keeps the older records
-    # readable with the settings they were annotated under
-    _save_json(mirror / ".argilla" / "settings.json", settings)
-    tmp.replace(target)
-    for older in previous:  # superseded by the complete snapshot
-        if older.name < target.name:
-            older.unlink()
-    _save_json(mark_file, after)
+    # under the source's pull lock, and read from a snapshot: replacing the older records
+    # file under an ingest still reading it (another run's pull of the same dataset) failed
+    # that ingest with FileNotFoundError
+    with file_lock(state_dir() / "locks" / f"{mirror.name}.lock"):
+        previous = sorted(mirror.glob("records-*.jsonl"))
+        if count == 0 and any(f.stat().st_size for f in previous):
+            tmp.unlink()
+            raise EmptySnapshot(
+                f"Argilla dataset {pull.dataset!r} on {url} returned no record with a submitted "
+                f"response, but the last pull had some: kept the previous snapshot "
+                f"({previous[-1]}). Check the workspace, the API key's permissions and the "
+                f"dataset; to accept an empty dataset, delete {mirror}"
+            )
+        # the settings with their snapshot: a failed or refused pull keeps the older records
+        # readable with the settings they were annotated under
+        _save_json(mirror / ".argilla" / "settings.json", settings)
+        tmp.replace(target)
+        for older in previous:  # superseded by the complete snapshot
+            if older.name < target.name:
+                older.unlink()
+        _save_json(mark_file, after)
+        snapshot = take_snapshot(mirror, state_dir() / "reading")
     log.info("argilla pull %s/%s: %d records (full snapshot)", url, pull.dataset, count)
-    return PullResult(mirror, before, after, {"records": count})
+    return PullResult(snapshot.path, before, after, {"records": count}, snapshot=snapshot)
 
 
 @contextmanager
