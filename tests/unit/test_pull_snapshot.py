@@ -86,6 +86,12 @@ def test_the_manifest_names_the_mirror_not_the_snapshot_it_read(lf, home, tmp_pa
     assert all(k.startswith(f"{mirror}/") for k in first["inputs"])
     assert first["inputs"] == second["inputs"]  # nothing new: the same pages, the same hashes
     assert _reading(home) == []
+    # the rows' provenance and the quarantine name pages that exist after the ingest
+    out = tmp_path / "second"
+    rows = [json.loads(line) for f in out.glob("*.jsonl") for line in f.read_text().splitlines()]
+    places = [r.get("provenance", {}).get("location") or r.get("location") for r in rows]
+    assert places and all(p.startswith(f"{mirror}/") for p in places), places[:3]
+    assert all(Path(p.split("#")[0]).exists() for p in places)
 
 
 def test_a_reading_interrupted_removes_its_snapshot(lf, home, tmp_path, monkeypatch):
@@ -130,3 +136,31 @@ def test_without_hard_links_the_snapshot_is_a_copy(lf, home, tmp_path, monkeypat
     assert _reading(home) == []
     mirror_pages = sorted((home / "ingest" / "mirror").rglob("*.json"))
     assert all(json.loads(p.read_text())["data"] for p in mirror_pages)  # the mirror untouched
+
+
+def test_a_forked_child_neither_removes_nor_keeps_locked_its_parents_snapshot(tmp_path):
+    """The ingest's worker pool forks while a snapshot is open: a child that ran the snapshot's
+    finalizer removed the parent's snapshot, and children outliving a killed parent held its
+    lock, so the next pull kept that snapshot for good."""
+    from feinschliff.ingest import pull_snapshot
+
+    mirror = tmp_path / "ingest" / "mirror" / "m"
+    (mirror / "b1").mkdir(parents=True)
+    (mirror / "b1" / "scores-page-1.json").write_text('{"data": []}')
+    snap = pull_snapshot.take_snapshot(mirror, tmp_path / "ingest" / "reading")
+    (lock,) = [fh for fh in pull_snapshot._LIVE.values() if snap.path.name in fh.name]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the lock is closed, and closing removes nothing
+        try:
+            os.write(write, b"closed" if lock.closed else b"open")
+            snap.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"closed"
+    assert snap.path.is_dir()  # the parent's snapshot is still there...
+    with open(lock.name) as other, pytest.raises(BlockingIOError):  # locked by the parent
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    snap.close()
+    assert not snap.path.exists()

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import secrets
 import shutil
 import weakref
@@ -36,6 +37,18 @@ if TYPE_CHECKING:
     from feinschliff.ingest.pull import PullResult
 
 log = logging.getLogger(__name__)
+# a snapshot's folder: <home>/ingest/reading/<mirror>/<pid>-<token> (take_snapshot)
+_SNAPSHOT = re.compile(r"/ingest/reading/([^/]+)/\d+-[0-9a-f]{8}(?=[/#:]|$)")
+
+
+def mirror_location(where: str) -> str:
+    """A location read from a snapshot as the same place in the mirror, ``where`` unchanged
+    otherwise. Rows' provenance and quarantine entries keep a path that exists after the
+    ingest (the snapshot is removed) and that is the same from run to run. A pure function of
+    the text: readers in worker processes apply it too (``records``)."""
+    if "/ingest/reading/" not in where:
+        return where
+    return _SNAPSHOT.sub(r"/ingest/mirror/\1", where, count=1)
 
 
 class Snapshot:
@@ -43,7 +56,9 @@ class Snapshot:
 
     def __init__(self, path: Path, mirror: Path, lock: IO[str]):
         self.path, self.mirror = path, mirror
-        self._close = weakref.finalize(self, _remove, path, lock)
+        self._close = weakref.finalize(self, _remove, path, lock, os.getpid())
+        _LIVE[id(self)] = lock
+        weakref.finalize(self, _LIVE.pop, id(self), None)
 
     def close(self) -> None:
         self._close()
@@ -129,7 +144,26 @@ def remove_dead(folder: Path) -> None:
             shutil.rmtree(orphan, ignore_errors=True)
 
 
-def _remove(path: Path, lock: IO[str]) -> None:
+# Forked processes (the ingest's worker pool) inherit a snapshot's lock and finalizer: a
+# child that exits would delete its parent's snapshot, and children that outlive a killed
+# parent would hold its lock, so the next pull kept that snapshot for good. A child closes
+# its copies of the lock files (the parent's flock stays) and never removes a snapshot.
+_LIVE: dict[int, IO[str]] = {}
+
+
+def _forget_in_child() -> None:
+    for lock in list(_LIVE.values()):
+        with contextlib.suppress(OSError):
+            lock.close()
+    _LIVE.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def _remove(path: Path, lock: IO[str], owner: int) -> None:
+    if os.getpid() != owner:  # a forked child: the snapshot is its parent's
+        return
     try:
         shutil.rmtree(path, ignore_errors=True)
         Path(lock.name).unlink(missing_ok=True)

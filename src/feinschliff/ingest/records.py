@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from feinschliff.ingest.pull_snapshot import mirror_location
 from feinschliff.ingest.timestamps import latest
 
 Source = Literal["argilla", "langfuse"]
@@ -122,12 +123,19 @@ class FeedbackRecord(BaseModel):
     answers: dict[str, Text] = Field(min_length=1, description="Answer key -> assistant text.")
     votes: list[Vote] = Field(default_factory=list)
 
+    @field_validator("location")
+    @classmethod
+    def _in_mirror(cls, value: str) -> str:  # a pull's snapshot named as its mirror
+        return mirror_location(value)
+
     @classmethod
     def build(cls, **fields: Any) -> FeedbackRecord:
         """``FeedbackRecord(**fields)``, skipping validation when a cheap check proves it
         would pass unchanged: every field of its exact type, already built ``Message`` and
         ``Vote`` objects, non-empty prompt and answers. Anything else is validated (and raises
         the same error as the constructor)."""
+        if "location" in fields:  # validation (which maps it) may be skipped below
+            fields["location"] = mirror_location(fields["location"])
         if _valid_fields(fields):
             if tuple(fields) == _FIELDS:
                 return construct(cls, fields)
@@ -195,6 +203,11 @@ class Quarantined(BaseModel):
     detail: str | None = None
     unreadable: bool = Field(False, exclude=True)
     clip: bool = Field(False, exclude=True)
+
+    @field_validator("location")
+    @classmethod
+    def _in_mirror(cls, value: str) -> str:  # a pull's snapshot named as its mirror
+        return mirror_location(value)
 
 
 class Unusable(ValueError):
