@@ -194,10 +194,9 @@ def _retrain(
     fault_point("after-ingest")
 
     # Side effects (registry, servers, notifications) go through the run's ledger: a rerun after
-    # a crash resumes this run and does each of them once (see feinschliff.ledger). A run is
-    # keyed by the recipe AND the feedback it trains on: new feedback is a new run, so a run
-    # that broke after its own promotion is resumed (to finish it) only with its own data, and
-    # never trains a new candidate against the production it recorded before promoting.
+    # a crash resumes this run and does each once (feinschliff.ledger). A run is keyed by the
+    # recipe AND its feedback: a run that broke after its own promotion is resumed only with its
+    # own data, never training a new candidate against the production it recorded before.
     ledger = Ledger(work / "ledger.jsonl")
     inputs = input_key(recipe_hash(recipe), register, rows_sha256(data))
     run, abandoned = resume_or_restart(ledger, inputs, lambda: production_version(recipe))
@@ -304,6 +303,7 @@ def _retrain(
             production=seen_production,
             workdir=work,
             run=str(ctx.flow_run.id) if ctx and ctx.flow_run else None,
+            ledger_run=run,  # once per run: a retry or crash-resume adds nothing, a new run does
         )
     artifacts.publish_decision(recipe, decision, version, register)
 

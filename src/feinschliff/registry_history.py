@@ -133,7 +133,11 @@ def use_case_history(root: Root, use_case: str) -> list[VersionRecord]:
     """The versions (:func:`version_history`) and, among them by time, the flow runs the gate
     rejected (the audit log's ``rejected`` events; nothing was registered for them)."""
     records = version_history(root, use_case)
-    known = {r.adapter_sha256: r.version for r in records if r.adapter_sha256}
+    # evaluate records the production by the version folder's marker hash (version_adapter)
+    known = {r.adapter_sha256: r.version for r in records if r.adapter_sha256 and r.version}
+    for r in records:
+        if r.version and (sha := marker_sha256(root, use_case, r.version)):
+            known[sha] = r.version
     runs = rejected_runs(audit_log(root, use_case), known)
     merged: list[VersionRecord] = []
     for record in records:  # a version without a time keeps its place after the one before

@@ -51,9 +51,16 @@ def use_case_dir(root: Root, use_case: str) -> Path | str:
 
 
 def has_use_case(root: Root, use_case: str) -> bool:
-    """Whether the registry holds the use case (on object stores: once it holds a file).
-    Checked before taking a lock, which would create the folder of a mistyped root."""
-    return store_of(root).exists(_uc(use_case))
+    """Whether the registry holds the use case: a version, aliases or retired versions (an
+    audit log alone, a rejected flow run's record, is nothing to serve: reconcile and gc ask
+    this to catch a wrong registry). Checked before taking a lock, which would create the
+    folder of a mistyped root."""
+    st, uc = store_of(root), _uc(use_case)
+    if not st.exists(uc):
+        return False
+    return any(st.exists(f"{uc}/{name}") for name in ("aliases.json", "retired.json")) or bool(
+        versions(root, use_case)
+    )
 
 
 def version_dir(root: Root, use_case: str, version: str) -> Path | str:

@@ -37,16 +37,20 @@ def record_rejection(
     production: str | None,
     workdir: Path,
     run: str | None = None,
+    ledger_run: str | None = None,
 ) -> bool:
     """Append a rejected run to the use case's audit log for `registry history` and `audit`
     (the flow registers only what the gate promotes): the gate's per-rule results, metrics,
-    adapter content hash, data, the production compared with, the workdir. Once per adapter
-    and decision (a retried run reuses its decision). A registry it cannot write (read only,
-    unreachable) gets a warning, never a failed run. True when the event was appended."""
+    adapter content hash, data, the production compared with, the workdir. Once per flow run
+    (``ledger_run``: a retry or crash-resume keeps it, the next scheduled run has its own, also
+    when it rejects the same cached adapter) and production compared with. A registry it
+    cannot write (read only, unreachable) gets a warning, never a failed run. True when the
+    event was appended."""
     if decision.promote:
         return False
     try:
-        key = input_key(adapter_sha256, json.dumps(decision.model_dump(), sort_keys=True))
+        decided = json.dumps(decision.model_dump(), sort_keys=True)
+        key = input_key(ledger_run or "", report.sha256, adapter_sha256, production or "", decided)
         added = record_event_once(
             registry_root(recipe),
             recipe.use_case,

@@ -95,7 +95,9 @@ def registry(request, tmp_path, monkeypatch):
     store_of(url).remove_tree("")
 
 
-def _record(registry: str, outputs: dict, decision: Decision, production="v0001") -> bool:
+def _record(
+    registry: str, outputs: dict, decision: Decision, production="v0001", ledger_run="run-1"
+) -> bool:
     recipe = load_recipe(DEMO, [f"register.registry={registry}"])
     return record_rejection(
         recipe,
@@ -103,6 +105,7 @@ def _record(registry: str, outputs: dict, decision: Decision, production="v0001"
         adapter_sha256=SHA,
         production=production,
         run="flow-run-1",
+        ledger_run=ledger_run,
         **outputs,
     )
 
@@ -130,6 +133,17 @@ def test_another_decision_about_the_same_adapter_is_a_new_event(registry, run_ou
     assert _record(registry, run_outputs, _rejected(Approval(approved=False, by="ana")))
     assert _record(registry, run_outputs, _rejected(Approval(approved=False, by="timeout")))
     assert len(audit_log(open_root(registry), UC)) == 2
+
+
+def test_each_scheduled_run_and_each_production_is_its_own_rejection(registry, run_outputs):
+    """With no new feedback a scheduled run reuses the cached training and evaluation: the
+    same adapter and decision as last week's, yet another run the gate rejected (it was
+    dropped as a repeat). A rejection against another production is another event too."""
+    assert _record(registry, run_outputs, _rejected(), ledger_run="week-1")
+    assert _record(registry, run_outputs, _rejected(), ledger_run="week-2")
+    assert _record(registry, run_outputs, _rejected(), ledger_run="week-2", production="v0002")
+    assert not _record(registry, run_outputs, _rejected(), ledger_run="week-2")  # its retry
+    assert len(audit_log(open_root(registry), UC)) == 3
 
 
 def test_missing_stage_files_still_record_the_decision(registry, run_outputs):
@@ -284,3 +298,29 @@ def test_show_says_nothing_more_when_the_audit_repeats_the_manifest(tmp_path, mo
     promote(reg, UC, v, why="gate passed", decision=_awaiting(True))
     res = CliRunner().invoke(app, ["registry", "show", UC, v, "--root", str(reg)])
     assert res.exit_code == 0 and res.stderr == ""
+
+
+@pytest.mark.parametrize("event", ["rejected", "alias", "approval", None])
+def test_audit_prints_entries_with_null_fields(tmp_path, event):
+    """A damaged or hand-written audit entry with `by`/`at` null (or no event) was a format
+    error in `registry audit`."""
+    from feinschliff.cli.registry_show import audit_line
+
+    line = audit_line({"at": None, "by": None, "event": event, "alias": None})
+    assert line.startswith("- - ")
+
+
+def test_a_use_case_holding_only_rejections_is_nothing_to_serve(registry, run_outputs, tmp_path):
+    """A rejected run's event creates the use case's folder (its audit log): reconcile and gc
+    asked `has_use_case` to catch a wrong registry, and a registry holding only rejections
+    passed (reconcile would then unload the servers' pinned versions)."""
+    from feinschliff.registry import has_use_case, register_adapter
+    from tests.unit.adapter_factory import make_base, make_train_output, target_for
+
+    root = open_root(registry)
+    assert _record(registry, run_outputs, _rejected())
+    assert audit_log(root, UC) and not has_use_case(root, UC)
+    base = make_base(tmp_path / "base")
+    out = make_train_output(tmp_path / "out", str(base), seed=1.0)
+    register_adapter(root, UC, out, {}, target=target_for(base))
+    assert has_use_case(root, UC)

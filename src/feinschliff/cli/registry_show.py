@@ -52,7 +52,8 @@ def decision_lines(entry: dict[str, Any], manifest: dict[str, Any]) -> list[str]
 
 def audit_line(e: dict[str, Any]) -> str:
     """One readable line per audit entry."""
-    at, by, event = e.get("at", "-"), e.get("by", "-"), e.get("event", "-")
+    # str: a damaged entry's null or number is shown, not a format error
+    at, by, event = (str(e.get(k) if e.get(k) is not None else "-") for k in ("at", "by", "event"))
     if event == "approval":  # a reviewer's answer to the require_approval rule
         verdict = "approved" if e.get("approved") else "rejected"
         of = f" (candidate {e['candidate'][:12]})" if e.get("candidate") else ""
@@ -61,8 +62,8 @@ def audit_line(e: dict[str, Any]) -> str:
             f"by {e.get('reviewer') or '-'}{of}  {e.get('why') or ''}"
         ).rstrip()
     if event == REJECTED:
-        return _rejection_line(e)
-    what = e.get("alias") or event
+        return _rejection_line({**e, "at": at, "by": by})
+    what = str(e.get("alias") or event)
     gate = ""
     if isinstance(e.get("decision"), dict):
         gate = f" gate={'pass' if e['decision'].get('promote') else 'fail'}"
