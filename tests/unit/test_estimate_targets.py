@@ -118,6 +118,9 @@ def test_a_wrapper_whose_text_config_leaves_heads_and_vocab_to_the_class(tmp_pat
     shape = est.model_shape(str(_folder(tmp_path, cfg)))
     assert (shape.heads, shape.kv_heads, shape.head_dim) == (8, 4, 256)
     assert shape.vocab == tf.Gemma3TextConfig().vocab_size and shape.tied_embeddings
+    # said, not silent: a size taken from a class default may not be the model's
+    (note,) = [n for n in shape.describe_deviations() if "config.json has no" in n]
+    assert "num_attention_heads, vocab_size: taken as its transformers config class" in note
 
 
 def test_tied_embeddings_default_of_the_config_class(tmp_path):

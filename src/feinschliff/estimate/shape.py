@@ -26,7 +26,7 @@ works offline without their config.json. All sizes in GiB = 2**30 bytes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ class ModelShape:
     tower_hidden: int = 0
     tower_intermediate: int = 0
     tower_layers: int = 0
+    defaulted: tuple[str, ...] = ()  # required fields config.json left to its config class
 
     @property
     def head_dim(self) -> int:
@@ -185,6 +186,11 @@ class ModelShape:
             out.append(
                 f"model_type {self.model_type!r} is not one the estimate knows: counted as a "
                 "Llama-style decoder (q/k/v/o, gate/up/down, two RMSNorms per layer)"
+            )
+        if self.defaulted:
+            out.append(
+                f"config.json has no {', '.join(self.defaulted)}: taken as its transformers "
+                "config class fills them in (check them against the model you train)"
             )
         if self.eager_softcap:
             out.append(
@@ -311,10 +317,13 @@ def model_shape(name: str, base_dir: Path | None = None) -> ModelShape:
 
 
 def _read_config(path: Path) -> ModelShape:
+    raw = json.loads(path.read_text())
     try:
-        return ModelShape.from_config(resolve_config(json.loads(path.read_text())))
+        shape = ModelShape.from_config(resolve_config(raw))
     except EstimateError as exc:
         raise EstimateError(f"{path}: {exc}") from exc
+    text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
+    return replace(shape, defaulted=tuple(k for k in _REQUIRED if not text.get(k)))
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:
