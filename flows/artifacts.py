@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
 
 from feinschliff.artifacts import AdapterRef, DatasetRef, ReportRef
 from feinschliff.gate import Decision
@@ -204,3 +207,37 @@ def publish_decision(
         key=_key(recipe, "gate"),
         description="Gate decision and registry version",
     )
+    publish_history(recipe)
+
+
+HISTORY_ROWS = 20  # the table's newest rows; the plot shows every version
+
+
+def publish_history(recipe: Recipe) -> None:
+    """`registry history` as an artifact: the gate metrics across versions and rejected runs
+    (a plot) and the newest rows (a table), so whoever triggers or approves a run sees the
+    trend. An aid: a registry it cannot read logs a warning, the run goes on."""
+    import tempfile
+
+    from feinschliff.pipeline import registry_root
+    from feinschliff.registry_history import gate_metrics, use_case_history
+    from feinschliff.registry_history_view import draw_history, history_table
+
+    try:
+        records = use_case_history(registry_root(recipe), recipe.use_case)
+        if not records:
+            return
+        metrics = gate_metrics(records)
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = Path(tmp) / "history.png"
+            draw_history(records, metrics, plot, use_case=recipe.use_case)
+            image = _png(plot)
+        table = "\n".join(history_table(records[-HISTORY_ROWS:], metrics))
+        create_markdown_artifact(
+            f"## {recipe.use_case}: versions over time\n\n{image}\n\n```\n{table}\n```\n",
+            key=_key(recipe, "history"),
+            description="Registry history: gate metrics across versions and rejected runs",
+        )
+    except Exception as exc:  # noqa: BLE001 - never fail a run over its history view
+        logger = get_run_logger() if FlowRunContext.get() else logging.getLogger(__name__)
+        logger.warning("registry history artifact skipped: %s: %s", type(exc).__name__, exc)

@@ -3,6 +3,7 @@ plot's series; :mod:`feinschliff.registry_history` reads them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from feinschliff.registry_history import ROLES, MetricPoint, VersionRecord
@@ -115,3 +116,23 @@ def _metric_cell(point: MetricPoint | None) -> str:
         if other is not None
     ]
     return f"{cell} ({' '.join(deltas)})" if deltas else cell
+
+
+def draw_history(
+    records: list[VersionRecord], metrics: list[str], out: Path, *, use_case: str
+) -> None:
+    """The ``--plot`` figure (also the Prefect run's history artifact): each metric across the
+    versions and rejected runs, verdicts and production marked. Raises OSError on a write."""
+    from feinschliff.plots import plot_history
+
+    production = next((r.version for r in records if r.state == "production"), None)
+    plot_history(
+        plot_labels(records),
+        {m: plot_series(records, m) for m in metrics},
+        [r.gate for r in records],
+        production,
+        out,
+        title=f"{use_case}: gate metrics by version",
+        served=[r.state in ("production", "superseded", "rolled back") for r in records],
+        notes=plot_notes(records),
+    )

@@ -22,6 +22,7 @@ fake = resume.fake  # the fake-stage fixture, registered under its name in this 
 pytestmark = pytest.mark.integration
 
 REAL_PUBLISH_INGEST = artifacts.publish_ingest  # the fixture turns artifacts off
+REAL_PUBLISH_DECISION = artifacts.publish_decision
 APPROVAL = [
     'gate.rules=[{"rule": "min_samples", "metric": "de_wissen_mc/acc", "threshold": 10},'
     ' {"rule": "require_approval", "timeout_s": 60}]'
@@ -49,7 +50,7 @@ def _run(tmp_path: Path, overrides: list[str] = PASSING, **kw) -> dict:
     return retrain(recipe_path=DEMO, overrides=overrides, workdir=str(tmp_path / "w"), **kw)
 
 
-def _gate_artifact(flow_run_id) -> str:
+def _gate_artifact(flow_run_id, what: str = "gate") -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -57,8 +58,19 @@ def _gate_artifact(flow_run_id) -> str:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
         )
-    (gate,) = [a.data for a in found if a.key == f"{USE_CASE}-gate"]
+    (gate,) = [a.data for a in found if a.key == f"{USE_CASE}-{what}"]
     return gate
+
+
+def test_a_run_shows_the_use_cases_history_in_the_ui(fake, home, tmp_path, monkeypatch):
+    """Whoever triggers (or approves) a run sees the trend of the gate metrics across the
+    versions in the Prefect UI, as `registry history --plot` draws it."""
+    monkeypatch.setattr(artifacts, "publish_decision", REAL_PUBLISH_DECISION)
+    state = _run(tmp_path, return_state=True)
+    assert state.result()["version"] == "v0001"
+    history = _gate_artifact(state.state_details.flow_run_id, "history")
+    assert history.startswith(f"## {USE_CASE}: versions over time")
+    assert "data:image/png;base64," in history and "v0001" in history and "production" in history
 
 
 def test_a_rerun_without_new_feedback_reports_unchanged_and_stays_quiet(

@@ -60,8 +60,6 @@ def registry_history(
         r = registry.open_root(root)
         _known_use_case(r, use_case)
         records = use_case_history(r, use_case)
-    # from the same read of aliases.json as the rows (a promotion meanwhile changes neither)
-    production = next((x.version for x in records if x.state == "production"), None)
     if not records:  # on stderr with --json: stdout holds only JSON lines
         typer.echo(
             f"no versions of {use_case} in the registry at {registry.location(r)}"
@@ -86,7 +84,7 @@ def registry_history(
         for line in history_table(records, shown):
             typer.echo(line)
     if plot is not None:
-        _draw(records, shown, production, plot, use_case)
+        _draw(records, shown, plot, use_case)
 
 
 def _check_plot_path(plot: Path) -> None:
@@ -112,22 +110,11 @@ def _check_plot_path(plot: Path) -> None:
         raise Failure(f"--plot {plot}: not writable", code=2)
 
 
-def _draw(records, metrics: list[str], production: str | None, out: Path, use_case: str) -> None:
-    from feinschliff.plots import plot_history
-    from feinschliff.registry_history_view import plot_labels, plot_notes, plot_series
+def _draw(records, metrics: list[str], out: Path, use_case: str) -> None:
+    from feinschliff.registry_history_view import draw_history
 
-    series = {m: plot_series(records, m) for m in metrics}
     try:
-        plot_history(
-            plot_labels(records),
-            series,
-            [r.gate for r in records],
-            production,
-            out,
-            title=f"{use_case}: gate metrics by version",
-            served=[r.state in ("production", "superseded", "rolled back") for r in records],
-            notes=plot_notes(records),
-        )
+        draw_history(records, metrics, out, use_case=use_case)
     except OSError as exc:  # a full disk, a read-only mount os.access did not see
         raise Failure(f"--plot {out}: cannot write it ({os_error_line(exc)})", code=2) from exc
     typer.echo(f"plot: {out}", err=True)
