@@ -253,24 +253,23 @@ def test_gpu_estimate_matches_the_h100_measurement_within_5_percent():
         assert _estimate_like(run).training == pytest.approx(used, rel=0.05), label
 
 
-def test_dpo_gpu_estimate_matches_the_h100_measurement_within_5_percent():
-    """DPO (chosen + rejected in one batch, the reference pass through the disabled adapter) at
-    micro-batch 2 and 4 pairs of 2048-token sequences."""
-    runs = _h100("h100-support-de-8b-dpo.json")
-    for label in ("long-b2-ga4", "long-b4-ga4"):
+@pytest.mark.parametrize(
+    ("results", "method", "labels"),
+    [
+        # chosen + rejected in one batch, the reference pass through the disabled adapter:
+        # micro-batch 2 and 4 pairs of 2048-token sequences
+        ("h100-support-de-8b-dpo.json", "dpo", ("long-b2-ga4", "long-b4-ga4")),
+        # session 18: the reference pass and the KL pairs without gradient, 4 and 8 rows
+        ("h100-support-de-8b-kto.json", "kto", ("long-b4-ga4", "long-b8-ga2")),
+    ],
+)
+def test_preference_gpu_estimates_match_the_h100_measurement_within_5_percent(
+    results, method, labels
+):
+    runs = _h100(results)
+    for label in labels:
         run = runs[label]
-        assert "train.method=dpo" in run["sets"]
-        used = run["gpu"]["device_used_at_end_mb"] * 2**20
-        assert _estimate_like(run).training == pytest.approx(used, rel=0.05), label
-
-
-def test_kto_gpu_estimate_matches_the_h100_measurement_within_5_percent():
-    """KTO (session 18: the reference pass and the KL pairs without gradient) at micro-batch 4
-    and 8 of 2048-token rows."""
-    runs = _h100("h100-support-de-8b-kto.json")
-    for label in ("long-b4-ga4", "long-b8-ga2"):
-        run = runs[label]
-        assert "train.method=kto" in run["sets"]
+        assert f"train.method={method}" in run["sets"]
         used = run["gpu"]["device_used_at_end_mb"] * 2**20
         assert _estimate_like(run).training == pytest.approx(used, rel=0.05), label
 

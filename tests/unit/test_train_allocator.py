@@ -10,11 +10,9 @@ import os
 
 import pytest
 
-from feinschliff.artifacts import DatasetRef, completed_hash
-from feinschliff.recipe_loader import load_recipe
 from feinschliff.train import allocator
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
-from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
+from tests.unit.tiny_llama import train_until_the_backend
 
 VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 
@@ -46,13 +44,7 @@ def _train_seeing_env(tmp_path, monkeypatch, *, cuda: bool) -> dict[str, str | N
 
     monkeypatch.setattr(stage, "_run_backend", backend)
     monkeypatch.setattr(stage, "_cuda_available", lambda: cuda)
-    model = make_tiny_llama(tmp_path / "model", WORDS)
-    recipe = load_recipe(DEMO, [f"base_model.name={model}", *FAST])
-    data = make_tiny_sft_ingest(tmp_path / "data")
-    with pytest.raises(stage.TrainError, match="stop here"):
-        stage.run_train(
-            recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), tmp_path / "o"
-        )
+    train_until_the_backend(tmp_path, WORDS, DEMO, FAST)
     return seen
 
 

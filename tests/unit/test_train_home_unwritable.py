@@ -15,7 +15,7 @@ import pytest
 from feinschliff.artifacts import DatasetRef, completed_hash
 from feinschliff.recipe_loader import load_recipe
 from tests.unit.test_train_review_fixes import DEMO, FAST, WORDS
-from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest
+from tests.unit.tiny_llama import make_tiny_llama, make_tiny_sft_ingest, train_until_the_backend
 
 
 def test_a_full_home_fails_before_training_naming_the_file(tmp_path, monkeypatch, home):
@@ -59,11 +59,5 @@ def test_the_snapshot_is_kept_before_the_backend_trains(tmp_path, monkeypatch, h
         raise stage.TrainError("stop here")
 
     monkeypatch.setattr(stage, "_run_backend", backend)
-    model = make_tiny_llama(tmp_path / "model", WORDS)
-    recipe = load_recipe(DEMO, [f"base_model.name={model}", *FAST])
-    data = make_tiny_sft_ingest(tmp_path / "data")
-    with pytest.raises(stage.TrainError, match="stop here"):
-        stage.run_train(
-            recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), tmp_path / "o"
-        )
+    train_until_the_backend(tmp_path, WORDS, DEMO, FAST)
     assert seen == ["sft.jsonl"]

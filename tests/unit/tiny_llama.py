@@ -54,3 +54,22 @@ def make_tiny_sft_ingest(path: Path) -> Path:
     (path / "sft.jsonl").write_text((json.dumps({"messages": msgs}) + "\n") * 4)
     mark_complete(path, stage="ingest")
     return path
+
+
+def train_until_the_backend(tmp_path: Path, words: list[str], recipe_path: Path, sets: list[str]):
+    """``run_train`` on ``make_tiny_llama`` and ``make_tiny_sft_ingest`` up to the backend (the
+    caller patches ``stage._run_backend`` to record what it sees and raise ``TrainError("stop
+    here")``): what the stage does before training, without training."""
+    import pytest
+
+    from feinschliff.artifacts import DatasetRef, completed_hash
+    from feinschliff.recipe_loader import load_recipe
+    from feinschliff.train import stage
+
+    model = make_tiny_llama(tmp_path / "model", words)
+    recipe = load_recipe(recipe_path, [f"base_model.name={model}", *sets])
+    data = make_tiny_sft_ingest(tmp_path / "data")
+    with pytest.raises(stage.TrainError, match="stop here"):
+        stage.run_train(
+            recipe, DatasetRef(path=str(data), sha256=completed_hash(data)), tmp_path / "o"
+        )
