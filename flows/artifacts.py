@@ -210,13 +210,14 @@ def publish_decision(
     publish_history(recipe)
 
 
-HISTORY_ROWS = 20  # the table's newest rows; the plot shows every version
+HISTORY_ROWS = 20  # the table's newest rows
+HISTORY_PLOTTED = 100  # the plot's newest versions and runs (its width grows with them)
 
 
 def publish_history(recipe: Recipe) -> None:
-    """`registry history` as an artifact: the gate metrics across versions and rejected runs
-    (a plot) and the newest rows (a table), so whoever triggers or approves a run sees the
-    trend. An aid: a registry it cannot read logs a warning, the run goes on."""
+    """`registry history` as an artifact: the gate metrics across the newest versions and
+    rejected runs (a plot) and the newest rows (a table), so whoever triggers or approves a
+    run sees the trend. An aid: a registry it cannot read logs a warning, the run goes on."""
     import tempfile
 
     from feinschliff.pipeline import registry_root
@@ -230,7 +231,7 @@ def publish_history(recipe: Recipe) -> None:
         metrics = gate_metrics(records)
         with tempfile.TemporaryDirectory() as tmp:
             plot = Path(tmp) / "history.png"
-            draw_history(records, metrics, plot, use_case=recipe.use_case)
+            draw_history(records[-HISTORY_PLOTTED:], metrics, plot, use_case=recipe.use_case)
             image = _png(plot)
         table = "\n".join(history_table(records[-HISTORY_ROWS:], metrics))
         create_markdown_artifact(

@@ -98,9 +98,16 @@ class VersionRecord(BaseModel):
 
 def version_history(root: Root, use_case: str) -> list[VersionRecord]:
     """Every complete version of ``use_case``, oldest first (read only, no lock)."""
+    return _read_versions(root, use_case, audit_log(root, use_case), {})
+
+
+def _read_versions(
+    root: Root, use_case: str, entries: list[dict[str, Any]], by_adapter: dict[str, str]
+) -> list[VersionRecord]:
+    """The versions; fills ``by_adapter`` (adapter or marker hash -> version), read once for
+    the versions and the rejected runs (each read is a request on an object store)."""
     aliases, gone = _object(read_aliases, root, use_case), _object(retired, root, use_case)
-    entries = audit_log(root, use_case)
-    records, evaluated_against, by_adapter = [], {}, {}
+    records, evaluated_against = [], {}
     for v in versions(root, use_case):
         try:
             m = manifest(root, use_case, v)
@@ -132,13 +139,9 @@ def version_history(root: Root, use_case: str) -> list[VersionRecord]:
 def use_case_history(root: Root, use_case: str) -> list[VersionRecord]:
     """The versions (:func:`version_history`) and, among them by time, the flow runs the gate
     rejected (the audit log's ``rejected`` events; nothing was registered for them)."""
-    records = version_history(root, use_case)
-    # evaluate records the production by the version folder's marker hash (version_adapter)
-    known = {r.adapter_sha256: r.version for r in records if r.adapter_sha256 and r.version}
-    for r in records:
-        if r.version and (sha := marker_sha256(root, use_case, r.version)):
-            known[sha] = r.version
-    runs = rejected_runs(audit_log(root, use_case), known)
+    entries, known = audit_log(root, use_case), {}
+    records = _read_versions(root, use_case, entries, known)
+    runs = rejected_runs(entries, known)
     merged: list[VersionRecord] = []
     for record in records:  # a version without a time keeps its place after the one before
         while runs and record.at is not None and (runs[0].at or "") < record.at:

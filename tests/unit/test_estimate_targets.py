@@ -120,7 +120,7 @@ def test_a_wrapper_whose_text_config_leaves_heads_and_vocab_to_the_class(tmp_pat
     assert shape.vocab == tf.Gemma3TextConfig().vocab_size and shape.tied_embeddings
     # said, not silent: a size taken from a class default may not be the model's
     (note,) = [n for n in shape.describe_deviations() if "config.json has no" in n]
-    assert "num_attention_heads, vocab_size: taken as its transformers config class" in note
+    assert "num_attention_heads, vocab_size, num_key_value_heads, head_dim: taken as" in note
 
 
 def test_tied_embeddings_default_of_the_config_class(tmp_path):

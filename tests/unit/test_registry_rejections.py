@@ -306,8 +306,9 @@ def test_audit_prints_entries_with_null_fields(tmp_path, event):
     error in `registry audit`."""
     from feinschliff.cli.registry_show import audit_line
 
-    line = audit_line({"at": None, "by": None, "event": event, "alias": None})
-    assert line.startswith("- - ")
+    line = audit_line({"at": None, "by": None, "event": event, "alias": None, "why": None})
+    assert line.startswith("- - ") and "None" not in line
+    assert "candidate 123" in audit_line({"event": "approval", "candidate": 123})
 
 
 def test_a_use_case_holding_only_rejections_is_nothing_to_serve(registry, run_outputs, tmp_path):

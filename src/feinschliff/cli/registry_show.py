@@ -56,7 +56,7 @@ def audit_line(e: dict[str, Any]) -> str:
     at, by, event = (str(e.get(k) if e.get(k) is not None else "-") for k in ("at", "by", "event"))
     if event == "approval":  # a reviewer's answer to the require_approval rule
         verdict = "approved" if e.get("approved") else "rejected"
-        of = f" (candidate {e['candidate'][:12]})" if e.get("candidate") else ""
+        of = f" (candidate {str(e['candidate'])[:12]})" if e.get("candidate") else ""
         return (
             f"{at} {by:<10} {'approval':<8} {verdict:<10} "
             f"by {e.get('reviewer') or '-'}{of}  {e.get('why') or ''}"
@@ -69,7 +69,7 @@ def audit_line(e: dict[str, Any]) -> str:
         gate = f" gate={'pass' if e['decision'].get('promote') else 'fail'}"
     return (
         f"{at} {by:<10} {event:<8} {what:<10} "
-        f"{e.get('old') or '-'} -> {e.get('new') or '-'}{gate}  {e.get('why', '')}"
+        f"{e.get('old') or '-'} -> {e.get('new') or '-'}{gate}  {e.get('why') or ''}"
     )
 
 

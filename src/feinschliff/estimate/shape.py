@@ -323,7 +323,10 @@ def _read_config(path: Path) -> ModelShape:
     except EstimateError as exc:
         raise EstimateError(f"{path}: {exc}") from exc
     text = raw.get("text_config") if isinstance(raw.get("text_config"), dict) else raw
-    return replace(shape, defaulted=tuple(k for k in _REQUIRED if not text.get(k)))
+    defaulted = [k for k in (*_REQUIRED, "num_key_value_heads") if not text.get(k)]
+    if not text.get("head_dim") and shape.head_dim != shape.hidden // shape.heads:
+        defaulted.append("head_dim")  # a class default, not hidden / heads (Gemma)
+    return replace(shape, defaulted=tuple(defaulted))
 
 
 def resolve_config(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -134,7 +134,7 @@ class FeedbackRecord(BaseModel):
         would pass unchanged: every field of its exact type, already built ``Message`` and
         ``Vote`` objects, non-empty prompt and answers. Anything else is validated (and raises
         the same error as the constructor)."""
-        if "location" in fields:  # validation (which maps it) may be skipped below
+        if type(fields.get("location")) is str:  # validation (which maps it) may be skipped
             fields["location"] = mirror_location(fields["location"])
         if _valid_fields(fields):
             if tuple(fields) == _FIELDS:
