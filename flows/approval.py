@@ -10,7 +10,6 @@ alerts on failures) for a rejection that is no failure. The server's pause timeo
 
 from __future__ import annotations
 
-import logging
 import threading
 from uuid import UUID
 
@@ -28,7 +27,7 @@ from feinschliff.pipeline import registry_root
 from feinschliff.recipe import Recipe
 from feinschliff.registry import record_event
 from feinschliff.specs.evaluate import RequireApprovalRule
-from flows.artifacts import decision_markdown
+from flows.artifacts import decision_markdown, run_logger
 
 EXPIRY_GRACE_S = 600
 TIMED_OUT = "(no answer: timeout)"  # the reviewer the deadline answers as
@@ -112,8 +111,7 @@ def record_answer(recipe: Recipe, approval: Approval, candidate: str) -> None:
             candidate=candidate,
         )
     except Exception as exc:  # noqa: BLE001 - any store error; the decision stands
-        logger = get_run_logger() if FlowRunContext.get() else logging.getLogger(__name__)
-        logger.warning(
+        run_logger(__name__).warning(
             "the reviewer's answer could not be recorded in the registry's audit log (%s: %s)",
             type(exc).__name__,
             exc,

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -240,5 +241,11 @@ def publish_history(recipe: Recipe) -> None:
             description="Registry history: gate metrics across versions and rejected runs",
         )
     except Exception as exc:  # noqa: BLE001 - never fail a run over its history view
-        logger = get_run_logger() if FlowRunContext.get() else logging.getLogger(__name__)
-        logger.warning("registry history artifact skipped: %s: %s", type(exc).__name__, exc)
+        run_logger(__name__).warning(
+            "registry history artifact skipped: %s: %s", type(exc).__name__, exc
+        )
+
+
+def run_logger(name: str) -> Any:
+    """The flow run's logger (its lines show in the UI), or the module's outside a run."""
+    return get_run_logger() if FlowRunContext.get() else logging.getLogger(name)

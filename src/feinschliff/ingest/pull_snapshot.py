@@ -54,19 +54,14 @@ def mirror_location(where: str) -> str:
 class Snapshot:
     """A reader's copy of a mirror (``path``), removed by ``close``."""
 
-    def __init__(self, path: Path, mirror: Path, lock: IO[str]):
-        self.path, self.mirror = path, mirror
+    def __init__(self, path: Path, lock: IO[str]):
+        self.path = path
         self._close = weakref.finalize(self, _remove, path, lock, os.getpid())
         _LIVE[id(self)] = lock
         weakref.finalize(self, _LIVE.pop, id(self), None)
 
     def close(self) -> None:
         self._close()
-
-    def as_mirror(self, where: str) -> str:
-        """A location in the snapshot as the same place in the mirror (for the manifest)."""
-        prefix = str(self.path)
-        return str(self.mirror) + where[len(prefix) :] if where.startswith(prefix) else where
 
 
 def read_pulled(
@@ -79,11 +74,9 @@ def read_pulled(
         record = read(result.mirror, result.notes)
     finally:
         result.release()
-    if (snapshot := result.snapshot) is not None:
-        record["path"] = snapshot.as_mirror(record["path"])
-        record["inputs"] = {snapshot.as_mirror(k): v for k, v in record["inputs"].items()}
-        for lost in record["unreadable"]:
-            lost["location"] = snapshot.as_mirror(lost["location"])
+    # quarantine locations (``unreadable`` too) are mapped where the entries are made
+    record["path"] = mirror_location(record["path"])
+    record["inputs"] = {mirror_location(k): v for k, v in record["inputs"].items()}
     record["pull"] = {
         "fetched": result.fetched,  # rows the API returned, re-read windows included
         "stored": result.stored,  # per kind, of the ids fetched: new, unchanged, updated
@@ -102,7 +95,7 @@ def take_snapshot(mirror: Path, reading: Path) -> Snapshot:
     name = f"{os.getpid()}-{secrets.token_hex(4)}"
     lock = (folder / f"{name}.lock").open("a+")
     fcntl.flock(lock, fcntl.LOCK_EX)  # before the folder exists: never seen unlocked
-    snapshot = Snapshot(folder / name, mirror, lock)
+    snapshot = Snapshot(folder / name, lock)
     try:
         _link_tree(mirror, snapshot.path)
     except BaseException:
