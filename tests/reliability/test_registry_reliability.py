@@ -30,12 +30,17 @@ from tests.reliability.conftest import trials
 from tests.unit.adapter_factory import make_base, make_train_output, target_for
 
 
+def _content(p: Path) -> bytes | str | None:
+    # A lock file holds its last holder's note ("pid N since <second>"), rewritten by every
+    # locked operation: compare that it exists, not the second it was last taken.
+    if p.is_dir():
+        return None
+    return "lock" if p.name.endswith(".lock") else p.read_bytes()
+
+
 def _snapshot(root: Path) -> dict:
     return (
-        {
-            str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes())
-            for p in sorted(root.rglob("*"))
-        }
+        {str(p.relative_to(root)): _content(p) for p in sorted(root.rglob("*"))}
         if root.exists()
         else {}
     )

@@ -219,9 +219,11 @@ def _sets(url: str, model: str, tmp_path: Path, use_case: str, **vllm: object) -
     ]
 
 
-def _snapshot(*dirs: Path) -> dict[str, bytes | None]:
+def _snapshot(*dirs: Path) -> dict[str, bytes | str | None]:
+    # A lock file holds its last holder's note ("pid N since <second>"), rewritten by every
+    # locked operation: compare that it exists, not the second it was last taken.
     return {
-        str(p): None if p.is_dir() else p.read_bytes()
+        str(p): None if p.is_dir() else "lock" if p.name.endswith(".lock") else p.read_bytes()
         for d in dirs
         if d.exists()
         for p in sorted(d.rglob("*"))
