@@ -164,6 +164,11 @@ class _Heartbeat(Lease):
                 log.warning("could not read the lease on %s: %s", self.path, exc)
                 continue
             stamped = time.monotonic()
+            if self.lost:
+                # The lease ran out before this beat (a stall): a breaker may have taken the lock
+                # since it was read above, and renewing would overwrite the new holder's lock.
+                log.error("lost the registry lock %s (no renewal for the whole lease)", self.path)
+                return
             try:
                 self.fs.pipe_file(self.path, _body(self.token, self.lease_s))
             except Exception as exc:  # a transient store error: the next beat tries again
