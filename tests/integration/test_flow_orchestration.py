@@ -51,14 +51,17 @@ def test_identical_rerun_is_served_from_cache(prefect_harness, demo_model, home,
             artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))
         )
     assert any(a.data == 100.0 for a in progress)  # the training progress artifact finished
+    markers = [tmp_path / "w" / stage / ".complete" for stage in ("train", "evaluate")]
+    stamps = [m.stat().st_mtime_ns for m in markers]
     t0 = time.perf_counter()
     second = retrain(**args)
     second_s = time.perf_counter() - t0
     assert first["report"] == second["report"]
-    assert second_s <= 0.10 * first_s, (first_s, second_s)
+    assert [m.stat().st_mtime_ns for m in markers] == stamps  # served from the cache
+    # a gross bound only: Prefect round-trips per cached task slow down on a loaded machine
+    assert second_s <= 0.5 * first_s, (first_s, second_s)
     # a changed evaluate section reruns evaluation but not training
-    marker = tmp_path / "w" / "train" / ".complete"
-    stamp = marker.stat().st_mtime_ns
+    marker, stamp = markers[0], stamps[0]
     third = retrain(**{**args, "overrides": args["overrides"] + ["evaluate.limit=5"]})
     assert marker.stat().st_mtime_ns == stamp
     report = json.loads(Path(third["report"]).read_text())

@@ -201,11 +201,14 @@ def test_generate_writes_sft_and_preference_rows(first_run):
 
 def test_second_identical_run_is_served_from_cache(first_run, proxy):
     before = len(proxy.sent)
-    digest = json.loads((first_run["out"] / ".complete").read_text())["sha256"]
+    marker = first_run["out"] / ".complete"
+    digest, stamp = json.loads(marker.read_text())["sha256"], marker.stat().st_mtime_ns
     proc, seconds = _generate(first_run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     print(f"cached run: {seconds:.1f} s vs first {first_run['seconds']:.1f} s")
-    assert seconds < 0.1 * first_run["seconds"]
+    assert marker.stat().st_mtime_ns == stamp  # nothing was generated again
+    # a gross bound only: the rerun is a fresh process, slower when the other worker trains
+    assert seconds < 0.5 * first_run["seconds"]
     assert len(proxy.sent) == before, "the cached run called the teacher"
     assert json.loads(proc.stdout)["sha256"] == digest
 
