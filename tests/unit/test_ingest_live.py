@@ -7,6 +7,8 @@ second pull, data/fixtures/langfuse/live-increment. The server emulates what the
 on: HTTP Basic auth, ``limit`` + opaque ``meta.cursor`` paging (absent on the last page),
 newest-first order, the ``fromStartTime`` / ``fromTimestamp`` filters, and projects chosen by
 the key pair alone (one URL serves every project, ``GET /api/public/projects`` names the keys').
+It refuses what Langfuse (v4.16 source) refuses with 400, so every pull here proves its queries
+valid, and can act as a self-hosted v3 server (``langfuse_v3``: no v2 observations API).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from feinschliff.ingest import run_ingest
 from feinschliff.ingest.stage import IngestError, MissingSecret
 from feinschliff.recipe import FeedbackSpec
+from tests.unit.test_langfuse_server_rules import V3_OBSERVATIONS_404, invalid_query
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC, SECRET = "pk-lf-test", "sk-lf-test"
@@ -55,9 +58,11 @@ class FakeLangfuse(ThreadingHTTPServer):
         self.projects = {(PUBLIC, SECRET): ("cm-support-de", self.tables)}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.status = 200
-        # (path suffix, status, headers): answered once each, in order, instead of a page
-        self.faults: list[tuple[str, int, dict[str, str]]] = []
+        # (path suffix, status, headers[, body]): answered once each, in order, instead of a page
+        self.faults: list[tuple] = []
         self.stuck_cursor = False  # a proxy that drops the query string: page one forever
+        self.langfuse_v3 = False  # a self-hosted v3 with default settings
+        self.dropped: set[str] = set()  # ids left out of a page after its cursor was made
 
     def add(self, folder: Path) -> None:
         for kind in self.tables:
@@ -78,6 +83,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.server.requests.append((url.path, query))
+        if url.path == "/api/public/health":  # no keys needed
+            return self._send(
+                200, {"status": "OK", "version": "3.172.0" if self.server.langfuse_v3 else "4.16.0"}
+            )
         auth = self.headers.get("Authorization", "").removeprefix("Basic ")
         pair = tuple(base64.b64decode(auth).decode().split(":", 1)) if auth else ()
         if pair not in self.server.projects or self.server.status == 401:
@@ -86,7 +95,12 @@ class Handler(BaseHTTPRequestHandler):
         for fault in self.server.faults:
             if url.path.endswith(fault[0]):
                 self.server.faults.remove(fault)
-                return self._send(fault[1], {"message": "fault"}, fault[2])
+                body = fault[3] if len(fault) > 3 else {"message": "fault"}
+                return self._send(fault[1], body, fault[2])
+        if issues := invalid_query(url.path, query):
+            return self._send(400, {"message": "Invalid request data", "error": issues})
+        if url.path == "/api/public/v2/observations" and self.server.langfuse_v3:
+            return self._send(404, V3_OBSERVATIONS_404)
         if url.path == "/api/public/projects":
             return self._send(200, {"data": [{"id": project, "name": project, "metadata": {}}]})
         if url.path == "/api/public/v2/observations":
@@ -102,7 +116,7 @@ class Handler(BaseHTTPRequestHandler):
         limit = int(query.get("limit", 50))
         offset = json.loads(base64.b64decode(query["cursor"]))["offset"] if "cursor" in query else 0
         offset = 0 if self.server.stuck_cursor else offset
-        page = rows[offset : offset + limit]
+        page = [r for r in rows[offset : offset + limit] if r["id"] not in self.server.dropped]
         meta = {"limit": limit} if url.path.endswith("scores") else {}
         if offset + limit < len(rows):
             meta["cursor"] = base64.b64encode(

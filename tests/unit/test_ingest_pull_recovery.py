@@ -173,8 +173,9 @@ def test_a_deleted_mirror_is_pulled_again_in_full(lf, home, tmp_path):
 
 def test_a_server_without_the_v3_scores_api_is_named(lf, tmp_path):
     """The observations answered on the same base URL, so "no Langfuse API there (check the base
-    URL)" sent users the wrong way: self-hosted Langfuse has the v3 scores API from 3.179."""
+    URL)" sent users the wrong way: self-hosted Langfuse has the v3 scores API from 3.180
+    (3.179 behind a flag)."""
     lf.faults = [("scores", 404, {})]
     with pytest.raises(IngestError, match="has no v3 scores API") as caught:
         run_ingest(pull_spec(), tmp_path / "out")
-    assert "without /api/public" not in str(caught.value) and "3.179.0" in str(caught.value)
+    assert "without /api/public" not in str(caught.value) and "v3.180.0" in str(caught.value)

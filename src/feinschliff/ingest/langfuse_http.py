@@ -30,11 +30,15 @@ class PullFailed(RuntimeError):
 
 
 class EndpointMissing(PullFailed):
-    """The server answered 404 for an endpoint (``where`` names it)."""
+    """The server answered 404 or 501 for an endpoint (``where`` names it). ``answered`` is the
+    status line; ``says`` and ``error`` the ``message`` and ``error`` of a JSON error body (a
+    Langfuse server that has the route but refuses it names why there)."""
 
-    def __init__(self, message: str, where: str) -> None:
+    def __init__(
+        self, message: str, where: str, answered: str, says: str | None, error: str | None
+    ) -> None:
         super().__init__(message)
-        self.where = where
+        self.where, self.answered, self.says, self.error = where, answered, says, error
 
 
 class KeysRefused(MissingCredentials):
@@ -58,9 +62,11 @@ def project_identity(client: Any, public_key: str, hint: str) -> str:
 
 
 def cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> Any:
-    """The pages of ``path`` following ``meta.cursor``; a cursor seen before (a proxy or cache
-    that drops the query string answers page one forever) fails instead of filling the
-    mirror's disk with copies of it."""
+    """The pages of ``path`` following ``meta.cursor`` until a page has none; a cursor seen
+    before (a proxy or cache that drops the query string answers page one forever) fails
+    instead of filling the mirror's disk with copies of it. An empty page with a cursor is no
+    end: v3 scores drop rows that fail the server's validation after the cursor was made, so
+    stopping there skipped the older scores while the watermark moved past them."""
     cursor, seen, n = None, set(), 0
     while True:
         query = {**params, **({"cursor": cursor} if cursor else {})}
@@ -68,7 +74,7 @@ def cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> A
         n += 1
         yield page
         cursor = (page.get("meta") or {}).get("cursor")
-        if not cursor or not page.get("data"):
+        if not cursor:
             return
         if cursor in seen:
             raise PullFailed(
@@ -77,6 +83,16 @@ def cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> A
                 f"in front of the API that drops the query string?). {hint}"
             )
         seen.add(cursor)
+
+
+def server_version(client: Any) -> str | None:
+    """The version ``GET /api/public/health`` names (no keys needed), for error messages only:
+    a server without it, slow or odd, gives None, never an error."""
+    try:
+        version = client.get("/api/public/health", timeout=5.0).json().get("version")
+    except Exception:  # noqa: BLE001 - a hint in a message that is raised anyway
+        return None
+    return _one_line(version, 40) if isinstance(version, str) and version.strip() else None
 
 
 def get_page(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[str, Any]:
@@ -157,11 +173,15 @@ def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
             return page
     body = _snippet(redact_response_text(response))  # a proxy may echo the Basic auth
     said = f"{status} {response.reason_phrase}".strip()
-    if status == 404:
+    if status in (404, 501):
+        says, error = _error_body(response)
+        quoted = f"; it says {says!r}" if says else ""
+        why = f"the server does not implement this endpoint{quoted}"
+        if status == 404:  # its own words: a proxy's, or a Langfuse's that has no such route
+            root = "the base URL is the server's root, without /api/public"
+            why = f"no Langfuse API there ({root}{quoted})"
         raise EndpointMissing(
-            f"Langfuse pull: {where} answered {said}: no Langfuse API there (the base URL is the "
-            f"server's root, without /api/public). {hint}",
-            where,
+            f"Langfuse pull: {where} answered {said}: {why}. {hint}", where, said, says, error
         )
     if 300 <= status < 400:
         where_to = redact_response_text(response, response.headers.get("location") or "nowhere")
@@ -174,6 +194,28 @@ def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
     else:
         why = f"JSON that is no API page (no `data` list): {body}"
     raise PullFailed(f"Langfuse pull: {where} answered {said}: {why}. {hint}")
+
+
+def _error_body(response: Any) -> tuple[str | None, str | None]:
+    """``message`` and ``error`` of a JSON error body (Langfuse: ``{"message": "...", "error":
+    "LangfuseNotFoundError"}``), on one line and cut short; None where absent."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    message, error = body.get("message"), body.get("error")
+    says = redact_response_text(response, message) if isinstance(message, str) else None
+    return (
+        _one_line(says, 300) if says and says.strip() else None,
+        _one_line(error, 60) if isinstance(error, str) and error.strip() else None,
+    )
+
+
+def _one_line(text: str, most: int) -> str:
+    flat = " ".join(text.split())
+    return flat[:most] + ("..." if len(flat) > most else "")
 
 
 def _snippet(text: str) -> str:

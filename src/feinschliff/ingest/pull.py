@@ -26,6 +26,8 @@ Argilla ``api_key_secret``), so use cases on one Prefect server can read their o
   ``timestamp``, a backfilled one has an old one), followed through ``meta.cursor``. A
   watermark never passes the time the pull started: one client with a clock ahead must not
   hide everyone else's newer rows. Edits and late rows older than those windows are missed.
+  Langfuse Cloud and self-hosted v4 serve both APIs; a self-hosted v3 needs v3.180.0 and
+  ``LANGFUSE_MIGRATION_V4_ALLOW_PREVIEW_OPT_IN=true`` (``langfuse_errors`` says so).
 - Argilla: a full snapshot on every pull: the records with at least one submitted response,
   with responses (status kept per response), as nested JSONL beside the dataset settings; the
   snapshot replaces the mirror's older ones once it is complete. Not incremental on purpose:
@@ -56,6 +58,7 @@ from typing import Any
 
 from feinschliff.artifacts import file_lock
 from feinschliff.ingest.credentials import MissingCredentials, require_sourced
+from feinschliff.ingest.langfuse_errors import api_missing
 from feinschliff.ingest.langfuse_http import (
     EndpointMissing,
     KeysRefused,
@@ -362,14 +365,10 @@ def _fetch_langfuse(
             if any(partial.glob("*.json")):  # pages with new or changed rows only
                 _place(partial, batch)
             drop_older(changed[kind].removed, _save_json)  # after: never no copy
-        except EndpointMissing as exc:
-            if kind != "scores":
-                raise
-            raise PullFailed(
-                f"Langfuse pull: {exc.where} answered 404 while the observations API on the same "
-                "server answered: this Langfuse has no v3 scores API (self-hosted Langfuse has it "
-                "from v3.179.0): upgrade the server; the scores' watermark is unchanged"
-            ) from exc
+        except EndpointMissing as exc:  # a wrong base URL, or a Langfuse without that API
+            if failure := api_missing(client, kind, exc, after["identity"]):
+                raise failure from exc
+            raise
         finally:
             shutil.rmtree(_partial_dir(mirror), ignore_errors=True)
         if kind == "scores" and rescan:

@@ -53,6 +53,21 @@ class ArgillaPull(_Pull):
     api_key_secret: str = _secret_name("ARGILLA_API_KEY", "the Argilla API key")
 
 
+# The `type` filter of Langfuse's v2 observations API, case-sensitive (`generation` is a 400).
+ObservationType = Literal[
+    "GENERATION",
+    "SPAN",
+    "EVENT",
+    "AGENT",
+    "TOOL",
+    "CHAIN",
+    "RETRIEVER",
+    "EVALUATOR",
+    "EMBEDDING",
+    "GUARDRAIL",
+]
+
+
 class LangfusePull(_Pull):
     """Read observations and scores from a live Langfuse server via its public REST API.
 
@@ -64,8 +79,10 @@ class LangfusePull(_Pull):
         None,
         description="Server URL; None reads LANGFUSE_BASE_URL (or the deprecated LANGFUSE_HOST).",
     )
-    observation_type: str = Field(
-        "GENERATION", description="Observation type to fetch (the prompt/answer pairs)."
+    observation_type: ObservationType = Field(
+        "GENERATION",
+        description="Observation type to fetch (the prompt/answer pairs); Langfuse's names, "
+        "upper case (the server refuses others).",
     )
     name: str | None = Field(None, description="Only observations with this name.")
     environment: str | None = Field(None, description="Only this Langfuse environment.")
