@@ -180,7 +180,8 @@ def test_validate_names_the_recipe_path_of_a_wrong_observation_type():
 def test_a_self_hosted_v3_server_is_named_not_a_wrong_base_url(lf, tmp_path):
     """A v3 server with default settings answers the v2 observations with 404 and says why;
     the pull said "no Langfuse API there (check the base URL)" and dropped the server's words,
-    though the projects endpoint had just answered on the same base URL."""
+    though the projects endpoint had just answered on the same base URL. (This fake serves no
+    older route either, so the page-based fallback fails too: test_langfuse_legacy_pull.)"""
     live = _live()
     lf.langfuse_v3 = True
     with pytest.raises(live.IngestError) as caught:
@@ -269,6 +270,7 @@ def test_a_server_without_v3_scores_names_the_release_that_has_them(lf, tmp_path
     message = str(caught.value)
     assert "has no v3 scores API (self-hosted Langfuse has it from v3.180.0" in message
     assert "LANGFUSE_ENABLE_SCORES_V3_API=true" in message and "('fault')" in message
+    assert "older v2 scores API either (v3.53.0 on)" in message
 
 
 def test_a_404_body_is_quoted_short_and_on_one_line():

@@ -126,10 +126,11 @@ def score_vote(score: dict[str, Any], end_user: Any, thumbs: Collection[str]) ->
     if kind == "BOOLEAN" and not _named(score, thumbs):
         return None  # a judge's or eval's verdict (checked first: its value is not ours to read)
     # v3 with fields=annotation may nest the author there (FACTS shows it flat); else an end
-    # user's thumbs: the trace's user
-    annotation = score.get("annotation")
+    # user's thumbs: the trace's user (a v2 score row names it; v1 observations do not)
+    annotation, trace = score.get("annotation"), score.get("trace")
     nested = annotation.get("authorUserId") if isinstance(annotation, dict) else None
-    who = score.get("authorUserId") or nested or end_user
+    trace_user = trace.get("userId") if isinstance(trace, dict) else None
+    who = score.get("authorUserId") or nested or end_user or trace_user
     who = str(who) if who is not None else None
     stamp = score.get("timestamp")
     if kind == "BOOLEAN":

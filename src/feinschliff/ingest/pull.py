@@ -26,8 +26,9 @@ Argilla ``api_key_secret``), so use cases on one Prefect server can read their o
   ``timestamp``, a backfilled one has an old one), followed through ``meta.cursor``. A
   watermark never passes the time the pull started: one client with a clock ahead must not
   hide everyone else's newer rows. Edits and late rows older than those windows are missed.
-  Langfuse Cloud and self-hosted v4 serve both APIs; a self-hosted v3 needs v3.180.0 and
-  ``LANGFUSE_MIGRATION_V4_ALLOW_PREVIEW_OPT_IN=true`` (``langfuse_errors`` says so).
+  Langfuse Cloud and self-hosted v4 serve both APIs; where a self-hosted v3 lacks one (404 or
+  501 on its first page), that kind is read through the route the v3 SDKs read, page by page
+  (``pull_legacy``), with the same filters, watermarks and compaction.
 - Argilla: a full snapshot on every pull: the records with at least one submitted response,
   with responses (status kept per response), as nested JSONL beside the dataset settings; the
   snapshot replaces the mirror's older ones once it is complete. Not incremental on purpose:
@@ -66,6 +67,7 @@ from feinschliff.ingest.langfuse_http import (
     cursor_pages,
     project_identity,
 )
+from feinschliff.ingest.pull_legacy import kind_pages
 from feinschliff.ingest.pull_snapshot import Snapshot, take_snapshot
 from feinschliff.ingest.pull_versions import (
     RESCANNED,
@@ -348,13 +350,15 @@ def _fetch_langfuse(
     if scores_from:
         score_params["fromTimestamp"] = scores_from
     changed: dict[str, Compacted] = {}
+    routes: list[str] = []  # a v3 server's page-based routes, when they served (pull_legacy)
     for kind, path, params, stamp_key in (
         ("observations", "/api/public/v2/observations", obs_params, "startTime"),
         ("scores", "/api/public/v3/scores", score_params, "timestamp"),
     ):
         partial = _partial_dir(mirror) / f"{stamp}-{kind}"
         try:
-            for n, page in enumerate(cursor_pages(client, path, params, hint), start=1):
+            pages = kind_pages(cursor_pages, client, path, params, hint, routes, after["identity"])
+            for n, page in enumerate(pages, start=1):
                 rows = page.get("data") or []
                 fetched[kind] += len(rows)
                 stamps = [r.get(stamp_key) for r in rows if isinstance(r, dict)]
@@ -375,7 +379,7 @@ def _fetch_langfuse(
             after[RESCANNED] = iso(started)
         _save_json(mark_file, after)
     stored = {kind: c.counts() for kind, c in changed.items()}
-    return fetched, stored, describe_changes(changed)
+    return fetched, stored, [*routes, *describe_changes(changed)]
 
 
 def _place(partial: Path, batch: Path) -> None:

@@ -87,7 +87,11 @@ class LangfusePull(_Pull):
     name: str | None = Field(None, description="Only observations with this name.")
     environment: str | None = Field(None, description="Only this Langfuse environment.")
     page_limit: int = Field(
-        1000, ge=1, le=1000, description="Rows per observations page (scores: at most 100)."
+        1000,
+        ge=1,
+        le=1000,
+        description="Rows per observations page (scores, and a self-hosted Langfuse v3's "
+        "page-based routes: at most 100).",
     )
     timeout_s: float = Field(60.0, gt=0, description="HTTP timeout per request.")
     public_key_secret: str = _secret_name("LANGFUSE_PUBLIC_KEY", "the project's public key")
