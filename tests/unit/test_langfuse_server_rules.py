@@ -329,3 +329,15 @@ def test_paging_ends_at_the_first_page_without_a_cursor():
     with _pages(answers) as client:
         pages = list(cursor_pages(client, "/api/public/v3/scores", {}, "hint"))
     assert [row["id"] for page in pages for row in page["data"]] == ["1", "2"]
+
+
+def test_observations_are_asked_only_for_the_field_groups_the_ingest_reads(lf, tmp_path):
+    """The pull asked for every group: ``model`` costs the server a Postgres lookup per page,
+    ``metadata`` (truncated to 200 characters, free-form, PII) and cost/latency/usage were
+    stored in the mirror and made a row "changed" (a new stored version) whenever only they
+    moved. The ingest reads id, traceId, type, startTime (core), userId (basic), updatedAt
+    (time) and input/output (io)."""
+    live = _live()
+    live.run_ingest(live.pull_spec(), tmp_path / "out")
+    (first, *_) = [q for p, q in lf.requests if p == "/api/public/v2/observations"]
+    assert set(first["fields"].split(",")) == {"core", "basic", "time", "io"}

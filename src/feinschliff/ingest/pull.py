@@ -84,7 +84,7 @@ from feinschliff.ingest.pull_versions import since as _since
 from feinschliff.specs.feedback import ArgillaPull, FeedbackSource, LangfusePull
 
 log = logging.getLogger(__name__)
-OBS_FIELDS = "core,basic,time,io,metadata,model,usage,prompt,metrics,trace_context"
+OBS_FIELDS = "core,basic,time,io"  # what the ingest reads (no model lookup, no metadata)
 SCORE_FIELDS = "details,annotation,subject"
 
 
