@@ -3,8 +3,9 @@
 The pages went straight into the mirror's new batch folder: each failed attempt (three per
 deployed run) added an orphan batch that every later ingest read again
 (``langfuse_observation_seen_twice`` grew), in a folder that is a PII store. A kind read to its
-end still keeps its pages and its watermark. The fake Langfuse is ``test_ingest_live``'s; the
-failure is injected after a number of pages.
+end still keeps its pages and its watermark. The pages of a kind that stopped wait beside the
+mirror for the next pull to resume them (``test_ingest_pull_resume``). The fake Langfuse is
+``test_ingest_live``'s; the failure is injected after a number of pages.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def _fail_after(monkeypatch, kind: str, pages: int, exc: BaseException) -> None:
     kill)."""
     real = pull.cursor_pages
 
-    def pages_then_fail(client, path, params, hint):
-        for n, page in enumerate(real(client, path, params, hint), start=1):
+    def pages_then_fail(client, path, params, hint, **resume):  # cursor, first: a resumed pull
+        for n, page in enumerate(real(client, path, params, hint, **resume), start=1):
             if path.endswith(kind) and n > pages:
                 raise exc
             yield page
@@ -43,7 +44,9 @@ def _fail_after(monkeypatch, kind: str, pages: int, exc: BaseException) -> None:
 
 
 def _pages(home: Path, kind: str) -> list[Path]:
-    return sorted((home / "ingest" / "mirror").glob(f"*/*/{kind}-page-*.json"))
+    """The pages later ingests read: in the mirror, not beside it (``.<source>.partial``)."""
+    pages = (home / "ingest" / "mirror").glob(f"*/*/{kind}-page-*.json")
+    return sorted(p for p in pages if not p.parent.parent.name.startswith("."))
 
 
 def _watermark(home: Path) -> dict[str, str]:
@@ -62,7 +65,9 @@ def test_failed_attempts_leave_no_pages_that_later_ingests_read(lf, home, monkey
             with pytest.raises(IngestError, match="injected"):
                 run_ingest(pull_spec(), tmp_path / f"failed{attempt}")
     assert _pages(home, "*") == []
-    assert not [p for p in (home / "ingest" / "mirror").iterdir()]  # no temp left either
+    (beside,) = (home / "ingest" / "mirror").iterdir()  # no mirror, no temp left either...
+    assert beside.name.startswith(".") and beside.name.endswith(".partial")
+    assert len(list(beside.glob("*/observations-page-*.json"))) == 3  # ...but a page an attempt
     run_ingest(pull_spec(), tmp_path / "ok")
     manifest = _manifest(tmp_path / "ok")
     assert "langfuse_observation_seen_twice" not in json.dumps(manifest)
@@ -97,7 +102,7 @@ def test_a_killed_pulls_pages_are_never_read_and_cleaned_by_the_next(
     manifest = _manifest(tmp_path / "next")
     assert "langfuse_observation_seen_twice" not in json.dumps(manifest)  # ...but never read
     assert manifest["counts"]["kto.jsonl"] == 27
-    assert not any(p.exists() for p in left)  # and removed by the next pull
+    assert not any(p.exists() for p in left)  # the next pull resumed from them: moved, not left
     assert [p.name for p in mirrors.iterdir() if p.name.startswith(".")] == []
 
 

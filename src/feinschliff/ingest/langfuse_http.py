@@ -26,7 +26,10 @@ RETRIED_STATUS = (500, 502, 503, 504)
 
 class PullFailed(RuntimeError):
     """A live pull's server could not be reached, answered with an error, or answered with
-    something that is no API response (a login page); the watermark is left as it was."""
+    something that is no API response (a login page); the watermark is left as it was.
+    ``status``: the HTTP status of an answer that said no (None where none came)."""
+
+    status: int | None = None
 
 
 class EndpointMissing(PullFailed):
@@ -39,6 +42,11 @@ class EndpointMissing(PullFailed):
     ) -> None:
         super().__init__(message)
         self.where, self.answered, self.says, self.error = where, answered, says, error
+
+
+class CursorLoop(PullFailed):
+    """The server gave a cursor it had given before: paging would never end (a saved cursor
+    would only repeat it)."""
 
 
 class KeysRefused(MissingCredentials):
@@ -61,13 +69,22 @@ def project_identity(client: Any, public_key: str, hint: str) -> str:
     return "key:" + hashlib.sha256(public_key.encode()).hexdigest()[:16]
 
 
-def cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> Any:
+def cursor_pages(
+    client: Any,
+    path: str,
+    params: dict[str, Any],
+    hint: str,
+    cursor: str | None = None,
+    first: int = 1,
+) -> Any:
     """The pages of ``path`` following ``meta.cursor`` until a page has none; a cursor seen
     before (a proxy or cache that drops the query string answers page one forever) fails
     instead of filling the mirror's disk with copies of it. An empty page with a cursor is no
     end: v3 scores drop rows that fail the server's validation after the cursor was made, so
-    stopping there skipped the older scores while the watermark moved past them."""
-    cursor, seen, n = None, set(), 0
+    stopping there skipped the older scores while the watermark moved past them. ``cursor``
+    and ``first``: a stopped pull's saved cursor and the number of the page it reads
+    (``pull_resume``)."""
+    seen, n = {cursor} if cursor else set(), first - 1
     while True:
         query = {**params, **({"cursor": cursor} if cursor else {})}
         page = get_page(client, path, query, hint)
@@ -77,7 +94,7 @@ def cursor_pages(client: Any, path: str, params: dict[str, Any], hint: str) -> A
         if not cursor:
             return
         if cursor in seen:
-            raise PullFailed(
+            raise CursorLoop(
                 f"Langfuse pull: {_where(client, path)} answered page {n} with a cursor it had "
                 f"already given ({str(cursor)[:40]!r}): paging would never end (a proxy or cache "
                 f"in front of the API that drops the query string?). {hint}"
@@ -193,7 +210,9 @@ def _page(response: Any, where: str, hint: str, tries: int) -> dict[str, Any]:
         why = f"a body that is no JSON ({kind}: {body}; a login page or proxy?)"
     else:
         why = f"JSON that is no API page (no `data` list): {body}"
-    raise PullFailed(f"Langfuse pull: {where} answered {said}: {why}. {hint}")
+    failed = PullFailed(f"Langfuse pull: {where} answered {said}: {why}. {hint}")
+    failed.status = status  # a 400 on a saved cursor restarts the kind (``pull_resume``)
+    raise failed
 
 
 def _error_body(response: Any) -> tuple[str | None, str | None]:

@@ -8,9 +8,10 @@ The watermark of observations and that of scores are each saved once their kind 
 the end; re-fetched rows are stored only when they changed, replacing their older copy
 (``pull_versions``: one version per row, the newest). A kind's pages wait beside the mirror
 (``.<source>.partial/``, never read) until it was read to its end, then move into the pull's
-batch folder: a pull that fails part-way, or is killed, adds nothing that later ingests read,
-and the next pull of the source removes what a killed one left (pulls of one source take
-turns, under an flock). The ingest reads a snapshot of the mirror taken under that lock
+batch folder: a pull that fails part-way, or is killed, adds nothing that later ingests read;
+the next pull of the source goes on from its last saved page (``pull_resume``) and removes
+other leftovers (pulls of one source take turns, under an flock). The ingest reads a snapshot
+of the mirror taken under that lock
 (``pull_snapshot``; ``PullResult.release`` removes it): a later pull compacts the mirror in
 place. A pull that finds nothing, into a mirror that holds nothing, fails naming the project
 the keys read. A mirror deleted while its watermark stayed is pulled in full again. A Langfuse
@@ -51,9 +52,9 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ from feinschliff.ingest.langfuse_http import (
     project_identity,
 )
 from feinschliff.ingest.pull_legacy import kind_pages
+from feinschliff.ingest.pull_resume import Resumes
 from feinschliff.ingest.pull_snapshot import Snapshot, take_snapshot
 from feinschliff.ingest.pull_versions import (
     RESCANNED,
@@ -265,7 +267,6 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
             # one pull of a source at a time (a scheduled and a manual run): each would remove
             # the other's pages as a killed pull's; the flock dies with its holder
             with file_lock(state_dir() / "locks" / f"{mirror.name}.lock"):
-                shutil.rmtree(_partial_dir(mirror), ignore_errors=True)  # a killed pull's
                 before, notes = check_mirror(mirror, _load_watermark(mark_file))
                 notes = [*taken, *notes]
                 after = {**before, "identity": project}
@@ -334,7 +335,8 @@ def _fetch_langfuse(
     the observations and the next run goes on from there, and a failed kind leaves nothing for
     later ingests to read (each retry of a failing pull added its partial pages before)."""
     started, stamp = datetime.now(UTC), _stamp()
-    batch = mirror / stamp
+    batch, who = mirror / stamp, f"{client.base_url} ({after['identity']})"
+    resumes = Resumes(_partial_dir(mirror), started, _save_json, who)  # a stopped pull's kinds
     fetched = {"observations": 0, "scores": 0}
     obs_params: dict[str, Any] = {"fields": OBS_FIELDS, "limit": pull.page_limit}
     obs_params["type"] = pull.observation_type
@@ -346,7 +348,7 @@ def _fetch_langfuse(
         obs_params["name"] = pull.name
     if obs_since := _since(before.get("observations")):
         obs_params["fromStartTime"] = obs_since
-    scores_from, rescan = scores_since(before, started)
+    scores_from, rescan = scores_since(before, resumes.started("scores"))
     if scores_from:
         score_params["fromTimestamp"] = scores_from
     changed: dict[str, Compacted] = {}
@@ -355,31 +357,35 @@ def _fetch_langfuse(
         ("observations", "/api/public/v2/observations", obs_params, "startTime"),
         ("scores", "/api/public/v3/scores", score_params, "timestamp"),
     ):
-        partial = _partial_dir(mirror) / f"{stamp}-{kind}"
+        run, done = resumes.run(kind, path, params, stamp, before.get(kind)), False
         try:
-            pages = kind_pages(cursor_pages, client, path, params, hint, routes, after["identity"])
-            for n, page in enumerate(pages, start=1):
+            via = {"client": client, "path": path, "params": params, "hint": hint}
+            read = partial(kind_pages, **via, notes=routes, project=after["identity"])
+            for n, page in run.pages(read, cursor_pages):
                 rows = page.get("data") or []
-                fetched[kind] += len(rows)
+                run.rows += len(rows)
                 stamps = [r.get(stamp_key) for r in rows if isinstance(r, dict)]
-                if mark := _advance(after.get(kind), stamps, started):
-                    after[kind] = mark
-                _save_json(partial / f"{kind}-page-{n}.json", page)
-            changed[kind] = compact(partial, mirror, kind, _save_json)
-            if any(partial.glob("*.json")):  # pages with new or changed rows only
-                _place(partial, batch)
+                run.mark = _advance(run.mark, stamps, run.started)  # the original start
+                _save_json(run.folder / f"{kind}-page-{n}.json", page)
+                run.saved(n, page)  # where a stopped pull goes on
+            fetched[kind] = run.rows
+            after.update({kind: run.mark} if run.mark else {})  # none where no row had a stamp
+            changed[kind] = compact(run.folder, mirror, kind, _save_json)
+            if any(run.folder.glob("*.json")):  # pages with new or changed rows only
+                _place(run.folder, batch)
             drop_older(changed[kind].removed, _save_json)  # after: never no copy
+            done = True
         except EndpointMissing as exc:  # a wrong base URL, or a Langfuse without that API
             if failure := api_missing(client, kind, exc, after["identity"]):
                 raise failure from exc
             raise
         finally:
-            shutil.rmtree(_partial_dir(mirror), ignore_errors=True)
+            run.close(done)  # a kind stopped on the cursor API keeps its pages to resume
         if kind == "scores" and rescan:
-            after[RESCANNED] = iso(started)
+            after[RESCANNED] = iso(run.started)
         _save_json(mark_file, after)
     stored = {kind: c.counts() for kind, c in changed.items()}
-    return fetched, stored, [*routes, *describe_changes(changed)]
+    return fetched, stored, [*resumes.notes, *routes, *describe_changes(changed)]
 
 
 def _place(partial: Path, batch: Path) -> None:
