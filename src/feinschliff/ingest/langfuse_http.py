@@ -22,6 +22,7 @@ from feinschliff.redact import redact_response_text
 RETRIES = 4  # tries for transport errors and 5xx answers
 RATE_LIMIT_WAIT_S = 300.0  # waiting for 429s per request, at most
 RETRIED_STATUS = (500, 502, 503, 504)
+EMPTY_PAGES = 1000  # empty pages in a row that end a pull as a loop
 
 
 class PullFailed(RuntimeError):
@@ -83,8 +84,9 @@ def cursor_pages(
     end: v3 scores drop rows that fail the server's validation after the cursor was made, so
     stopping there skipped the older scores while the watermark moved past them. ``cursor``
     and ``first``: a stopped pull's saved cursor and the number of the page it reads
-    (``pull_resume``)."""
-    seen, n = {cursor} if cursor else set(), first - 1
+    (``pull_resume``). ``EMPTY_PAGES`` empty pages in a row fail too (a real Langfuse makes
+    each cursor from its last row read, so it cannot loop there; a broken proxy can)."""
+    seen, n, empty = {cursor} if cursor else set(), first - 1, 0
     while True:
         query = {**params, **({"cursor": cursor} if cursor else {})}
         page = get_page(client, path, query, hint)
@@ -93,6 +95,12 @@ def cursor_pages(
         cursor = (page.get("meta") or {}).get("cursor")
         if not cursor:
             return
+        empty = 0 if page.get("data") else empty + 1
+        if empty >= EMPTY_PAGES:
+            raise PullFailed(
+                f"Langfuse pull: {_where(client, path)} answered {empty} empty pages in a row, "
+                f"each with a new cursor (up to page {n}): paging would never end. {hint}"
+            )
         if cursor in seen:
             raise CursorLoop(
                 f"Langfuse pull: {_where(client, path)} answered page {n} with a cursor it had "

@@ -69,7 +69,7 @@ from feinschliff.ingest.langfuse_http import (
     project_identity,
 )
 from feinschliff.ingest.pull_legacy import kind_pages
-from feinschliff.ingest.pull_resume import Resumes
+from feinschliff.ingest.pull_resume import Resumes, forget_stopped, partial_dir
 from feinschliff.ingest.pull_snapshot import Snapshot, take_snapshot
 from feinschliff.ingest.pull_versions import (
     RESCANNED,
@@ -268,6 +268,8 @@ def _pull_langfuse(source: FeedbackSource, pull: LangfusePull) -> PullResult:
             # the other's pages as a killed pull's; the flock dies with its holder
             with file_lock(state_dir() / "locks" / f"{mirror.name}.lock"):
                 before, notes = check_mirror(mirror, _load_watermark(mark_file))
+                if notes:  # the mirror was deleted (an erasure?): so are a stopped pull's pages
+                    forget_stopped(partial_dir(mirror))
                 notes = [*taken, *notes]
                 after = {**before, "identity": project}
                 fetched, stored, changes = _fetch_langfuse(
@@ -304,12 +306,6 @@ def _describe_empty_project(url: str, project: str, keys: str, pull: LangfusePul
     )
 
 
-def _partial_dir(mirror: Path) -> Path:
-    """Where a pull's pages wait until their kind was read to its end: beside the mirror (same
-    disk, erased with it), never in it, as the ingest reads every file in the mirror."""
-    return mirror.parent / f".{mirror.name}.partial"
-
-
 def _has_rows(mirror: Path) -> bool:
     for page in mirror.glob("*/*-page-*.json"):
         try:
@@ -336,7 +332,7 @@ def _fetch_langfuse(
     later ingests to read (each retry of a failing pull added its partial pages before)."""
     started, stamp = datetime.now(UTC), _stamp()
     batch, who = mirror / stamp, f"{client.base_url} ({after['identity']})"
-    resumes = Resumes(_partial_dir(mirror), started, _save_json, who)  # a stopped pull's kinds
+    resumes = Resumes(partial_dir(mirror), started, _save_json, who)  # a stopped pull's kinds
     fetched = {"observations": 0, "scores": 0}
     obs_params: dict[str, Any] = {"fields": OBS_FIELDS, "limit": pull.page_limit}
     obs_params["type"] = pull.observation_type
@@ -376,7 +372,8 @@ def _fetch_langfuse(
             drop_older(changed[kind].removed, _save_json)  # after: never no copy
             done = True
         except EndpointMissing as exc:  # a wrong base URL, or a Langfuse without that API
-            if failure := api_missing(client, kind, exc, after["identity"]):
+            failure = None if run.read_now else api_missing(client, kind, exc, after["identity"])
+            if failure:  # a 404 after pages came (a proxy mid-deploy) is said as it is
                 raise failure from exc
             raise
         finally:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from feinschliff.ingest.langfuse_http import EndpointMissing, PullFailed, get_page
+from feinschliff.ingest.langfuse_http import EMPTY_PAGES, EndpointMissing, PullFailed, get_page
 
 log = logging.getLogger(__name__)
 LIMIT = 100  # both page-based routes refuse a larger limit (400)
@@ -129,15 +129,22 @@ def numbered_pages(
     client: Any, path: str, params: dict[str, Any], hint: str
 ) -> Iterator[dict[str, Any]]:
     """Pages 1, 2, ... of ``path`` until ``meta.totalPages`` (read from each page: rows come
-    and go meanwhile) or an empty page. A server that ignores ``page`` (a proxy or cache that
-    drops the query string) answers page one again: a ``meta.page`` other than the one asked
-    for, or a page starting with the row an earlier page started with while ``totalItems``
-    stayed the same (rows that arrived shift the pages: no loop), fails instead of looping."""
+    and go meanwhile; without it, an empty or short page). A server that ignores ``page`` (a
+    proxy or cache that drops the query string) answers page one again: a ``meta.page`` other
+    than the one asked for, or a page starting with the row an earlier page started with while
+    ``totalItems`` stayed the same (rows that arrived shift the pages: no loop), fails instead
+    of looping."""
     seen: dict[tuple[str, Any], int] = {}
-    n = 1
+    n, empty = 1, 0
     while True:
         page = get_page(client, path, {**params, "page": n}, hint)
         rows = page.get("data") or []
+        empty = 0 if rows else empty + 1
+        if empty >= EMPTY_PAGES:  # a count that never ends (totalPages from a broken proxy)
+            raise PullFailed(
+                f"Langfuse pull: {_where(client, path)} answered {empty} empty pages in a row "
+                f"(up to page {n}) while its page count said more would come. {hint}"
+            )
         meta = page.get("meta") if isinstance(page.get("meta"), dict) else {}
         said = meta.get("page")
         first = _first_key(rows)
@@ -151,10 +158,13 @@ def numbered_pages(
             )
         yield page
         total = meta.get("totalPages")
-        if not rows or (type(total) is int and n >= total):
-            return
-        if type(total) is not int and len(rows) < int(params.get("limit") or LIMIT):
-            return  # no page count: a short page is the last
+        if type(total) is int:
+            # only the count ends it: v2 scores drop rows that fail the server's validation
+            # after LIMIT/OFFSET, so an empty or short page can come before older ones
+            if n >= total:
+                return
+        elif not rows or len(rows) < int(params.get("limit") or LIMIT):
+            return  # no page count: an empty or short page is the last
         if key is not None:
             seen[key] = n
         n += 1

@@ -48,6 +48,18 @@ KINDS = ("observations", "scores")
 Pager = Callable[..., Iterable[dict[str, Any]]]
 
 
+def partial_dir(mirror: Path) -> Path:
+    """Where a pull's pages wait until their kind was read to its end: beside the mirror (same
+    disk, erased with it), never in it, as the ingest reads every file in the mirror."""
+    return mirror.parent / f".{mirror.name}.partial"
+
+
+def forget_stopped(root: Path) -> None:
+    """Drops every stopped pull's pages and states: its mirror was deleted (retention, an
+    erasure request), and resuming would put the rows it held back."""
+    _remove(root)
+
+
 class _Refused(Exception):  # noqa: N818 - private: the saved cursor was refused, start over
     pass
 
@@ -138,6 +150,7 @@ class KindRun:
         self.query, self.before = _plain(params), mark
         self.file = resumes.root / f"{kind}{SUFFIX}"
         self.cursor_route = False  # the pages came through the cursor API (resumable)
+        self.read_now = 0  # pages this pull read (a resumed kind's earlier ones not counted)
         self._fresh()
         if state is not None:
             self.state, self.started, self.mark = state, state["started"], state.get("mark")
@@ -174,6 +187,7 @@ class KindRun:
 
     def _numbered(self, pages: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         for page in pages:
+            self.read_now += 1
             yield self.next, page
             self.next += 1
 
