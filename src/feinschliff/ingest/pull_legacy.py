@@ -22,7 +22,10 @@ from a server that showed it is a Langfuse, reads the older route for the rest o
 from a base URL that is no Langfuse API is said as before, without asking the older route.
 Offsets shift while rows arrive: a row can come twice (the pull's compaction keeps one copy
 per id) and, rarely, a row deleted meanwhile moves another past a page boundary unseen; the
-next pull's lookback reads it again only if it is less than the lookback old.
+next pull's lookback reads it again only if it is less than the lookback old. v1 observations
+are ordered by ``start_time`` alone, so rows sharing a millisecond at a page boundary may come
+in either order on either page: one can be read twice and another not at all (the next pull's
+lookback reads it while it is recent).
 """
 
 from __future__ import annotations
