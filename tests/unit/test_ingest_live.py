@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -136,8 +137,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serving() -> Iterator[FakeLangfuse]:
-    srv = FakeLangfuse()
+def serving(make: type[ThreadingHTTPServer] = FakeLangfuse) -> Iterator[Any]:
+    srv = make()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -34,6 +32,7 @@ from feinschliff.ingest.langfuse_http import PullFailed
 from feinschliff.ingest.pull_legacy import numbered_pages
 from feinschliff.ingest.stage import IngestError
 from feinschliff.recipe import FeedbackSpec
+from tests.unit import test_ingest_live as live
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC, SECRET = "pk-lf-test", "sk-lf-test"
@@ -122,11 +121,8 @@ class FakeLangfuse(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: FakeLangfuse
-
-    def log_message(self, *args) -> None:
-        pass
+class Handler(live.Handler):  # its quiet log and JSON answers; the routes of a v3 server
+    server: FakeLangfuse  # type: ignore[assignment]
 
     def do_GET(self) -> None:  # noqa: C901 - one branch per route, as the server has
         srv = self.server
@@ -213,23 +209,9 @@ class Handler(BaseHTTPRequestHandler):
         if srv.arrive and query.get("type"):  # new generations land while the pull pages
             srv.observations[:0], srv.arrive = srv.arrive, []
 
-    def _send(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
-
-@contextmanager
-def serving() -> Iterator[FakeLangfuse]:
-    srv = FakeLangfuse()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+def serving() -> AbstractContextManager[FakeLangfuse]:
+    return live.serving(FakeLangfuse)
 
 
 @pytest.fixture()
