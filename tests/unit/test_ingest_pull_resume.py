@@ -21,6 +21,7 @@ from feinschliff.ingest import pull, pull_resume, run_ingest
 from feinschliff.ingest.langfuse_http import PullFailed
 from feinschliff.ingest.stage import IngestError
 from tests.unit.test_ingest_live import PUBLIC, SECRET, pull_spec, serving, use_keys
+from tests.unit.test_ingest_pull_partial import _fail_after
 from tests.unit.test_langfuse_legacy_pull import serving as legacy_serving
 
 OBS = "/api/public/v2/observations"
@@ -32,19 +33,6 @@ def lf(home, monkeypatch):
     with serving() as srv:
         use_keys(monkeypatch, srv, PUBLIC, SECRET)
         yield srv
-
-
-def _fail_after(monkeypatch, kind: str, pages: int, exc: BaseException) -> None:
-    """``kind``'s pages after the first ``pages`` of a pull raise ``exc``."""
-    real = pull.cursor_pages
-
-    def pages_then_fail(client, path, params, hint, **resume):
-        for n, page in enumerate(real(client, path, params, hint, **resume), start=1):
-            if path.endswith(kind) and n > pages:
-                raise exc
-            yield page
-
-    monkeypatch.setattr(pull, "cursor_pages", pages_then_fail)
 
 
 def _stop(monkeypatch, tmp_path: Path, kind: str, pages: int, exc: BaseException | None = None):

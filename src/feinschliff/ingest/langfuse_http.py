@@ -98,12 +98,14 @@ def cursor_pages(
         empty = 0 if page.get("data") else empty + 1
         if empty >= EMPTY_PAGES:
             raise PullFailed(
-                f"Langfuse pull: {_where(client, path)} answered {empty} empty pages in a row, "
+                f"Langfuse pull: {describe_request(client, path)} answered "
+                f"{empty} empty pages in a row, "
                 f"each with a new cursor (up to page {n}): paging would never end. {hint}"
             )
         if cursor in seen:
             raise CursorLoop(
-                f"Langfuse pull: {_where(client, path)} answered page {n} with a cursor it had "
+                f"Langfuse pull: {describe_request(client, path)} answered "
+                f"page {n} with a cursor it had "
                 f"already given ({str(cursor)[:40]!r}): paging would never end (a proxy or cache "
                 f"in front of the API that drops the query string?). {hint}"
             )
@@ -124,7 +126,7 @@ def get_page(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[
     """One API page, retried as the module says; ``KeysRefused`` for 401/403."""
     import httpx
 
-    where = _where(client, path)
+    where = describe_request(client, path)
     failures = limited = 0
     waited = 0.0
     while True:
@@ -157,7 +159,8 @@ def get_page(client: Any, path: str, params: dict[str, Any], hint: str) -> dict[
         waited += delay
 
 
-def _where(client: Any, path: str) -> str:
+def describe_request(client: Any, path: str) -> str:
+    """``<base URL> (GET <path>)``: how messages name a request."""
     return f"{str(client.base_url).rstrip('/')} (GET {path})"
 
 

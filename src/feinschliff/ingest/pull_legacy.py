@@ -36,7 +36,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from feinschliff.ingest.langfuse_http import EMPTY_PAGES, EndpointMissing, PullFailed, get_page
+from feinschliff.ingest.langfuse_http import (
+    EMPTY_PAGES,
+    EndpointMissing,
+    PullFailed,
+    describe_request,
+    get_page,
+)
 
 log = logging.getLogger(__name__)
 LIMIT = 100  # both page-based routes refuse a larger limit (400)
@@ -145,7 +151,8 @@ def numbered_pages(
         empty = 0 if rows else empty + 1
         if empty >= EMPTY_PAGES:  # a count that never ends (totalPages from a broken proxy)
             raise PullFailed(
-                f"Langfuse pull: {_where(client, path)} answered {empty} empty pages in a row "
+                f"Langfuse pull: {describe_request(client, path)} answered "
+                f"{empty} empty pages in a row "
                 f"(up to page {n}) while its page count said more would come. {hint}"
             )
         meta = page.get("meta") if isinstance(page.get("meta"), dict) else {}
@@ -155,7 +162,8 @@ def numbered_pages(
         again = said if type(said) is int and said != n else seen.get(key) if key else None
         if again is not None:
             raise PullFailed(
-                f"Langfuse pull: {_where(client, path)} answered page {n} with page {again} "
+                f"Langfuse pull: {describe_request(client, path)} answered "
+                f"page {n} with page {again} "
                 "again: paging would never end (a proxy or cache in front of the API that drops "
                 f"the query string?). {hint}"
             )
@@ -181,7 +189,3 @@ def _first_key(rows: list[Any]) -> str | None:
     if isinstance(ident, str | int) and str(ident):
         return str(ident)
     return json.dumps(row, sort_keys=True, default=str)
-
-
-def _where(client: Any, path: str) -> str:
-    return f"{str(client.base_url).rstrip('/')} (GET {path})"
